@@ -1,0 +1,327 @@
+//! The broker seam: publishing messages, and RabbitMQ's topology and connections.
+//!
+//! Topology, declared idempotently by every process at start:
+//!
+//! ```text
+//! <prefix>.work (topic) ──<kind>.#──> <prefix>.<kind>  (quorum, delivery limit, DLX)
+//! <prefix>.dead (fanout) ───────────> <prefix>.dead-letter
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use crate::model::JobKind;
+use crate::store::outbox::Pending;
+
+/// Why a message was not accepted by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unreachable: {0}")]
+    Connection(String),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key `{0}`: the message was returned")]
+    Unroutable(String),
+}
+
+/// Publishes messages durably. `Ok` for a message means the broker has taken responsibility
+/// for it; only then may its outbox row be deleted.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes a batch; the result has one entry per message, in order.
+    async fn publish(&self, batch: &[Pending]) -> Vec<Result<(), PublishError>>;
+
+    /// Whether the broker can be reached now, for readiness probes.
+    async fn ready(&self) -> bool;
+}
+
+/// Names of the exchanges and queues, all under one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    #[must_use]
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Where work messages are published.
+    #[must_use]
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    /// Where rejected and over-delivered messages go.
+    #[must_use]
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// The queue holding dead letters, for inspection.
+    #[must_use]
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    /// The work queue of a job kind.
+    #[must_use]
+    pub fn queue(&self, kind: JobKind) -> String {
+        format!("{}.{}", self.prefix, kind.as_str())
+    }
+}
+
+/// Deliveries of one message before RabbitMQ dead-letters it instead of redelivering it. Quorum
+/// queues in RabbitMQ 3.x have no limit unless one is set, so a poison message would loop forever.
+pub const DELIVERY_LIMIT: i64 = 10;
+
+/// Opens a connection named after the process, so `rabbitmqctl list_connections` tells them apart.
+///
+/// # Errors
+/// The broker is unreachable or refuses the credentials.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+}
+
+fn quorum_args(names: &Names) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(names.dead_exchange().into()),
+    );
+    args
+}
+
+/// Declares exchanges and queues; safe to repeat.
+///
+/// # Errors
+/// The channel failed, or an existing queue has other arguments.
+pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            names.work_exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            names.dead_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let qdurable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut dead_args = FieldTable::default();
+    dead_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(names.dead_letter_queue().into(), qdurable, dead_args)
+        .await?;
+    channel
+        .queue_bind(
+            names.dead_letter_queue().into(),
+            names.dead_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for kind in JobKind::ALL {
+        let queue = names.queue(kind);
+        channel
+            .queue_declare(queue.clone().into(), qdurable, quorum_args(names))
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                names.work_exchange().into(),
+                format!("{}.#", kind.as_str()).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes every exchange and queue under the prefix (tests clean up with it).
+///
+/// # Errors
+/// The channel failed.
+pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
+    for kind in JobKind::ALL {
+        channel
+            .queue_delete(names.queue(kind).into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    channel
+        .queue_delete(
+            names.dead_letter_queue().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+    channel
+        .exchange_delete(
+            names.work_exchange().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    channel
+        .exchange_delete(
+            names.dead_exchange().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Publishes to RabbitMQ with publisher confirms and `mandatory`, reconnecting on demand.
+pub struct AmqpPublisher {
+    url: String,
+    names: Names,
+    name: String,
+    state: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl AmqpPublisher {
+    #[must_use]
+    pub fn new(url: impl Into<String>, names: Names, name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            url: url.into(),
+            names,
+            name: name.into(),
+            state: Mutex::new(None),
+        })
+    }
+
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut state = self.state.lock().await;
+        if let Some((conn, ch)) = state.as_ref() {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        *state = None;
+        let conn = connect(&self.url, &self.name)
+            .await
+            .map_err(|e| PublishError::Connection(e.to_string()))?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| PublishError::Connection(e.to_string()))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| PublishError::Connection(e.to_string()))?;
+        declare(&ch, &self.names)
+            .await
+            .map_err(|e| PublishError::Connection(e.to_string()))?;
+        *state = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn reset(&self) {
+        *self.state.lock().await = None;
+    }
+}
+
+#[async_trait]
+impl Publisher for AmqpPublisher {
+    async fn publish(&self, batch: &[Pending]) -> Vec<Result<(), PublishError>> {
+        let channel = match self.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                return batch
+                    .iter()
+                    .map(|_| Err(PublishError::Connection(e.to_string())))
+                    .collect();
+            }
+        };
+        let exchange: ShortString = self.names.work_exchange().into();
+        // Publish the whole batch, then wait for the confirms: waiting for each confirm in turn
+        // caps a channel at one broker round trip per message (~1.5k/s instead of ~15k/s here).
+        let mut confirms = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(msg.message_id.to_string().into());
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.clone(),
+                        msg.routing_key.as_str().into(),
+                        options,
+                        msg.body.as_bytes(),
+                        props,
+                    )
+                    .await,
+            );
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let mut broken = false;
+        for (msg, confirm) in batch.iter().zip(confirms) {
+            let result = match confirm {
+                Err(e) => Err(PublishError::Connection(e.to_string())),
+                Ok(pending) => match tokio::time::timeout(Duration::from_secs(30), pending).await {
+                    Err(_) => Err(PublishError::Connection("no confirm within 30 s".into())),
+                    Ok(Err(e)) => Err(PublishError::Connection(e.to_string())),
+                    Ok(Ok(c)) if c.is_nack() => Err(PublishError::Nacked),
+                    Ok(Ok(c)) => match c.take_message() {
+                        Some(_) => Err(PublishError::Unroutable(msg.routing_key.clone())),
+                        None => Ok(()),
+                    },
+                },
+            };
+            broken |= matches!(result, Err(PublishError::Connection(_)));
+            results.push(result);
+        }
+        if broken {
+            self.reset().await;
+        }
+        results
+    }
+
+    async fn ready(&self) -> bool {
+        self.channel().await.is_ok()
+    }
+}

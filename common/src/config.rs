@@ -1,0 +1,270 @@
+//! Settings: defaults in code < `gleaner.toml` (path from `--config` or `GLEANER_CONFIG`) <
+//! environment.
+//!
+//! Top-level keys map to `GLEANER_<KEY>` (`GLEANER_DATABASE_URL`), sections use a double
+//! underscore (`GLEANER_WORKER__PREFETCH=16` overrides `[worker] prefetch = 8`). Values are
+//! parsed into real types once, in `main`; a bad value fails start-up naming its key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::SecretKey;
+
+/// Every setting of every component. Each component receives only its own section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// PostgreSQL URL (`GLEANER_DATABASE_URL`).
+    pub database_url: String,
+    /// RabbitMQ URL (`GLEANER_AMQP_URL`).
+    pub amqp_url: String,
+    /// Redis URL (`GLEANER_REDIS_URL`).
+    pub redis_url: String,
+    /// Where the HTTP API listens (`GLEANER_LISTEN`).
+    pub listen: SocketAddr,
+    /// 64 hex characters: the key that encrypts credentials at rest (`GLEANER_SECRET_KEY`).
+    /// Kept as text here and parsed by [`Settings::secret_key`], so that commands that do not
+    /// touch credentials (`migrate`) do not demand it.
+    #[serde(skip_serializing)]
+    pub secret_key: Option<String>,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub worker: WorkerSettings,
+    pub outbox: OutboxSettings,
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://root@127.0.0.1:5432/gleaner".into(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            secret_key: None,
+            database: DatabaseSettings::default(),
+            amqp: AmqpSettings::default(),
+            redis: RedisSettings::default(),
+            worker: WorkerSettings::default(),
+            outbox: OutboxSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    /// Pool size per process.
+    pub max_connections: u32,
+    /// A schema to use instead of `public` (tests give each run its own).
+    pub schema: Option<String>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        // Enough for the worker's concurrent tasks plus the relay and the API's handlers, while
+        // several processes together stay well under PostgreSQL's default of 100 connections.
+        Self {
+            max_connections: 20,
+            schema: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AmqpSettings {
+    /// Prefix of every exchange and queue name; tests use a random one per test.
+    pub prefix: String,
+    /// Unacknowledged deliveries a worker holds at once. RabbitMQ's guidance is 100–300:
+    /// prefetch 1 caps throughput at one broker round trip per message.
+    pub prefetch: u16,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            prefix: "gleaner".into(),
+            prefetch: 200,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// Prefix of every key Gleaner writes.
+    pub prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            prefix: "gleaner".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Tasks one worker process runs at the same time.
+    pub concurrency: usize,
+    /// Items written to the database per batch (one COPY and one upsert each).
+    pub batch_size: usize,
+    /// Name of this worker in task leases; defaults to host name and process id.
+    pub name: Option<String>,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        // 5,000 rows of ~0.5 KB is ~3 MB per batch: large enough that per-statement overhead is
+        // noise, small enough that 16 concurrent tasks stay far below the memory budget.
+        Self {
+            concurrency: 16,
+            batch_size: 5_000,
+            name: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutboxSettings {
+    /// How often the relay looks for unsent rows when nothing woke it.
+    #[serde(with = "millis")]
+    pub poll_interval: Duration,
+    /// Rows published per round.
+    pub batch_size: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        // Rows written by this process wake the relay at once; the poll only bounds the delay
+        // for rows written by other processes.
+        Self {
+            poll_interval: Duration::from_millis(250),
+            batch_size: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// `json`, `text` or `auto` (text on a terminal, JSON otherwise).
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error(
+        "GLEANER_SECRET_KEY is not set: it must be 64 hex characters (32 bytes), e.g. the output of `openssl rand -hex 32`; keep it, since credentials stored with one key cannot be read with another"
+    )]
+    MissingSecretKey,
+    #[error("GLEANER_SECRET_KEY is malformed: {0}")]
+    MalformedSecretKey(crate::crypto::KeyError),
+}
+
+impl Settings {
+    /// Loads defaults, then the TOML file if one is given, then `GLEANER_*` variables.
+    ///
+    /// # Errors
+    /// A value of the wrong type or an unreadable file, naming the key.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = config_file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("GLEANER_").split("__").ignore(&["config"]));
+        figment.extract().map_err(|e| Error::Invalid(Box::new(e)))
+    }
+
+    /// The credentials key, required by every process that reads or writes credentials.
+    ///
+    /// # Errors
+    /// The key is missing or is not 64 hex characters.
+    pub fn secret_key(&self) -> Result<SecretKey, Error> {
+        let raw = self.secret_key.as_deref().ok_or(Error::MissingSecretKey)?;
+        raw.parse().map_err(Error::MalformedSecretKey)
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gleaner.toml",
+                "listen = \"127.0.0.1:9000\"\n[worker]\nconcurrency = 3\n",
+            )?;
+            jail.set_env("GLEANER_WORKER__CONCURRENCY", "7");
+            jail.set_env("GLEANER_DATABASE_URL", "postgres://x@127.0.0.1/y");
+            let s = Settings::load(Some(Path::new("gleaner.toml"))).expect("loads");
+            assert_eq!(s.listen.port(), 9000);
+            assert_eq!(s.worker.concurrency, 7);
+            assert_eq!(s.database_url, "postgres://x@127.0.0.1/y");
+            assert_eq!(s.worker.batch_size, WorkerSettings::default().batch_size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GLEANER_LISTEN", "not an address");
+            let err = Settings::load(None).expect_err("must fail").to_string();
+            assert!(err.contains("listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_secret_key_is_a_clear_error() {
+        let s = Settings::default();
+        let err = s.secret_key().expect_err("no key configured").to_string();
+        assert!(err.contains("GLEANER_SECRET_KEY"), "{err}");
+        let s = Settings {
+            secret_key: Some("abc".into()),
+            ..Settings::default()
+        };
+        let err = s.secret_key().expect_err("short key").to_string();
+        assert!(err.contains("64 hex"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+//! Gleaner's shared core: identifiers, domain vocabulary, the message envelope, configuration,
+//! telemetry, retries, credentials encryption, SeaORM entities, store functions and the broker
+//! seam.
+//!
+//! - [`id`]: typed ids. [`model`]: kinds, states, values with rules.
+//! - [`envelope`]: what travels on the broker. [`broker`]: publishing and topology.
+//! - [`entity`]: tables. [`store`]: every read and write of rows. [`outbox`]: the relay.
+//! - [`config`], [`telemetry`], [`retry`], [`crypto`], [`db`], [`provider`], [`plugin`].
+
+pub mod broker;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod entity;
+pub mod envelope;
+pub mod id;
+pub mod model;
+pub mod outbox;
+pub mod plugin;
+pub mod provider;
+pub mod retry;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,153 @@
+//! What the catalog knows of a plugin: its id, kind, provider, versions and options schema.
+//!
+//! The implementations live in the worker; this description is shared so the API can list
+//! plugins and validate a collector's options without depending on the worker crate.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Invalid, JobKind};
+
+/// What a plugin produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    /// Inventory: cloud resources.
+    Collector,
+    /// Billing: cost records.
+    CostDataSource,
+    /// Monitoring: metric samples.
+    MetricDataSource,
+}
+
+impl PluginKind {
+    /// The job kind (and so the queue) a plugin of this kind runs on.
+    #[must_use]
+    pub const fn job_kind(self) -> JobKind {
+        match self {
+            PluginKind::Collector => JobKind::Inventory,
+            PluginKind::CostDataSource => JobKind::Billing,
+            PluginKind::MetricDataSource => JobKind::Metrics,
+        }
+    }
+}
+
+/// A catalog entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub kind: PluginKind,
+    /// Service accounts of this provider are linked to the plugin's collectors.
+    pub provider: String,
+    /// Oldest first.
+    pub versions: Vec<String>,
+    pub latest: String,
+    /// Built into Gleaner (official) or registered by a user (private).
+    pub official: bool,
+    /// Resource types the plugin reports (collectors only).
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// A JSON Schema (draft 2020-12) for the collector's `options`.
+    pub options_schema: Value,
+}
+
+impl PluginInfo {
+    /// Whether `version` is one of the plugin's versions.
+    #[must_use]
+    pub fn has_version(&self, version: &str) -> bool {
+        self.versions.iter().any(|v| v == version)
+    }
+
+    /// Checks options against the plugin's schema; errors name the field as `options.<path>`.
+    ///
+    /// # Errors
+    /// Every violation found.
+    pub fn validate_options(&self, options: &Value) -> Result<(), Vec<Invalid>> {
+        let validator = jsonschema::validator_for(&self.options_schema).map_err(|e| {
+            vec![Invalid::new(
+                "options",
+                format!("the plugin's options schema is invalid: {e}"),
+            )]
+        })?;
+        let errors: Vec<Invalid> = validator
+            .iter_errors(options)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let field = if path.is_empty() {
+                    "options".to_owned()
+                } else {
+                    format!("options{}", path.replace('/', "."))
+                };
+                Invalid::new(field, e.to_string())
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The plugins a deployment offers.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    official: Vec<PluginInfo>,
+}
+
+impl Catalog {
+    #[must_use]
+    pub fn new(official: Vec<PluginInfo>) -> Self {
+        Self { official }
+    }
+
+    /// Official plugins.
+    #[must_use]
+    pub fn official(&self) -> &[PluginInfo] {
+        &self.official
+    }
+
+    /// Finds an official plugin by id.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<&PluginInfo> {
+        self.official.iter().find(|p| p.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn plugin() -> PluginInfo {
+        PluginInfo {
+            id: "p".into(),
+            name: "P".into(),
+            description: String::new(),
+            kind: PluginKind::Collector,
+            provider: "demo".into(),
+            versions: vec!["1.0.0".into()],
+            latest: "1.0.0".into(),
+            official: true,
+            resource_types: vec![],
+            options_schema: json!({
+                "type": "object",
+                "properties": {"resources": {"type": "integer", "minimum": 0}},
+                "additionalProperties": false
+            }),
+        }
+    }
+
+    #[test]
+    fn options_errors_name_the_field() {
+        let p = plugin();
+        assert!(p.validate_options(&json!({"resources": 5})).is_ok());
+        let errs = p.validate_options(&json!({"resources": -1})).unwrap_err();
+        assert_eq!(errs[0].field, "options.resources");
+        let errs = p.validate_options(&json!([])).unwrap_err();
+        assert_eq!(errs[0].field, "options");
+    }
+}

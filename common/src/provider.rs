@@ -1,0 +1,262 @@
+//! Providers and the shape of their credentials.
+//!
+//! A service account's credentials are checked against its provider's schema before they are
+//! encrypted, so a typo in a field name is reported at once, naming the field, instead of
+//! surfacing as an opaque plugin failure hours later.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::model::Invalid;
+
+/// One credential field.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Field {
+    pub name: &'static str,
+    /// Always `"string"` today; kept so clients can build forms without guessing.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub required: bool,
+    /// Secret fields are shown as password inputs and never echoed back.
+    pub secret: bool,
+    pub description: &'static str,
+}
+
+const fn field(
+    name: &'static str,
+    required: bool,
+    secret: bool,
+    description: &'static str,
+) -> Field {
+    Field {
+        name,
+        kind: "string",
+        required,
+        secret,
+        description,
+    }
+}
+
+/// A provider Gleaner knows.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Provider {
+    pub id: &'static str,
+    pub name: &'static str,
+    /// Service accounts of billing providers carry cost data and must belong to a project.
+    pub billing_only: bool,
+    pub credentials: &'static [Field],
+}
+
+/// Every provider, in display order.
+pub const PROVIDERS: &[Provider] = &[
+    Provider {
+        id: "demo",
+        name: "Demo (synthetic estate, no credentials)",
+        billing_only: false,
+        credentials: &[],
+    },
+    Provider {
+        id: "aws",
+        name: "Amazon Web Services",
+        billing_only: false,
+        credentials: &[
+            field("aws_access_key_id", true, false, "Access key id"),
+            field("aws_secret_access_key", true, true, "Secret access key"),
+            field("region_name", false, false, "Default region"),
+            field("role_arn", false, false, "Role to assume"),
+            field(
+                "external_id",
+                false,
+                true,
+                "External id for the assumed role",
+            ),
+        ],
+    },
+    Provider {
+        id: "google_cloud",
+        name: "Google Cloud",
+        billing_only: false,
+        credentials: &[
+            field("type", false, false, "Key type (service_account)"),
+            field("project_id", true, false, "Project id"),
+            field("private_key_id", true, false, "Private key id"),
+            field("private_key", true, true, "Private key (PEM)"),
+            field("client_email", true, false, "Service account e-mail"),
+            field("client_id", true, false, "Client id"),
+            field("auth_uri", false, false, "OAuth authorisation URI"),
+            field("token_uri", false, false, "OAuth token URI"),
+        ],
+    },
+    Provider {
+        id: "azure",
+        name: "Microsoft Azure",
+        billing_only: false,
+        credentials: &[
+            field("tenant_id", true, false, "Directory (tenant) id"),
+            field("client_id", true, false, "Application (client) id"),
+            field("client_secret", true, true, "Client secret"),
+            field("subscription_id", true, false, "Subscription id"),
+        ],
+    },
+    Provider {
+        id: "hyperbilling",
+        name: "Hyperbilling",
+        billing_only: true,
+        credentials: &[
+            field("account", true, false, "Hyperbilling account"),
+            field("email", true, false, "E-mail of the Hyperbilling user"),
+            field("key", true, true, "API key"),
+        ],
+    },
+    Provider {
+        id: "focus",
+        name: "FOCUS cost export (any cloud)",
+        billing_only: true,
+        credentials: &[
+            field(
+                "aws_access_key_id",
+                false,
+                false,
+                "Access key id, when the export is in a bucket",
+            ),
+            field(
+                "aws_secret_access_key",
+                false,
+                true,
+                "Secret access key, when the export is in a bucket",
+            ),
+        ],
+    },
+];
+
+/// Looks a provider up by id.
+#[must_use]
+pub fn find(id: &str) -> Option<&'static Provider> {
+    PROVIDERS.iter().find(|p| p.id == id)
+}
+
+impl Provider {
+    /// Checks credentials against the schema; errors name the field as `credentials.<name>`.
+    ///
+    /// # Errors
+    /// Every problem found, not only the first.
+    pub fn validate(&self, credentials: &Value) -> Result<Map<String, Value>, Vec<Invalid>> {
+        let Value::Object(map) = credentials else {
+            return Err(vec![Invalid::new("credentials", "must be a JSON object")]);
+        };
+        let mut errors = Vec::new();
+        for key in map.keys() {
+            if !self.credentials.iter().any(|f| f.name == key) {
+                let known: Vec<_> = self.credentials.iter().map(|f| f.name).collect();
+                let detail = if known.is_empty() {
+                    format!("unknown field; provider `{}` takes no credentials", self.id)
+                } else {
+                    format!(
+                        "unknown field; provider `{}` takes {}",
+                        self.id,
+                        known.join(", ")
+                    )
+                };
+                errors.push(Invalid::new(format!("credentials.{key}"), detail));
+            }
+        }
+        for f in self.credentials {
+            match map.get(f.name) {
+                None | Some(Value::Null) if f.required => {
+                    errors.push(Invalid::new(
+                        format!("credentials.{}", f.name),
+                        "is required",
+                    ));
+                }
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.trim().is_empty() && f.required => {
+                    errors.push(Invalid::new(
+                        format!("credentials.{}", f.name),
+                        "must not be empty",
+                    ));
+                }
+                Some(Value::String(s)) if f.name == "email" && !looks_like_email(s) => {
+                    errors.push(Invalid::new(
+                        format!("credentials.{}", f.name),
+                        "must be an e-mail address",
+                    ));
+                }
+                Some(Value::String(_)) => {}
+                Some(_) => errors.push(Invalid::new(
+                    format!("credentials.{}", f.name),
+                    "must be a string",
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(map.clone())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn looks_like_email(s: &str) -> bool {
+    let mut parts = s.split('@');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(local), Some(domain), None) if !local.is_empty() && domain.contains('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn fields(errs: Vec<Invalid>) -> Vec<String> {
+        errs.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn demo_takes_no_credentials() {
+        let demo = find("demo").expect("demo exists");
+        assert!(demo.validate(&json!({})).is_ok());
+        assert_eq!(
+            fields(demo.validate(&json!({"key": "x"})).unwrap_err()),
+            ["credentials.key"]
+        );
+    }
+
+    #[test]
+    fn hyperbilling_names_each_bad_field() {
+        let hb = find("hyperbilling").expect("hyperbilling exists");
+        assert!(
+            hb.validate(&json!({"account": "a", "email": "ops@example.com", "key": "k"}))
+                .is_ok()
+        );
+        let cases = [
+            (
+                json!({"account": "a", "email": "ops@example.com"}),
+                vec!["credentials.key"],
+            ),
+            (
+                json!({"account": "a", "email": "not-an-email", "key": "k"}),
+                vec!["credentials.email"],
+            ),
+            (
+                json!({"account": 7, "email": "ops@example.com", "key": "k"}),
+                vec!["credentials.account"],
+            ),
+            (
+                json!({"account": "a", "email": "ops@example.com", "key": "k", "extra": 1}),
+                vec!["credentials.extra"],
+            ),
+            (json!("a string"), vec!["credentials"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(fields(hb.validate(&input).unwrap_err()), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn every_provider_has_a_unique_id() {
+        let mut ids: Vec<_> = PROVIDERS.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), PROVIDERS.len());
+    }
+}

@@ -1,0 +1,179 @@
+//! Collectors.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Error, Result, is_unique_violation};
+use crate::entity::{collector, job};
+use crate::id::{CollectorId, DomainId, JobId};
+use crate::model::{CollectorState, JobStatus, Name, Priority, UpgradeMode};
+use crate::plugin::PluginInfo;
+
+/// A collector as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Collector {
+    pub id: CollectorId,
+    pub name: String,
+    pub plugin_id: String,
+    pub version: String,
+    pub upgrade_mode: UpgradeMode,
+    pub priority: i32,
+    pub options: Value,
+    pub tags: BTreeMap<String, String>,
+    pub state: CollectorState,
+    pub last_collected_at: Option<DateTime<Utc>>,
+    pub last_job: Option<LastJob>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The collector's most recent job, for the collector list.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LastJob {
+    pub id: JobId,
+    pub status: JobStatus,
+}
+
+fn view(m: collector::Model, last_status: Option<JobStatus>) -> Result<Collector> {
+    let tags = serde_json::from_value(m.tags)
+        .map_err(|e| Error::Corrupt(format!("tags of collector {}: {e}", m.id)))?;
+    Ok(Collector {
+        id: m.id.into(),
+        name: m.name,
+        plugin_id: m.plugin_id,
+        version: m.version,
+        upgrade_mode: m.upgrade_mode,
+        priority: m.priority,
+        options: m.options,
+        tags,
+        state: m.state,
+        last_collected_at: m.last_collected_at.map(|t| t.to_utc()),
+        last_job: m.last_job_id.zip(last_status).map(|(id, status)| LastJob {
+            id: id.into(),
+            status,
+        }),
+        created_at: m.created_at.to_utc(),
+        updated_at: m.updated_at.to_utc(),
+    })
+}
+
+/// A validated request to create a collector.
+#[derive(Debug)]
+pub struct NewCollector<'a> {
+    pub name: Name,
+    pub plugin: &'a PluginInfo,
+    /// `None` follows the plugin's latest version.
+    pub version: Option<String>,
+    pub priority: Priority,
+    pub options: Value,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Creates a collector.
+///
+/// # Errors
+/// [`Error::Conflict`] naming `name` when the domain has a collector of that name.
+pub async fn create(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    new: NewCollector<'_>,
+) -> Result<Collector> {
+    let (version, upgrade_mode) = match new.version {
+        Some(v) => (v, UpgradeMode::Manual),
+        None => (new.plugin.latest.clone(), UpgradeMode::Auto),
+    };
+    let now = Utc::now().fixed_offset();
+    let row = collector::ActiveModel {
+        id: Set(CollectorId::new().into()),
+        domain_id: Set(domain.into()),
+        name: Set(new.name.to_string()),
+        plugin_id: Set(new.plugin.id.clone()),
+        version: Set(version),
+        upgrade_mode: Set(upgrade_mode),
+        priority: Set(new.priority.get()),
+        options: Set(new.options),
+        tags: Set(serde_json::to_value(&new.tags).map_err(|e| Error::Corrupt(e.to_string()))?),
+        state: Set(CollectorState::Enabled),
+        last_job_id: Set(None),
+        last_collected_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    match collector::Entity::insert(row).exec_with_returning(db).await {
+        Ok(m) => view(m, None),
+        Err(e) if is_unique_violation(&e) => Err(Error::Conflict {
+            field: "name",
+            detail: format!("a collector named '{}' already exists", new.name),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every collector of the domain, oldest first, with its last job's status.
+///
+/// # Errors
+/// Database errors only.
+pub async fn list(db: &impl ConnectionTrait, domain: DomainId) -> Result<Vec<Collector>> {
+    let rows = collector::Entity::find()
+        .filter(collector::Column::DomainId.eq(domain.as_uuid()))
+        .order_by_asc(collector::Column::Id)
+        .all(db)
+        .await?;
+    let last_ids: Vec<_> = rows.iter().filter_map(|c| c.last_job_id).collect();
+    let statuses: HashMap<_, _> = if last_ids.is_empty() {
+        HashMap::new()
+    } else {
+        job::Entity::find()
+            .filter(job::Column::Id.is_in(last_ids))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|j| (j.id, j.status))
+            .collect()
+    };
+    rows.into_iter()
+        .map(|c| {
+            let status = c.last_job_id.and_then(|id| statuses.get(&id).copied());
+            view(c, status)
+        })
+        .collect()
+}
+
+/// One collector's row, for code that acts on it.
+pub(crate) async fn find(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: CollectorId,
+) -> Result<collector::Model> {
+    collector::Entity::find_by_id(id.as_uuid())
+        .filter(collector::Column::DomainId.eq(domain.as_uuid()))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("collector", id))
+}
+
+/// One collector with its last job's status.
+///
+/// # Errors
+/// [`Error::NotFound`] when the domain has no such collector.
+pub async fn get(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: CollectorId,
+) -> Result<Collector> {
+    let c = find(db, domain, id).await?;
+    let status = match c.last_job_id {
+        Some(jid) => job::Entity::find_by_id(jid)
+            .one(db)
+            .await?
+            .map(|j| j.status),
+        None => None,
+    };
+    view(c, status)
+}

@@ -1,0 +1,362 @@
+//! Jobs: accepting one (with its outbox message), planning it into tasks, reading its status.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionSession, TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Error, Result, collector as collector_store, outbox};
+use crate::entity::{collector, job, job_task};
+use crate::envelope::{Envelope, JobRequested, TaskRequested};
+use crate::id::{CollectorId, DomainId, JobId, ServiceAccountId, TaskId};
+use crate::model::{CollectorState, Counts, JobKind, JobStatus, Trigger};
+use crate::plugin::Catalog;
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub collector_id: Option<CollectorId>,
+    pub plugin_id: String,
+    pub plugin_version: String,
+    pub trigger: Trigger,
+    pub status: JobStatus,
+    pub tasks_total: i32,
+    pub tasks_done: i32,
+    pub tasks_failed: i32,
+    /// Summed over the job's tasks, so a running job shows its progress.
+    pub counts: Counts,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+fn view(m: job::Model, counts: Counts) -> Job {
+    let started = m.started_at.map(|t| t.to_utc());
+    let finished = m.finished_at.map(|t| t.to_utc());
+    Job {
+        id: m.id.into(),
+        kind: m.kind,
+        collector_id: m.collector_id.map(Into::into),
+        plugin_id: m.plugin_id,
+        plugin_version: m.plugin_version,
+        trigger: m.trigger,
+        status: m.status,
+        tasks_total: m.tasks_total,
+        tasks_done: m.tasks_done,
+        tasks_failed: m.tasks_failed,
+        counts,
+        error: m.error,
+        created_at: m.created_at.to_utc(),
+        started_at: started,
+        finished_at: finished,
+        duration_ms: started
+            .zip(finished)
+            .map(|(s, f)| (f - s).num_milliseconds()),
+    }
+}
+
+/// Accepts a collection: writes the job and its `job.requested` message in one transaction,
+/// so a job is never stored without being sent, nor sent without being stored.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown collector; [`Error::State`] for a disabled one or one whose
+/// plugin left the catalog.
+pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    catalog: &Catalog,
+    domain: DomainId,
+    collector_id: CollectorId,
+    trigger: Trigger,
+) -> Result<Job> {
+    let txn = db.begin().await?;
+    let c = collector_store::find(&txn, domain, collector_id).await?;
+    if c.state == CollectorState::Disabled {
+        return Err(Error::State(format!(
+            "collector '{}' is disabled: enable it before collecting",
+            c.name
+        )));
+    }
+    let plugin = catalog.get(&c.plugin_id).ok_or_else(|| {
+        Error::State(format!(
+            "plugin `{}` of collector '{}' is no longer in the catalog",
+            c.plugin_id, c.name
+        ))
+    })?;
+    let version = match c.upgrade_mode {
+        crate::model::UpgradeMode::Auto => plugin.latest.clone(),
+        crate::model::UpgradeMode::Manual => c.version.clone(),
+    };
+    let kind = plugin.kind.job_kind();
+    let id = JobId::new();
+    let now = Utc::now().fixed_offset();
+    let row = job::ActiveModel {
+        id: Set(id.into()),
+        domain_id: Set(domain.into()),
+        kind: Set(kind),
+        collector_id: Set(Some(c.id)),
+        plugin_id: Set(c.plugin_id.clone()),
+        plugin_version: Set(version),
+        options: Set(c.options.clone()),
+        trigger: Set(trigger),
+        schedule_id: Set(None),
+        fire_time: Set(None),
+        status: Set(JobStatus::Queued),
+        tasks_total: Set(0),
+        tasks_done: Set(0),
+        tasks_failed: Set(0),
+        error: Set(None),
+        started_at: Set(None),
+        finished_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let inserted = job::Entity::insert(row).exec_with_returning(&txn).await?;
+    outbox::insert(
+        &txn,
+        &Envelope::new(domain, kind, id, None, 1, JobRequested {}),
+    )
+    .await?;
+    collector::Entity::update_many()
+        .col_expr(collector::Column::LastJobId, Expr::value(id.as_uuid()))
+        .filter(collector::Column::Id.eq(c.id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(view(inserted, Counts::default()))
+}
+
+async fn counts_of(
+    db: &impl ConnectionTrait,
+    jobs: &[uuid::Uuid],
+) -> Result<HashMap<uuid::Uuid, Counts>> {
+    let mut out: HashMap<uuid::Uuid, Counts> = HashMap::new();
+    if jobs.is_empty() {
+        return Ok(out);
+    }
+    let rows: Vec<(uuid::Uuid, i64, i64, i64, i64, i64)> = job_task::Entity::find()
+        .select_only()
+        .column(job_task::Column::JobId)
+        .column(job_task::Column::Created)
+        .column(job_task::Column::Updated)
+        .column(job_task::Column::Unchanged)
+        .column(job_task::Column::Deleted)
+        .column(job_task::Column::Failed)
+        .filter(job_task::Column::JobId.is_in(jobs.iter().copied()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    for (job, created, updated, unchanged, deleted, failed) in rows {
+        *out.entry(job).or_default() += Counts {
+            created,
+            updated,
+            unchanged,
+            deleted,
+            failed,
+        };
+    }
+    Ok(out)
+}
+
+/// One job with its counts.
+///
+/// # Errors
+/// [`Error::NotFound`] when the domain has no such job.
+pub async fn get(db: &impl ConnectionTrait, domain: DomainId, id: JobId) -> Result<Job> {
+    let m = job::Entity::find_by_id(id.as_uuid())
+        .filter(job::Column::DomainId.eq(domain.as_uuid()))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("job", id))?;
+    let counts = counts_of(db, &[m.id])
+        .await?
+        .remove(&m.id)
+        .unwrap_or_default();
+    Ok(view(m, counts))
+}
+
+/// Jobs of the domain, newest first, optionally of one collector.
+///
+/// # Errors
+/// Database errors only.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    collector: Option<CollectorId>,
+    limit: u64,
+) -> Result<Vec<Job>> {
+    let mut q = job::Entity::find().filter(job::Column::DomainId.eq(domain.as_uuid()));
+    if let Some(c) = collector {
+        q = q.filter(job::Column::CollectorId.eq(c.as_uuid()));
+    }
+    let rows = q
+        .order_by_desc(job::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let ids: Vec<_> = rows.iter().map(|j| j.id).collect();
+    let mut counts = counts_of(db, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|j| {
+            let c = counts.remove(&j.id).unwrap_or_default();
+            view(j, c)
+        })
+        .collect())
+}
+
+/// What the worker needs to plan a job.
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    pub id: JobId,
+    pub domain: DomainId,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub plugin_id: String,
+    pub plugin_version: String,
+    pub options: Value,
+}
+
+/// Loads a job for planning.
+///
+/// # Errors
+/// [`Error::NotFound`] when the job is gone (its collector's domain was deleted).
+pub async fn plan_input(db: &impl ConnectionTrait, id: JobId) -> Result<PlanInput> {
+    let m = job::Entity::find_by_id(id.as_uuid())
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("job", id))?;
+    Ok(PlanInput {
+        id,
+        domain: m.domain_id.into(),
+        kind: m.kind,
+        status: m.status,
+        plugin_id: m.plugin_id,
+        plugin_version: m.plugin_version,
+        options: m.options,
+    })
+}
+
+/// What planning did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Planned {
+    /// Tasks were created and their messages queued.
+    Tasks(Vec<TaskId>),
+    /// The job had already been planned (a redelivered message): nothing was done.
+    AlreadyPlanned,
+}
+
+/// Splits a QUEUED job into one task per service account, writing the tasks, their
+/// `task.requested` messages and the job's new state in one transaction. With no accounts the
+/// job fails at once with `no_accounts_reason`, instead of succeeding having collected nothing.
+///
+/// # Errors
+/// Database errors only.
+pub async fn plan<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    input: &PlanInput,
+    accounts: &[ServiceAccountId],
+    max_attempts: i32,
+    no_accounts_reason: &str,
+) -> Result<Planned> {
+    let txn = db.begin().await?;
+    let now = Utc::now().fixed_offset();
+    let mut update = job::Entity::update_many()
+        .col_expr(
+            job::Column::TasksTotal,
+            Expr::value(i32::try_from(accounts.len()).unwrap_or(i32::MAX)),
+        )
+        .col_expr(job::Column::StartedAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now));
+    update = if accounts.is_empty() {
+        update
+            .col_expr(job::Column::Status, Expr::value(JobStatus::Failure))
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .col_expr(job::Column::Error, Expr::value(no_accounts_reason))
+    } else {
+        update.col_expr(job::Column::Status, Expr::value(JobStatus::InProgress))
+    };
+    // The status condition makes planning idempotent: a redelivered `job.requested` finds
+    // the job no longer QUEUED and changes nothing.
+    let res = update
+        .filter(job::Column::Id.eq(input.id.as_uuid()))
+        .filter(job::Column::Status.eq(JobStatus::Queued))
+        .exec(&txn)
+        .await?;
+    if res.rows_affected == 0 {
+        return Ok(Planned::AlreadyPlanned);
+    }
+    let mut ids = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        let id = TaskId::new();
+        job_task::Entity::insert(job_task::ActiveModel {
+            id: Set(id.into()),
+            domain_id: Set(input.domain.into()),
+            job_id: Set(input.id.into()),
+            service_account_id: Set(Some(account.as_uuid())),
+            status: Set(JobStatus::Queued),
+            attempt: Set(0),
+            max_attempts: Set(max_attempts),
+            lease_owner: Set(None),
+            lease_expires_at: Set(None),
+            created: Set(0),
+            updated: Set(0),
+            unchanged: Set(0),
+            deleted: Set(0),
+            failed: Set(0),
+            error: Set(None),
+            stderr: Set(None),
+            started_at: Set(None),
+            finished_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        outbox::insert(
+            &txn,
+            &Envelope::new(
+                input.domain,
+                input.kind,
+                input.id,
+                Some(id),
+                1,
+                TaskRequested {},
+            ),
+        )
+        .await?;
+        ids.push(id);
+    }
+    if accounts.is_empty() {
+        touch_collector_finished(&txn, input.id).await?;
+    }
+    txn.commit().await?;
+    Ok(Planned::Tasks(ids))
+}
+
+/// Records on the job's collector that a job just ended.
+pub(crate) async fn touch_collector_finished(db: &impl ConnectionTrait, job: JobId) -> Result<()> {
+    let Some(j) = job::Entity::find_by_id(job.as_uuid()).one(db).await? else {
+        return Ok(());
+    };
+    if let Some(cid) = j.collector_id {
+        collector::Entity::update_many()
+            .col_expr(
+                collector::Column::LastCollectedAt,
+                Expr::value(j.finished_at.unwrap_or_else(|| Utc::now().fixed_offset())),
+            )
+            .filter(collector::Column::Id.eq(cid))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}

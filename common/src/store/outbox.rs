@@ -1,0 +1,124 @@
+//! The outbox: messages written in the same transaction as the rows they announce, and
+//! published to the broker by a relay afterwards.
+
+use chrono::Utc;
+use sea_orm::sea_query::LockBehavior;
+use sea_orm::{
+    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde::Serialize;
+
+use super::{Error, Result};
+use crate::entity::outbox;
+use crate::envelope::{Envelope, Message};
+use crate::id::MessageId;
+
+/// Queues a message; it is published after the caller's transaction commits.
+///
+/// # Errors
+/// Database errors only.
+pub async fn insert<P: Message + Serialize>(
+    db: &impl ConnectionTrait,
+    envelope: &Envelope<P>,
+) -> Result<()> {
+    let body = serde_json::to_string(envelope).map_err(|e| Error::Corrupt(e.to_string()))?;
+    outbox::Entity::insert(outbox::ActiveModel {
+        id: NotSet,
+        domain_id: Set(envelope.domain_id.into()),
+        message_id: Set(envelope.message_id.into()),
+        routing_key: Set(envelope.routing_key()),
+        body: Set(body),
+        publish_attempts: Set(0),
+        last_error: Set(None),
+        created_at: Set(Utc::now().fixed_offset()),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// An outbox row ready to publish.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub id: i64,
+    pub message_id: MessageId,
+    pub routing_key: String,
+    pub body: String,
+}
+
+/// Locks up to `limit` unsent rows, oldest first, skipping rows another relay holds, so several
+/// relays can run without waiting on each other. Call inside a transaction.
+///
+/// # Errors
+/// Database errors only.
+pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pending>> {
+    let rows = outbox::Entity::find()
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .lock_with_behavior(
+            sea_orm::sea_query::LockType::Update,
+            LockBehavior::SkipLocked,
+        )
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Pending {
+            id: r.id,
+            message_id: r.message_id.into(),
+            routing_key: r.routing_key,
+            body: r.body,
+        })
+        .collect())
+}
+
+/// Removes rows whose publication the broker confirmed.
+///
+/// # Errors
+/// Database errors only.
+pub async fn delete(db: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::delete_many()
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Records a failed publication on the rows, for operators looking at a stuck outbox.
+///
+/// # Errors
+/// Database errors only.
+pub async fn record_failure(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::PublishAttempts,
+            sea_orm::sea_query::ExprTrait::add(
+                sea_orm::sea_query::Expr::col(outbox::Column::PublishAttempts),
+                1,
+            ),
+        )
+        .col_expr(
+            outbox::Column::LastError,
+            sea_orm::sea_query::Expr::value(error),
+        )
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Rows not yet published.
+///
+/// # Errors
+/// Database errors only.
+pub async fn backlog(db: &impl ConnectionTrait) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(outbox::Entity::find().count(db).await?)
+}

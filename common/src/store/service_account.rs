@@ -1,0 +1,215 @@
+//! Service accounts and their encrypted credentials.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    TransactionSession, TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{Error, Result, is_unique_violation};
+use crate::crypto::{Cipher, Sealed};
+use crate::entity::{project, secret, service_account};
+use crate::id::{DomainId, ProjectId, SecretId, ServiceAccountId};
+use crate::model::{Invalid, Name};
+use crate::provider::Provider;
+
+/// A service account as the API shows it: never its credentials.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceAccount {
+    pub id: ServiceAccountId,
+    pub name: String,
+    pub provider: String,
+    pub project_id: Option<ProjectId>,
+    pub has_credentials: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<service_account::Model> for ServiceAccount {
+    fn from(m: service_account::Model) -> Self {
+        Self {
+            id: m.id.into(),
+            name: m.name,
+            provider: m.provider,
+            project_id: m.project_id.map(Into::into),
+            has_credentials: m.secret_id.is_some(),
+            created_at: m.created_at.to_utc(),
+            updated_at: m.updated_at.to_utc(),
+        }
+    }
+}
+
+/// A validated request to create a service account.
+#[derive(Debug)]
+pub struct NewServiceAccount {
+    pub name: Name,
+    pub provider: &'static Provider,
+    pub project_id: Option<ProjectId>,
+    /// Already checked against the provider's schema.
+    pub credentials: Map<String, Value>,
+}
+
+/// Creates a service account, sealing its credentials (if any) in the same transaction.
+///
+/// # Errors
+/// [`Error::Invalid`] naming `project_id` when the project does not exist or is missing for a
+/// billing provider; [`Error::Conflict`] naming `name` when the provider already has an account of
+/// that name.
+pub async fn create<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    cipher: &Cipher,
+    domain: DomainId,
+    new: NewServiceAccount,
+) -> Result<ServiceAccount> {
+    match new.project_id {
+        Some(pid) => {
+            let exists = project::Entity::find_by_id(pid.as_uuid())
+                .filter(project::Column::DomainId.eq(domain.as_uuid()))
+                .one(db)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(Error::Invalid(vec![Invalid::new(
+                    "project_id",
+                    format!("no project with id {pid}"),
+                )]));
+            }
+        }
+        None if new.provider.billing_only => {
+            return Err(Error::Invalid(vec![Invalid::new(
+                "project_id",
+                format!(
+                    "is required: `{}` accounts carry billing data, which is totalled per project",
+                    new.provider.id
+                ),
+            )]));
+        }
+        None => {}
+    }
+
+    let txn = db.begin().await?;
+    let secret_id = if new.credentials.is_empty() {
+        None
+    } else {
+        let id = SecretId::new();
+        let plaintext =
+            serde_json::to_vec(&new.credentials).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let sealed = cipher.seal(domain, id, &plaintext)?;
+        secret::Entity::insert(secret::ActiveModel {
+            id: Set(id.into()),
+            domain_id: Set(domain.into()),
+            nonce: Set(sealed.nonce),
+            ciphertext: Set(sealed.ciphertext),
+            created_at: Set(Utc::now().fixed_offset()),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        Some(id)
+    };
+    let now = Utc::now().fixed_offset();
+    let row = service_account::ActiveModel {
+        id: Set(ServiceAccountId::new().into()),
+        domain_id: Set(domain.into()),
+        project_id: Set(new.project_id.map(Into::into)),
+        provider: Set(new.provider.id.to_owned()),
+        name: Set(new.name.to_string()),
+        secret_id: Set(secret_id.map(Into::into)),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let created = match service_account::Entity::insert(row)
+        .exec_with_returning(&txn)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict {
+                field: "name",
+                detail: format!(
+                    "a `{}` service account named '{}' already exists",
+                    new.provider.id, new.name
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    txn.commit().await?;
+    Ok(created.into())
+}
+
+/// Every service account of the domain, optionally of one provider, oldest first.
+///
+/// # Errors
+/// Database errors only.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    provider: Option<&str>,
+) -> Result<Vec<ServiceAccount>> {
+    let mut q = service_account::Entity::find()
+        .filter(service_account::Column::DomainId.eq(domain.as_uuid()));
+    if let Some(p) = provider {
+        q = q.filter(service_account::Column::Provider.eq(p));
+    }
+    let rows = q.order_by_asc(service_account::Column::Id).all(db).await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// One service account.
+///
+/// # Errors
+/// [`Error::NotFound`] when the domain has no such account.
+pub async fn get(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ServiceAccountId,
+) -> Result<ServiceAccount> {
+    find(db, domain, id).await.map(Into::into)
+}
+
+async fn find(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ServiceAccountId,
+) -> Result<service_account::Model> {
+    service_account::Entity::find_by_id(id.as_uuid())
+        .filter(service_account::Column::DomainId.eq(domain.as_uuid()))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("service account", id))
+}
+
+/// The decrypted credentials of an account, for a plugin run. Never log or return them.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown account; [`Error::Crypto`] when the configured key is not
+/// the one that sealed them.
+pub async fn credentials(
+    db: &impl ConnectionTrait,
+    cipher: &Cipher,
+    domain: DomainId,
+    id: ServiceAccountId,
+) -> Result<Map<String, Value>> {
+    let account = find(db, domain, id).await?;
+    let Some(secret_id) = account.secret_id else {
+        return Ok(Map::new());
+    };
+    let row = secret::Entity::find_by_id(secret_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            Error::Corrupt(format!("service account {id} points at a missing secret"))
+        })?;
+    let plaintext = cipher.open(
+        domain,
+        SecretId::from_uuid(secret_id),
+        &Sealed {
+            nonce: row.nonce,
+            ciphertext: row.ciphertext,
+        },
+    )?;
+    serde_json::from_slice(&plaintext)
+        .map_err(|e| Error::Corrupt(format!("secret of service account {id}: {e}")))
+}

@@ -1,0 +1,339 @@
+//! Tasks: claiming one under a lease, recording progress and the outcome, fenced by attempt.
+//!
+//! Every write after the claim carries the attempt number in its `WHERE`: when zero rows match,
+//! a newer attempt owns the task and the stale worker stops without touching anything.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionSession,
+    TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Error, Result, job::touch_collector_finished};
+use crate::entity::{job, job_task, service_account};
+use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
+use crate::model::{Counts, JobKind, JobStatus, TaskStatus};
+
+/// A task as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub job_id: JobId,
+    pub service_account_id: Option<ServiceAccountId>,
+    pub status: TaskStatus,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub counts: Counts,
+    pub error: Option<String>,
+    pub stderr: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<job_task::Model> for Task {
+    fn from(m: job_task::Model) -> Self {
+        let started = m.started_at.map(|t| t.to_utc());
+        let finished = m.finished_at.map(|t| t.to_utc());
+        Self {
+            id: m.id.into(),
+            job_id: m.job_id.into(),
+            service_account_id: m.service_account_id.map(Into::into),
+            status: m.status,
+            attempt: m.attempt,
+            max_attempts: m.max_attempts,
+            counts: counts(&m),
+            error: m.error,
+            stderr: m.stderr,
+            created_at: m.created_at.to_utc(),
+            started_at: started,
+            finished_at: finished,
+            duration_ms: started
+                .zip(finished)
+                .map(|(s, f)| (f - s).num_milliseconds()),
+        }
+    }
+}
+
+fn counts(m: &job_task::Model) -> Counts {
+    Counts {
+        created: m.created,
+        updated: m.updated,
+        unchanged: m.unchanged,
+        deleted: m.deleted,
+        failed: m.failed,
+    }
+}
+
+/// The tasks of a job, in creation order.
+///
+/// # Errors
+/// Database errors only.
+pub async fn list(db: &impl ConnectionTrait, domain: DomainId, job: JobId) -> Result<Vec<Task>> {
+    let rows = job_task::Entity::find()
+        .filter(job_task::Column::DomainId.eq(domain.as_uuid()))
+        .filter(job_task::Column::JobId.eq(job.as_uuid()))
+        .order_by_asc(job_task::Column::Id)
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Everything a worker needs to run a claimed task.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub job_id: JobId,
+    pub domain: DomainId,
+    pub kind: JobKind,
+    pub collector_id: Option<CollectorId>,
+    pub plugin_id: String,
+    pub plugin_version: String,
+    pub options: Value,
+    pub service_account_id: Option<ServiceAccountId>,
+    pub provider: Option<String>,
+    pub project_id: Option<ProjectId>,
+}
+
+/// Claims a QUEUED task for `owner` with a lease, starting a new attempt and clearing the counts
+/// of any earlier one. `None` when the task is not QUEUED: another delivery of the same message
+/// already took it, or it ended.
+///
+/// # Errors
+/// Database errors only.
+pub async fn claim<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: TaskId,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Claimed>> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let mut rows = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(JobStatus::InProgress))
+        .col_expr(
+            job_task::Column::Attempt,
+            Expr::col(job_task::Column::Attempt).add(1),
+        )
+        .col_expr(job_task::Column::LeaseOwner, Expr::value(owner))
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(expires.fixed_offset()),
+        )
+        .col_expr(job_task::Column::StartedAt, Expr::value(now.fixed_offset()))
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .col_expr(job_task::Column::Created, Expr::value(0i64))
+        .col_expr(job_task::Column::Updated, Expr::value(0i64))
+        .col_expr(job_task::Column::Unchanged, Expr::value(0i64))
+        .col_expr(job_task::Column::Deleted, Expr::value(0i64))
+        .col_expr(job_task::Column::Failed, Expr::value(0i64))
+        .col_expr(job_task::Column::Error, Expr::value(Option::<String>::None))
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Status.eq(JobStatus::Queued))
+        .exec_with_returning(&txn)
+        .await?;
+    let Some(task) = rows.pop() else {
+        return Ok(None);
+    };
+    let j = job::Entity::find_by_id(task.job_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::not_found("job", task.job_id))?;
+    let account = match task.service_account_id {
+        Some(sa) => service_account::Entity::find_by_id(sa).one(&txn).await?,
+        None => None,
+    };
+    txn.commit().await?;
+    Ok(Some(Claimed {
+        task_id: id,
+        attempt: task.attempt,
+        job_id: j.id.into(),
+        domain: j.domain_id.into(),
+        kind: j.kind,
+        collector_id: j.collector_id.map(Into::into),
+        plugin_id: j.plugin_id,
+        plugin_version: j.plugin_version,
+        options: j.options,
+        service_account_id: task.service_account_id.map(Into::into),
+        provider: account.as_ref().map(|a| a.provider.clone()),
+        project_id: account.and_then(|a| a.project_id).map(Into::into),
+    }))
+}
+
+/// Adds a batch's counts to the task, inside the batch's own transaction. `false` means a newer
+/// attempt owns the task: the caller must roll the batch back.
+///
+/// # Errors
+/// Database errors only.
+pub async fn add_progress(
+    db: &impl ConnectionTrait,
+    id: TaskId,
+    attempt: i32,
+    delta: Counts,
+) -> Result<bool> {
+    let res = job_task::Entity::update_many()
+        .col_expr(
+            job_task::Column::Created,
+            Expr::col(job_task::Column::Created).add(delta.created),
+        )
+        .col_expr(
+            job_task::Column::Updated,
+            Expr::col(job_task::Column::Updated).add(delta.updated),
+        )
+        .col_expr(
+            job_task::Column::Unchanged,
+            Expr::col(job_task::Column::Unchanged).add(delta.unchanged),
+        )
+        .col_expr(
+            job_task::Column::Deleted,
+            Expr::col(job_task::Column::Deleted).add(delta.deleted),
+        )
+        .col_expr(
+            job_task::Column::Failed,
+            Expr::col(job_task::Column::Failed).add(delta.failed),
+        )
+        .col_expr(
+            job_task::Column::UpdatedAt,
+            Expr::value(Utc::now().fixed_offset()),
+        )
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// How a task attempt ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub status: TaskStatus,
+    pub error: Option<String>,
+    pub stderr: Option<String>,
+}
+
+/// What finishing a task did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Recorded; `Some` when this was the job's last task and the job ended with that status.
+    Recorded(Option<JobStatus>),
+    /// A newer attempt owns the task; nothing was written.
+    Stale,
+}
+
+/// Records a task's outcome and, when it is the job's last task, ends the job: all in one
+/// transaction, so a job is terminal exactly when all its tasks are.
+///
+/// # Errors
+/// Database errors only.
+pub async fn finish<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: TaskId,
+    attempt: i32,
+    outcome: Outcome,
+) -> Result<Finished> {
+    let txn = db.begin().await?;
+    let now = Utc::now().fixed_offset();
+    let mut rows = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(outcome.status))
+        .col_expr(job_task::Column::Error, Expr::value(outcome.error))
+        .col_expr(job_task::Column::Stderr, Expr::value(outcome.stderr))
+        .col_expr(job_task::Column::FinishedAt, Expr::value(now))
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            job_task::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None.map(|t| t.fixed_offset())),
+        )
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec_with_returning(&txn)
+        .await?;
+    let Some(task) = rows.pop() else {
+        return Ok(Finished::Stale);
+    };
+    let failed = i32::from(outcome.status != JobStatus::Success);
+    // The row lock this update takes serializes the job's concurrently finishing tasks, so
+    // exactly one of them sees `tasks_done == tasks_total`.
+    let mut jobs = job::Entity::update_many()
+        .col_expr(
+            job::Column::TasksDone,
+            Expr::col(job::Column::TasksDone).add(1),
+        )
+        .col_expr(
+            job::Column::TasksFailed,
+            Expr::col(job::Column::TasksFailed).add(failed),
+        )
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(task.job_id))
+        .exec_with_returning(&txn)
+        .await?;
+    let Some(j) = jobs.pop() else {
+        return Err(Error::not_found("job", task.job_id));
+    };
+    let mut ended = None;
+    if j.tasks_done >= j.tasks_total && !j.status.is_terminal() {
+        let (status, error) = if j.tasks_failed == 0 {
+            (JobStatus::Success, None)
+        } else {
+            (
+                JobStatus::Failure,
+                Some(format!(
+                    "{} of {} tasks failed",
+                    j.tasks_failed, j.tasks_total
+                )),
+            )
+        };
+        job::Entity::update_many()
+            .col_expr(job::Column::Status, Expr::value(status))
+            .col_expr(job::Column::Error, Expr::value(error))
+            .col_expr(job::Column::FinishedAt, Expr::value(now))
+            .filter(job::Column::Id.eq(j.id))
+            .exec(&txn)
+            .await?;
+        touch_collector_finished(&txn, j.id.into()).await?;
+        ended = Some(status);
+    }
+    txn.commit().await?;
+    Ok(Finished::Recorded(ended))
+}
+
+/// Hands a running task back to the queue (its worker is stopping), so the redelivered message
+/// can claim it again. Fenced like every other write.
+///
+/// # Errors
+/// Database errors only.
+pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Result<bool> {
+    let res = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(
+            job_task::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
+        )
+        .col_expr(
+            job_task::Column::UpdatedAt,
+            Expr::value(Utc::now().fixed_offset()),
+        )
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}

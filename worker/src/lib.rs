@@ -1,0 +1,133 @@
+//! Gleaner's worker: consumes job and task messages, runs plugins, writes their results.
+//!
+//! - [`consumer`]: the RabbitMQ consumer loop (manual ack after commit, bounded concurrency,
+//!   graceful stop).
+//! - [`handle`]: what one message does, independent of the broker: plan a job or run a task.
+//! - [`planner`]: a job becomes one task per linked service account.
+//! - [`runner`]: a task runs its plugin and streams items into the [`sink`].
+//! - [`plugin`]: the plugin trait, the registry and the built-in plugins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gleaner_common::config::WorkerSettings;
+use gleaner_common::crypto::Cipher;
+use gleaner_common::envelope::Incoming;
+use gleaner_common::outbox::Signal;
+use gleaner_common::retry::RetryPolicy;
+use gleaner_common::store;
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+pub mod consumer;
+pub mod planner;
+pub mod plugin;
+pub mod runner;
+pub mod sink;
+
+pub use plugin::Registry;
+
+/// What a task's lease is worth before another worker may take the task over.
+pub const LEASE: Duration = Duration::from_secs(300);
+
+/// Everything a worker's handlers share.
+pub struct Context {
+    pub db: DatabaseConnection,
+    pub cipher: Cipher,
+    pub registry: Registry,
+    pub sink: Arc<dyn sink::ResourceSink>,
+    pub settings: WorkerSettings,
+    /// Wakes this process's outbox relay after a commit that queued messages.
+    pub signal: Signal,
+    /// This worker's name in task leases.
+    pub name: String,
+    /// How database writes are retried inside a task.
+    pub db_retry: RetryPolicy,
+}
+
+impl Context {
+    /// A context with the default retry policy and a name from the host and process id.
+    #[must_use]
+    pub fn new(
+        db: DatabaseConnection,
+        cipher: Cipher,
+        registry: Registry,
+        sink: Arc<dyn sink::ResourceSink>,
+        settings: WorkerSettings,
+        signal: Signal,
+    ) -> Self {
+        let name = settings.name.clone().unwrap_or_else(default_name);
+        Self {
+            db,
+            cipher,
+            registry,
+            sink,
+            settings,
+            signal,
+            name,
+            db_retry: RetryPolicy::default(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// What to do with a delivery once handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (or a harmless duplicate): acknowledge.
+    Ack,
+    /// Can never succeed: dead-letter it with the reason.
+    DeadLetter(String),
+    /// May succeed later: deliver again.
+    Retry(String),
+}
+
+/// Handles one message body. Every path is idempotent: a message delivered twice has one effect.
+pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Disposition {
+    let message = match Incoming::decode(body) {
+        Ok(m) => m,
+        Err(e) => return Disposition::DeadLetter(e.to_string()),
+    };
+    match message {
+        Incoming::JobRequested(env) => {
+            let span = info_span!("job", job_id = %env.job_id, domain_id = %env.domain_id, message_id = %env.message_id);
+            match planner::plan(ctx, env.job_id).instrument(span).await {
+                Ok(_) => Disposition::Ack,
+                Err(e) => Disposition::Retry(e.to_string()),
+            }
+        }
+        Incoming::TaskRequested(env) => {
+            let Some(task_id) = env.task_id else {
+                return Disposition::DeadLetter("task.requested without a task_id".into());
+            };
+            let claimed = match store::task::claim(&ctx.db, task_id, &ctx.name, LEASE).await {
+                Ok(Some(c)) => c,
+                // Already taken by another delivery, or finished: nothing to do.
+                Ok(None) => return Disposition::Ack,
+                Err(e) => return Disposition::Retry(e.to_string()),
+            };
+            match runner::run(ctx, claimed, stop.clone()).await {
+                Ok(_) if stop.is_cancelled() => {
+                    Disposition::Retry("worker stopping; task released".into())
+                }
+                Ok(_) => {
+                    ctx.signal.notify();
+                    Disposition::Ack
+                }
+                Err(e) => {
+                    warn!(task_id = %task_id, error = %e, "recording the task's outcome failed");
+                    Disposition::Retry(e.to_string())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Planning a job: one task per service account linked to the job's plugin.
+
+use gleaner_common::id::JobId;
+use gleaner_common::model::JobStatus;
+use gleaner_common::store::job::{self, Planned};
+use gleaner_common::store::{self, service_account};
+use tracing::info;
+
+use crate::Context;
+
+/// Attempts a task gets before it fails for good.
+pub const MAX_ATTEMPTS: i32 = 3;
+
+/// Plans a QUEUED job. A redelivered message for a job already planned changes nothing.
+///
+/// # Errors
+/// Database errors; the caller retries the message.
+pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error> {
+    let input = match job::plan_input(&ctx.db, job_id).await {
+        Ok(i) => i,
+        // The job's domain was deleted since: nothing left to do.
+        Err(store::Error::NotFound { .. }) => return Ok(Planned::AlreadyPlanned),
+        Err(e) => return Err(e),
+    };
+    if input.status != JobStatus::Queued {
+        return Ok(Planned::AlreadyPlanned);
+    }
+    let (accounts, reason) = match ctx.registry.get(&input.plugin_id) {
+        Some(plugin) => {
+            let provider = plugin.info().provider.clone();
+            let accounts = service_account::list(&ctx.db, input.domain, Some(&provider)).await?;
+            let ids: Vec<_> = accounts.into_iter().map(|a| a.id).collect();
+            (
+                ids,
+                format!(
+                    "no service account of provider `{provider}` exists to collect from: create one first"
+                ),
+            )
+        }
+        None => (
+            Vec::new(),
+            format!(
+                "plugin `{}` is not available on this worker",
+                input.plugin_id
+            ),
+        ),
+    };
+    let planned = job::plan(&ctx.db, &input, &accounts, MAX_ATTEMPTS, &reason).await?;
+    if let Planned::Tasks(tasks) = &planned {
+        info!(job_id = %job_id, tasks = tasks.len(), "job planned");
+        ctx.signal.notify();
+    }
+    Ok(planned)
+}

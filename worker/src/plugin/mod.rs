@@ -1,0 +1,166 @@
+//! The plugin trait and the registry of plugins a worker can run.
+//!
+//! A plugin streams [`Item`]s into a bounded channel: the worker writes batches to the database
+//! while the plugin produces the next ones, and a slow database slows the plugin down instead of
+//! letting items pile up in memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
+use gleaner_common::plugin::{Catalog, PluginInfo};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub mod demo;
+
+/// One resource reported by a collector plugin. Its match key is (provider, `resource_type`,
+/// `resource_key`): the same key from two runs or two collectors is the same resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceItem {
+    pub resource_type: String,
+    pub resource_key: String,
+    pub name: Option<String>,
+    pub region: Option<String>,
+    /// A JSON object.
+    pub data: Value,
+}
+
+/// A failure the plugin reports for one item, without stopping the collection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ItemError {
+    pub resource_type: Option<String>,
+    pub resource_key: Option<String>,
+    pub message: String,
+}
+
+/// What a plugin emits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Resource(ResourceItem),
+    Error(ItemError),
+}
+
+/// Why a plugin run failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// Retrying cannot help: bad credentials, bad options.
+    #[error("{0}")]
+    Permanent(String),
+    /// A timeout or an unavailable endpoint: a later attempt may succeed.
+    #[error("{0}")]
+    Transient(String),
+    /// The worker stopped reading (the task was cancelled or the worker is shutting down).
+    #[error("the collection was stopped")]
+    Stopped,
+}
+
+/// The sending half of a plugin's item stream.
+#[derive(Clone, Debug)]
+pub struct ItemSender(mpsc::Sender<Item>);
+
+impl ItemSender {
+    /// Sends an item, waiting while the worker is busy writing.
+    ///
+    /// # Errors
+    /// [`PluginError::Stopped`] when the worker no longer reads: the plugin must return.
+    pub async fn send(&self, item: Item) -> Result<(), PluginError> {
+        self.0.send(item).await.map_err(|_| PluginError::Stopped)
+    }
+}
+
+/// A bounded item channel; `capacity` items may wait between the plugin and the writer.
+#[must_use]
+pub fn channel(capacity: usize) -> (ItemSender, mpsc::Receiver<Item>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (ItemSender(tx), rx)
+}
+
+/// What a collection is for.
+#[derive(Clone, Debug)]
+pub struct TaskInfo {
+    pub domain: DomainId,
+    pub job_id: JobId,
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub service_account_id: Option<ServiceAccountId>,
+}
+
+/// Everything a plugin gets for one collection.
+#[derive(Clone)]
+pub struct CollectRequest {
+    pub version: String,
+    pub options: Value,
+    /// Decrypted credentials. Never log them.
+    pub secret: Map<String, Value>,
+    pub task: TaskInfo,
+    /// Cancelled when the plugin must stop early.
+    pub cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for CollectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectRequest")
+            .field("version", &self.version)
+            .field("options", &self.options)
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plugin: describes itself, checks credentials, and collects.
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// The catalog entry: kind, provider, versions, options schema.
+    fn info(&self) -> &PluginInfo;
+
+    /// Checks that options and credentials work, without collecting.
+    ///
+    /// # Errors
+    /// What is wrong, in words a user can act on.
+    async fn verify(&self, options: &Value, secret: &Map<String, Value>)
+    -> Result<(), PluginError>;
+
+    /// Streams items into `out` until done.
+    ///
+    /// # Errors
+    /// The run failed as a whole; items already sent are kept.
+    async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError>;
+}
+
+/// The plugins this worker can run, by id.
+#[derive(Clone, Default)]
+pub struct Registry {
+    plugins: HashMap<String, Arc<dyn Plugin>>,
+}
+
+impl Registry {
+    /// The official plugins built into Gleaner.
+    #[must_use]
+    pub fn builtin() -> Self {
+        let mut r = Self::default();
+        r.add(Arc::new(demo::Demo::new()));
+        r
+    }
+
+    /// Adds (or replaces) a plugin.
+    pub fn add(&mut self, plugin: Arc<dyn Plugin>) {
+        self.plugins.insert(plugin.info().id.clone(), plugin);
+    }
+
+    /// A plugin by id.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<Arc<dyn Plugin>> {
+        self.plugins.get(id).cloned()
+    }
+
+    /// The catalog of these plugins, sorted by id, for the API.
+    #[must_use]
+    pub fn catalog(&self) -> Catalog {
+        let mut infos: Vec<PluginInfo> = self.plugins.values().map(|p| p.info().clone()).collect();
+        infos.sort_by(|a, b| a.id.cmp(&b.id));
+        Catalog::new(infos)
+    }
+}

@@ -1,0 +1,281 @@
+//! Running one claimed task: the plugin streams items, the runner cuts them into batches and
+//! hands each to the sink, then records the outcome.
+//!
+//! Outcome rule: a task is SUCCESS only when the plugin finished and every item was stored. A
+//! plugin failure, a write failure, or any item the plugin reported as failed makes the task
+//! FAILURE (the items that were stored stay stored, and a failed task never deletes anything).
+
+use std::collections::HashSet;
+
+use gleaner_common::model::{Counts, JobStatus};
+use gleaner_common::store::task::{Claimed, Finished, Outcome};
+use gleaner_common::store::{self, service_account};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::Context;
+use crate::plugin::{CollectRequest, Item, ItemError, PluginError, ResourceItem, TaskInfo};
+use crate::sink::{Scope, SinkError, Written};
+
+/// Item errors kept for the task's error message; the count covers all of them.
+const KEPT_ITEM_ERRORS: usize = 5;
+
+/// How a run ended, before it is recorded.
+enum Ended {
+    /// Record this outcome.
+    Done(Outcome),
+    /// A newer attempt owns the task; record nothing.
+    Stale,
+    /// The worker is stopping: hand the task back for another worker.
+    Released,
+}
+
+/// Runs a claimed task to its end and records the outcome.
+///
+/// # Errors
+/// The outcome could not be recorded (database unreachable); the caller retries the message.
+pub async fn run(
+    ctx: &Context,
+    claimed: Claimed,
+    stop: CancellationToken,
+) -> Result<Finished, store::Error> {
+    let span = info_span!("task", task_id = %claimed.task_id, job_id = %claimed.job_id, attempt = claimed.attempt,
+        service_account_id = ?claimed.service_account_id.map(|s| s.to_string()));
+    async move {
+        let started = std::time::Instant::now();
+        let ended = collect(ctx, &claimed, &stop).await;
+        match ended {
+            Ended::Stale => {
+                info!("a newer attempt owns the task; stopping");
+                Ok(Finished::Stale)
+            }
+            Ended::Released => {
+                store::task::release(&ctx.db, claimed.task_id, claimed.attempt).await?;
+                info!("task released for another worker");
+                Ok(Finished::Stale)
+            }
+            Ended::Done(outcome) => {
+                let status = outcome.status;
+                let finished =
+                    store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, outcome).await?;
+                info!(
+                    ?status,
+                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "task finished"
+                );
+                if let Finished::Recorded(Some(job_status)) = finished {
+                    info!(?job_status, "job finished");
+                }
+                Ok(finished)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn failure(error: impl Into<String>) -> Ended {
+    Ended::Done(Outcome {
+        status: JobStatus::Failure,
+        error: Some(error.into()),
+        stderr: None,
+    })
+}
+
+async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> Ended {
+    let Some(plugin) = ctx.registry.get(&claimed.plugin_id) else {
+        return failure(format!(
+            "plugin `{}` is not available on this worker",
+            claimed.plugin_id
+        ));
+    };
+    if !plugin.info().has_version(&claimed.plugin_version) {
+        return failure(format!(
+            "plugin `{}` has no version {}",
+            claimed.plugin_id, claimed.plugin_version
+        ));
+    }
+    let secret = match claimed.service_account_id {
+        Some(sa) => {
+            match service_account::credentials(&ctx.db, &ctx.cipher, claimed.domain, sa).await {
+                Ok(s) => s,
+                Err(e) => {
+                    return failure(format!(
+                        "credentials of service account {sa} could not be read: {e}"
+                    ));
+                }
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    let scope = Scope {
+        domain: claimed.domain,
+        provider: claimed
+            .provider
+            .clone()
+            .unwrap_or_else(|| plugin.info().provider.clone()),
+        project_id: claimed.project_id,
+        service_account_id: claimed.service_account_id,
+        collector_id: claimed.collector_id,
+        job_id: claimed.job_id,
+        task_id: claimed.task_id,
+        attempt: claimed.attempt,
+    };
+    let cancel = stop.child_token();
+    let request = CollectRequest {
+        version: claimed.plugin_version.clone(),
+        options: claimed.options.clone(),
+        secret,
+        task: TaskInfo {
+            domain: claimed.domain,
+            job_id: claimed.job_id,
+            task_id: claimed.task_id,
+            attempt: claimed.attempt,
+            service_account_id: claimed.service_account_id,
+        },
+        cancel: cancel.clone(),
+    };
+    let (tx, rx) = crate::plugin::channel(ctx.settings.batch_size.clamp(1, 1024));
+    let plugin_span =
+        info_span!("plugin", name = %plugin.info().id, version = %claimed.plugin_version);
+    let producer =
+        tokio::spawn(async move { plugin.collect(request, tx).await }.instrument(plugin_span));
+
+    let written = consume(ctx, &scope, rx).await;
+    // Whatever ended the writing, the plugin must stop too.
+    cancel.cancel();
+    let plugin_result = match producer.await {
+        Ok(r) => r,
+        Err(e) => Err(PluginError::Permanent(format!("the plugin panicked: {e}"))),
+    };
+    if stop.is_cancelled() {
+        return Ended::Released;
+    }
+    let summary = match written {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ended::Stale,
+        Err(e) => return failure(format!("writing results failed: {e}")),
+    };
+    match plugin_result {
+        Err(PluginError::Stopped) if stop.is_cancelled() => Ended::Released,
+        Err(e) => failure(format!(
+            "plugin failed after {} items: {e}",
+            summary.counts.seen()
+        )),
+        Ok(()) if summary.counts.failed > 0 => failure(summary.item_error_message()),
+        Ok(()) => Ended::Done(Outcome {
+            status: JobStatus::Success,
+            error: None,
+            stderr: None,
+        }),
+    }
+}
+
+/// What the writer saw.
+#[derive(Default)]
+struct Summary {
+    counts: Counts,
+    errors: Vec<ItemError>,
+}
+
+impl Summary {
+    fn item_error_message(&self) -> String {
+        let shown: Vec<String> = self
+            .errors
+            .iter()
+            .map(|e| match (&e.resource_type, &e.resource_key) {
+                (Some(t), Some(k)) => format!("{t}/{k}: {}", e.message),
+                (_, Some(k)) => format!("{k}: {}", e.message),
+                _ => e.message.clone(),
+            })
+            .collect();
+        format!(
+            "{} items failed ({} stored); first errors: {}",
+            self.counts.failed,
+            self.counts.seen(),
+            shown.join("; ")
+        )
+    }
+}
+
+/// Reads the plugin's stream and writes it in batches. `Ok(None)` when the task turned out to
+/// be stale.
+async fn consume(
+    ctx: &Context,
+    scope: &Scope,
+    mut rx: mpsc::Receiver<Item>,
+) -> Result<Option<Summary>, SinkError> {
+    let batch_size = ctx.settings.batch_size.max(1);
+    let mut summary = Summary::default();
+    let mut batch: Vec<ResourceItem> = Vec::with_capacity(batch_size);
+    let mut keys: HashSet<(String, String)> = HashSet::with_capacity(batch_size);
+    let mut pending_failed = 0i64;
+    while let Some(item) = rx.recv().await {
+        match item {
+            Item::Resource(r) => {
+                // A key may appear once per upsert statement; a repeat starts a new batch so
+                // the later version wins, as it would have row by row.
+                if !keys.insert((r.resource_type.clone(), r.resource_key.clone())) {
+                    if !flush(ctx, scope, &mut batch, &mut pending_failed, &mut summary).await? {
+                        return Ok(None);
+                    }
+                    keys.clear();
+                    keys.insert((r.resource_type.clone(), r.resource_key.clone()));
+                }
+                batch.push(r);
+            }
+            Item::Error(e) => {
+                pending_failed += 1;
+                if summary.errors.len() < KEPT_ITEM_ERRORS {
+                    summary.errors.push(e);
+                }
+            }
+        }
+        if batch.len() >= batch_size {
+            if !flush(ctx, scope, &mut batch, &mut pending_failed, &mut summary).await? {
+                return Ok(None);
+            }
+            keys.clear();
+        }
+    }
+    if (!batch.is_empty() || pending_failed > 0)
+        && !flush(ctx, scope, &mut batch, &mut pending_failed, &mut summary).await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(summary))
+}
+
+/// Writes the batch, retrying transient database errors. `false` when the task is stale.
+async fn flush(
+    ctx: &Context,
+    scope: &Scope,
+    batch: &mut Vec<ResourceItem>,
+    failed: &mut i64,
+    summary: &mut Summary,
+) -> Result<bool, SinkError> {
+    let started = std::time::Instant::now();
+    let written = ctx
+        .db_retry
+        .run("write batch", SinkError::is_transient, || {
+            ctx.sink.write(scope, batch, *failed)
+        })
+        .await?;
+    match written {
+        Written::Stale => Ok(false),
+        Written::Committed(counts) => {
+            debug!(
+                rows = batch.len(),
+                created = counts.created,
+                updated = counts.updated,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "batch written"
+            );
+            summary.counts += counts;
+            batch.clear();
+            *failed = 0;
+            Ok(true)
+        }
+    }
+}

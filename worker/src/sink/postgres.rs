@@ -1,0 +1,210 @@
+//! The PostgreSQL sink: binary `COPY` into a temporary staging table, then one statement per
+//! batch that upserts the resources, skips those whose content hash is unchanged, and records a
+//! change (with a field-level diff for updates) for each created or updated one.
+//!
+//! One INSERT per row would cost a round trip each, and a multi-row INSERT is capped at 65,535
+//! bind parameters; COPY streams the batch in one go.
+
+use async_trait::async_trait;
+use gleaner_common::model::Counts;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{ResourceSink, Scope, SinkError, Written, content_hash};
+use crate::plugin::ResourceItem;
+
+/// Rows live until the end of the transaction; the table itself is created once per
+/// connection. Temporary tables are not WAL-logged, so staging costs little beyond the copy.
+const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS gleaner_stage_resources (
+    id uuid NOT NULL,
+    resource_type text NOT NULL,
+    resource_key text NOT NULL,
+    name text,
+    region text,
+    data jsonb NOT NULL,
+    content_hash bigint NOT NULL
+) ON COMMIT DELETE ROWS";
+
+const COPY_STAGE: &str = "COPY gleaner_stage_resources (id, resource_type, resource_key, name, region, data, content_hash) FROM STDIN (FORMAT binary)";
+
+/// Fences the batch: locks the task row if this attempt still owns it.
+const FENCE: &str =
+    "SELECT 1 FROM job_tasks WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS' FOR UPDATE";
+
+/// `$1` domain, `$2` provider, `$3` project, `$4` service account, `$5` collector, `$6` job.
+/// All CTEs see the snapshot taken at the start of the statement, so `old` holds the rows as
+/// they were before `up` changed them.
+const UPSERT: &str = "
+WITH old AS (
+    SELECT r.id, r.data
+    FROM gleaner_stage_resources s
+    JOIN resources r
+      ON r.domain_id = $1 AND r.provider = $2
+     AND r.resource_type = s.resource_type AND r.resource_key = s.resource_key
+    WHERE r.content_hash <> s.content_hash OR r.state <> 'ACTIVE'
+), up AS (
+    INSERT INTO resources AS r (
+        id, domain_id, provider, resource_type, resource_key, name, region,
+        project_id, service_account_id, collector_id, data, content_hash, state, missed_runs,
+        created_job_id, updated_job_id, created_at, updated_at)
+    SELECT s.id, $1, $2, s.resource_type, s.resource_key, s.name, s.region,
+        $3, $4, $5, s.data, s.content_hash, 'ACTIVE', 0, $6, $6, now(), now()
+    FROM gleaner_stage_resources s
+    ON CONFLICT (domain_id, provider, resource_type, resource_key) DO UPDATE SET
+        name = excluded.name,
+        region = excluded.region,
+        project_id = excluded.project_id,
+        service_account_id = excluded.service_account_id,
+        collector_id = excluded.collector_id,
+        data = excluded.data,
+        content_hash = excluded.content_hash,
+        state = 'ACTIVE',
+        missed_runs = 0,
+        deleted_at = NULL,
+        updated_job_id = excluded.updated_job_id,
+        updated_at = now()
+    WHERE r.content_hash <> excluded.content_hash OR r.state <> 'ACTIVE'
+    RETURNING r.id, r.data, (r.xmax = 0) AS inserted
+), changes AS (
+    INSERT INTO resource_changes (domain_id, resource_id, job_id, kind, diff, created_at)
+    SELECT $1, up.id, $6,
+        CASE WHEN up.inserted THEN 'CREATED' ELSE 'UPDATED' END,
+        CASE WHEN up.inserted THEN NULL ELSE gleaner_jsonb_diff(old.data, up.data) END,
+        now()
+    FROM up LEFT JOIN old ON old.id = up.id
+    RETURNING kind
+)
+SELECT count(*) FILTER (WHERE kind = 'CREATED') AS created,
+       count(*) FILTER (WHERE kind = 'UPDATED') AS updated
+FROM changes";
+
+const PROGRESS: &str = "UPDATE job_tasks SET
+    created = created + $3, updated = updated + $4, unchanged = unchanged + $5, failed = failed + $6,
+    updated_at = now()
+WHERE id = $1 AND attempt = $2";
+
+/// Writes resources to PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PgSink {
+    pool: PgPool,
+}
+
+impl PgSink {
+    /// Uses the sqlx pool behind SeaORM's connection (`get_postgres_connection_pool`).
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl ResourceSink for PgSink {
+    async fn write(
+        &self,
+        scope: &Scope,
+        batch: &[ResourceItem],
+        failed: i64,
+    ) -> Result<Written, SinkError> {
+        let copy = encode(batch)?;
+        let db = |e: sqlx::Error| SinkError::Db(e.to_string());
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let owned = sqlx::query(FENCE)
+            .bind(scope.task_id.as_uuid())
+            .bind(scope.attempt)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if owned.is_none() {
+            return Ok(Written::Stale);
+        }
+        let mut counts = Counts {
+            failed,
+            ..Counts::default()
+        };
+        if !batch.is_empty() {
+            sqlx::query(CREATE_STAGE)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
+            sink.send(copy).await.map_err(db)?;
+            sink.finish().await.map_err(db)?;
+            let row = sqlx::query(UPSERT)
+                .bind(scope.domain.as_uuid())
+                .bind(&scope.provider)
+                .bind(scope.project_id.map(|p| p.as_uuid()))
+                .bind(scope.service_account_id.map(|s| s.as_uuid()))
+                .bind(scope.collector_id.map(|c| c.as_uuid()))
+                .bind(scope.job_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+            counts.created = row.get("created");
+            counts.updated = row.get("updated");
+            counts.unchanged =
+                i64::try_from(batch.len()).unwrap_or(i64::MAX) - counts.created - counts.updated;
+        }
+        sqlx::query(PROGRESS)
+            .bind(scope.task_id.as_uuid())
+            .bind(scope.attempt)
+            .bind(counts.created)
+            .bind(counts.updated)
+            .bind(counts.unchanged)
+            .bind(counts.failed)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Written::Committed(counts))
+    }
+}
+
+/// Encodes a batch in PostgreSQL's binary COPY format: a fixed header, then per row a field
+/// count and length-prefixed fields in network byte order, then a -1 trailer.
+fn encode(batch: &[ResourceItem]) -> Result<Vec<u8>, SinkError> {
+    let mut buf = Vec::with_capacity(64 + batch.len() * 700);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    let mut json = Vec::with_capacity(1024);
+    for item in batch {
+        if !item.data.is_object() {
+            return Err(SinkError::NotAnObject {
+                key: item.resource_key.clone(),
+            });
+        }
+        json.clear();
+        serde_json::to_writer(&mut json, &item.data).map_err(|_| SinkError::NotAnObject {
+            key: item.resource_key.clone(),
+        })?;
+        buf.extend_from_slice(&7i16.to_be_bytes());
+        field(&mut buf, Uuid::now_v7().as_bytes());
+        field(&mut buf, item.resource_type.as_bytes());
+        field(&mut buf, item.resource_key.as_bytes());
+        opt_field(&mut buf, item.name.as_deref().map(str::as_bytes));
+        opt_field(&mut buf, item.region.as_deref().map(str::as_bytes));
+        // jsonb's binary form is a version byte (1) followed by the JSON text.
+        buf.extend_from_slice(
+            &i32::try_from(json.len() + 1)
+                .unwrap_or(i32::MAX)
+                .to_be_bytes(),
+        );
+        buf.push(1);
+        buf.extend_from_slice(&json);
+        field(&mut buf, &content_hash(item, &json).to_be_bytes());
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(buf)
+}
+
+fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+fn opt_field(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => field(buf, b),
+        None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+}
