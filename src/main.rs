@@ -1,1 +1,89 @@
-fn main() {}
+//! `gleaner`: one binary, one subcommand per process.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gleaner::cmd;
+use gleaner_common::config::Settings;
+use tokio_util::sync::CancellationToken;
+
+/// Collects cloud inventory, billing data and metrics through plugins.
+#[derive(Debug, Parser)]
+#[command(name = "gleaner", version, about)]
+struct Cli {
+    /// A TOML settings file; environment variables (`GLEANER_*`) override it.
+    #[arg(long, global = true, env = "GLEANER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (and publish its queued messages).
+    Api(cmd::api::Args),
+    /// Consume jobs and tasks, run plugins, store results.
+    Worker(cmd::worker::Args),
+    /// Turn schedules into jobs.
+    Scheduler(cmd::scheduler::Args),
+    /// Create the database if needed and apply pending migrations.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
+    gleaner_common::telemetry::init(&settings.log);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match cli.command {
+        Command::Api(args) => cmd::api::run(args, &settings, shutdown).await,
+        Command::Worker(args) => cmd::worker::run(args, &settings, shutdown).await,
+        Command::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,
+        Command::Migrate => cmd::migrate::run(&settings).await,
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["gleaner", "worker", "--migrate"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Worker(cmd::worker::Args { migrate: true })
+        ));
+        assert!(Cli::try_parse_from(["gleaner", "explode"]).is_err());
+    }
+}

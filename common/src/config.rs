@@ -121,6 +121,9 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     /// Name of this worker in task leases; defaults to host name and process id.
     pub name: Option<String>,
+    /// On SIGTERM, how long running tasks may go on before they are handed back to the queue.
+    #[serde(with = "secs")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -131,6 +134,7 @@ impl Default for WorkerSettings {
             concurrency: 16,
             batch_size: 5_000,
             name: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -220,6 +224,20 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
     }
 }
 

@@ -1,0 +1,173 @@
+//! Extractors whose rejections are problem+json naming the field, instead of axum's plain text.
+
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use gleaner_common::id::DomainId;
+use serde::de::DeserializeOwned;
+
+use crate::problem::{ApiError, Code};
+
+/// A JSON body, deserialized with the path of any offending field.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == "application"
+                    && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(Code::MalformedBody, e.body_text()))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| body_error(&e))?;
+        // Trailing bytes after the JSON value make the body malformed, not silently ignored.
+        de.end().map_err(|e| {
+            ApiError::new(
+                Code::MalformedBody,
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        Ok(Self(value))
+    }
+}
+
+fn body_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = e.inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::new(
+            Code::MalformedBody,
+            format!("the body is not valid JSON: {inner}"),
+        );
+    }
+    let (field, detail) = field_of(&e.path().to_string(), &inner.to_string());
+    ApiError::field(Code::InvalidInput, field, detail)
+}
+
+/// Turns serde's path and message into a field name and a message without position noise.
+/// A missing field is reported by serde at its parent's path, with the name in the message.
+fn field_of(path: &str, message: &str) -> (String, String) {
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_owned();
+    let parent = if path == "." {
+        String::new()
+    } else {
+        path.to_owned()
+    };
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or(rest);
+        let field = if parent.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{parent}.{name}")
+        };
+        return (field, "is required".into());
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or(rest);
+        let field = if parent.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{parent}.{name}")
+        };
+        return (field, "unknown field".into());
+    }
+    (
+        if parent.is_empty() {
+            "body".to_owned()
+        } else {
+            parent
+        },
+        message,
+    )
+}
+
+/// Query parameters, deserialized with the name of any offending parameter.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
+            let (field, detail) = field_of(&e.path().to_string(), &e.inner().to_string());
+            ApiError::field(Code::InvalidInput, field, detail)
+        })
+    }
+}
+
+/// The tenant a request acts for. Single-tenant for now: every request belongs to the default
+/// domain. Authentication (API keys mapped to domains) plugs in here.
+#[derive(Clone, Copy, Debug)]
+pub struct Tenant(pub DomainId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(DomainId::DEFAULT))
+    }
+}
+
+/// Parses an id from a path segment; a malformed id is a resource that does not exist.
+///
+/// # Errors
+/// 404 naming what was looked for.
+pub fn parse_id<T: FromStr>(what: &str, raw: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found(what, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_unknown_fields_are_named() {
+        assert_eq!(
+            field_of(".", "missing field `name` at line 1 column 2"),
+            ("name".into(), "is required".into())
+        );
+        assert_eq!(
+            field_of("credentials", "missing field `key`"),
+            ("credentials.key".into(), "is required".into())
+        );
+        assert_eq!(
+            field_of(
+                "priority",
+                "invalid type: string \"x\", expected i64 at line 1 column 20"
+            ),
+            (
+                "priority".into(),
+                "invalid type: string \"x\", expected i64".into()
+            )
+        );
+        assert_eq!(
+            field_of(".", "unknown field `nmae`, expected `name`"),
+            ("nmae".into(), "unknown field".into())
+        );
+    }
+}

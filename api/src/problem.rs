@@ -1,0 +1,217 @@
+//! Errors at the HTTP edge, as RFC 9457 problem details.
+//!
+//! Policy:
+//! - Every error response is `application/problem+json`, built from the one [`Code`] table below
+//!   (code → status, title, `type`), so clients can branch on `type` and show `title`.
+//! - Input errors name the offending fields in `errors: [{field, detail}]`; a body that is not
+//!   JSON, or JSON of the wrong shape, is reported the same way (our extractors wrap axum's).
+//! - 5xx bodies stay generic; the cause is logged once, here, inside the request's span.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gleaner_common::model::Invalid;
+use gleaner_common::store;
+use serde::Serialize;
+
+/// The kinds of error the API returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    MalformedBody,
+    InvalidInput,
+    NotFound,
+    DuplicateName,
+    Conflict,
+    UnsupportedMediaType,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    /// Status, title and the `type` URI path.
+    const fn meta(self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Code::MalformedBody => (
+                StatusCode::BAD_REQUEST,
+                "Malformed request body",
+                "/problems/malformed-body",
+            ),
+            Code::InvalidInput => (
+                StatusCode::BAD_REQUEST,
+                "Invalid input",
+                "/problems/invalid-input",
+            ),
+            Code::NotFound => (StatusCode::NOT_FOUND, "Not found", "/problems/not-found"),
+            Code::DuplicateName => (
+                StatusCode::CONFLICT,
+                "Name already in use",
+                "/problems/duplicate-name",
+            ),
+            Code::Conflict => (
+                StatusCode::CONFLICT,
+                "Conflicts with the current state",
+                "/problems/conflict",
+            ),
+            Code::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                "/problems/unsupported-media-type",
+            ),
+            Code::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service unavailable",
+                "/problems/unavailable",
+            ),
+            Code::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                "/problems/internal",
+            ),
+        }
+    }
+}
+
+/// One offending field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub detail: String,
+}
+
+/// The problem+json body.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// An error a handler returns.
+#[derive(Debug)]
+pub struct ApiError {
+    code: Code,
+    detail: String,
+    errors: Vec<FieldError>,
+    /// Logged for 5xx, never sent.
+    cause: Option<String>,
+}
+
+/// `Result` of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            cause: None,
+        }
+    }
+
+    /// An input error naming one field.
+    pub fn field(code: Code, field: impl Into<String>, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let field = field.into();
+        Self {
+            code,
+            detail: format!("{field}: {detail}"),
+            errors: vec![FieldError { field, detail }],
+            cause: None,
+        }
+    }
+
+    /// Input errors naming several fields.
+    #[must_use]
+    pub fn invalid(errors: Vec<Invalid>) -> Self {
+        let detail = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let errors = errors
+            .into_iter()
+            .map(|e| FieldError {
+                field: e.field,
+                detail: e.detail,
+            })
+            .collect();
+        Self {
+            code: Code::InvalidInput,
+            detail,
+            errors,
+            cause: None,
+        }
+    }
+
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self::new(Code::NotFound, format!("no {what} with id '{id}'"))
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self {
+            code: Code::Internal,
+            detail: "the server failed to handle the request; it has been logged".into(),
+            errors: Vec::new(),
+            cause: Some(cause.to_string()),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        Self::invalid(vec![e])
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::NotFound { what, id } => Self::not_found(what, id),
+            store::Error::Conflict { field, detail } => Self {
+                code: Code::DuplicateName,
+                detail: detail.clone(),
+                errors: vec![FieldError {
+                    field: field.into(),
+                    detail: "must be unique".into(),
+                }],
+                cause: None,
+            },
+            store::Error::State(detail) => Self::new(Code::Conflict, detail),
+            store::Error::Invalid(errors) => Self::invalid(errors),
+            e if e.is_transient() => Self {
+                code: Code::Unavailable,
+                detail: "the database is unavailable; retry shortly".into(),
+                errors: Vec::new(),
+                cause: Some(e.to_string()),
+            },
+            e => Self::internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, title, kind) = self.code.meta();
+        if let Some(cause) = &self.cause {
+            tracing::error!(status = status.as_u16(), error = %cause, "request failed");
+        }
+        let body = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.detail,
+            errors: self.errors,
+        };
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

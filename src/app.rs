@@ -1,0 +1,156 @@
+//! Starting Gleaner's components from settings.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gleaner_api::{AppState, Inner};
+use gleaner_common::broker::{AmqpPublisher, Names, Publisher};
+use gleaner_common::config::Settings;
+use gleaner_common::crypto::Cipher;
+use gleaner_common::model::JobKind;
+use gleaner_common::outbox::{Relay, Signal};
+use gleaner_migrations::{Migrator, MigratorTrait};
+use gleaner_worker::consumer::{self, ConsumerSettings};
+use gleaner_worker::sink::postgres::PgSink;
+use gleaner_worker::{Context, Registry};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Connects to PostgreSQL, applying pending migrations first when `migrate` is set.
+///
+/// # Errors
+/// The database is unreachable or a migration fails.
+pub async fn database(settings: &Settings, migrate: bool) -> anyhow::Result<DatabaseConnection> {
+    if migrate {
+        gleaner_common::db::ensure_database(&settings.database_url)
+            .await
+            .context("creating the database")?;
+    }
+    let db = gleaner_common::db::connect(&settings.database_url, &settings.database).await?;
+    if migrate {
+        apply_migrations(&db, settings.database.schema.as_deref()).await?;
+    }
+    Ok(db)
+}
+
+/// Applies pending migrations (in `schema` when given, creating it).
+///
+/// # Errors
+/// A migration failed.
+pub async fn apply_migrations(db: &DatabaseConnection, schema: Option<&str>) -> anyhow::Result<()> {
+    if let Some(schema) = schema {
+        let quoted = schema.replace('"', "\"\"");
+        db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS \"{quoted}\""))
+            .await
+            .context("creating the schema")?;
+    }
+    Migrator::up(db, None)
+        .await
+        .context("applying migrations")?;
+    Ok(())
+}
+
+/// The broker publisher of a process.
+#[must_use]
+pub fn publisher(settings: &Settings, process: &str) -> Arc<AmqpPublisher> {
+    AmqpPublisher::new(
+        settings.amqp_url.clone(),
+        Names::new(settings.amqp.prefix.clone()),
+        format!("gleaner-{process}"),
+    )
+}
+
+/// Spawns the outbox relay of a process.
+pub fn spawn_relay(
+    settings: &Settings,
+    db: DatabaseConnection,
+    publisher: Arc<dyn Publisher>,
+    signal: Signal,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let relay = Relay::new(db, publisher, signal, settings.outbox.clone());
+    tokio::spawn(relay.run(shutdown))
+}
+
+/// Serves the API on `listener` until `shutdown`, with its outbox relay.
+///
+/// # Errors
+/// The credentials key is missing or the server fails.
+pub async fn serve_api(
+    settings: &Settings,
+    db: DatabaseConnection,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cipher = Cipher::new(&settings.secret_key()?);
+    let signal = Signal::new();
+    let publisher = publisher(settings, "api");
+    let relay = spawn_relay(
+        settings,
+        db.clone(),
+        publisher.clone(),
+        signal.clone(),
+        shutdown.clone(),
+    );
+    let state = AppState::new(Inner {
+        db,
+        cipher,
+        catalog: Registry::builtin().catalog(),
+        signal,
+        broker: publisher,
+    });
+    let app = gleaner_api::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+    shutdown.cancel();
+    relay.await.ok();
+    Ok(())
+}
+
+/// Runs a worker (consumer and outbox relay) until `shutdown`.
+///
+/// # Errors
+/// The credentials key is missing.
+pub async fn run_worker(
+    settings: &Settings,
+    db: DatabaseConnection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cipher = Cipher::new(&settings.secret_key()?);
+    let signal = Signal::new();
+    let publisher = publisher(settings, "worker");
+    // The relay outlives the consumer, so tasks finished during the grace period still get
+    // their follow-up messages out.
+    let relay_stop = CancellationToken::new();
+    let relay = spawn_relay(
+        settings,
+        db.clone(),
+        publisher,
+        signal.clone(),
+        relay_stop.clone(),
+    );
+    let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
+    let ctx = Arc::new(Context::new(
+        db,
+        cipher,
+        Registry::builtin(),
+        sink,
+        settings.worker.clone(),
+        signal,
+    ));
+    let consumer_settings = ConsumerSettings {
+        amqp_url: settings.amqp_url.clone(),
+        names: Names::new(settings.amqp.prefix.clone()),
+        kinds: JobKind::ALL.to_vec(),
+        prefetch: settings.amqp.prefetch,
+        grace: settings.worker.shutdown_grace,
+    };
+    consumer::run(ctx, consumer_settings, shutdown).await;
+    relay_stop.cancel();
+    relay.await.ok();
+    Ok(())
+}
