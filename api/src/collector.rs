@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gleaner_common::model::{Invalid, Name, Priority, Trigger};
 use gleaner_common::plugin::Catalog;
-use gleaner_common::store::collector::{self, Collector, NewCollector};
+use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
 use gleaner_common::store::job;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ use crate::problem::{ApiError, ApiResult};
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/collectors", get(list).post(create))
-        .route("/v1/collectors/{id}", get(show))
+        .route("/v1/collectors/{id}", get(show).patch(update))
         .route("/v1/collectors/{id}/collect", post(collect))
 }
 
@@ -37,6 +37,29 @@ struct CreateCollector {
     options: Option<Value>,
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateCollector {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+    /// Absent: unchanged; `null`: follow the latest version; a string: pin that version.
+    #[serde(default, deserialize_with = "present")]
+    version: Option<Option<String>>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Checks the body against the catalog; every problem is reported at once.
@@ -103,6 +126,17 @@ fn validate<'a>(body: CreateCollector, catalog: &'a Catalog) -> Result<NewCollec
     }
 }
 
+fn check_tags(tags: &BTreeMap<String, String>, errors: &mut Vec<Invalid>) {
+    for key in tags.keys() {
+        if key.trim().is_empty() || key.chars().count() > 128 {
+            errors.push(Invalid::new(
+                format!("tags.{key}"),
+                "tag keys must be 1–128 characters",
+            ));
+        }
+    }
+}
+
 async fn create(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -125,6 +159,70 @@ async fn show(
 ) -> ApiResult<Json<Collector>> {
     let id = parse_id("collector", &id)?;
     Ok(Json(collector::get(&state.db, domain, id).await?))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateCollector>,
+) -> ApiResult<Json<Collector>> {
+    let id = parse_id("collector", &id)?;
+    let current = collector::get(&state.db, domain, id).await?;
+    let plugin = state.catalog.get(&current.plugin_id).ok_or_else(|| {
+        ApiError::new(
+            crate::problem::Code::Conflict,
+            format!("plugin `{}` is no longer in the catalog", current.plugin_id),
+        )
+    })?;
+    let mut errors = Vec::new();
+    let name = body
+        .name
+        .map(|n| Name::parse("name", &n))
+        .transpose()
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
+    let priority = body
+        .priority
+        .map(|p| Priority::new("priority", p))
+        .transpose()
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
+    if let Some(Some(v)) = &body.version {
+        if !plugin.has_version(v) {
+            errors.push(Invalid::new(
+                "version",
+                format!(
+                    "plugin `{}` has no version `{v}`; it has {}",
+                    plugin.id,
+                    plugin.versions.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(options) = &body.options {
+        if let Err(e) = plugin.validate_options(options) {
+            errors.extend(e);
+        }
+    }
+    if let Some(tags) = &body.tags {
+        check_tags(tags, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let change = CollectorUpdate {
+        name,
+        priority,
+        version: body.version,
+        options: body.options,
+        tags: body.tags,
+    };
+    Ok(Json(
+        collector::update(&state.db, domain, id, plugin, change).await?,
+    ))
 }
 
 /// Queues a collection now: 202 with the job id; the job's progress is at `/v1/jobs/{id}`.

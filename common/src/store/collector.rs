@@ -177,3 +177,65 @@ pub async fn get(
     };
     view(c, status)
 }
+
+/// A validated change to a collector; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct CollectorUpdate {
+    pub name: Option<Name>,
+    pub priority: Option<Priority>,
+    /// `Some(None)` follows the plugin's latest version from now on; `Some(Some(v))` pins `v`.
+    pub version: Option<Option<String>>,
+    pub options: Option<Value>,
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// Applies an update.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown collector; [`Error::Conflict`] naming `name` when the new
+/// name is taken.
+pub async fn update(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: CollectorId,
+    plugin: &PluginInfo,
+    change: CollectorUpdate,
+) -> Result<Collector> {
+    let current = find(db, domain, id).await?;
+    let mut row: collector::ActiveModel = current.into();
+    if let Some(name) = &change.name {
+        row.name = Set(name.to_string());
+    }
+    if let Some(priority) = change.priority {
+        row.priority = Set(priority.get());
+    }
+    match change.version {
+        Some(Some(v)) => {
+            row.version = Set(v);
+            row.upgrade_mode = Set(UpgradeMode::Manual);
+        }
+        Some(None) => {
+            row.version = Set(plugin.latest.clone());
+            row.upgrade_mode = Set(UpgradeMode::Auto);
+        }
+        None => {}
+    }
+    if let Some(options) = change.options {
+        row.options = Set(options);
+    }
+    if let Some(tags) = &change.tags {
+        row.tags = Set(serde_json::to_value(tags).map_err(|e| Error::Corrupt(e.to_string()))?);
+    }
+    row.updated_at = Set(Utc::now().fixed_offset());
+    match collector::Entity::update(row).exec(db).await {
+        Ok(_) => get(db, domain, id).await,
+        Err(e) if is_unique_violation(&e) => Err(Error::Conflict {
+            field: "name",
+            detail: format!(
+                "a collector named '{}' already exists",
+                change.name.map(|n| n.to_string()).unwrap_or_default()
+            ),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
