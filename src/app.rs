@@ -98,7 +98,7 @@ pub async fn serve_api(
         cipher,
         catalog: Registry::builtin().catalog(),
         signal,
-        broker: publisher,
+        broker: publisher.clone(),
     });
     let app = gleaner_api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "API listening");
@@ -108,6 +108,7 @@ pub async fn serve_api(
         .context("serving HTTP")?;
     shutdown.cancel();
     relay.await.ok();
+    publisher.close().await;
     Ok(())
 }
 
@@ -129,7 +130,7 @@ pub async fn run_worker(
     let relay = spawn_relay(
         settings,
         db.clone(),
-        publisher,
+        publisher.clone(),
         signal.clone(),
         relay_stop.clone(),
     );
@@ -152,5 +153,6 @@ pub async fn run_worker(
     consumer::run(ctx, consumer_settings, shutdown).await;
     relay_stop.cancel();
     relay.await.ok();
+    publisher.close().await;
     Ok(())
 }

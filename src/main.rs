@@ -37,37 +37,13 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
     gleaner_common::telemetry::init(&settings.log);
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(cmd::cancel_on_signal(shutdown.clone()));
     match cli.command {
         Command::Api(args) => cmd::api::run(args, &settings, shutdown).await,
         Command::Worker(args) => cmd::worker::run(args, &settings, shutdown).await,
         Command::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,
         Command::Migrate => cmd::migrate::run(&settings).await,
     }
-}
-
-/// Cancels `token` on Ctrl-C or SIGTERM.
-async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = async {
-        tokio::signal::ctrl_c().await.ok();
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down");
-    token.cancel();
 }
 
 #[cfg(test)]

@@ -88,17 +88,17 @@ fn validate<'a>(body: CreateCollector, catalog: &'a Catalog) -> Result<NewCollec
     }
     let options = body.options.unwrap_or_else(|| json!({}));
     if let Some(p) = plugin {
-        if let Some(v) = &body.version {
-            if !p.has_version(v) {
-                errors.push(Invalid::new(
-                    "version",
-                    format!(
-                        "plugin `{}` has no version `{v}`; it has {}",
-                        p.id,
-                        p.versions.join(", ")
-                    ),
-                ));
-            }
+        if let Some(v) = &body.version
+            && !p.has_version(v)
+        {
+            errors.push(Invalid::new(
+                "version",
+                format!(
+                    "plugin `{}` has no version `{v}`; it has {}",
+                    p.id,
+                    p.versions.join(", ")
+                ),
+            ));
         }
         if let Err(e) = p.validate_options(&options) {
             errors.extend(e);
@@ -190,22 +190,22 @@ async fn update(
         .map_err(|e| errors.push(e))
         .ok()
         .flatten();
-    if let Some(Some(v)) = &body.version {
-        if !plugin.has_version(v) {
-            errors.push(Invalid::new(
-                "version",
-                format!(
-                    "plugin `{}` has no version `{v}`; it has {}",
-                    plugin.id,
-                    plugin.versions.join(", ")
-                ),
-            ));
-        }
+    if let Some(Some(v)) = &body.version
+        && !plugin.has_version(v)
+    {
+        errors.push(Invalid::new(
+            "version",
+            format!(
+                "plugin `{}` has no version `{v}`; it has {}",
+                plugin.id,
+                plugin.versions.join(", ")
+            ),
+        ));
     }
-    if let Some(options) = &body.options {
-        if let Err(e) = plugin.validate_options(options) {
-            errors.extend(e);
-        }
+    if let Some(options) = &body.options
+        && let Err(e) = plugin.validate_options(options)
+    {
+        errors.extend(e);
     }
     if let Some(tags) = &body.tags {
         check_tags(tags, &mut errors);

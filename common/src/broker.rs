@@ -232,10 +232,11 @@ impl AmqpPublisher {
 
     async fn channel(&self) -> Result<Channel, PublishError> {
         let mut state = self.state.lock().await;
-        if let Some((conn, ch)) = state.as_ref() {
-            if conn.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
-            }
+        if let Some((conn, ch)) = state.as_ref()
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
         }
         *state = None;
         let conn = connect(&self.url, &self.name)
@@ -253,6 +254,16 @@ impl AmqpPublisher {
             .map_err(|e| PublishError::Connection(e.to_string()))?;
         *state = Some((conn, ch.clone()));
         Ok(ch)
+    }
+
+    /// Closes the connection, if any, so the broker sees a clean goodbye instead of a dropped
+    /// socket. A later publish reconnects.
+    pub async fn close(&self) {
+        if let Some((conn, _)) = self.state.lock().await.take()
+            && let Err(e) = conn.close(200, "publisher stopping".into()).await
+        {
+            tracing::debug!(error = %e, "closing the publisher's connection");
+        }
     }
 
     async fn reset(&self) {

@@ -242,6 +242,8 @@ mod secs {
 }
 
 #[cfg(test)]
+// figment's Jail API fixes the closure's error type; its size is not ours to change.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -268,7 +270,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("GLEANER_LISTEN", "not an address");
             let err = Settings::load(None).expect_err("must fail").to_string();
-            assert!(err.contains("listen"), "{err}");
+            assert!(err.to_lowercase().contains("listen"), "{err}");
             Ok(())
         });
     }

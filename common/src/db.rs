@@ -79,8 +79,11 @@ pub async fn ensure_database(url: &str) -> Result<(), Error> {
             .await
         {
             Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another process created it between our check and our CREATE.
-            Err(e) if e.to_string().contains("already exists") => {}
+            // Another process created it between our check and our CREATE (PostgreSQL reports
+            // the race as a duplicate key in pg_database rather than "already exists").
+            Err(e)
+                if e.to_string().contains("already exists")
+                    || e.to_string().contains("pg_database_datname_index") => {}
             Err(e) => return Err(e.into()),
         }
     }

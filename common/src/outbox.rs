@@ -98,6 +98,9 @@ impl Relay {
         let txn = self.db.begin().await.map_err(store::Error::from)?;
         let batch = outbox::lock_batch(&txn, self.settings.batch_size).await?;
         if batch.is_empty() {
+            // Roll back now: a dropped transaction only rolls back when its connection is next
+            // used, and until then it holds a lock on `outbox` that blocks migrations.
+            txn.rollback().await.map_err(store::Error::from)?;
             return Ok(0);
         }
         let results = self.publisher.publish(&batch).await;

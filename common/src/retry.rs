@@ -159,9 +159,11 @@ mod tests {
         assert_eq!(p.delay_for(10), Duration::from_secs(5));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn run_retries_transient_errors_and_stops_on_permanent_ones() {
         let p = RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
             max_attempts: 4,
             ..RetryPolicy::default()
         };

@@ -1,1 +1,8 @@
+//! Integration tests on the real PostgreSQL and RabbitMQ: one binary, one module per area.
 
+mod support;
+
+mod collect;
+mod errors;
+mod probes;
+mod service_accounts;

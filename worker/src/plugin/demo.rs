@@ -187,7 +187,7 @@ pub fn resource(opts: &DemoOptions, estate: u64, i: u64) -> ResourceItem {
         },
         "tags": {"team": team, "env": env, "cost_center": format!("cc-{}", rng.next() % 900 + 100)},
         "launched_at": format!("2025-{:02}-{:02}T{:02}:00:00Z", rng.next() % 12 + 1, rng.next() % 28 + 1, rng.next() % 24),
-        "monitoring": {"enabled": rng.next() % 2 == 0, "agent": "demo-agent/2.4"},
+        "monitoring": {"enabled": rng.next().is_multiple_of(2), "agent": "demo-agent/2.4"},
         "revision": revision,
     });
     ResourceItem {

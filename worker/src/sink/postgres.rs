@@ -159,13 +159,9 @@ impl ResourceSink for PgSink {
     }
 }
 
-/// Encodes a batch in PostgreSQL's binary COPY format: a fixed header, then per row a field
-/// count and length-prefixed fields in network byte order, then a -1 trailer.
+/// Encodes a batch for [`COPY_STAGE`].
 fn encode(batch: &[ResourceItem]) -> Result<Vec<u8>, SinkError> {
-    let mut buf = Vec::with_capacity(64 + batch.len() * 700);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    let mut out = BinaryCopy::with_capacity(batch.len() * 700);
     let mut json = Vec::with_capacity(1024);
     for item in batch {
         if !item.data.is_object() {
@@ -177,34 +173,106 @@ fn encode(batch: &[ResourceItem]) -> Result<Vec<u8>, SinkError> {
         serde_json::to_writer(&mut json, &item.data).map_err(|_| SinkError::NotAnObject {
             key: item.resource_key.clone(),
         })?;
-        buf.extend_from_slice(&7i16.to_be_bytes());
-        field(&mut buf, Uuid::now_v7().as_bytes());
-        field(&mut buf, item.resource_type.as_bytes());
-        field(&mut buf, item.resource_key.as_bytes());
-        opt_field(&mut buf, item.name.as_deref().map(str::as_bytes));
-        opt_field(&mut buf, item.region.as_deref().map(str::as_bytes));
-        // jsonb's binary form is a version byte (1) followed by the JSON text.
-        buf.extend_from_slice(
-            &i32::try_from(json.len() + 1)
-                .unwrap_or(i32::MAX)
-                .to_be_bytes(),
-        );
-        buf.push(1);
-        buf.extend_from_slice(&json);
-        field(&mut buf, &content_hash(item, &json).to_be_bytes());
+        out.row(7);
+        out.uuid(Uuid::now_v7());
+        out.text(&item.resource_type);
+        out.text(&item.resource_key);
+        out.opt_text(item.name.as_deref());
+        out.opt_text(item.region.as_deref());
+        out.jsonb(&json);
+        out.int8(content_hash(item, &json));
     }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    Ok(buf)
+    Ok(out.finish())
 }
 
-fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
-    buf.extend_from_slice(bytes);
+/// A buffer in PostgreSQL's binary COPY format: a fixed header, then per row a field count and
+/// length-prefixed fields in network byte order, then a -1 trailer. Binary COPY skips the text
+/// parsing (and the escaping of JSON) that the text and CSV formats need.
+#[derive(Debug)]
+pub struct BinaryCopy {
+    buf: Vec<u8>,
 }
 
-fn opt_field(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
-    match bytes {
-        Some(b) => field(buf, b),
-        None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+impl BinaryCopy {
+    /// A buffer with the header written and room for `capacity` more bytes.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(19 + capacity);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        Self { buf }
+    }
+
+    /// Starts a row of `fields` fields.
+    pub fn row(&mut self, fields: i16) {
+        self.buf.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    pub fn uuid(&mut self, id: Uuid) {
+        self.field(id.as_bytes());
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.field(s.as_bytes());
+    }
+
+    pub fn opt_text(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.field(s.as_bytes()),
+            None => self.null(),
+        }
+    }
+
+    pub fn opt_uuid(&mut self, id: Option<Uuid>) {
+        match id {
+            Some(id) => self.uuid(id),
+            None => self.null(),
+        }
+    }
+
+    pub fn int8(&mut self, v: i64) {
+        self.field(&v.to_be_bytes());
+    }
+
+    /// A `jsonb` value from JSON text: its binary form is a version byte (1) and the text.
+    pub fn jsonb(&mut self, json: &[u8]) {
+        self.len(json.len() + 1);
+        self.buf.push(1);
+        self.buf.extend_from_slice(json);
+    }
+
+    pub fn null(&mut self) {
+        self.buf.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// Bytes written so far, header included.
+    #[must_use]
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes the bytes written so far, leaving an empty buffer (no header) for the next chunk
+    /// of the same COPY stream.
+    pub fn take_chunk(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// The buffer with its trailer.
+    #[must_use]
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.buf
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.len(bytes.len());
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn len(&mut self, n: usize) {
+        // A field is at most 1 GB in PostgreSQL; anything larger is rejected by the server.
+        self.buf
+            .extend_from_slice(&i32::try_from(n).unwrap_or(i32::MAX).to_be_bytes());
     }
 }

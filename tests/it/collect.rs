@@ -1,0 +1,239 @@
+//! A collection flows through the API, RabbitMQ, a worker and PostgreSQL.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use crate::support::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_collection_over_two_accounts_stores_every_resource() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let collector = env.demo_collector(2, json!({"resources": 500})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["tasks_total"], 2);
+    assert_eq!(job["tasks_done"], 2);
+    assert_eq!(
+        job["counts"],
+        json!({"created": 1000, "updated": 0, "unchanged": 0, "deleted": 0, "failed": 0})
+    );
+    assert!(job["finished_at"].is_string() && job["started_at"].is_string());
+
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}&limit=10"))
+        .await?;
+    assert_eq!(page.body["total"], 1000);
+    assert_eq!(page.body["items"].as_array().map(Vec::len), Some(10));
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 1000);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resource_changes WHERE kind = 'CREATED'")
+            .await?,
+        1000
+    );
+
+    let tasks = env
+        .get(&format!(
+            "/v1/jobs/{}/tasks",
+            job["id"].as_str().unwrap_or_default()
+        ))
+        .await?;
+    let tasks = tasks.body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 2);
+    for t in &tasks {
+        assert_eq!(t["status"], "SUCCESS");
+        assert_eq!(t["counts"]["created"], 500);
+        assert_eq!(t["attempt"], 1);
+    }
+    let c = env.get(&format!("/v1/collectors/{collector}")).await?;
+    assert_eq!(c.body["last_job"]["status"], "SUCCESS");
+    assert!(c.body["last_collected_at"].is_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_an_unchanged_estate_again_writes_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let collector = env.demo_collector(2, json!({"resources": 500})).await?;
+    assert_eq!(env.collect(&collector).await?["status"], "SUCCESS");
+    let before = env.scalar("SELECT count(*) FROM resource_changes").await?;
+    let stamp = env
+        .scalar("SELECT extract(epoch FROM max(updated_at))::bigint FROM resources")
+        .await?;
+
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(
+        job["counts"],
+        json!({"created": 0, "updated": 0, "unchanged": 1000, "deleted": 0, "failed": 0})
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 1000);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resource_changes").await?,
+        before,
+        "no change records"
+    );
+    assert_eq!(
+        env.scalar("SELECT extract(epoch FROM max(updated_at))::bigint FROM resources")
+            .await?,
+        stamp,
+        "no row rewritten"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_ten_percent_updates_exactly_those_with_field_diffs() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let collector = env.demo_collector(2, json!({"resources": 500})).await?;
+    assert_eq!(env.collect(&collector).await?["status"], "SUCCESS");
+
+    let patched = env
+        .patch(
+            &format!("/v1/collectors/{collector}"),
+            json!({"options": {"resources": 500, "change_ratio": 0.1, "revision": 1}}),
+        )
+        .await?;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(
+        job["counts"],
+        json!({"created": 0, "updated": 100, "unchanged": 900, "deleted": 0, "failed": 0})
+    );
+    let job_id = job["id"].as_str().unwrap_or_default();
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM resource_changes WHERE kind = 'UPDATED' AND job_id = '{job_id}'"
+        ))
+        .await?,
+        100
+    );
+    // Each diff names the fields that changed, with old and new values.
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM resource_changes WHERE job_id = '{job_id}' AND diff -> 'revision' = '{{\"old\": 0, \"new\": 1}}'::jsonb AND NOT diff ? 'name'"
+        ))
+        .await?,
+        100
+    );
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM resources WHERE updated_job_id = '{job_id}'"
+        ))
+        .await?,
+        100
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_pages_follow_the_cursor_without_repeats() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let collector = env
+        .demo_collector(
+            1,
+            json!({"resources": 250, "resource_types": ["compute.instance", "storage.volume"]}),
+        )
+        .await?;
+    assert_eq!(env.collect(&collector).await?["status"], "SUCCESS");
+    let mut seen = HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!(
+                "/v1/resources?collector_id={collector}&resource_type=storage.volume&limit=40&cursor={c}"
+            ),
+            None => format!(
+                "/v1/resources?collector_id={collector}&resource_type=storage.volume&limit=40"
+            ),
+        };
+        let page = env.get(&path).await?;
+        assert_eq!(page.body["total"], 125);
+        for item in page.body["items"].as_array().cloned().unwrap_or_default() {
+            assert_eq!(item["resource_type"], "storage.volume");
+            assert!(
+                seen.insert(item["id"].as_str().unwrap_or_default().to_owned()),
+                "repeated {}",
+                item["id"]
+            );
+        }
+        pages += 1;
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 125);
+    assert_eq!(pages, 4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_listed_per_collector_newest_first() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let a = env.demo_collector(1, json!({"resources": 5})).await?;
+    let first = env.collect(&a).await?;
+    let second = env.collect(&a).await?;
+    let b = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "other", "plugin_id": "demo"}),
+        )
+        .await?;
+    env.collect(b["id"].as_str().unwrap_or_default()).await?;
+
+    let jobs = env.get(&format!("/v1/jobs?collector_id={a}")).await?;
+    let ids: Vec<_> = jobs.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![second["id"].clone(), first["id"].clone()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_service_accounts_fails_saying_why() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "lonely", "plugin_id": "demo"}),
+        )
+        .await?;
+    let job = env.collect(c["id"].as_str().unwrap_or_default()).await?;
+    assert_eq!(job["status"], "FAILURE");
+    assert_eq!(job["tasks_total"], 0);
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no service account of provider `demo`"),
+        "{job}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_tasks_of_a_job() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(crate::support::Options {
+        workers: 2,
+        batch_size: 100,
+    })
+    .await?;
+    let collector = env.demo_collector(6, json!({"resources": 300})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 1800);
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 1800);
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT (resource_type, resource_key)) FROM resources")
+            .await?,
+        1800
+    );
+    Ok(())
+}

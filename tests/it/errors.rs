@@ -1,0 +1,245 @@
+//! Bad input gets problem+json naming the field, and nothing is written.
+
+use serde_json::{Value, json};
+
+use crate::support::TestEnv;
+
+async fn row_counts(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
+    let mut counts = Vec::new();
+    for table in [
+        "projects",
+        "service_accounts",
+        "secrets",
+        "collectors",
+        "jobs",
+        "job_tasks",
+        "outbox",
+    ] {
+        counts.push(env.scalar(&format!("SELECT count(*) FROM {table}")).await?);
+    }
+    Ok(counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_field_and_writes_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let project = env.create("/v1/projects", json!({"name": "p"})).await?;
+    let collector = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "taken", "plugin_id": "demo"}),
+        )
+        .await?;
+    let before = row_counts(&env).await?;
+    let unknown = "01a207cc-0000-7000-8000-000000000000";
+
+    // (path, body, status, field, why)
+    let cases: Vec<(String, Value, u16, Option<&str>, &str)> = vec![
+        (
+            "/v1/collectors".into(),
+            json!({"name": "c", "plugin_id": "nope"}),
+            400,
+            Some("plugin_id"),
+            "unknown plugin",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"name": "c", "plugin_id": "demo", "version": "9.9.9"}),
+            400,
+            Some("version"),
+            "unknown version",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"name": "c", "plugin_id": "demo", "options": {"resources": "many"}}),
+            400,
+            Some("options.resources"),
+            "options against the schema",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"name": "c", "plugin_id": "demo", "options": {"bogus": 1}}),
+            400,
+            Some("options"),
+            "unknown option",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"name": "c", "plugin_id": "demo", "priority": -1}),
+            400,
+            Some("priority"),
+            "negative priority",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"name": "  ", "plugin_id": "demo"}),
+            400,
+            Some("name"),
+            "blank name",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"plugin_id": "demo"}),
+            400,
+            Some("name"),
+            "missing name",
+        ),
+        (
+            "/v1/collectors".into(),
+            json!({"name": "taken", "plugin_id": "demo"}),
+            409,
+            Some("name"),
+            "duplicate name",
+        ),
+        (
+            "/v1/service-accounts".into(),
+            json!({"name": "a", "provider": "demo", "project_id": unknown}),
+            400,
+            Some("project_id"),
+            "missing project",
+        ),
+        (
+            "/v1/service-accounts".into(),
+            json!({"name": "a", "provider": "demo", "project_id": "not-a-uuid"}),
+            400,
+            Some("project_id"),
+            "malformed project id",
+        ),
+        (
+            "/v1/service-accounts".into(),
+            json!({"name": "a", "provider": "hyperbilling", "project_id": project["id"], "credentials": {"account": "x", "email": "ops@x.test"}}),
+            400,
+            Some("credentials.key"),
+            "credentials missing a field",
+        ),
+        (
+            "/v1/service-accounts".into(),
+            json!({"name": "a", "provider": "aws", "credentials": {"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "token": "t"}}),
+            400,
+            Some("credentials.token"),
+            "credentials with an unknown field",
+        ),
+        (
+            "/v1/service-accounts".into(),
+            json!({"name": "a", "provider": "hyperbilling", "credentials": {"account": "x", "email": "ops@x.test", "key": "k"}}),
+            400,
+            Some("project_id"),
+            "billing account without a project",
+        ),
+        (
+            "/v1/service-accounts".into(),
+            json!({"name": "a", "provider": "oracle-cloud"}),
+            400,
+            Some("provider"),
+            "unknown provider",
+        ),
+        (
+            format!("/v1/collectors/{unknown}/collect"),
+            Value::Null,
+            404,
+            None,
+            "unknown collector",
+        ),
+        (
+            "/v1/collectors/not-an-id/collect".into(),
+            Value::Null,
+            404,
+            None,
+            "malformed collector id",
+        ),
+    ];
+    for (path, body, status, field, why) in cases {
+        let a = env.post(&path, body).await?;
+        assert_eq!(a.status.as_u16(), status, "{why}: {}", a.body);
+        assert_eq!(a.content_type, "application/problem+json", "{why}");
+        assert_eq!(a.body["status"], status, "{why}");
+        assert!(
+            a.body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("/problems/")),
+            "{why}"
+        );
+        if let Some(field) = field {
+            let fields: Vec<_> = a.body["errors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e["field"].clone())
+                .collect();
+            assert!(
+                fields.contains(&json!(field)),
+                "{why}: expected field {field} in {}",
+                a.body
+            );
+        }
+    }
+    let _ = collector;
+    assert_eq!(
+        row_counts(&env).await?,
+        before,
+        "a refused request wrote nothing"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_and_wrong_media_type_are_problems_too() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let a = env
+        .post_raw("/v1/projects", "application/json", "{\"name\": ")
+        .await?;
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.body,
+        json!({
+            "type": "/problems/malformed-body",
+            "title": "Malformed request body",
+            "status": 400,
+            "detail": "the body is not valid JSON: EOF while parsing a value at line 1 column 9"
+        })
+    );
+    let a = env.post_raw("/v1/projects", "text/plain", "name=x").await?;
+    assert_eq!(a.status, 415);
+    assert_eq!(a.body["type"], "/problems/unsupported-media-type");
+    let a = env
+        .post_raw(
+            "/v1/projects",
+            "application/json",
+            "{\"name\": \"x\"} trailing",
+        )
+        .await?;
+    assert_eq!(a.status, 400);
+    let a = env.get("/v1/nowhere").await?;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.content_type, "application/problem+json");
+    assert_eq!(env.scalar("SELECT count(*) FROM projects").await?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_name_problem_has_the_documented_shape() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    env.create(
+        "/v1/collectors",
+        json!({"name": "aws-prod", "plugin_id": "demo"}),
+    )
+    .await?;
+    let a = env
+        .post(
+            "/v1/collectors",
+            json!({"name": "aws-prod", "plugin_id": "demo"}),
+        )
+        .await?;
+    assert_eq!(
+        a.body,
+        json!({
+            "type": "/problems/duplicate-name",
+            "title": "Name already in use",
+            "status": 409,
+            "detail": "a collector named 'aws-prod' already exists",
+            "errors": [{"field": "name", "detail": "must be unique"}]
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Service accounts: credentials validated, encrypted at rest, never returned.
+
+use serde_json::json;
+
+use crate::support::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_encrypted_at_rest_and_never_returned() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let project = env
+        .create("/v1/projects", json!({"name": "billing"}))
+        .await?;
+    let secret = "hb-secret-key-9f8e7d";
+    let sa = env
+        .create(
+            "/v1/service-accounts",
+            json!({"name": "hb", "provider": "hyperbilling", "project_id": project["id"], "credentials": {"account": "acme", "email": "ops@acme.test", "key": secret}}),
+        )
+        .await?;
+    assert_eq!(sa["has_credentials"], true);
+    assert!(!sa.to_string().contains(secret));
+    let listed = env.get("/v1/service-accounts").await?;
+    assert!(!listed.body.to_string().contains(secret));
+    assert!(
+        !listed.body.to_string().contains("acme"),
+        "no credential field is returned"
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM secrets").await?, 1);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM secrets WHERE position('{secret}'::bytea in ciphertext) > 0"
+        ))
+        .await?,
+        0
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM outbox WHERE body LIKE '%hb-secret%'")
+            .await?,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_list_their_credential_schemas() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let p = env.get("/v1/providers").await?;
+    let hb = p.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p["id"] == "hyperbilling")
+        .expect("hyperbilling listed");
+    let fields: Vec<_> = hb["credentials"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| (f["name"].clone(), f["secret"].clone()))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            (json!("account"), json!(false)),
+            (json!("email"), json!(false)),
+            (json!("key"), json!(true))
+        ]
+    );
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! The test harness: each test gets its own world on the real services.
+//!
+//! - PostgreSQL: a schema `t_<unix time>_<random>` in the `gleaner_test` database, with the
+//!   migrations applied; every connection of the test uses it through its search path.
+//! - RabbitMQ: exchanges and queues prefixed with the same name.
+//! - The API on `127.0.0.1:0` and workers, in-process, started by the same wiring as the binary.
+//!
+//! Dropping the environment stops its components and removes the schema and the queues.
+//! Schemas left behind by a crashed run are swept at the next start once they are old.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use gleaner_common::broker::{self, Names};
+use gleaner_common::config::Settings;
+use gleaner_common::crypto::SecretKey;
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Schemas of crashed runs older than this are dropped at start.
+const SWEEP_AFTER_SECS: u64 = 30 * 60;
+
+fn database_url() -> String {
+    std::env::var("GLEANER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/gleaner_test".into())
+}
+
+/// The URL with the test's name as `application_name`, so clean-up can find and end any
+/// connection the test left behind before dropping its schema.
+fn tagged(url: &str, name: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={name}")
+}
+
+fn amqp_url() -> String {
+    std::env::var("GLEANER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// How to start an environment.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub workers: usize,
+    pub batch_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            batch_size: 5_000,
+        }
+    }
+}
+
+/// An HTTP answer: status and JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+/// One test's isolated Gleaner.
+pub struct TestEnv {
+    pub name: String,
+    pub settings: Settings,
+    pub db: DatabaseConnection,
+    pub base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    components: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestEnv {
+    /// The API and one worker.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> anyhow::Result<Self> {
+        gleaner_common::telemetry::init_for_tests();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let name = format!("t_{now}_{:08x}", rand::random::<u32>());
+        let mut settings = Settings {
+            database_url: tagged(&database_url(), &name),
+            amqp_url: amqp_url(),
+            ..Settings::default()
+        };
+        settings.database.schema = Some(name.clone());
+        settings.database.max_connections = 6;
+        settings.amqp.prefix = name.clone();
+        settings.redis.prefix = name.clone();
+        settings.secret_key = Some(SecretKey::generate().to_hex());
+        settings.outbox.poll_interval = Duration::from_millis(100);
+        settings.worker.batch_size = opts.batch_size;
+        settings.worker.shutdown_grace = Duration::from_secs(5);
+
+        gleaner_common::db::ensure_database(&settings.database_url).await?;
+        sweep(&settings, now).await?;
+        let db = gleaner::app::database(&settings, true)
+            .await
+            .context("preparing the test schema")?;
+
+        let shutdown = CancellationToken::new();
+        let mut components = Vec::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        {
+            let (settings, db, stop) = (settings.clone(), db.clone(), shutdown.clone());
+            components.push(tokio::spawn(async move {
+                gleaner::app::serve_api(&settings, db, listener, stop).await
+            }));
+        }
+        for _ in 0..opts.workers {
+            components.push(spawn_worker(&settings, shutdown.clone()).await?);
+        }
+        let env = Self {
+            name,
+            settings,
+            db,
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+            components,
+        };
+        env.wait_ready().await?;
+        Ok(env)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the API did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+        let r = req.send().await?;
+        let status = r.status();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = r.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))?
+        };
+        Ok(Answer {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Answer> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> anyhow::Result<Answer> {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    /// POSTs a raw body with a content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &'static str,
+    ) -> anyhow::Result<Answer> {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// POSTs and insists on `expect`, returning the body.
+    pub async fn create(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let a = self.post(path, body).await?;
+        if a.status != StatusCode::CREATED {
+            bail!("POST {path} answered {}: {}", a.status, a.body);
+        }
+        Ok(a.body)
+    }
+
+    /// A project, `n` demo service accounts in it, and a demo collector with `options`.
+    /// Returns the collector's id.
+    pub async fn demo_collector(&self, accounts: usize, options: Value) -> anyhow::Result<String> {
+        let project = self
+            .create(
+                "/v1/projects",
+                json!({"name": format!("project-{}", rand::random::<u16>())}),
+            )
+            .await?;
+        for i in 0..accounts {
+            self.create("/v1/service-accounts", json!({"name": format!("demo-{i}"), "provider": "demo", "project_id": project["id"], "credentials": {}}))
+                .await?;
+        }
+        let c = self.create("/v1/collectors", json!({"name": format!("demo-{}", rand::random::<u32>()), "plugin_id": "demo", "options": options})).await?;
+        Ok(c["id"].as_str().context("collector id")?.to_owned())
+    }
+
+    /// Starts a collection and waits for its job to end; returns the job.
+    pub async fn collect(&self, collector: &str) -> anyhow::Result<Value> {
+        let a = self
+            .post(&format!("/v1/collectors/{collector}/collect"), json!(null))
+            .await?;
+        if a.status != StatusCode::ACCEPTED {
+            bail!("collect answered {}: {}", a.status, a.body);
+        }
+        self.wait_job(a.body["job_id"].as_str().context("job_id")?)
+            .await
+    }
+
+    /// Polls a job until it is terminal (60 s at most).
+    pub async fn wait_job(&self, job: &str) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = self.get(&format!("/v1/jobs/{job}")).await?;
+            let status = a.body["status"].as_str().unwrap_or("");
+            if ["SUCCESS", "FAILURE", "CANCELED"].contains(&status) {
+                return Ok(a.body);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("job {job} did not finish: {}", a.body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A single number from SQL (`SELECT count(*) ...`) in the test's schema.
+    pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .await?
+            .context("no row")?;
+        Ok(row.try_get_by_index::<i64>(0)?)
+    }
+}
+
+/// Starts one more worker on the environment's settings.
+pub async fn spawn_worker(
+    settings: &Settings,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let db = gleaner::app::database(settings, false).await?;
+    let settings = settings.clone();
+    Ok(tokio::spawn(async move {
+        gleaner::app::run_worker(&settings, db, stop).await
+    }))
+}
+
+impl Drop for TestEnv {
+    /// Stops the components gracefully (so their broker connections close before their queues
+    /// are deleted), then drops the test's schema and queues. Tests run on a multi-thread
+    /// runtime, so `block_in_place` lets the other worker threads drive the shutdown.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let components = std::mem::take(&mut self.components);
+        let name = self.name.clone();
+        let settings = self.settings.clone();
+        let db = self.db.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                for c in components {
+                    let abort = c.abort_handle();
+                    if tokio::time::timeout(Duration::from_secs(15), c)
+                        .await
+                        .is_err()
+                    {
+                        eprintln!("{name}: a component did not stop within 15 s; aborting it");
+                        abort.abort();
+                    }
+                }
+                db.close().await.ok();
+                if let Err(e) = remove(&name, &settings).await {
+                    eprintln!("cleaning up {name}: {e:#}");
+                }
+            });
+        });
+    }
+}
+
+/// Deletes a test's queues and exchanges, then its schema. Queues go first: a schema left
+/// behind is how [`sweep`] finds the leftovers of a run that was killed.
+async fn remove(name: &str, settings: &Settings) -> anyhow::Result<()> {
+    let conn = broker::connect(&settings.amqp_url, "gleaner-test-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    broker::delete(&ch, &Names::new(name)).await?;
+    conn.close(200, "done".into()).await.ok();
+
+    let db = admin(&settings.database_url).await?;
+    // A killed component leaves its pool connections open, possibly inside a transaction that
+    // holds locks DROP SCHEMA would wait for.
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        [name.into()],
+    ))
+    .await?;
+    db.execute_unprepared("SET lock_timeout = '30s'").await?;
+    db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+        .await?;
+    db.close().await?;
+    Ok(())
+}
+
+async fn admin(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let settings = gleaner_common::config::DatabaseSettings {
+        max_connections: 1,
+        schema: None,
+    };
+    Ok(gleaner_common::db::connect(url, &settings).await?)
+}
+
+/// Removes what tests older than [`SWEEP_AFTER_SECS`] left behind: a killed run cannot clean up
+/// after itself, and leftover quorum queues cost RabbitMQ file descriptors.
+async fn sweep(settings: &Settings, now: u64) -> anyhow::Result<()> {
+    let db = admin(&settings.database_url).await?;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%\\_%'".to_owned(),
+        ))
+        .await?;
+    db.close().await?;
+    for row in rows {
+        let schema: String = row.try_get_by_index(0)?;
+        let created: Option<u64> = schema.split('_').nth(1).and_then(|t| t.parse().ok());
+        if created.is_some_and(|t| t + SWEEP_AFTER_SECS < now)
+            && let Err(e) = remove(&schema, settings).await
+        {
+            eprintln!("sweeping {schema}: {e:#}");
+        }
+    }
+    Ok(())
+}
