@@ -1,1 +1,472 @@
-fn main() {}
+//! `gleaner-bench`: benchmarks against the local services, each printed beside a baseline
+//! measured in the same run (the machine is shared and noisy, so absolute figures mean little).
+//!
+//! `ingest` runs the API and a worker as child processes (as in production, so the worker's
+//! peak memory is its own), collects a demo estate through HTTP, RabbitMQ and PostgreSQL, and
+//! compares the time from `collect` to job SUCCESS with a raw binary `COPY` of the same rows into
+//! a table shaped like `resources`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand, ValueEnum};
+use gleaner::cmd;
+use gleaner_common::broker::{self, Names};
+use gleaner_common::config::Settings;
+use gleaner_common::crypto::SecretKey;
+use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
+use gleaner_worker::plugin::Plugin as _;
+use gleaner_worker::plugin::demo::Demo;
+use gleaner_worker::plugin::{self, CollectRequest, Item, TaskInfo};
+use gleaner_worker::sink::content_hash;
+use gleaner_worker::sink::postgres::BinaryCopy;
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command as Process};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gleaner-bench",
+    about = "Benchmarks Gleaner against the local services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A demo collection end to end, beside a raw COPY of the same rows.
+    Ingest(IngestArgs),
+    /// Runs one component with settings from the environment (used by `ingest`).
+    #[command(hide = true)]
+    Serve { component: Component },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Component {
+    Api,
+    Worker,
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestArgs {
+    /// Resources in total, spread evenly over the service accounts.
+    #[arg(long, default_value_t = 200_000)]
+    resources: u64,
+    /// Demo service accounts (one task each).
+    #[arg(long, default_value_t = 2)]
+    accounts: u64,
+    /// Items per batch written by the worker (default: the worker's setting).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
+    #[arg(
+        long,
+        env = "GLEANER_BENCH_DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
+    )]
+    database_url: String,
+    /// RabbitMQ; the run's exchanges and queues carry their own prefix and are deleted after.
+    #[arg(
+        long,
+        env = "GLEANER_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Leave the schema and queues in place for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ingest(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            ingest(args).await
+        }
+        Command::Serve { component } => serve(component).await,
+    }
+}
+
+async fn serve(component: Component) -> anyhow::Result<()> {
+    let settings = Settings::load(None)?;
+    gleaner_common::telemetry::init(&settings.log);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cmd::cancel_on_signal(shutdown.clone()));
+    match component {
+        Component::Api => {
+            cmd::api::run(cmd::api::Args { migrate: false }, &settings, shutdown).await
+        }
+        Component::Worker => {
+            cmd::worker::run(cmd::worker::Args { migrate: false }, &settings, shutdown).await
+        }
+    }
+}
+
+/// What one run created, so it can be removed.
+struct Run {
+    name: String,
+    settings: Settings,
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    ensure!(args.accounts > 0, "--accounts must be at least 1");
+    ensure!(
+        args.resources.is_multiple_of(args.accounts),
+        "--resources must be a multiple of --accounts"
+    );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let name = format!("bench_{now}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut settings = Settings {
+        database_url: args.database_url.clone(),
+        amqp_url: args.amqp_url.clone(),
+        secret_key: Some(SecretKey::generate().to_hex()),
+        ..Settings::default()
+    };
+    settings.database.schema = Some(name.clone());
+    settings.amqp.prefix = name.clone();
+    if let Some(b) = args.batch_size {
+        settings.worker.batch_size = b;
+    }
+    let run = Run { name, settings };
+    let result = measure(&args, &run).await;
+    if args.keep {
+        eprintln!("kept schema and queues `{}`", run.name);
+    } else if let Err(e) = remove(&run).await {
+        eprintln!("cleaning up `{}`: {e:#}", run.name);
+    }
+    result
+}
+
+async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
+    let settings = &run.settings;
+    let db = gleaner::app::database(settings, true).await?;
+    let port = free_port()?;
+    let api = spawn(Component::Api, settings, port)?;
+    let worker = spawn(Component::Worker, settings, port)?;
+    let mut children = Children(vec![api, worker]);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_ready(&http, &base, &mut children).await?;
+
+    let per_account = args.resources / args.accounts;
+    let project = post(&http, &base, "/v1/projects", json!({"name": "bench"})).await?;
+    let mut accounts = Vec::new();
+    for i in 0..args.accounts {
+        let sa = post(
+            &http,
+            &base,
+            "/v1/service-accounts",
+            json!({"name": format!("bench-{i}"), "provider": "demo",
+                   "project_id": project["id"], "credentials": {}}),
+        )
+        .await?;
+        accounts.push(sa["id"].as_str().context("service account id")?.to_owned());
+    }
+    let options = json!({"resources": per_account, "seed": 7});
+    let collector = post(
+        &http,
+        &base,
+        "/v1/collectors",
+        json!({"name": "bench", "plugin_id": "demo", "options": options}),
+    )
+    .await?;
+    let collector_id = collector["id"].as_str().context("collector id")?.to_owned();
+
+    println!(
+        "ingest: {} demo resources over {} service accounts, worker batch {}",
+        args.resources, args.accounts, settings.worker.batch_size
+    );
+    let copy = raw_copy(&db, &accounts, &options).await?;
+    println!(
+        "  raw COPY of the same rows (same-shaped table): {:>8.2} s  {:>9.0} rows/s",
+        copy.as_secs_f64(),
+        rate(args.resources, copy)
+    );
+
+    let (first, job) = collect(&http, &base, &collector_id).await?;
+    let created = job["counts"]["created"].as_u64().unwrap_or(0);
+    ensure!(
+        created == args.resources,
+        "expected {} created, the job says {job}",
+        args.resources
+    );
+    println!(
+        "  collect → SUCCESS, all created:                 {:>8.2} s  {:>9.0} rows/s  {:.2}× COPY",
+        first.as_secs_f64(),
+        rate(args.resources, first),
+        first.as_secs_f64() / copy.as_secs_f64()
+    );
+    let (again, job) = collect(&http, &base, &collector_id).await?;
+    let unchanged = job["counts"]["unchanged"].as_u64().unwrap_or(0);
+    ensure!(
+        unchanged == args.resources,
+        "expected {} unchanged, the job says {job}",
+        args.resources
+    );
+    println!(
+        "  collect again → SUCCESS, all unchanged:         {:>8.2} s  {:>9.0} rows/s  {:.2}× COPY",
+        again.as_secs_f64(),
+        rate(args.resources, again),
+        again.as_secs_f64() / copy.as_secs_f64()
+    );
+    let worker_pid = children.0[1].id().context("worker pid")?;
+    let peak = peak_rss_kib(worker_pid)?;
+    println!(
+        "  worker peak RSS (VmHWM):                        {:>8.1} MB",
+        peak as f64 / 1024.0
+    );
+    children.stop().await;
+    db.close().await.ok();
+    Ok(())
+}
+
+/// Generates the demo rows of `accounts` and COPYs them, in one binary stream, into a table
+/// created `LIKE resources INCLUDING ALL` (same columns, defaults and indexes).
+async fn raw_copy(
+    db: &sea_orm::DatabaseConnection,
+    accounts: &[String],
+    options: &Value,
+) -> anyhow::Result<Duration> {
+    db.execute_unprepared("CREATE TABLE bench_copy (LIKE resources INCLUDING ALL)")
+        .await?;
+    let pool = db.get_postgres_connection_pool();
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY bench_copy (id, domain_id, provider, resource_type, resource_key, name, \
+             region, service_account_id, data, content_hash, state) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let mut out = BinaryCopy::with_capacity(8 << 20);
+    let mut json = Vec::with_capacity(1024);
+    for account in accounts {
+        let sa = Uuid::parse_str(account)?;
+        let (tx, mut rx) = plugin::channel(1024);
+        let request = CollectRequest {
+            version: "1.0.0".into(),
+            options: options.clone(),
+            secret: serde_json::Map::new(),
+            task: TaskInfo {
+                domain: DomainId::DEFAULT,
+                job_id: JobId::new(),
+                task_id: TaskId::new(),
+                attempt: 1,
+                service_account_id: Some(ServiceAccountId::from_uuid(sa)),
+            },
+            cancel: CancellationToken::new(),
+        };
+        let producer = tokio::spawn(async move { Demo::new().collect(request, tx).await });
+        while let Some(item) = rx.recv().await {
+            let Item::Resource(r) = item else { continue };
+            json.clear();
+            serde_json::to_writer(&mut json, &r.data)?;
+            out.row(11);
+            out.uuid(Uuid::now_v7());
+            out.uuid(DomainId::DEFAULT.as_uuid());
+            out.text("demo");
+            out.text(&r.resource_type);
+            out.text(&r.resource_key);
+            out.opt_text(r.name.as_deref());
+            out.opt_text(r.region.as_deref());
+            out.uuid(sa);
+            out.jsonb(&json);
+            out.int8(content_hash(&r, &json));
+            out.text("ACTIVE");
+            if out.len_bytes() >= 8 << 20 {
+                copy.send(out.take_chunk()).await?;
+            }
+        }
+        producer.await??;
+    }
+    copy.send(out.finish()).await?;
+    copy.finish().await?;
+    Ok(started.elapsed())
+}
+
+/// Starts a collection and polls the job until it is terminal; returns the elapsed time and
+/// the job. Polling every 20 ms adds at most that much to the figure.
+async fn collect(
+    http: &reqwest::Client,
+    base: &str,
+    collector: &str,
+) -> anyhow::Result<(Duration, Value)> {
+    let started = Instant::now();
+    let accepted = post(
+        http,
+        base,
+        &format!("/v1/collectors/{collector}/collect"),
+        json!({}),
+    )
+    .await?;
+    let job_id = accepted["job_id"].as_str().context("job_id")?.to_owned();
+    let mut last_report = Instant::now();
+    loop {
+        let job: Value = http
+            .get(format!("{base}/v1/jobs/{job_id}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        match job["status"].as_str() {
+            Some("SUCCESS") => return Ok((started.elapsed(), job)),
+            Some("FAILURE" | "CANCELED") => bail!("the job ended {job}"),
+            _ => {}
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            let c = &job["counts"];
+            eprintln!(
+                "    … {:.0} s: {} created, {} updated, {} unchanged",
+                started.elapsed().as_secs_f64(),
+                c["created"],
+                c["updated"],
+                c["unchanged"]
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let res = http
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    ensure!(status.is_success(), "POST {path} → {status}: {body}");
+    Ok(body)
+}
+
+fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Process::new(exe);
+    cmd.arg("serve")
+        .arg(match component {
+            Component::Api => "api",
+            Component::Worker => "worker",
+        })
+        .env("GLEANER_DATABASE_URL", &settings.database_url)
+        .env("GLEANER_AMQP_URL", &settings.amqp_url)
+        .env("GLEANER_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "GLEANER_SECRET_KEY",
+            settings.secret_key.as_deref().unwrap_or_default(),
+        )
+        .env(
+            "GLEANER_DATABASE__SCHEMA",
+            settings.database.schema.as_deref().unwrap_or_default(),
+        )
+        .env("GLEANER_AMQP__PREFIX", &settings.amqp.prefix)
+        .env(
+            "GLEANER_WORKER__BATCH_SIZE",
+            settings.worker.batch_size.to_string(),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    Ok(cmd.spawn()?)
+}
+
+/// The child processes, stopped with SIGTERM (and killed if they linger).
+struct Children(Vec<Child>);
+
+impl Children {
+    async fn stop(&mut self) {
+        for child in &self.0 {
+            if let Some(pid) = child.id() {
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .ok();
+            }
+        }
+        for child in &mut self.0 {
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                child.start_kill().ok();
+            }
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        self.0
+            .iter_mut()
+            .find_map(|c| c.try_wait().ok().flatten().map(|s| s.to_string()))
+    }
+}
+
+async fn wait_ready(
+    http: &reqwest::Client,
+    base: &str,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(status) = children.exited() {
+            bail!("a component exited during start-up ({status}); see its output above");
+        }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the API was not ready within 30 s")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The peak resident set of a process, from `/proc/<pid>/status` (Linux).
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))
+        .context("reading /proc (the RSS figure needs Linux)")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM missing from /proc/<pid>/status")
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn rate(rows: u64, took: Duration) -> f64 {
+    rows as f64 / took.as_secs_f64()
+}
+
+async fn remove(run: &Run) -> anyhow::Result<()> {
+    let conn = broker::connect(&run.settings.amqp_url, "gleaner-bench-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    broker::delete(&ch, &Names::new(run.name.clone())).await?;
+    conn.close(200, "done".into()).await.ok();
+    let mut settings = run.settings.database.clone();
+    settings.schema = None;
+    let db = gleaner_common::db::connect(&run.settings.database_url, &settings).await?;
+    db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", run.name))
+        .await?;
+    db.close().await?;
+    Ok(())
+}

@@ -136,7 +136,9 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         },
         cancel: cancel.clone(),
     };
-    let (tx, rx) = crate::plugin::channel(ctx.settings.batch_size.clamp(1, 1024));
+    // Room for a whole batch, so the plugin produces the next batch while this one is written
+    // instead of waiting for the database; memory stays bounded at about two batches.
+    let (tx, rx) = crate::plugin::channel(ctx.settings.batch_size.clamp(1, 20_000));
     let plugin_span =
         info_span!("plugin", name = %plugin.info().id, version = %claimed.plugin_version);
     let producer =

@@ -18,6 +18,8 @@ pub struct Model {
     pub service_account_id: Option<Uuid>,
     pub collector_id: Option<Uuid>,
     pub data: Json,
+    /// What the last update changed (`{"field": {"old", "new"}}`); null until one does.
+    pub last_diff: Option<Json>,
     pub content_hash: i64,
     pub state: ResourceState,
     pub missed_runs: i32,
