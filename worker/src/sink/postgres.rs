@@ -49,7 +49,7 @@ const FENCE: &str =
 /// and the new one together, and handed to `changes` through `last_diff`. A join of the staged
 /// rows with `resources` would need the planner to choose index lookups, and with no
 /// statistics for the staging table (and stale ones for a fast-growing `resources`) it chose
-/// to hash every resource of the provider per batch, or a sequential scan per row.
+/// to hash every resource of the provider per batch (BENCHMARKS.md).
 const UPSERT: &str = "
 WITH up AS (
     INSERT INTO resources AS r (
