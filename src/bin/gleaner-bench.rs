@@ -185,41 +185,27 @@ async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
     );
     let copy = raw_copy(&db, &accounts, &options).await?;
     println!(
-        "  raw COPY of the same rows (same-shaped table): {:>8.2} s  {:>9.0} rows/s",
+        "  {:<47} {:>8.2} s  {:>9.0} rows/s",
+        "raw COPY of the same rows (same-shaped table):",
         copy.as_secs_f64(),
         rate(args.resources, copy)
     );
 
-    let (first, job) = collect(&http, &base, &collector_id).await?;
-    let created = job["counts"]["created"].as_u64().unwrap_or(0);
-    ensure!(
-        created == args.resources,
-        "expected {} created, the job says {job}",
-        args.resources
-    );
-    println!(
-        "  collect → SUCCESS, all created:                 {:>8.2} s  {:>9.0} rows/s  {:.2}× COPY",
-        first.as_secs_f64(),
-        rate(args.resources, first),
-        first.as_secs_f64() / copy.as_secs_f64()
-    );
-    let (again, job) = collect(&http, &base, &collector_id).await?;
-    let unchanged = job["counts"]["unchanged"].as_u64().unwrap_or(0);
-    ensure!(
-        unchanged == args.resources,
-        "expected {} unchanged, the job says {job}",
-        args.resources
-    );
-    println!(
-        "  collect again → SUCCESS, all unchanged:         {:>8.2} s  {:>9.0} rows/s  {:.2}× COPY",
-        again.as_secs_f64(),
-        rate(args.resources, again),
-        again.as_secs_f64() / copy.as_secs_f64()
-    );
+    timed_collect(&http, &base, &collector_id, "created", args.resources, copy).await?;
+    timed_collect(
+        &http,
+        &base,
+        &collector_id,
+        "unchanged",
+        args.resources,
+        copy,
+    )
+    .await?;
     let worker_pid = children.0[1].id().context("worker pid")?;
     let peak = peak_rss_kib(worker_pid)?;
     println!(
-        "  worker peak RSS (VmHWM):                        {:>8.1} MB",
+        "  {:<47} {:>8.1} MB",
+        "worker peak RSS (VmHWM):",
         peak as f64 / 1024.0
     );
     children.stop().await;
@@ -289,6 +275,32 @@ async fn raw_copy(
     copy.send(out.finish()).await?;
     copy.finish().await?;
     Ok(started.elapsed())
+}
+
+/// Collects, checks that every resource counted as `count`, and prints the time beside the
+/// COPY baseline.
+async fn timed_collect(
+    http: &reqwest::Client,
+    base: &str,
+    collector: &str,
+    count: &str,
+    expected: u64,
+    copy: Duration,
+) -> anyhow::Result<()> {
+    let (took, job) = collect(http, base, collector).await?;
+    let got = job["counts"][count].as_u64().unwrap_or(0);
+    ensure!(
+        got == expected,
+        "expected {expected} {count}, the job says {job}"
+    );
+    let label = format!("collect → SUCCESS, all {count}:");
+    println!(
+        "  {label:<47} {:>8.2} s  {:>9.0} rows/s  {:.2}× COPY",
+        took.as_secs_f64(),
+        rate(expected, took),
+        took.as_secs_f64() / copy.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Starts a collection and polls the job until it is terminal; returns the elapsed time and

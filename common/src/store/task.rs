@@ -168,50 +168,6 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
     }))
 }
 
-/// Adds a batch's counts to the task, inside the batch's own transaction. `false` means a newer
-/// attempt owns the task: the caller must roll the batch back.
-///
-/// # Errors
-/// Database errors only.
-pub async fn add_progress(
-    db: &impl ConnectionTrait,
-    id: TaskId,
-    attempt: i32,
-    delta: Counts,
-) -> Result<bool> {
-    let res = job_task::Entity::update_many()
-        .col_expr(
-            job_task::Column::Created,
-            Expr::col(job_task::Column::Created).add(delta.created),
-        )
-        .col_expr(
-            job_task::Column::Updated,
-            Expr::col(job_task::Column::Updated).add(delta.updated),
-        )
-        .col_expr(
-            job_task::Column::Unchanged,
-            Expr::col(job_task::Column::Unchanged).add(delta.unchanged),
-        )
-        .col_expr(
-            job_task::Column::Deleted,
-            Expr::col(job_task::Column::Deleted).add(delta.deleted),
-        )
-        .col_expr(
-            job_task::Column::Failed,
-            Expr::col(job_task::Column::Failed).add(delta.failed),
-        )
-        .col_expr(
-            job_task::Column::UpdatedAt,
-            Expr::value(Utc::now().fixed_offset()),
-        )
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Attempt.eq(attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
-}
-
 /// How a task attempt ended.
 #[derive(Clone, Debug)]
 pub struct Outcome {
