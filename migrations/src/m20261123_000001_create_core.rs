@@ -7,7 +7,7 @@ use sea_orm_migration::schema::{
 };
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
-use crate::util::{counter, index, ingest_table, tenant_table, timestamps, unique};
+use crate::util::{counter, index, tenant_table, timestamps, unique};
 
 /// The default domain's id; the same constant as `gleaner_common::id::DomainId::DEFAULT`.
 const DEFAULT_DOMAIN: &str = "00000000-0000-7000-8000-000000000001";
@@ -211,7 +211,7 @@ impl MigrationTrait for Migration {
         // and these columns are maintained by Gleaner alone.
         m.create_table(
             timestamps(
-                ingest_table("resources")
+                tenant_table("resources")
                     .col(text("provider"))
                     .col(text("resource_type"))
                     .col(text("resource_key"))
@@ -221,9 +221,6 @@ impl MigrationTrait for Migration {
                     .col(uuid_null("service_account_id"))
                     .col(uuid_null("collector_id"))
                     .col(json_binary("data"))
-                    // What the last update changed; written by the upsert, which sees the old
-                    // row only inside its SET clause (PostgreSQL 15 cannot RETURN old values).
-                    .col(json_binary_null("last_diff"))
                     .col(big_integer("content_hash"))
                     .col(text("state"))
                     .col(integer("missed_runs").default(0))

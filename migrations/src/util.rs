@@ -19,17 +19,6 @@ pub fn tenant_table(name: &'static str) -> TableCreateStatement {
         .take()
 }
 
-/// A table with a UUID primary key `id` and a `domain_id` without a foreign key: for the
-/// high-volume tables of the ingest path, where a foreign key check per row costs about a
-/// tenth of the write (measured on `resources`).
-pub fn ingest_table(name: &'static str) -> TableCreateStatement {
-    Table::create()
-        .table(name)
-        .col(schema::pk_uuid("id"))
-        .col(schema::uuid("domain_id"))
-        .take()
-}
-
 /// `created_at` and `updated_at`, both set by the database on insert.
 pub fn timestamps(t: &mut TableCreateStatement) -> &mut TableCreateStatement {
     t.col(schema::timestamp_with_time_zone("created_at").default(Expr::current_timestamp()))

@@ -321,7 +321,8 @@ async fn remove(name: &str, settings: &Settings) -> anyhow::Result<()> {
     // holds locks DROP SCHEMA would wait for.
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
         [name.into()],
     ))
     .await?;

@@ -19,14 +19,7 @@ use crate::plugin::ResourceItem;
 /// JIT is off for the batch: the planner has no statistics for the staging table, guesses it
 /// large, and compiles the upsert, which costs more than running it (measured: 300 ms of JIT
 /// for a 230 ms statement).
-///
-/// Batches commit without waiting for the WAL flush: a crash can lose only the last batches,
-/// together with their progress, since both are in one transaction; the task's final state is
-/// committed synchronously later and flushes every batch before it (the WAL is sequential), so a
-/// task is never recorded done over lost rows: a lost batch leaves the task unfinished, and it
-/// is run again.
 const PREPARE: &str = "SET LOCAL jit = off;
-SET LOCAL synchronous_commit = off;
 CREATE TEMP TABLE IF NOT EXISTS gleaner_stage_resources (
     id uuid NOT NULL,
     resource_type text NOT NULL,
