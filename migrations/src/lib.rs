@@ -20,3 +20,32 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+
+    use super::*;
+
+    /// The standalone mode keeps its data in SQLite: every migration must apply there, and
+    /// undo cleanly.
+    #[tokio::test]
+    async fn migrations_apply_and_revert_on_sqlite() {
+        let db = Database::connect("sqlite::memory:").await.expect("sqlite");
+        Migrator::up(&db, None).await.expect("up");
+        let columns = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT name FROM pragma_table_info('resources')",
+            ))
+            .await
+            .expect("columns");
+        let names: Vec<String> = columns
+            .iter()
+            .map(|r| r.try_get_by_index(0).expect("name"))
+            .collect();
+        assert!(names.iter().any(|n| n == "last_diff"), "{names:?}");
+        Migrator::down(&db, None).await.expect("down");
+        Migrator::up(&db, None).await.expect("up again");
+    }
+}
