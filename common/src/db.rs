@@ -6,6 +6,8 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
 
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+
 use crate::config::DatabaseSettings;
 
 /// Why the database could not be reached or prepared.
@@ -32,7 +34,9 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<DatabaseC
         .acquire_timeout(Duration::from_secs(30))
         // Statement logging at INFO would print every query; keep it for RUST_LOG=sqlx=debug.
         .sqlx_logging(false);
-    if let Some(schema) = &settings.schema {
+    if is_sqlite(url) {
+        opts.map_sqlx_sqlite_opts(sqlite_options);
+    } else if let Some(schema) = &settings.schema {
         opts.set_schema_search_path(schema.clone());
     }
     Database::connect(opts)
@@ -41,6 +45,22 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<DatabaseC
             url: redact(url),
             source,
         })
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+/// SQLite as a server-less store: the file is created when missing; write-ahead logging lets
+/// readers go on while one writer commits, and `synchronous = NORMAL` is durable with WAL
+/// across process crashes (only a power loss can drop the last commits); writers wait for each
+/// other instead of failing with "database is locked".
+fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
+    o.create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true)
 }
 
 /// Creates the PostgreSQL database named in `url` if it does not exist yet, so that
@@ -129,6 +149,35 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_file_is_created_in_wal_mode_with_foreign_keys() {
+        let dir = std::env::temp_dir().join(format!("gleaner-db-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gleaner.db");
+        let url = format!("sqlite://{}", file.display());
+        let db = connect(&url, &DatabaseSettings::default())
+            .await
+            .expect("connects, creating the file");
+        let pragma = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                let row = db
+                    .query_one_raw(Statement::from_string(DbBackend::Sqlite, sql))
+                    .await
+                    .expect("pragma")
+                    .expect("a row");
+                row.try_get_by_index::<String>(0)
+                    .or_else(|_| row.try_get_by_index::<i64>(0).map(|v| v.to_string()))
+                    .expect("value")
+            }
+        };
+        assert_eq!(pragma("PRAGMA journal_mode").await, "wal");
+        assert_eq!(pragma("PRAGMA foreign_keys").await, "1");
+        assert!(file.exists());
+        db.close().await.ok();
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn database_name_is_split_off() {
