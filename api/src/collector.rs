@@ -89,16 +89,9 @@ fn validate<'a>(body: CreateCollector, catalog: &'a Catalog) -> Result<NewCollec
     let options = body.options.unwrap_or_else(|| json!({}));
     if let Some(p) = plugin {
         if let Some(v) = &body.version
-            && !p.has_version(v)
+            && let Err(e) = p.validate_version(v)
         {
-            errors.push(Invalid::new(
-                "version",
-                format!(
-                    "plugin `{}` has no version `{v}`; it has {}",
-                    p.id,
-                    p.versions.join(", ")
-                ),
-            ));
+            errors.push(e);
         }
         if let Err(e) = p.validate_options(&options) {
             errors.extend(e);
@@ -191,16 +184,9 @@ async fn update(
         .ok()
         .flatten();
     if let Some(Some(v)) = &body.version
-        && !plugin.has_version(v)
+        && let Err(e) = plugin.validate_version(v)
     {
-        errors.push(Invalid::new(
-            "version",
-            format!(
-                "plugin `{}` has no version `{v}`; it has {}",
-                plugin.id,
-                plugin.versions.join(", ")
-            ),
-        ));
+        errors.push(e);
     }
     if let Some(options) = &body.options
         && let Err(e) = plugin.validate_options(options)

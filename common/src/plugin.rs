@@ -54,10 +54,23 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
-    /// Whether `version` is one of the plugin's versions.
-    #[must_use]
-    pub fn has_version(&self, version: &str) -> bool {
-        self.versions.iter().any(|v| v == version)
+    /// Checks that `version` is one of the plugin's versions; the error names the field
+    /// `version` and lists the versions there are.
+    ///
+    /// # Errors
+    /// The plugin has no such version.
+    pub fn validate_version(&self, version: &str) -> Result<(), Invalid> {
+        if self.versions.iter().any(|v| v == version) {
+            return Ok(());
+        }
+        Err(Invalid::new(
+            "version",
+            format!(
+                "plugin `{}` has no version `{version}`; it has {}",
+                self.id,
+                self.versions.join(", ")
+            ),
+        ))
     }
 
     /// Checks options against the plugin's schema; errors name the field as `options.<path>`.

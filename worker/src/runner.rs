@@ -90,11 +90,8 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
             claimed.plugin_id
         ));
     };
-    if !plugin.info().has_version(&claimed.plugin_version) {
-        return failure(format!(
-            "plugin `{}` has no version {}",
-            claimed.plugin_id, claimed.plugin_version
-        ));
+    if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
+        return failure(e.detail);
     }
     let secret = match claimed.service_account_id {
         Some(sa) => {
