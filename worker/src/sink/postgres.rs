@@ -234,13 +234,6 @@ impl BinaryCopy {
         }
     }
 
-    pub fn opt_uuid(&mut self, id: Option<Uuid>) {
-        match id {
-            Some(id) => self.uuid(id),
-            None => self.null(),
-        }
-    }
-
     pub fn int8(&mut self, v: i64) {
         self.field(&v.to_be_bytes());
     }
