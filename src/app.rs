@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use gleaner_api::{AppState, Inner};
-use gleaner_common::broker::{AmqpPublisher, Names, Publisher};
-use gleaner_common::config::Settings;
+use gleaner_common::broker::{self, AmqpPublisher, Names, Publisher};
+use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::Cipher;
 use gleaner_common::model::JobKind;
 use gleaner_common::outbox::{Relay, Signal};
@@ -13,7 +13,7 @@ use gleaner_migrations::{Migrator, MigratorTrait};
 use gleaner_worker::consumer::{self, ConsumerSettings};
 use gleaner_worker::sink::postgres::PgSink;
 use gleaner_worker::{Context, Registry};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -154,5 +154,39 @@ pub async fn run_worker(
     relay_stop.cancel();
     relay.await.ok();
     publisher.close().await;
+    Ok(())
+}
+
+/// Removes an isolated installation (a test's or a benchmark's, named by its AMQP prefix and
+/// database schema, both `name`): first its exchanges and queues, then its schema.
+///
+/// # Errors
+/// The broker or the database is unreachable, or the schema stays locked for 30 s.
+pub async fn remove_isolated(settings: &Settings, name: &str) -> anyhow::Result<()> {
+    let conn = broker::connect(&settings.amqp_url, "gleaner-cleanup").await?;
+    let ch = conn.create_channel().await?;
+    broker::delete(&ch, &Names::new(name)).await?;
+    conn.close(200, "done".into()).await.ok();
+
+    let admin = DatabaseSettings {
+        max_connections: 1,
+        schema: None,
+    };
+    let db = gleaner_common::db::connect(&settings.database_url, &admin).await?;
+    // A killed process leaves its pool connections open, possibly inside a transaction that
+    // holds locks DROP SCHEMA would wait for; its connections carry `name` as
+    // `application_name` when it was started that way (the tests do).
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        [name.into()],
+    ))
+    .await?;
+    db.execute_unprepared("SET lock_timeout = '30s'").await?;
+    let quoted = name.replace('"', "\"\"");
+    db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{quoted}\" CASCADE"))
+        .await?;
+    db.close().await?;
     Ok(())
 }

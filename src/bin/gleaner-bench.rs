@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand, ValueEnum};
 use gleaner::cmd;
-use gleaner_common::broker::{self, Names};
 use gleaner_common::config::Settings;
 use gleaner_common::crypto::SecretKey;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
@@ -138,7 +137,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let result = measure(&args, &run).await;
     if args.keep {
         eprintln!("kept schema and queues `{}`", run.name);
-    } else if let Err(e) = remove(&run).await {
+    } else if let Err(e) = gleaner::app::remove_isolated(&run.settings, &run.name).await {
         eprintln!("cleaning up `{}`: {e:#}", run.name);
     }
     result
@@ -467,18 +466,4 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
 #[allow(clippy::cast_precision_loss)]
 fn rate(rows: u64, took: Duration) -> f64 {
     rows as f64 / took.as_secs_f64()
-}
-
-async fn remove(run: &Run) -> anyhow::Result<()> {
-    let conn = broker::connect(&run.settings.amqp_url, "gleaner-bench-cleanup").await?;
-    let ch = conn.create_channel().await?;
-    broker::delete(&ch, &Names::new(run.name.clone())).await?;
-    conn.close(200, "done".into()).await.ok();
-    let mut settings = run.settings.database.clone();
-    settings.schema = None;
-    let db = gleaner_common::db::connect(&run.settings.database_url, &settings).await?;
-    db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", run.name))
-        .await?;
-    db.close().await?;
-    Ok(())
 }

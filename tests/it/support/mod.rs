@@ -11,7 +11,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use gleaner_common::broker::{self, Names};
 use gleaner_common::config::Settings;
 use gleaner_common::crypto::SecretKey;
 use reqwest::StatusCode;
@@ -300,37 +299,12 @@ impl Drop for TestEnv {
                     }
                 }
                 db.close().await.ok();
-                if let Err(e) = remove(&name, &settings).await {
+                if let Err(e) = gleaner::app::remove_isolated(&settings, &name).await {
                     eprintln!("cleaning up {name}: {e:#}");
                 }
             });
         });
     }
-}
-
-/// Deletes a test's queues and exchanges, then its schema. Queues go first: a schema left
-/// behind is how [`sweep`] finds the leftovers of a run that was killed.
-async fn remove(name: &str, settings: &Settings) -> anyhow::Result<()> {
-    let conn = broker::connect(&settings.amqp_url, "gleaner-test-cleanup").await?;
-    let ch = conn.create_channel().await?;
-    broker::delete(&ch, &Names::new(name)).await?;
-    conn.close(200, "done".into()).await.ok();
-
-    let db = admin(&settings.database_url).await?;
-    // A killed component leaves its pool connections open, possibly inside a transaction that
-    // holds locks DROP SCHEMA would wait for.
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = $1 AND pid <> pg_backend_pid()",
-        [name.into()],
-    ))
-    .await?;
-    db.execute_unprepared("SET lock_timeout = '30s'").await?;
-    db.execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-        .await?;
-    db.close().await?;
-    Ok(())
 }
 
 async fn admin(url: &str) -> anyhow::Result<DatabaseConnection> {
@@ -356,7 +330,7 @@ async fn sweep(settings: &Settings, now: u64) -> anyhow::Result<()> {
         let schema: String = row.try_get_by_index(0)?;
         let created: Option<u64> = schema.split('_').nth(1).and_then(|t| t.parse().ok());
         if created.is_some_and(|t| t + SWEEP_AFTER_SECS < now)
-            && let Err(e) = remove(&schema, settings).await
+            && let Err(e) = gleaner::app::remove_isolated(settings, &schema).await
         {
             eprintln!("sweeping {schema}: {e:#}");
         }
