@@ -11,6 +11,7 @@ use gleaner_common::model::JobKind;
 use gleaner_common::outbox::{Relay, Signal};
 use gleaner_migrations::{Migrator, MigratorTrait};
 use gleaner_worker::consumer::{self, ConsumerSettings};
+use gleaner_worker::sink::ResourceSink;
 use gleaner_worker::sink::postgres::PgSink;
 use gleaner_worker::{Context, Registry};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
@@ -83,7 +84,6 @@ pub async fn serve_api(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let cipher = Cipher::new(&settings.secret_key()?);
     let signal = Signal::new();
     let publisher = publisher(settings, "api");
     let relay = spawn_relay(
@@ -93,23 +93,68 @@ pub async fn serve_api(
         signal.clone(),
         shutdown.clone(),
     );
-    let state = AppState::new(Inner {
-        db,
-        cipher,
-        catalog: Registry::builtin().catalog(),
-        signal,
-        broker: publisher.clone(),
-    });
-    let app = gleaner_api::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "API listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    let state = api_state(settings, db, signal, Some(publisher.clone()))?;
+    let served = serve(state, listener, shutdown.clone()).await;
     shutdown.cancel();
     relay.await.ok();
     publisher.close().await;
-    Ok(())
+    served
+}
+
+/// The API's state; `broker` is `None` in the standalone mode.
+///
+/// # Errors
+/// The credentials key is missing or malformed.
+pub fn api_state(
+    settings: &Settings,
+    db: DatabaseConnection,
+    signal: Signal,
+    broker: Option<Arc<dyn Publisher>>,
+) -> anyhow::Result<AppState> {
+    Ok(AppState::new(Inner {
+        db,
+        cipher: Cipher::new(&settings.secret_key()?),
+        catalog: Registry::builtin().catalog(),
+        signal,
+        broker,
+    }))
+}
+
+/// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
+///
+/// # Errors
+/// The server fails.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = gleaner_api::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")
+}
+
+/// What a worker's handlers share, over `sink`.
+///
+/// # Errors
+/// The credentials key is missing or malformed.
+pub fn worker_context(
+    settings: &Settings,
+    db: DatabaseConnection,
+    signal: Signal,
+    sink: Arc<dyn ResourceSink>,
+) -> anyhow::Result<Arc<Context>> {
+    Ok(Arc::new(Context::new(
+        db,
+        Cipher::new(&settings.secret_key()?),
+        Registry::builtin(),
+        sink,
+        settings.worker.clone(),
+        signal,
+    )))
 }
 
 /// Runs a worker (consumer and outbox relay) until `shutdown`.
@@ -121,28 +166,14 @@ pub async fn run_worker(
     db: DatabaseConnection,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let cipher = Cipher::new(&settings.secret_key()?);
     let signal = Signal::new();
+    let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
+    let ctx = worker_context(settings, db.clone(), signal.clone(), sink)?;
     let publisher = publisher(settings, "worker");
     // The relay outlives the consumer, so tasks finished during the grace period still get
     // their follow-up messages out.
     let relay_stop = CancellationToken::new();
-    let relay = spawn_relay(
-        settings,
-        db.clone(),
-        publisher.clone(),
-        signal.clone(),
-        relay_stop.clone(),
-    );
-    let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
-    let ctx = Arc::new(Context::new(
-        db,
-        cipher,
-        Registry::builtin(),
-        sink,
-        settings.worker.clone(),
-        signal,
-    ));
+    let relay = spawn_relay(settings, db, publisher.clone(), signal, relay_stop.clone());
     let consumer_settings = ConsumerSettings {
         amqp_url: settings.amqp_url.clone(),
         names: Names::new(settings.amqp.prefix.clone()),

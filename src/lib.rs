@@ -4,3 +4,4 @@
 
 pub mod app;
 pub mod cmd;
+pub mod standalone;

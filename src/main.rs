@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything in one process on a local SQLite file: no database or broker to install.
+    Standalone(cmd::standalone::Args),
     /// Serve the HTTP API (and publish its queued messages).
     Api(cmd::api::Args),
     /// Consume jobs and tasks, run plugins, store results.
@@ -39,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cmd::cancel_on_signal(shutdown.clone()));
     match cli.command {
+        Command::Standalone(args) => cmd::standalone::run(args, &settings, shutdown).await,
         Command::Api(args) => cmd::api::run(args, &settings, shutdown).await,
         Command::Worker(args) => cmd::worker::run(args, &settings, shutdown).await,
         Command::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,

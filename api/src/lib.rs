@@ -39,8 +39,8 @@ pub struct Inner {
     pub catalog: Catalog,
     /// Wakes the outbox relay after a commit that queued messages.
     pub signal: Signal,
-    /// The broker, for readiness.
-    pub broker: Arc<dyn Publisher>,
+    /// The broker, for readiness; `None` in the standalone mode, which dispatches in process.
+    pub broker: Option<Arc<dyn Publisher>>,
 }
 
 impl AppState {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -31,7 +31,8 @@ impl Signal {
         self.0.notify_one();
     }
 
-    async fn notified(&self) {
+    /// Waits for the next [`Signal::notify`] (one stored if nobody was waiting).
+    pub async fn notified(&self) {
         self.0.notified().await;
     }
 }
@@ -95,7 +96,9 @@ impl Relay {
     /// # Errors
     /// A database error, or the broker refusing every message of the batch.
     pub async fn publish_once(&self) -> Result<usize, RelayError> {
-        let txn = self.db.begin().await.map_err(store::Error::from)?;
+        let txn = store::begin_write(&self.db)
+            .await
+            .map_err(store::Error::from)?;
         let batch = outbox::lock_batch(&txn, self.settings.batch_size).await?;
         if batch.is_empty() {
             // Roll back now: a dropped transaction only rolls back when its connection is next

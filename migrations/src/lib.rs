@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_core;
 mod m20261123_000002_resource_ingest;
+mod m20261123_000003_standalone;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_core::Migration),
             Box::new(m20261123_000002_resource_ingest::Migration),
+            Box::new(m20261123_000003_standalone::Migration),
         ]
     }
 }
@@ -45,6 +47,17 @@ mod tests {
             .map(|r| r.try_get_by_index(0).expect("name"))
             .collect();
         assert!(names.iter().any(|n| n == "last_diff"), "{names:?}");
+        // The default domain's id is stored as SeaORM binds a UUID: a 16-byte blob.
+        let domain = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT typeof(id), length(id) FROM domains WHERE name = 'default'",
+            ))
+            .await
+            .expect("query")
+            .expect("the default domain");
+        assert_eq!(domain.try_get_by_index::<String>(0).expect("type"), "blob");
+        assert_eq!(domain.try_get_by_index::<i64>(1).expect("length"), 16);
         Migrator::down(&db, None).await.expect("down");
         Migrator::up(&db, None).await.expect("up again");
     }

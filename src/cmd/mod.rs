@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod migrate;
 pub mod scheduler;
+pub mod standalone;
 pub mod worker;
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

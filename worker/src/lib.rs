@@ -2,6 +2,7 @@
 //!
 //! - [`consumer`]: the RabbitMQ consumer loop (manual ack after commit, bounded concurrency,
 //!   graceful stop).
+//! - [`local`]: the standalone mode's in-process dispatcher, with the outbox table as queue.
 //! - [`handle`]: what one message does, independent of the broker: plan a job or run a task.
 //! - [`planner`]: a job becomes one task per linked service account.
 //! - [`runner`]: a task runs its plugin and streams items into the [`sink`].
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 pub mod consumer;
+pub mod local;
 pub mod planner;
 pub mod plugin;
 pub mod runner;

@@ -14,6 +14,8 @@ pub struct Model {
     pub publish_attempts: i32,
     pub last_error: Option<String>,
     pub created_at: DateTimeWithTimeZone,
+    /// Set by the in-process dispatcher when the message can never be handled.
+    pub dead_at: Option<DateTimeWithTimeZone>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -78,7 +78,7 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     collector_id: CollectorId,
     trigger: Trigger,
 ) -> Result<Job> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let c = collector_store::find(&txn, domain, collector_id).await?;
     if c.state == CollectorState::Disabled {
         return Err(Error::State(format!(
@@ -268,7 +268,7 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
     max_attempts: i32,
     no_accounts_reason: &str,
 ) -> Result<Planned> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let now = Utc::now().fixed_offset();
     let mut update = job::Entity::update_many()
         .col_expr(

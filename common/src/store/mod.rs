@@ -11,7 +11,7 @@ pub mod resource;
 pub mod service_account;
 pub mod task;
 
-use sea_orm::{DbErr, SqlErr};
+use sea_orm::{DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 
 use crate::crypto::CryptoError;
 use crate::model::Invalid;
@@ -59,12 +59,28 @@ impl Error {
     }
 }
 
+/// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`
+/// (`BEGIN IMMEDIATE`), waiting for the busy timeout if another writer holds it: a deferred
+/// transaction that reads first fails at once with "database is locked" when another
+/// connection commits between its read and its first write. PostgreSQL ignores the mode.
+///
+/// # Errors
+/// Database errors only.
+pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
+}
+
 /// Whether a database error is about the connection rather than the statement.
 #[must_use]
 pub fn is_transient(e: &DbErr) -> bool {
     matches!(e, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) || {
         let s = e.to_string();
         s.contains("connection")
+            || s.contains("database is locked")
             || s.contains("could not serialize")
             || s.contains("deadlock detected")
     }

@@ -32,6 +32,7 @@ pub async fn insert<P: Message + Serialize>(
         publish_attempts: Set(0),
         last_error: Set(None),
         created_at: Set(Utc::now().fixed_offset()),
+        dead_at: Set(None),
     })
     .exec_without_returning(db)
     .await?;
@@ -54,6 +55,7 @@ pub struct Pending {
 /// Database errors only.
 pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pending>> {
     let rows = outbox::Entity::find()
+        .filter(outbox::Column::DeadAt.is_null())
         .order_by_asc(outbox::Column::Id)
         .limit(limit)
         .lock_with_behavior(
@@ -71,6 +73,77 @@ pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pen
             body: r.body,
         })
         .collect())
+}
+
+/// Up to `limit` live rows, oldest first, leaving out `busy` (rows being handled or waiting for
+/// a retry). The in-process dispatcher of the standalone mode is the only reader, so it needs
+/// no row locks; SQLite has none.
+///
+/// # Errors
+/// Database errors only.
+pub async fn next_deliveries(
+    db: &impl ConnectionTrait,
+    busy: &[i64],
+    limit: u64,
+) -> Result<Vec<Delivery>> {
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::DeadAt.is_null())
+        .filter(outbox::Column::Id.is_not_in(busy.iter().copied()))
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Delivery {
+            id: r.id,
+            attempts: r.publish_attempts,
+            body: r.body,
+        })
+        .collect())
+}
+
+/// An outbox row as the in-process dispatcher handles it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: i64,
+    /// Deliveries that ended in a retry so far.
+    pub attempts: i32,
+    pub body: String,
+}
+
+/// Marks a row dead (never delivered again), keeping it with its reason for operators.
+///
+/// # Errors
+/// Database errors only.
+pub async fn mark_dead(db: &impl ConnectionTrait, id: i64, reason: &str) -> Result<()> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::DeadAt,
+            sea_orm::sea_query::Expr::value(Utc::now().fixed_offset()),
+        )
+        .col_expr(
+            outbox::Column::LastError,
+            sea_orm::sea_query::Expr::value(reason),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Dead rows, newest first: what could never be handled, and why.
+///
+/// # Errors
+/// Database errors only.
+pub async fn dead(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<(i64, Option<String>)>> {
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::DeadAt.is_not_null())
+        .order_by_desc(outbox::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.last_error)).collect())
 }
 
 /// Removes rows whose publication the broker confirmed.

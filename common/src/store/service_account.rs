@@ -89,7 +89,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
         None => {}
     }
 
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let secret_id = if new.credentials.is_empty() {
         None
     } else {

@@ -114,7 +114,7 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<Claimed>> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let now = Utc::now();
     let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
     let mut rows = job_task::Entity::update_many()
@@ -196,7 +196,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
     attempt: i32,
     outcome: Outcome,
 ) -> Result<Finished> {
-    let txn = db.begin().await?;
+    let txn = super::begin_write(db).await?;
     let now = Utc::now().fixed_offset();
     let mut rows = job_task::Entity::update_many()
         .col_expr(job_task::Column::Status, Expr::value(outcome.status))
@@ -292,4 +292,32 @@ pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Res
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
+}
+
+/// Hands every running task back to the queue, whoever ran it. Only for a store with a single
+/// process (the standalone mode holds an exclusive lock on its data directory): at its start,
+/// a task still IN_PROGRESS was running when the process died. Its message is still in the
+/// outbox (it is deleted only after the task ends), so it runs again as a new attempt.
+///
+/// # Errors
+/// Database errors only.
+pub async fn release_orphans(db: &impl ConnectionTrait) -> Result<u64> {
+    let res = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(
+            job_task::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
+        )
+        .col_expr(
+            job_task::Column::UpdatedAt,
+            Expr::value(Utc::now().fixed_offset()),
+        )
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
 }

@@ -11,6 +11,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::plugin::ResourceItem;
 
 pub mod postgres;
+pub mod sqlite;
 
 /// Who a batch belongs to.
 #[derive(Clone, Debug)]

@@ -1,0 +1,159 @@
+//! The standalone mode: the API, the worker pool and the scheduler in one process, with a
+//! SQLite file for storage and the outbox table as the queue. Nothing else to install.
+//!
+//! Everything above the storage and broker seams is the code of the distributed mode: the same
+//! API router, store functions, planner, runner and plugins. What differs is the sink
+//! ([`SqliteSink`] instead of COPY into PostgreSQL) and the dispatch ([`local`] reads the
+//! outbox instead of a relay publishing it to RabbitMQ).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use gleaner_common::config::Settings;
+use gleaner_common::crypto::SecretKey;
+use gleaner_common::outbox::Signal;
+use gleaner_common::store;
+use gleaner_worker::local::{self, DispatchSettings};
+use gleaner_worker::sink::sqlite::SqliteSink;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::app;
+
+/// A data directory, held exclusively by this process while the value lives: two processes
+/// on one SQLite file would each take the other's running tasks for orphans.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates `path` if needed and locks it.
+    ///
+    /// # Errors
+    /// The directory cannot be created, or another process holds it.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating the data directory {}", path.display()))?;
+        let path = path
+            .canonicalize()
+            .with_context(|| format!("resolving {}", path.display()))?;
+        let lock_path = path.join("gleaner.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another Gleaner is already using the data directory {}; stop it first, or \
+                 pass a different --data-dir",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
+        }
+        Ok(Self { path, _lock: lock })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The SQLite database of this directory.
+    #[must_use]
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.path.join("gleaner.db").display())
+    }
+
+    /// The credentials key: `GLEANER_SECRET_KEY` when set, otherwise the one kept in
+    /// `secret.key`, created (readable by the owner only) on the first start.
+    ///
+    /// # Errors
+    /// The key file cannot be read or written, or holds no valid key.
+    pub fn secret_key(&self, settings: &Settings) -> anyhow::Result<String> {
+        if let Some(key) = &settings.secret_key {
+            return Ok(key.clone());
+        }
+        let file = self.path.join("secret.key");
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let key = text.trim().to_owned();
+                key.parse::<SecretKey>()
+                    .with_context(|| format!("{} does not hold a valid key", file.display()))?;
+                Ok(key)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SecretKey::generate().to_hex();
+                let mut options = OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut f = options
+                    .open(&file)
+                    .with_context(|| format!("creating {}", file.display()))?;
+                writeln!(f, "{key}").with_context(|| format!("writing {}", file.display()))?;
+                f.sync_all()?;
+                info!(file = %file.display(), "created the key that encrypts credentials; back it up with the data");
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+}
+
+/// Runs everything on `dir` until `shutdown`: applies migrations, hands back tasks that a
+/// previous process left running, serves the API on `listener`, dispatches jobs and tasks in
+/// process, and runs the scheduler. On shutdown the API stops taking requests, running tasks
+/// get the worker grace period to finish and are then released for the next start.
+///
+/// # Errors
+/// The database cannot be opened or migrated, or the server fails.
+pub async fn run(
+    settings: &Settings,
+    dir: &DataDir,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    settings.database_url = dir.database_url();
+    settings.database.schema = None;
+    settings.secret_key = Some(dir.secret_key(&settings)?);
+    let db = app::database(&settings, true).await?;
+    let released = store::task::release_orphans(&db).await?;
+    if released > 0 {
+        info!(
+            tasks = released,
+            "tasks left running by the previous process will run again"
+        );
+    }
+
+    let signal = Signal::new();
+    // Whatever the outbox holds from the previous run is dispatched at once.
+    signal.notify();
+    let sink = Arc::new(SqliteSink::new(db.get_sqlite_connection_pool().clone()));
+    let ctx = app::worker_context(&settings, db.clone(), signal.clone(), sink)?;
+    let state = app::api_state(&settings, db.clone(), signal, None)?;
+
+    let dispatch = DispatchSettings {
+        poll_interval: settings.outbox.poll_interval,
+        grace: settings.worker.shutdown_grace,
+    };
+    let dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
+    let scheduler = tokio::spawn(gleaner_scheduler::run(db.clone(), shutdown.clone()));
+    let served = app::serve(state, listener, shutdown.clone()).await;
+    shutdown.cancel();
+    dispatcher.await.ok();
+    scheduler.await.ok();
+    db.close().await.ok();
+    served
+}

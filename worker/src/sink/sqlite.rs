@@ -1,0 +1,353 @@
+//! The SQLite sink of the standalone mode: the same contract as the PostgreSQL sink (one
+//! transaction per batch, fenced by the task's attempt, content-hash change detection, a
+//! change record with a field-level diff per created or updated resource), written with
+//! multi-row statements instead of COPY.
+//!
+//! The transaction starts with `BEGIN IMMEDIATE`, taking SQLite's single write lock before it
+//! reads: the lookup of existing rows and the writes that depend on it see the same data, and
+//! no other writer can slip in between.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use gleaner_common::model::Counts;
+use serde_json::{Map, Value, json};
+use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use uuid::Uuid;
+
+use super::{ResourceSink, Scope, SinkError, Written, content_hash};
+use crate::plugin::ResourceItem;
+
+/// Rows per statement: SQLite allows 32,766 bound parameters per statement, and the widest
+/// statement here binds 16 per row.
+const CHUNK: usize = 1_000;
+
+const FENCE: &str = "UPDATE job_tasks SET updated_at = ?1
+WHERE id = ?2 AND attempt = ?3 AND status = 'IN_PROGRESS'";
+
+const PROGRESS: &str = "UPDATE job_tasks SET
+    created = created + ?3, updated = updated + ?4, unchanged = unchanged + ?5, failed = failed + ?6
+WHERE id = ?1 AND attempt = ?2";
+
+const UPDATE: &str = "UPDATE resources SET
+    name = ?2, region = ?3, project_id = ?4, service_account_id = ?5, collector_id = ?6,
+    last_diff = ?7, data = ?8, content_hash = ?9, state = 'ACTIVE', missed_runs = 0,
+    deleted_at = NULL, updated_job_id = ?10, updated_at = ?11
+WHERE id = ?1";
+
+// The lookup joins the batch's keys to `resources` with CROSS JOIN, which makes SQLite keep the
+// keys as the outer loop and probe the unique index per key. With a plain JOIN and no
+// statistics its planner scanned `resources` per chunk instead, and each batch got slower as
+// the table grew (7 s per 5,000 rows at 15,000 stored).
+
+/// Writes resources to SQLite.
+#[derive(Clone, Debug)]
+pub struct SqliteSink {
+    pool: SqlitePool,
+}
+
+impl SqliteSink {
+    /// Uses the sqlx pool behind SeaORM's connection (`get_sqlite_connection_pool`).
+    #[must_use]
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+/// An item ready to write.
+struct Encoded<'a> {
+    item: &'a ResourceItem,
+    json: String,
+    hash: i64,
+}
+
+/// What the store holds for a key whose content changed.
+struct Existing {
+    id: Uuid,
+    /// `None` when the stored content equals the item's.
+    old_data: Option<String>,
+}
+
+fn db(e: sqlx::Error) -> SinkError {
+    SinkError::Db(e.to_string())
+}
+
+fn placeholders(rows: usize, per_row: usize, first: usize) -> String {
+    let mut s = String::with_capacity(rows * per_row * 6);
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..per_row {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('?');
+            s.push_str(&n.to_string());
+            n += 1;
+        }
+        s.push(')');
+    }
+    s
+}
+
+#[async_trait]
+impl ResourceSink for SqliteSink {
+    async fn write(
+        &self,
+        scope: &Scope,
+        batch: &[ResourceItem],
+        failed: i64,
+    ) -> Result<Written, SinkError> {
+        let started = std::time::Instant::now();
+        let items = encode(batch)?;
+        let now = Utc::now().fixed_offset();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let owned = sqlx::query(FENCE)
+            .bind(now)
+            .bind(scope.task_id.as_uuid())
+            .bind(scope.attempt)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if owned.rows_affected() == 0 {
+            return Ok(Written::Stale);
+        }
+        let fenced = started.elapsed();
+
+        let keys: HashMap<(&str, &str), (&str, &str)> = items
+            .iter()
+            .map(|e| {
+                let k = (e.item.resource_type.as_str(), e.item.resource_key.as_str());
+                (k, k)
+            })
+            .collect();
+        let mut existing: HashMap<(&str, &str), Existing> = HashMap::with_capacity(items.len());
+        for chunk in items.chunks(CHUNK) {
+            let sql = format!(
+                "WITH k(t, key, h) AS (VALUES {})
+                 SELECT r.resource_type, r.resource_key, r.id,
+                     CASE WHEN r.content_hash <> k.h OR r.state <> 'ACTIVE' THEN r.data END
+                 FROM k CROSS JOIN resources r ON r.domain_id = ?1 AND r.provider = ?2
+                     AND r.resource_type = k.t AND r.resource_key = k.key",
+                placeholders(chunk.len(), 3, 3)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(scope.domain.as_uuid())
+                .bind(&scope.provider);
+            for e in chunk {
+                q = q
+                    .bind(&e.item.resource_type)
+                    .bind(&e.item.resource_key)
+                    .bind(e.hash);
+            }
+            for row in q.fetch_all(&mut *tx).await.map_err(db)? {
+                let t: String = row.try_get(0).map_err(db)?;
+                let k: String = row.try_get(1).map_err(db)?;
+                // Key the map by the batch's strings, not the row's, so it outlives the rows.
+                let Some(key) = keys.get(&(t.as_str(), k.as_str())).copied() else {
+                    continue;
+                };
+                existing.insert(
+                    key,
+                    Existing {
+                        id: row.try_get(2).map_err(db)?,
+                        old_data: row.try_get(3).map_err(db)?,
+                    },
+                );
+            }
+        }
+
+        let looked_up = started.elapsed();
+        let mut created: Vec<(Uuid, &Encoded<'_>)> = Vec::new();
+        let mut updated: Vec<(Uuid, &Encoded<'_>, Value)> = Vec::new();
+        for e in &items {
+            match existing.get(&(e.item.resource_type.as_str(), e.item.resource_key.as_str())) {
+                None => created.push((Uuid::now_v7(), e)),
+                Some(Existing {
+                    id,
+                    old_data: Some(old),
+                }) => {
+                    let old: Value = serde_json::from_str(old)
+                        .map_err(|err| SinkError::Db(format!("stored data is not JSON: {err}")))?;
+                    updated.push((*id, e, json_diff(&old, &e.item.data)));
+                }
+                Some(_) => {}
+            }
+        }
+
+        for chunk in created.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO resources (id, domain_id, provider, resource_type, resource_key, name,
+                     region, project_id, service_account_id, collector_id, data, content_hash,
+                     state, missed_runs, created_job_id, updated_job_id, created_at, updated_at)
+                 SELECT column1, ?1, ?2, column2, column3, column4, column5, ?3, ?4, ?5, column6,
+                     column7, 'ACTIVE', 0, ?6, ?6, ?7, ?7
+                 FROM (VALUES {})",
+                placeholders(chunk.len(), 7, 8)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(scope.domain.as_uuid())
+                .bind(&scope.provider)
+                .bind(scope.project_id.map(|p| p.as_uuid()))
+                .bind(scope.service_account_id.map(|s| s.as_uuid()))
+                .bind(scope.collector_id.map(|c| c.as_uuid()))
+                .bind(scope.job_id.as_uuid())
+                .bind(now);
+            for (id, e) in chunk {
+                q = q
+                    .bind(*id)
+                    .bind(&e.item.resource_type)
+                    .bind(&e.item.resource_key)
+                    .bind(e.item.name.as_deref())
+                    .bind(e.item.region.as_deref())
+                    .bind(&e.json)
+                    .bind(e.hash);
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+        }
+        for (id, e, diff) in &updated {
+            sqlx::query(UPDATE)
+                .bind(*id)
+                .bind(e.item.name.as_deref())
+                .bind(e.item.region.as_deref())
+                .bind(scope.project_id.map(|p| p.as_uuid()))
+                .bind(scope.service_account_id.map(|s| s.as_uuid()))
+                .bind(scope.collector_id.map(|c| c.as_uuid()))
+                .bind(diff.to_string())
+                .bind(&e.json)
+                .bind(e.hash)
+                .bind(scope.job_id.as_uuid())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+
+        let upserted = started.elapsed();
+        let changes: Vec<(Uuid, &str, Option<String>)> = created
+            .iter()
+            .map(|(id, _)| (*id, "CREATED", None))
+            .chain(
+                updated
+                    .iter()
+                    .map(|(id, _, diff)| (*id, "UPDATED", Some(diff.to_string()))),
+            )
+            .collect();
+        for chunk in changes.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO resource_changes (domain_id, resource_id, job_id, kind, diff, created_at)
+                 SELECT ?1, column1, ?2, column2, column3, ?3 FROM (VALUES {})",
+                placeholders(chunk.len(), 3, 4)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(scope.domain.as_uuid())
+                .bind(scope.job_id.as_uuid())
+                .bind(now);
+            for (id, kind, diff) in chunk {
+                q = q.bind(*id).bind(*kind).bind(diff.as_deref());
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+        }
+
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let counts = Counts {
+            created: count(created.len()),
+            updated: count(updated.len()),
+            unchanged: count(items.len() - created.len() - updated.len()),
+            failed,
+            ..Counts::default()
+        };
+        sqlx::query(PROGRESS)
+            .bind(scope.task_id.as_uuid())
+            .bind(scope.attempt)
+            .bind(counts.created)
+            .bind(counts.updated)
+            .bind(counts.unchanged)
+            .bind(counts.failed)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let recorded = started.elapsed();
+        tx.commit().await.map_err(db)?;
+        tracing::debug!(
+            rows = batch.len(),
+            fence_ms = fenced.as_millis(),
+            lookup_ms = (looked_up - fenced).as_millis(),
+            upsert_ms = (upserted - looked_up).as_millis(),
+            changes_ms = (recorded - upserted).as_millis(),
+            commit_ms = (started.elapsed() - recorded).as_millis(),
+            "batch merged"
+        );
+        Ok(Written::Committed(counts))
+    }
+}
+
+fn encode(batch: &[ResourceItem]) -> Result<Vec<Encoded<'_>>, SinkError> {
+    batch
+        .iter()
+        .map(|item| {
+            let not_object = || SinkError::NotAnObject {
+                key: item.resource_key.clone(),
+            };
+            if !item.data.is_object() {
+                return Err(not_object());
+            }
+            let json = serde_json::to_string(&item.data).map_err(|_| not_object())?;
+            let hash = content_hash(item, json.as_bytes());
+            Ok(Encoded { item, json, hash })
+        })
+        .collect()
+}
+
+/// The field-level diff of two JSON objects, as PostgreSQL's `gleaner_jsonb_diff` computes it:
+/// `{"field": {"old": .., "new": ..}}` for each top-level key whose value differs, a missing
+/// key reading as `null`.
+#[must_use]
+pub fn json_diff(old: &Value, new: &Value) -> Value {
+    let empty = Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut out = Map::new();
+    for key in old.keys().chain(new.keys()) {
+        if out.contains_key(key) {
+            continue;
+        }
+        let (o, n) = (old.get(key), new.get(key));
+        if o != n {
+            out.insert(
+                key.clone(),
+                json!({"old": o.cloned().unwrap_or(Value::Null), "new": n.cloned().unwrap_or(Value::Null)}),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_lists_changed_added_and_removed_fields_only() {
+        let old = json!({"a": 1, "b": {"x": 1}, "gone": true, "same": "s"});
+        let new = json!({"a": 2, "b": {"x": 1}, "added": [1], "same": "s"});
+        assert_eq!(
+            json_diff(&old, &new),
+            json!({
+                "a": {"old": 1, "new": 2},
+                "gone": {"old": true, "new": null},
+                "added": {"old": null, "new": [1]},
+            })
+        );
+        assert_eq!(json_diff(&new, &new), json!({}));
+    }
+
+    #[test]
+    fn placeholders_are_numbered_from_the_first() {
+        assert_eq!(placeholders(2, 2, 3), "(?3,?4),(?5,?6)");
+    }
+}
