@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::TestEnv;
+use crate::support::{Mode, TestEnv};
 
 async fn row_counts(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
     let mut counts = Vec::new();
@@ -20,9 +20,10 @@ async fn row_counts(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
     Ok(counts)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_naming_the_field_and_writes_nothing() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
+async fn bad_input_is_refused_naming_the_field_and_writes_nothing(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     let project = env.create("/v1/projects", json!({"name": "p"})).await?;
     let collector = env
         .create(
@@ -183,9 +184,8 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_json_and_wrong_media_type_are_problems_too() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
+async fn malformed_json_and_wrong_media_type_are_problems_too(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     let a = env
         .post_raw("/v1/projects", "application/json", "{\"name\": ")
         .await?;
@@ -217,9 +217,8 @@ async fn malformed_json_and_wrong_media_type_are_problems_too() -> anyhow::Resul
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_name_problem_has_the_documented_shape() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
+async fn duplicate_name_problem_has_the_documented_shape(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     env.create(
         "/v1/collectors",
         json!({"name": "aws-prod", "plugin_id": "demo"}),
@@ -243,3 +242,9 @@ async fn duplicate_name_problem_has_the_documented_shape() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+crate::in_both_modes!(
+    bad_input_is_refused_naming_the_field_and_writes_nothing,
+    malformed_json_and_wrong_media_type_are_problems_too,
+    duplicate_name_problem_has_the_documented_shape,
+);

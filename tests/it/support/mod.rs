@@ -1,13 +1,18 @@
-//! The test harness: each test gets its own world on the real services.
+//! The test harness: each test gets its own world, in one of two [`Mode`]s.
 //!
-//! - PostgreSQL: a schema `t_<unix time>_<random>` in the `gleaner_test` database, with the
-//!   migrations applied; every connection of the test uses it through its search path.
-//! - RabbitMQ: exchanges and queues prefixed with the same name.
-//! - The API on `127.0.0.1:0` and workers, in-process, started by the same wiring as the binary.
+//! - Distributed, on the real services: a PostgreSQL schema `t_<unix time>_<random>` in the
+//!   `gleaner_test` database, with the migrations applied (every connection of the test uses it
+//!   through its search path); RabbitMQ exchanges and queues prefixed with the same name; the
+//!   API on `127.0.0.1:0` and workers, in-process, started by the same wiring as the binary.
+//! - Standalone: `gleaner standalone`'s runtime in-process, on a data directory of its own
+//!   under the system's temporary directory.
 //!
-//! Dropping the environment stops its components and removes the schema and the queues.
-//! Schemas left behind by a crashed run are swept at the next start once they are old.
+//! Dropping the environment stops its components and removes the schema and the queues, or
+//! the data directory. What a crashed run left behind is swept at the next start once old.
+//!
+//! [`in_both_modes!`] turns one test function into a test per mode.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -39,6 +44,34 @@ fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Which runtime a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// API, workers and relays on PostgreSQL and RabbitMQ.
+    Distributed,
+    /// `gleaner standalone`: one process on a SQLite file.
+    Standalone,
+}
+
+/// Defines, for each `name`, the tests `name::distributed` and `name::standalone`, which run
+/// `async fn name(mode: Mode) -> anyhow::Result<()>` in that mode.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() -> anyhow::Result<()> {
+                super::$name($crate::support::Mode::Distributed).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() -> anyhow::Result<()> {
+                super::$name($crate::support::Mode::Standalone).await
+            }
+        }
+    )*};
+}
+
 /// How to start an environment.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -65,6 +98,7 @@ pub struct Answer {
 
 /// One test's isolated Gleaner.
 pub struct TestEnv {
+    pub mode: Mode,
     pub name: String,
     pub settings: Settings,
     pub db: DatabaseConnection,
@@ -72,15 +106,17 @@ pub struct TestEnv {
     http: reqwest::Client,
     shutdown: CancellationToken,
     components: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The standalone mode's data directory.
+    data_dir: Option<PathBuf>,
 }
 
 impl TestEnv {
-    /// The API and one worker.
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(Options::default()).await
+    /// The API and one worker (distributed), or the standalone runtime.
+    pub async fn start(mode: Mode) -> anyhow::Result<Self> {
+        Self::start_with(mode, Options::default()).await
     }
 
-    pub async fn start_with(opts: Options) -> anyhow::Result<Self> {
+    pub async fn start_with(mode: Mode, opts: Options) -> anyhow::Result<Self> {
         gleaner_common::telemetry::init_for_tests();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let name = format!("t_{now}_{:08x}", rand::random::<u32>());
@@ -97,7 +133,48 @@ impl TestEnv {
         settings.outbox.poll_interval = Duration::from_millis(100);
         settings.worker.batch_size = opts.batch_size;
         settings.worker.shutdown_grace = Duration::from_secs(5);
+        match mode {
+            Mode::Distributed => Self::distributed(name, settings, opts, now).await,
+            Mode::Standalone => Self::standalone(name, settings, now).await,
+        }
+    }
 
+    async fn standalone(name: String, settings: Settings, now: u64) -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join("gleaner-it");
+        sweep_dirs(&root, now);
+        let path = root.join(&name);
+        let dir = gleaner::standalone::DataDir::open(&path)?;
+        let db_url = dir.database_url();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let component = {
+            let (settings, stop) = (settings.clone(), shutdown.clone());
+            tokio::spawn(
+                async move { gleaner::standalone::run(&settings, &dir, listener, stop).await },
+            )
+        };
+        let env = Self {
+            mode: Mode::Standalone,
+            name,
+            db: sqlite_when_ready(&db_url).await?,
+            settings,
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+            components: vec![component],
+            data_dir: Some(path),
+        };
+        env.wait_ready().await?;
+        Ok(env)
+    }
+
+    async fn distributed(
+        name: String,
+        settings: Settings,
+        opts: Options,
+        now: u64,
+    ) -> anyhow::Result<Self> {
         gleaner_common::db::ensure_database(&settings.database_url).await?;
         sweep(&settings, now).await?;
         let db = gleaner::app::database(&settings, true)
@@ -118,6 +195,7 @@ impl TestEnv {
             components.push(spawn_worker(&settings, shutdown.clone()).await?);
         }
         let env = Self {
+            mode: Mode::Distributed,
             name,
             settings,
             db,
@@ -125,6 +203,7 @@ impl TestEnv {
             http: reqwest::Client::new(),
             shutdown,
             components,
+            data_dir: None,
         };
         env.wait_ready().await?;
         Ok(env)
@@ -253,14 +332,41 @@ impl TestEnv {
         }
     }
 
-    /// A single number from SQL (`SELECT count(*) ...`) in the test's schema.
+    /// A single number from SQL (`SELECT count(*) ...`) in the test's store.
     pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
         let row = self
             .db
-            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                sql.to_owned(),
+            ))
             .await?
             .context("no row")?;
         Ok(row.try_get_by_index::<i64>(0)?)
+    }
+
+    /// The first column of every row, as JSON (a `jsonb` column, or JSON text in SQLite).
+    pub async fn json_column(&self, sql: &str) -> anyhow::Result<Vec<Value>> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                sql.to_owned(),
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get_by_index::<Value>(0)?))
+            .collect()
+    }
+
+    /// A UUID as an SQL literal of the store: text in PostgreSQL, a 16-byte blob in SQLite
+    /// (as SeaORM binds it there).
+    pub fn uuid_sql(&self, id: &str) -> anyhow::Result<String> {
+        let id = uuid::Uuid::parse_str(id).with_context(|| format!("`{id}` is not a UUID"))?;
+        Ok(match self.mode {
+            Mode::Distributed => format!("'{id}'"),
+            Mode::Standalone => format!("X'{}'", id.simple()),
+        })
     }
 }
 
@@ -286,6 +392,7 @@ impl Drop for TestEnv {
         let name = self.name.clone();
         let settings = self.settings.clone();
         let db = self.db.clone();
+        let data_dir = self.data_dir.take();
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
                 for c in components {
@@ -299,11 +406,55 @@ impl Drop for TestEnv {
                     }
                 }
                 db.close().await.ok();
-                if let Err(e) = gleaner::app::remove_isolated(&settings, &name).await {
+                if let Some(dir) = data_dir {
+                    std::fs::remove_dir_all(&dir).ok();
+                } else if let Err(e) = gleaner::app::remove_isolated(&settings, &name).await {
                     eprintln!("cleaning up {name}: {e:#}");
                 }
             });
         });
+    }
+}
+
+/// A read connection to the standalone database, once the runtime has created and migrated it.
+async fn sqlite_when_ready(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let db = gleaner_common::db::connect(url, &Default::default()).await?;
+        let migrated = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT count(*) FROM seaql_migrations",
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_get_by_index::<i64>(0).ok())
+            .unwrap_or(0);
+        let expected =
+            <gleaner_migrations::Migrator as gleaner_migrations::MigratorTrait>::migrations().len();
+        if usize::try_from(migrated).is_ok_and(|n| n >= expected) {
+            return Ok(db);
+        }
+        db.close().await.ok();
+        if tokio::time::Instant::now() > deadline {
+            bail!("the standalone runtime did not migrate {url}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Removes data directories of standalone tests older than [`SWEEP_AFTER_SECS`].
+fn sweep_dirs(root: &std::path::Path, now: u64) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let created: Option<u64> = name.split('_').nth(1).and_then(|t| t.parse().ok());
+        if created.is_some_and(|t| t + SWEEP_AFTER_SECS < now) {
+            std::fs::remove_dir_all(entry.path()).ok();
+        }
     }
 }
 
