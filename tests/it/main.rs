@@ -6,3 +6,4 @@ mod collect;
 mod errors;
 mod probes;
 mod service_accounts;
+mod standalone;

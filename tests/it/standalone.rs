@@ -1,0 +1,190 @@
+//! The `gleaner standalone` binary as a user runs it: killed with SIGKILL in the middle of a
+//! collection and started again on the same data directory, it finishes the job with every
+//! resource stored exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// One run of the binary on a data directory.
+struct Standalone {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Standalone {
+    /// Starts the binary and waits for the line that says where it listens.
+    async fn start(dir: &Path, log: &Path) -> anyhow::Result<Self> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gleaner"))
+            .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            // The key comes from the data directory, as for a user who set nothing.
+            .env_remove("GLEANER_SECRET_KEY")
+            .env("GLEANER_WORKER__BATCH_SIZE", "1000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting gleaner standalone")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("no output within 30 s")??
+            .context("exited before listening")?;
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .with_context(|| format!("no address in `{first}`"))?
+            .to_owned();
+        // Keep reading, so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok(r.json().await?)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let body: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("POST {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_collection_then_restart_finishes_the_job_exactly_once()
+-> anyhow::Result<()> {
+    const RESOURCES: i64 = 50_000;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let root = TempDir(
+        std::env::temp_dir()
+            .join("gleaner-it")
+            .join(format!("t_{now}_{:08x}_kill", rand::random::<u32>())),
+    );
+    std::fs::create_dir_all(&root.0)?;
+    let (dir, log) = (root.0.join("data"), root.0.join("gleaner.log"));
+    let result = async {
+        let first = Standalone::start(&dir, &log).await?;
+        let project = first.post("/v1/projects", json!({"name": "kill"})).await?;
+        first
+            .post(
+                "/v1/service-accounts",
+                json!({"name": "demo", "provider": "demo", "project_id": project["id"], "credentials": {}}),
+            )
+            .await?;
+        let collector = first
+            .post(
+                "/v1/collectors",
+                json!({"name": "demo", "plugin_id": "demo", "options": {"resources": RESOURCES}}),
+            )
+            .await?;
+        let job = first
+            .post(
+                &format!("/v1/collectors/{}/collect", collector["id"].as_str().unwrap_or_default()),
+                json!(null),
+            )
+            .await?;
+        let job_id = job["job_id"].as_str().context("job_id")?.to_owned();
+
+        // Kill it once part of the collection is committed, and well before the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = first.get(&format!("/v1/jobs/{job_id}")).await?;
+            let created = j["counts"]["created"].as_i64().unwrap_or(0);
+            if j["status"] != "IN_PROGRESS" && j["status"] != "QUEUED" {
+                bail!("the job ended before it could be killed: {j}");
+            }
+            if created >= 5_000 {
+                assert!(created < RESOURCES, "{j}");
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no progress within 60 s: {j}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.kill().await?;
+
+        let second = Standalone::start(&dir, &log).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let finished = loop {
+            let j = second.get(&format!("/v1/jobs/{job_id}")).await?;
+            if !["QUEUED", "IN_PROGRESS"].contains(&j["status"].as_str().unwrap_or("")) {
+                break j;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the job did not finish after the restart: {j}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(finished["status"], "SUCCESS", "{finished}");
+        let tasks = second.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
+        let task = &tasks["items"][0];
+        assert!(task["attempt"].as_i64() >= Some(2), "the task ran again: {task}");
+        // The second attempt saw what the first had committed as unchanged.
+        let counts = &task["counts"];
+        assert_eq!(
+            counts["created"].as_i64().unwrap_or(0) + counts["unchanged"].as_i64().unwrap_or(0),
+            RESOURCES,
+            "{task}"
+        );
+        assert!(counts["unchanged"].as_i64() >= Some(5_000), "{task}");
+        let page = second.get("/v1/resources?limit=1").await?;
+        assert_eq!(page["total"], RESOURCES, "exactly once: {}", page["total"]);
+        second.kill().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("--- gleaner.log (last lines) ---\n{}", log_tail(&log));
+    }
+    result
+}
