@@ -8,7 +8,7 @@ pub mod scheduler;
 pub mod standalone;
 pub mod worker;
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
+/// Cancels `token` on Ctrl-C or SIGTERM; exits at once on a second Ctrl-C.
 pub async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = async {
         tokio::signal::ctrl_c().await.ok();
@@ -28,6 +28,11 @@ pub async fn cancel_on_signal(token: CancellationToken) {
         () = ctrl_c => {}
         () = term => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down (press Ctrl-C again to stop at once)");
     token.cancel();
+    // A second Ctrl-C skips the grace period. Nothing is lost: work that was running is
+    // handed back from the store or the broker, as after a crash.
+    tokio::signal::ctrl_c().await.ok();
+    tracing::warn!("second interrupt: exiting now");
+    std::process::exit(130);
 }

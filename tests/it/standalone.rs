@@ -20,7 +20,7 @@ struct Standalone {
 
 impl Standalone {
     /// Starts the binary and waits for the line that says where it listens.
-    async fn start(dir: &Path, log: &Path) -> anyhow::Result<Self> {
+    async fn start(dir: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -32,6 +32,7 @@ impl Standalone {
             .env_remove("GLEANER_SECRET_KEY")
             .env("GLEANER_WORKER__BATCH_SIZE", "1000")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .kill_on_drop(true)
@@ -77,6 +78,60 @@ impl Standalone {
         Ok(body)
     }
 
+    /// A project, a demo account and collector of `resources`, and a collection: its job id.
+    async fn start_demo_job(&self, resources: i64) -> anyhow::Result<String> {
+        let project = self.post("/v1/projects", json!({"name": "demo"})).await?;
+        self.post(
+            "/v1/service-accounts",
+            json!({"name": "demo", "provider": "demo", "project_id": project["id"], "credentials": {}}),
+        )
+        .await?;
+        let collector = self
+            .post(
+                "/v1/collectors",
+                json!({"name": "demo", "plugin_id": "demo", "options": {"resources": resources}}),
+            )
+            .await?;
+        let id = collector["id"].as_str().context("collector id")?;
+        let job = self
+            .post(&format!("/v1/collectors/{id}/collect"), json!(null))
+            .await?;
+        Ok(job["job_id"].as_str().context("job_id")?.to_owned())
+    }
+
+    /// Waits until the job has committed `created` resources, failing if it ends first.
+    async fn wait_progress(&self, job: &str, created: i64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = self.get(&format!("/v1/jobs/{job}")).await?;
+            if j["status"] != "IN_PROGRESS" && j["status"] != "QUEUED" {
+                bail!("the job ended too early: {j}");
+            }
+            if j["counts"]["created"].as_i64().unwrap_or(0) >= created {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no progress within 60 s: {j}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the job to end; returns it.
+    async fn wait_finished(&self, job: &str) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let j = self.get(&format!("/v1/jobs/{job}")).await?;
+            if !["QUEUED", "IN_PROGRESS"].contains(&j["status"].as_str().unwrap_or("")) {
+                return Ok(j);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the job did not finish: {j}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown code runs.
     async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
@@ -99,88 +154,94 @@ fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_collection_then_restart_finishes_the_job_exactly_once()
--> anyhow::Result<()> {
-    const RESOURCES: i64 = 50_000;
+/// A fresh directory for one test's data and log, removed afterwards.
+fn test_dir(tag: &str) -> anyhow::Result<TempDir> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let root = TempDir(
         std::env::temp_dir()
             .join("gleaner-it")
-            .join(format!("t_{now}_{:08x}_kill", rand::random::<u32>())),
+            .join(format!("t_{now}_{:08x}_{tag}", rand::random::<u32>())),
     );
     std::fs::create_dir_all(&root.0)?;
+    Ok(root)
+}
+
+const RESOURCES: i64 = 50_000;
+
+/// After the restart: the job SUCCESS, its task run again, and every resource stored once.
+async fn assert_finished_exactly_once(gleaner: &Standalone, job: &str) -> anyhow::Result<()> {
+    let finished = gleaner.wait_finished(job).await?;
+    assert_eq!(finished["status"], "SUCCESS", "{finished}");
+    let tasks = gleaner.get(&format!("/v1/jobs/{job}/tasks")).await?;
+    let task = &tasks["items"][0];
+    assert!(
+        task["attempt"].as_i64() >= Some(2),
+        "the task ran again: {task}"
+    );
+    // The new attempt found what the first had committed, unchanged.
+    let counts = &task["counts"];
+    assert_eq!(
+        counts["created"].as_i64().unwrap_or(0) + counts["unchanged"].as_i64().unwrap_or(0),
+        RESOURCES,
+        "{task}"
+    );
+    assert!(counts["unchanged"].as_i64() >= Some(2_000), "{task}");
+    let page = gleaner.get("/v1/resources?limit=1").await?;
+    assert_eq!(page["total"], RESOURCES, "exactly once: {}", page["total"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_collection_then_restart_finishes_the_job_exactly_once()
+-> anyhow::Result<()> {
+    let root = test_dir("kill")?;
     let (dir, log) = (root.0.join("data"), root.0.join("gleaner.log"));
     let result = async {
-        let first = Standalone::start(&dir, &log).await?;
-        let project = first.post("/v1/projects", json!({"name": "kill"})).await?;
-        first
-            .post(
-                "/v1/service-accounts",
-                json!({"name": "demo", "provider": "demo", "project_id": project["id"], "credentials": {}}),
-            )
-            .await?;
-        let collector = first
-            .post(
-                "/v1/collectors",
-                json!({"name": "demo", "plugin_id": "demo", "options": {"resources": RESOURCES}}),
-            )
-            .await?;
-        let job = first
-            .post(
-                &format!("/v1/collectors/{}/collect", collector["id"].as_str().unwrap_or_default()),
-                json!(null),
-            )
-            .await?;
-        let job_id = job["job_id"].as_str().context("job_id")?.to_owned();
-
-        // Kill it once part of the collection is committed, and well before the end.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let j = first.get(&format!("/v1/jobs/{job_id}")).await?;
-            let created = j["counts"]["created"].as_i64().unwrap_or(0);
-            if j["status"] != "IN_PROGRESS" && j["status"] != "QUEUED" {
-                bail!("the job ended before it could be killed: {j}");
-            }
-            if created >= 5_000 {
-                assert!(created < RESOURCES, "{j}");
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("no progress within 60 s: {j}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let first = Standalone::start(&dir, &log, &[]).await?;
+        let job = first.start_demo_job(RESOURCES).await?;
+        // Killed once part of the collection is committed, and before the end.
+        first.wait_progress(&job, 5_000).await?;
         first.kill().await?;
 
-        let second = Standalone::start(&dir, &log).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        let finished = loop {
-            let j = second.get(&format!("/v1/jobs/{job_id}")).await?;
-            if !["QUEUED", "IN_PROGRESS"].contains(&j["status"].as_str().unwrap_or("")) {
-                break j;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the job did not finish after the restart: {j}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert_eq!(finished["status"], "SUCCESS", "{finished}");
-        let tasks = second.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
-        let task = &tasks["items"][0];
-        assert!(task["attempt"].as_i64() >= Some(2), "the task ran again: {task}");
-        // The second attempt saw what the first had committed as unchanged.
-        let counts = &task["counts"];
-        assert_eq!(
-            counts["created"].as_i64().unwrap_or(0) + counts["unchanged"].as_i64().unwrap_or(0),
-            RESOURCES,
-            "{task}"
+        let second = Standalone::start(&dir, &log, &[]).await?;
+        assert_finished_exactly_once(&second, &job).await?;
+        second.kill().await
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("--- gleaner.log (last lines) ---\n{}", log_tail(&log));
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_releases_the_running_task_and_exits_within_the_grace_period() -> anyhow::Result<()>
+{
+    let root = test_dir("sigint")?;
+    let (dir, log) = (root.0.join("data"), root.0.join("gleaner.log"));
+    let result = async {
+        let grace = [("GLEANER_WORKER__SHUTDOWN_GRACE", "1")];
+        let mut first = Standalone::start(&dir, &log, &grace).await?;
+        let job = first.start_demo_job(RESOURCES).await?;
+        first.wait_progress(&job, 2_000).await?;
+        let pid = first.child.id().context("pid")?;
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()?;
+        assert!(sent.success());
+        // One second of grace, then the task is released and the process exits by itself.
+        let status = tokio::time::timeout(Duration::from_secs(15), first.child.wait())
+            .await
+            .context("still running 15 s after Ctrl-C")??;
+        assert!(status.success(), "exit status {status}");
+        assert!(
+            std::fs::read_to_string(&log)?.contains("releasing in-flight tasks"),
+            "the running task was handed back"
         );
-        assert!(counts["unchanged"].as_i64() >= Some(5_000), "{task}");
-        let page = second.get("/v1/resources?limit=1").await?;
-        assert_eq!(page["total"], RESOURCES, "exactly once: {}", page["total"]);
-        second.kill().await?;
-        anyhow::Ok(())
+
+        let second = Standalone::start(&dir, &log, &[]).await?;
+        assert_finished_exactly_once(&second, &job).await?;
+        second.kill().await
     }
     .await;
     if result.is_err() {
