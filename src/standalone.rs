@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use gleaner_common::config::Settings;
+use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::SecretKey;
 use gleaner_common::outbox::Signal;
 use gleaner_common::store;
@@ -140,7 +140,22 @@ pub async fn run(
     let signal = Signal::new();
     // Whatever the outbox holds from the previous run is dispatched at once.
     signal.notify();
-    let sink = Arc::new(SqliteSink::new(db.get_sqlite_connection_pool().clone()));
+    // The sink writes through a connection of its own: SQLite drops a connection's page cache
+    // whenever another connection wrote since it last read, so batches sharing the pool with
+    // the API and the task updates re-read the indexes of `resources` from disk every time
+    // (measured: inserts 2.5× slower than on a warm cache). Writers are serialized by SQLite's
+    // write lock anyway, so one connection costs no parallelism.
+    let sink_db = gleaner_common::db::connect(
+        &settings.database_url,
+        &DatabaseSettings {
+            max_connections: 1,
+            schema: None,
+        },
+    )
+    .await?;
+    let sink = Arc::new(SqliteSink::new(
+        sink_db.get_sqlite_connection_pool().clone(),
+    ));
     let ctx = app::worker_context(&settings, db.clone(), signal.clone(), sink)?;
     let state = app::api_state(&settings, db.clone(), signal, None)?;
 
@@ -155,5 +170,6 @@ pub async fn run(
     dispatcher.await.ok();
     scheduler.await.ok();
     db.close().await.ok();
+    sink_db.close().await.ok();
     served
 }

@@ -4,7 +4,9 @@
 //! `ingest` runs the API and a worker as child processes (as in production, so the worker's
 //! peak memory is its own), collects a demo estate through HTTP, RabbitMQ and PostgreSQL, and
 //! compares the time from `collect` to job SUCCESS with a raw binary `COPY` of the same rows into
-//! a table shaped like `resources`.
+//! a table shaped like `resources`. With `--mode standalone` it runs `gleaner standalone` as
+//! the child instead, and the baseline is a raw multi-row `INSERT` of the same rows, in one
+//! transaction, into a same-shaped table of the same SQLite file.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -50,10 +52,22 @@ enum Command {
 enum Component {
     Api,
     Worker,
+    Standalone,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// API and worker processes on PostgreSQL and RabbitMQ.
+    Distributed,
+    /// One `gleaner standalone` process on a SQLite file.
+    Standalone,
 }
 
 #[derive(Debug, clap::Args)]
 struct IngestArgs {
+    /// Which runtime to measure.
+    #[arg(long, value_enum, default_value = "distributed")]
+    mode: Mode,
     /// Resources in total, spread evenly over the service accounts.
     #[arg(long, default_value_t = 200_000)]
     resources: u64,
@@ -105,6 +119,14 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Worker => {
             cmd::worker::run(cmd::worker::Args { migrate: false }, &settings, shutdown).await
         }
+        Component::Standalone => {
+            let data_dir = std::env::var("GLEANER_DATA_DIR").context("GLEANER_DATA_DIR")?;
+            let args = cmd::standalone::Args {
+                data_dir: data_dir.into(),
+                listen: None,
+            };
+            cmd::standalone::run(args, &settings, shutdown).await
+        }
     }
 }
 
@@ -133,6 +155,16 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     if let Some(b) = args.batch_size {
         settings.worker.batch_size = b;
     }
+    if args.mode == Mode::Standalone {
+        let dir = std::env::temp_dir().join(&name);
+        let result = measure_standalone(&args, &settings, &dir).await;
+        if args.keep {
+            eprintln!("kept the data directory {}", dir.display());
+        } else {
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        return result;
+    }
     let run = Run { name, settings };
     let result = measure(&args, &run).await;
     if args.keep {
@@ -147,20 +179,89 @@ async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
     let settings = &run.settings;
     let db = gleaner::app::database(settings, true).await?;
     let port = free_port()?;
-    let api = spawn(Component::Api, settings, port)?;
-    let worker = spawn(Component::Worker, settings, port)?;
+    let api = spawn(Component::Api, settings, port)?.spawn()?;
+    let worker = spawn(Component::Worker, settings, port)?.spawn()?;
     let mut children = Children(vec![api, worker]);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_ready(&http, &base, &mut children).await?;
 
+    let estate = demo_estate(&http, &base, args).await?;
+
+    println!(
+        "ingest: {} demo resources over {} service accounts, worker batch {}",
+        args.resources, args.accounts, settings.worker.batch_size
+    );
+    let copy = raw_copy(&db, &estate.accounts, &estate.options).await?;
+    report(
+        args,
+        &http,
+        &base,
+        &estate.collector,
+        ("raw COPY of the same rows (same-shaped table):", copy),
+        (&children, 1, "worker peak RSS (VmHWM):"),
+    )
+    .await?;
+    children.stop().await;
+    db.close().await.ok();
+    Ok(())
+}
+
+async fn measure_standalone(
+    args: &IngestArgs,
+    settings: &Settings,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let port = free_port()?;
+    let child = spawn(Component::Standalone, settings, port)?
+        .env("GLEANER_DATA_DIR", dir)
+        .spawn()?;
+    let mut children = Children(vec![child]);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_ready(&http, &base, &mut children).await?;
+    let estate = demo_estate(&http, &base, args).await?;
+    println!(
+        "ingest (standalone, SQLite): {} demo resources over {} service accounts, worker batch {}",
+        args.resources, args.accounts, settings.worker.batch_size
+    );
+    let url = format!("sqlite://{}", dir.join("gleaner.db").display());
+    let insert = raw_insert_sqlite(&url, &estate).await?;
+    report(
+        args,
+        &http,
+        &base,
+        &estate.collector,
+        ("raw INSERT of the same rows (same-shaped table):", insert),
+        (&children, 0, "standalone process peak RSS (VmHWM):"),
+    )
+    .await?;
+    children.stop().await;
+    Ok(())
+}
+
+/// What [`demo_estate`] created.
+struct Estate {
+    project: Uuid,
+    accounts: Vec<String>,
+    /// The collector's options.
+    options: Value,
+    collector: String,
+}
+
+/// A project, `--accounts` demo service accounts and a demo collector.
+async fn demo_estate(
+    http: &reqwest::Client,
+    base: &str,
+    args: &IngestArgs,
+) -> anyhow::Result<Estate> {
     let per_account = args.resources / args.accounts;
-    let project = post(&http, &base, "/v1/projects", json!({"name": "bench"})).await?;
+    let project = post(http, base, "/v1/projects", json!({"name": "bench"})).await?;
     let mut accounts = Vec::new();
     for i in 0..args.accounts {
         let sa = post(
-            &http,
-            &base,
+            http,
+            base,
             "/v1/service-accounts",
             json!({"name": format!("bench-{i}"), "provider": "demo",
                    "project_id": project["id"], "credentials": {}}),
@@ -170,67 +271,50 @@ async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
     }
     let options = json!({"resources": per_account, "seed": 7});
     let collector = post(
-        &http,
-        &base,
+        http,
+        base,
         "/v1/collectors",
         json!({"name": "bench", "plugin_id": "demo", "options": options}),
     )
     .await?;
-    let collector_id = collector["id"].as_str().context("collector id")?.to_owned();
+    Ok(Estate {
+        project: Uuid::parse_str(project["id"].as_str().context("project id")?)?,
+        accounts,
+        options,
+        collector: collector["id"].as_str().context("collector id")?.to_owned(),
+    })
+}
 
+/// Prints the baseline, collects twice (all created, then all unchanged) beside it, and the
+/// peak memory of the child at `rss.1`.
+async fn report(
+    args: &IngestArgs,
+    http: &reqwest::Client,
+    base: &str,
+    collector_id: &str,
+    (label, baseline): (&str, Duration),
+    rss: (&Children, usize, &str),
+) -> anyhow::Result<()> {
     println!(
-        "ingest: {} demo resources over {} service accounts, worker batch {}",
-        args.resources, args.accounts, settings.worker.batch_size
+        "  {label:<47} {:>8.2} s  {:>9.0} rows/s",
+        baseline.as_secs_f64(),
+        rate(args.resources, baseline)
     );
-    let copy = raw_copy(&db, &accounts, &options).await?;
-    println!(
-        "  {:<47} {:>8.2} s  {:>9.0} rows/s",
-        "raw COPY of the same rows (same-shaped table):",
-        copy.as_secs_f64(),
-        rate(args.resources, copy)
-    );
-
-    timed_collect(&http, &base, &collector_id, "created", args.resources, copy).await?;
-    timed_collect(
-        &http,
-        &base,
-        &collector_id,
-        "unchanged",
-        args.resources,
-        copy,
-    )
-    .await?;
-    let worker_pid = children.0[1].id().context("worker pid")?;
-    let peak = peak_rss_kib(worker_pid)?;
-    println!(
-        "  {:<47} {:>8.1} MB",
-        "worker peak RSS (VmHWM):",
-        peak as f64 / 1024.0
-    );
-    children.stop().await;
-    db.close().await.ok();
+    for count in ["created", "unchanged"] {
+        timed_collect(http, base, collector_id, count, args.resources, baseline).await?;
+    }
+    let pid = rss.0.0[rss.1].id().context("child pid")?;
+    let peak = peak_rss_kib(pid)?;
+    println!("  {:<47} {:>8.1} MB", rss.2, peak as f64 / 1024.0);
     Ok(())
 }
 
-/// Generates the demo rows of `accounts` and COPYs them, in one binary stream, into a table
-/// created `LIKE resources INCLUDING ALL` (same columns, defaults and indexes).
-async fn raw_copy(
-    db: &sea_orm::DatabaseConnection,
+/// The demo items of `accounts`, as the worker would receive them, each with its JSON text.
+async fn demo_rows(
     accounts: &[String],
     options: &Value,
-) -> anyhow::Result<Duration> {
-    db.execute_unprepared("CREATE TABLE bench_copy (LIKE resources INCLUDING ALL)")
-        .await?;
-    let pool = db.get_postgres_connection_pool();
-    let mut conn = pool.acquire().await?;
-    let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY bench_copy (id, domain_id, provider, resource_type, resource_key, name, \
-             region, service_account_id, data, content_hash, state) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let mut out = BinaryCopy::with_capacity(8 << 20);
+    mut row: impl FnMut(Uuid, &plugin::ResourceItem, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut json = Vec::with_capacity(1024);
     for account in accounts {
         let sa = Uuid::parse_str(account)?;
@@ -253,23 +337,131 @@ async fn raw_copy(
             let Item::Resource(r) = item else { continue };
             json.clear();
             serde_json::to_writer(&mut json, &r.data)?;
-            out.row(11);
-            out.uuid(Uuid::now_v7());
-            out.uuid(DomainId::DEFAULT.as_uuid());
-            out.text("demo");
-            out.text(&r.resource_type);
-            out.text(&r.resource_key);
-            out.opt_text(r.name.as_deref());
-            out.opt_text(r.region.as_deref());
-            out.uuid(sa);
-            out.jsonb(&json);
-            out.int8(content_hash(&r, &json));
-            out.text("ACTIVE");
-            if out.len_bytes() >= 8 << 20 {
-                copy.send(out.take_chunk()).await?;
-            }
+            row(sa, &r, &json)?;
         }
         producer.await??;
+    }
+    Ok(())
+}
+
+/// Inserts the demo rows of the estate's accounts, every column the sink writes, 1,000 rows per
+/// statement in one transaction, into a table created with the DDL of `resources` and its
+/// indexes under other names.
+async fn raw_insert_sqlite(url: &str, estate: &Estate) -> anyhow::Result<Duration> {
+    let (project, collector) = (estate.project, Uuid::parse_str(&estate.collector)?);
+    let db = gleaner_common::db::connect(url, &Default::default()).await?;
+    let ddl = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'resources' AND sql IS NOT NULL",
+        ))
+        .await?;
+    for row in ddl {
+        let sql: String = row.try_get_by_index(0)?;
+        let sql = sql
+            .replace("\"resources\"", "\"bench_copy\"")
+            .replace("\"ux_resources_", "\"ux_bench_copy_")
+            .replace("\"ix_resources_", "\"ix_bench_copy_");
+        db.execute_unprepared(&sql).await?;
+    }
+    let pool = db.get_sqlite_connection_pool().clone();
+    let started = Instant::now();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut rows: Vec<(Uuid, plugin::ResourceItem, String, i64)> = Vec::with_capacity(1000);
+    let mut pending = Vec::new();
+    demo_rows(&estate.accounts, &estate.options, |sa, r, json| {
+        let text = String::from_utf8(json.to_vec())?;
+        rows.push((sa, r.clone(), text, content_hash(r, json)));
+        if rows.len() == 1000 {
+            pending.push(std::mem::take(&mut rows));
+        }
+        Ok(())
+    })
+    .await?;
+    pending.push(rows);
+    for chunk in &pending {
+        if chunk.is_empty() {
+            continue;
+        }
+        let values = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+        let sql = format!(
+            "INSERT INTO bench_copy (id, domain_id, provider, resource_type, resource_key, name, \
+             region, project_id, service_account_id, collector_id, data, content_hash, state, \
+             missed_runs, created_job_id, updated_job_id, created_at, updated_at) VALUES {values}"
+        );
+        let (job, now) = (Uuid::now_v7(), chrono::Utc::now().fixed_offset());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (sa, r, json, hash) in chunk {
+            q = q
+                .bind(Uuid::now_v7())
+                .bind(DomainId::DEFAULT.as_uuid())
+                .bind("demo")
+                .bind(&r.resource_type)
+                .bind(&r.resource_key)
+                .bind(r.name.as_deref())
+                .bind(r.region.as_deref())
+                .bind(project)
+                .bind(*sa)
+                .bind(collector)
+                .bind(json)
+                .bind(*hash)
+                .bind("ACTIVE")
+                .bind(0)
+                .bind(job)
+                .bind(job)
+                .bind(now)
+                .bind(now);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    let took = started.elapsed();
+    db.execute_unprepared("DROP TABLE bench_copy").await?;
+    db.close().await?;
+    Ok(took)
+}
+
+/// Generates the demo rows of `accounts` and COPYs them, in one binary stream, into a table
+/// created `LIKE resources INCLUDING ALL` (same columns, defaults and indexes).
+async fn raw_copy(
+    db: &sea_orm::DatabaseConnection,
+    accounts: &[String],
+    options: &Value,
+) -> anyhow::Result<Duration> {
+    db.execute_unprepared("CREATE TABLE bench_copy (LIKE resources INCLUDING ALL)")
+        .await?;
+    let pool = db.get_postgres_connection_pool();
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY bench_copy (id, domain_id, provider, resource_type, resource_key, name, \
+             region, service_account_id, data, content_hash, state) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let mut out = BinaryCopy::with_capacity(8 << 20);
+    let mut chunks = Vec::new();
+    demo_rows(accounts, options, |sa, r, json| {
+        out.row(11);
+        out.uuid(Uuid::now_v7());
+        out.uuid(DomainId::DEFAULT.as_uuid());
+        out.text("demo");
+        out.text(&r.resource_type);
+        out.text(&r.resource_key);
+        out.opt_text(r.name.as_deref());
+        out.opt_text(r.region.as_deref());
+        out.uuid(sa);
+        out.jsonb(json);
+        out.int8(content_hash(r, json));
+        out.text("ACTIVE");
+        if out.len_bytes() >= 8 << 20 {
+            chunks.push(out.take_chunk());
+        }
+        Ok(())
+    })
+    .await?;
+    for chunk in chunks {
+        copy.send(chunk).await?;
     }
     copy.send(out.finish()).await?;
     copy.finish().await?;
@@ -294,7 +486,7 @@ async fn timed_collect(
     );
     let label = format!("collect → SUCCESS, all {count}:");
     println!(
-        "  {label:<47} {:>8.2} s  {:>9.0} rows/s  {:.2}× COPY",
+        "  {label:<47} {:>8.2} s  {:>9.0} rows/s  {:.2}× baseline",
         took.as_secs_f64(),
         rate(expected, took),
         took.as_secs_f64() / copy.as_secs_f64()
@@ -364,13 +556,14 @@ async fn post(
     Ok(body)
 }
 
-fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result<Child> {
+fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result<Process> {
     let exe = std::env::current_exe()?;
     let mut cmd = Process::new(exe);
     cmd.arg("serve")
         .arg(match component {
             Component::Api => "api",
             Component::Worker => "worker",
+            Component::Standalone => "standalone",
         })
         .env("GLEANER_DATABASE_URL", &settings.database_url)
         .env("GLEANER_AMQP_URL", &settings.amqp_url)
@@ -394,7 +587,7 @@ fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result
         )
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    Ok(cmd.spawn()?)
+    Ok(cmd)
 }
 
 /// The child processes, stopped with SIGTERM (and killed if they linger).

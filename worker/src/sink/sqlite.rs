@@ -23,6 +23,9 @@ use crate::plugin::ResourceItem;
 /// statement here binds 16 per row.
 const CHUNK: usize = 1_000;
 
+/// A row of the resource insert: the item's values and the batch's, with 16 parameters.
+const RESOURCE_ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,'ACTIVE',0,?,?,?,?)";
+
 const FENCE: &str = "UPDATE job_tasks SET updated_at = ?1
 WHERE id = ?2 AND attempt = ?3 AND status = 'IN_PROGRESS'";
 
@@ -73,25 +76,18 @@ fn db(e: sqlx::Error) -> SinkError {
     SinkError::Db(e.to_string())
 }
 
-fn placeholders(rows: usize, per_row: usize, first: usize) -> String {
-    let mut s = String::with_capacity(rows * per_row * 6);
-    let mut n = first;
-    for r in 0..rows {
-        if r > 0 {
-            s.push(',');
-        }
-        s.push('(');
-        for c in 0..per_row {
-            if c > 0 {
-                s.push(',');
-            }
-            s.push('?');
-            s.push_str(&n.to_string());
-            n += 1;
-        }
-        s.push(')');
-    }
-    s
+/// `rows` groups of `per_row` anonymous placeholders: `(?,?),(?,?)`.
+///
+/// Anonymous, not numbered (`?3`): sqlx asks SQLite for the name of every parameter it binds,
+/// and SQLite finds a numbered parameter's name by a linear scan, which made binding a
+/// 1,000-row statement quadratic (measured: two thirds of the standalone mode's CPU time).
+fn placeholders(rows: usize, per_row: usize) -> String {
+    debug_assert!(
+        rows * per_row <= 32_766,
+        "SQLite's limit of bound parameters"
+    );
+    let row = format!("({})", vec!["?"; per_row].join(","));
+    vec![row.as_str(); rows].join(",")
 }
 
 #[async_trait]
@@ -131,19 +127,18 @@ impl ResourceSink for SqliteSink {
                 "WITH k(t, key, h) AS (VALUES {})
                  SELECT r.resource_type, r.resource_key, r.id,
                      CASE WHEN r.content_hash <> k.h OR r.state <> 'ACTIVE' THEN r.data END
-                 FROM k CROSS JOIN resources r ON r.domain_id = ?1 AND r.provider = ?2
+                 FROM k CROSS JOIN resources r ON r.domain_id = ? AND r.provider = ?
                      AND r.resource_type = k.t AND r.resource_key = k.key",
-                placeholders(chunk.len(), 3, 3)
+                placeholders(chunk.len(), 3)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(scope.domain.as_uuid())
-                .bind(&scope.provider);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for e in chunk {
                 q = q
                     .bind(&e.item.resource_type)
                     .bind(&e.item.resource_key)
                     .bind(e.hash);
             }
+            q = q.bind(scope.domain.as_uuid()).bind(&scope.provider);
             for row in q.fetch_all(&mut *tx).await.map_err(db)? {
                 let t: String = row.try_get(0).map_err(db)?;
                 let k: String = row.try_get(1).map_err(db)?;
@@ -184,28 +179,28 @@ impl ResourceSink for SqliteSink {
                 "INSERT INTO resources (id, domain_id, provider, resource_type, resource_key, name,
                      region, project_id, service_account_id, collector_id, data, content_hash,
                      state, missed_runs, created_job_id, updated_job_id, created_at, updated_at)
-                 SELECT column1, ?1, ?2, column2, column3, column4, column5, ?3, ?4, ?5, column6,
-                     column7, 'ACTIVE', 0, ?6, ?6, ?7, ?7
-                 FROM (VALUES {})",
-                placeholders(chunk.len(), 7, 8)
+                 VALUES {}",
+                vec![RESOURCE_ROW; chunk.len()].join(",")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(scope.domain.as_uuid())
-                .bind(&scope.provider)
-                .bind(scope.project_id.map(|p| p.as_uuid()))
-                .bind(scope.service_account_id.map(|s| s.as_uuid()))
-                .bind(scope.collector_id.map(|c| c.as_uuid()))
-                .bind(scope.job_id.as_uuid())
-                .bind(now);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for (id, e) in chunk {
                 q = q
                     .bind(*id)
+                    .bind(scope.domain.as_uuid())
+                    .bind(&scope.provider)
                     .bind(&e.item.resource_type)
                     .bind(&e.item.resource_key)
                     .bind(e.item.name.as_deref())
                     .bind(e.item.region.as_deref())
+                    .bind(scope.project_id.map(|p| p.as_uuid()))
+                    .bind(scope.service_account_id.map(|s| s.as_uuid()))
+                    .bind(scope.collector_id.map(|c| c.as_uuid()))
                     .bind(&e.json)
-                    .bind(e.hash);
+                    .bind(e.hash)
+                    .bind(scope.job_id.as_uuid())
+                    .bind(scope.job_id.as_uuid())
+                    .bind(now)
+                    .bind(now);
             }
             q.execute(&mut *tx).await.map_err(db)?;
         }
@@ -240,15 +235,18 @@ impl ResourceSink for SqliteSink {
         for chunk in changes.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO resource_changes (domain_id, resource_id, job_id, kind, diff, created_at)
-                 SELECT ?1, column1, ?2, column2, column3, ?3 FROM (VALUES {})",
-                placeholders(chunk.len(), 3, 4)
+                 VALUES {}",
+                placeholders(chunk.len(), 6)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(scope.domain.as_uuid())
-                .bind(scope.job_id.as_uuid())
-                .bind(now);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for (id, kind, diff) in chunk {
-                q = q.bind(*id).bind(*kind).bind(diff.as_deref());
+                q = q
+                    .bind(scope.domain.as_uuid())
+                    .bind(*id)
+                    .bind(scope.job_id.as_uuid())
+                    .bind(*kind)
+                    .bind(diff.as_deref())
+                    .bind(now);
             }
             q.execute(&mut *tx).await.map_err(db)?;
         }
@@ -347,7 +345,8 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_are_numbered_from_the_first() {
-        assert_eq!(placeholders(2, 2, 3), "(?3,?4),(?5,?6)");
+    fn placeholders_come_in_rows() {
+        assert_eq!(placeholders(2, 3), "(?,?,?),(?,?,?)");
+        assert_eq!(placeholders(0, 3), "");
     }
 }
