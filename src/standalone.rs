@@ -173,3 +173,59 @@ pub async fn run(
     sink_db.close().await.ok();
     served
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("gleaner-datadir-{}", uuid::Uuid::new_v4()))
+    }
+
+    #[test]
+    fn a_data_directory_is_held_by_one_process_at_a_time() {
+        let path = temp_dir();
+        let first = DataDir::open(&path).expect("first open");
+        let second = DataDir::open(&path).expect_err("the directory is held");
+        assert!(
+            second
+                .to_string()
+                .contains("already using the data directory"),
+            "{second:#}"
+        );
+        drop(first);
+        DataDir::open(&path).expect("free again once the first lets go");
+        std::fs::remove_dir_all(&path).ok();
+    }
+
+    #[test]
+    fn the_key_is_created_once_then_kept_unless_the_environment_gives_one() {
+        let path = temp_dir();
+        let dir = DataDir::open(&path).expect("open");
+        let settings = Settings::default();
+        let created = dir.secret_key(&settings).expect("created");
+        assert!(created.parse::<SecretKey>().is_ok());
+        assert_eq!(dir.secret_key(&settings).expect("read back"), created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path.join("secret.key"))
+                .expect("key file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "readable by its owner only: {mode:o}");
+        }
+        let given = SecretKey::generate().to_hex();
+        let from_env = Settings {
+            secret_key: Some(given.clone()),
+            ..Settings::default()
+        };
+        assert_eq!(dir.secret_key(&from_env).expect("given"), given);
+        std::fs::write(path.join("secret.key"), "not a key").expect("overwrite");
+        assert!(
+            dir.secret_key(&settings).is_err(),
+            "a corrupt key file is an error"
+        );
+        std::fs::remove_dir_all(&path).ok();
+    }
+}

@@ -309,39 +309,50 @@ async fn report(
     Ok(())
 }
 
-/// The demo items of `accounts`, as the worker would receive them, each with its JSON text.
-async fn demo_rows(
+/// A demo item as the worker receives it: its service account, the item, its JSON text.
+type DemoRow = (Uuid, plugin::ResourceItem, Vec<u8>);
+
+/// The demo items of `accounts`, generated (and serialized) in a task of their own, so that
+/// the baselines write while the next rows are generated, as the worker does.
+fn demo_rows(
     accounts: &[String],
     options: &Value,
-    mut row: impl FnMut(Uuid, &plugin::ResourceItem, &[u8]) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut json = Vec::with_capacity(1024);
-    for account in accounts {
-        let sa = Uuid::parse_str(account)?;
-        let (tx, mut rx) = plugin::channel(1024);
-        let request = CollectRequest {
-            version: "1.0.0".into(),
-            options: options.clone(),
-            secret: serde_json::Map::new(),
-            task: TaskInfo {
-                domain: DomainId::DEFAULT,
-                job_id: JobId::new(),
-                task_id: TaskId::new(),
-                attempt: 1,
-                service_account_id: Some(ServiceAccountId::from_uuid(sa)),
-            },
-            cancel: CancellationToken::new(),
-        };
-        let producer = tokio::spawn(async move { Demo::new().collect(request, tx).await });
-        while let Some(item) = rx.recv().await {
-            let Item::Resource(r) = item else { continue };
-            json.clear();
-            serde_json::to_writer(&mut json, &r.data)?;
-            row(sa, &r, &json)?;
+) -> (
+    tokio::sync::mpsc::Receiver<DemoRow>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (out, rows) = tokio::sync::mpsc::channel(4096);
+    let (accounts, options) = (accounts.to_vec(), options.clone());
+    let generator = tokio::spawn(async move {
+        for account in accounts {
+            let sa = Uuid::parse_str(&account)?;
+            let (tx, mut rx) = plugin::channel(1024);
+            let request = CollectRequest {
+                version: "1.0.0".into(),
+                options: options.clone(),
+                secret: serde_json::Map::new(),
+                task: TaskInfo {
+                    domain: DomainId::DEFAULT,
+                    job_id: JobId::new(),
+                    task_id: TaskId::new(),
+                    attempt: 1,
+                    service_account_id: Some(ServiceAccountId::from_uuid(sa)),
+                },
+                cancel: CancellationToken::new(),
+            };
+            let producer = tokio::spawn(async move { Demo::new().collect(request, tx).await });
+            while let Some(item) = rx.recv().await {
+                let Item::Resource(r) = item else { continue };
+                let json = serde_json::to_vec(&r.data)?;
+                if out.send((sa, r, json)).await.is_err() {
+                    break;
+                }
+            }
+            producer.await??;
         }
-        producer.await??;
-    }
-    Ok(())
+        anyhow::Ok(())
+    });
+    (rows, generator)
 }
 
 /// Inserts the demo rows of the estate's accounts, every column the sink writes, 1,000 rows per
@@ -367,53 +378,54 @@ async fn raw_insert_sqlite(url: &str, estate: &Estate) -> anyhow::Result<Duratio
     let pool = db.get_sqlite_connection_pool().clone();
     let started = Instant::now();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut rows: Vec<(Uuid, plugin::ResourceItem, String, i64)> = Vec::with_capacity(1000);
-    let mut pending = Vec::new();
-    demo_rows(&estate.accounts, &estate.options, |sa, r, json| {
-        let text = String::from_utf8(json.to_vec())?;
-        rows.push((sa, r.clone(), text, content_hash(r, json)));
-        if rows.len() == 1000 {
-            pending.push(std::mem::take(&mut rows));
-        }
-        Ok(())
-    })
-    .await?;
-    pending.push(rows);
-    for chunk in &pending {
-        if chunk.is_empty() {
+    let (mut rows, generator) = demo_rows(&estate.accounts, &estate.options);
+    let mut chunk: Vec<DemoRow> = Vec::with_capacity(1000);
+    loop {
+        let next = rows.recv().await;
+        let done = next.is_none();
+        chunk.extend(next);
+        if chunk.len() < 1000 && !done {
             continue;
         }
-        let values = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
-        let sql = format!(
-            "INSERT INTO bench_copy (id, domain_id, provider, resource_type, resource_key, name, \
-             region, project_id, service_account_id, collector_id, data, content_hash, state, \
-             missed_runs, created_job_id, updated_job_id, created_at, updated_at) VALUES {values}"
-        );
-        let (job, now) = (Uuid::now_v7(), chrono::Utc::now().fixed_offset());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (sa, r, json, hash) in chunk {
-            q = q
-                .bind(Uuid::now_v7())
-                .bind(DomainId::DEFAULT.as_uuid())
-                .bind("demo")
-                .bind(&r.resource_type)
-                .bind(&r.resource_key)
-                .bind(r.name.as_deref())
-                .bind(r.region.as_deref())
-                .bind(project)
-                .bind(*sa)
-                .bind(collector)
-                .bind(json)
-                .bind(*hash)
-                .bind("ACTIVE")
-                .bind(0)
-                .bind(job)
-                .bind(job)
-                .bind(now)
-                .bind(now);
+        if !chunk.is_empty() {
+            let values = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+            let sql = format!(
+                "INSERT INTO bench_copy (id, domain_id, provider, resource_type, resource_key, \
+                 name, region, project_id, service_account_id, collector_id, data, content_hash, \
+                 state, missed_runs, created_job_id, updated_job_id, created_at, updated_at) \
+                 VALUES {values}"
+            );
+            let (job, now) = (Uuid::now_v7(), chrono::Utc::now().fixed_offset());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (sa, r, json) in &chunk {
+                q = q
+                    .bind(Uuid::now_v7())
+                    .bind(DomainId::DEFAULT.as_uuid())
+                    .bind("demo")
+                    .bind(&r.resource_type)
+                    .bind(&r.resource_key)
+                    .bind(r.name.as_deref())
+                    .bind(r.region.as_deref())
+                    .bind(project)
+                    .bind(*sa)
+                    .bind(collector)
+                    .bind(std::str::from_utf8(json)?)
+                    .bind(content_hash(r, json))
+                    .bind("ACTIVE")
+                    .bind(0)
+                    .bind(job)
+                    .bind(job)
+                    .bind(now)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+            chunk.clear();
         }
-        q.execute(&mut *tx).await?;
+        if done {
+            break;
+        }
     }
+    generator.await??;
     tx.commit().await?;
     let took = started.elapsed();
     db.execute_unprepared("DROP TABLE bench_copy").await?;
@@ -440,8 +452,8 @@ async fn raw_copy(
         )
         .await?;
     let mut out = BinaryCopy::with_capacity(8 << 20);
-    let mut chunks = Vec::new();
-    demo_rows(accounts, options, |sa, r, json| {
+    let (mut rows, generator) = demo_rows(accounts, options);
+    while let Some((sa, r, json)) = rows.recv().await {
         out.row(11);
         out.uuid(Uuid::now_v7());
         out.uuid(DomainId::DEFAULT.as_uuid());
@@ -451,18 +463,14 @@ async fn raw_copy(
         out.opt_text(r.name.as_deref());
         out.opt_text(r.region.as_deref());
         out.uuid(sa);
-        out.jsonb(json);
-        out.int8(content_hash(r, json));
+        out.jsonb(&json);
+        out.int8(content_hash(&r, &json));
         out.text("ACTIVE");
         if out.len_bytes() >= 8 << 20 {
-            chunks.push(out.take_chunk());
+            copy.send(out.take_chunk()).await?;
         }
-        Ok(())
-    })
-    .await?;
-    for chunk in chunks {
-        copy.send(chunk).await?;
     }
+    generator.await??;
     copy.send(out.finish()).await?;
     copy.finish().await?;
     Ok(started.elapsed())
