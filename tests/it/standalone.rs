@@ -191,23 +191,15 @@ async fn assert_finished_exactly_once(gleaner: &Standalone, job: &str) -> anyhow
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_collection_then_restart_finishes_the_job_exactly_once()
--> anyhow::Result<()> {
-    let root = test_dir("kill")?;
+/// Runs `scenario` on a fresh data directory and log file, printing the log's tail if it
+/// fails.
+async fn on_fresh_dir(
+    tag: &str,
+    scenario: impl AsyncFnOnce(&Path, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let root = test_dir(tag)?;
     let (dir, log) = (root.0.join("data"), root.0.join("gleaner.log"));
-    let result = async {
-        let first = Standalone::start(&dir, &log, &[]).await?;
-        let job = first.start_demo_job(RESOURCES).await?;
-        // Killed once part of the collection is committed, and before the end.
-        first.wait_progress(&job, 5_000).await?;
-        first.kill().await?;
-
-        let second = Standalone::start(&dir, &log, &[]).await?;
-        assert_finished_exactly_once(&second, &job).await?;
-        second.kill().await
-    }
-    .await;
+    let result = scenario(&dir, &log).await;
     if result.is_err() {
         eprintln!("--- gleaner.log (last lines) ---\n{}", log_tail(&log));
     }
@@ -215,13 +207,28 @@ async fn sigkill_during_a_collection_then_restart_finishes_the_job_exactly_once(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_collection_then_restart_finishes_the_job_exactly_once()
+-> anyhow::Result<()> {
+    on_fresh_dir("kill", async |dir, log| {
+        let first = Standalone::start(dir, log, &[]).await?;
+        let job = first.start_demo_job(RESOURCES).await?;
+        // Killed once part of the collection is committed, and before the end.
+        first.wait_progress(&job, 5_000).await?;
+        first.kill().await?;
+
+        let second = Standalone::start(dir, log, &[]).await?;
+        assert_finished_exactly_once(&second, &job).await?;
+        second.kill().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_releases_the_running_task_and_exits_within_the_grace_period() -> anyhow::Result<()>
 {
-    let root = test_dir("sigint")?;
-    let (dir, log) = (root.0.join("data"), root.0.join("gleaner.log"));
-    let result = async {
+    on_fresh_dir("sigint", async |dir, log| {
         let grace = [("GLEANER_WORKER__SHUTDOWN_GRACE", "1")];
-        let mut first = Standalone::start(&dir, &log, &grace).await?;
+        let mut first = Standalone::start(dir, log, &grace).await?;
         let job = first.start_demo_job(RESOURCES).await?;
         first.wait_progress(&job, 2_000).await?;
         let pid = first.child.id().context("pid")?;
@@ -235,17 +242,13 @@ async fn ctrl_c_releases_the_running_task_and_exits_within_the_grace_period() ->
             .context("still running 15 s after Ctrl-C")??;
         assert!(status.success(), "exit status {status}");
         assert!(
-            std::fs::read_to_string(&log)?.contains("releasing in-flight tasks"),
+            std::fs::read_to_string(log)?.contains("releasing in-flight tasks"),
             "the running task was handed back"
         );
 
-        let second = Standalone::start(&dir, &log, &[]).await?;
+        let second = Standalone::start(dir, log, &[]).await?;
         assert_finished_exactly_once(&second, &job).await?;
         second.kill().await
-    }
-    .await;
-    if result.is_err() {
-        eprintln!("--- gleaner.log (last lines) ---\n{}", log_tail(&log));
-    }
-    result
+    })
+    .await
 }

@@ -272,20 +272,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
 /// # Errors
 /// Database errors only.
 pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Result<bool> {
-    let res = job_task::Entity::update_many()
-        .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
-        .col_expr(
-            job_task::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            job_task::Column::LeaseExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
-        )
-        .col_expr(
-            job_task::Column::UpdatedAt,
-            Expr::value(Utc::now().fixed_offset()),
-        )
+    let res = requeue()
         .filter(job_task::Column::Id.eq(id.as_uuid()))
         .filter(job_task::Column::Attempt.eq(attempt))
         .filter(job_task::Column::Status.eq(JobStatus::InProgress))
@@ -302,7 +289,16 @@ pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Res
 /// # Errors
 /// Database errors only.
 pub async fn release_orphans(db: &impl ConnectionTrait) -> Result<u64> {
-    let res = job_task::Entity::update_many()
+    let res = requeue()
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}
+
+/// An update that puts tasks back in the queue, without an owner; the caller adds the filter.
+fn requeue() -> sea_orm::UpdateMany<job_task::Entity> {
+    job_task::Entity::update_many()
         .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(
             job_task::Column::LeaseOwner,
@@ -316,8 +312,4 @@ pub async fn release_orphans(db: &impl ConnectionTrait) -> Result<u64> {
             job_task::Column::UpdatedAt,
             Expr::value(Utc::now().fixed_offset()),
         )
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected)
 }
