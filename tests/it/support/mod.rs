@@ -154,18 +154,37 @@ impl TestEnv {
                 async move { gleaner::standalone::run(&settings, &dir, listener, stop).await },
             )
         };
+        let http = reqwest::Client::new();
+        // Connect only once the runtime has created and migrated the database: a connection
+        // opened while the file is being created can find it locked.
+        let db = match wait_ready(&http, &base).await {
+            Ok(()) => gleaner_common::db::connect(&db_url, &Default::default())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let db = match db {
+            Ok(db) => db,
+            Err(e) => {
+                shutdown.cancel();
+                tokio::time::timeout(Duration::from_secs(15), component)
+                    .await
+                    .ok();
+                std::fs::remove_dir_all(&path).ok();
+                return Err(e);
+            }
+        };
         let env = Self {
             mode: Mode::Standalone,
             name,
-            db: sqlite_when_ready(&db_url).await?,
+            db,
             settings,
             base,
-            http: reqwest::Client::new(),
+            http,
             shutdown,
             components: vec![component],
             data_dir: Some(path),
         };
-        env.wait_ready().await?;
         Ok(env)
     }
 
@@ -210,18 +229,7 @@ impl TestEnv {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the API did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&self.http, &self.base).await
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
@@ -370,6 +378,22 @@ impl TestEnv {
     }
 }
 
+/// Polls `/readyz` until it answers 200 (20 s at most).
+async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the API did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Starts one more worker on the environment's settings.
 pub async fn spawn_worker(
     settings: &Settings,
@@ -413,34 +437,6 @@ impl Drop for TestEnv {
                 }
             });
         });
-    }
-}
-
-/// A read connection to the standalone database, once the runtime has created and migrated it.
-async fn sqlite_when_ready(url: &str) -> anyhow::Result<DatabaseConnection> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let db = gleaner_common::db::connect(url, &Default::default()).await?;
-        let migrated = db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT count(*) FROM seaql_migrations",
-            ))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.try_get_by_index::<i64>(0).ok())
-            .unwrap_or(0);
-        let expected =
-            <gleaner_migrations::Migrator as gleaner_migrations::MigratorTrait>::migrations().len();
-        if usize::try_from(migrated).is_ok_and(|n| n >= expected) {
-            return Ok(db);
-        }
-        db.close().await.ok();
-        if tokio::time::Instant::now() > deadline {
-            bail!("the standalone runtime did not migrate {url}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
