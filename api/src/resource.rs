@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use gleaner_common::id::{CollectorId, ProjectId, ResourceId, ServiceAccountId};
 use gleaner_common::model::ResourceState;
-use gleaner_common::store::resource::{self, Filter, Page, Resource};
+use gleaner_common::store::resource::{self, ChangePage, Filter, Page, Resource};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -16,6 +16,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/resources", get(list))
         .route("/v1/resources/{id}", get(show))
+        .route("/v1/resources/{id}/changes", get(changes))
 }
 
 /// Largest page; larger requests are refused rather than silently cut.
@@ -38,14 +39,7 @@ async fn list(
     Tenant(domain): Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page>> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::field(
-            Code::InvalidInput,
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     let filter = Filter {
         collector_id: q.collector_id,
         resource_type: q.resource_type,
@@ -65,4 +59,39 @@ async fn show(
 ) -> ApiResult<Json<Resource>> {
     let id = parse_id("resource", &id)?;
     Ok(Json(resource::get(&state.db, domain, id).await?))
+}
+
+/// `limit`, defaulting to 100, within 1..=[`MAX_LIMIT`].
+fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field(
+            Code::InvalidInput,
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    limit: Option<u64>,
+    cursor: Option<i64>,
+}
+
+/// A resource's history, oldest first.
+async fn changes(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> ApiResult<Json<ChangePage>> {
+    let id = parse_id("resource", &id)?;
+    let limit = page_limit(q.limit)?;
+    Ok(Json(
+        resource::changes(&state.db, domain, id, q.cursor, limit).await?,
+    ))
 }

@@ -133,6 +133,69 @@ async fn changing_ten_percent_updates_exactly_those_with_field_diffs(
     Ok(())
 }
 
+async fn a_resource_history_lists_its_creation_and_updates_with_their_jobs(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 20})).await?;
+    let first = env.collect(&collector).await?;
+    let patched = env
+        .patch(
+            &format!("/v1/collectors/{collector}"),
+            json!({"options": {"resources": 20, "change_ratio": 1.0, "revision": 3}}),
+        )
+        .await?;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let second = env.collect(&collector).await?;
+    assert_eq!(second["counts"]["updated"], 20, "{second}");
+
+    let page = env.get("/v1/resources?limit=1").await?;
+    let id = page.body["items"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let history = env.get(&format!("/v1/resources/{id}/changes")).await?;
+    assert_eq!(history.status, 200, "{}", history.body);
+    let items = history.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(items.len(), 2, "{}", history.body);
+    assert_eq!(items[0]["kind"], "CREATED");
+    assert_eq!(items[0]["job_id"], first["id"]);
+    assert_eq!(items[0]["diff"], json!(null));
+    assert_eq!(items[1]["kind"], "UPDATED");
+    assert_eq!(items[1]["job_id"], second["id"]);
+    assert_eq!(items[1]["diff"]["revision"], json!({"old": 0, "new": 3}));
+    assert_eq!(history.body["next_cursor"], json!(null));
+
+    // One at a time, following the cursor.
+    let one = env
+        .get(&format!("/v1/resources/{id}/changes?limit=1"))
+        .await?;
+    assert_eq!(one.body["items"][0]["kind"], "CREATED");
+    let cursor = &one.body["next_cursor"];
+    assert!(cursor.is_i64(), "{}", one.body);
+    let two = env
+        .get(&format!(
+            "/v1/resources/{id}/changes?limit=1&cursor={cursor}"
+        ))
+        .await?;
+    assert_eq!(two.body["items"][0]["kind"], "UPDATED");
+    assert_eq!(two.body["next_cursor"], json!(null));
+
+    let missing = env
+        .get("/v1/resources/01a20000-0000-7000-8000-000000000000/changes")
+        .await?;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    let bad = env
+        .get(&format!("/v1/resources/{id}/changes?limit=0"))
+        .await?;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body["errors"][0]["field"], "limit", "{}", bad.body);
+    Ok(())
+}
+
 async fn resource_pages_follow_the_cursor_without_repeats(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
     let collector = env
@@ -245,6 +308,7 @@ async fn two_workers_share_the_tasks_of_a_job() -> anyhow::Result<()> {
 }
 
 crate::in_both_modes!(
+    a_resource_history_lists_its_creation_and_updates_with_their_jobs,
     demo_collection_over_two_accounts_stores_every_resource,
     collecting_an_unchanged_estate_again_writes_nothing,
     changing_ten_percent_updates_exactly_those_with_field_diffs,

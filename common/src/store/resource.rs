@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Error, Result};
-use crate::entity::resource;
+use crate::entity::{resource, resource_change};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ResourceId, ServiceAccountId};
-use crate::model::ResourceState;
+use crate::model::{ChangeKind, ResourceState};
 
 /// A resource as the API shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -138,4 +138,69 @@ pub async fn get(db: &impl ConnectionTrait, domain: DomainId, id: ResourceId) ->
         .await?
         .map(Into::into)
         .ok_or_else(|| Error::not_found("resource", id))
+}
+
+/// One entry of a resource's history.
+#[derive(Clone, Debug, Serialize)]
+pub struct Change {
+    pub id: i64,
+    pub kind: ChangeKind,
+    /// The job that caused it.
+    pub job_id: Option<JobId>,
+    /// For updates: `{"field": {"old": .., "new": ..}}` per top-level field that changed.
+    pub diff: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of a resource's history, oldest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangePage {
+    pub items: Vec<Change>,
+    /// Pass as `cursor` for the next page; `None` on the last one.
+    pub next_cursor: Option<i64>,
+}
+
+/// A resource's history: created, updated (with a field-level diff) and deleted entries, with
+/// the job that caused each, oldest first, `limit` at a time after `cursor`.
+///
+/// # Errors
+/// [`Error::NotFound`] when the domain has no such resource.
+pub async fn changes(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ResourceId,
+    cursor: Option<i64>,
+    limit: u64,
+) -> Result<ChangePage> {
+    // A resource of another domain has no history here either.
+    get(db, domain, id).await?;
+    let mut query = resource_change::Entity::find()
+        .filter(resource_change::Column::DomainId.eq(domain.as_uuid()))
+        .filter(resource_change::Column::ResourceId.eq(id.as_uuid()))
+        .order_by_asc(resource_change::Column::Id)
+        .limit(limit + 1);
+    if let Some(after) = cursor {
+        query = query.filter(resource_change::Column::Id.gt(after));
+    }
+    let mut rows = query.all(db).await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = if more {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(ChangePage {
+        items: rows
+            .into_iter()
+            .map(|r| Change {
+                id: r.id,
+                kind: r.kind,
+                job_id: r.job_id.map(Into::into),
+                diff: r.diff,
+                created_at: r.created_at.to_utc(),
+            })
+            .collect(),
+        next_cursor,
+    })
 }
