@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gleaner_common::model::{Invalid, Name, Priority, Trigger};
+use gleaner_common::model::{CollectorState, Invalid, Name, Priority, Trigger};
 use gleaner_common::plugin::Catalog;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
 use gleaner_common::store::job;
@@ -20,8 +20,13 @@ use crate::problem::{ApiError, ApiResult};
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/collectors", get(list).post(create))
-        .route("/v1/collectors/{id}", get(show).patch(update))
+        .route(
+            "/v1/collectors/{id}",
+            get(show).patch(update).delete(remove),
+        )
         .route("/v1/collectors/{id}/collect", post(collect))
+        .route("/v1/collectors/{id}/enable", post(enable))
+        .route("/v1/collectors/{id}/disable", post(disable))
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,4 +229,38 @@ async fn collect(
         StatusCode::ACCEPTED,
         Json(json!({ "job_id": job.id, "status": job.status })),
     ))
+}
+
+async fn enable(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Collector>> {
+    let id = parse_id("collector", &id)?;
+    Ok(Json(
+        collector::set_state(&state.db, domain, id, CollectorState::Enabled).await?,
+    ))
+}
+
+/// A disabled collector refuses `collect` with 409 until enabled again.
+async fn disable(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Collector>> {
+    let id = parse_id("collector", &id)?;
+    Ok(Json(
+        collector::set_state(&state.db, domain, id, CollectorState::Disabled).await?,
+    ))
+}
+
+/// 204; the collector's resources stay, no longer owned.
+async fn remove(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id("collector", &id)?;
+    collector::delete(&state.db, domain, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -196,6 +196,73 @@ async fn a_resource_history_lists_its_creation_and_updates_with_their_jobs(
     Ok(())
 }
 
+async fn a_disabled_collector_refuses_to_collect_and_a_deleted_one_leaves_its_resources(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 10})).await?;
+    let path = format!("/v1/collectors/{collector}");
+    let first = env.collect(&collector).await?;
+    assert_eq!(first["status"], "SUCCESS", "{first}");
+
+    let disabled = env.post(&format!("{path}/disable"), json!(null)).await?;
+    assert_eq!(disabled.status, 200, "{}", disabled.body);
+    assert_eq!(disabled.body["state"], "DISABLED");
+    let refused = env.post(&format!("{path}/collect"), json!(null)).await?;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.content_type, "application/problem+json");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disabled"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM jobs").await?,
+        1,
+        "no job queued"
+    );
+    let enabled = env.post(&format!("{path}/enable"), json!(null)).await?;
+    assert_eq!(enabled.body["state"], "ENABLED", "{}", enabled.body);
+    assert_eq!(env.collect(&collector).await?["status"], "SUCCESS");
+
+    // Not while a job of it runs: the job would go on writing resources it owns.
+    let patched = env
+        .patch(&path, json!({"options": {"resources": 20000}}))
+        .await?;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let started = env.post(&format!("{path}/collect"), json!(null)).await?;
+    let busy = env.delete(&path).await?;
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    let job = env
+        .wait_job(started.body["job_id"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+
+    let deleted = env.delete(&path).await?;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert_eq!(env.get(&path).await?.status, 404);
+    assert_eq!(env.delete(&path).await?.status, 404);
+    let left = env.get("/v1/resources?limit=1").await?;
+    assert_eq!(left.body["total"], 20000, "resources stay");
+    assert_eq!(
+        left.body["items"][0]["collector_id"],
+        json!(null),
+        "no longer owned"
+    );
+    let history = env
+        .get(&format!(
+            "/v1/jobs/{}",
+            first["id"].as_str().unwrap_or_default()
+        ))
+        .await?;
+    assert_eq!(history.status, 200, "jobs stay in the history");
+    assert_eq!(history.body["collector_id"], json!(null));
+    Ok(())
+}
+
 async fn resource_pages_follow_the_cursor_without_repeats(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
     let collector = env
@@ -308,6 +375,7 @@ async fn two_workers_share_the_tasks_of_a_job() -> anyhow::Result<()> {
 }
 
 crate::in_both_modes!(
+    a_disabled_collector_refuses_to_collect_and_a_deleted_one_leaves_its_resources,
     a_resource_history_lists_its_creation_and_updates_with_their_jobs,
     demo_collection_over_two_accounts_stores_every_resource,
     collecting_an_unchanged_estate_again_writes_nothing,

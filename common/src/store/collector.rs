@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{Error, Result, is_unique_violation};
-use crate::entity::{collector, job};
+use crate::entity::{collector, job, resource};
 use crate::id::{CollectorId, DomainId, JobId};
 use crate::model::{CollectorState, JobStatus, Name, Priority, UpgradeMode};
 use crate::plugin::PluginInfo;
@@ -238,4 +240,66 @@ pub async fn update(
         }),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Enables or disables a collector. A disabled collector refuses `collect` and is skipped by
+/// schedules; enabling or disabling twice is harmless.
+///
+/// # Errors
+/// [`Error::NotFound`] when the domain has no such collector.
+pub async fn set_state(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: CollectorId,
+    state: CollectorState,
+) -> Result<Collector> {
+    let current = find(db, domain, id).await?;
+    if current.state != state {
+        let mut row: collector::ActiveModel = current.into();
+        row.state = Set(state);
+        row.updated_at = Set(Utc::now().fixed_offset());
+        collector::Entity::update(row).exec(db).await?;
+    }
+    get(db, domain, id).await
+}
+
+/// Deletes a collector. Its resources stay, no longer owned by any collector; its jobs stay in
+/// the history without it. Refused while one of its jobs is queued or running, since that job
+/// would go on writing resources owned by a collector that no longer exists.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown collector; [`Error::State`] while a job of it is not
+/// finished.
+pub async fn delete<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    domain: DomainId,
+    id: CollectorId,
+) -> Result<()> {
+    let txn = super::begin_write(db).await?;
+    let c = find(&txn, domain, id).await?;
+    let running = job::Entity::find()
+        .filter(job::Column::CollectorId.eq(id.as_uuid()))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .count(&txn)
+        .await?;
+    if running > 0 {
+        return Err(Error::State(format!(
+            "collector '{}' has {running} job(s) queued or running: wait for them to finish, then delete it",
+            c.name
+        )));
+    }
+    resource::Entity::update_many()
+        .col_expr(
+            resource::Column::CollectorId,
+            Expr::value(Option::<uuid::Uuid>::None),
+        )
+        .filter(resource::Column::DomainId.eq(domain.as_uuid()))
+        .filter(resource::Column::CollectorId.eq(id.as_uuid()))
+        .exec(&txn)
+        .await?;
+    collector::Entity::delete_by_id(id.as_uuid())
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(())
 }

@@ -270,6 +270,11 @@ impl TestEnv {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Answer> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     /// POSTs a raw body with a content type.
     pub async fn post_raw(
         &self,
