@@ -10,7 +10,8 @@ use gleaner_common::model::{CollectorState, Invalid, Name, Priority, Trigger};
 use gleaner_common::plugin::Catalog;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
 use gleaner_common::store::job;
-use serde::Deserialize;
+use gleaner_common::store::resource::{self, TypeCount};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -150,13 +151,26 @@ async fn list(State(state): State<AppState>, Tenant(domain): Tenant) -> ApiResul
     Ok(Json(json!({ "items": items })))
 }
 
+/// A collector with what the list shows, plus the resources it collected by type.
+#[derive(Debug, Serialize)]
+struct CollectorDetail {
+    #[serde(flatten)]
+    collector: Collector,
+    resources: Vec<TypeCount>,
+}
+
 async fn show(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Collector>> {
+) -> ApiResult<Json<CollectorDetail>> {
     let id = parse_id("collector", &id)?;
-    Ok(Json(collector::get(&state.db, domain, id).await?))
+    let collector = collector::get(&state.db, domain, id).await?;
+    let resources = resource::count_by_type(&state.db, domain, id).await?;
+    Ok(Json(CollectorDetail {
+        collector,
+        resources,
+    }))
 }
 
 async fn update(

@@ -47,6 +47,18 @@ async fn demo_collection_over_two_accounts_stores_every_resource(mode: Mode) -> 
     let c = env.get(&format!("/v1/collectors/{collector}")).await?;
     assert_eq!(c.body["last_job"]["status"], "SUCCESS");
     assert!(c.body["last_collected_at"].is_string());
+    // The detail lists what the collector holds, by type: the demo's three types round-robin
+    // over 500 resources per account (167 + 167 + 166, twice).
+    assert_eq!(
+        c.body["resources"],
+        json!([
+            {"resource_type": "compute.instance", "count": 334},
+            {"resource_type": "network.vpc", "count": 332},
+            {"resource_type": "storage.volume", "count": 334},
+        ]),
+        "{}",
+        c.body
+    );
     Ok(())
 }
 

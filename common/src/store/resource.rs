@@ -204,3 +204,32 @@ pub async fn changes(
         next_cursor,
     })
 }
+
+/// How many resources of one type a collector holds.
+#[derive(Clone, Debug, Serialize, sea_orm::FromQueryResult)]
+pub struct TypeCount {
+    pub resource_type: String,
+    pub count: i64,
+}
+
+/// The resources a collector collected, by resource type with counts, by type name.
+///
+/// # Errors
+/// Database errors only.
+pub async fn count_by_type(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    collector: CollectorId,
+) -> Result<Vec<TypeCount>> {
+    Ok(resource::Entity::find()
+        .select_only()
+        .column(resource::Column::ResourceType)
+        .column_as(resource::Column::Id.count(), "count")
+        .filter(resource::Column::DomainId.eq(domain.as_uuid()))
+        .filter(resource::Column::CollectorId.eq(collector.as_uuid()))
+        .group_by(resource::Column::ResourceType)
+        .order_by_asc(resource::Column::ResourceType)
+        .into_model::<TypeCount>()
+        .all(db)
+        .await?)
+}
