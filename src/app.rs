@@ -9,6 +9,7 @@ use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::Cipher;
 use gleaner_common::model::JobKind;
 use gleaner_common::outbox::{Relay, Signal};
+use gleaner_common::store::task::ClaimPolicy;
 use gleaner_migrations::{Migrator, MigratorTrait};
 use gleaner_worker::consumer::{self, ConsumerSettings};
 use gleaner_worker::sink::ResourceSink;
@@ -146,15 +147,19 @@ pub fn worker_context(
     db: DatabaseConnection,
     signal: Signal,
     sink: Arc<dyn ResourceSink>,
+    claim: ClaimPolicy,
 ) -> anyhow::Result<Arc<Context>> {
-    Ok(Arc::new(Context::new(
-        db,
-        Cipher::new(&settings.secret_key()?),
-        Registry::builtin(),
-        sink,
-        settings.worker.clone(),
-        signal,
-    )))
+    Ok(Arc::new(
+        Context::new(
+            db,
+            Cipher::new(&settings.secret_key()?),
+            Registry::builtin(),
+            sink,
+            settings.worker.clone(),
+            signal,
+        )
+        .with_claim(claim),
+    ))
 }
 
 /// Runs a worker (consumer and outbox relay) until `shutdown`.
@@ -168,7 +173,13 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let signal = Signal::new();
     let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
-    let ctx = worker_context(settings, db.clone(), signal.clone(), sink)?;
+    let ctx = worker_context(
+        settings,
+        db.clone(),
+        signal.clone(),
+        sink,
+        ClaimPolicy::Queued,
+    )?;
     let publisher = publisher(settings, "worker");
     // The relay outlives the consumer, so tasks finished during the grace period still get
     // their follow-up messages out.

@@ -16,6 +16,7 @@ use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::SecretKey;
 use gleaner_common::outbox::Signal;
 use gleaner_common::store;
+use gleaner_common::store::task::ClaimPolicy;
 use gleaner_worker::local::{self, DispatchSettings};
 use gleaner_worker::sink::sqlite::SqliteSink;
 use tokio::net::TcpListener;
@@ -156,7 +157,15 @@ pub async fn run(
     let sink = Arc::new(SqliteSink::new(
         sink_db.get_sqlite_connection_pool().clone(),
     ));
-    let ctx = app::worker_context(&settings, db.clone(), signal.clone(), sink)?;
+    // One process, and the dispatcher hands out each message once at a time: a task found
+    // running when its message is delivered again has nobody running it.
+    let ctx = app::worker_context(
+        &settings,
+        db.clone(),
+        signal.clone(),
+        sink,
+        ClaimPolicy::TakeOverRunning,
+    )?;
     let state = app::api_state(&settings, db.clone(), signal, None)?;
 
     let dispatch = DispatchSettings {

@@ -17,6 +17,7 @@ use gleaner_common::envelope::Incoming;
 use gleaner_common::outbox::Signal;
 use gleaner_common::retry::RetryPolicy;
 use gleaner_common::store;
+use gleaner_common::store::task::ClaimPolicy;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -46,6 +47,9 @@ pub struct Context {
     pub name: String,
     /// How database writes are retried inside a task.
     pub db_retry: RetryPolicy,
+    /// Which tasks a delivery may claim: [`ClaimPolicy::Queued`] unless this process is the
+    /// store's only one.
+    pub claim: ClaimPolicy,
 }
 
 impl Context {
@@ -69,7 +73,15 @@ impl Context {
             signal,
             name,
             db_retry: RetryPolicy::default(),
+            claim: ClaimPolicy::Queued,
         }
+    }
+
+    /// The same context with another claim policy.
+    #[must_use]
+    pub fn with_claim(mut self, claim: ClaimPolicy) -> Self {
+        self.claim = claim;
+        self
     }
 }
 
@@ -111,12 +123,14 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
             let Some(task_id) = env.task_id else {
                 return Disposition::DeadLetter("task.requested without a task_id".into());
             };
-            let claimed = match store::task::claim(&ctx.db, task_id, &ctx.name, LEASE).await {
-                Ok(Some(c)) => c,
-                // Already taken by another delivery, or finished: nothing to do.
-                Ok(None) => return Disposition::Ack,
-                Err(e) => return Disposition::Retry(e.to_string()),
-            };
+            let claimed =
+                match store::task::claim(&ctx.db, task_id, &ctx.name, LEASE, ctx.claim).await {
+                    Ok(Some(c)) => c,
+                    // Already taken by another delivery, or finished: nothing to do.
+                    Ok(None) => return Disposition::Ack,
+                    Err(e) => return Disposition::Retry(e.to_string()),
+                };
+            let attempt = claimed.attempt;
             match runner::run(ctx, claimed, stop.clone()).await {
                 Ok(_) if stop.is_cancelled() => {
                     Disposition::Retry("worker stopping; task released".into())
@@ -127,6 +141,17 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
                 }
                 Err(e) => {
                     warn!(task_id = %task_id, error = %e, "recording the task's outcome failed");
+                    // Hand the task back, so the redelivered message can claim it again instead
+                    // of finding it IN_PROGRESS with nobody running it.
+                    let released = ctx
+                        .db_retry
+                        .run("release task", store::Error::is_transient, || {
+                            store::task::release(&ctx.db, task_id, attempt)
+                        })
+                        .await;
+                    if let Err(e) = released {
+                        warn!(task_id = %task_id, error = %e, "releasing the task failed");
+                    }
                     Disposition::Retry(e.to_string())
                 }
             }

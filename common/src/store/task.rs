@@ -102,9 +102,22 @@ pub struct Claimed {
     pub project_id: Option<ProjectId>,
 }
 
-/// Claims a QUEUED task for `owner` with a lease, starting a new attempt and clearing the counts
-/// of any earlier one. `None` when the task is not QUEUED: another delivery of the same message
-/// already took it, or it ended.
+/// Which tasks a delivery of a task's message may claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimPolicy {
+    /// Only a QUEUED task: one IN_PROGRESS belongs to the worker running it (several workers
+    /// share the store, and a duplicate delivery must not start a second run).
+    Queued,
+    /// A QUEUED task, or an IN_PROGRESS one, taken over as a new attempt. Only for a store with
+    /// a single process that hands out each message once at a time (the standalone mode): a
+    /// task found IN_PROGRESS when its message is delivered again was left by an attempt that
+    /// could not record its end, and nothing else will ever finish it.
+    TakeOverRunning,
+}
+
+/// Claims a task for `owner` with a lease, starting a new attempt and clearing the counts of
+/// any earlier one. `None` when `policy` does not allow it: the task ended, or (with
+/// [`ClaimPolicy::Queued`]) another delivery of the same message already took it.
 ///
 /// # Errors
 /// Database errors only.
@@ -113,7 +126,12 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
     id: TaskId,
     owner: &str,
     lease: Duration,
+    policy: ClaimPolicy,
 ) -> Result<Option<Claimed>> {
+    let claimable = match policy {
+        ClaimPolicy::Queued => vec![JobStatus::Queued],
+        ClaimPolicy::TakeOverRunning => vec![JobStatus::Queued, JobStatus::InProgress],
+    };
     let txn = super::begin_write(db).await?;
     let now = Utc::now();
     let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
@@ -137,7 +155,7 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
         .col_expr(job_task::Column::Failed, Expr::value(0i64))
         .col_expr(job_task::Column::Error, Expr::value(Option::<String>::None))
         .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Status.eq(JobStatus::Queued))
+        .filter(job_task::Column::Status.is_in(claimable))
         .exec_with_returning(&txn)
         .await?;
     let Some(task) = rows.pop() else {
@@ -284,7 +302,8 @@ pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Res
 /// Hands every running task back to the queue, whoever ran it. Only for a store with a single
 /// process (the standalone mode holds an exclusive lock on its data directory): at its start,
 /// a task still IN_PROGRESS was running when the process died. Its message is still in the
-/// outbox (it is deleted only after the task ends), so it runs again as a new attempt.
+/// outbox (a message is deleted only once its task has ended), so it runs again as a new
+/// attempt.
 ///
 /// # Errors
 /// Database errors only.
