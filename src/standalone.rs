@@ -172,11 +172,21 @@ pub async fn run(
         poll_interval: settings.outbox.poll_interval,
         grace: settings.worker.shutdown_grace,
     };
-    let dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
+    let mut dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
     let scheduler = tokio::spawn(gleaner_scheduler::run(db.clone(), shutdown.clone()));
-    let served = app::serve(state, listener, shutdown.clone()).await;
+    // The dispatcher returns only on shutdown: if it ends before, jobs would be accepted and
+    // never run, so the process stops instead.
+    let served = tokio::select! {
+        served = app::serve(state, listener, shutdown.clone()) => served,
+        ended = &mut dispatcher => {
+            shutdown.cancel();
+            Err(anyhow::anyhow!("the in-process dispatcher stopped unexpectedly: {ended:?}"))
+        }
+    };
     shutdown.cancel();
-    dispatcher.await.ok();
+    if !dispatcher.is_finished() {
+        dispatcher.await.ok();
+    }
     scheduler.await.ok();
     db.close().await.ok();
     sink_db.close().await.ok();

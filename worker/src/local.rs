@@ -8,16 +8,20 @@
 //! idempotent, so a message handled twice has one effect.
 //!
 //! - Ack: the row is deleted.
-//! - Retry: the row stays, counted in `publish_attempts`, and is delivered again after a delay
-//!   that doubles per attempt; after [`DELIVERY_LIMIT`] attempts it is marked dead.
+//! - Retry: the row stays, with the reason in `last_error`, and is delivered again after a delay
+//!   that doubles per attempt ([`RETRY`]).
+//! - Every hand-out counts in `publish_attempts`, including one cut short by a crash, so a
+//!   message that keeps killing the process is not delivered forever: at [`DELIVERY_LIMIT`] it
+//!   is marked dead instead of delivered again.
 //! - Dead letter: the row is marked dead (`dead_at`), with the reason in `last_error`.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use gleaner_common::retry::RetryPolicy;
 use gleaner_common::store::outbox::{self, Delivery};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -25,8 +29,18 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::{Context, Disposition, handle};
 
 /// Deliveries of a message before it is marked dead: the same limit as the queues'
-/// `x-delivery-limit` in the distributed mode.
+/// `x-delivery-limit` in the distributed mode, which also counts every delivery.
 pub const DELIVERY_LIMIT: i32 = 10;
+
+/// Delays between the deliveries of a message that asked to be retried: 1 s, doubling, at
+/// most a minute.
+pub const RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    multiplier: 2.0,
+    jitter: 0.0,
+    max_attempts: DELIVERY_LIMIT.unsigned_abs(),
+};
 
 /// Settings of the dispatcher.
 #[derive(Clone, Debug)]
@@ -42,21 +56,44 @@ pub struct DispatchSettings {
 struct Busy(Arc<Mutex<HashSet<i64>>>);
 
 impl Busy {
+    // The set holds plain ids, valid whatever a panicking holder was doing: poisoning is
+    // ignored rather than spread.
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn snapshot(&self) -> Vec<i64> {
-        self.0
-            .lock()
-            .expect("never poisoned")
-            .iter()
-            .copied()
-            .collect()
+        self.set().iter().copied().collect()
     }
 
     fn insert(&self, id: i64) {
-        self.0.lock().expect("never poisoned").insert(id);
+        self.set().insert(id);
     }
 
     fn remove(&self, id: i64) {
-        self.0.lock().expect("never poisoned").remove(&id);
+        self.set().remove(&id);
+    }
+}
+
+/// A handler's hold on its row and its concurrency permit, given back when dropped, also when
+/// the handler panics (its row would otherwise never be delivered again).
+struct Release {
+    busy: Busy,
+    id: i64,
+    freed: Arc<Notify>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Set when the row stays busy through a retry delay (a timer frees it).
+    delayed: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // The permit first, so the dispatcher finds it free when woken.
+        self.permit.take();
+        if !self.delayed {
+            self.busy.remove(self.id);
+        }
+        self.freed.notify_one();
     }
 }
 
@@ -74,38 +111,43 @@ pub async fn run(ctx: Arc<Context>, settings: DispatchSettings, shutdown: Cancel
         concurrency = ctx.settings.concurrency,
         "dispatching in process"
     );
-    let mut failures = 0u32;
+    let backoff = RetryPolicy::forever(Duration::from_millis(200), Duration::from_secs(10));
+    let mut delays = backoff.delays();
     while !shutdown.is_cancelled() {
-        while inflight.try_join_next().is_some() {}
+        while let Some(done) = inflight.try_join_next() {
+            if let Err(e) = done {
+                error!(error = %e, "a message handler panicked; its message will be delivered again");
+            }
+        }
         let free = limit.available_permits();
         let wait = if free == 0 {
             None
         } else {
             match outbox::next_deliveries(&ctx.db, &busy.snapshot(), free as u64).await {
                 Ok(rows) => {
-                    failures = 0;
+                    delays = backoff.delays();
                     for row in rows {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
                         let permit = Arc::clone(&limit)
                             .try_acquire_owned()
                             .expect("no more rows than free permits");
                         busy.insert(row.id);
-                        let (ctx, busy, freed, abort) = (
-                            Arc::clone(&ctx),
-                            busy.clone(),
-                            Arc::clone(&freed),
-                            abort.clone(),
-                        );
-                        inflight.spawn(async move {
-                            deliver(&ctx, row, &busy, &freed, &abort).await;
-                            drop(permit);
-                            freed.notify_one();
-                        });
+                        let release = Release {
+                            busy: busy.clone(),
+                            id: row.id,
+                            freed: Arc::clone(&freed),
+                            permit: Some(permit),
+                            delayed: false,
+                        };
+                        let (ctx, abort) = (Arc::clone(&ctx), abort.clone());
+                        inflight.spawn(async move { deliver(&ctx, row, release, &abort).await });
                     }
                     Some(settings.poll_interval)
                 }
                 Err(e) => {
-                    failures += 1;
-                    let d = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                    let d = delays.next().unwrap_or(Duration::from_secs(10));
                     warn!(error = %e, retry_in_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX), "reading the outbox failed");
                     Some(d)
                 }
@@ -145,16 +187,31 @@ pub async fn run(ctx: Arc<Context>, settings: DispatchSettings, shutdown: Cancel
     }
 }
 
-/// Handles one row and settles it.
+/// Counts the delivery, handles the row and settles it.
 async fn deliver(
     ctx: &Arc<Context>,
     row: Delivery,
-    busy: &Busy,
-    freed: &Arc<Notify>,
+    mut release: Release,
     abort: &CancellationToken,
 ) {
-    let span = info_span!("message", outbox_id = row.id, attempt = row.attempts + 1);
+    let span = info_span!("message", outbox_id = row.id, delivery = row.attempts + 1);
     async {
+        if row.attempts >= DELIVERY_LIMIT {
+            let reason = format!(
+                "delivered {} times without being settled (the process stopped or failed each time)",
+                row.attempts
+            );
+            error!(reason = %reason, "delivery limit reached; the message is marked dead");
+            if let Err(e) = outbox::mark_dead(&ctx.db, row.id, &reason).await {
+                warn!(error = %e, "could not mark the message dead");
+            }
+            return;
+        }
+        if let Err(e) = outbox::count_delivery(&ctx.db, row.id, 1).await {
+            // Not counted, not handled: it is delivered again after the poll interval.
+            warn!(error = %e, "could not count the delivery");
+            return;
+        }
         let disposition = handle(ctx, row.body.as_bytes(), abort).await;
         let settled = match &disposition {
             Disposition::Ack => outbox::delete(&ctx.db, &[row.id]).await,
@@ -162,32 +219,23 @@ async fn deliver(
                 error!(reason = %reason, "a message that can never be handled is marked dead");
                 outbox::mark_dead(&ctx.db, row.id, reason).await
             }
-            // Stopping: the row stays as it is and is delivered at the next start.
-            Disposition::Retry(_) if abort.is_cancelled() => Ok(()),
-            Disposition::Retry(reason) if row.attempts + 1 >= DELIVERY_LIMIT => {
-                error!(reason = %reason, "delivery limit reached; the message is marked dead");
-                outbox::mark_dead(
-                    &ctx.db,
-                    row.id,
-                    &format!("{DELIVERY_LIMIT} deliveries failed; last: {reason}"),
-                )
-                .await
+            // Stopping gracefully: the row stays and is delivered at the next start, and this
+            // delivery does not count against it.
+            Disposition::Retry(_) if abort.is_cancelled() => {
+                outbox::count_delivery(&ctx.db, row.id, -1).await
             }
             Disposition::Retry(reason) => {
-                let delay = retry_delay(row.attempts);
+                let delay = RETRY.delay_for(u32::try_from(row.attempts + 2).unwrap_or(u32::MAX));
                 warn!(reason = %reason, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "message will be delivered again");
-                let recorded = outbox::record_failure(&ctx.db, &[row.id], reason).await;
                 // Keep the row busy through the delay, without holding a concurrency permit.
-                let (busy, freed, id) = (busy.clone(), Arc::clone(freed), row.id);
+                release.delayed = true;
+                let (busy, freed, id) = (release.busy.clone(), Arc::clone(&release.freed), row.id);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     busy.remove(id);
                     freed.notify_one();
                 });
-                if let Err(e) = recorded {
-                    warn!(error = %e, "recording the failed delivery");
-                }
-                return;
+                outbox::record_error(&ctx.db, row.id, reason).await
             }
         };
         if let Err(e) = settled {
@@ -196,16 +244,9 @@ async fn deliver(
         } else {
             debug!(?disposition, "message settled");
         }
-        busy.remove(row.id);
     }
     .instrument(span)
     .await;
-}
-
-/// 1 s, doubling per failed delivery, at most a minute.
-fn retry_delay(attempts: i32) -> Duration {
-    let exp = u32::try_from(attempts.clamp(0, 6)).unwrap_or(6);
-    Duration::from_secs(1 << exp).min(Duration::from_secs(60))
 }
 
 #[cfg(test)]
@@ -214,8 +255,9 @@ mod tests {
 
     #[test]
     fn retry_delay_doubles_and_is_capped() {
-        assert_eq!(retry_delay(0), Duration::from_secs(1));
-        assert_eq!(retry_delay(3), Duration::from_secs(8));
-        assert_eq!(retry_delay(9), Duration::from_secs(60));
+        // `delay_for(n)` is the delay before delivery n: after the first failed delivery, 1 s.
+        assert_eq!(RETRY.delay_for(2), Duration::from_secs(1));
+        assert_eq!(RETRY.delay_for(5), Duration::from_secs(8));
+        assert_eq!(RETRY.delay_for(11), Duration::from_secs(60));
     }
 }

@@ -107,7 +107,7 @@ pub async fn next_deliveries(
 #[derive(Clone, Debug)]
 pub struct Delivery {
     pub id: i64,
-    /// Deliveries that ended in a retry so far.
+    /// Deliveries so far (each counted when handed out).
     pub attempts: i32,
     pub body: String,
 }
@@ -132,18 +132,40 @@ pub async fn mark_dead(db: &impl ConnectionTrait, id: i64, reason: &str) -> Resu
     Ok(())
 }
 
-/// Dead rows, newest first: what could never be handled, and why.
+/// Adds `delta` to a row's deliveries: +1 before it is handled (so a delivery cut short by a
+/// crash counts too), -1 to take back one that a graceful stop handed back.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn dead(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<(i64, Option<String>)>> {
-    let rows = outbox::Entity::find()
-        .filter(outbox::Column::DeadAt.is_not_null())
-        .order_by_desc(outbox::Column::Id)
-        .limit(limit)
-        .all(db)
+pub async fn count_delivery(db: &impl ConnectionTrait, id: i64, delta: i32) -> Result<()> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::PublishAttempts,
+            sea_orm::sea_query::ExprTrait::add(
+                sea_orm::sea_query::Expr::col(outbox::Column::PublishAttempts),
+                delta,
+            ),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(db)
         .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.last_error)).collect())
+    Ok(())
+}
+
+/// Records why the handling of a row failed, for operators looking at a stuck outbox.
+///
+/// # Errors
+/// Database errors only.
+pub async fn record_error(db: &impl ConnectionTrait, id: i64, error: &str) -> Result<()> {
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::LastError,
+            sea_orm::sea_query::Expr::value(error),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// Removes rows whose publication the broker confirmed.
@@ -187,11 +209,14 @@ pub async fn record_failure(db: &impl ConnectionTrait, ids: &[i64], error: &str)
     Ok(())
 }
 
-/// Rows not yet published.
+/// Rows not yet published (or, in the standalone mode, not yet handled); dead rows left out.
 ///
 /// # Errors
 /// Database errors only.
 pub async fn backlog(db: &impl ConnectionTrait) -> Result<u64> {
     use sea_orm::PaginatorTrait;
-    Ok(outbox::Entity::find().count(db).await?)
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::DeadAt.is_null())
+        .count(db)
+        .await?)
 }
