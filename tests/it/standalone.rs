@@ -317,7 +317,7 @@ async fn undeliverable_messages_are_marked_dead_with_the_reason() -> anyhow::Res
     use gleaner_common::envelope::{Envelope, TaskRequested};
     use gleaner_common::id::{DomainId, JobId, TaskId};
     use gleaner_common::model::JobKind;
-    use sea_orm::{ConnectionTrait as _, TransactionSession as _};
+    use sea_orm::ConnectionTrait as _;
 
     let env = TestEnv::start(Mode::Standalone).await?;
     let message = || {
