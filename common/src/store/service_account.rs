@@ -213,3 +213,13 @@ pub async fn credentials(
     serde_json::from_slice(&plaintext)
         .map_err(|e| Error::Corrupt(format!("secret of service account {id}: {e}")))
 }
+
+/// Whether any encrypted credentials are stored, in any domain: a new credentials key would
+/// make them unreadable.
+///
+/// # Errors
+/// Database errors only.
+pub async fn secrets_stored(db: &impl ConnectionTrait) -> Result<bool> {
+    use sea_orm::PaginatorTrait as _;
+    Ok(crate::entity::secret::Entity::find().count(db).await? > 0)
+}

@@ -42,6 +42,9 @@ pub enum SinkError {
     Db(String),
     #[error("item `{key}` has data that is not a JSON object")]
     NotAnObject { key: String },
+    /// Stored data cannot be read: writing again will not help.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl SinkError {
