@@ -70,10 +70,16 @@ impl DataDir {
         &self.path
     }
 
-    /// The SQLite database of this directory.
+    /// The SQLite database of this directory, as a URL: sqlx percent-decodes the path and cuts
+    /// it at `?` or `#`, so those (and `%`) are escaped.
     #[must_use]
     pub fn database_url(&self) -> String {
-        format!("sqlite://{}", self.path.join("gleaner.db").display())
+        let path = self.path.join("gleaner.db").display().to_string();
+        let escaped = path
+            .replace('%', "%25")
+            .replace('?', "%3F")
+            .replace('#', "%23");
+        format!("sqlite://{escaped}")
     }
 
     /// The credentials key: `GLEANER_SECRET_KEY` when set, otherwise the one kept in
@@ -235,6 +241,21 @@ mod tests {
         drop(first);
         DataDir::open(&path).expect("free again once the first lets go");
         std::fs::remove_dir_all(&path).ok();
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_may_have_any_name() {
+        let path = temp_dir().join("odd %41 name?x=1#frag");
+        let dir = DataDir::open(&path).expect("open");
+        let db = gleaner_common::db::connect(&dir.database_url(), &Default::default())
+            .await
+            .expect("connects");
+        db.close().await.ok();
+        assert!(
+            path.join("gleaner.db").exists(),
+            "the file is where it was asked"
+        );
+        std::fs::remove_dir_all(path.parent().expect("parent")).ok();
     }
 
     #[test]
