@@ -26,8 +26,14 @@ pub(crate) fn routes() -> Router<AppState> {
             get(show).patch(update).delete(remove),
         )
         .route("/v1/collectors/{id}/collect", post(collect))
-        .route("/v1/collectors/{id}/enable", post(enable))
-        .route("/v1/collectors/{id}/disable", post(disable))
+        .route(
+            "/v1/collectors/{id}/enable",
+            post(|State(s), Tenant(d), Path(id)| switch(s, d, id, CollectorState::Enabled)),
+        )
+        .route(
+            "/v1/collectors/{id}/disable",
+            post(|State(s), Tenant(d), Path(id)| switch(s, d, id, CollectorState::Disabled)),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,27 +251,15 @@ async fn collect(
     ))
 }
 
-async fn enable(
-    State(state): State<AppState>,
-    Tenant(domain): Tenant,
-    Path(id): Path<String>,
+/// `enable` and `disable`: a disabled collector refuses `collect` with 409 until enabled again.
+async fn switch(
+    state: AppState,
+    domain: gleaner_common::id::DomainId,
+    id: String,
+    to: CollectorState,
 ) -> ApiResult<Json<Collector>> {
     let id = parse_id("collector", &id)?;
-    Ok(Json(
-        collector::set_state(&state.db, domain, id, CollectorState::Enabled).await?,
-    ))
-}
-
-/// A disabled collector refuses `collect` with 409 until enabled again.
-async fn disable(
-    State(state): State<AppState>,
-    Tenant(domain): Tenant,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Collector>> {
-    let id = parse_id("collector", &id)?;
-    Ok(Json(
-        collector::set_state(&state.db, domain, id, CollectorState::Disabled).await?,
-    ))
+    Ok(Json(collector::set_state(&state.db, domain, id, to).await?))
 }
 
 /// 204; the collector's resources stay, no longer owned.
