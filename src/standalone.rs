@@ -200,13 +200,20 @@ pub async fn run(
     };
     let mut dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
     let scheduler = tokio::spawn(gleaner_scheduler::run(db.clone(), shutdown.clone()));
+    let serve = app::serve(state, listener, shutdown.clone());
+    tokio::pin!(serve);
     // The dispatcher returns only on shutdown: if it ends before, jobs would be accepted and
-    // never run, so the process stops instead.
+    // never run, so the process stops instead. Either way the API finishes its requests.
     let served = tokio::select! {
-        served = app::serve(state, listener, shutdown.clone()) => served,
+        served = &mut serve => served,
         ended = &mut dispatcher => {
-            shutdown.cancel();
-            Err(anyhow::anyhow!("the in-process dispatcher stopped unexpectedly: {ended:?}"))
+            if shutdown.is_cancelled() {
+                serve.await
+            } else {
+                shutdown.cancel();
+                serve.await.ok();
+                Err(anyhow::anyhow!("the in-process dispatcher stopped unexpectedly: {ended:?}"))
+            }
         }
     };
     shutdown.cancel();
