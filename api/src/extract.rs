@@ -141,6 +141,27 @@ pub fn parse_id<T: FromStr>(what: &str, raw: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(what, raw))
 }
 
+/// Largest page of any listing; larger requests are refused rather than silently cut.
+pub const MAX_LIMIT: u64 = 1000;
+
+/// A listing's `limit` query parameter: `default` when absent, otherwise within
+/// 1..=[`MAX_LIMIT`] or a 400 naming `limit`.
+///
+/// # Errors
+/// The limit is out of range.
+pub fn page_limit(limit: Option<u64>, default: u64) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field(
+            Code::InvalidInput,
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Tenant, parse_id};
-use crate::problem::{ApiError, ApiResult};
+use crate::extract::{ApiQuery, Tenant, page_limit, parse_id};
+use crate::problem::ApiResult;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -32,14 +32,7 @@ async fn list(
     Tenant(domain): Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::field(
-            crate::problem::Code::InvalidInput,
-            "limit",
-            "must be between 1 and 1000",
-        ));
-    }
+    let limit = page_limit(q.limit, 50)?;
     let items = job::list(&state.db, domain, q.collector_id, limit).await?;
     Ok(Json(json!({ "items": items })))
 }

@@ -9,8 +9,8 @@ use gleaner_common::store::resource::{self, ChangePage, Filter, Page, Resource};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Tenant, parse_id};
-use crate::problem::{ApiError, ApiResult, Code};
+use crate::extract::{ApiQuery, Tenant, page_limit, parse_id};
+use crate::problem::ApiResult;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -19,8 +19,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/resources/{id}/changes", get(changes))
 }
 
-/// Largest page; larger requests are refused rather than silently cut.
-const MAX_LIMIT: u64 = 1000;
+/// Resources per page unless asked otherwise.
+const DEFAULT_LIMIT: u64 = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +39,7 @@ async fn list(
     Tenant(domain): Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page>> {
-    let limit = page_limit(q.limit)?;
+    let limit = page_limit(q.limit, DEFAULT_LIMIT)?;
     let filter = Filter {
         collector_id: q.collector_id,
         resource_type: q.resource_type,
@@ -61,20 +61,6 @@ async fn show(
     Ok(Json(resource::get(&state.db, domain, id).await?))
 }
 
-/// `limit`, defaulting to 100, within 1..=[`MAX_LIMIT`].
-fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if (1..=MAX_LIMIT).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::field(
-            Code::InvalidInput,
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ))
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChangesQuery {
@@ -90,7 +76,7 @@ async fn changes(
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> ApiResult<Json<ChangePage>> {
     let id = parse_id("resource", &id)?;
-    let limit = page_limit(q.limit)?;
+    let limit = page_limit(q.limit, DEFAULT_LIMIT)?;
     Ok(Json(
         resource::changes(&state.db, domain, id, q.cursor, limit).await?,
     ))
