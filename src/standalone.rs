@@ -137,9 +137,9 @@ impl DataDir {
     }
 }
 
-/// Runs everything on `dir` until `shutdown`: applies migrations, hands back tasks that a
-/// previous process left running, serves the API on `listener`, dispatches jobs and tasks in
-/// process, and runs the scheduler. On shutdown the API stops taking requests, running tasks
+/// Runs everything on `dir` until `shutdown`: applies migrations, serves the API on `listener`,
+/// dispatches jobs and tasks in process (a task a previous process left running is taken over
+/// when its message, still in the outbox, is delivered), and runs the scheduler. On shutdown the API stops taking requests, running tasks
 /// get the worker grace period to finish and are then released for the next start.
 ///
 /// # Errors
@@ -156,13 +156,6 @@ pub async fn run(
     let db = app::database(&settings, true).await?;
     let has_secrets = store::service_account::secrets_stored(&db).await?;
     settings.secret_key = Some(dir.secret_key(&settings, has_secrets)?);
-    let released = store::task::release_orphans(&db).await?;
-    if released > 0 {
-        info!(
-            tasks = released,
-            "tasks left running by the previous process will run again"
-        );
-    }
 
     let signal = Signal::new();
     // Whatever the outbox holds from the previous run is dispatched at once.
@@ -184,7 +177,8 @@ pub async fn run(
         sink_db.get_sqlite_connection_pool().clone(),
     ));
     // One process, and the dispatcher hands out each message once at a time: a task found
-    // running when its message is delivered again has nobody running it.
+    // running when its message is delivered again has nobody running it (a previous process
+    // died, or an attempt could not record its end).
     let ctx = app::worker_context(
         &settings,
         db.clone(),

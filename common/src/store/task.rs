@@ -110,8 +110,8 @@ pub enum ClaimPolicy {
     Queued,
     /// A QUEUED task, or an IN_PROGRESS one, taken over as a new attempt. Only for a store with
     /// a single process that hands out each message once at a time (the standalone mode): a
-    /// task found IN_PROGRESS when its message is delivered again was left by an attempt that
-    /// could not record its end, and nothing else will ever finish it.
+    /// task found IN_PROGRESS when its message is delivered again was left by a process that
+    /// died or an attempt that could not record its end, and nothing else will ever finish it.
     TakeOverRunning,
 }
 
@@ -290,34 +290,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
 /// # Errors
 /// Database errors only.
 pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Result<bool> {
-    let res = requeue()
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Attempt.eq(attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
-}
-
-/// Hands every running task back to the queue, whoever ran it. Only for a store with a single
-/// process (the standalone mode holds an exclusive lock on its data directory): at its start,
-/// a task still IN_PROGRESS was running when the process died. Its message is still in the
-/// outbox (a message is deleted only once its task has ended), so it runs again as a new
-/// attempt.
-///
-/// # Errors
-/// Database errors only.
-pub async fn release_orphans(db: &impl ConnectionTrait) -> Result<u64> {
-    let res = requeue()
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected)
-}
-
-/// An update that puts tasks back in the queue, without an owner; the caller adds the filter.
-fn requeue() -> sea_orm::UpdateMany<job_task::Entity> {
-    job_task::Entity::update_many()
+    let res = job_task::Entity::update_many()
         .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(
             job_task::Column::LeaseOwner,
@@ -331,4 +304,10 @@ fn requeue() -> sea_orm::UpdateMany<job_task::Entity> {
             job_task::Column::UpdatedAt,
             Expr::value(Utc::now().fixed_offset()),
         )
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
 }
