@@ -7,17 +7,24 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::{Mode, TestEnv};
+use crate::support::{Api, Mode, TestEnv};
 
-/// One run of the binary on a data directory.
+/// One run of the binary on a data directory; its API client's methods are its own.
 struct Standalone {
     child: Child,
-    base: String,
-    http: reqwest::Client,
+    api: Api,
+}
+
+impl std::ops::Deref for Standalone {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Standalone {
@@ -55,57 +62,23 @@ impl Standalone {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
-            base,
-            http: reqwest::Client::new(),
+            api: Api::new(base),
         })
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
-        Ok(r.json().await?)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        let status = r.status();
-        let body: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("POST {path} answered {status}: {body}");
-        }
-        Ok(body)
-    }
-
-    /// A project, a demo account and collector of `resources`, and a collection: its job id.
+    /// A demo account and collector of `resources`, and a collection: its job id.
     async fn start_demo_job(&self, resources: i64) -> anyhow::Result<String> {
-        let project = self.post("/v1/projects", json!({"name": "demo"})).await?;
-        self.post(
-            "/v1/service-accounts",
-            json!({"name": "demo", "provider": "demo", "project_id": project["id"], "credentials": {}}),
-        )
-        .await?;
         let collector = self
-            .post(
-                "/v1/collectors",
-                json!({"name": "demo", "plugin_id": "demo", "options": {"resources": resources}}),
-            )
+            .demo_collector(1, json!({"resources": resources}))
             .await?;
-        let id = collector["id"].as_str().context("collector id")?;
-        let job = self
-            .post(&format!("/v1/collectors/{id}/collect"), json!(null))
-            .await?;
-        Ok(job["job_id"].as_str().context("job_id")?.to_owned())
+        self.start_collect(&collector).await
     }
 
     /// Waits until the job has committed `created` resources, failing if it ends first.
     async fn wait_progress(&self, job: &str, created: i64) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let j = self.get(&format!("/v1/jobs/{job}")).await?;
+            let j = self.get(&format!("/v1/jobs/{job}")).await?.body;
             if j["status"] != "IN_PROGRESS" && j["status"] != "QUEUED" {
                 bail!("the job ended too early: {j}");
             }
@@ -116,21 +89,6 @@ impl Standalone {
                 bail!("no progress within 60 s: {j}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits for the job to end; returns it.
-    async fn wait_finished(&self, job: &str) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let j = self.get(&format!("/v1/jobs/{job}")).await?;
-            if !["QUEUED", "IN_PROGRESS"].contains(&j["status"].as_str().unwrap_or("")) {
-                return Ok(j);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the job did not finish: {j}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -177,9 +135,11 @@ async fn assert_finished_exactly_once(
     job: &str,
     committed: i64,
 ) -> anyhow::Result<()> {
-    let finished = gleaner.wait_finished(job).await?;
+    let finished = gleaner
+        .wait_job_within(job, Duration::from_secs(120))
+        .await?;
     assert_eq!(finished["status"], "SUCCESS", "{finished}");
-    let tasks = gleaner.get(&format!("/v1/jobs/{job}/tasks")).await?;
+    let tasks = gleaner.get(&format!("/v1/jobs/{job}/tasks")).await?.body;
     let task = &tasks["items"][0];
     assert!(
         task["attempt"].as_i64() >= Some(2),
@@ -193,7 +153,7 @@ async fn assert_finished_exactly_once(
         "{task}"
     );
     assert!(counts["unchanged"].as_i64() >= Some(committed), "{task}");
-    let page = gleaner.get("/v1/resources?limit=1").await?;
+    let page = gleaner.get("/v1/resources?limit=1").await?.body;
     assert_eq!(page["total"], RESOURCES, "exactly once: {}", page["total"]);
     Ok(())
 }

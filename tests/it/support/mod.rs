@@ -96,140 +96,38 @@ pub struct Answer {
     pub body: Value,
 }
 
-/// One test's isolated Gleaner.
-pub struct TestEnv {
-    pub mode: Mode,
-    pub name: String,
-    pub settings: Settings,
-    pub db: DatabaseConnection,
+/// An HTTP client of one Gleaner's API, shared by the in-process environments and the tests
+/// that run the binary.
+#[derive(Clone, Debug)]
+pub struct Api {
     pub base: String,
     http: reqwest::Client,
-    shutdown: CancellationToken,
-    components: Vec<JoinHandle<anyhow::Result<()>>>,
-    /// The standalone mode's data directory.
-    data_dir: Option<PathBuf>,
 }
 
-impl TestEnv {
-    /// The API and one worker (distributed), or the standalone runtime.
-    pub async fn start(mode: Mode) -> anyhow::Result<Self> {
-        Self::start_with(mode, Options::default()).await
-    }
-
-    pub async fn start_with(mode: Mode, opts: Options) -> anyhow::Result<Self> {
-        gleaner_common::telemetry::init_for_tests();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let name = format!("t_{now}_{:08x}", rand::random::<u32>());
-        let mut settings = Settings {
-            database_url: tagged(&database_url(), &name),
-            amqp_url: amqp_url(),
-            ..Settings::default()
-        };
-        settings.database.schema = Some(name.clone());
-        settings.database.max_connections = 6;
-        settings.amqp.prefix = name.clone();
-        settings.redis.prefix = name.clone();
-        settings.secret_key = Some(SecretKey::generate().to_hex());
-        settings.outbox.poll_interval = Duration::from_millis(100);
-        settings.worker.batch_size = opts.batch_size;
-        settings.worker.shutdown_grace = Duration::from_secs(5);
-        match mode {
-            Mode::Distributed => Self::distributed(name, settings, opts, now).await,
-            Mode::Standalone => Self::standalone(name, settings, now).await,
-        }
-    }
-
-    async fn standalone(name: String, settings: Settings, now: u64) -> anyhow::Result<Self> {
-        let root = std::env::temp_dir().join("gleaner-it");
-        sweep_dirs(&root, now);
-        let path = root.join(&name);
-        let dir = gleaner::standalone::DataDir::open(&path)?;
-        let db_url = dir.database_url();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let shutdown = CancellationToken::new();
-        let component = {
-            let (settings, stop) = (settings.clone(), shutdown.clone());
-            tokio::spawn(
-                async move { gleaner::standalone::run(&settings, &dir, listener, stop).await },
-            )
-        };
-        let http = reqwest::Client::new();
-        // Connect only once the runtime has created and migrated the database: a connection
-        // opened while the file is being created can find it locked.
-        let db = match wait_ready(&http, &base).await {
-            Ok(()) => gleaner_common::db::connect(&db_url, &Default::default())
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        let db = match db {
-            Ok(db) => db,
-            Err(e) => {
-                shutdown.cancel();
-                tokio::time::timeout(Duration::from_secs(15), component)
-                    .await
-                    .ok();
-                std::fs::remove_dir_all(&path).ok();
-                return Err(e);
-            }
-        };
-        let env = Self {
-            mode: Mode::Standalone,
-            name,
-            db,
-            settings,
-            base,
-            http,
-            shutdown,
-            components: vec![component],
-            data_dir: Some(path),
-        };
-        Ok(env)
-    }
-
-    async fn distributed(
-        name: String,
-        settings: Settings,
-        opts: Options,
-        now: u64,
-    ) -> anyhow::Result<Self> {
-        gleaner_common::db::ensure_database(&settings.database_url).await?;
-        sweep(&settings, now).await?;
-        let db = gleaner::app::database(&settings, true)
-            .await
-            .context("preparing the test schema")?;
-
-        let shutdown = CancellationToken::new();
-        let mut components = Vec::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        {
-            let (settings, db, stop) = (settings.clone(), db.clone(), shutdown.clone());
-            components.push(tokio::spawn(async move {
-                gleaner::app::serve_api(&settings, db, listener, stop).await
-            }));
-        }
-        for _ in 0..opts.workers {
-            components.push(spawn_worker(&settings, shutdown.clone()).await?);
-        }
-        let env = Self {
-            mode: Mode::Distributed,
-            name,
-            settings,
-            db,
+impl Api {
+    /// A client of the API at `base` (`http://host:port`).
+    #[must_use]
+    pub fn new(base: String) -> Self {
+        Self {
             base,
             http: reqwest::Client::new(),
-            shutdown,
-            components,
-            data_dir: None,
-        };
-        env.wait_ready().await?;
-        Ok(env)
+        }
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        wait_ready(&self.http, &self.base).await
+    /// Polls `/readyz` until it answers 200 (20 s at most).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the API did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
@@ -317,21 +215,31 @@ impl TestEnv {
         Ok(c["id"].as_str().context("collector id")?.to_owned())
     }
 
-    /// Starts a collection and waits for its job to end; returns the job.
-    pub async fn collect(&self, collector: &str) -> anyhow::Result<Value> {
+    /// Starts a collection; returns its job's id.
+    pub async fn start_collect(&self, collector: &str) -> anyhow::Result<String> {
         let a = self
             .post(&format!("/v1/collectors/{collector}/collect"), json!(null))
             .await?;
         if a.status != StatusCode::ACCEPTED {
             bail!("collect answered {}: {}", a.status, a.body);
         }
-        self.wait_job(a.body["job_id"].as_str().context("job_id")?)
-            .await
+        Ok(a.body["job_id"].as_str().context("job_id")?.to_owned())
+    }
+
+    /// Starts a collection and waits for its job to end; returns the job.
+    pub async fn collect(&self, collector: &str) -> anyhow::Result<Value> {
+        let job = self.start_collect(collector).await?;
+        self.wait_job(&job).await
     }
 
     /// Polls a job until it is terminal (60 s at most).
     pub async fn wait_job(&self, job: &str) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.wait_job_within(job, Duration::from_secs(60)).await
+    }
+
+    /// Polls a job until it is terminal, for `limit` at most.
+    pub async fn wait_job_within(&self, job: &str, limit: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let a = self.get(&format!("/v1/jobs/{job}")).await?;
             let status = a.body["status"].as_str().unwrap_or("");
@@ -343,6 +251,136 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// One test's isolated Gleaner; its API client's methods are the environment's own.
+pub struct TestEnv {
+    pub mode: Mode,
+    pub name: String,
+    pub settings: Settings,
+    pub db: DatabaseConnection,
+    pub api: Api,
+    shutdown: CancellationToken,
+    components: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The standalone mode's data directory.
+    data_dir: Option<PathBuf>,
+}
+
+impl TestEnv {
+    /// The API and one worker (distributed), or the standalone runtime.
+    pub async fn start(mode: Mode) -> anyhow::Result<Self> {
+        Self::start_with(mode, Options::default()).await
+    }
+
+    pub async fn start_with(mode: Mode, opts: Options) -> anyhow::Result<Self> {
+        gleaner_common::telemetry::init_for_tests();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let name = format!("t_{now}_{:08x}", rand::random::<u32>());
+        let mut settings = Settings {
+            database_url: tagged(&database_url(), &name),
+            amqp_url: amqp_url(),
+            ..Settings::default()
+        };
+        settings.database.schema = Some(name.clone());
+        settings.database.max_connections = 6;
+        settings.amqp.prefix = name.clone();
+        settings.redis.prefix = name.clone();
+        settings.secret_key = Some(SecretKey::generate().to_hex());
+        settings.outbox.poll_interval = Duration::from_millis(100);
+        settings.worker.batch_size = opts.batch_size;
+        settings.worker.shutdown_grace = Duration::from_secs(5);
+        match mode {
+            Mode::Distributed => Self::distributed(name, settings, opts, now).await,
+            Mode::Standalone => Self::standalone(name, settings, now).await,
+        }
+    }
+
+    async fn standalone(name: String, settings: Settings, now: u64) -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join("gleaner-it");
+        sweep_dirs(&root, now);
+        let path = root.join(&name);
+        let dir = gleaner::standalone::DataDir::open(&path)?;
+        let db_url = dir.database_url();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let component = {
+            let (settings, stop) = (settings.clone(), shutdown.clone());
+            tokio::spawn(
+                async move { gleaner::standalone::run(&settings, &dir, listener, stop).await },
+            )
+        };
+        let api = Api::new(base);
+        // Connect only once the runtime has created and migrated the database: a connection
+        // opened while the file is being created can find it locked.
+        let db = match api.wait_ready().await {
+            Ok(()) => gleaner_common::db::connect(&db_url, &Default::default())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let db = match db {
+            Ok(db) => db,
+            Err(e) => {
+                shutdown.cancel();
+                tokio::time::timeout(Duration::from_secs(15), component)
+                    .await
+                    .ok();
+                std::fs::remove_dir_all(&path).ok();
+                return Err(e);
+            }
+        };
+        let env = Self {
+            mode: Mode::Standalone,
+            name,
+            db,
+            settings,
+            api,
+            shutdown,
+            components: vec![component],
+            data_dir: Some(path),
+        };
+        Ok(env)
+    }
+
+    async fn distributed(
+        name: String,
+        settings: Settings,
+        opts: Options,
+        now: u64,
+    ) -> anyhow::Result<Self> {
+        gleaner_common::db::ensure_database(&settings.database_url).await?;
+        sweep(&settings, now).await?;
+        let db = gleaner::app::database(&settings, true)
+            .await
+            .context("preparing the test schema")?;
+
+        let shutdown = CancellationToken::new();
+        let mut components = Vec::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        {
+            let (settings, db, stop) = (settings.clone(), db.clone(), shutdown.clone());
+            components.push(tokio::spawn(async move {
+                gleaner::app::serve_api(&settings, db, listener, stop).await
+            }));
+        }
+        for _ in 0..opts.workers {
+            components.push(spawn_worker(&settings, shutdown.clone()).await?);
+        }
+        let env = Self {
+            mode: Mode::Distributed,
+            name,
+            settings,
+            db,
+            api: Api::new(base),
+            shutdown,
+            components,
+            data_dir: None,
+        };
+        env.wait_ready().await?;
+        Ok(env)
     }
 
     /// A single number from SQL (`SELECT count(*) ...`) in the test's store.
@@ -380,22 +418,6 @@ impl TestEnv {
             Mode::Distributed => format!("'{id}'"),
             Mode::Standalone => format!("X'{}'", id.simple()),
         })
-    }
-}
-
-/// Polls `/readyz` until it answers 200 (20 s at most).
-async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the API did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -488,4 +510,12 @@ async fn sweep(settings: &Settings, now: u64) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
