@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::{Context, Disposition, handle};
+use crate::{Context, Disposition, drain, handle};
 
 /// Settings of the consumer loop.
 #[derive(Clone, Debug)]
@@ -65,26 +65,6 @@ pub async fn run(ctx: Arc<Context>, settings: ConsumerSettings, shutdown: Cancel
         }
     }
     drain(&mut inflight, &abort, settings.grace).await;
-}
-
-async fn drain(inflight: &mut JoinSet<()>, abort: &CancellationToken, grace: Duration) {
-    if inflight.is_empty() {
-        return;
-    }
-    info!(
-        tasks = inflight.len(),
-        grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-        "waiting for in-flight messages"
-    );
-    let all_done = async { while inflight.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
-        warn!(
-            tasks = inflight.len(),
-            "grace period over; releasing in-flight tasks"
-        );
-        abort.cancel();
-        while inflight.join_next().await.is_some() {}
-    }
 }
 
 /// One connection's life: returns `Ok` on shutdown, `Err` when the connection broke.

@@ -158,3 +158,30 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
         }
     }
 }
+
+/// On shutdown, of both dispatchers (RabbitMQ and in-process): lets in-flight handlers finish
+/// within `grace`, then cancels `abort` so running tasks hand their work back, and waits for
+/// them.
+pub(crate) async fn drain(
+    inflight: &mut tokio::task::JoinSet<()>,
+    abort: &CancellationToken,
+    grace: Duration,
+) {
+    if inflight.is_empty() {
+        return;
+    }
+    tracing::info!(
+        messages = inflight.len(),
+        grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        "waiting for in-flight messages"
+    );
+    let all_done = async { while inflight.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        warn!(
+            messages = inflight.len(),
+            "grace period over; releasing in-flight tasks"
+        );
+        abort.cancel();
+        while inflight.join_next().await.is_some() {}
+    }
+}

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::{Context, Disposition, handle};
+use crate::{Context, Disposition, drain, handle};
 
 /// Deliveries of a message before it is marked dead: the same limit as the queues'
 /// `x-delivery-limit` in the distributed mode, which also counts every delivery.
@@ -166,25 +166,7 @@ pub async fn run(ctx: Arc<Context>, settings: DispatchSettings, shutdown: Cancel
             () = sleep => {}
         }
     }
-    if !inflight.is_empty() {
-        info!(
-            messages = inflight.len(),
-            grace_ms = u64::try_from(settings.grace.as_millis()).unwrap_or(u64::MAX),
-            "waiting for in-flight messages"
-        );
-        let all_done = async { while inflight.join_next().await.is_some() {} };
-        if tokio::time::timeout(settings.grace, all_done)
-            .await
-            .is_err()
-        {
-            warn!(
-                messages = inflight.len(),
-                "grace period over; releasing in-flight tasks"
-            );
-            abort.cancel();
-            while inflight.join_next().await.is_some() {}
-        }
-    }
+    drain(&mut inflight, &abort, settings.grace).await;
 }
 
 /// Counts the delivery, handles the row and settles it.
