@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gleaner_common::model::{CollectorState, Invalid, Name, Priority, Trigger};
-use gleaner_common::plugin::Catalog;
+use gleaner_common::plugin::PluginInfo;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
-use gleaner_common::store::job;
 use gleaner_common::store::resource::{self, TypeCount};
+use gleaner_common::store::{job, plugin};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -75,7 +75,12 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// Checks the body against the catalog; every problem is reported at once.
-fn validate<'a>(body: CreateCollector, catalog: &'a Catalog) -> Result<NewCollector<'a>, ApiError> {
+/// `known` lists the catalog's ids for the error when the plugin was not found.
+fn validate<'a>(
+    body: CreateCollector,
+    plugin: Option<&'a PluginInfo>,
+    known: &[String],
+) -> Result<NewCollector<'a>, ApiError> {
     let mut errors = Vec::new();
     let name = Name::parse("name", &body.name)
         .map_err(|e| errors.push(e))
@@ -86,9 +91,7 @@ fn validate<'a>(body: CreateCollector, catalog: &'a Catalog) -> Result<NewCollec
     )
     .map_err(|e| errors.push(e))
     .ok();
-    let plugin = catalog.get(&body.plugin_id);
     if plugin.is_none() {
-        let known: Vec<_> = catalog.official().iter().map(|p| p.id.as_str()).collect();
         errors.push(Invalid::new(
             "plugin_id",
             format!(
@@ -110,14 +113,7 @@ fn validate<'a>(body: CreateCollector, catalog: &'a Catalog) -> Result<NewCollec
         }
     }
     let tags = body.tags.unwrap_or_default();
-    for key in tags.keys() {
-        if key.trim().is_empty() || key.len() > 128 {
-            errors.push(Invalid::new(
-                format!("tags.{key}"),
-                "tag keys must be 1–128 characters",
-            ));
-        }
-    }
+    check_tags(&tags, &mut errors);
     match (name, priority, plugin) {
         (Some(name), Some(priority), Some(plugin)) if errors.is_empty() => Ok(NewCollector {
             name,
@@ -147,7 +143,16 @@ async fn create(
     Tenant(domain): Tenant,
     ApiJson(body): ApiJson<CreateCollector>,
 ) -> ApiResult<(StatusCode, Json<Collector>)> {
-    let new = validate(body, &state.catalog)?;
+    let plugin = plugin::find(&state.db, &state.catalog, domain, &body.plugin_id).await?;
+    let known: Vec<String> = match plugin {
+        Some(_) => Vec::new(),
+        None => plugin::list(&state.db, &state.catalog, domain)
+            .await?
+            .into_iter()
+            .map(|p| p.id)
+            .collect(),
+    };
+    let new = validate(body, plugin.as_ref(), &known)?;
     let created = collector::create(&state.db, domain, new).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -187,12 +192,14 @@ async fn update(
 ) -> ApiResult<Json<Collector>> {
     let id = parse_id("collector", &id)?;
     let current = collector::get(&state.db, domain, id).await?;
-    let plugin = state.catalog.get(&current.plugin_id).ok_or_else(|| {
-        ApiError::new(
-            crate::problem::Code::Conflict,
-            format!("plugin `{}` is no longer in the catalog", current.plugin_id),
-        )
-    })?;
+    let plugin = plugin::find(&state.db, &state.catalog, domain, &current.plugin_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                crate::problem::Code::Conflict,
+                format!("plugin `{}` is no longer in the catalog", current.plugin_id),
+            )
+        })?;
     let mut errors = Vec::new();
     let name = body
         .name
@@ -232,7 +239,7 @@ async fn update(
         tags: body.tags,
     };
     Ok(Json(
-        collector::update(&state.db, domain, id, plugin, change).await?,
+        collector::update(&state.db, domain, id, &plugin, change).await?,
     ))
 }
 

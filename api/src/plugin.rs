@@ -1,32 +1,189 @@
-//! `/v1/plugins`: the catalog.
+//! `/v1/plugins`: the catalog, and registration of private plugins.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use gleaner_common::plugin::PluginInfo;
+use gleaner_common::external::{self, DEFAULT_TIMEOUT_SECONDS, Spec};
+use gleaner_common::model::Invalid;
+use gleaner_common::plugin::{PluginInfo, PluginKind};
+use gleaner_common::provider;
+use gleaner_common::store::plugin::{self, Registration};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::problem::{ApiError, ApiResult};
+use crate::extract::{ApiJson, Tenant};
+use crate::problem::{ApiError, ApiResult, Code};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/plugins", get(list))
+        .route("/v1/plugins", get(list).post(register))
         .route("/v1/plugins/{id}", get(show))
 }
 
-async fn list(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "items": state.catalog.official() }))
+async fn list(State(state): State<AppState>, Tenant(domain): Tenant) -> ApiResult<Json<Value>> {
+    let items = plugin::list(&state.db, &state.catalog, domain).await?;
+    Ok(Json(json!({ "items": items })))
 }
 
 async fn show(
     State(state): State<AppState>,
+    Tenant(domain): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PluginInfo>> {
-    state
-        .catalog
-        .get(&id)
-        .cloned()
+    plugin::find(&state.db, &state.catalog, domain, &id)
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("plugin", id))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterPlugin {
+    id: String,
+    version: String,
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+}
+
+/// Checks the request; every problem at once.
+fn validate(body: RegisterPlugin) -> Result<(String, semver::Version, Spec), ApiError> {
+    let mut errors = Vec::new();
+    if !valid_id(&body.id) {
+        errors.push(Invalid::new(
+            "id",
+            "1–64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ));
+    }
+    let version = semver::Version::parse(&body.version)
+        .map_err(|e| {
+            errors.push(Invalid::new(
+                "version",
+                format!("must be a semantic version such as 1.0.0: {e}"),
+            ));
+        })
+        .ok();
+    if body.command.trim().is_empty() {
+        errors.push(Invalid::new("command", "must not be empty"));
+    }
+    let timeout_seconds = body.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+    if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
+        errors.push(Invalid::new(
+            "timeout_seconds",
+            format!("must be between 1 and {MAX_TIMEOUT_SECONDS}"),
+        ));
+    }
+    match version {
+        Some(version) if errors.is_empty() => Ok((
+            body.id,
+            version,
+            Spec {
+                command: body.command,
+                args: body.args,
+                timeout_seconds,
+            },
+        )),
+        _ => Err(ApiError::invalid(errors)),
+    }
+}
+
+/// What `init` answered must describe a plugin Gleaner can run.
+fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if meta.kind != PluginKind::Collector {
+        errors.push(Invalid::new(
+            "metadata.kind",
+            format!(
+                "private plugins of kind `{}` are not supported yet; only `collector`",
+                meta.kind.as_str()
+            ),
+        ));
+    }
+    if provider::find(&meta.provider).is_none() {
+        let known: Vec<_> = provider::PROVIDERS.iter().map(|p| p.id).collect();
+        errors.push(Invalid::new(
+            "metadata.provider",
+            format!(
+                "unknown provider `{}`; Gleaner knows: {}",
+                meta.provider,
+                known.join(", ")
+            ),
+        ));
+    }
+    if meta.name.trim().is_empty() {
+        errors.push(Invalid::new("metadata.name", "must not be empty"));
+    }
+    if let Err(e) = jsonschema::validator_for(&meta.options_schema) {
+        errors.push(Invalid::new(
+            "metadata.options_schema",
+            format!("not a valid JSON Schema: {e}"),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// Registers a private plugin (or a new version of one) after running its `init`: 201 with the
+/// catalog entry; 422 with the plugin's stderr when `init` fails.
+async fn register(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    ApiJson(body): ApiJson<RegisterPlugin>,
+) -> ApiResult<(StatusCode, Json<PluginInfo>)> {
+    let (id, version, spec) = validate(body)?;
+    let metadata = external::init(&spec).await.map_err(|e| {
+        ApiError::new(
+            Code::PluginFailed,
+            format!("`{}` failed its init call: {}", spec.command, e.error),
+        )
+        .with_stderr(e.stderr)
+    })?;
+    check_metadata(&metadata)?;
+    let info = plugin::register(
+        &state.db,
+        &state.catalog,
+        domain,
+        Registration {
+            id,
+            version,
+            spec,
+            metadata,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn plugin_ids() {
+        assert!(valid_id("my-plugin.v2_x"));
+        assert!(valid_id("9lives"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("-x"));
+        assert!(!valid_id("My"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(&"a".repeat(65)));
+    }
 }

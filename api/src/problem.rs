@@ -22,6 +22,8 @@ pub enum Code {
     NotFound,
     DuplicateName,
     Conflict,
+    /// A plugin being registered failed its `init` call.
+    PluginFailed,
     UnsupportedMediaType,
     Unavailable,
     Internal,
@@ -51,6 +53,11 @@ impl Code {
                 StatusCode::CONFLICT,
                 "Conflicts with the current state",
                 "/problems/conflict",
+            ),
+            Code::PluginFailed => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The plugin failed",
+                "/problems/plugin-failed",
             ),
             Code::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -88,6 +95,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// What a failing plugin wrote on stderr (its end), with credential values redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
 }
 
 /// An error a handler returns.
@@ -96,6 +106,7 @@ pub struct ApiError {
     code: Code,
     detail: String,
     errors: Vec<FieldError>,
+    stderr: Option<String>,
     /// Logged for 5xx, never sent.
     cause: Option<String>,
 }
@@ -109,8 +120,16 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            stderr: None,
             cause: None,
         }
+    }
+
+    /// Adds a plugin's stderr to the problem.
+    #[must_use]
+    pub fn with_stderr(mut self, stderr: String) -> Self {
+        self.stderr = Some(stderr);
+        self
     }
 
     /// An input error naming one field.
@@ -121,6 +140,7 @@ impl ApiError {
             code,
             detail: format!("{field}: {detail}"),
             errors: vec![FieldError { field, detail }],
+            stderr: None,
             cause: None,
         }
     }
@@ -144,6 +164,7 @@ impl ApiError {
             code: Code::InvalidInput,
             detail,
             errors,
+            stderr: None,
             cause: None,
         }
     }
@@ -157,6 +178,7 @@ impl ApiError {
             code: Code::Internal,
             detail: "the server failed to handle the request; it has been logged".into(),
             errors: Vec::new(),
+            stderr: None,
             cause: Some(cause.to_string()),
         }
     }
@@ -179,6 +201,7 @@ impl From<store::Error> for ApiError {
                     field: field.into(),
                     detail: "must be unique".into(),
                 }],
+                stderr: None,
                 cause: None,
             },
             store::Error::State(detail) => Self::new(Code::Conflict, detail),
@@ -187,6 +210,7 @@ impl From<store::Error> for ApiError {
                 code: Code::Unavailable,
                 detail: "the database is unavailable; retry shortly".into(),
                 errors: Vec::new(),
+                stderr: None,
                 cause: Some(e.to_string()),
             },
             e => Self::internal(e),
@@ -206,6 +230,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail,
             errors: self.errors,
+            stderr: self.stderr,
         };
         let mut response = (status, Json(body)).into_response();
         response.headers_mut().insert(

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod db;
 pub mod entity;
 pub mod envelope;
+pub mod external;
 pub mod id;
 pub mod model;
 pub mod outbox;

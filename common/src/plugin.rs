@@ -21,6 +21,16 @@ pub enum PluginKind {
 }
 
 impl PluginKind {
+    /// The name used in JSON and in the database.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Collector => "collector",
+            PluginKind::CostDataSource => "cost_data_source",
+            PluginKind::MetricDataSource => "metric_data_source",
+        }
+    }
+
     /// The job kind (and so the queue) a plugin of this kind runs on.
     #[must_use]
     pub const fn job_kind(self) -> JobKind {

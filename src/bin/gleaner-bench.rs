@@ -339,6 +339,7 @@ fn demo_rows(
                     service_account_id: Some(ServiceAccountId::from_uuid(sa)),
                 },
                 cancel: CancellationToken::new(),
+                diagnostics: plugin::Diagnostics::default(),
             };
             let producer = tokio::spawn(async move { Demo::new().collect(request, tx).await });
             while let Some(item) = rx.recv().await {

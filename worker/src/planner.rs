@@ -25,7 +25,16 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
     if input.status != JobStatus::Queued {
         return Ok(Planned::AlreadyPlanned);
     }
-    let (accounts, reason) = match ctx.registry.get(&input.plugin_id) {
+    let plugin = ctx
+        .registry
+        .resolve(
+            &ctx.db,
+            input.domain,
+            &input.plugin_id,
+            &input.plugin_version,
+        )
+        .await?;
+    let (accounts, reason) = match plugin {
         Some(plugin) => {
             let provider = plugin.info().provider.clone();
             let accounts = service_account::list(&ctx.db, input.domain, Some(&provider)).await?;
@@ -40,8 +49,8 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
         None => (
             Vec::new(),
             format!(
-                "plugin `{}` is not available on this worker",
-                input.plugin_id
+                "plugin `{}` version {} is not in the catalog",
+                input.plugin_id, input.plugin_version
             ),
         ),
     };

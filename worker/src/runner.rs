@@ -15,8 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::Context;
-use crate::plugin::{CollectRequest, Item, ItemError, PluginError, ResourceItem, TaskInfo};
+use crate::plugin::{
+    CollectRequest, Diagnostics, Item, ItemError, PluginError, ResourceItem, TaskInfo,
+};
 use crate::sink::{Scope, SinkError, Written};
+use gleaner_common::external::redact;
 
 /// Item errors kept for the task's error message; the count covers all of them.
 const KEPT_ITEM_ERRORS: usize = 5;
@@ -84,11 +87,26 @@ fn failure(error: impl Into<String>) -> Ended {
 }
 
 async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> Ended {
-    let Some(plugin) = ctx.registry.get(&claimed.plugin_id) else {
-        return failure(format!(
-            "plugin `{}` is not available on this worker",
-            claimed.plugin_id
-        ));
+    let resolved = ctx
+        .db_retry
+        .run("find the plugin", store::Error::is_transient, || {
+            ctx.registry.resolve(
+                &ctx.db,
+                claimed.domain,
+                &claimed.plugin_id,
+                &claimed.plugin_version,
+            )
+        })
+        .await;
+    let plugin = match resolved {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return failure(format!(
+                "plugin `{}` version {} is not in the catalog",
+                claimed.plugin_id, claimed.plugin_version
+            ));
+        }
+        Err(e) => return failure(format!("the plugin could not be looked up: {e}")),
     };
     if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
         return failure(e.detail);
@@ -120,6 +138,8 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         attempt: claimed.attempt,
     };
     let cancel = stop.child_token();
+    let diagnostics = Diagnostics::default();
+    let secrets = secret.clone();
     let request = CollectRequest {
         version: claimed.plugin_version.clone(),
         options: claimed.options.clone(),
@@ -132,6 +152,7 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
             service_account_id: claimed.service_account_id,
         },
         cancel: cancel.clone(),
+        diagnostics: diagnostics.clone(),
     };
     // Room for a whole batch, so the plugin produces the next batch while this one is written
     // instead of waiting for the database; memory stays bounded at about two batches.
@@ -156,19 +177,29 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         Ok(None) => return Ended::Stale,
         Err(e) => return failure(format!("writing results failed: {e}")),
     };
-    match plugin_result {
-        Err(PluginError::Stopped) if stop.is_cancelled() => Ended::Released,
-        Err(e) => failure(format!(
-            "plugin failed after {} items: {e}",
-            summary.counts.seen()
-        )),
-        Ok(()) if summary.counts.failed > 0 => failure(summary.item_error_message()),
-        Ok(()) => Ended::Done(Outcome {
-            status: JobStatus::Success,
-            error: None,
-            stderr: None,
-        }),
-    }
+    let (status, error) = match plugin_result {
+        Err(PluginError::Stopped) if stop.is_cancelled() => return Ended::Released,
+        Err(e) => (
+            JobStatus::Failure,
+            Some(format!(
+                "plugin failed after {} items: {e}",
+                summary.counts.seen()
+            )),
+        ),
+        Ok(()) if summary.counts.failed > 0 => {
+            (JobStatus::Failure, Some(summary.item_error_message()))
+        }
+        Ok(()) => (JobStatus::Success, None),
+    };
+    // Plugins echo what they were given; nothing of the credentials is kept with the task.
+    Ended::Done(Outcome {
+        status,
+        error: error.map(|e| redact(&e, &secrets)),
+        stderr: diagnostics
+            .take()
+            .filter(|s| !s.is_empty())
+            .map(|s| redact(&s, &secrets)),
+    })
 }
 
 /// What the writer saw.

@@ -86,12 +86,14 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
             c.name
         )));
     }
-    let plugin = catalog.get(&c.plugin_id).ok_or_else(|| {
-        Error::State(format!(
-            "plugin `{}` of collector '{}' is no longer in the catalog",
-            c.plugin_id, c.name
-        ))
-    })?;
+    let plugin = super::plugin::find(&txn, catalog, domain, &c.plugin_id)
+        .await?
+        .ok_or_else(|| {
+            Error::State(format!(
+                "plugin `{}` of collector '{}' is no longer in the catalog",
+                c.plugin_id, c.name
+            ))
+        })?;
     let version = match c.upgrade_mode {
         crate::model::UpgradeMode::Auto => plugin.latest.clone(),
         crate::model::UpgradeMode::Manual => c.version.clone(),

@@ -6,6 +6,7 @@
 pub mod collector;
 pub mod job;
 pub mod outbox;
+pub mod plugin;
 pub mod project;
 pub mod resource;
 pub mod service_account;

@@ -5,16 +5,19 @@
 //! letting items pile up in memory.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo};
+use gleaner_common::store;
+use sea_orm::ConnectionTrait;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod demo;
+pub mod external;
 
 /// One resource reported by a collector plugin. Its match key is (provider, `resource_type`,
 /// `resource_key`): the same key from two runs or two collectors is the same resource.
@@ -98,6 +101,24 @@ pub struct CollectRequest {
     pub task: TaskInfo,
     /// Cancelled when the plugin must stop early.
     pub cancel: CancellationToken,
+    /// Where a plugin leaves what the task should keep besides items (an external plugin's
+    /// stderr).
+    pub diagnostics: Diagnostics,
+}
+
+/// Text a plugin leaves for the task record; the runner redacts credentials from it.
+#[derive(Clone, Debug, Default)]
+pub struct Diagnostics(Arc<Mutex<Option<String>>>);
+
+impl Diagnostics {
+    pub fn set(&self, text: String) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(text);
+    }
+
+    #[must_use]
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 impl std::fmt::Debug for CollectRequest {
@@ -154,6 +175,26 @@ impl Registry {
     #[must_use]
     pub fn get(&self, id: &str) -> Option<Arc<dyn Plugin>> {
         self.plugins.get(id).cloned()
+    }
+
+    /// The plugin to run for a task: a built-in one, else the domain's private plugin at
+    /// `version`. `None` when neither exists.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn resolve(
+        &self,
+        db: &impl ConnectionTrait,
+        domain: DomainId,
+        id: &str,
+        version: &str,
+    ) -> Result<Option<Arc<dyn Plugin>>, store::Error> {
+        if let Some(p) = self.get(id) {
+            return Ok(Some(p));
+        }
+        Ok(store::plugin::runnable(db, domain, id, version)
+            .await?
+            .map(|(info, spec)| Arc::new(external::External::new(info, spec)) as Arc<dyn Plugin>))
     }
 
     /// The catalog of these plugins, sorted by id, for the API.

@@ -1,0 +1,577 @@
+//! The external plugin protocol: a plugin is an executable, in any language, that reads one
+//! JSON request line on stdin and writes JSON lines on stdout (docs/plugins.md).
+//!
+//! - One process per call (`init`, `verify`, `collect`), started in its own process group so
+//!   that a timeout or a stop kills whatever it spawned too.
+//! - The request, with the credentials, goes through stdin: never through arguments or the
+//!   environment, which other users of the host can read. The environment is cleared but for a
+//!   few variables ([`PASSED_ENV`]), so Gleaner's own settings (its secret key) never reach a
+//!   plugin.
+//! - stdout carries protocol messages only; anything else there is an error ("garbage"), since a
+//!   plugin that prints stray text cannot be trusted to report its items faithfully. stderr is
+//!   free-form and its last [`STDERR_KEPT`] bytes are kept for the task.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use crate::plugin::PluginKind;
+
+/// The protocol version sent with every request.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest stdout line accepted: one item's JSON.
+pub const MAX_LINE: usize = 16 << 20;
+/// How much of the end of stderr is kept.
+pub const STDERR_KEPT: usize = 64 << 10;
+/// `init` and `verify` must answer within this, whatever the plugin's own timeout.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variables a plugin inherits; everything else is cleared.
+pub const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
+/// A plugin's default time limit for one collection.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 3600;
+
+/// How to run a plugin: its executable, arguments and time limit. Stored per version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// An executable: an absolute path, or a name looked up in `PATH`.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// A collection still running after this long is killed and fails.
+    pub timeout_seconds: u64,
+}
+
+/// What `init` answers: the catalog entry of the plugin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub kind: PluginKind,
+    /// Service accounts of this provider are linked to the plugin's collectors.
+    pub provider: String,
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// A JSON Schema for the collector's `options`; any object when absent.
+    #[serde(default = "any_object")]
+    pub options_schema: Value,
+}
+
+fn any_object() -> Value {
+    json!({"type": "object"})
+}
+
+/// A line a plugin writes on stdout.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Message {
+    /// The answer to `init`.
+    Metadata(Metadata),
+    /// The answer to `verify`: options and credentials work.
+    Verified,
+    /// One resource (`collect`).
+    Resource {
+        resource_type: String,
+        resource_key: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        region: Option<String>,
+        data: Map<String, Value>,
+    },
+    /// One item that could not be collected; the collection goes on.
+    Error {
+        message: String,
+        #[serde(default)]
+        resource_type: Option<String>,
+        #[serde(default)]
+        resource_key: Option<String>,
+    },
+    /// The last line of a complete `collect`.
+    Done,
+}
+
+/// Why a call failed. Each message is written for the user who registered the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("could not start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "line {line} of its output is not a protocol message ({reason}); the line starts with: {start}"
+    )]
+    Garbage {
+        line: u64,
+        reason: String,
+        start: String,
+    },
+    #[error("it did not finish within {0} s (timeout_seconds) and was killed")]
+    Timeout(u64),
+    #[error("it exited with {status}{}", last_line(.stderr))]
+    Exited { status: String, stderr: String },
+    #[error("it exited without writing {expected}")]
+    Incomplete { expected: &'static str },
+    #[error("reading its output failed: {0}")]
+    Io(std::io::Error),
+}
+
+fn last_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!(": {}", l.trim()))
+        .unwrap_or_default()
+}
+
+/// The end of a plugin's stderr, shared with the task reading it.
+#[derive(Clone, Debug, Default)]
+pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
+
+impl StderrTail {
+    fn push(&self, bytes: &[u8]) {
+        let mut buf = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buf.extend_from_slice(bytes);
+        if buf.len() > STDERR_KEPT {
+            let cut = buf.len() - STDERR_KEPT;
+            buf.drain(..cut);
+        }
+    }
+
+    /// What was kept, as text (invalid UTF-8 replaced).
+    #[must_use]
+    pub fn text(&self) -> String {
+        let buf = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// A running call: read its messages with [`Session::next`], then [`Session::finish`].
+/// Dropping a session kills the plugin's process group.
+pub struct Session {
+    child: Child,
+    pgid: Option<i32>,
+    lines: FramedRead<ChildStdout, LinesCodec>,
+    line: u64,
+    stderr: StderrTail,
+    stderr_reader: tokio::task::JoinHandle<()>,
+    deadline: Instant,
+    timeout_seconds: u64,
+}
+
+impl Session {
+    /// Starts `spec` and sends it `method` with `params`.
+    ///
+    /// # Errors
+    /// The executable could not be started or did not take its request.
+    pub async fn start(
+        spec: &Spec,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Self, ProtocolError> {
+        let mut cmd = Command::new(&spec.command);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(
+                PASSED_ENV
+                    .iter()
+                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = Path::new(&spec.command)
+            .parent()
+            .filter(|d| d.is_absolute())
+        {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|source| ProtocolError::Spawn {
+            command: spec.command.clone(),
+            source,
+        })?;
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        let stderr = StderrTail::default();
+        let mut err_pipe = child.stderr.take().ok_or_else(|| pipe_missing("stderr"))?;
+        let tail = stderr.clone();
+        let stderr_reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = err_pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.push(&buf[..n]);
+            }
+        });
+        let stdout = child.stdout.take().ok_or_else(|| pipe_missing("stdout"))?;
+        let mut session = Self {
+            child,
+            pgid,
+            lines: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE)),
+            line: 0,
+            stderr,
+            stderr_reader,
+            deadline: Instant::now() + timeout,
+            timeout_seconds: timeout.as_secs(),
+        };
+        let mut request = serde_json::to_vec(
+            &json!({"protocol": PROTOCOL_VERSION, "method": method, "params": params}),
+        )
+        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?;
+        request.push(b'\n');
+        let mut stdin = session
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| pipe_missing("stdin"))?;
+        // A plugin that exits without reading its request closes the pipe: that is reported by
+        // its exit status, not as a write error.
+        let _ = stdin.write_all(&request).await;
+        drop(stdin);
+        Ok(session)
+    }
+
+    /// The next message; `None` once the plugin closed its stdout.
+    ///
+    /// # Errors
+    /// Garbage on stdout, a read error, or the deadline passed.
+    pub async fn next(&mut self) -> Result<Option<Message>, ProtocolError> {
+        loop {
+            let line = match tokio::time::timeout_at(self.deadline, self.lines.next()).await {
+                Err(_) => return Err(ProtocolError::Timeout(self.timeout_seconds)),
+                Ok(None) => return Ok(None),
+                Ok(Some(Ok(line))) => line,
+                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+                    return Err(self.garbage(format!("longer than {MAX_LINE} bytes"), ""));
+                }
+                Ok(Some(Err(LinesCodecError::Io(e)))) => {
+                    return Err(if e.kind() == std::io::ErrorKind::InvalidData {
+                        self.garbage("not UTF-8".into(), "")
+                    } else {
+                        ProtocolError::Io(e)
+                    });
+                }
+            };
+            self.line += 1;
+            if !line.trim().is_empty() {
+                return serde_json::from_str(&line)
+                    .map(Some)
+                    .map_err(|e| self.garbage(e.to_string(), &line));
+            }
+        }
+    }
+
+    fn garbage(&self, reason: String, line: &str) -> ProtocolError {
+        ProtocolError::Garbage {
+            line: self.line + u64::from(line.is_empty()),
+            reason,
+            start: line.chars().take(120).collect(),
+        }
+    }
+
+    /// Waits for the plugin to exit; an exit status other than 0 is an error.
+    ///
+    /// # Errors
+    /// A non-zero exit, or the deadline passed.
+    pub async fn finish(&mut self) -> Result<(), ProtocolError> {
+        let status = match tokio::time::timeout_at(self.deadline, self.child.wait()).await {
+            Err(_) => return Err(ProtocolError::Timeout(self.timeout_seconds)),
+            Ok(Err(e)) => return Err(ProtocolError::Io(e)),
+            Ok(Ok(status)) => status,
+        };
+        // stderr is complete once its pipe closed; a grandchild may keep it open, so bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.stderr_reader).await;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ProtocolError::Exited {
+                status: describe(status),
+                stderr: self.stderr.text(),
+            })
+        }
+    }
+
+    /// The end of what the plugin wrote on stderr so far.
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// Kills the plugin and everything in its process group.
+    pub fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.start_kill();
+    }
+
+    /// Reads messages to the end and checks the exit: for `init` and `verify`, which answer
+    /// with one message.
+    async fn answer(&mut self) -> Result<Vec<Message>, ProtocolError> {
+        let mut messages = Vec::new();
+        while let Some(m) = self.next().await? {
+            messages.push(m);
+        }
+        self.finish().await?;
+        Ok(messages)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.kill();
+        self.stderr_reader.abort();
+    }
+}
+
+fn pipe_missing(which: &str) -> ProtocolError {
+    ProtocolError::Io(std::io::Error::other(format!("no {which} pipe")))
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("status {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// A failed call, with the plugin's stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CallError {
+    pub error: ProtocolError,
+    pub stderr: String,
+}
+
+/// Runs `init`: what the plugin says it is.
+///
+/// # Errors
+/// The plugin failed or did not answer with exactly one `metadata` message.
+pub async fn init(spec: &Spec) -> Result<Metadata, CallError> {
+    let mut session = Session::start(spec, "init", json!({}), INIT_TIMEOUT)
+        .await
+        .map_err(|error| CallError {
+            error,
+            stderr: String::new(),
+        })?;
+    let answer = session.answer().await;
+    let stderr = session.stderr();
+    let fail = |error| CallError {
+        error,
+        stderr: stderr.clone(),
+    };
+    let mut messages = answer.map_err(fail)?.into_iter();
+    match (messages.next(), messages.next()) {
+        (Some(Message::Metadata(m)), None) => Ok(m),
+        _ => Err(fail(ProtocolError::Incomplete {
+            expected: "exactly one `metadata` line",
+        })),
+    }
+}
+
+/// Runs `verify` with options and credentials.
+///
+/// # Errors
+/// The plugin refused them (its stderr says why) or did not answer `verified`.
+pub async fn verify(
+    spec: &Spec,
+    options: &Value,
+    secret: &Map<String, Value>,
+) -> Result<(), CallError> {
+    let params = json!({"options": options, "secret": secret});
+    let mut session = Session::start(spec, "verify", params, INIT_TIMEOUT)
+        .await
+        .map_err(|error| CallError {
+            error,
+            stderr: String::new(),
+        })?;
+    let answer = session.answer().await;
+    let stderr = redact(&session.stderr(), secret);
+    match answer {
+        Ok(m) if m == [Message::Verified] => Ok(()),
+        Ok(_) => Err(CallError {
+            error: ProtocolError::Incomplete {
+                expected: "one `verified` line",
+            },
+            stderr,
+        }),
+        Err(error) => Err(CallError { error, stderr }),
+    }
+}
+
+/// Replaces every credential value (of 4 characters or more) in `text` with `[REDACTED]`, so
+/// that what a plugin echoes of its secrets is not stored with the task.
+#[must_use]
+pub fn redact(text: &str, secret: &Map<String, Value>) -> String {
+    let mut values: Vec<&str> = secret
+        .values()
+        .filter_map(Value::as_str)
+        .filter(|v| v.chars().count() >= 4)
+        .collect();
+    // Longest first, so a value containing another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_owned();
+    for v in values {
+        if out.contains(v) {
+            out = out.replace(v, "[REDACTED]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout_seconds: u64) -> Spec {
+        Spec {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            timeout_seconds,
+        }
+    }
+
+    async fn collect(spec: &Spec) -> (Vec<Message>, Result<(), ProtocolError>, String) {
+        let mut s = Session::start(
+            spec,
+            "collect",
+            json!({}),
+            Duration::from_secs(spec.timeout_seconds),
+        )
+        .await
+        .expect("start");
+        let mut out = Vec::new();
+        let r = loop {
+            match s.next().await {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => break s.finish().await,
+                Err(e) => break Err(e),
+            }
+        };
+        (out, r, s.stderr())
+    }
+
+    #[tokio::test]
+    async fn reads_messages_and_the_request() {
+        let spec = sh(
+            r#"read req; echo "$req" >&2
+echo '{"type":"resource","resource_type":"t","resource_key":"k","data":{"a":1}}'
+echo
+echo '{"type":"error","message":"no access","resource_key":"k2"}'
+echo '{"type":"done"}'"#,
+            10,
+        );
+        let (msgs, r, stderr) = collect(&spec).await;
+        r.expect("exit 0");
+        assert_eq!(msgs.len(), 3);
+        assert!(matches!(&msgs[0], Message::Resource { resource_key, .. } if resource_key == "k"));
+        assert!(matches!(&msgs[1], Message::Error { message, .. } if message == "no access"));
+        assert_eq!(msgs[2], Message::Done);
+        assert!(stderr.contains(r#""method":"collect""#), "{stderr}");
+        assert!(stderr.contains(r#""protocol":1"#), "{stderr}");
+    }
+
+    #[tokio::test]
+    async fn garbage_names_the_line() {
+        let spec = sh(
+            r#"echo '{"type":"done"}'; echo 'Traceback (most recent call last):'"#,
+            10,
+        );
+        let (_, r, _) = collect(&spec).await;
+        match r {
+            Err(ProtocolError::Garbage { line, start, .. }) => {
+                assert_eq!(line, 2);
+                assert!(start.starts_with("Traceback"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let unknown = sh(r#"echo '{"type":"resource","resource_type":"t"}'"#, 10);
+        assert!(matches!(
+            collect(&unknown).await.1,
+            Err(ProtocolError::Garbage { line: 1, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_hang_is_killed_with_its_children() {
+        let started = std::time::Instant::now();
+        let spec = sh("sleep 30 & sleep 30; echo '{\"type\":\"done\"}'", 1);
+        let (_, r, _) = collect(&spec).await;
+        assert!(matches!(r, Err(ProtocolError::Timeout(1))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn exit_status_and_stderr_make_the_error() {
+        let spec = sh(
+            "echo 'starting' >&2; echo 'bad credentials' >&2; exit 3",
+            10,
+        );
+        let (_, r, stderr) = collect(&spec).await;
+        let e = r.expect_err("exit 3");
+        assert_eq!(e.to_string(), "it exited with status 3: bad credentials");
+        assert!(stderr.starts_with("starting"));
+        let missing = Spec {
+            command: "/nonexistent/plugin".into(),
+            args: vec![],
+            timeout_seconds: 1,
+        };
+        let e = init(&missing).await.expect_err("missing");
+        assert!(
+            e.to_string()
+                .contains("could not start `/nonexistent/plugin`")
+        );
+    }
+
+    #[tokio::test]
+    async fn init_wants_one_metadata_line() {
+        let ok = sh(
+            r#"echo '{"type":"metadata","name":"X","kind":"collector","provider":"demo"}'"#,
+            10,
+        );
+        let m = init(&ok).await.expect("metadata");
+        assert_eq!(m.provider, "demo");
+        assert_eq!(m.options_schema, json!({"type": "object"}));
+        let none = sh("exit 0", 10);
+        assert!(matches!(
+            init(&none).await.map_err(|e| e.error),
+            Err(ProtocolError::Incomplete { .. })
+        ));
+    }
+
+    #[test]
+    fn redact_hides_every_secret_value() {
+        let secret: Map<String, Value> = serde_json::from_value(json!({
+            "key": "AKIAXYZ", "long": "AKIAXYZ-and-more", "short": "ab", "n": 5
+        }))
+        .expect("map");
+        let out = redact("got AKIAXYZ-and-more and AKIAXYZ and ab", &secret);
+        assert_eq!(out, "got [REDACTED] and [REDACTED] and ab");
+    }
+}

@@ -1,0 +1,378 @@
+//! Private plugins: registration through `init`, and what a collection does when an external
+//! plugin reports item errors, writes garbage, hangs, crashes or echoes its credentials.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Api, Mode, TestEnv};
+
+fn example() -> String {
+    format!(
+        "{}/examples/plugins/json_inventory.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn misbehaving() -> String {
+    format!(
+        "{}/tests/plugins/misbehaving.sh",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Registers `misbehaving.sh BEHAVIOUR PROVIDER` as plugin `id`.
+async fn register_misbehaving(
+    api: &Api,
+    id: &str,
+    behaviour: &str,
+    provider: &str,
+    timeout_seconds: u64,
+) -> anyhow::Result<Value> {
+    api.create(
+        "/v1/plugins",
+        json!({"id": id, "version": "1.0.0", "command": misbehaving(),
+               "args": [behaviour, provider], "timeout_seconds": timeout_seconds}),
+    )
+    .await
+}
+
+/// A project with one service account of `provider`, and a collector of `plugin`.
+async fn collector_of(
+    api: &Api,
+    plugin: &str,
+    provider: &str,
+    credentials: Value,
+    options: Value,
+) -> anyhow::Result<String> {
+    let project = api
+        .create("/v1/projects", json!({"name": format!("p-{plugin}")}))
+        .await?;
+    api.create(
+        "/v1/service-accounts",
+        json!({"name": format!("sa-{plugin}"), "provider": provider,
+               "project_id": project["id"], "credentials": credentials}),
+    )
+    .await?;
+    let c = api
+        .create(
+            "/v1/collectors",
+            json!({"name": format!("c-{plugin}"), "plugin_id": plugin, "options": options}),
+        )
+        .await?;
+    Ok(c["id"].as_str().context("collector id")?.to_owned())
+}
+
+/// Removes a test's file however the test ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn only_task(api: &Api, job: &Value) -> anyhow::Result<Value> {
+    let id = job["id"].as_str().context("job id")?;
+    let tasks = api.get(&format!("/v1/jobs/{id}/tasks")).await?;
+    let items = tasks.body["items"].as_array().context("tasks")?;
+    anyhow::ensure!(items.len() == 1, "one task expected: {}", tasks.body);
+    Ok(items[0].clone())
+}
+
+async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let body = json!({"id": "json-inventory", "version": "1.0.0", "command": example()});
+    let p = env.create("/v1/plugins", body.clone()).await?;
+    assert_eq!(p["official"], false);
+    assert_eq!(p["provider"], "demo");
+    assert_eq!(p["kind"], "collector");
+    assert_eq!(p["latest"], "1.0.0");
+    assert_eq!(p["options_schema"]["required"], json!(["path"]));
+
+    let again = env.post("/v1/plugins", body).await?;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(again.body["errors"][0]["field"], "version");
+
+    // Versions sort semantically: 1.10.0 is later than 1.9.0 whatever the order registered.
+    for v in ["1.10.0", "1.9.0"] {
+        env.create(
+            "/v1/plugins",
+            json!({"id": "json-inventory", "version": v, "command": example()}),
+        )
+        .await?;
+    }
+    let shown = env.get("/v1/plugins/json-inventory").await?;
+    assert_eq!(shown.body["versions"], json!(["1.0.0", "1.9.0", "1.10.0"]));
+    assert_eq!(shown.body["latest"], "1.10.0");
+    let list = env.get("/v1/plugins").await?;
+    let ids: Vec<&str> = list.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["demo", "json-inventory"]);
+
+    // init fails: 422 with what the plugin said on stderr.
+    let failed = env
+        .post(
+            "/v1/plugins",
+            json!({"id": "broken", "version": "1.0.0", "command": misbehaving(), "args": ["noinit"]}),
+        )
+        .await?;
+    assert_eq!(
+        failed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        failed.body
+    );
+    assert_eq!(failed.body["type"], "/problems/plugin-failed");
+    assert!(
+        failed.body["stderr"]
+            .as_str()
+            .is_some_and(|s| s.contains("cannot load configuration")),
+        "{}",
+        failed.body
+    );
+    assert!(
+        failed.body["detail"]
+            .as_str()
+            .is_some_and(|s| s.contains("exited with status 1")),
+        "{}",
+        failed.body
+    );
+    let missing = env
+        .post(
+            "/v1/plugins",
+            json!({"id": "gone", "version": "1.0.0", "command": "/nonexistent/plugin"}),
+        )
+        .await?;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Input is checked before anything runs, every field at once.
+    let bad = env
+        .post(
+            "/v1/plugins",
+            json!({"id": "Bad Id", "version": "one", "command": "", "timeout_seconds": 0}),
+        )
+        .await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .context("errors")?
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["id", "version", "command", "timeout_seconds"]);
+    let official = env
+        .post(
+            "/v1/plugins",
+            json!({"id": "demo", "version": "9.0.0", "command": example()}),
+        )
+        .await?;
+    assert_eq!(official.status, StatusCode::CONFLICT);
+    assert_eq!(official.body["errors"][0]["field"], "id");
+    // A wrong provider in the metadata names the field.
+    let unknown_provider = env
+        .post(
+            "/v1/plugins",
+            json!({"id": "elsewhere", "version": "1.0.0", "command": misbehaving(),
+                   "args": ["crash", "mainframe"]}),
+        )
+        .await?;
+    assert_eq!(unknown_provider.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        unknown_provider.body["errors"][0]["field"],
+        "metadata.provider"
+    );
+    Ok(())
+}
+
+async fn an_external_plugin_collects_and_item_errors_fail_the_task(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    env.create(
+        "/v1/plugins",
+        json!({"id": "json-inventory", "version": "1.0.0", "command": example()}),
+    )
+    .await?;
+    let path = std::env::temp_dir().join(format!(
+        "gleaner-it-inventory-{}.json",
+        rand::random::<u64>()
+    ));
+    let _cleanup = RemoveOnDrop(path.clone());
+    std::fs::write(
+        &path,
+        json!([
+            {"id": "web-1", "name": "web 1", "region": "eu-west-1", "cpu": 2},
+            {"id": "web-2", "cpu": 4},
+            {"name": "no id here"},
+            {"id": "db-1", "cpu": 8},
+        ])
+        .to_string(),
+    )?;
+    // Options are checked against the schema the plugin declared.
+    let wrong = env
+        .post(
+            "/v1/collectors",
+            json!({"name": "x", "plugin_id": "json-inventory", "options": {"paht": "x"}}),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST, "{}", wrong.body);
+
+    let collector = collector_of(
+        &env,
+        "json-inventory",
+        "demo",
+        json!({}),
+        json!({"path": path}),
+    )
+    .await?;
+    let job = env.collect(&collector).await?;
+    // The documented rule: any item error makes the task FAILURE; the other items are stored.
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    assert_eq!(job["counts"]["created"], 3);
+    assert_eq!(job["counts"]["failed"], 1);
+    let task = only_task(&env, &job).await?;
+    assert!(
+        task["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("entry 2 has no id")),
+        "{task}"
+    );
+    assert!(
+        task["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("reported 3 of 4 entries")),
+        "{task}"
+    );
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}"))
+        .await?;
+    assert_eq!(page.body["total"], 3);
+    let web1 = page.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .find(|r| r["resource_key"] == "web-1")
+        .context("web-1")?
+        .clone();
+    assert_eq!(web1["resource_type"], "custom.server");
+    assert_eq!(web1["region"], "eu-west-1");
+    assert_eq!(web1["data"]["cpu"], 2);
+
+    // Fixed, the same collection succeeds and changes nothing it had stored.
+    std::fs::write(
+        &path,
+        json!([
+            {"id": "web-1", "name": "web 1", "region": "eu-west-1", "cpu": 2},
+            {"id": "web-2", "cpu": 4},
+            {"id": "db-1", "cpu": 8},
+        ])
+        .to_string(),
+    )?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["unchanged"], 3);
+    Ok(())
+}
+
+async fn garbage_from_a_plugin_fails_the_task_and_keeps_what_was_stored(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register_misbehaving(&env, "garbage", "garbage", "demo", 60).await?;
+    let collector = collector_of(&env, "garbage", "demo", json!({}), json!({})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let task = only_task(&env, &job).await?;
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("line 3 of its output is not a protocol message")
+            && error.contains("Segmentation fault"),
+        "{task}"
+    );
+    // The two resources before the garbage are stored; the one after it is not.
+    assert_eq!(job["counts"]["created"], 2, "{job}");
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}"))
+        .await?;
+    assert_eq!(page.body["total"], 2);
+    Ok(())
+}
+
+async fn a_plugin_past_its_timeout_is_killed(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register_misbehaving(&env, "sleepy", "sleepy", "demo", 1).await?;
+    let collector = collector_of(&env, "sleepy", "demo", json!({}), json!({})).await?;
+    let started = Instant::now();
+    let job = env.collect(&collector).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let task = only_task(&env, &job).await?;
+    assert!(
+        task["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not finish within 1 s")),
+        "{task}"
+    );
+    assert_eq!(job["counts"]["created"], 1);
+
+    register_misbehaving(&env, "crash", "crash", "demo", 60).await?;
+    let crash = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "crash", "plugin_id": "crash"}),
+        )
+        .await?;
+    let job = env.collect(crash["id"].as_str().context("id")?).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let task = only_task(&env, &job).await?;
+    assert!(
+        task["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited with status 3: crash: about to fail")),
+        "{task}"
+    );
+    Ok(())
+}
+
+async fn credentials_never_appear_in_task_errors_or_stderr(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register_misbehaving(&env, "leaky", "leaky", "aws", 60).await?;
+    let secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY";
+    let collector = collector_of(
+        &env,
+        "leaky",
+        "aws",
+        json!({"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key": secret}),
+        json!({}),
+    )
+    .await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let task = only_task(&env, &job).await?;
+    let stderr = task["stderr"].as_str().context("stderr kept")?;
+    assert!(stderr.contains("leaky: got"), "{stderr}");
+    assert!(stderr.contains("[REDACTED]"), "{stderr}");
+    let whole = format!("{task}{job}");
+    assert!(!whole.contains(secret), "{whole}");
+    assert!(!whole.contains("AKIAIOSFODNN7EXAMPLE"), "{whole}");
+    Ok(())
+}
+
+crate::in_both_modes!(
+    registering_runs_init_and_keeps_versions,
+    an_external_plugin_collects_and_item_errors_fail_the_task,
+    garbage_from_a_plugin_fails_the_task_and_keeps_what_was_stored,
+    a_plugin_past_its_timeout_is_killed,
+    credentials_never_appear_in_task_errors_or_stderr,
+);

@@ -1,0 +1,46 @@
+#!/bin/sh
+# A plugin that misbehaves on purpose, for the tests: `misbehaving.sh BEHAVIOUR [PROVIDER]`.
+#   garbage  two resources, then a line that is not JSON
+#   sleepy   one resource, then sleeps far past any test's timeout
+#   crash    one resource, then exits 3 without `done`
+#   leaky    echoes its request (credentials included) to stderr, then fails
+#   noinit   fails its init call
+behaviour=$1
+provider=${2:-demo}
+read -r request
+case "$request" in
+*'"method":"init"'*)
+    if [ "$behaviour" = noinit ]; then
+        echo "noinit: cannot load configuration" >&2
+        exit 1
+    fi
+    echo '{"type":"metadata","name":"Misbehaving","kind":"collector","provider":"'"$provider"'"}'
+    exit 0
+    ;;
+esac
+resource() {
+    echo '{"type":"resource","resource_type":"test.thing","resource_key":"'"$1"'","data":{"n":'"$2"'}}'
+}
+case "$behaviour" in
+garbage)
+    resource a 1
+    resource b 2
+    echo 'Segmentation fault (core dumped)'
+    resource c 3
+    echo '{"type":"done"}'
+    ;;
+sleepy)
+    resource a 1
+    sleep 60
+    echo '{"type":"done"}'
+    ;;
+crash)
+    resource a 1
+    echo "crash: about to fail" >&2
+    exit 3
+    ;;
+leaky)
+    echo "leaky: got $request" >&2
+    exit 1
+    ;;
+esac

@@ -1,0 +1,131 @@
+//! Private plugins: external executables speaking the JSON-lines protocol of
+//! `gleaner_common::external` (docs/plugins.md).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gleaner_common::external::{self, Message, ProtocolError, Session, Spec};
+use gleaner_common::plugin::PluginInfo;
+use serde_json::{Map, Value, json};
+
+use super::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem};
+
+/// A registered version of a private plugin.
+pub struct External {
+    info: PluginInfo,
+    spec: Spec,
+}
+
+impl External {
+    #[must_use]
+    pub fn new(info: PluginInfo, spec: Spec) -> Self {
+        Self { info, spec }
+    }
+}
+
+fn failed(e: &ProtocolError) -> PluginError {
+    match e {
+        // The executable may be missing on this worker only, or the host short of processes.
+        ProtocolError::Spawn { .. } => PluginError::Transient(e.to_string()),
+        _ => PluginError::Permanent(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl Plugin for External {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    async fn verify(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+    ) -> Result<(), PluginError> {
+        external::verify(&self.spec, options, secret)
+            .await
+            .map_err(|e| failed(&e.error))
+    }
+
+    async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
+        let task = &request.task;
+        let params = json!({
+            "version": request.version,
+            "options": request.options,
+            "secret": request.secret,
+            "task": {
+                "job_id": task.job_id,
+                "task_id": task.task_id,
+                "attempt": task.attempt,
+                "service_account_id": task.service_account_id,
+            },
+        });
+        let timeout = Duration::from_secs(self.spec.timeout_seconds);
+        let mut session = Session::start(&self.spec, "collect", params, timeout)
+            .await
+            .map_err(|e| failed(&e))?;
+        let result = tokio::select! {
+            r = pump(&mut session, &out) => r,
+            () = request.cancel.cancelled() => Err(PluginError::Stopped),
+        };
+        if result.is_err() {
+            session.kill();
+        }
+        request.diagnostics.set(session.stderr());
+        result
+    }
+}
+
+/// Forwards the plugin's messages until `done` and a clean exit.
+async fn pump(session: &mut Session, out: &ItemSender) -> Result<(), PluginError> {
+    let mut done = false;
+    while let Some(message) = session.next().await.map_err(|e| failed(&e))? {
+        let item = match message {
+            _ if done => {
+                return Err(PluginError::Permanent(
+                    "it wrote more after `done`".to_owned(),
+                ));
+            }
+            Message::Done => {
+                done = true;
+                continue;
+            }
+            Message::Resource {
+                resource_type,
+                resource_key,
+                name,
+                region,
+                data,
+            } => Item::Resource(ResourceItem {
+                resource_type,
+                resource_key,
+                name,
+                region,
+                data: Value::Object(data),
+            }),
+            Message::Error {
+                message,
+                resource_type,
+                resource_key,
+            } => Item::Error(ItemError {
+                resource_type,
+                resource_key,
+                message,
+            }),
+            Message::Metadata(_) | Message::Verified => {
+                return Err(PluginError::Permanent(
+                    "it answered `collect` with a message of another call".to_owned(),
+                ));
+            }
+        };
+        out.send(item).await?;
+    }
+    session.finish().await.map_err(|e| failed(&e))?;
+    if done {
+        Ok(())
+    } else {
+        Err(failed(&ProtocolError::Incomplete {
+            expected: "`done` (its output ended early)",
+        }))
+    }
+}
