@@ -124,6 +124,9 @@ pub struct WorkerSettings {
     /// On SIGTERM, how long running tasks may go on before they are handed back to the queue.
     #[serde(with = "secs")]
     pub shutdown_grace: Duration,
+    /// Consecutive successful collections of the same collector and service account a
+    /// resource may be missing from before it is marked DELETED.
+    pub delete_after_missed_runs: u16,
 }
 
 impl Default for WorkerSettings {
@@ -135,6 +138,7 @@ impl Default for WorkerSettings {
             batch_size: 5_000,
             name: None,
             shutdown_grace: Duration::from_secs(30),
+            delete_after_missed_runs: 3,
         }
     }
 }

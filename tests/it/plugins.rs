@@ -376,3 +376,111 @@ crate::in_both_modes!(
     a_plugin_past_its_timeout_is_killed,
     credentials_never_appear_in_task_errors_or_stderr,
 );
+
+/// The state of each resource of a collector, by key.
+async fn states(api: &Api, collector: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let page = api
+        .get(&format!("/v1/resources?collector_id={collector}&limit=100"))
+        .await?;
+    let mut out: Vec<(String, String)> = page.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .map(|r| {
+            (
+                r["resource_key"].as_str().unwrap_or_default().to_owned(),
+                r["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+async fn resources_missing_from_three_successful_runs_are_deleted(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    env.create(
+        "/v1/plugins",
+        json!({"id": "json-inventory", "version": "1.0.0", "command": example()}),
+    )
+    .await?;
+    let path = std::env::temp_dir().join(format!(
+        "gleaner-it-inventory-{}.json",
+        rand::random::<u64>()
+    ));
+    let _cleanup = RemoveOnDrop(path.clone());
+    let collector = collector_of(
+        &env,
+        "json-inventory",
+        "demo",
+        json!({}),
+        json!({"path": path}),
+    )
+    .await?;
+    let run = |entries: Value, expect: &'static str| {
+        let (env, path, collector) = (&env, &path, &collector);
+        async move {
+            std::fs::write(path, entries.to_string())?;
+            let job = env.collect(collector).await?;
+            anyhow::ensure!(job["status"] == expect, "{expect} expected: {job}");
+            anyhow::Ok(job)
+        }
+    };
+    let (a, b, c) = (json!({"id": "a"}), json!({"id": "b"}), json!({"id": "c"}));
+    let active = |keys: &[&str]| -> Vec<(String, String)> {
+        keys.iter()
+            .map(|k| ((*k).to_owned(), "ACTIVE".to_owned()))
+            .collect()
+    };
+
+    run(json!([a, b, c]), "SUCCESS").await?;
+    run(json!([a, b]), "SUCCESS").await?; // c missed once
+    // A failed run (an entry without an id) says nothing about what exists: it does not count.
+    run(json!([a, b, {"name": "broken"}]), "FAILURE").await?;
+    run(json!([a, b]), "SUCCESS").await?; // twice
+    assert_eq!(states(&env, &collector).await?, active(&["a", "b", "c"]));
+    let job = run(json!([a, b]), "SUCCESS").await?; // three times: deleted
+    assert_eq!(job["counts"]["deleted"], 1, "{job}");
+    let mut expected = active(&["a", "b"]);
+    expected.push(("c".into(), "DELETED".into()));
+    assert_eq!(states(&env, &collector).await?, expected);
+    let deleted = env
+        .get(&format!(
+            "/v1/resources?collector_id={collector}&state=DELETED"
+        ))
+        .await?;
+    let c_id = deleted.body["items"][0]["id"]
+        .as_str()
+        .context("deleted resource")?
+        .to_owned();
+    assert!(deleted.body["items"][0]["deleted_at"].is_string());
+    let history = env.get(&format!("/v1/resources/{c_id}/changes")).await?;
+    let kinds: Vec<&str> = history.body["items"]
+        .as_array()
+        .context("changes")?
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["CREATED", "DELETED"]);
+    assert_eq!(history.body["items"][1]["job_id"], job["id"]);
+
+    // Seen again: ACTIVE, with its history kept.
+    run(json!([a, b, c]), "SUCCESS").await?;
+    assert_eq!(states(&env, &collector).await?, active(&["a", "b", "c"]));
+    let history = env.get(&format!("/v1/resources/{c_id}/changes")).await?;
+    assert_eq!(history.body["items"].as_array().map(Vec::len), Some(3));
+
+    // Missing runs must be consecutive: b is missed once, comes back unchanged, then is missed
+    // twice more, and stays.
+    run(json!([a, c]), "SUCCESS").await?;
+    run(json!([a, b, c]), "SUCCESS").await?;
+    run(json!([a, c]), "SUCCESS").await?;
+    let job = run(json!([a, c]), "SUCCESS").await?;
+    assert_eq!(job["counts"]["deleted"], 0, "{job}");
+    assert_eq!(states(&env, &collector).await?, active(&["a", "b", "c"]));
+    Ok(())
+}
+
+crate::in_both_modes!(resources_missing_from_three_successful_runs_are_deleted);

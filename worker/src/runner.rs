@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use gleaner_common::model::{Counts, JobStatus};
+use gleaner_common::store::resource::{self, Sweep};
 use gleaner_common::store::task::{Claimed, Finished, Outcome};
 use gleaner_common::store::{self, service_account};
 use tokio::sync::mpsc;
@@ -83,6 +84,7 @@ fn failure(error: impl Into<String>) -> Ended {
         status: JobStatus::Failure,
         error: Some(error.into()),
         stderr: None,
+        sweep: None,
     })
 }
 
@@ -177,6 +179,7 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         Ok(None) => return Ended::Stale,
         Err(e) => return failure(format!("writing results failed: {e}")),
     };
+    let mut summary = summary;
     let (status, error) = match plugin_result {
         Err(PluginError::Stopped) if stop.is_cancelled() => return Ended::Released,
         Err(e) => (
@@ -191,9 +194,23 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         }
         Ok(()) => (JobStatus::Success, None),
     };
+    // Only a complete, successful collection says what no longer exists.
+    let sweep = match (status, scope.collector_id) {
+        (JobStatus::Success, Some(collector_id)) => Some(Sweep {
+            domain: scope.domain,
+            provider: scope.provider.clone(),
+            collector_id,
+            service_account_id: scope.service_account_id,
+            job_id: scope.job_id,
+            seen: std::mem::take(&mut summary.seen),
+            delete_after: i32::from(ctx.settings.delete_after_missed_runs.max(1)),
+        }),
+        _ => None,
+    };
     // Plugins echo what they were given; nothing of the credentials is kept with the task.
     Ended::Done(Outcome {
         status,
+        sweep,
         error: error.map(|e| redact(&e, &secrets)),
         stderr: diagnostics
             .take()
@@ -207,6 +224,8 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
 struct Summary {
     counts: Counts,
     errors: Vec<ItemError>,
+    /// [`resource::key_hash`] of every resource reported.
+    seen: HashSet<u64>,
 }
 
 impl Summary {
@@ -244,6 +263,9 @@ async fn consume(
     while let Some(item) = rx.recv().await {
         match item {
             Item::Resource(r) => {
+                summary
+                    .seen
+                    .insert(resource::key_hash(&r.resource_type, &r.resource_key));
                 // A key may appear once per upsert statement; a repeat starts a new batch so
                 // the later version wins, as it would have row by row.
                 if !keys.insert((r.resource_type.clone(), r.resource_key.clone())) {

@@ -1,8 +1,10 @@
 //! Reading stored resources.
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -232,4 +234,122 @@ pub async fn count_by_type(
         .into_model::<TypeCount>()
         .all(db)
         .await?)
+}
+
+/// The identity of a reported resource within one collection, for [`Sweep::seen`]: a 64-bit
+/// hash of (resource type, resource key). Two keys of one collection would have to collide for
+/// an unseen resource to be taken as seen (odds about n²/2⁶⁵: 3·10⁻⁸ for a million resources),
+/// and it would then only be deleted one run later.
+#[must_use]
+pub fn key_hash(resource_type: &str, resource_key: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(resource_type.as_bytes());
+    h.update(&[0]);
+    h.update(resource_key.as_bytes());
+    h.digest()
+}
+
+/// What a successful collection saw, to age what it did not.
+#[derive(Clone, Debug)]
+pub struct Sweep {
+    pub domain: DomainId,
+    pub provider: String,
+    pub collector_id: CollectorId,
+    pub service_account_id: Option<ServiceAccountId>,
+    pub job_id: JobId,
+    /// [`key_hash`] of every resource the collection reported.
+    pub seen: std::collections::HashSet<u64>,
+    /// Consecutive successful collections a resource may be missing from before it is DELETED.
+    pub delete_after: i32,
+}
+
+/// Rows per `IN (…)` list: within SQLite's and PostgreSQL's limits of bound parameters.
+const ID_CHUNK: usize = 1_000;
+
+/// Ages the active resources of (collector, service account) that a successful collection did
+/// not report: each gets one more missed run, and those reaching `delete_after` become DELETED
+/// (kept, with a DELETED change naming the job). Resources it reported start again from zero.
+/// Runs inside the transaction that records the task's success, so a run counts once.
+///
+/// Returns how many resources were marked deleted.
+///
+/// # Errors
+/// Database errors only.
+pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
+    let mut query = resource::Entity::find()
+        .select_only()
+        .columns([
+            resource::Column::Id,
+            resource::Column::ResourceType,
+            resource::Column::ResourceKey,
+            resource::Column::MissedRuns,
+        ])
+        .filter(resource::Column::DomainId.eq(s.domain.as_uuid()))
+        .filter(resource::Column::Provider.eq(s.provider.as_str()))
+        .filter(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
+        .filter(resource::Column::State.eq(ResourceState::Active));
+    query = match s.service_account_id {
+        Some(sa) => query.filter(resource::Column::ServiceAccountId.eq(sa.as_uuid())),
+        None => query.filter(resource::Column::ServiceAccountId.is_null()),
+    };
+    let rows: Vec<(uuid::Uuid, String, String, i32)> = query.into_tuple().all(db).await?;
+    let (mut reset, mut aged, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, resource_type, resource_key, missed) in rows {
+        if s.seen.contains(&key_hash(&resource_type, &resource_key)) {
+            if missed > 0 {
+                reset.push(id);
+            }
+        } else if missed + 1 >= s.delete_after {
+            expired.push(id);
+        } else {
+            aged.push(id);
+        }
+    }
+    let now = Utc::now().fixed_offset();
+    for chunk in reset.chunks(ID_CHUNK) {
+        resource::Entity::update_many()
+            .col_expr(resource::Column::MissedRuns, Expr::value(0))
+            .filter(resource::Column::Id.is_in(chunk.iter().copied()))
+            .exec(db)
+            .await?;
+    }
+    for chunk in aged.chunks(ID_CHUNK) {
+        resource::Entity::update_many()
+            .col_expr(
+                resource::Column::MissedRuns,
+                Expr::col(resource::Column::MissedRuns).add(1),
+            )
+            .filter(resource::Column::Id.is_in(chunk.iter().copied()))
+            .exec(db)
+            .await?;
+    }
+    for chunk in expired.chunks(ID_CHUNK) {
+        resource::Entity::update_many()
+            .col_expr(
+                resource::Column::MissedRuns,
+                Expr::col(resource::Column::MissedRuns).add(1),
+            )
+            .col_expr(resource::Column::State, Expr::value(ResourceState::Deleted))
+            .col_expr(resource::Column::DeletedAt, Expr::value(now))
+            .col_expr(
+                resource::Column::UpdatedJobId,
+                Expr::value(s.job_id.as_uuid()),
+            )
+            .col_expr(resource::Column::UpdatedAt, Expr::value(now))
+            .filter(resource::Column::Id.is_in(chunk.iter().copied()))
+            .exec(db)
+            .await?;
+        resource_change::Entity::insert_many(chunk.iter().map(|id| resource_change::ActiveModel {
+            domain_id: Set(s.domain.as_uuid()),
+            resource_id: Set(*id),
+            job_id: Set(Some(s.job_id.as_uuid())),
+            kind: Set(ChangeKind::Deleted),
+            diff: Set(None),
+            created_at: Set(now),
+            ..Default::default()
+        }))
+        .exec(db)
+        .await?;
+    }
+    Ok(i64::try_from(expired.len()).unwrap_or(i64::MAX))
 }

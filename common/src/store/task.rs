@@ -192,6 +192,9 @@ pub struct Outcome {
     pub status: TaskStatus,
     pub error: Option<String>,
     pub stderr: Option<String>,
+    /// For a successful collection: what it saw, to age what it did not (in the same
+    /// transaction, so a run counts once however often its message is delivered).
+    pub sweep: Option<super::resource::Sweep>,
 }
 
 /// What finishing a task did.
@@ -238,6 +241,21 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
     let Some(task) = rows.pop() else {
         return Ok(Finished::Stale);
     };
+    if outcome.status == JobStatus::Success
+        && let Some(sweep) = &outcome.sweep
+    {
+        let deleted = super::resource::sweep(&txn, sweep).await?;
+        if deleted > 0 {
+            job_task::Entity::update_many()
+                .col_expr(
+                    job_task::Column::Deleted,
+                    Expr::col(job_task::Column::Deleted).add(deleted),
+                )
+                .filter(job_task::Column::Id.eq(task.id))
+                .exec(&txn)
+                .await?;
+        }
+    }
     let failed = i32::from(outcome.status != JobStatus::Success);
     // The row lock this update takes serializes the job's concurrently finishing tasks, so
     // exactly one of them sees `tasks_done == tasks_total`.
