@@ -4,6 +4,7 @@ mod support;
 
 mod collect;
 mod errors;
+mod openapi;
 mod probes;
 mod service_accounts;
 mod standalone;
