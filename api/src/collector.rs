@@ -2,67 +2,78 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use gleaner_common::model::{CollectorState, Invalid, Name, Priority, Trigger};
+use gleaner_common::id::{CollectorId, DomainId, JobId};
+use gleaner_common::model::{CollectorState, Invalid, JobStatus, Name, Priority, Trigger};
 use gleaner_common::plugin::PluginInfo;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
 use gleaner_common::store::resource::{self, TypeCount};
 use gleaner_common::store::{job, plugin};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::extract::{ApiJson, Tenant, parse_id};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{self, ApiError, ApiResult, Problem};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/collectors", get(list).post(create))
-        .route(
-            "/v1/collectors/{id}",
-            get(show).patch(update).delete(remove),
-        )
-        .route("/v1/collectors/{id}/collect", post(collect))
-        .route(
-            "/v1/collectors/{id}/enable",
-            post(|State(s), Tenant(d), Path(id)| switch(s, d, id, CollectorState::Enabled)),
-        )
-        .route(
-            "/v1/collectors/{id}/disable",
-            post(|State(s), Tenant(d), Path(id)| switch(s, d, id, CollectorState::Disabled)),
-        )
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(collect))
+        .routes(routes!(enable))
+        .routes(routes!(disable))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new collector: a configured use of a plugin.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateCollector {
+    /// 1–255 characters, unique among collectors; trimmed.
+    #[schema(example = "demo")]
     name: String,
+    /// A plugin's `id` from `GET /v1/plugins`.
+    #[schema(example = "demo")]
     plugin_id: String,
+    /// One of the plugin's versions, pinned; absent follows the plugin's latest.
     #[serde(default)]
     version: Option<String>,
+    /// 0–1,000,000 (default 10); a lower number wins when collectors report the same field.
     #[serde(default)]
     priority: Option<i64>,
+    /// Checked against the plugin's `options_schema` (errors name `options.<path>`).
+    /// Absent is `{}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>, example = json!({"resources": 1000}))]
     options: Option<Value>,
+    /// Free-form labels; keys are 1–128 characters.
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A change to a collector: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateCollector {
+    /// 1–255 characters, unique among collectors; trimmed.
     #[serde(default)]
     name: Option<String>,
+    /// 0–1,000,000.
     #[serde(default)]
     priority: Option<i64>,
     /// Absent: unchanged; `null`: follow the latest version; a string: pin that version.
     #[serde(default, deserialize_with = "present")]
     version: Option<Option<String>>,
+    /// Replaces the options; checked against the plugin's `options_schema`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     options: Option<Value>,
+    /// Replaces the tags.
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
 }
@@ -138,6 +149,24 @@ fn check_tags(tags: &BTreeMap<String, String>, errors: &mut Vec<Invalid>) {
     }
 }
 
+/// Creates a collector.
+///
+/// `version` defaults to the plugin's latest and `priority` to 10; `options` are checked against
+/// the plugin's schema. Every invalid field is reported at once.
+#[utoipa::path(
+    post, path = "/v1/collectors", operation_id = "create_collector", tag = "collectors",
+    request_body = CreateCollector,
+    responses(
+        (status = 201, description = "The new collector", body = Collector),
+        (status = 400, description = "A malformed body, or invalid fields: `name`, `plugin_id`, \
+            `version`, `priority`, `options.<path>`, `tags.<key>`",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The name is taken",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 415, description = "The body is not JSON",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -157,19 +186,46 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn list(State(state): State<AppState>, Tenant(domain): Tenant) -> ApiResult<Json<Value>> {
+/// Every collector.
+#[derive(Debug, Serialize, ToSchema)]
+struct CollectorList {
+    items: Vec<Collector>,
+}
+
+/// Lists the collectors, each with its last job.
+#[utoipa::path(
+    get, path = "/v1/collectors", operation_id = "list_collectors", tag = "collectors",
+    responses(
+        (status = 200, description = "Every collector", body = CollectorList),
+    ),
+)]
+async fn list(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+) -> ApiResult<Json<CollectorList>> {
     let items = collector::list(&state.db, domain).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(CollectorList { items }))
 }
 
 /// A collector with what the list shows, plus the resources it collected by type.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct CollectorDetail {
     #[serde(flatten)]
     collector: Collector,
+    /// What it collected, by resource type.
     resources: Vec<TypeCount>,
 }
 
+/// One collector, with the resources it collected by type.
+#[utoipa::path(
+    get, path = "/v1/collectors/{id}", operation_id = "get_collector", tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id")),
+    responses(
+        (status = 200, description = "The collector", body = CollectorDetail),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -184,6 +240,23 @@ async fn show(
     }))
 }
 
+/// Changes a collector's name, priority, version, options or tags.
+#[utoipa::path(
+    patch, path = "/v1/collectors/{id}", operation_id = "update_collector", tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id")),
+    request_body = UpdateCollector,
+    responses(
+        (status = 200, description = "The changed collector", body = Collector),
+        (status = 400, description = "A malformed body, or invalid fields",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The name is taken, or the plugin left the catalog",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 415, description = "The body is not JSON",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn update(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -243,25 +316,89 @@ async fn update(
     ))
 }
 
+/// A queued collection: follow it at `/v1/jobs/{job_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Accepted {
+    job_id: JobId,
+    #[schema(example = "QUEUED")]
+    status: JobStatus,
+}
+
 /// Queues a collection now: 202 with the job id; the job's progress is at `/v1/jobs/{id}`.
+#[utoipa::path(
+    post, path = "/v1/collectors/{id}/collect", operation_id = "collect", tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id")),
+    responses(
+        (status = 202, description = "The job is queued", body = Accepted),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The collector is disabled",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn collect(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let id = parse_id("collector", &id)?;
     let job = job::enqueue(&state.db, &state.catalog, domain, id, Trigger::Manual).await?;
     state.signal.notify();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "job_id": job.id, "status": job.status })),
+        Json(Accepted {
+            job_id: job.id,
+            status: job.status,
+        }),
     ))
+}
+
+/// Enables a collector; idempotent.
+#[utoipa::path(
+    post,
+    path = "/v1/collectors/{id}/enable",
+    operation_id = "enable_collector",
+    tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id")),
+    responses(
+        (status = 200, description = "The collector, ENABLED", body = Collector),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn enable(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Collector>> {
+    switch(state, domain, id, CollectorState::Enabled).await
+}
+
+/// Disables a collector, which then refuses `collect` with 409 until enabled; idempotent.
+#[utoipa::path(
+    post,
+    path = "/v1/collectors/{id}/disable",
+    operation_id = "disable_collector",
+    tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id")),
+    responses(
+        (status = 200, description = "The collector, DISABLED", body = Collector),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn disable(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Collector>> {
+    switch(state, domain, id, CollectorState::Disabled).await
 }
 
 /// `enable` and `disable`: a disabled collector refuses `collect` with 409 until enabled again.
 async fn switch(
     state: AppState,
-    domain: gleaner_common::id::DomainId,
+    domain: DomainId,
     id: String,
     to: CollectorState,
 ) -> ApiResult<Json<Collector>> {
@@ -269,7 +406,18 @@ async fn switch(
     Ok(Json(collector::set_state(&state.db, domain, id, to).await?))
 }
 
-/// 204; the collector's resources stay, no longer owned.
+/// Deletes a collector; its resources stay, no longer owned, and its jobs stay in the history.
+#[utoipa::path(
+    delete, path = "/v1/collectors/{id}", operation_id = "delete_collector", tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "One of its jobs is queued or running",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn remove(
     State(state): State<AppState>,
     Tenant(domain): Tenant,

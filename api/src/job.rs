@@ -1,42 +1,73 @@
 //! `/v1/jobs`.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use gleaner_common::id::CollectorId;
+use gleaner_common::id::{CollectorId, JobId};
 use gleaner_common::store::job::{self, Job};
-use gleaner_common::store::task;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use gleaner_common::store::task::{self, Task};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::extract::{ApiQuery, Tenant, page_limit, parse_id};
-use crate::problem::ApiResult;
+use crate::problem::{self, ApiResult, Problem};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", get(list))
-        .route("/v1/jobs/{id}", get(show))
-        .route("/v1/jobs/{id}/tasks", get(tasks))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(tasks))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only the jobs of this collector.
     collector_id: Option<CollectorId>,
+    /// Jobs to return, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
 }
 
+/// Jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct JobList {
+    items: Vec<Job>,
+}
+
+/// Lists the most recent jobs.
+#[utoipa::path(
+    get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The jobs, newest first", body = JobList),
+        (status = 400, description = "An invalid or unknown query parameter",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     let limit = page_limit(q.limit, 50)?;
     let items = job::list(&state.db, domain, q.collector_id, limit).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(JobList { items }))
 }
 
+/// One job, with its progress and outcome.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 404, description = "No job with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -46,14 +77,30 @@ async fn show(
     Ok(Json(job::get(&state.db, domain, id).await?))
 }
 
+/// A job's tasks.
+#[derive(Debug, Serialize, ToSchema)]
+struct TaskList {
+    items: Vec<Task>,
+}
+
+/// A job's tasks: one per service account, with its own counts and error.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/tasks", operation_id = "list_job_tasks", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job's tasks", body = TaskList),
+        (status = 404, description = "No job with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn tasks(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskList>> {
     let id = parse_id("job", &id)?;
     // 404 for an unknown job rather than an empty list.
     job::get(&state.db, domain, id).await?;
     let items = task::list(&state.db, domain, id).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(TaskList { items }))
 }

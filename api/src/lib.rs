@@ -5,6 +5,21 @@
 //!   [`job`], [`resource`]; [`health`] for probes.
 //! - [`problem`] is the error type and its code table; [`extract`] holds extractors whose
 //!   rejections are problem+json too.
+//! - [`openapi()`] is the OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
+//!
+//! # Adding a route
+//!
+//! The router and the OpenAPI document come from the same registrations, so a route is added to
+//! both at once (copy a neighbour, e.g. `project::show`):
+//! 1. Put `#[utoipa::path(get, path = "/v1/...", operation_id = "<unique>", tag = "...",
+//!    params(...), request_body = ..., responses(...))]` on the handler: the success status with
+//!    its body, and each 4xx it can answer as `(status = 404, description = "...", body = Problem,
+//!    content_type = problem::CONTENT_TYPE)`; [`openapi()`] adds 500 and 503 to every `/v1` one.
+//!    Queries are `#[derive(IntoParams)]` structs, bodies `#[derive(ToSchema)]` types (a named
+//!    `XList { items }` for a listing: utoipa inlines a generic's item schema).
+//! 2. Register it in its module's `routes()` with `.routes(routes!(handler))`, next to the
+//!    handlers of the same path; never with `.route(..)`, which serves it undescribed.
+//! 3. Add its (method, path) to `ROUTES` in `tests/it/openapi.rs`.
 
 use std::sync::Arc;
 
@@ -17,11 +32,14 @@ use gleaner_common::plugin::Catalog;
 use sea_orm::DatabaseConnection;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 pub mod collector;
 pub mod extract;
 pub mod health;
 pub mod job;
+mod openapi;
 pub mod plugin;
 pub mod problem;
 pub mod project;
@@ -60,9 +78,9 @@ impl std::ops::Deref for AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Every route, with request ids and a tracing span per request.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route with its OpenAPI description; see "Adding a route" above.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::routes())
         .merge(project::routes())
         .merge(service_account::routes())
@@ -70,6 +88,21 @@ pub fn router(state: AppState) -> Router {
         .merge(collector::routes())
         .merge(job::routes())
         .merge(resource::routes())
+        .merge(openapi::routes())
+}
+
+/// The OpenAPI 3.1 document of every route [`router`] serves.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = routes().into_openapi();
+    openapi::add_server_errors(&mut doc);
+    doc
+}
+
+/// Every route, with request ids and a tracing span per request.
+pub fn router(state: AppState) -> Router {
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(|| async { problem::ApiError::new(problem::Code::NotFound, "no such route") })
         .with_state(state)
         .layer(

@@ -1,32 +1,59 @@
 //! `/v1/plugins`: the catalog, and registration of private plugins.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use gleaner_common::external::{self, DEFAULT_TIMEOUT_SECONDS, Spec};
 use gleaner_common::model::Invalid;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::provider;
 use gleaner_common::store::plugin::{self, Registration};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::extract::{ApiJson, Tenant};
-use crate::problem::{ApiError, ApiResult, Code};
+use crate::problem::{self, ApiError, ApiResult, Code, Problem};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/plugins", get(list).post(register))
-        .route("/v1/plugins/{id}", get(show))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, register))
+        .routes(routes!(show))
 }
 
-async fn list(State(state): State<AppState>, Tenant(domain): Tenant) -> ApiResult<Json<Value>> {
+/// The plugins a domain can use.
+#[derive(Debug, Serialize, ToSchema)]
+struct PluginList {
+    items: Vec<PluginInfo>,
+}
+
+/// Lists the catalog: official plugins, then the domain's private ones.
+#[utoipa::path(
+    get, path = "/v1/plugins", operation_id = "list_plugins", tag = "plugins",
+    responses(
+        (status = 200, description = "Every plugin the domain can use", body = PluginList),
+    ),
+)]
+async fn list(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+) -> ApiResult<Json<PluginList>> {
     let items = plugin::list(&state.db, &state.catalog, domain).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(PluginList { items }))
 }
 
+/// One plugin, with its versions and the JSON Schema of a collector's `options`.
+#[utoipa::path(
+    get, path = "/v1/plugins/{id}", operation_id = "get_plugin", tag = "plugins",
+    params(("id" = String, Path, description = "The plugin's id", example = "demo")),
+    responses(
+        (status = 200, description = "The plugin", body = PluginInfo),
+        (status = 404, description = "No plugin with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -38,14 +65,22 @@ async fn show(
         .ok_or_else(|| ApiError::not_found("plugin", id))
 }
 
-#[derive(Debug, Deserialize)]
+/// A private plugin to register: an executable speaking the plugin protocol (docs/plugins.md).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterPlugin {
+    /// 1–64 characters: lowercase letters, digits, `.`, `_`, `-`.
+    #[schema(example = "json-inventory")]
     id: String,
+    /// A semantic version; a new version of a registered id adds that version.
+    #[schema(example = "1.0.0")]
     version: String,
+    /// The executable, at the same path on the API host and every worker.
+    #[schema(example = "/opt/plugins/json_inventory.py")]
     command: String,
     #[serde(default)]
     args: Vec<String>,
+    /// A collection running longer is killed and fails (default 3600).
     #[serde(default)]
     timeout_seconds: Option<u64>,
 }
@@ -143,6 +178,23 @@ fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
 
 /// Registers a private plugin (or a new version of one) after running its `init`: 201 with the
 /// catalog entry; 422 with the plugin's stderr when `init` fails.
+#[utoipa::path(
+    post, path = "/v1/plugins", operation_id = "register_plugin", tag = "plugins",
+    request_body = RegisterPlugin,
+    responses(
+        (status = 201, description = "The plugin, as the catalog shows it", body = PluginInfo),
+        (status = 400, description = "A malformed body, or invalid fields: `id`, `version`, \
+            `command`, `timeout_seconds`, or `metadata.kind`, `metadata.provider`, \
+            `metadata.options_schema` from what `init` answered",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The version is registered already, or `id` is official",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 415, description = "The body is not JSON",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 422, description = "The plugin's `init` failed; `stderr` has what it wrote",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn register(
     State(state): State<AppState>,
     Tenant(domain): Tenant,

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use gleaner_common::model::Invalid;
 use gleaner_common::store;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The kinds of error the API returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,21 +79,38 @@ impl Code {
     }
 }
 
+/// The media type of every error response.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
 /// One offending field.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// The field's path in the body or the query parameter's name: `name`, `options.resources`,
+    /// `credentials.aws_access_key_id`, `limit`.
+    #[schema(example = "name")]
     pub field: String,
+    #[schema(example = "must not be empty")]
     pub detail: String,
 }
 
-/// The problem+json body.
-#[derive(Clone, Debug, Serialize)]
+/// The problem+json body (RFC 9457) of every error response.
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Problem {
+    /// What went wrong, as a URI path to branch on: `/problems/invalid-input`,
+    /// `/problems/not-found`, `/problems/duplicate-name`, ...
     #[serde(rename = "type")]
+    #[schema(example = "/problems/invalid-input")]
     pub kind: &'static str,
+    /// A short, fixed summary of `type`.
+    #[schema(example = "Invalid input")]
     pub title: &'static str,
+    /// The HTTP status, repeated.
+    #[schema(example = 400)]
     pub status: u16,
+    /// What went wrong in this request.
+    #[schema(example = "name: must not be empty")]
     pub detail: String,
+    /// The offending fields of an input error; absent otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// What a failing plugin wrote on stderr (its end), with credential values redacted.
@@ -235,7 +253,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/problem+json"),
+            header::HeaderValue::from_static(CONTENT_TYPE),
         );
         response
     }

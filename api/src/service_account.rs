@@ -1,39 +1,63 @@
 //! `/v1/service-accounts` and `/v1/providers`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use gleaner_common::id::ProjectId;
+use gleaner_common::id::{ProjectId, ServiceAccountId};
 use gleaner_common::model::{Invalid, Name};
-use gleaner_common::provider::{self, PROVIDERS};
+use gleaner_common::provider::{self, PROVIDERS, Provider};
 use gleaner_common::store::service_account::{self, NewServiceAccount, ServiceAccount};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::extract::{ApiJson, ApiQuery, Tenant, parse_id};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{self, ApiError, ApiResult, Problem};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/providers", get(providers))
-        .route("/v1/service-accounts", get(list).post(create))
-        .route("/v1/service-accounts/{id}", get(show))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(providers))
+        .routes(routes!(list, create))
+        .routes(routes!(show))
 }
 
-async fn providers() -> Json<Value> {
-    Json(json!({ "items": PROVIDERS }))
+/// Every provider, in display order.
+#[derive(Debug, Serialize, ToSchema)]
+struct ProviderList {
+    items: &'static [Provider],
 }
 
-#[derive(Debug, Deserialize)]
+/// The providers and the credential fields each needs.
+#[utoipa::path(
+    get, path = "/v1/providers", operation_id = "list_providers", tag = "service accounts",
+    responses(
+        (status = 200, description = "Every provider, in display order", body = ProviderList),
+    ),
+)]
+async fn providers() -> Json<ProviderList> {
+    Json(ProviderList { items: PROVIDERS })
+}
+
+/// A new service account.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateServiceAccount {
+    /// 1–255 characters, unique among the provider's accounts; trimmed.
+    #[schema(example = "demo-1")]
     name: String,
+    /// A provider's `id` from `GET /v1/providers`.
+    #[schema(example = "demo")]
     provider: String,
+    /// Required for billing-only providers.
     #[serde(default)]
     project_id: Option<ProjectId>,
+    /// The provider's credential fields; checked against its schema (errors name
+    /// `credentials.<field>`), encrypted at rest and never returned. Absent is `{}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     credentials: Option<Value>,
 }
 
@@ -76,6 +100,24 @@ impl TryFrom<CreateServiceAccount> for NewServiceAccount {
     }
 }
 
+/// Creates a service account; its credentials are encrypted and never returned.
+#[utoipa::path(
+    post,
+    path = "/v1/service-accounts",
+    operation_id = "create_service_account",
+    tag = "service accounts",
+    request_body = CreateServiceAccount,
+    responses(
+        (status = 201, description = "The new service account", body = ServiceAccount),
+        (status = 400, description = "A malformed body, or invalid fields: `name`, `provider`, \
+            `project_id`, `credentials.<field>`",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The provider has an account of that name",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 415, description = "The body is not JSON",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
@@ -86,21 +128,56 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only the accounts of this provider.
     provider: Option<String>,
 }
 
+/// Service accounts.
+#[derive(Debug, Serialize, ToSchema)]
+struct ServiceAccountList {
+    items: Vec<ServiceAccount>,
+}
+
+/// Lists the service accounts.
+#[utoipa::path(
+    get,
+    path = "/v1/service-accounts",
+    operation_id = "list_service_accounts",
+    tag = "service accounts",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Every service account, or the provider's",
+            body = ServiceAccountList),
+        (status = 400, description = "An unknown query parameter",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServiceAccountList>> {
     let items = service_account::list(&state.db, domain, q.provider.as_deref()).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(ServiceAccountList { items }))
 }
 
+/// One service account.
+#[utoipa::path(
+    get,
+    path = "/v1/service-accounts/{id}",
+    operation_id = "get_service_account",
+    tag = "service accounts",
+    params(("id" = ServiceAccountId, Path, description = "The service account's id")),
+    responses(
+        (status = 200, description = "The service account", body = ServiceAccount),
+        (status = 404, description = "No service account with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     Tenant(domain): Tenant,

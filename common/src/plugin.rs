@@ -5,11 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::model::{Invalid, JobKind};
 
 /// What a plugin produces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginKind {
     /// Inventory: cloud resources.
@@ -43,7 +44,7 @@ impl PluginKind {
 }
 
 /// A catalog entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PluginInfo {
     pub id: String,
     pub name: String,

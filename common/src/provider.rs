@@ -6,11 +6,12 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::model::Invalid;
 
 /// One credential field.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct Field {
     pub name: &'static str,
     /// Always `"string"` today; kept so clients can build forms without guessing.
@@ -38,7 +39,7 @@ const fn field(
 }
 
 /// A provider Gleaner knows.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct Provider {
     pub id: &'static str,
     pub name: &'static str,

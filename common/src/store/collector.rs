@@ -10,6 +10,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{Error, Result, is_unique_violation};
 use crate::entity::{collector, job, resource};
@@ -18,7 +19,7 @@ use crate::model::{CollectorState, JobStatus, Name, Priority, UpgradeMode};
 use crate::plugin::PluginInfo;
 
 /// A collector as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Collector {
     pub id: CollectorId,
     pub name: String,
@@ -36,7 +37,7 @@ pub struct Collector {
 }
 
 /// The collector's most recent job, for the collector list.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct LastJob {
     pub id: JobId,
     pub status: JobStatus,

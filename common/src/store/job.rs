@@ -10,6 +10,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{Error, Result, collector as collector_store, outbox};
 use crate::entity::{collector, job, job_task};
@@ -19,7 +20,7 @@ use crate::model::{CollectorState, Counts, JobKind, JobStatus, Trigger};
 use crate::plugin::Catalog;
 
 /// A job as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Job {
     pub id: JobId,
     pub kind: JobKind,

@@ -5,6 +5,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{Error, Result, is_unique_violation};
 use crate::entity::project;
@@ -12,7 +13,7 @@ use crate::id::{DomainId, ProjectId};
 use crate::model::Name;
 
 /// A project as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Project {
     pub id: ProjectId,
     pub name: String,

@@ -8,6 +8,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{Error, Result};
 use crate::entity::{resource, resource_change};
@@ -15,7 +16,7 @@ use crate::id::{CollectorId, DomainId, JobId, ProjectId, ResourceId, ServiceAcco
 use crate::model::{ChangeKind, ResourceState};
 
 /// A resource as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Resource {
     pub id: ResourceId,
     pub provider: String,
@@ -69,10 +70,10 @@ pub struct Filter {
 }
 
 /// One page of resources.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Page {
     pub items: Vec<Resource>,
-    /// Pass back as `cursor` for the next page; `None` on the last page.
+    /// Pass back as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<ResourceId>,
     /// Resources matching the filters, over all pages.
     pub total: u64,
@@ -143,7 +144,7 @@ pub async fn get(db: &impl ConnectionTrait, domain: DomainId, id: ResourceId) ->
 }
 
 /// One entry of a resource's history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Change {
     pub id: i64,
     pub kind: ChangeKind,
@@ -155,10 +156,10 @@ pub struct Change {
 }
 
 /// A page of a resource's history, oldest first.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ChangePage {
     pub items: Vec<Change>,
-    /// Pass as `cursor` for the next page; `None` on the last one.
+    /// Pass as `cursor` for the next page; `null` on the last one.
     pub next_cursor: Option<i64>,
 }
 
@@ -208,7 +209,7 @@ pub async fn changes(
 }
 
 /// How many resources of one type a collector holds.
-#[derive(Clone, Debug, Serialize, sea_orm::FromQueryResult)]
+#[derive(Clone, Debug, Serialize, sea_orm::FromQueryResult, ToSchema)]
 pub struct TypeCount {
     pub resource_type: String,
     pub count: i64,

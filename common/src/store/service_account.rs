@@ -7,6 +7,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::{Error, Result, is_unique_violation};
 use crate::crypto::{Cipher, Sealed};
@@ -16,7 +17,7 @@ use crate::model::{Invalid, Name};
 use crate::provider::Provider;
 
 /// A service account as the API shows it: never its credentials.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ServiceAccount {
     pub id: ServiceAccountId,
     pub name: String,

@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{Error, Result, job::touch_collector_finished};
 use crate::entity::{job, job_task, service_account};
@@ -20,7 +21,7 @@ use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskI
 use crate::model::{Counts, JobKind, JobStatus, TaskStatus};
 
 /// A task as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Task {
     pub id: TaskId,
     pub job_id: JobId,
