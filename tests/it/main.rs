@@ -4,6 +4,7 @@ mod support;
 
 mod collect;
 mod errors;
+mod merge;
 mod openapi;
 mod plugins;
 mod probes;

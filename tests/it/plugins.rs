@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Api, Mode, TestEnv};
 
-fn example() -> String {
+pub(crate) fn example() -> String {
     format!(
         "{}/examples/plugins/json_inventory.py",
         env!("CARGO_MANIFEST_DIR")
@@ -66,7 +66,7 @@ async fn collector_of(
 }
 
 /// Removes a test's file however the test ends.
-struct RemoveOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

@@ -8,6 +8,8 @@
 use std::collections::HashSet;
 
 use gleaner_common::model::{Counts, JobStatus};
+use gleaner_common::plugin::Catalog;
+use gleaner_common::store::merge::{Reported, Reporter};
 use gleaner_common::store::resource::{self, Sweep};
 use gleaner_common::store::task::{Claimed, Finished, Outcome};
 use gleaner_common::store::{self, service_account};
@@ -138,6 +140,19 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         job_id: claimed.job_id,
         task_id: claimed.task_id,
         attempt: claimed.attempt,
+        shared: false,
+    };
+    let shared = ctx
+        .db_retry
+        .run(
+            "find collectors sharing the provider",
+            store::Error::is_transient,
+            || shares_provider(ctx, &scope),
+        )
+        .await;
+    let scope = match shared {
+        Ok(shared) => Scope { shared, ..scope },
+        Err(e) => return failure(format!("the collectors could not be listed: {e}")),
     };
     let cancel = stop.child_token();
     let diagnostics = Diagnostics::default();
@@ -299,6 +314,78 @@ async fn consume(
     Ok(Some(summary))
 }
 
+/// Whether another collector of the domain reports resources of the task's provider, so a
+/// batch may hold resources it owns. Collectors are few; their plugins' providers come from the
+/// catalog.
+async fn shares_provider(ctx: &Context, scope: &Scope) -> Result<bool, store::Error> {
+    let Some(me) = scope.collector_id else {
+        return Ok(false);
+    };
+    for c in store::collector::list(&ctx.db, scope.domain).await? {
+        if c.id == me {
+            continue;
+        }
+        let provider = match ctx.registry.get(&c.plugin_id) {
+            Some(p) => Some(p.info().provider.clone()),
+            None => store::plugin::find(&ctx.db, &Catalog::default(), scope.domain, &c.plugin_id)
+                .await?
+                .map(|p| p.provider),
+        };
+        if provider.as_deref() == Some(scope.provider.as_str()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Writes the batch's contested resources through the priority merge. `None` when the task is
+/// stale.
+async fn merge(
+    ctx: &Context,
+    scope: &Scope,
+    batch: &[ResourceItem],
+    contested: &[usize],
+) -> Result<Option<Counts>, SinkError> {
+    let Some(collector_id) = scope.collector_id else {
+        return Ok(Some(Counts::default()));
+    };
+    let who = Reporter {
+        domain: scope.domain,
+        provider: scope.provider.clone(),
+        collector_id,
+        service_account_id: scope.service_account_id,
+        project_id: scope.project_id,
+        job_id: scope.job_id,
+        task_id: scope.task_id,
+        attempt: scope.attempt,
+    };
+    let items: Vec<Reported> = contested
+        .iter()
+        .filter_map(|&n| batch.get(n))
+        .map(|i| Reported {
+            resource_type: i.resource_type.clone(),
+            resource_key: i.resource_key.clone(),
+            name: i.name.clone(),
+            region: i.region.clone(),
+            data: i.data.clone(),
+        })
+        .collect();
+    ctx.db_retry
+        .run(
+            "merge contested resources",
+            store::Error::is_transient,
+            || store::merge::write_reported(&ctx.db, &who, items.clone()),
+        )
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                SinkError::Db(e.to_string())
+            } else {
+                SinkError::Merge(e.to_string())
+            }
+        })
+}
+
 /// Writes the batch, retrying transient database errors. `false` when the task is stale.
 async fn flush(
     ctx: &Context,
@@ -316,7 +403,16 @@ async fn flush(
         .await?;
     match written {
         Written::Stale => Ok(false),
-        Written::Committed(counts) => {
+        Written::Committed {
+            mut counts,
+            contested,
+        } => {
+            if !contested.is_empty() {
+                let Some(merged) = merge(ctx, scope, batch, &contested).await? else {
+                    return Ok(false);
+                };
+                counts += merged;
+            }
             debug!(
                 rows = batch.len(),
                 created = counts.created,

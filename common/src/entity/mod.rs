@@ -10,5 +10,6 @@ pub mod plugin;
 pub mod project;
 pub mod resource;
 pub mod resource_change;
+pub mod resource_source;
 pub mod secret;
 pub mod service_account;

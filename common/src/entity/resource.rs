@@ -23,6 +23,8 @@ pub struct Model {
     pub content_hash: i64,
     pub state: ResourceState,
     pub missed_runs: i32,
+    /// Several collectors report it: their reports are in `resource_sources`.
+    pub merged: bool,
     pub created_job_id: Option<Uuid>,
     pub updated_job_id: Option<Uuid>,
     pub deleted_at: Option<DateTimeWithTimeZone>,

@@ -197,14 +197,16 @@ pub struct CollectorUpdate {
 /// # Errors
 /// [`Error::NotFound`] for an unknown collector; [`Error::Conflict`] naming `name` when the new
 /// name is taken.
-pub async fn update(
-    db: &impl ConnectionTrait,
+pub async fn update<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
     domain: DomainId,
     id: CollectorId,
     plugin: &PluginInfo,
     change: CollectorUpdate,
 ) -> Result<Collector> {
-    let current = find(db, domain, id).await?;
+    let txn = super::begin_write(db).await?;
+    let current = find(&txn, domain, id).await?;
+    let reprioritized = change.priority.is_some_and(|p| p.get() != current.priority);
     let mut row: collector::ActiveModel = current.into();
     if let Some(name) = &change.name {
         row.name = Set(name.to_string());
@@ -230,8 +232,15 @@ pub async fn update(
         row.tags = Set(serde_json::to_value(tags).map_err(|e| Error::Corrupt(e.to_string()))?);
     }
     row.updated_at = Set(Utc::now().fixed_offset());
-    match collector::Entity::update(row).exec(db).await {
-        Ok(_) => get(db, domain, id).await,
+    match collector::Entity::update(row).exec(&txn).await {
+        Ok(_) => {
+            // What it reports alongside other collectors may now win or lose fields.
+            if reprioritized {
+                super::merge::remerge_collector(&txn, domain, id, false).await?;
+            }
+            txn.commit().await?;
+            get(db, domain, id).await
+        }
         Err(e) if is_unique_violation(&e) => Err(Error::Conflict {
             field: "name",
             detail: format!(
@@ -289,6 +298,8 @@ pub async fn delete<C: ConnectionTrait + TransactionTrait>(
             c.name
         )));
     }
+    // Resources it reported alongside others now show the others' reports alone.
+    super::merge::remerge_collector(&txn, domain, id, true).await?;
     resource::Entity::update_many()
         .col_expr(
             resource::Column::CollectorId,

@@ -5,6 +5,7 @@
 
 pub mod collector;
 pub mod job;
+pub mod merge;
 pub mod outbox;
 pub mod plugin;
 pub mod project;

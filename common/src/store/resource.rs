@@ -7,7 +7,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::{Error, Result};
@@ -288,6 +288,7 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
         .filter(resource::Column::DomainId.eq(s.domain.as_uuid()))
         .filter(resource::Column::Provider.eq(s.provider.as_str()))
         .filter(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
+        .filter(resource::Column::Merged.eq(false))
         .filter(resource::Column::State.eq(ResourceState::Active));
     query = match s.service_account_id {
         Some(sa) => query.filter(resource::Column::ServiceAccountId.eq(sa.as_uuid())),
@@ -352,5 +353,43 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
         .exec(db)
         .await?;
     }
-    Ok(i64::try_from(expired.len()).unwrap_or(i64::MAX))
+    let merged = super::merge::sweep_sources(db, s).await?;
+    Ok(i64::try_from(expired.len()).unwrap_or(i64::MAX) + merged)
+}
+
+/// The field-level diff of two JSON objects, as PostgreSQL's `gleaner_jsonb_diff` computes it:
+/// `{"field": {"old": .., "new": ..}}` for each top-level key whose value differs, a missing
+/// key reading as `null`.
+#[must_use]
+pub fn json_diff(old: &Value, new: &Value) -> Value {
+    let empty = Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut out = Map::new();
+    for key in old.keys().chain(new.keys()) {
+        if out.contains_key(key) {
+            continue;
+        }
+        let (o, n) = (old.get(key), new.get(key));
+        if o != n {
+            out.insert(
+                key.clone(),
+                json!({"old": o.cloned().unwrap_or(Value::Null), "new": n.cloned().unwrap_or(Value::Null)}),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+/// A resource's content hash: equal content gives an equal hash whatever the key order of the
+/// plugin's JSON, because `serde_json` maps are sorted.
+#[must_use]
+pub fn content_hash(name: Option<&str>, region: Option<&str>, data_json: &[u8]) -> i64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(name.unwrap_or("").as_bytes());
+    h.update(&[0]);
+    h.update(region.unwrap_or("").as_bytes());
+    h.update(&[0]);
+    h.update(data_json);
+    i64::from_ne_bytes(h.digest().to_ne_bytes())
 }

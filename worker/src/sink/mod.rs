@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
 use gleaner_common::model::Counts;
-use xxhash_rust::xxh3::Xxh3;
+use gleaner_common::store::resource;
 
 use crate::plugin::ResourceItem;
 
@@ -24,13 +24,20 @@ pub struct Scope {
     pub job_id: JobId,
     pub task_id: TaskId,
     pub attempt: i32,
+    /// Another collector of the domain reports resources of this provider: the batch may hold
+    /// resources it owns, which go through the priority merge instead of the bulk upsert.
+    pub shared: bool,
 }
 
 /// What writing a batch did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
-    /// Committed, with what changed.
-    Committed(Counts),
+    /// Committed, with what changed; `contested` are the batch's indexes of resources another
+    /// collector owns (or several do): the bulk path left them for the priority merge.
+    Committed {
+        counts: Counts,
+        contested: Vec<usize>,
+    },
     /// A newer attempt owns the task: nothing was written.
     Stale,
 }
@@ -42,6 +49,9 @@ pub enum SinkError {
     Db(String),
     #[error("item `{key}` has data that is not a JSON object")]
     NotAnObject { key: String },
+    /// The priority merge of resources several collectors report failed.
+    #[error("merging resources other collectors report failed: {0}")]
+    Merge(String),
     /// Stored data cannot be read: writing again will not help.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -60,6 +70,7 @@ impl SinkError {
 pub trait ResourceSink: Send + Sync {
     /// Upserts a batch (items with distinct keys), records created and updated resources in
     /// their history, and adds the counts (plus `failed` item errors) to the task's progress.
+    /// Resources another collector owns are left out and named in `contested`.
     ///
     /// # Errors
     /// The database failed; nothing of the batch was committed.
@@ -71,17 +82,25 @@ pub trait ResourceSink: Send + Sync {
     ) -> Result<Written, SinkError>;
 }
 
+/// The indexes in `batch` of the given (type, key) pairs.
+fn indexes_of(
+    batch: &[ResourceItem],
+    keys: impl IntoIterator<Item = (String, String)>,
+) -> Vec<usize> {
+    let keys: std::collections::HashSet<(String, String)> = keys.into_iter().collect();
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| keys.contains(&(i.resource_type.clone(), i.resource_key.clone())))
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// A resource's content hash: equal content gives an equal hash whatever the key order of the
 /// plugin's JSON, because `serde_json` maps are sorted.
 #[must_use]
 pub fn content_hash(item: &ResourceItem, data_json: &[u8]) -> i64 {
-    let mut h = Xxh3::new();
-    h.update(item.name.as_deref().unwrap_or("").as_bytes());
-    h.update(&[0]);
-    h.update(item.region.as_deref().unwrap_or("").as_bytes());
-    h.update(&[0]);
-    h.update(data_json);
-    i64::from_ne_bytes(h.digest().to_ne_bytes())
+    resource::content_hash(item.name.as_deref(), item.region.as_deref(), data_json)
 }
 
 #[cfg(test)]

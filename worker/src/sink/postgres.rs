@@ -10,7 +10,7 @@ use gleaner_common::model::Counts;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{ResourceSink, Scope, SinkError, Written, content_hash};
+use super::{ResourceSink, Scope, SinkError, Written, content_hash, indexes_of};
 use crate::plugin::ResourceItem;
 
 /// Rows live until the end of the transaction; the table itself is created once per
@@ -66,7 +66,8 @@ WITH up AS (
         deleted_at = NULL,
         updated_job_id = excluded.updated_job_id,
         updated_at = now()
-    WHERE r.content_hash <> excluded.content_hash OR r.state <> 'ACTIVE'
+    WHERE (r.content_hash <> excluded.content_hash OR r.state <> 'ACTIVE')
+        AND NOT r.merged AND (r.collector_id IS NULL OR r.collector_id = excluded.collector_id)
     RETURNING r.id, r.last_diff, (r.xmax = 0) AS inserted
 ), changes AS (
     INSERT INTO resource_changes (domain_id, resource_id, job_id, kind, diff, created_at)
@@ -80,6 +81,20 @@ WITH up AS (
 SELECT count(*) FILTER (WHERE kind = 'CREATED') AS created,
        count(*) FILTER (WHERE kind = 'UPDATED') AS updated
 FROM changes";
+
+/// Staged rows whose resource another collector owns, or several do. `$1` domain, `$2`
+/// provider, `$3` collector. LATERAL keeps the planner on one unique-index probe per staged row.
+const CONTESTED: &str = "
+SELECT s.resource_type, s.resource_key FROM gleaner_stage_resources s
+CROSS JOIN LATERAL (
+    SELECT 1 FROM resources r
+    WHERE r.domain_id = $1 AND r.provider = $2
+        AND r.resource_type = s.resource_type AND r.resource_key = s.resource_key
+        AND (r.merged OR (r.collector_id IS NOT NULL AND r.collector_id IS DISTINCT FROM $3))
+) x";
+
+const UNSTAGE: &str = "DELETE FROM gleaner_stage_resources
+WHERE (resource_type, resource_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 
 const PROGRESS: &str = "UPDATE job_tasks SET
     created = created + $3, updated = updated + $4, unchanged = unchanged + $5, failed = failed + $6,
@@ -126,11 +141,34 @@ impl ResourceSink for PgSink {
             failed,
             ..Counts::default()
         };
+        let mut contested = Vec::new();
         if !batch.is_empty() {
             sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
             let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
             sink.send(copy).await.map_err(db)?;
             sink.finish().await.map_err(db)?;
+            if scope.shared {
+                let rows = sqlx::query(CONTESTED)
+                    .bind(scope.domain.as_uuid())
+                    .bind(&scope.provider)
+                    .bind(scope.collector_id.map(|c| c.as_uuid()))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                if !rows.is_empty() {
+                    let (types, keys): (Vec<String>, Vec<String>) = rows
+                        .iter()
+                        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+                        .unzip();
+                    sqlx::query(UNSTAGE)
+                        .bind(&types)
+                        .bind(&keys)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    contested = indexes_of(batch, types.into_iter().zip(keys));
+                }
+            }
             let copied = started.elapsed();
             let row = sqlx::query(UPSERT)
                 .bind(scope.domain.as_uuid())
@@ -151,8 +189,9 @@ impl ResourceSink for PgSink {
             );
             counts.created = row.get("created");
             counts.updated = row.get("updated");
-            counts.unchanged =
-                i64::try_from(batch.len()).unwrap_or(i64::MAX) - counts.created - counts.updated;
+            counts.unchanged = i64::try_from(batch.len() - contested.len()).unwrap_or(i64::MAX)
+                - counts.created
+                - counts.updated;
         }
         sqlx::query(PROGRESS)
             .bind(scope.task_id.as_uuid())
@@ -165,7 +204,7 @@ impl ResourceSink for PgSink {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Written::Committed(counts))
+        Ok(Written::Committed { counts, contested })
     }
 }
 

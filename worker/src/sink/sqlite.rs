@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::Utc;
 use gleaner_common::model::Counts;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use uuid::Uuid;
+
+use gleaner_common::store::resource::json_diff;
 
 use super::{ResourceSink, Scope, SinkError, Written, content_hash};
 use crate::plugin::ResourceItem;
@@ -70,6 +72,8 @@ struct Existing {
     id: Uuid,
     /// `None` when the stored content equals the item's.
     old_data: Option<String>,
+    /// Another collector owns it, or several do: left for the priority merge.
+    contested: bool,
 }
 
 fn db(e: sqlx::Error) -> SinkError {
@@ -127,7 +131,8 @@ impl ResourceSink for SqliteSink {
             let sql = format!(
                 "WITH k(t, key, h) AS (VALUES {})
                  SELECT r.resource_type, r.resource_key, r.id,
-                     CASE WHEN r.content_hash <> k.h OR r.state <> 'ACTIVE' THEN r.data END
+                     CASE WHEN r.content_hash <> k.h OR r.state <> 'ACTIVE' THEN r.data END,
+                     r.merged OR (r.collector_id IS NOT NULL AND r.collector_id IS NOT ?)
                  FROM k CROSS JOIN resources r ON r.domain_id = ? AND r.provider = ?
                      AND r.resource_type = k.t AND r.resource_key = k.key",
                 placeholders(chunk.len(), 3)
@@ -139,7 +144,10 @@ impl ResourceSink for SqliteSink {
                     .bind(&e.item.resource_key)
                     .bind(e.hash);
             }
-            q = q.bind(scope.domain.as_uuid()).bind(&scope.provider);
+            q = q
+                .bind(scope.collector_id.map(|c| c.as_uuid()))
+                .bind(scope.domain.as_uuid())
+                .bind(&scope.provider);
             for row in q.fetch_all(&mut *tx).await.map_err(db)? {
                 let t: String = row.try_get(0).map_err(db)?;
                 let k: String = row.try_get(1).map_err(db)?;
@@ -152,6 +160,7 @@ impl ResourceSink for SqliteSink {
                     Existing {
                         id: row.try_get(2).map_err(db)?,
                         old_data: row.try_get(3).map_err(db)?,
+                        contested: row.try_get(4).map_err(db)?,
                     },
                 );
             }
@@ -160,12 +169,17 @@ impl ResourceSink for SqliteSink {
         let looked_up = started.elapsed();
         let mut created: Vec<(Uuid, &Encoded<'_>)> = Vec::new();
         let mut updated: Vec<(Uuid, &Encoded<'_>, Value)> = Vec::new();
-        for e in &items {
+        let mut contested = Vec::new();
+        for (n, e) in items.iter().enumerate() {
             match existing.get(&(e.item.resource_type.as_str(), e.item.resource_key.as_str())) {
                 None => created.push((Uuid::now_v7(), e)),
                 Some(Existing {
+                    contested: true, ..
+                }) => contested.push(n),
+                Some(Existing {
                     id,
                     old_data: Some(old),
+                    contested: false,
                 }) => {
                     let old: Value = serde_json::from_str(old).map_err(|err| {
                         SinkError::Corrupt(format!(
@@ -260,7 +274,7 @@ impl ResourceSink for SqliteSink {
         let counts = Counts {
             created: count(created.len()),
             updated: count(updated.len()),
-            unchanged: count(items.len() - created.len() - updated.len()),
+            unchanged: count(items.len() - created.len() - updated.len() - contested.len()),
             failed,
             ..Counts::default()
         };
@@ -285,7 +299,7 @@ impl ResourceSink for SqliteSink {
             commit_ms = (started.elapsed() - recorded).as_millis(),
             "batch merged"
         );
-        Ok(Written::Committed(counts))
+        Ok(Written::Committed { counts, contested })
     }
 }
 
@@ -306,32 +320,10 @@ fn encode(batch: &[ResourceItem]) -> Result<Vec<Encoded<'_>>, SinkError> {
         .collect()
 }
 
-/// The field-level diff of two JSON objects, as PostgreSQL's `gleaner_jsonb_diff` computes it:
-/// `{"field": {"old": .., "new": ..}}` for each top-level key whose value differs, a missing
-/// key reading as `null`.
-#[must_use]
-pub fn json_diff(old: &Value, new: &Value) -> Value {
-    let empty = Map::new();
-    let old = old.as_object().unwrap_or(&empty);
-    let new = new.as_object().unwrap_or(&empty);
-    let mut out = Map::new();
-    for key in old.keys().chain(new.keys()) {
-        if out.contains_key(key) {
-            continue;
-        }
-        let (o, n) = (old.get(key), new.get(key));
-        if o != n {
-            out.insert(
-                key.clone(),
-                json!({"old": o.cloned().unwrap_or(Value::Null), "new": n.cloned().unwrap_or(Value::Null)}),
-            );
-        }
-    }
-    Value::Object(out)
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
