@@ -7,6 +7,7 @@ use gleaner_api::{AppState, Inner};
 use gleaner_common::broker::{self, AmqpPublisher, Names, Publisher};
 use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::Cipher;
+use gleaner_common::lock::{Locks, RedisLocks};
 use gleaner_common::model::JobKind;
 use gleaner_common::outbox::{Relay, Signal};
 use gleaner_common::store::task::ClaimPolicy;
@@ -148,6 +149,7 @@ pub fn worker_context(
     signal: Signal,
     sink: Arc<dyn ResourceSink>,
     claim: ClaimPolicy,
+    locks: Arc<dyn Locks>,
 ) -> anyhow::Result<Arc<Context>> {
     Ok(Arc::new(
         Context::new(
@@ -158,9 +160,13 @@ pub fn worker_context(
             settings.worker.clone(),
             signal,
         )
-        .with_claim(claim),
+        .with_claim(claim)
+        .with_locks(locks),
     ))
 }
+
+/// How long a collection lock outlives a worker that died holding it.
+const LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs a worker (consumer and outbox relay) until `shutdown`.
 ///
@@ -173,12 +179,16 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let signal = Signal::new();
     let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
+    let locks = RedisLocks::connect(&settings.redis_url, &settings.redis.prefix, LOCK_TTL)
+        .await
+        .context("Redis (GLEANER_REDIS_URL) holds the collection locks")?;
     let ctx = worker_context(
         settings,
         db.clone(),
         signal.clone(),
         sink,
         ClaimPolicy::Queued,
+        Arc::new(locks),
     )?;
     let publisher = publisher(settings, "worker");
     // The relay outlives the consumer, so tasks finished during the grace period still get

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::SecretKey;
+use gleaner_common::lock::LocalLocks;
 use gleaner_common::outbox::Signal;
 use gleaner_common::store;
 use gleaner_common::store::task::ClaimPolicy;
@@ -185,6 +186,7 @@ pub async fn run(
         signal.clone(),
         sink,
         ClaimPolicy::TakeOverRunning,
+        Arc::new(LocalLocks::default()),
     )?;
     let state = app::api_state(&settings, db.clone(), signal, None)?;
 

@@ -15,6 +15,7 @@ pub mod entity;
 pub mod envelope;
 pub mod external;
 pub mod id;
+pub mod lock;
 pub mod model;
 pub mod outbox;
 pub mod plugin;

@@ -484,3 +484,37 @@ async fn resources_missing_from_three_successful_runs_are_deleted(
 }
 
 crate::in_both_modes!(resources_missing_from_three_successful_runs_are_deleted);
+
+async fn two_collections_of_one_collector_and_account_never_overlap(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let log = std::env::temp_dir().join(format!("gleaner-it-slow-{}.log", rand::random::<u64>()));
+    let _cleanup = RemoveOnDrop(log.clone());
+    env.create(
+        "/v1/plugins",
+        json!({"id": "slow", "version": "1.0.0", "command": misbehaving(),
+               "args": ["slow", "demo", log]}),
+    )
+    .await?;
+    let collector = collector_of(&env, "slow", "demo", json!({}), json!({})).await?;
+    // Two jobs at once: the worker runs tasks concurrently, so only the lock keeps them apart.
+    let first = env.start_collect(&collector).await?;
+    let second = env.start_collect(&collector).await?;
+    for job in [&first, &second] {
+        let job = env.wait_job(job).await?;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        ["start", "end", "start", "end"],
+        "the runs overlapped"
+    );
+    Ok(())
+}
+
+crate::in_both_modes!(two_collections_of_one_collector_and_account_never_overlap);

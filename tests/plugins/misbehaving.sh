@@ -5,8 +5,10 @@
 #   crash    one resource, then exits 3 without `done`
 #   leaky    echoes its request (credentials included) to stderr, then fails
 #   noinit   fails its init call
+#   slow     appends "start PID" to the file LOG (third argument), sleeps 1 s, appends "end PID"
 behaviour=$1
 provider=${2:-demo}
+log=$3
 read -r request
 case "$request" in
 *'"method":"init"'*)
@@ -38,6 +40,13 @@ crash)
     resource a 1
     echo "crash: about to fail" >&2
     exit 3
+    ;;
+slow)
+    echo "start $$" >>"$log"
+    sleep 1
+    resource a 1
+    echo "end $$" >>"$log"
+    echo '{"type":"done"}'
     ;;
 leaky)
     echo "leaky: got $request" >&2

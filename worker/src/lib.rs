@@ -14,6 +14,7 @@ use std::time::Duration;
 use gleaner_common::config::WorkerSettings;
 use gleaner_common::crypto::Cipher;
 use gleaner_common::envelope::Incoming;
+use gleaner_common::lock::{LocalLocks, Locks};
 use gleaner_common::outbox::Signal;
 use gleaner_common::retry::RetryPolicy;
 use gleaner_common::store;
@@ -50,6 +51,9 @@ pub struct Context {
     /// Which tasks a delivery may claim: [`ClaimPolicy::Queued`] unless this process is the
     /// store's only one.
     pub claim: ClaimPolicy,
+    /// One collection per collector and service account at a time: Redis locks when workers
+    /// are distributed, in-process ones otherwise.
+    pub locks: Arc<dyn Locks>,
 }
 
 impl Context {
@@ -74,7 +78,15 @@ impl Context {
             name,
             db_retry: RetryPolicy::default(),
             claim: ClaimPolicy::Queued,
+            locks: Arc::new(LocalLocks::default()),
         }
+    }
+
+    /// The same context with other collection locks.
+    #[must_use]
+    pub fn with_locks(mut self, locks: Arc<dyn Locks>) -> Self {
+        self.locks = locks;
+        self
     }
 
     /// The same context with another claim policy.

@@ -6,7 +6,9 @@
 //! FAILURE (the items that were stored stay stored, and a failed task never deletes anything).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use gleaner_common::lock::{Held, LockError, collection_key};
 use gleaner_common::model::{Counts, JobStatus};
 use gleaner_common::plugin::Catalog;
 use gleaner_common::store::merge::{Reported, Reporter};
@@ -111,6 +113,11 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
             ));
         }
         Err(e) => return failure(format!("the plugin could not be looked up: {e}")),
+    };
+    let _lock = match collection_lock(ctx, claimed, stop).await {
+        Ok(Some(held)) => held,
+        Ok(None) => return Ended::Released,
+        Err(e) => return failure(e.to_string()),
     };
     if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
         return failure(e.detail);
@@ -312,6 +319,51 @@ async fn consume(
         return Ok(None);
     }
     Ok(Some(summary))
+}
+
+/// How often a task waiting for the collection lock asks again.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until no other collection of the same collector and service account runs, and takes
+/// its lock (the documented rule: the later collection waits, holding its worker slot, rather
+/// than overlap or be skipped). `None` when the worker stops while waiting.
+async fn collection_lock(
+    ctx: &Context,
+    claimed: &Claimed,
+    stop: &CancellationToken,
+) -> Result<Option<Held>, LockError> {
+    let Some(collector) = claimed.collector_id else {
+        return Ok(Some(Held::none()));
+    };
+    let key = collection_key(
+        &collector.to_string(),
+        claimed.service_account_id.map(|s| s.to_string()).as_deref(),
+    );
+    let mut waited = false;
+    loop {
+        let attempt = ctx
+            .db_retry
+            .run(
+                "take the collection lock",
+                |_: &LockError| true,
+                || ctx.locks.try_acquire(&key),
+            )
+            .await?;
+        if let Some(held) = attempt {
+            if waited {
+                info!("the other collection ended; starting");
+            }
+            return Ok(Some(held));
+        }
+        if !waited {
+            info!("another collection of this collector and account is running; waiting for it");
+            waited = true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
 }
 
 /// Whether another collector of the domain reports resources of the task's provider, so a

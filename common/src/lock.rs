@@ -1,0 +1,240 @@
+//! Locks that keep two collections of the same collector and service account from running at
+//! once: in Redis when workers are distributed, in process in the standalone mode.
+//!
+//! A Redis lock is a key set with `NX` and an expiry, holding a random token: it is renewed
+//! while held and released only by its holder (compare-and-delete), and a worker that dies
+//! without releasing it frees it when the expiry passes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+
+/// A held lock; dropping it releases the lock.
+pub struct Held {
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Held {
+    /// A lock that guards nothing (a task without a collector has nothing to exclude).
+    #[must_use]
+    pub fn none() -> Self {
+        Self { on_drop: None }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(release) = self.on_drop.take() {
+            release();
+        }
+    }
+}
+
+/// Why a lock could not be asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("the lock service failed: {0}")]
+pub struct LockError(String);
+
+/// A set of named locks.
+#[async_trait]
+pub trait Locks: Send + Sync {
+    /// Takes `key` if nobody holds it; `None` when somebody does.
+    ///
+    /// # Errors
+    /// The lock service is unreachable.
+    async fn try_acquire(&self, key: &str) -> Result<Option<Held>, LockError>;
+}
+
+/// In-process locks, for the standalone mode (one process per data directory).
+#[derive(Clone, Default)]
+pub struct LocalLocks(Arc<Mutex<HashSet<String>>>);
+
+#[async_trait]
+impl Locks for LocalLocks {
+    async fn try_acquire(&self, key: &str) -> Result<Option<Held>, LockError> {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !held.insert(key.to_owned()) {
+            return Ok(None);
+        }
+        let (set, key) = (self.0.clone(), key.to_owned());
+        Ok(Some(Held {
+            on_drop: Some(Box::new(move || {
+                set.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
+            })),
+        }))
+    }
+}
+
+/// Locks in Redis, shared by every worker.
+#[derive(Clone)]
+pub struct RedisLocks {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+}
+
+const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+    return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+    return redis.call('del', KEYS[1]) else return 0 end";
+
+impl RedisLocks {
+    /// Connects to Redis; keys are `<prefix>:lock:<key>` and expire `ttl` after their holder
+    /// last renewed them (every third of `ttl`).
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, LockError> {
+        let client = redis::Client::open(url).map_err(|e| LockError(e.to_string()))?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .map_err(|e| LockError(format!("{url}: {e}")))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            ttl,
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl Locks for RedisLocks {
+    async fn try_acquire(&self, key: &str) -> Result<Option<Held>, LockError> {
+        let key = format!("{}:lock:{key}", self.prefix);
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(self.ttl))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| LockError(e.to_string()))?;
+        if set.is_none() {
+            return Ok(None);
+        }
+        let ttl = self.ttl;
+        let (renew_key, renew_token, mut renew_conn) = (key.clone(), token.clone(), conn.clone());
+        let renewal = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let renewed: Result<i64, _> = redis::Script::new(RENEW)
+                    .key(&renew_key)
+                    .arg(&renew_token)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut renew_conn)
+                    .await;
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        tracing::warn!(key = %renew_key, "a collection lock expired while held");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %renew_key, error = %e, "renewing a collection lock failed")
+                    }
+                }
+            }
+        });
+        Ok(Some(Held {
+            on_drop: Some(Box::new(move || {
+                renewal.abort();
+                // Drop cannot wait: release in the background; the expiry covers a failure.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let released: Result<i64, _> = redis::Script::new(RELEASE)
+                            .key(&key)
+                            .arg(&token)
+                            .invoke_async(&mut conn)
+                            .await;
+                        if let Err(e) = released {
+                            tracing::warn!(%key, error = %e, "releasing a collection lock failed; it expires by itself");
+                        }
+                    });
+                }
+            })),
+        }))
+    }
+}
+
+/// The lock of the collections of one collector for one service account.
+#[must_use]
+pub fn collection_key(collector: &str, service_account: Option<&str>) -> String {
+    format!("collect:{collector}:{}", service_account.unwrap_or("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exclusive(locks: &dyn Locks) {
+        let key = format!("t-{}", uuid::Uuid::new_v4());
+        let held = locks.try_acquire(&key).await.expect("lock").expect("free");
+        assert!(locks.try_acquire(&key).await.expect("lock").is_none());
+        assert!(
+            locks
+                .try_acquire(&format!("{key}-other"))
+                .await
+                .expect("lock")
+                .is_some()
+        );
+        drop(held);
+        // Redis releases in the background.
+        for _ in 0..100 {
+            if locks.try_acquire(&key).await.expect("lock").is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the lock was not released");
+    }
+
+    #[tokio::test]
+    async fn local_locks_are_exclusive_until_dropped() {
+        exclusive(&LocalLocks::default()).await;
+    }
+
+    /// On the real Redis of the test machine.
+    #[tokio::test]
+    async fn redis_locks_are_exclusive_until_dropped_and_renewed_while_held() {
+        let prefix = format!("gleaner-test-{}", uuid::Uuid::new_v4());
+        let locks = RedisLocks::connect(
+            "redis://127.0.0.1:6379",
+            &prefix,
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("redis");
+        exclusive(&locks).await;
+        // Held past several expiries: renewal keeps it.
+        let held = locks
+            .try_acquire("renewed")
+            .await
+            .expect("lock")
+            .expect("free");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(locks.try_acquire("renewed").await.expect("lock").is_none());
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut conn = locks.conn.clone();
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
