@@ -3,6 +3,7 @@
 mod support;
 
 mod collect;
+mod collectors;
 mod errors;
 mod openapi;
 mod plugins;
