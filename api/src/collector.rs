@@ -9,6 +9,7 @@ use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccount
 use gleaner_common::model::{CollectorState, Invalid, JobStatus, Name, Priority, Trigger};
 use gleaner_common::plugin::PluginInfo;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
+use gleaner_common::store::job::JobPage;
 use gleaner_common::store::resource::{self, TypeCount};
 use gleaner_common::store::{job, plugin, service_account};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, ApiQuery, Tenant, id_list, parse_id};
+use crate::extract::{ApiJson, ApiQuery, Tenant, id_list, page_limit, parse_id};
 use crate::problem::{self, ApiError, ApiResult, Problem};
 use crate::service_account::ServiceAccountList;
 
@@ -28,6 +29,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, remove))
         .routes(routes!(collect))
         .routes(routes!(credentials))
+        .routes(routes!(jobs))
         .routes(routes!(enable))
         .routes(routes!(disable))
 }
@@ -378,6 +380,49 @@ async fn credentials(
     };
     let items = service_account::list(&state.db, domain, &filter).await?;
     Ok(Json(ServiceAccountList { items }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct JobsQuery {
+    /// Jobs per page, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
+    /// The previous page's `next_cursor`, as given.
+    #[param(value_type = Option<String>)]
+    cursor: Option<JobId>,
+}
+
+/// A collector's job history, newest first, each job as `GET /v1/jobs/{id}` shows it.
+#[utoipa::path(
+    get,
+    path = "/v1/collectors/{id}/jobs",
+    operation_id = "list_collector_jobs",
+    tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id"), JobsQuery),
+    responses(
+        (status = 200, description = "A page of the collector's jobs, newest first",
+            body = JobPage),
+        (status = 400, description = "An invalid `limit` or `cursor`, or an unknown query \
+            parameter", body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn jobs(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<JobsQuery>,
+) -> ApiResult<Json<JobPage>> {
+    let id = parse_id("collector", &id)?;
+    let limit = page_limit(q.limit, 50)?;
+    // 404 for an unknown collector rather than an empty history.
+    collector::get(&state.db, domain, id).await?;
+    Ok(Json(
+        job::list(&state.db, domain, Some(id), q.cursor, limit).await?,
+    ))
 }
 
 /// A queued collection: follow it at `/v1/jobs/{job_id}`.

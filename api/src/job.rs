@@ -54,8 +54,8 @@ async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<JobList>> {
     let limit = page_limit(q.limit, 50)?;
-    let items = job::list(&state.db, domain, q.collector_id, limit).await?;
-    Ok(Json(JobList { items }))
+    let page = job::list(&state.db, domain, q.collector_id, None, limit).await?;
+    Ok(Json(JobList { items: page.items }))
 }
 
 /// One job, with its progress and outcome.

@@ -142,4 +142,80 @@ async fn a_collector_lists_its_providers_accounts_without_secrets(
     Ok(())
 }
 
-crate::in_both_modes!(a_collector_lists_its_providers_accounts_without_secrets,);
+async fn a_collectors_job_history_pages_newest_first(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(2, json!({"resources": 30})).await?;
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let job = env.collect(&collector).await?;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+        finished.push(job);
+    }
+    // Another collector's job, in between and after, must not show up.
+    let other = id(&env
+        .create(
+            "/v1/collectors",
+            json!({"name": "other", "plugin_id": "demo", "options": {"resources": 5}}),
+        )
+        .await?)?;
+    let other_job = env.collect(&other).await?;
+    assert_eq!(other_job["status"], "SUCCESS", "{other_job}");
+
+    let path = format!("/v1/collectors/{collector}/jobs");
+    let all = env.get(&path).await?;
+    assert_eq!(all.status, 200, "{}", all.body);
+    let newest_first: Vec<String> = finished.iter().rev().map(id).collect::<Result<_, _>>()?;
+    assert_eq!(ids(&all.body), newest_first);
+    assert_eq!(all.body["next_cursor"], Value::Null);
+    // Each job as `GET /v1/jobs/{id}` shows it: the first run created, the others found the
+    // same estate unchanged.
+    let items = all.body["items"].as_array().context("items")?;
+    for (item, job) in items.iter().zip(finished.iter().rev()) {
+        assert_eq!(
+            item, job,
+            "the history shows the job as GET /v1/jobs/{{id}} does"
+        );
+        assert_eq!(item["status"], "SUCCESS");
+        assert_eq!(item["collector_id"], json!(collector));
+        assert_eq!(item["tasks_total"], 2);
+        assert_eq!(item["tasks_done"], 2);
+        assert!(item["duration_ms"].is_i64(), "{item}");
+    }
+    assert_eq!(items[2]["counts"]["created"], 60, "{}", items[2]);
+    assert_eq!(items[0]["counts"]["unchanged"], 60, "{}", items[0]);
+    assert_eq!(items[0]["counts"]["created"], 0, "{}", items[0]);
+
+    let first = env.get(&format!("{path}?limit=2")).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(ids(&first.body), newest_first[..2].to_vec());
+    let cursor = first.body["next_cursor"]
+        .as_str()
+        .context("a next_cursor after a full page")?;
+    let second = env.get(&format!("{path}?limit=2&cursor={cursor}")).await?;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(ids(&second.body), newest_first[2..].to_vec());
+    assert_eq!(second.body["next_cursor"], Value::Null);
+
+    let others = env.get(&format!("/v1/collectors/{other}/jobs")).await?;
+    assert_eq!(ids(&others.body), vec![id(&other_job)?]);
+
+    for (query, field) in [("limit=0", "limit"), ("cursor=nope", "cursor")] {
+        let bad = env.get(&format!("{path}?{query}")).await?;
+        assert_eq!(bad.status, 400, "{query}: {}", bad.body);
+        assert_eq!(
+            bad.body["errors"][0]["field"], field,
+            "{query}: {}",
+            bad.body
+        );
+    }
+    let unknown = env
+        .get("/v1/collectors/01a207cc-0000-7000-8000-000000000000/jobs")
+        .await?;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    Ok(())
+}
+
+crate::in_both_modes!(
+    a_collector_lists_its_providers_accounts_without_secrets,
+    a_collectors_job_history_pages_newest_first,
+);

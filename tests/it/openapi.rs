@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("post", "/v1/collectors/{id}/enable", true),
     ("post", "/v1/collectors/{id}/disable", true),
     ("get", "/v1/collectors/{id}/credentials", true),
+    ("get", "/v1/collectors/{id}/jobs", true),
     ("get", "/v1/jobs", true),
     ("get", "/v1/jobs/{id}", true),
     ("get", "/v1/jobs/{id}/tasks", true),

@@ -187,7 +187,18 @@ pub async fn get(db: &impl ConnectionTrait, domain: DomainId, id: JobId) -> Resu
     Ok(view(m, counts))
 }
 
-/// Jobs of the domain, newest first, optionally of one collector.
+/// One page of jobs, newest first.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<Job>,
+    /// Pass back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<JobId>,
+}
+
+/// A page of the domain's jobs, newest first, optionally of one collector, after `cursor` (the
+/// previous page's `next_cursor`). Keyset pagination on the id, which is time-ordered (UUIDv7),
+/// along the index `(domain_id, collector_id, id)`: jobs created meanwhile neither repeat nor
+/// shift later pages.
 ///
 /// # Errors
 /// Database errors only.
@@ -195,26 +206,38 @@ pub async fn list(
     db: &impl ConnectionTrait,
     domain: DomainId,
     collector: Option<CollectorId>,
+    cursor: Option<JobId>,
     limit: u64,
-) -> Result<Vec<Job>> {
+) -> Result<JobPage> {
     let mut q = job::Entity::find().filter(job::Column::DomainId.eq(domain.as_uuid()));
     if let Some(c) = collector {
         q = q.filter(job::Column::CollectorId.eq(c.as_uuid()));
     }
-    let rows = q
+    if let Some(before) = cursor {
+        q = q.filter(job::Column::Id.lt(before.as_uuid()));
+    }
+    let mut rows = q
         .order_by_desc(job::Column::Id)
-        .limit(limit)
+        .limit(limit.saturating_add(1))
         .all(db)
         .await?;
+    let has_more = rows.len() as u64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = if has_more {
+        rows.last().map(|j| JobId::from_uuid(j.id))
+    } else {
+        None
+    };
     let ids: Vec<_> = rows.iter().map(|j| j.id).collect();
     let mut counts = counts_of(db, &ids).await?;
-    Ok(rows
+    let items = rows
         .into_iter()
         .map(|j| {
             let c = counts.remove(&j.id).unwrap_or_default();
             view(j, c)
         })
-        .collect())
+        .collect();
+    Ok(JobPage { items, next_cursor })
 }
 
 /// What the worker needs to plan a job.
