@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_core;
 mod m20261123_000002_resource_ingest;
 mod m20261123_000003_standalone;
+mod m20261124_000001_job_changes;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_core::Migration),
             Box::new(m20261123_000002_resource_ingest::Migration),
             Box::new(m20261123_000003_standalone::Migration),
+            Box::new(m20261124_000001_job_changes::Migration),
         ]
     }
 }
