@@ -5,6 +5,7 @@ mod support;
 mod collect;
 mod collectors;
 mod errors;
+mod job_events;
 mod openapi;
 mod plugins;
 mod probes;
