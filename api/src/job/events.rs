@@ -59,6 +59,9 @@ const SCAN_PAGE: u64 = 500;
 /// Jobs sent per poll at most; a larger burst continues at the next poll.
 const MAX_EVENTS_PER_POLL: usize = 500;
 
+/// The shortest poll interval honoured, whatever the settings say.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The header a reconnecting `EventSource` sends.
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -157,7 +160,9 @@ impl Poller {
             at: Utc::now(),
             id: JobId::from_uuid(uuid::Uuid::max()),
         });
-        let mut ticker = tokio::time::interval(state.events_poll_interval);
+        // A zero period would make `interval` panic (and poll in a busy loop).
+        let period = state.events_poll_interval.max(MIN_POLL_INTERVAL);
+        let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             shutdown: state.shutdown.clone(),
