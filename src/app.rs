@@ -119,10 +119,16 @@ pub fn api_state(
         catalog: Registry::builtin().catalog(),
         signal,
         broker,
+        shutdown: CancellationToken::new(),
+        events_poll_interval: settings.api.events_poll_interval,
     }))
 }
 
 /// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
+///
+/// A graceful shutdown waits for every response to end, and a `GET /v1/jobs/events` stream
+/// would never end by itself: the state's own token, which the streams watch, is cancelled
+/// along with `shutdown`, so they end and their connections close.
 ///
 /// # Errors
 /// The server fails.
@@ -131,10 +137,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let streams = state.shutdown.clone();
     let app = gleaner_api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "API listening");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            streams.cancel();
+        })
         .await
         .context("serving HTTP")
 }

@@ -5,27 +5,31 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gleaner_common::id::{CollectorId, DomainId, JobId};
+use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
 use gleaner_common::model::{CollectorState, Invalid, JobStatus, Name, Priority, Trigger};
 use gleaner_common::plugin::PluginInfo;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
+use gleaner_common::store::job::JobPage;
 use gleaner_common::store::resource::{self, TypeCount};
-use gleaner_common::store::{job, plugin};
+use gleaner_common::store::{job, plugin, service_account};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, Tenant, parse_id};
+use crate::extract::{ApiJson, ApiQuery, Tenant, id_list, page_limit, parse_id};
 use crate::problem::{self, ApiError, ApiResult, Problem};
+use crate::service_account::ServiceAccountList;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(show, update, remove))
         .routes(routes!(collect))
+        .routes(routes!(credentials))
+        .routes(routes!(jobs))
         .routes(routes!(enable))
         .routes(routes!(disable))
 }
@@ -265,14 +269,7 @@ async fn update(
 ) -> ApiResult<Json<Collector>> {
     let id = parse_id("collector", &id)?;
     let current = collector::get(&state.db, domain, id).await?;
-    let plugin = plugin::find(&state.db, &state.catalog, domain, &current.plugin_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                crate::problem::Code::Conflict,
-                format!("plugin `{}` is no longer in the catalog", current.plugin_id),
-            )
-        })?;
+    let plugin = plugin_of(&state, domain, &current).await?;
     let mut errors = Vec::new();
     let name = body
         .name
@@ -313,6 +310,118 @@ async fn update(
     };
     Ok(Json(
         collector::update(&state.db, domain, id, &plugin, change).await?,
+    ))
+}
+
+/// The collector's plugin as the catalog describes it now.
+///
+/// # Errors
+/// 409 when the plugin left the catalog.
+async fn plugin_of(state: &AppState, domain: DomainId, c: &Collector) -> ApiResult<PluginInfo> {
+    plugin::find(&state.db, &state.catalog, domain, &c.plugin_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                crate::problem::Code::Conflict,
+                format!("plugin `{}` is no longer in the catalog", c.plugin_id),
+            )
+        })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct CredentialsQuery {
+    /// Only these service accounts: their ids, comma-separated (at most 1000).
+    service_account_ids: Option<String>,
+    /// Only the accounts of this project.
+    project_id: Option<ProjectId>,
+}
+
+/// The service accounts a collector collects with: every account of its plugin's provider, as
+/// `GET /v1/service-accounts` shows them (never their credentials), oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/collectors/{id}/credentials",
+    operation_id = "list_collector_credentials",
+    tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id"), CredentialsQuery),
+    responses(
+        (status = 200, description = "The accounts of the plugin's provider, filtered",
+            body = ServiceAccountList),
+        (status = 400, description = "A malformed `service_account_ids` or `project_id`, or an \
+            unknown query parameter", body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The collector's plugin left the catalog",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn credentials(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<CredentialsQuery>,
+) -> ApiResult<Json<ServiceAccountList>> {
+    let id = parse_id("collector", &id)?;
+    let ids: Option<Vec<ServiceAccountId>> = q
+        .service_account_ids
+        .as_deref()
+        .map(|raw| id_list("service_account_ids", raw))
+        .transpose()?;
+    let c = collector::get(&state.db, domain, id).await?;
+    // The planner gives a job one task per account of the plugin's provider: those are the
+    // credentials the collector uses.
+    let plugin = plugin_of(&state, domain, &c).await?;
+    let filter = service_account::Filter {
+        provider: Some(&plugin.provider),
+        project_id: q.project_id,
+        ids: ids.as_deref(),
+    };
+    let items = service_account::list(&state.db, domain, &filter).await?;
+    Ok(Json(ServiceAccountList { items }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct JobsQuery {
+    /// Jobs per page, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
+    /// The previous page's `next_cursor`, as given.
+    #[param(value_type = Option<String>)]
+    cursor: Option<JobId>,
+}
+
+/// A collector's job history, newest first, each job as `GET /v1/jobs/{id}` shows it.
+#[utoipa::path(
+    get,
+    path = "/v1/collectors/{id}/jobs",
+    operation_id = "list_collector_jobs",
+    tag = "collectors",
+    params(("id" = CollectorId, Path, description = "The collector's id"), JobsQuery),
+    responses(
+        (status = 200, description = "A page of the collector's jobs, newest first",
+            body = JobPage),
+        (status = 400, description = "An invalid `limit` or `cursor`, or an unknown query \
+            parameter", body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 404, description = "No collector with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn jobs(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<JobsQuery>,
+) -> ApiResult<Json<JobPage>> {
+    let id = parse_id("collector", &id)?;
+    let limit = page_limit(q.limit, 50)?;
+    // 404 for an unknown collector rather than an empty history.
+    collector::get(&state.db, domain, id).await?;
+    Ok(Json(
+        job::list(&state.db, domain, Some(id), q.cursor, limit).await?,
     ))
 }
 

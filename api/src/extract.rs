@@ -141,6 +141,33 @@ pub fn parse_id<T: FromStr>(what: &str, raw: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(what, raw))
 }
 
+/// A comma-separated list of ids in a query parameter (`a,b,c`), at most [`MAX_LIMIT`] of them.
+///
+/// # Errors
+/// A 400 naming `field` when the list is empty, too long, or an item is not an id.
+pub fn id_list<T: FromStr>(field: &str, raw: &str) -> Result<Vec<T>, ApiError> {
+    let items: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if items.len() > usize::try_from(MAX_LIMIT).unwrap_or(usize::MAX) {
+        return Err(ApiError::field(
+            Code::InvalidInput,
+            field,
+            format!("lists more than {MAX_LIMIT} ids"),
+        ));
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            item.parse().map_err(|_| {
+                ApiError::field(
+                    Code::InvalidInput,
+                    field,
+                    format!("`{item}` is not an id: give comma-separated UUIDs"),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Largest page of any listing; larger requests are refused rather than silently cut.
 pub const MAX_LIMIT: u64 = 1000;
 
@@ -190,5 +217,17 @@ mod tests {
             field_of(".", "unknown field `nmae`, expected `name`"),
             ("nmae".into(), "unknown field".into())
         );
+    }
+
+    #[test]
+    fn id_lists_are_comma_separated_and_name_their_field() {
+        let a = "01a207cc-0000-7000-8000-000000000001";
+        let b = "01a207cc-0000-7000-8000-000000000002";
+        let ids: Vec<uuid::Uuid> = id_list("ids", &format!("{a}, {b}")).expect("two ids");
+        assert_eq!(ids.len(), 2);
+        for bad in ["", "x", &format!("{a},"), &format!("{a},,{b}")] {
+            let e = id_list::<uuid::Uuid>("ids", bad).expect_err(bad);
+            assert_eq!(e.field_names(), vec!["ids"], "{bad}");
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! `/v1/jobs`.
+//! `/v1/jobs`, and the stream of their changes at `/v1/jobs/events`.
+
+mod events;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,6 +19,7 @@ use crate::problem::{self, ApiResult, Problem};
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
+        .routes(routes!(events::events))
         .routes(routes!(show))
         .routes(routes!(tasks))
 }
@@ -54,8 +57,8 @@ async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<JobList>> {
     let limit = page_limit(q.limit, 50)?;
-    let items = job::list(&state.db, domain, q.collector_id, limit).await?;
-    Ok(Json(JobList { items }))
+    let page = job::list(&state.db, domain, q.collector_id, None, limit).await?;
+    Ok(Json(JobList { items: page.items }))
 }
 
 /// One job, with its progress and outcome.

@@ -22,6 +22,7 @@
 //! 3. Add its (method, path) to `ROUTES` in `tests/it/openapi.rs`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, Request};
@@ -30,6 +31,7 @@ use gleaner_common::crypto::Cipher;
 use gleaner_common::outbox::Signal;
 use gleaner_common::plugin::Catalog;
 use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
@@ -59,6 +61,11 @@ pub struct Inner {
     pub signal: Signal,
     /// The broker, for readiness; `None` in the standalone mode, which dispatches in process.
     pub broker: Option<Arc<dyn Publisher>>,
+    /// Cancelled when the server shuts down (by `gleaner::app::serve`): open event streams end
+    /// on it, since a graceful shutdown waits for every response to finish.
+    pub shutdown: CancellationToken,
+    /// How often an open `GET /v1/jobs/events` stream polls the database.
+    pub events_poll_interval: Duration,
 }
 
 impl AppState {

@@ -191,6 +191,12 @@ impl ApiError {
         Self::new(Code::NotFound, format!("no {what} with id '{id}'"))
     }
 
+    /// The fields the error names, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn field_names(&self) -> Vec<&str> {
+        self.errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
             code: Code::Internal,

@@ -136,10 +136,10 @@ struct ListQuery {
     provider: Option<String>,
 }
 
-/// Service accounts.
+/// Service accounts, oldest first: never their credentials.
 #[derive(Debug, Serialize, ToSchema)]
-struct ServiceAccountList {
-    items: Vec<ServiceAccount>,
+pub(crate) struct ServiceAccountList {
+    pub(crate) items: Vec<ServiceAccount>,
 }
 
 /// Lists the service accounts.
@@ -161,7 +161,11 @@ async fn list(
     Tenant(domain): Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ServiceAccountList>> {
-    let items = service_account::list(&state.db, domain, q.provider.as_deref()).await?;
+    let filter = service_account::Filter {
+        provider: q.provider.as_deref(),
+        ..service_account::Filter::default()
+    };
+    let items = service_account::list(&state.db, domain, &filter).await?;
     Ok(Json(ServiceAccountList { items }))
 }
 

@@ -32,6 +32,7 @@ pub struct Settings {
     /// touch credentials (`migrate`) do not demand it.
     #[serde(skip_serializing)]
     pub secret_key: Option<String>,
+    pub api: ApiSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
@@ -48,12 +49,31 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             secret_key: None,
+            api: ApiSettings::default(),
             database: DatabaseSettings::default(),
             amqp: AmqpSettings::default(),
             redis: RedisSettings::default(),
             worker: WorkerSettings::default(),
             outbox: OutboxSettings::default(),
             log: LogSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiSettings {
+    /// How often each open `GET /v1/jobs/events` stream asks the database for changed jobs.
+    #[serde(with = "millis")]
+    pub events_poll_interval: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        // Quick enough for a dashboard to feel live; each poll of an idle stream is one index
+        // scan that finds nothing, so a hundred open dashboards cost ~200 queries a second.
+        Self {
+            events_poll_interval: Duration::from_millis(500),
         }
     }
 }

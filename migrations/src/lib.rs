@@ -8,6 +8,7 @@ mod m20261123_000001_create_core;
 mod m20261123_000002_resource_ingest;
 mod m20261123_000003_standalone;
 mod m20261123_000004_resource_sources;
+mod m20261123_000005_job_changes;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_resource_ingest::Migration),
             Box::new(m20261123_000003_standalone::Migration),
             Box::new(m20261123_000004_resource_sources::Migration),
+            Box::new(m20261123_000005_job_changes::Migration),
         ]
     }
 }

@@ -3,8 +3,10 @@
 mod support;
 
 mod collect;
+mod collectors;
 mod errors;
 mod merge;
+mod job_events;
 mod openapi;
 mod plugins;
 mod probes;

@@ -37,7 +37,11 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
     let (accounts, reason) = match plugin {
         Some(plugin) => {
             let provider = plugin.info().provider.clone();
-            let accounts = service_account::list(&ctx.db, input.domain, Some(&provider)).await?;
+            let filter = service_account::Filter {
+                provider: Some(&provider),
+                ..service_account::Filter::default()
+            };
+            let accounts = service_account::list(&ctx.db, input.domain, &filter).await?;
             let ids: Vec<_> = accounts.into_iter().map(|a| a.id).collect();
             (
                 ids,

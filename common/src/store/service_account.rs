@@ -140,19 +140,36 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     Ok(created.into())
 }
 
-/// Every service account of the domain, optionally of one provider, oldest first.
+/// Filters of a service-account listing; each `None` matches every account.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    /// Only the accounts of this provider.
+    pub provider: Option<&'a str>,
+    /// Only the accounts of this project.
+    pub project_id: Option<ProjectId>,
+    /// Only these accounts.
+    pub ids: Option<&'a [ServiceAccountId]>,
+}
+
+/// The service accounts of the domain that match `filter`, oldest first.
 ///
 /// # Errors
 /// Database errors only.
 pub async fn list(
     db: &impl ConnectionTrait,
     domain: DomainId,
-    provider: Option<&str>,
+    filter: &Filter<'_>,
 ) -> Result<Vec<ServiceAccount>> {
     let mut q = service_account::Entity::find()
         .filter(service_account::Column::DomainId.eq(domain.as_uuid()));
-    if let Some(p) = provider {
+    if let Some(p) = filter.provider {
         q = q.filter(service_account::Column::Provider.eq(p));
+    }
+    if let Some(p) = filter.project_id {
+        q = q.filter(service_account::Column::ProjectId.eq(p.as_uuid()));
+    }
+    if let Some(ids) = filter.ids {
+        q = q.filter(service_account::Column::Id.is_in(ids.iter().map(ServiceAccountId::as_uuid)));
     }
     let rows = q.order_by_asc(service_account::Column::Id).all(db).await?;
     Ok(rows.into_iter().map(Into::into).collect())

@@ -162,6 +162,12 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
     let Some(task) = rows.pop() else {
         return Ok(None);
     };
+    // A new attempt clears the task's counts, which the job's sum shows: the job changed.
+    job::Entity::update_many()
+        .col_expr(job::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .filter(job::Column::Id.eq(task.job_id))
+        .exec(&txn)
+        .await?;
     let j = job::Entity::find_by_id(task.job_id)
         .one(&txn)
         .await?
@@ -258,6 +264,10 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
         }
     }
     let failed = i32::from(outcome.status != JobStatus::Success);
+    // Read again rather than `now`: the sweep may have taken a while, and the job's
+    // `updated_at` should be close to the commit that makes it visible (the job event stream
+    // allows for a bounded lag only).
+    let touched = Utc::now().fixed_offset();
     // The row lock this update takes serializes the job's concurrently finishing tasks, so
     // exactly one of them sees `tasks_done == tasks_total`.
     let mut jobs = job::Entity::update_many()
@@ -269,7 +279,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
             job::Column::TasksFailed,
             Expr::col(job::Column::TasksFailed).add(failed),
         )
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(touched))
         .filter(job::Column::Id.eq(task.job_id))
         .exec_with_returning(&txn)
         .await?;

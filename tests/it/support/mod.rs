@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use gleaner_common::config::Settings;
 use gleaner_common::crypto::SecretKey;
 use reqwest::StatusCode;
@@ -189,6 +191,38 @@ impl Api {
         .await
     }
 
+    /// Opens a server-sent event stream, sending `last_event_id` as `Last-Event-ID`; insists on
+    /// a 200 `text/event-stream` answer.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<EventReader> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = req.send().await?;
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if r.status() != StatusCode::OK || !content_type.starts_with("text/event-stream") {
+            bail!(
+                "GET {path} answered {} {content_type}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(EventReader {
+            body: r.bytes_stream().map(|c| c.map(|b| b.to_vec())).boxed(),
+            buf: Vec::new(),
+            comments: 0,
+        })
+    }
+
     /// POSTs and insists on `expect`, returning the body.
     pub async fn create(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let a = self.post(path, body).await?;
@@ -254,6 +288,76 @@ impl Api {
     }
 }
 
+/// One server-sent event.
+#[derive(Clone, Debug)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    /// The `data` lines, joined with newlines.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON.
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.data).with_context(|| format!("event data: {}", self.data))
+    }
+}
+
+/// Reads a `text/event-stream` response as it arrives.
+pub struct EventReader {
+    body: BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    /// Comments received so far (keep-alives).
+    pub comments: usize,
+}
+
+impl EventReader {
+    /// The next event; `None` when the server ended the stream. Fails after `within`.
+    pub async fn next_within(&mut self, within: Duration) -> anyhow::Result<Option<SseEvent>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(e) = self.parse(&String::from_utf8_lossy(&block)) {
+                    return Ok(Some(e));
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => bail!("no event within {within:?}"),
+                Ok(None) => return Ok(None),
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk?),
+            }
+        }
+    }
+
+    /// One event block; `None` for a block of comments only.
+    fn parse(&mut self, block: &str) -> Option<SseEvent> {
+        let (mut event, mut id, mut data) = (String::new(), String::new(), Vec::new());
+        let mut fields = 0;
+        for line in block.lines() {
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            fields += 1;
+            match name {
+                "event" => event = value.to_owned(),
+                "id" => id = value.to_owned(),
+                "data" => data.push(value),
+                _ => {}
+            }
+        }
+        (fields > 0).then(|| SseEvent {
+            event,
+            id,
+            data: data.join("\n"),
+        })
+    }
+}
+
 /// One test's isolated Gleaner; its API client's methods are the environment's own.
 pub struct TestEnv {
     pub mode: Mode,
@@ -288,6 +392,8 @@ impl TestEnv {
         settings.redis.prefix = name.clone();
         settings.secret_key = Some(SecretKey::generate().to_hex());
         settings.outbox.poll_interval = Duration::from_millis(100);
+        // Event streams see a job's intermediate states even when it runs for a second only.
+        settings.api.events_poll_interval = Duration::from_millis(50);
         settings.worker.batch_size = opts.batch_size;
         settings.worker.shutdown_grace = Duration::from_secs(5);
         match mode {

@@ -101,6 +101,11 @@ const PROGRESS: &str = "UPDATE job_tasks SET
     updated_at = now()
 WHERE id = $1 AND attempt = $2";
 
+/// Moves the job's `updated_at` with its task's progress: a job's counts are summed from its
+/// tasks, and `GET /v1/jobs/events` finds changed jobs by `updated_at` alone. Run last, so the
+/// job row (shared by the job's concurrent tasks) stays locked only while the batch commits.
+const TOUCH_JOB: &str = "UPDATE jobs SET updated_at = $2 WHERE id = $1";
+
 /// Writes resources to PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PgSink {
@@ -200,6 +205,13 @@ impl ResourceSink for PgSink {
             .bind(counts.updated)
             .bind(counts.unchanged)
             .bind(counts.failed)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        // The clock of the process, like every other write of `jobs.updated_at`.
+        sqlx::query(TOUCH_JOB)
+            .bind(scope.job_id.as_uuid())
+            .bind(chrono::Utc::now().fixed_offset())
             .execute(&mut *tx)
             .await
             .map_err(db)?;

@@ -35,6 +35,10 @@ const PROGRESS: &str = "UPDATE job_tasks SET
     created = created + ?3, updated = updated + ?4, unchanged = unchanged + ?5, failed = failed + ?6
 WHERE id = ?1 AND attempt = ?2";
 
+/// Moves the job's `updated_at` with its task's progress: a job's counts are summed from its
+/// tasks, and `GET /v1/jobs/events` finds changed jobs by `updated_at` alone.
+const TOUCH_JOB: &str = "UPDATE jobs SET updated_at = ?2 WHERE id = ?1";
+
 const UPDATE: &str = "UPDATE resources SET
     name = ?2, region = ?3, project_id = ?4, service_account_id = ?5, collector_id = ?6,
     last_diff = ?7, data = ?8, content_hash = ?9, state = 'ACTIVE', missed_runs = 0,
@@ -285,6 +289,12 @@ impl ResourceSink for SqliteSink {
             .bind(counts.updated)
             .bind(counts.unchanged)
             .bind(counts.failed)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(TOUCH_JOB)
+            .bind(scope.job_id.as_uuid())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(db)?;

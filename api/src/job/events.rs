@@ -1,0 +1,265 @@
+//! `GET /v1/jobs/events`: a live stream of job changes, as server-sent events.
+//!
+//! # Design
+//!
+//! The stream polls the database rather than listening in process: in the distributed mode the
+//! worker that moves a job along is another process, and the standalone mode has no broker to
+//! listen to. What it polls is `jobs.updated_at`, which every change a client can see moves:
+//! creation, planning, each task's claim, each batch a task commits (its counts are the job's,
+//! summed; the sinks touch the job in the batch's transaction) and each task's end. So a poll is
+//! one range scan of the index `(domain_id, updated_at, id)` for the rows after a cursor
+//! ([`job::changed_after`]), which finds nothing most of the time; only jobs that changed are then
+//! read in full, with their counts ([`job::get_many`]).
+//!
+//! A timestamp cursor can miss a change whose transaction commits after a later one: its
+//! `updated_at` is taken before its commit, and processes' clocks differ a little. So each poll
+//! scans again from [`LOOKBACK`] before the highest cursor seen, and skips a job whose
+//! `updated_at` is the one last sent for it. Event ids are that highest cursor, so they only
+//! grow; a client resuming with `Last-Event-ID` gets the changes after it, and the first poll
+//! takes what is at or before it as already seen.
+//!
+//! The stream ends when the client goes away (the body is dropped, with any query in flight) or
+//! when the server shuts down ([`crate::Inner::shutdown`]); a comment every [`KEEP_ALIVE`] keeps
+//! idle connections open through proxies.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use gleaner_common::id::{CollectorId, DomainId, JobId};
+use gleaner_common::store::job::{self, ChangeCursor};
+use gleaner_common::store::{self, collector};
+use serde::Deserialize;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::extract::{ApiQuery, Tenant};
+use crate::problem::{self, ApiError, ApiResult, Code, Problem};
+
+/// How far behind the highest cursor each poll looks again: longer than a job write's
+/// transaction takes to commit after it stamped `updated_at` (the stamp is taken just before
+/// the job row is written, and the rest of each such transaction is short), plus the clock
+/// differences between the processes that write jobs.
+const LOOKBACK: Duration = Duration::from_secs(10);
+
+/// The SSE keep-alive comment's period: below the common 30–60 s idle timeouts of proxies.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Cursors read per query; a poll reads pages until one is short.
+const SCAN_PAGE: u64 = 500;
+
+/// Jobs sent per poll at most; a larger burst continues at the next poll.
+const MAX_EVENTS_PER_POLL: usize = 500;
+
+/// The shortest poll interval honoured, whatever the settings say.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
+    /// Only the jobs of this collector.
+    collector_id: Option<CollectorId>,
+}
+
+/// A live stream of job changes, as server-sent events.
+///
+/// Each event is `event: job`, `id: <cursor>` and `data: <the job as GET /v1/jobs/{id} shows
+/// it>`, sent when a job is created or its status or progress changes (changes closer together
+/// than the poll interval, 500 ms by default, arrive as one). Ids grow with each event; send
+/// the last one back as `Last-Event-ID` to resume after it. A comment every 15 s keeps the
+/// connection open.
+#[utoipa::path(
+    get, path = "/v1/jobs/events", operation_id = "job_events", tag = "jobs",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "The id of the last event received: resume after it"),
+    ),
+    responses(
+        (status = 200, description = "The stream: `text/event-stream`, each event's `data` a \
+            `Job`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed `collector_id` or `Last-Event-ID`, or an \
+            unknown query parameter", body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 404, description = "No collector with that `collector_id`",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let resume = match headers.get(LAST_EVENT_ID) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<ChangeCursor>().ok())
+                .ok_or_else(|| {
+                    ApiError::field(
+                        Code::InvalidInput,
+                        "Last-Event-ID",
+                        "is not the id of an event of this stream",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    if let Some(c) = q.collector_id {
+        // 404 for an unknown collector rather than a stream that stays silent.
+        collector::get(&state.db, domain, c).await?;
+    }
+    let poller = Poller::new(state, domain, q.collector_id, resume);
+    let span = tracing::Span::current();
+    let stream = futures::stream::unfold(poller, move |mut p| {
+        let span = span.clone();
+        async move { p.next().instrument(span).await.map(|e| (Ok(e), p)) }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One stream's polling state.
+struct Poller {
+    state: AppState,
+    shutdown: CancellationToken,
+    domain: DomainId,
+    collector: Option<CollectorId>,
+    /// The highest cursor scanned: the id of each event, and (less [`LOOKBACK`]) where the next
+    /// scan starts.
+    high: ChangeCursor,
+    /// Whether a scan ran: the first one takes what is at or before `high` as seen.
+    started: bool,
+    /// Per job changed within the lookback window, the `updated_at` of what was last sent (or
+    /// taken as seen), so a scan that finds it again skips it.
+    sent: HashMap<JobId, DateTime<Utc>>,
+    pending: VecDeque<Event>,
+    ticker: Interval,
+}
+
+impl Poller {
+    /// From `resume` (a `Last-Event-ID`), or from now: a new client wants what changes next.
+    fn new(
+        state: AppState,
+        domain: DomainId,
+        collector: Option<CollectorId>,
+        resume: Option<ChangeCursor>,
+    ) -> Self {
+        let high = resume.unwrap_or_else(|| ChangeCursor {
+            at: Utc::now(),
+            id: JobId::from_uuid(uuid::Uuid::max()),
+        });
+        // A zero period would make `interval` panic (and poll in a busy loop).
+        let period = state.events_poll_interval.max(MIN_POLL_INTERVAL);
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            shutdown: state.shutdown.clone(),
+            state,
+            domain,
+            collector,
+            high,
+            started: false,
+            sent: HashMap::new(),
+            pending: VecDeque::new(),
+            ticker,
+        }
+    }
+
+    /// The next event; `None` once the server shuts down.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                _ = self.ticker.tick() => {}
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                scanned = self.scan() => {
+                    if let Err(e) = scanned {
+                        // The next tick tries again; the client keeps its connection.
+                        tracing::warn!(error = %e, "polling for job changes failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One poll: queues an event per job that changed since it was last sent.
+    async fn scan(&mut self) -> Result<(), store::Error> {
+        let db = &self.state.db;
+        let lookback = chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::MAX);
+        let mut from = ChangeCursor {
+            at: self.high.at - lookback,
+            id: JobId::from_uuid(uuid::Uuid::nil()),
+        };
+        let mut fresh = Vec::new();
+        'pages: loop {
+            let page = job::changed_after(db, self.domain, self.collector, from, SCAN_PAGE).await?;
+            for c in &page {
+                if self.sent.get(&c.id) == Some(&c.at) {
+                    continue;
+                }
+                if !self.started && *c <= self.high {
+                    // The client saw it before it reconnected, or it predates the connection.
+                    self.sent.insert(c.id, c.at);
+                    continue;
+                }
+                fresh.push(*c);
+                if fresh.len() == MAX_EVENTS_PER_POLL {
+                    break 'pages;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() as u64 == SCAN_PAGE => from = *last,
+                _ => break,
+            }
+        }
+        self.started = true;
+
+        let ids: Vec<JobId> = fresh.iter().map(|c| c.id).collect();
+        let mut jobs: HashMap<JobId, _> = job::get_many(db, self.domain, &ids)
+            .await?
+            .into_iter()
+            .map(|(read, job)| (job.id, (read, job)))
+            .collect();
+        for c in fresh {
+            let Some((read, job)) = jobs.remove(&c.id) else {
+                continue; // deleted meanwhile
+            };
+            // `high` follows the scan, not the read: a job that moved on after the scan may
+            // have passed changes of other jobs the scan did not see yet.
+            self.high = self.high.max(c);
+            // What was sent is the job as read, which may be newer than the scan found it.
+            self.sent.insert(c.id, read.at);
+            match Event::default()
+                .event("job")
+                .id(self.high.to_string())
+                .json_data(&job)
+            {
+                Ok(e) => self.pending.push_back(e),
+                Err(e) => tracing::error!(error = %e, job_id = %job.id, "a job did not serialize"),
+            }
+        }
+        let horizon = self.high.at - lookback;
+        self.sent.retain(|_, at| *at >= horizon);
+        Ok(())
+    }
+}
