@@ -175,6 +175,17 @@ pub fn worker_context(
     ))
 }
 
+/// The scheduler over `db`, with the catalog of the built-in plugins (private ones are found
+/// in the store).
+#[must_use]
+pub fn scheduler(settings: &Settings, db: DatabaseConnection) -> gleaner_scheduler::Scheduler {
+    gleaner_scheduler::Scheduler::new(
+        db,
+        Registry::builtin().catalog(),
+        settings.scheduler.clone(),
+    )
+}
+
 /// How long a collection lock outlives a worker that died holding it.
 const LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -18,6 +18,7 @@ use gleaner_common::lock::LocalLocks;
 use gleaner_common::outbox::Signal;
 use gleaner_common::store;
 use gleaner_common::store::task::ClaimPolicy;
+use gleaner_scheduler::SystemClock;
 use gleaner_worker::local::{self, DispatchSettings};
 use gleaner_worker::sink::sqlite::SqliteSink;
 use tokio::net::TcpListener;
@@ -188,14 +189,24 @@ pub async fn run(
         ClaimPolicy::TakeOverRunning,
         Arc::new(LocalLocks::default()),
     )?;
-    let state = app::api_state(&settings, db.clone(), signal, None)?;
+    let state = app::api_state(&settings, db.clone(), signal.clone(), None)?;
 
     let dispatch = DispatchSettings {
         poll_interval: settings.outbox.poll_interval,
         grace: settings.worker.shutdown_grace,
     };
     let mut dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
-    let scheduler = tokio::spawn(gleaner_scheduler::run(db.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn({
+        let (scheduler, signal, shutdown) = (
+            app::scheduler(&settings, db.clone()),
+            signal.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            gleaner_scheduler::run(scheduler, "main", Arc::new(SystemClock), signal, shutdown)
+                .await;
+        }
+    });
     let serve = app::serve(state, listener, shutdown.clone());
     tokio::pin!(serve);
     // The dispatcher returns only on shutdown: if it ends before, jobs would be accepted and

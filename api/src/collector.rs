@@ -451,7 +451,7 @@ async fn collect(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let id = parse_id("collector", &id)?;
-    let job = job::enqueue(&state.db, &state.catalog, domain, id, Trigger::Manual).await?;
+    let job = job::enqueue(&state.db, &state.catalog, domain, id, Trigger::Manual, None).await?;
     state.signal.notify();
     Ok((
         StatusCode::ACCEPTED,

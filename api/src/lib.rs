@@ -46,6 +46,7 @@ pub mod plugin;
 pub mod problem;
 pub mod project;
 pub mod resource;
+pub mod schedule;
 pub mod service_account;
 
 /// What handlers share; cheap to clone.
@@ -95,6 +96,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(collector::routes())
         .merge(job::routes())
         .merge(resource::routes())
+        .merge(schedule::routes())
         .merge(openapi::routes())
 }
 

@@ -38,6 +38,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub worker: WorkerSettings,
     pub outbox: OutboxSettings,
+    pub scheduler: SchedulerSettings,
     pub log: LogSettings,
 }
 
@@ -55,6 +56,7 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             worker: WorkerSettings::default(),
             outbox: OutboxSettings::default(),
+            scheduler: SchedulerSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -180,6 +182,26 @@ impl Default for OutboxSettings {
         Self {
             poll_interval: Duration::from_millis(250),
             batch_size: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerSettings {
+    /// A fire found later than this after its time (the scheduler was down) is recorded as
+    /// MISSED instead of run.
+    #[serde(with = "secs")]
+    pub catch_up_window: Duration,
+    /// Schedules taken per transaction.
+    pub batch_size: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            catch_up_window: Duration::from_secs(3600),
+            batch_size: 200,
         }
     }
 }

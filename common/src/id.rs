@@ -110,6 +110,10 @@ uuid_id!(
     /// A message on the broker; consumers deduplicate by it.
     MessageId
 );
+uuid_id!(
+    /// A collector's schedule: hours of the day in a timezone.
+    ScheduleId
+);
 
 impl DomainId {
     /// The domain used when no tenant is named: standalone mode and single-tenant deployments.

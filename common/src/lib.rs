@@ -8,6 +8,7 @@
 //! - [`config`], [`telemetry`], [`retry`], [`crypto`], [`db`], [`provider`], [`plugin`].
 
 pub mod broker;
+pub mod calendar;
 pub mod config;
 pub mod crypto;
 pub mod db;

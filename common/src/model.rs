@@ -102,6 +102,37 @@ pub enum CollectorState {
     Disabled,
 }
 
+/// Whether a schedule fires.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize, ToSchema,
+)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ScheduleState {
+    #[sea_orm(string_value = "ENABLED")]
+    Enabled,
+    #[sea_orm(string_value = "PAUSED")]
+    Paused,
+}
+
+/// What became of one fire of a schedule.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize, ToSchema,
+)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FireOutcome {
+    /// A job was queued (`job_id`).
+    #[sea_orm(string_value = "QUEUED")]
+    Queued,
+    /// The collector's previous job was still queued or running (`reason`).
+    #[sea_orm(string_value = "SKIPPED")]
+    Skipped,
+    /// No scheduler ran within the catch-up window after the fire time.
+    #[sea_orm(string_value = "MISSED")]
+    Missed,
+}
+
 /// Whether a collector follows the plugin's latest version or stays on the one it names.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize, ToSchema,

@@ -9,6 +9,7 @@ mod m20261123_000002_resource_ingest;
 mod m20261123_000003_standalone;
 mod m20261123_000004_resource_sources;
 mod m20261123_000005_job_changes;
+mod m20261123_000006_schedules;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_standalone::Migration),
             Box::new(m20261123_000004_resource_sources::Migration),
             Box::new(m20261123_000005_job_changes::Migration),
+            Box::new(m20261123_000006_schedules::Migration),
         ]
     }
 }

@@ -1,14 +1,212 @@
 //! Gleaner's scheduler: turns collector schedules into jobs.
 //!
-//! A skeleton for now: the process starts, connects, and waits for shutdown. Schedules, leader
-//! election and catch-up arrive with the scheduler issue.
+//! - Each schedule stores its next fire instant; a pass ([`Scheduler::tick`]) takes the
+//!   schedules whose instant has come, through an index, and records their fires (the rules are
+//!   in `gleaner_common::store::schedule`). Between passes it sleeps until the earliest next
+//!   instant, at most [`MAX_SLEEP`]: an idle scheduler runs one indexed query a second, whatever
+//!   the number of schedules.
+//! - Several replicas may run: on PostgreSQL one is the leader, holding a session advisory lock
+//!   on a connection of its own (a leader that dies loses its connection, and so the lock). The
+//!   unique (schedule, fire time) of the fires makes a fire produce one job even if two
+//!   schedulers ever act at once. The standalone mode's SQLite store has one process.
+//! - Jobs are written with their outbox row, the same path as the API's `collect`.
+//! - The clock is injectable ([`Clock`]) so tests run simulated days.
 
-use sea_orm::DatabaseConnection;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gleaner_common::config::SchedulerSettings;
+use gleaner_common::outbox::Signal;
+use gleaner_common::plugin::Catalog;
+use gleaner_common::store::{self, schedule::Fired};
+use sea_orm::{DatabaseConnection, DbBackend};
+use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-/// Runs until `shutdown` is cancelled.
-pub async fn run(_db: DatabaseConnection, shutdown: CancellationToken) {
-    tracing::info!("scheduler started (no schedule support yet)");
-    shutdown.cancelled().await;
-    tracing::info!("scheduler stopped");
+/// The longest sleep between passes, so schedules created meanwhile fire on time.
+pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often a replica that is not the leader tries to become it.
+const FOLLOWER_RETRY: Duration = Duration::from_secs(2);
+
+/// Where the scheduler reads the time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Fires schedules.
+#[derive(Clone)]
+pub struct Scheduler {
+    db: DatabaseConnection,
+    catalog: Catalog,
+    settings: SchedulerSettings,
+}
+
+impl Scheduler {
+    #[must_use]
+    pub fn new(db: DatabaseConnection, catalog: Catalog, settings: SchedulerSettings) -> Self {
+        Self {
+            db,
+            catalog,
+            settings,
+        }
+    }
+
+    /// Records every fire due by `now`.
+    ///
+    /// # Errors
+    /// Database errors; what was not committed is done by the next pass.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<Fired, store::Error> {
+        let window = chrono::Duration::from_std(self.settings.catch_up_window)
+            .unwrap_or(chrono::Duration::hours(1));
+        let batch = self.settings.batch_size.max(1);
+        let mut total = Fired::default();
+        loop {
+            let fired =
+                store::schedule::fire_due(&self.db, &self.catalog, now, window, batch).await?;
+            total.queued += fired.queued;
+            total.skipped += fired.skipped;
+            total.missed += fired.missed;
+            total.schedules += fired.schedules;
+            if fired.schedules < batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How long to sleep after a pass at `now`.
+    async fn idle(&self, now: DateTime<Utc>) -> Duration {
+        match store::schedule::next_due(&self.db).await {
+            Ok(Some(t)) if t > now => (t - now).to_std().unwrap_or(MAX_SLEEP).min(MAX_SLEEP),
+            Ok(Some(_)) => Duration::ZERO,
+            Ok(None) => MAX_SLEEP,
+            Err(e) => {
+                warn!(error = %e, "reading the next fire failed");
+                MAX_SLEEP
+            }
+        }
+    }
+}
+
+/// Leadership among scheduler replicas.
+enum Leadership {
+    /// The only scheduler of its store (SQLite).
+    Sole,
+    /// PostgreSQL: the advisory lock `key`, held by `conn` when leading.
+    Advisory {
+        pool: sqlx::PgPool,
+        key: i64,
+        conn: Option<sqlx::PgConnection>,
+    },
+}
+
+impl Leadership {
+    fn for_store(db: &DatabaseConnection, schema: &str) -> Self {
+        match db.get_database_backend() {
+            DbBackend::Postgres => Self::Advisory {
+                pool: db.get_postgres_connection_pool().clone(),
+                key: lock_key(schema),
+                conn: None,
+            },
+            _ => Self::Sole,
+        }
+    }
+
+    /// Whether this replica leads now, taking the lead when it is free.
+    async fn lead(&mut self) -> bool {
+        let Self::Advisory { pool, key, conn } = self else {
+            return true;
+        };
+        if let Some(c) = conn {
+            // The lock lives as long as this connection: check it is still there.
+            if sqlx::query("SELECT 1").execute(&mut *c).await.is_ok() {
+                return true;
+            }
+            warn!("the scheduler lost its leader connection");
+            *conn = None;
+        }
+        let Ok(pooled) = pool.acquire().await else {
+            return false;
+        };
+        // Detached: the lock must leave with this connection, never go back to the pool.
+        let mut c = pooled.detach();
+        let taken: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(*key)
+            .fetch_one(&mut c)
+            .await;
+        if matches!(taken, Ok(true)) {
+            info!("this scheduler is the leader");
+            *conn = Some(c);
+            true
+        } else {
+            let _ = c.close().await;
+            false
+        }
+    }
+
+    async fn resign(&mut self) {
+        if let Self::Advisory { conn, .. } = self
+            && let Some(c) = conn.take()
+        {
+            let _ = c.close().await;
+        }
+    }
+}
+
+/// The advisory lock key of the schedulers of one schema.
+fn lock_key(schema: &str) -> i64 {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("gleaner.scheduler.{schema}").as_bytes());
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
+
+/// Runs passes until `shutdown`, as the leader, or waiting to become it.
+pub async fn run(
+    scheduler: Scheduler,
+    schema: &str,
+    clock: Arc<dyn Clock>,
+    signal: Signal,
+    shutdown: CancellationToken,
+) {
+    info!("scheduler started");
+    let mut leadership = Leadership::for_store(&scheduler.db, schema);
+    while !shutdown.is_cancelled() {
+        if !leadership.lead().await {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(FOLLOWER_RETRY) => continue,
+            }
+        }
+        let now = clock.now();
+        match scheduler.tick(now).await {
+            Ok(fired) if fired.queued + fired.skipped + fired.missed > 0 => {
+                info!(
+                    queued = fired.queued,
+                    skipped = fired.skipped,
+                    missed = fired.missed,
+                    "schedules fired"
+                );
+                signal.notify();
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "a scheduler pass failed; retrying"),
+        }
+        let sleep = scheduler.idle(clock.now()).await;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+    leadership.resign().await;
+    info!("scheduler stopped");
 }

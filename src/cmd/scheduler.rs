@@ -1,6 +1,10 @@
 //! `gleaner scheduler`.
 
+use std::sync::Arc;
+
 use gleaner_common::config::Settings;
+use gleaner_common::outbox::Signal;
+use gleaner_scheduler::SystemClock;
 use tokio_util::sync::CancellationToken;
 
 use crate::app;
@@ -22,6 +26,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = app::database(settings, args.migrate).await?;
-    gleaner_scheduler::run(db, shutdown).await;
+    let scheduler = app::scheduler(settings, db.clone());
+    // Jobs reach RabbitMQ through the outbox relay of the API and worker processes.
+    gleaner_scheduler::run(
+        scheduler,
+        settings.database.schema.as_deref().unwrap_or("public"),
+        Arc::new(SystemClock),
+        Signal::new(),
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -39,6 +39,12 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/v1/jobs/{id}/tasks", true),
     ("get", "/v1/resources", true),
     ("get", "/v1/resources/{id}", true),
+    ("get", "/v1/collectors/{id}/schedules", true),
+    ("post", "/v1/collectors/{id}/schedules", true),
+    ("get", "/v1/schedules/{id}", true),
+    ("patch", "/v1/schedules/{id}", true),
+    ("delete", "/v1/schedules/{id}", true),
+    ("get", "/v1/schedules/{id}/fires", true),
     ("get", "/v1/resources/{id}/changes", true),
 ];
 

@@ -11,5 +11,7 @@ pub mod project;
 pub mod resource;
 pub mod resource_change;
 pub mod resource_source;
+pub mod schedule;
+pub mod schedule_fire;
 pub mod secret;
 pub mod service_account;

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::{Error, Result, collector as collector_store, outbox};
 use crate::entity::{collector, job, job_task};
 use crate::envelope::{Envelope, JobRequested, TaskRequested};
-use crate::id::{CollectorId, DomainId, JobId, ServiceAccountId, TaskId};
+use crate::id::{CollectorId, DomainId, JobId, ScheduleId, ServiceAccountId, TaskId};
 use crate::model::{CollectorState, Counts, JobKind, JobStatus, Trigger};
 use crate::plugin::Catalog;
 
@@ -31,6 +31,10 @@ pub struct Job {
     pub plugin_id: String,
     pub plugin_version: String,
     pub trigger: Trigger,
+    /// The schedule that fired it (`trigger` is `schedule`).
+    pub schedule_id: Option<ScheduleId>,
+    /// The fire instant it was queued for.
+    pub fire_time: Option<DateTime<Utc>>,
     pub status: JobStatus,
     pub tasks_total: i32,
     pub tasks_done: i32,
@@ -54,6 +58,8 @@ fn view(m: job::Model, counts: Counts) -> Job {
         plugin_id: m.plugin_id,
         plugin_version: m.plugin_version,
         trigger: m.trigger,
+        schedule_id: m.schedule_id.map(Into::into),
+        fire_time: m.fire_time.map(|t| t.to_utc()),
         status: m.status,
         tasks_total: m.tasks_total,
         tasks_done: m.tasks_done,
@@ -81,6 +87,7 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     domain: DomainId,
     collector_id: CollectorId,
     trigger: Trigger,
+    fire: Option<(ScheduleId, DateTime<Utc>)>,
 ) -> Result<Job> {
     let txn = super::begin_write(db).await?;
     let c = collector_store::find(&txn, domain, collector_id).await?;
@@ -114,8 +121,8 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
         plugin_version: Set(version),
         options: Set(c.options.clone()),
         trigger: Set(trigger),
-        schedule_id: Set(None),
-        fire_time: Set(None),
+        schedule_id: Set(fire.map(|(s, _)| s.as_uuid())),
+        fire_time: Set(fire.map(|(_, t)| t.fixed_offset())),
         status: Set(JobStatus::Queued),
         tasks_total: Set(0),
         tasks_done: Set(0),

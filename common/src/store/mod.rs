@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod plugin;
 pub mod project;
 pub mod resource;
+pub mod schedule;
 pub mod service_account;
 pub mod task;
 

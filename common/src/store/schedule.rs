@@ -1,0 +1,487 @@
+//! Schedules and their fires.
+//!
+//! A schedule keeps `next_fire_at`, the next instant it fires; [`fire_due`] takes the schedules
+//! whose instant has come and records one fire per instant: QUEUED with a job, SKIPPED (the
+//! collector's previous job is still queued or running, or a later fire caught it up) or MISSED
+//! (no scheduler ran within the catch-up window). The fire row and its job commit together,
+//! and the unique (schedule, fire time) makes a second scheduler's attempt at the same fire a
+//! no-op: each fire produces one job at most.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{LockBehavior, LockType, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Error, Result, collector as collector_store, is_unique_violation, job as job_store};
+use crate::calendar::Calendar;
+use crate::entity::{job, schedule, schedule_fire};
+use crate::id::{CollectorId, DomainId, JobId, ScheduleId};
+use crate::model::{CollectorState, FireOutcome, JobStatus, Name, ScheduleState, Trigger};
+use crate::plugin::Catalog;
+
+/// Upcoming fires shown with a schedule.
+pub const SHOWN_FIRES: usize = 5;
+
+/// A schedule as the API shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Schedule {
+    pub id: ScheduleId,
+    pub collector_id: CollectorId,
+    pub name: String,
+    /// IANA timezone the hours are in.
+    #[schema(example = "Asia/Seoul")]
+    pub timezone: String,
+    /// Hours of the day (0–23), ascending.
+    pub hours: Vec<u8>,
+    pub state: ScheduleState,
+    /// The next fires (RFC 3339, UTC); empty while paused.
+    pub next_fires: Vec<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One fire of a schedule.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Fire {
+    pub fire_time: DateTime<Utc>,
+    pub outcome: FireOutcome,
+    /// The job it queued.
+    pub job_id: Option<JobId>,
+    /// Why it was skipped or missed.
+    pub reason: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+fn calendar_of(m: &schedule::Model) -> Result<Calendar> {
+    let hours: Vec<i64> = serde_json::from_value(m.hours.clone())
+        .map_err(|e| Error::Corrupt(format!("hours of schedule {}: {e}", m.id)))?;
+    Calendar::new(&m.timezone, &hours)
+        .map_err(|e| Error::Corrupt(format!("schedule {}: {}", m.id, e[0])))
+}
+
+fn view(m: schedule::Model, now: DateTime<Utc>) -> Result<Schedule> {
+    let calendar = calendar_of(&m)?;
+    let next_fires = match m.state {
+        ScheduleState::Enabled => {
+            // From the stored next fire: one due but not yet taken is still upcoming.
+            let from = m.next_fire_at.map_or(now, |t| {
+                t.with_timezone(&Utc) - chrono::Duration::seconds(1)
+            });
+            calendar.upcoming(from, SHOWN_FIRES)
+        }
+        ScheduleState::Paused => Vec::new(),
+    };
+    Ok(Schedule {
+        id: m.id.into(),
+        collector_id: m.collector_id.into(),
+        name: m.name,
+        timezone: calendar.timezone().to_owned(),
+        hours: calendar.hours(),
+        state: m.state,
+        next_fires,
+        created_at: m.created_at.with_timezone(&Utc),
+        updated_at: m.updated_at.with_timezone(&Utc),
+    })
+}
+
+fn hours_json(calendar: &Calendar) -> serde_json::Value {
+    serde_json::Value::from(calendar.hours())
+}
+
+fn next_fire(
+    calendar: &Calendar,
+    state: ScheduleState,
+    now: DateTime<Utc>,
+) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    match state {
+        ScheduleState::Enabled => calendar.next_after(now).map(|t| t.fixed_offset()),
+        ScheduleState::Paused => None,
+    }
+}
+
+fn name_taken(name: &str) -> Error {
+    Error::Conflict {
+        field: "name",
+        detail: format!("the collector has a schedule named '{name}' already"),
+    }
+}
+
+/// Adds a schedule to a collector; it fires from the next of its hours after `now`.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown collector; [`Error::Conflict`] naming `name`.
+pub async fn create(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    collector: CollectorId,
+    name: Name,
+    calendar: &Calendar,
+    state: ScheduleState,
+    now: DateTime<Utc>,
+) -> Result<Schedule> {
+    collector_store::find(db, domain, collector).await?;
+    let at = now.fixed_offset();
+    let row = schedule::ActiveModel {
+        id: Set(ScheduleId::new().into()),
+        domain_id: Set(domain.as_uuid()),
+        collector_id: Set(collector.as_uuid()),
+        name: Set(name.to_string()),
+        timezone: Set(calendar.timezone().to_owned()),
+        hours: Set(hours_json(calendar)),
+        state: Set(state),
+        next_fire_at: Set(next_fire(calendar, state, now)),
+        created_at: Set(at),
+        updated_at: Set(at),
+    };
+    match schedule::Entity::insert(row).exec_with_returning(db).await {
+        Ok(m) => view(m, now),
+        Err(e) if is_unique_violation(&e) => Err(name_taken(&name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A collector's schedules, oldest first.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown collector.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    collector: CollectorId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Schedule>> {
+    collector_store::find(db, domain, collector).await?;
+    schedule::Entity::find()
+        .filter(schedule::Column::DomainId.eq(domain.as_uuid()))
+        .filter(schedule::Column::CollectorId.eq(collector.as_uuid()))
+        .order_by_asc(schedule::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| view(m, now))
+        .collect()
+}
+
+async fn find(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ScheduleId,
+) -> Result<schedule::Model> {
+    schedule::Entity::find_by_id(id.as_uuid())
+        .filter(schedule::Column::DomainId.eq(domain.as_uuid()))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("schedule", id))
+}
+
+/// One schedule.
+///
+/// # Errors
+/// [`Error::NotFound`].
+pub async fn get(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ScheduleId,
+    now: DateTime<Utc>,
+) -> Result<Schedule> {
+    view(find(db, domain, id).await?, now)
+}
+
+/// The stored timezone and hours of a schedule, for an update that changes one of them.
+///
+/// # Errors
+/// [`Error::NotFound`].
+pub async fn current_calendar(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ScheduleId,
+) -> Result<Calendar> {
+    calendar_of(&find(db, domain, id).await?)
+}
+
+/// What an update changes.
+#[derive(Debug, Default)]
+pub struct ScheduleUpdate {
+    pub name: Option<Name>,
+    pub calendar: Option<Calendar>,
+    pub state: Option<ScheduleState>,
+}
+
+/// Applies an update. A new calendar, or a paused schedule enabled again, fires from the next
+/// of its hours after `now`: fires that fell while it was paused are neither run nor missed.
+///
+/// # Errors
+/// [`Error::NotFound`]; [`Error::Conflict`] naming `name`.
+pub async fn update(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ScheduleId,
+    change: ScheduleUpdate,
+    now: DateTime<Utc>,
+) -> Result<Schedule> {
+    let current = find(db, domain, id).await?;
+    let calendar = match &change.calendar {
+        Some(c) => c.clone(),
+        None => calendar_of(&current)?,
+    };
+    let state = change.state.unwrap_or(current.state);
+    let refire = change.calendar.is_some() || state != current.state;
+    let mut row: schedule::ActiveModel = current.into();
+    if let Some(name) = &change.name {
+        row.name = Set(name.to_string());
+    }
+    if change.calendar.is_some() {
+        row.timezone = Set(calendar.timezone().to_owned());
+        row.hours = Set(hours_json(&calendar));
+    }
+    row.state = Set(state);
+    if refire {
+        row.next_fire_at = Set(next_fire(&calendar, state, now));
+    }
+    row.updated_at = Set(now.fixed_offset());
+    match schedule::Entity::update(row).exec(db).await {
+        Ok(m) => view(m, now),
+        Err(e) if is_unique_violation(&e) => Err(name_taken(
+            &change.name.map(|n| n.to_string()).unwrap_or_default(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a schedule and its fires.
+///
+/// # Errors
+/// [`Error::NotFound`].
+pub async fn delete(db: &impl ConnectionTrait, domain: DomainId, id: ScheduleId) -> Result<()> {
+    let m = find(db, domain, id).await?;
+    schedule::Entity::delete_by_id(m.id).exec(db).await?;
+    Ok(())
+}
+
+/// A schedule's fires, newest first.
+///
+/// # Errors
+/// [`Error::NotFound`].
+pub async fn fires(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: ScheduleId,
+    limit: u64,
+) -> Result<Vec<Fire>> {
+    let m = find(db, domain, id).await?;
+    Ok(schedule_fire::Entity::find()
+        .filter(schedule_fire::Column::ScheduleId.eq(m.id))
+        .order_by_desc(schedule_fire::Column::FireTime)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|f| Fire {
+            fire_time: f.fire_time.with_timezone(&Utc),
+            outcome: f.outcome,
+            job_id: f.job_id.map(Into::into),
+            reason: f.reason,
+            recorded_at: f.created_at.with_timezone(&Utc),
+        })
+        .collect())
+}
+
+/// The earliest instant an enabled schedule fires, to sleep until.
+///
+/// # Errors
+/// Database errors only.
+pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>> {
+    Ok(schedule::Entity::find()
+        .select_only()
+        .column(schedule::Column::NextFireAt)
+        .filter(schedule::Column::State.eq(ScheduleState::Enabled))
+        .filter(schedule::Column::NextFireAt.is_not_null())
+        .order_by_asc(schedule::Column::NextFireAt)
+        .limit(1)
+        .into_tuple::<Option<DateTime<chrono::FixedOffset>>>()
+        .one(db)
+        .await?
+        .flatten()
+        .map(|t| t.with_timezone(&Utc)))
+}
+
+/// What one pass of [`fire_due`] recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fired {
+    pub queued: u64,
+    pub skipped: u64,
+    pub missed: u64,
+    /// Schedules looked at.
+    pub schedules: u64,
+}
+
+/// Fires of one schedule recorded per pass at most: a schedule idle for years records its
+/// latest missed fires, not every one.
+const MAX_FIRES_PER_PASS: usize = 1_000;
+
+/// Takes up to `limit` schedules whose fire time has come (by `now`) and records their fires.
+/// A fire older than `window` is MISSED; of the fires within it, the latest queues a job (or is
+/// SKIPPED when the collector's previous job is still queued or running) and the earlier ones
+/// are SKIPPED as caught up by it. Disabled collectors' schedules move on without recording.
+///
+/// # Errors
+/// Database errors; the pass's schedules are left for the next one.
+pub async fn fire_due(
+    db: &DatabaseConnection,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+    limit: u64,
+) -> Result<Fired> {
+    let txn = super::begin_write(db).await?;
+    let due = schedule::Entity::find()
+        .filter(schedule::Column::State.eq(ScheduleState::Enabled))
+        .filter(schedule::Column::NextFireAt.lte(now.fixed_offset()))
+        .order_by_asc(schedule::Column::NextFireAt)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .all(&txn)
+        .await?;
+    let mut fired = Fired::default();
+    for s in due {
+        fired.schedules += 1;
+        fire_one(&txn, catalog, &s, now, window, &mut fired).await?;
+    }
+    txn.commit().await?;
+    Ok(fired)
+}
+
+async fn fire_one(
+    txn: &DatabaseTransaction,
+    catalog: &Catalog,
+    s: &schedule::Model,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+    fired: &mut Fired,
+) -> Result<()> {
+    let calendar = calendar_of(s)?;
+    let Some(first) = s.next_fire_at.map(|t| t.with_timezone(&Utc)) else {
+        return Ok(());
+    };
+    let mut times = vec![first];
+    while let Some(t) = times.last().and_then(|t| calendar.next_after(*t))
+        && t <= now
+    {
+        times.push(t);
+        if times.len() > MAX_FIRES_PER_PASS {
+            times.remove(0);
+        }
+    }
+    let next = calendar.next_after(now).map(|t| t.fixed_offset());
+    schedule::Entity::update_many()
+        .col_expr(
+            schedule::Column::NextFireAt,
+            sea_orm::sea_query::Expr::value(next),
+        )
+        .filter(schedule::Column::Id.eq(s.id))
+        .exec(txn)
+        .await?;
+    let domain = DomainId::from_uuid(s.domain_id);
+    let collector = CollectorId::from_uuid(s.collector_id);
+    let c = collector_store::find(txn, domain, collector).await?;
+    if c.state == CollectorState::Disabled {
+        return Ok(());
+    }
+    let (late, recent): (Vec<_>, Vec<_>) = times.into_iter().partition(|t| now - *t > window);
+    for t in late {
+        let reason = format!(
+            "no scheduler ran within the catch-up window ({} min) after this fire",
+            window.num_minutes()
+        );
+        if record(txn, s, t, FireOutcome::Missed, Some(reason)).await? {
+            fired.missed += 1;
+        }
+    }
+    let Some((&latest, earlier)) = recent.split_last() else {
+        return Ok(());
+    };
+    for t in earlier {
+        let reason = format!("caught up by the fire at {}", latest.to_rfc3339());
+        if record(txn, s, *t, FireOutcome::Skipped, Some(reason)).await? {
+            fired.skipped += 1;
+        }
+    }
+    let running = job::Entity::find()
+        .filter(job::Column::CollectorId.eq(s.collector_id))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .order_by_desc(job::Column::Id)
+        .one(txn)
+        .await?;
+    if let Some(j) = running {
+        let reason = format!(
+            "the collector's previous job {} was still {}",
+            j.id,
+            serde_json::to_value(j.status)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        );
+        if record(txn, s, latest, FireOutcome::Skipped, Some(reason)).await? {
+            fired.skipped += 1;
+        }
+        return Ok(());
+    }
+    // The fire row first: when another scheduler recorded this fire already, it exists and no
+    // job is made.
+    if record(txn, s, latest, FireOutcome::Queued, None).await? {
+        let job = job_store::enqueue(
+            txn,
+            catalog,
+            domain,
+            collector,
+            Trigger::Schedule,
+            Some((ScheduleId::from_uuid(s.id), latest)),
+        )
+        .await?;
+        schedule_fire::Entity::update_many()
+            .col_expr(
+                schedule_fire::Column::JobId,
+                sea_orm::sea_query::Expr::value(job.id.as_uuid()),
+            )
+            .filter(schedule_fire::Column::ScheduleId.eq(s.id))
+            .filter(schedule_fire::Column::FireTime.eq(latest.fixed_offset()))
+            .exec(txn)
+            .await?;
+        fired.queued += 1;
+    }
+    Ok(())
+}
+
+/// Records a fire unless it is recorded already; `true` when this call recorded it.
+async fn record(
+    txn: &impl ConnectionTrait,
+    s: &schedule::Model,
+    fire_time: DateTime<Utc>,
+    outcome: FireOutcome,
+    reason: Option<String>,
+) -> Result<bool> {
+    let inserted = schedule_fire::Entity::insert(schedule_fire::ActiveModel {
+        schedule_id: Set(s.id),
+        fire_time: Set(fire_time.fixed_offset()),
+        outcome: Set(outcome),
+        job_id: Set(None),
+        reason: Set(reason),
+        created_at: Set(Utc::now().fixed_offset()),
+        ..Default::default()
+    })
+    .on_conflict(
+        OnConflict::columns([
+            schedule_fire::Column::ScheduleId,
+            schedule_fire::Column::FireTime,
+        ])
+        .do_nothing()
+        .to_owned(),
+    )
+    .exec_without_returning(txn)
+    .await?;
+    Ok(inserted > 0)
+}

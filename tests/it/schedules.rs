@@ -1,0 +1,362 @@
+//! Schedules through the API, and the scheduler on a simulated clock: fires at the right
+//! instants, exactly once, SKIPPED on overlap, caught up or MISSED after downtime.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use gleaner_scheduler::Scheduler;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Mode, TestEnv};
+
+fn scheduler(env: &TestEnv) -> Scheduler {
+    gleaner::app::scheduler(&env.settings, env.db.clone())
+}
+
+fn instant(v: &Value) -> anyhow::Result<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(v.as_str().context("an instant")?)?.with_timezone(&Utc))
+}
+
+/// The schedule's fires, oldest first, as (fire time, outcome, job id, reason).
+async fn fires(
+    env: &TestEnv,
+    schedule: &str,
+) -> anyhow::Result<Vec<(DateTime<Utc>, String, Value, Value)>> {
+    let a = env
+        .get(&format!("/v1/schedules/{schedule}/fires?limit=1000"))
+        .await?;
+    anyhow::ensure!(a.status == StatusCode::OK, "{}", a.body);
+    let mut out = Vec::new();
+    for f in a.body["items"].as_array().context("items")? {
+        out.push((
+            instant(&f["fire_time"])?,
+            f["outcome"].as_str().unwrap_or_default().to_owned(),
+            f["job_id"].clone(),
+            f["reason"].clone(),
+        ));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+async fn schedule(env: &TestEnv, collector: &str, body: Value) -> anyhow::Result<Value> {
+    env.create(&format!("/v1/collectors/{collector}/schedules"), body)
+        .await
+}
+
+async fn the_schedule_api_checks_its_input_and_shows_the_next_fires(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let path = format!("/v1/collectors/{collector}/schedules");
+    let bad = env
+        .post(
+            &path,
+            json!({"name": "x", "timezone": "Mars/Olympus", "hours": []}),
+        )
+        .await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .context("errors")?
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["timezone", "hours"]);
+    let bad = env
+        .post(
+            &path,
+            json!({"name": "x", "timezone": "UTC", "hours": [24]}),
+        )
+        .await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["errors"][0]["field"], "hours");
+
+    let s = schedule(
+        &env,
+        &collector,
+        json!({"name": "seoul", "timezone": "Asia/Seoul", "hours": [18, 0, 6, 12]}),
+    )
+    .await?;
+    assert_eq!(s["hours"], json!([0, 6, 12, 18]));
+    assert_eq!(s["state"], "ENABLED");
+    let next: Vec<DateTime<Utc>> = s["next_fires"]
+        .as_array()
+        .context("next_fires")?
+        .iter()
+        .map(instant)
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(next.len(), 5);
+    let now = Utc::now();
+    assert!(next[0] > now && next[0] - now <= chrono::Duration::hours(6));
+    for w in next.windows(2) {
+        assert_eq!(w[1] - w[0], chrono::Duration::hours(6));
+    }
+    // Seoul is UTC+9 without DST: 0, 6, 12, 18 there are 15, 21, 3, 9 UTC.
+    for t in &next {
+        assert!([3, 9, 15, 21].contains(&t.format("%H").to_string().parse::<u32>()?));
+        assert_eq!(t.format("%M:%S").to_string(), "00:00");
+    }
+    let dup = env
+        .post(
+            &path,
+            json!({"name": "seoul", "timezone": "UTC", "hours": [1]}),
+        )
+        .await?;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(dup.body["errors"][0]["field"], "name");
+
+    let id = s["id"].as_str().context("id")?;
+    let paused = env
+        .patch(&format!("/v1/schedules/{id}"), json!({"state": "PAUSED"}))
+        .await?;
+    assert_eq!(paused.body["next_fires"], json!([]));
+    let moved = env
+        .patch(
+            &format!("/v1/schedules/{id}"),
+            json!({"state": "ENABLED", "timezone": "UTC", "hours": [7]}),
+        )
+        .await?;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    assert_eq!(
+        instant(&moved.body["next_fires"][0])?
+            .format("%H:%M")
+            .to_string(),
+        "07:00"
+    );
+    let list = env.get(&path).await?;
+    assert_eq!(list.body["items"].as_array().map(Vec::len), Some(1));
+
+    // Deleting the collector deletes its schedules.
+    let gone = env.delete(&format!("/v1/collectors/{collector}")).await?;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.body);
+    let after = env.get(&format!("/v1/schedules/{id}")).await?;
+    assert_eq!(after.status, StatusCode::NOT_FOUND);
+    assert_eq!(env.scalar("SELECT count(*) FROM schedules").await?, 0);
+    Ok(())
+}
+
+async fn a_seoul_schedule_fires_at_its_instants_for_three_days(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let s = schedule(
+        &env,
+        &collector,
+        json!({"name": "seoul", "timezone": "Asia/Seoul", "hours": [0, 6, 12, 18]}),
+    )
+    .await?;
+    let id = s["id"].as_str().context("id")?.to_owned();
+    let mut expected = vec![instant(&s["next_fires"][0])?];
+    let sched = scheduler(&env);
+    // Twelve fires; the clock visits each fire time, and the half-way points between them.
+    for _ in 0..12 {
+        let fire = *expected.last().context("fire")?;
+        let before = sched.tick(fire - chrono::Duration::minutes(1)).await?;
+        assert_eq!(before.queued, 0, "nothing is due a minute early");
+        let at = sched.tick(fire).await?;
+        assert_eq!(at.queued, 1, "one job at {fire}");
+        let again = sched.tick(fire + chrono::Duration::seconds(30)).await?;
+        assert_eq!(again.queued, 0, "a fire queues once");
+        let (_, outcome, job, _) = fires(&env, &id).await?.last().cloned().context("fire")?;
+        assert_eq!(outcome, "QUEUED");
+        let job = env.wait_job(job.as_str().context("job id")?).await?;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+        assert_eq!(job["trigger"], "schedule", "{job}");
+        assert_eq!(job["schedule_id"], json!(id));
+        assert_eq!(instant(&job["fire_time"])?, fire);
+        let next = fire + chrono::Duration::hours(6);
+        expected.push(next);
+    }
+    expected.pop();
+    let got: Vec<DateTime<Utc>> = fires(&env, &id).await?.into_iter().map(|f| f.0).collect();
+    assert_eq!(got, expected);
+    for t in &got {
+        assert!([3, 9, 15, 21].contains(&t.format("%H").to_string().parse::<u32>()?));
+    }
+    Ok(())
+}
+
+async fn overlap_is_skipped_and_downtime_is_caught_up_or_missed(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let s = schedule(
+        &env,
+        &collector,
+        json!({"name": "daily", "timezone": "America/New_York", "hours": [9]}),
+    )
+    .await?;
+    let id = s["id"].as_str().context("id")?.to_owned();
+    let day = |n: usize| instant(&s["next_fires"][n]);
+    let sched = scheduler(&env);
+
+    // Overlap: a job of the collector is queued when the fire comes.
+    let manual = env.start_collect(&collector).await?;
+    let fired = sched.tick(day(0)?).await?;
+    let last = fires(&env, &id).await?.last().cloned().context("fire")?;
+    if fired.skipped == 1 {
+        assert_eq!(last.1, "SKIPPED");
+        assert!(
+            last.3.as_str().is_some_and(|r| r.contains("still")),
+            "{last:?}"
+        );
+    } else {
+        // The manual job finished before the tick read it: then the fire ran.
+        assert_eq!(last.1, "QUEUED");
+    }
+    env.wait_job(&manual).await?;
+    if let Some(job) = last.2.as_str() {
+        env.wait_job(job).await?;
+    }
+
+    // Down for 30 minutes after the next fire: caught up, once.
+    let fired = sched.tick(day(1)? + chrono::Duration::minutes(30)).await?;
+    assert_eq!((fired.queued, fired.missed), (1, 0), "{fired:?}");
+    let last = fires(&env, &id).await?.last().cloned().context("fire")?;
+    assert_eq!((last.0, last.1.as_str()), (day(1)?, "QUEUED"));
+    env.wait_job(last.2.as_str().context("job")?).await?;
+
+    // Down for 3 hours after the one after: MISSED, with the reason, and no job.
+    let jobs_before = env.scalar("SELECT count(*) FROM jobs").await?;
+    let fired = sched.tick(day(2)? + chrono::Duration::hours(3)).await?;
+    assert_eq!((fired.queued, fired.missed), (0, 1), "{fired:?}");
+    let last = fires(&env, &id).await?.last().cloned().context("fire")?;
+    assert_eq!((last.0, last.1.as_str()), (day(2)?, "MISSED"));
+    assert!(
+        last.3
+            .as_str()
+            .is_some_and(|r| r.contains("catch-up window"))
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM jobs").await?, jobs_before);
+
+    // A disabled collector's fire is neither run nor recorded; nor a paused schedule's.
+    env.post(&format!("/v1/collectors/{collector}/disable"), json!(null))
+        .await?;
+    let fired = sched.tick(day(3)?).await?;
+    assert_eq!(fired.queued + fired.skipped + fired.missed, 0);
+    env.post(&format!("/v1/collectors/{collector}/enable"), json!(null))
+        .await?;
+    env.patch(&format!("/v1/schedules/{id}"), json!({"state": "PAUSED"}))
+        .await?;
+    let fired = sched.tick(day(4)?).await?;
+    assert_eq!(fired.schedules, 0);
+    assert_eq!(fires(&env, &id).await?.len(), 3);
+    Ok(())
+}
+
+/// Two schedulers passing at the same instants (two replicas in a split second, or a leader
+/// replaced mid-pass) record each fire once and queue one job per fire.
+async fn two_schedulers_fire_each_instant_once(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let mut ids = Vec::new();
+    let mut now = Utc::now();
+    // 24 schedules due at the same instant: the next full hour.
+    for n in 0..24 {
+        let s = schedule(
+            &env,
+            &collector,
+            json!({"name": format!("s{n}"), "timezone": "UTC",
+                   "hours": [(Utc::now() + chrono::Duration::hours(1)).format("%H").to_string().parse::<u8>()?]}),
+        )
+        .await?;
+        now = instant(&s["next_fires"][0])?;
+        ids.push(s["id"].as_str().context("id")?.to_owned());
+    }
+    let (a, b) = (scheduler(&env), scheduler(&env));
+    let (ra, rb) = tokio::join!(a.tick(now), b.tick(now));
+    let (ra, rb) = (ra?, rb?);
+    assert_eq!(
+        ra.queued + ra.skipped + rb.queued + rb.skipped,
+        24,
+        "{ra:?} {rb:?}"
+    );
+    let mut recorded = 0;
+    for id in &ids {
+        recorded += fires(&env, id).await?.len();
+    }
+    assert_eq!(recorded, 24);
+    let jobs = env
+        .scalar("SELECT count(*) FROM jobs WHERE trigger = 'schedule'")
+        .await?;
+    let queued = env
+        .scalar("SELECT count(*) FROM schedule_fires WHERE outcome = 'QUEUED'")
+        .await?;
+    assert_eq!(jobs, queued, "one job per queued fire");
+    assert!(queued >= 1);
+    // Let the queued jobs finish before the environment stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+/// New York across both DST changes of 2027, on a simulated clock: the hour that does not
+/// exist fires at the first instant after the jump, the hour that occurs twice fires once.
+async fn new_york_fires_right_across_both_dst_changes(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let calendar = gleaner_common::calendar::Calendar::new("America/New_York", &[1, 2, 3])
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let sched = scheduler(&env);
+    let utc = |s: &str| -> anyhow::Result<DateTime<Utc>> {
+        Ok(DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc))
+    };
+    for (created, expected) in [
+        (
+            "2027-03-13T12:00:00Z",
+            // 14 March: 01:00 EST, then 02:00 (absent) and 03:00 EDT are one instant.
+            vec![
+                "2027-03-14T06:00:00Z",
+                "2027-03-14T07:00:00Z",
+                "2027-03-15T05:00:00Z",
+            ],
+        ),
+        (
+            "2027-11-06T12:00:00Z",
+            // 7 November: 01:00 EDT (the first of two), 02:00 EST, 03:00 EST.
+            vec![
+                "2027-11-07T05:00:00Z",
+                "2027-11-07T07:00:00Z",
+                "2027-11-07T08:00:00Z",
+            ],
+        ),
+    ] {
+        let s = gleaner_common::store::schedule::create(
+            &env.db,
+            gleaner_common::id::DomainId::DEFAULT,
+            collector.parse()?,
+            gleaner_common::model::Name::parse("name", &format!("ny-{created}"))?,
+            &calendar,
+            gleaner_common::model::ScheduleState::Enabled,
+            utc(created)?,
+        )
+        .await?;
+        let id = s.id.to_string();
+        for _ in 0..expected.len() {
+            let shown = env.get(&format!("/v1/schedules/{id}")).await?;
+            let fire = instant(&shown.body["next_fires"][0])?;
+            assert_eq!(sched.tick(fire).await?.queued, 1, "at {fire}");
+            let all = fires(&env, &id).await?;
+            let last = all.last().cloned().context("fire")?;
+            env.wait_job(last.2.as_str().with_context(|| format!("job of {all:?}"))?)
+                .await?;
+        }
+        let got: Vec<String> = fires(&env, &id)
+            .await?
+            .into_iter()
+            .map(|f| f.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .collect();
+        assert_eq!(got, expected);
+        env.delete(&format!("/v1/schedules/{id}")).await?;
+    }
+    Ok(())
+}
+
+crate::in_both_modes!(
+    new_york_fires_right_across_both_dst_changes,
+    the_schedule_api_checks_its_input_and_shows_the_next_fires,
+    a_seoul_schedule_fires_at_its_instants_for_three_days,
+    overlap_is_skipped_and_downtime_is_caught_up_or_missed,
+    two_schedulers_fire_each_instant_once,
+);
