@@ -121,6 +121,7 @@ pub fn api_state(
         broker,
         shutdown: CancellationToken::new(),
         events_poll_interval: settings.api.events_poll_interval,
+        plugin_dir: settings.plugins.dir.clone(),
     }))
 }
 
@@ -165,7 +166,7 @@ pub fn worker_context(
         Context::new(
             db,
             Cipher::new(&settings.secret_key()?),
-            Registry::builtin(),
+            Registry::builtin().with_private_dir(settings.plugins.dir.clone()),
             sink,
             settings.worker.clone(),
             signal,

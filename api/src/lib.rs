@@ -67,6 +67,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// How often an open `GET /v1/jobs/events` stream polls the database.
     pub events_poll_interval: Duration,
+    /// Where private plugins' executables must be; `None` disables registering them.
+    pub plugin_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {

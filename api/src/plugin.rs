@@ -75,8 +75,9 @@ struct RegisterPlugin {
     /// A semantic version; a new version of a registered id adds that version.
     #[schema(example = "1.0.0")]
     version: String,
-    /// The executable, at the same path on the API host and every worker.
-    #[schema(example = "/opt/plugins/json_inventory.py")]
+    /// The executable, inside the operator's plugin directory (`GLEANER_PLUGINS__DIR`) on the
+    /// API host and every worker; a relative path is taken relative to it.
+    #[schema(example = "json_inventory.py")]
     command: String,
     #[serde(default)]
     args: Vec<String>,
@@ -187,6 +188,8 @@ fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
             `command`, `timeout_seconds`, or `metadata.kind`, `metadata.provider`, \
             `metadata.options_schema` from what `init` answered",
             body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 403, description = "Private plugins are disabled (no GLEANER_PLUGINS__DIR)",
+            body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 409, description = "The version is registered already, or `id` is official",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 415, description = "The body is not JSON",
@@ -201,7 +204,25 @@ async fn register(
     ApiJson(body): ApiJson<RegisterPlugin>,
 ) -> ApiResult<(StatusCode, Json<PluginInfo>)> {
     let (id, version, spec) = validate(body)?;
-    let metadata = external::init(&spec).await.map_err(|e| {
+    let command =
+        external::resolve_command(state.plugin_dir.as_deref(), &spec.command).map_err(|e| {
+            match state.plugin_dir {
+                None => ApiError::new(Code::Forbidden, e),
+                Some(_) => ApiError::from(Invalid::new("command", e)),
+            }
+        })?;
+    if plugin::has_version(&state.db, domain, &id, &version.to_string()).await? {
+        return Err(ApiError::field(
+            Code::Conflict,
+            "version",
+            format!("plugin `{id}` already has version {version}; register a new version instead"),
+        ));
+    }
+    let run = Spec {
+        command: command.to_string_lossy().into_owned(),
+        ..spec.clone()
+    };
+    let metadata = external::init(&run).await.map_err(|e| {
         ApiError::new(
             Code::PluginFailed,
             format!("`{}` failed its init call: {}", spec.command, e.error),

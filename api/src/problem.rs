@@ -25,6 +25,8 @@ pub enum Code {
     Conflict,
     /// A plugin being registered failed its `init` call.
     PluginFailed,
+    /// The deployment does not allow this.
+    Forbidden,
     UnsupportedMediaType,
     Unavailable,
     Internal,
@@ -60,6 +62,7 @@ impl Code {
                 "The plugin failed",
                 "/problems/plugin-failed",
             ),
+            Code::Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "/problems/forbidden"),
             Code::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported media type",

@@ -36,6 +36,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
+    pub plugins: PluginSettings,
     pub worker: WorkerSettings,
     pub outbox: OutboxSettings,
     pub scheduler: SchedulerSettings,
@@ -54,6 +55,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             amqp: AmqpSettings::default(),
             redis: RedisSettings::default(),
+            plugins: PluginSettings::default(),
             worker: WorkerSettings::default(),
             outbox: OutboxSettings::default(),
             scheduler: SchedulerSettings::default(),
@@ -184,6 +186,15 @@ impl Default for OutboxSettings {
             batch_size: 500,
         }
     }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginSettings {
+    /// The directory private plugins' executables must be in. Unset: private plugins can be
+    /// neither registered nor run, since registering one runs its command on the API host and
+    /// every worker.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

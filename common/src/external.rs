@@ -50,6 +50,41 @@ pub struct Spec {
     pub timeout_seconds: u64,
 }
 
+/// The executable `command` names, if it is inside the operator's plugin directory `dir`: a
+/// relative command is taken relative to `dir`, and links are followed before the check, so
+/// nothing outside `dir` can be run.
+///
+/// # Errors
+/// No directory is configured, the command does not exist, or it is outside the directory; the
+/// message says which, for the `command` field.
+pub fn resolve_command(dir: Option<&Path>, command: &str) -> Result<std::path::PathBuf, String> {
+    let Some(dir) = dir else {
+        return Err(
+            "private plugins are disabled: the operator sets GLEANER_PLUGINS__DIR to the directory their executables are installed in"
+                .to_owned(),
+        );
+    };
+    let root = dir
+        .canonicalize()
+        .map_err(|e| format!("the plugin directory {} is unusable: {e}", dir.display()))?;
+    let path = Path::new(command);
+    let path = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        root.join(path)
+    };
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("`{command}` was not found in the plugin directory: {e}"))?;
+    if !real.starts_with(&root) || !real.is_file() {
+        return Err(format!(
+            "`{command}` is not a file inside the plugin directory {}",
+            root.display()
+        ));
+    }
+    Ok(real)
+}
+
 /// What `init` answers: the catalog entry of the plugin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -563,6 +598,26 @@ echo '{"type":"done"}'"#,
             init(&none).await.map_err(|e| e.error),
             Err(ProtocolError::Incomplete { .. })
         ));
+    }
+
+    #[test]
+    fn commands_run_only_from_the_plugin_directory() {
+        let dir = std::env::temp_dir().join(format!("gleaner-plugins-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("sub")).expect("dir");
+        std::fs::write(dir.join("sub/p.sh"), "#!/bin/sh\n").expect("file");
+        std::os::unix::fs::symlink("/bin/sh", dir.join("escape")).expect("link");
+        let ok = resolve_command(Some(&dir), "sub/p.sh").expect("inside");
+        assert!(ok.ends_with("sub/p.sh"));
+        assert_eq!(
+            resolve_command(Some(&dir), &ok.to_string_lossy()).expect("absolute inside"),
+            ok
+        );
+        for bad in ["/bin/sh", "../../bin/sh", "escape", "sub", "missing"] {
+            assert!(resolve_command(Some(&dir), bad).is_err(), "{bad}");
+        }
+        let off = resolve_command(None, "sub/p.sh").expect_err("disabled");
+        assert!(off.contains("GLEANER_PLUGINS__DIR"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

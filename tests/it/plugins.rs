@@ -144,13 +144,36 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
         "{}",
         failed.body
     );
-    let missing = env
+    // Only executables inside the operator's plugin directory can be registered.
+    for command in [
+        "/nonexistent/plugin",
+        "/bin/sh",
+        "../../../bin/sh",
+        "examples",
+    ] {
+        let refused = env
+            .post(
+                "/v1/plugins",
+                json!({"id": "outside", "version": "1.0.0", "command": command}),
+            )
+            .await?;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{command}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["errors"][0]["field"], "command");
+    }
+    // A relative command is found in the plugin directory.
+    let relative = env
         .post(
             "/v1/plugins",
-            json!({"id": "gone", "version": "1.0.0", "command": "/nonexistent/plugin"}),
+            json!({"id": "relative", "version": "1.0.0",
+                   "command": "examples/plugins/json_inventory.py"}),
         )
         .await?;
-    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(relative.status, StatusCode::CREATED, "{}", relative.body);
 
     // Input is checked before anything runs, every field at once.
     let bad = env

@@ -132,6 +132,19 @@ pub async fn runnable(
         .map(|v| (info(id, &versions, v), v.spec.clone())))
 }
 
+/// Whether the domain's private plugin `id` has `version` already.
+///
+/// # Errors
+/// Database errors only.
+pub async fn has_version(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    id: &str,
+    version: &str,
+) -> Result<bool> {
+    Ok(runnable(db, domain, id, version).await?.is_some())
+}
+
 /// Registers a private plugin, or a new version of one.
 ///
 /// # Errors

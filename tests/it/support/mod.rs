@@ -390,6 +390,8 @@ impl TestEnv {
         settings.database.max_connections = 6;
         settings.amqp.prefix = name.clone();
         settings.redis.prefix = name.clone();
+        // The example plugin and the tests' misbehaving one are under the repository.
+        settings.plugins.dir = Some(env!("CARGO_MANIFEST_DIR").into());
         settings.secret_key = Some(SecretKey::generate().to_hex());
         settings.outbox.poll_interval = Duration::from_millis(100);
         // Event streams see a job's intermediate states even when it runs for a second only.

@@ -1,6 +1,7 @@
 //! Private plugins: external executables speaking the JSON-lines protocol of
 //! `gleaner_common::external` (docs/plugins.md).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,21 +15,29 @@ use super::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, Re
 pub struct External {
     info: PluginInfo,
     spec: Spec,
+    dir: Option<PathBuf>,
 }
 
 impl External {
+    /// A registered version; it runs only from `dir`, this worker's plugin directory.
     #[must_use]
-    pub fn new(info: PluginInfo, spec: Spec) -> Self {
-        Self { info, spec }
+    pub fn new(info: PluginInfo, spec: Spec, dir: Option<PathBuf>) -> Self {
+        Self { info, spec, dir }
+    }
+
+    /// The spec with its command resolved inside this worker's plugin directory.
+    fn runnable(&self) -> Result<Spec, PluginError> {
+        let command = external::resolve_command(self.dir.as_deref(), &self.spec.command)
+            .map_err(PluginError::Permanent)?;
+        Ok(Spec {
+            command: command.to_string_lossy().into_owned(),
+            ..self.spec.clone()
+        })
     }
 }
 
 fn failed(e: &ProtocolError) -> PluginError {
-    match e {
-        // The executable may be missing on this worker only, or the host short of processes.
-        ProtocolError::Spawn { .. } => PluginError::Transient(e.to_string()),
-        _ => PluginError::Permanent(e.to_string()),
-    }
+    PluginError::Permanent(e.to_string())
 }
 
 #[async_trait]
@@ -42,7 +51,7 @@ impl Plugin for External {
         options: &Value,
         secret: &Map<String, Value>,
     ) -> Result<(), PluginError> {
-        external::verify(&self.spec, options, secret)
+        external::verify(&self.runnable()?, options, secret)
             .await
             .map_err(|e| failed(&e.error))
     }
@@ -60,8 +69,9 @@ impl Plugin for External {
                 "service_account_id": task.service_account_id,
             },
         });
-        let timeout = Duration::from_secs(self.spec.timeout_seconds);
-        let mut session = Session::start(&self.spec, "collect", params, timeout)
+        let spec = self.runnable()?;
+        let timeout = Duration::from_secs(spec.timeout_seconds);
+        let mut session = Session::start(&spec, "collect", params, timeout)
             .await
             .map_err(|e| failed(&e))?;
         let result = tokio::select! {

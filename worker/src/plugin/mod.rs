@@ -155,6 +155,8 @@ pub trait Plugin: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: HashMap<String, Arc<dyn Plugin>>,
+    /// Where private plugins' executables must be; `None` refuses to run them.
+    private_dir: Option<std::path::PathBuf>,
 }
 
 impl Registry {
@@ -164,6 +166,13 @@ impl Registry {
         let mut r = Self::default();
         r.add(Arc::new(demo::Demo::new()));
         r
+    }
+
+    /// The same registry, running private plugins from `dir`.
+    #[must_use]
+    pub fn with_private_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.private_dir = dir;
+        self
     }
 
     /// Adds (or replaces) a plugin.
@@ -194,7 +203,13 @@ impl Registry {
         }
         Ok(store::plugin::runnable(db, domain, id, version)
             .await?
-            .map(|(info, spec)| Arc::new(external::External::new(info, spec)) as Arc<dyn Plugin>))
+            .map(|(info, spec)| {
+                Arc::new(external::External::new(
+                    info,
+                    spec,
+                    self.private_dir.clone(),
+                )) as Arc<dyn Plugin>
+            }))
     }
 
     /// The catalog of these plugins, sorted by id, for the API.
