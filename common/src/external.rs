@@ -171,31 +171,47 @@ fn last_line(stderr: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The end of a plugin's stderr, shared with the task reading it.
+/// The end of a plugin's stderr, shared with the task reading it. More than is shown is kept,
+/// so that credentials are redacted before the text is cut: a cut inside a value would leave a
+/// part no pattern matches.
 #[derive(Clone, Debug, Default)]
-pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
+struct StderrTail {
+    buf: Arc<Mutex<Vec<u8>>>,
+    redactor: Arc<Redactor>,
+}
 
 impl StderrTail {
+    fn margin(&self) -> usize {
+        self.redactor.longest() * 2 + 64
+    }
+
     fn push(&self, bytes: &[u8]) {
         let mut buf = self
-            .0
+            .buf
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         buf.extend_from_slice(bytes);
-        if buf.len() > STDERR_KEPT {
-            let cut = buf.len() - STDERR_KEPT;
+        let keep = STDERR_KEPT + self.margin();
+        if buf.len() > keep {
+            let cut = buf.len() - keep;
             buf.drain(..cut);
         }
     }
 
-    /// What was kept, as text (invalid UTF-8 replaced).
-    #[must_use]
-    pub fn text(&self) -> String {
+    /// The last [`STDERR_KEPT`] bytes, redacted (invalid UTF-8 replaced).
+    fn text(&self) -> String {
         let buf = self
-            .0
+            .buf
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        String::from_utf8_lossy(&buf).into_owned()
+        let redacted = self.redactor.apply(&String::from_utf8_lossy(&buf));
+        if buf.len() > STDERR_KEPT {
+            // Drop the front line too: it may hold the end of a value cut off with the margin.
+            let t = tail(&redacted, STDERR_KEPT);
+            t.split_once('\n').map_or(t, |(_, rest)| rest).to_owned()
+        } else {
+            redacted
+        }
     }
 }
 
@@ -207,6 +223,7 @@ pub struct Session {
     lines: FramedRead<ChildStdout, LinesCodec>,
     line: u64,
     stderr: StderrTail,
+    redactor: Arc<Redactor>,
     stderr_reader: tokio::task::JoinHandle<()>,
     deadline: Instant,
     timeout_seconds: u64,
@@ -247,7 +264,17 @@ impl Session {
             source,
         })?;
         let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-        let stderr = StderrTail::default();
+        let redactor = Arc::new(
+            params
+                .get("secret")
+                .and_then(Value::as_object)
+                .map(Redactor::new)
+                .unwrap_or_default(),
+        );
+        let stderr = StderrTail {
+            buf: Arc::default(),
+            redactor: redactor.clone(),
+        };
         let mut err_pipe = child.stderr.take().ok_or_else(|| pipe_missing("stderr"))?;
         let tail = stderr.clone();
         let stderr_reader = tokio::spawn(async move {
@@ -266,6 +293,7 @@ impl Session {
             lines: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE)),
             line: 0,
             stderr,
+            redactor,
             stderr_reader,
             deadline: Instant::now() + timeout,
             timeout_seconds: timeout.as_secs(),
@@ -320,8 +348,9 @@ impl Session {
     fn garbage(&self, reason: String, line: &str) -> ProtocolError {
         ProtocolError::Garbage {
             line: self.line + u64::from(line.is_empty()),
-            reason,
-            start: line.chars().take(120).collect(),
+            reason: self.redactor.apply(&reason),
+            // Redacted before it is cut, so no part of a value is left.
+            start: self.redactor.apply(line).chars().take(120).collect(),
         }
     }
 
@@ -447,7 +476,7 @@ pub async fn verify(
             stderr: String::new(),
         })?;
     let answer = session.answer().await;
-    let stderr = redact(&session.stderr(), secret);
+    let stderr = session.stderr();
     match answer {
         Ok(m) if m == [Message::Verified] => Ok(()),
         Ok(_) => Err(CallError {
@@ -460,24 +489,76 @@ pub async fn verify(
     }
 }
 
-/// Replaces every credential value (of 4 characters or more) in `text` with `[REDACTED]`, so
-/// that what a plugin echoes of its secrets is not stored with the task.
+/// Replaces credential values in text a plugin wrote, so that what it echoes of its secrets is
+/// not stored with the task or shown by the API: each value of 4 characters or more, as is and
+/// as JSON escapes it (a plugin that prints its request), and each line of 16 characters or more
+/// of a multi-line value (a PEM key printed as is).
+#[derive(Clone, Debug, Default)]
+pub struct Redactor {
+    /// Longest first, so a value containing another is replaced whole.
+    patterns: Vec<String>,
+}
+
+impl Redactor {
+    #[must_use]
+    pub fn new(secret: &Map<String, Value>) -> Self {
+        let mut patterns = Vec::new();
+        for v in secret.values() {
+            let Some(raw) = v.as_str() else { continue };
+            if raw.chars().count() < 4 {
+                continue;
+            }
+            patterns.push(raw.to_owned());
+            if let Ok(escaped) = serde_json::to_string(raw) {
+                let inner = escaped[1..escaped.len() - 1].to_owned();
+                if inner != raw {
+                    patterns.push(inner);
+                }
+            }
+            if raw.contains('\n') {
+                patterns.extend(
+                    raw.lines()
+                        .map(str::trim)
+                        .filter(|l| l.len() >= 16)
+                        .map(String::from),
+                );
+            }
+        }
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        patterns.dedup();
+        Self { patterns }
+    }
+
+    /// Longest pattern, in bytes: a cut of the text must keep this much before what it shows.
+    fn longest(&self) -> usize {
+        self.patterns.first().map_or(0, String::len)
+    }
+
+    #[must_use]
+    pub fn apply(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for p in &self.patterns {
+            if out.contains(p.as_str()) {
+                out = out.replace(p.as_str(), "[REDACTED]");
+            }
+        }
+        out
+    }
+}
+
+/// [`Redactor::apply`] with the values of `secret`.
 #[must_use]
 pub fn redact(text: &str, secret: &Map<String, Value>) -> String {
-    let mut values: Vec<&str> = secret
-        .values()
-        .filter_map(Value::as_str)
-        .filter(|v| v.chars().count() >= 4)
-        .collect();
-    // Longest first, so a value containing another is replaced whole.
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    let mut out = text.to_owned();
-    for v in values {
-        if out.contains(v) {
-            out = out.replace(v, "[REDACTED]");
-        }
+    Redactor::new(secret).apply(text)
+}
+
+/// The last `n` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start += 1;
     }
-    out
+    &text[start..]
 }
 
 #[cfg(test)]
@@ -618,6 +699,39 @@ echo '{"type":"done"}'"#,
         let off = resolve_command(None, "sub/p.sh").expect_err("disabled");
         assert!(off.contains("GLEANER_PLUGINS__DIR"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn echoed_secrets_are_redacted_escaped_and_before_any_cut() {
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----";
+        let params = json!({"secret": {"private_key": key, "token": "tok-1234567890"}});
+        // Echoes the request (JSON-escaped key) to stderr, then 70 KB so the tail is cut, then
+        // the token raw at the very start of what is kept; then garbage holding the token past
+        // the 120 characters shown.
+        let script = r#"read -r req; echo "$req" >&2
+head -c 70000 /dev/zero | tr '\0' x >&2; echo >&2; echo "tok-1234567890 raw" >&2
+printf '%0130d tok-1234567890\n' 0"#;
+        let spec = sh(script, 10);
+        let mut s = Session::start(&spec, "collect", params, Duration::from_secs(10))
+            .await
+            .expect("start");
+        let garbage = s.next().await.expect_err("garbage");
+        let _ = s.finish().await;
+        let stderr = s.stderr();
+        assert!(!stderr.contains("tok-1234567890"), "raw token kept");
+        assert!(stderr.contains("[REDACTED] raw"));
+        assert!(stderr.len() <= STDERR_KEPT);
+        assert!(!garbage.to_string().contains("tok-12345"), "{garbage}");
+        // The whole request, escaped key included, is redacted when nothing is cut.
+        let spec = sh(r#"read -r req; echo "$req" >&2; exit 1"#, 10);
+        let params = json!({"secret": {"private_key": key}});
+        let mut s = Session::start(&spec, "verify", params, Duration::from_secs(10))
+            .await
+            .expect("start");
+        let e = s.answer().await.expect_err("exit 1");
+        let all = format!("{e} {}", s.stderr());
+        assert!(!all.contains("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"), "{all}");
+        assert!(all.contains("[REDACTED]"), "{all}");
     }
 
     #[test]
