@@ -222,7 +222,11 @@ impl From<store::Error> for ApiError {
         match e {
             store::Error::NotFound { what, id } => Self::not_found(what, id),
             store::Error::Conflict { field, detail } => Self {
-                code: Code::DuplicateName,
+                code: if field == "name" {
+                    Code::DuplicateName
+                } else {
+                    Code::Conflict
+                },
                 detail: detail.clone(),
                 errors: vec![FieldError {
                     field: field.into(),

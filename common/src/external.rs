@@ -309,8 +309,10 @@ impl Session {
             .take()
             .ok_or_else(|| pipe_missing("stdin"))?;
         // A plugin that exits without reading its request closes the pipe: that is reported by
-        // its exit status, not as a write error.
-        let _ = stdin.write_all(&request).await;
+        // its exit status, not as a write error. One that never reads it cannot block the call
+        // past its deadline.
+        let deadline = session.deadline;
+        let _ = tokio::time::timeout_at(deadline, stdin.write_all(&request)).await;
         drop(stdin);
         Ok(session)
     }

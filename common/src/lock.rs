@@ -11,17 +11,29 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
 
 /// A held lock; dropping it releases the lock.
 pub struct Held {
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+    lost: CancellationToken,
 }
 
 impl Held {
     /// A lock that guards nothing (a task without a collector has nothing to exclude).
     #[must_use]
     pub fn none() -> Self {
-        Self { on_drop: None }
+        Self {
+            on_drop: None,
+            lost: CancellationToken::new(),
+        }
+    }
+
+    /// Cancelled if the lock was lost while held (it expired in Redis): the holder must stop,
+    /// since another collection may now take it.
+    #[must_use]
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
     }
 }
 
@@ -61,6 +73,7 @@ impl Locks for LocalLocks {
         }
         let (set, key) = (self.0.clone(), key.to_owned());
         Ok(Some(Held {
+            lost: CancellationToken::new(),
             on_drop: Some(Box::new(move || {
                 set.lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -93,7 +106,7 @@ impl RedisLocks {
         let client = redis::Client::open(url).map_err(|e| LockError(e.to_string()))?;
         let conn = ConnectionManager::new(client)
             .await
-            .map_err(|e| LockError(format!("{url}: {e}")))?;
+            .map_err(|e| LockError(format!("{}: {e}", crate::db::redact(url))))?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
@@ -125,6 +138,8 @@ impl Locks for RedisLocks {
             return Ok(None);
         }
         let ttl = self.ttl;
+        let lost = CancellationToken::new();
+        let renew_lost = lost.clone();
         let (renew_key, renew_token, mut renew_conn) = (key.clone(), token.clone(), conn.clone());
         let renewal = tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
@@ -141,6 +156,7 @@ impl Locks for RedisLocks {
                     Ok(1) => {}
                     Ok(_) => {
                         tracing::warn!(key = %renew_key, "a collection lock expired while held");
+                        renew_lost.cancel();
                         return;
                     }
                     Err(e) => {
@@ -150,6 +166,7 @@ impl Locks for RedisLocks {
             }
         });
         Ok(Some(Held {
+            lost,
             on_drop: Some(Box::new(move || {
                 renewal.abort();
                 // Drop cannot wait: release in the background; the expiry covers a failure.

@@ -349,6 +349,23 @@ async fn a_plugin_past_its_timeout_is_killed(mode: Mode) -> anyhow::Result<()> {
     );
     assert_eq!(job["counts"]["created"], 1);
 
+    // `done`, then a child left holding stdout: the task ends with the plugin, not the child.
+    register_misbehaving(&env, "lingering", "lingering", "demo", 60).await?;
+    let lingering = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "lingering", "plugin_id": "lingering"}),
+        )
+        .await?;
+    let started = Instant::now();
+    let job = env.collect(lingering["id"].as_str().context("id")?).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
     register_misbehaving(&env, "crash", "crash", "demo", 60).await?;
     let crash = env
         .create(

@@ -5,6 +5,7 @@
 #   crash    one resource, then exits 3 without `done`
 #   leaky    echoes its request (credentials included) to stderr, then fails
 #   noinit   fails its init call
+#   lingering one resource and `done`, then leaves a child holding stdout open for 30 s
 #   slow     appends "start PID" to the file LOG (third argument), sleeps 1 s, appends "end PID"
 behaviour=$1
 provider=${2:-demo}
@@ -40,6 +41,11 @@ crash)
     resource a 1
     echo "crash: about to fail" >&2
     exit 3
+    ;;
+lingering)
+    resource a 1
+    echo '{"type":"done"}'
+    sleep 30 &
     ;;
 slow)
     echo "start $$" >>"$log"

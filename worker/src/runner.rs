@@ -52,7 +52,26 @@ pub async fn run(
         service_account_id = ?claimed.service_account_id.map(|s| s.to_string()));
     async move {
         let started = std::time::Instant::now();
-        let ended = collect(ctx, &claimed, &stop).await;
+        // Held until the outcome is recorded: the sweep of deleted resources must not run
+        // beside the next collection of the same collector and account.
+        let lock = match collection_lock(ctx, &claimed, &stop).await {
+            Ok(Some(held)) => Some(held),
+            Ok(None) => None,
+            Err(e) => {
+                let finished = store::task::finish(
+                    &ctx.db,
+                    claimed.task_id,
+                    claimed.attempt,
+                    failure_outcome(e.to_string()),
+                )
+                .await?;
+                return Ok(finished);
+            }
+        };
+        let ended = match &lock {
+            Some(held) => collect(ctx, &claimed, &stop, held).await,
+            None => Ended::Released,
+        };
         match ended {
             Ended::Stale => {
                 info!("a newer attempt owns the task; stopping");
@@ -75,6 +94,7 @@ pub async fn run(
                 if let Finished::Recorded(Some(job_status)) = finished {
                     info!(?job_status, "job finished");
                 }
+                drop(lock);
                 Ok(finished)
             }
         }
@@ -83,16 +103,20 @@ pub async fn run(
     .await
 }
 
-fn failure(error: impl Into<String>) -> Ended {
-    Ended::Done(Outcome {
+fn failure_outcome(error: impl Into<String>) -> Outcome {
+    Outcome {
         status: JobStatus::Failure,
         error: Some(error.into()),
         stderr: None,
         sweep: None,
-    })
+    }
 }
 
-async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> Ended {
+fn failure(error: impl Into<String>) -> Ended {
+    Ended::Done(failure_outcome(error))
+}
+
+async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, lock: &Held) -> Ended {
     let resolved = ctx
         .db_retry
         .run("find the plugin", store::Error::is_transient, || {
@@ -113,11 +137,6 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
             ));
         }
         Err(e) => return failure(format!("the plugin could not be looked up: {e}")),
-    };
-    let _lock = match collection_lock(ctx, claimed, stop).await {
-        Ok(Some(held)) => held,
-        Ok(None) => return Ended::Released,
-        Err(e) => return failure(e.to_string()),
     };
     if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
         return failure(e.detail);
@@ -149,19 +168,14 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         attempt: claimed.attempt,
         shared: false,
     };
-    let shared = ctx
-        .db_retry
-        .run(
-            "find collectors sharing the provider",
-            store::Error::is_transient,
-            || shares_provider(ctx, &scope),
-        )
-        .await;
-    let scope = match shared {
-        Ok(shared) => Scope { shared, ..scope },
-        Err(e) => return failure(format!("the collectors could not be listed: {e}")),
-    };
     let cancel = stop.child_token();
+    // A lock lost while held (expired in Redis) stops the plugin: another collection may run.
+    let lost = lock.lost().clone();
+    let stop_on_loss = cancel.clone();
+    let watcher = tokio::spawn(async move {
+        lost.cancelled().await;
+        stop_on_loss.cancel();
+    });
     let diagnostics = Diagnostics::default();
     let secrets = secret.clone();
     let request = CollectRequest {
@@ -193,8 +207,14 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken) -> 
         Ok(r) => r,
         Err(e) => Err(PluginError::Permanent(format!("the plugin panicked: {e}"))),
     };
+    watcher.abort();
     if stop.is_cancelled() {
         return Ended::Released;
+    }
+    if lock.lost().is_cancelled() {
+        return failure(
+            "the collection lock expired while the collection ran (Redis unreachable?); stopped so that two collections do not overlap",
+        );
     }
     let summary = match written {
         Ok(Some(s)) => s,
@@ -277,6 +297,7 @@ async fn consume(
     scope: &Scope,
     mut rx: mpsc::Receiver<Item>,
 ) -> Result<Option<Summary>, SinkError> {
+    let scope = &mut scope.clone();
     let batch_size = ctx.settings.batch_size.max(1);
     let mut summary = Summary::default();
     let mut batch: Vec<ResourceItem> = Vec::with_capacity(batch_size);
@@ -383,7 +404,8 @@ async fn shares_provider(ctx: &Context, scope: &Scope) -> Result<bool, store::Er
                 .await?
                 .map(|p| p.provider),
         };
-        if provider.as_deref() == Some(scope.provider.as_str()) {
+        // A plugin this worker cannot describe might report this provider: check.
+        if provider.is_none() || provider.as_deref() == Some(scope.provider.as_str()) {
             return Ok(true);
         }
     }
@@ -441,12 +463,26 @@ async fn merge(
 /// Writes the batch, retrying transient database errors. `false` when the task is stale.
 async fn flush(
     ctx: &Context,
-    scope: &Scope,
+    scope: &mut Scope,
     batch: &mut Vec<ResourceItem>,
     failed: &mut i64,
     summary: &mut Summary,
 ) -> Result<bool, SinkError> {
     let started = std::time::Instant::now();
+    // Asked again before each batch until true: a collector of the same provider created while
+    // this task runs makes the rest of its batches check for resources that collector owns.
+    if !scope.shared {
+        scope.shared = ctx
+            .db_retry
+            .run(
+                "find collectors sharing the provider",
+                store::Error::is_transient,
+                || shares_provider(ctx, scope),
+            )
+            .await
+            .map_err(|e| SinkError::Db(e.to_string()))?;
+    }
+    let scope = &*scope;
     let written = ctx
         .db_retry
         .run("write batch", SinkError::is_transient, || {

@@ -14,15 +14,15 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, FixedOffset, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
-    TransactionSession, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::resource::{Sweep, content_hash, json_diff, key_hash};
+use super::resource::{Aging, Sweep, content_hash, json_diff, key_hash};
 use super::{Error, Result};
-use crate::entity::{collector, job_task, resource, resource_change, resource_source};
+use crate::entity::{collector, job, job_task, resource, resource_change, resource_source};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
 use crate::model::{ChangeKind, Counts, JobStatus, ResourceState};
 
@@ -115,8 +115,12 @@ pub async fn remerge(
 ) -> Result<Remerged> {
     let mut out = Remerged::default();
     for chunk in ids.chunks(CHUNK) {
+        // Locked (PostgreSQL) in id order: two merges of one resource take turns, each seeing
+        // the other's sources, instead of the later commit showing a stale view.
         let resources = resource::Entity::find()
             .filter(resource::Column::Id.is_in(chunk.iter().copied()))
+            .order_by_asc(resource::Column::Id)
+            .lock_exclusive()
             .all(db)
             .await?;
         let sources = resource_source::Entity::find()
@@ -360,7 +364,9 @@ pub async fn write_reported<C: ConnectionTrait + TransactionTrait>(
             else {
                 continue;
             };
+            // A DELETED resource's owner no longer reports it: its old data is not a report.
             if !r.merged
+                && r.state == ResourceState::Active
                 && let Some(owner) = r.collector_id.filter(|o| *o != mine)
             {
                 // The owner's report so far is the resource itself.
@@ -394,6 +400,12 @@ pub async fn write_reported<C: ConnectionTrait + TransactionTrait>(
         .filter(job_task::Column::Id.eq(who.task_id.as_uuid()))
         .exec(&txn)
         .await?;
+    // The job's progress moved: its event stream follows `updated_at`.
+    job::Entity::update_many()
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(who.job_id.as_uuid()))
+        .exec(&txn)
+        .await?;
     txn.commit().await?;
     Ok(Some(counts))
 }
@@ -418,9 +430,9 @@ pub async fn sweep_sources(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> 
         None => query.filter(resource_source::Column::ServiceAccountId.is_null()),
     };
     let sources: Vec<(Uuid, i32)> = query.into_tuple().all(db).await?;
-    let (mut reset, mut aged, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows = Vec::with_capacity(sources.len());
     for chunk in sources.chunks(CHUNK) {
-        let keys: HashMap<Uuid, (String, String)> = resource::Entity::find()
+        let keys: HashMap<Uuid, u64> = resource::Entity::find()
             .select_only()
             .columns([
                 resource::Column::Id,
@@ -432,21 +444,19 @@ pub async fn sweep_sources(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> 
             .all(db)
             .await?
             .into_iter()
-            .map(|(id, t, k)| (id, (t, k)))
+            .map(|(id, t, k)| (id, key_hash(&t, &k)))
             .collect();
-        for (id, missed) in chunk {
-            let Some((t, k)) = keys.get(id) else { continue };
-            if s.seen.contains(&key_hash(t, k)) {
-                if *missed > 0 {
-                    reset.push(*id);
-                }
-            } else if missed + 1 >= s.delete_after {
-                expired.push(*id);
-            } else {
-                aged.push(*id);
-            }
-        }
+        rows.extend(
+            chunk
+                .iter()
+                .filter_map(|(id, missed)| keys.get(id).map(|k| (*id, *k, *missed))),
+        );
     }
+    let Aging {
+        reset,
+        aged,
+        expired,
+    } = Aging::sort(rows, s);
     let mine = || resource_source::Column::CollectorId.eq(s.collector_id.as_uuid());
     for chunk in reset.chunks(CHUNK) {
         resource_source::Entity::update_many()

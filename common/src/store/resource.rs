@@ -295,28 +295,34 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
         None => query.filter(resource::Column::ServiceAccountId.is_null()),
     };
     let rows: Vec<(uuid::Uuid, String, String, i32)> = query.into_tuple().all(db).await?;
-    let (mut reset, mut aged, mut expired) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, resource_type, resource_key, missed) in rows {
-        if s.seen.contains(&key_hash(&resource_type, &resource_key)) {
-            if missed > 0 {
-                reset.push(id);
-            }
-        } else if missed + 1 >= s.delete_after {
-            expired.push(id);
-        } else {
-            aged.push(id);
+    let aging = Aging::sort(
+        rows.into_iter()
+            .map(|(id, t, k, missed)| (id, key_hash(&t, &k), missed)),
+        s,
+    );
+    let (reset, aged, expired) = (aging.reset, aging.aged, aging.expired);
+    // Each update repeats the selection: a row another collector merged, or that changed state,
+    // since it was read is left alone.
+    let still_mine = || {
+        let q = resource::Entity::update_many()
+            .filter(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
+            .filter(resource::Column::Merged.eq(false))
+            .filter(resource::Column::State.eq(ResourceState::Active));
+        match s.service_account_id {
+            Some(sa) => q.filter(resource::Column::ServiceAccountId.eq(sa.as_uuid())),
+            None => q.filter(resource::Column::ServiceAccountId.is_null()),
         }
-    }
+    };
     let now = Utc::now().fixed_offset();
     for chunk in reset.chunks(ID_CHUNK) {
-        resource::Entity::update_many()
+        still_mine()
             .col_expr(resource::Column::MissedRuns, Expr::value(0))
             .filter(resource::Column::Id.is_in(chunk.iter().copied()))
             .exec(db)
             .await?;
     }
     for chunk in aged.chunks(ID_CHUNK) {
-        resource::Entity::update_many()
+        still_mine()
             .col_expr(
                 resource::Column::MissedRuns,
                 Expr::col(resource::Column::MissedRuns).add(1),
@@ -325,7 +331,24 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
             .exec(db)
             .await?;
     }
+    let mut deleted = 0;
     for chunk in expired.chunks(ID_CHUNK) {
+        // Only the rows this update changed get a DELETED change.
+        let changed: Vec<uuid::Uuid> = resource::Entity::find()
+            .select_only()
+            .column(resource::Column::Id)
+            .filter(resource::Column::Id.is_in(chunk.iter().copied()))
+            .filter(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
+            .filter(resource::Column::Merged.eq(false))
+            .filter(resource::Column::State.eq(ResourceState::Active))
+            .into_tuple()
+            .all(db)
+            .await?;
+        if changed.is_empty() {
+            continue;
+        }
+        deleted += changed.len();
+        let chunk = changed.as_slice();
         resource::Entity::update_many()
             .col_expr(
                 resource::Column::MissedRuns,
@@ -354,7 +377,37 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
         .await?;
     }
     let merged = super::merge::sweep_sources(db, s).await?;
-    Ok(i64::try_from(expired.len()).unwrap_or(i64::MAX) + merged)
+    Ok(i64::try_from(deleted).unwrap_or(i64::MAX) + merged)
+}
+
+/// A sweep's verdict on the reports of one collector and account.
+#[derive(Debug, Default)]
+pub(crate) struct Aging {
+    /// Seen again after missed runs: back to zero.
+    pub reset: Vec<uuid::Uuid>,
+    /// Missed once more.
+    pub aged: Vec<uuid::Uuid>,
+    /// Missed `delete_after` times in a row.
+    pub expired: Vec<uuid::Uuid>,
+}
+
+impl Aging {
+    /// Sorts (id, [`key_hash`], missed runs so far) by whether the collection saw the key.
+    pub(crate) fn sort(rows: impl IntoIterator<Item = (uuid::Uuid, u64, i32)>, s: &Sweep) -> Self {
+        let mut out = Self::default();
+        for (id, key, missed) in rows {
+            if s.seen.contains(&key) {
+                if missed > 0 {
+                    out.reset.push(id);
+                }
+            } else if missed + 1 >= s.delete_after {
+                out.expired.push(id);
+            } else {
+                out.aged.push(id);
+            }
+        }
+        out
+    }
 }
 
 /// The field-level diff of two JSON objects, as PostgreSQL's `gleaner_jsonb_diff` computes it:

@@ -86,19 +86,20 @@ impl Plugin for External {
     }
 }
 
-/// Forwards the plugin's messages until `done` and a clean exit.
+/// Forwards the plugin's messages until `done`, then waits for a clean exit. Reading stops at
+/// `done`: a child the plugin left behind holding its stdout does not hold up the task.
 async fn pump(session: &mut Session, out: &ItemSender) -> Result<(), PluginError> {
-    let mut done = false;
-    while let Some(message) = session.next().await.map_err(|e| failed(&e))? {
+    loop {
+        let Some(message) = session.next().await.map_err(|e| failed(&e))? else {
+            session.finish().await.map_err(|e| failed(&e))?;
+            return Err(failed(&ProtocolError::Incomplete {
+                expected: "`done` (its output ended early)",
+            }));
+        };
         let item = match message {
-            _ if done => {
-                return Err(PluginError::Permanent(
-                    "it wrote more after `done`".to_owned(),
-                ));
-            }
             Message::Done => {
-                done = true;
-                continue;
+                session.finish().await.map_err(|e| failed(&e))?;
+                return Ok(());
             }
             Message::Resource {
                 resource_type,
@@ -129,13 +130,5 @@ async fn pump(session: &mut Session, out: &ItemSender) -> Result<(), PluginError
             }
         };
         out.send(item).await?;
-    }
-    session.finish().await.map_err(|e| failed(&e))?;
-    if done {
-        Ok(())
-    } else {
-        Err(failed(&ProtocolError::Incomplete {
-            expected: "`done` (its output ended early)",
-        }))
     }
 }

@@ -164,7 +164,9 @@ impl ResourceSink for SqliteSink {
                     Existing {
                         id: row.try_get(2).map_err(db)?,
                         old_data: row.try_get(3).map_err(db)?,
-                        contested: row.try_get(4).map_err(db)?,
+                        // A task without a collector has no report to merge: it writes as before.
+                        contested: scope.collector_id.is_some()
+                            && row.try_get::<bool, _>(4).map_err(db)?,
                     },
                 );
             }
