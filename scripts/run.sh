@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs Gleaner on this machine: the API and one worker against the local PostgreSQL, RabbitMQ
+# Runs Gleaner on this machine: the API, one worker and the scheduler against the local PostgreSQL, RabbitMQ
 # and Redis (started first if installed but stopped). Ctrl-C stops both gracefully.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ pids=()
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }
 trap stop INT TERM EXIT
 "$bin" worker & pids+=($!)
+"$bin" scheduler & pids+=($!)
 "$bin" api & pids+=($!)
 # Either process ending (a crash, or Ctrl-C) stops the other.
 wait -n

@@ -360,3 +360,89 @@ crate::in_both_modes!(
     overlap_is_skipped_and_downtime_is_caught_up_or_missed,
     two_schedulers_fire_each_instant_once,
 );
+
+/// A clock the test moves.
+struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl gleaner_scheduler::Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ManualClock {
+    fn set(&self, t: DateTime<Utc>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = t;
+    }
+}
+
+/// Two scheduler processes' loops on one PostgreSQL schema, over twelve simulated hours; the
+/// leader is killed (its task aborted, its connection dropped) half-way: every fire still
+/// happens, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scheduler_replicas_with_the_leader_killed_fire_every_hour_once() -> anyhow::Result<()>
+{
+    let env = TestEnv::start(Mode::Distributed).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let s = schedule(
+        &env,
+        &collector,
+        json!({"name": "hourly", "timezone": "UTC", "hours": (0..24).collect::<Vec<_>>()}),
+    )
+    .await?;
+    let id = s["id"].as_str().context("id")?.to_owned();
+    let first = instant(&s["next_fires"][0])?;
+    let clock = std::sync::Arc::new(ManualClock(std::sync::Mutex::new(
+        first - chrono::Duration::minutes(1),
+    )));
+    let schema = env.settings.database.schema.clone().context("schema")?;
+    let replica = |clock: std::sync::Arc<ManualClock>| {
+        let (sched, schema) = (scheduler(&env), schema.clone());
+        tokio::spawn(async move {
+            gleaner_scheduler::run(
+                sched,
+                &schema,
+                clock,
+                gleaner_common::outbox::Signal::new(),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await;
+        })
+    };
+    let leader = replica(clock.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let follower = replica(clock.clone());
+    for hour in 0..12 {
+        if hour == 6 {
+            leader.abort();
+        }
+        let fire = first + chrono::Duration::hours(hour);
+        clock.set(fire);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let last = loop {
+            let all = fires(&env, &id).await?;
+            if all.len() > usize::try_from(hour)? {
+                break all.last().cloned().context("fire")?;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no fire at {fire}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!((last.0, last.1.as_str()), (fire, "QUEUED"));
+        env.wait_job(last.2.as_str().context("job")?).await?;
+    }
+    follower.abort();
+    let all = fires(&env, &id).await?;
+    assert_eq!(all.len(), 12);
+    assert!(all.iter().all(|f| f.1 == "QUEUED"));
+    let jobs = env
+        .scalar("SELECT count(*) FROM jobs WHERE trigger = 'schedule'")
+        .await?;
+    assert_eq!(jobs, 12);
+    Ok(())
+}
