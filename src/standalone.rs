@@ -203,8 +203,14 @@ pub async fn run(
             shutdown.clone(),
         );
         async move {
-            gleaner_scheduler::run(scheduler, "main", Arc::new(SystemClock), signal, shutdown)
-                .await;
+            gleaner_scheduler::run(
+                scheduler,
+                "main".to_owned(),
+                Arc::new(SystemClock),
+                signal,
+                shutdown,
+            )
+            .await;
         }
     });
     let serve = app::serve(state, listener, shutdown.clone());

@@ -173,13 +173,13 @@ fn lock_key(schema: &str) -> i64 {
 /// Runs passes until `shutdown`, as the leader, or waiting to become it.
 pub async fn run(
     scheduler: Scheduler,
-    schema: &str,
+    schema: String,
     clock: Arc<dyn Clock>,
     signal: Signal,
     shutdown: CancellationToken,
 ) {
     info!("scheduler started");
-    let mut leadership = Leadership::for_store(&scheduler.db, schema);
+    let mut leadership = Leadership::for_store(&scheduler.db, &schema);
     while !shutdown.is_cancelled() {
         if !leadership.lead().await {
             tokio::select! {

@@ -30,7 +30,11 @@ pub async fn run(
     // Jobs reach RabbitMQ through the outbox relay of the API and worker processes.
     gleaner_scheduler::run(
         scheduler,
-        settings.database.schema.as_deref().unwrap_or("public"),
+        settings
+            .database
+            .schema
+            .clone()
+            .unwrap_or_else(|| "public".to_owned()),
         Arc::new(SystemClock),
         Signal::new(),
         shutdown,

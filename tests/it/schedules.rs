@@ -407,7 +407,7 @@ async fn two_scheduler_replicas_with_the_leader_killed_fire_every_hour_once() ->
         tokio::spawn(async move {
             gleaner_scheduler::run(
                 sched,
-                &schema,
+                schema,
                 clock,
                 gleaner_common::outbox::Signal::new(),
                 tokio_util::sync::CancellationToken::new(),

@@ -20,7 +20,7 @@ use crate::entity::{collector, job, job_task};
 use crate::envelope::{Envelope, JobRequested, TaskRequested};
 use crate::id::{CollectorId, DomainId, JobId, ScheduleId, ServiceAccountId, TaskId};
 use crate::model::{CollectorState, Counts, JobKind, JobStatus, Trigger};
-use crate::plugin::Catalog;
+use crate::plugin::{Catalog, PluginInfo};
 
 /// A job as the API shows it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -75,6 +75,48 @@ fn view(m: job::Model, counts: Counts) -> Job {
     }
 }
 
+/// A QUEUED job of collector `c` and its `job.requested` message, to write together.
+pub(crate) fn new_job(
+    domain: DomainId,
+    id: JobId,
+    c: &collector::Model,
+    plugin: &PluginInfo,
+    trigger: Trigger,
+    fire: Option<(ScheduleId, DateTime<Utc>)>,
+) -> (job::ActiveModel, Envelope<JobRequested>) {
+    let version = match c.upgrade_mode {
+        crate::model::UpgradeMode::Auto => plugin.latest.clone(),
+        crate::model::UpgradeMode::Manual => c.version.clone(),
+    };
+    let kind = plugin.kind.job_kind();
+    let now = Utc::now().fixed_offset();
+    let row = job::ActiveModel {
+        id: Set(id.into()),
+        domain_id: Set(domain.into()),
+        kind: Set(kind),
+        collector_id: Set(Some(c.id)),
+        plugin_id: Set(c.plugin_id.clone()),
+        plugin_version: Set(version),
+        options: Set(c.options.clone()),
+        trigger: Set(trigger),
+        schedule_id: Set(fire.map(|(s, _)| s.as_uuid())),
+        fire_time: Set(fire.map(|(_, t)| t.fixed_offset())),
+        status: Set(JobStatus::Queued),
+        tasks_total: Set(0),
+        tasks_done: Set(0),
+        tasks_failed: Set(0),
+        error: Set(None),
+        started_at: Set(None),
+        finished_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    (
+        row,
+        Envelope::new(domain, kind, id, None, 1, JobRequested {}),
+    )
+}
+
 /// Accepts a collection: writes the job and its `job.requested` message in one transaction,
 /// so a job is never stored without being sent, nor sent without being stored.
 ///
@@ -105,40 +147,10 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
                 c.plugin_id, c.name
             ))
         })?;
-    let version = match c.upgrade_mode {
-        crate::model::UpgradeMode::Auto => plugin.latest.clone(),
-        crate::model::UpgradeMode::Manual => c.version.clone(),
-    };
-    let kind = plugin.kind.job_kind();
     let id = JobId::new();
-    let now = Utc::now().fixed_offset();
-    let row = job::ActiveModel {
-        id: Set(id.into()),
-        domain_id: Set(domain.into()),
-        kind: Set(kind),
-        collector_id: Set(Some(c.id)),
-        plugin_id: Set(c.plugin_id.clone()),
-        plugin_version: Set(version),
-        options: Set(c.options.clone()),
-        trigger: Set(trigger),
-        schedule_id: Set(fire.map(|(s, _)| s.as_uuid())),
-        fire_time: Set(fire.map(|(_, t)| t.fixed_offset())),
-        status: Set(JobStatus::Queued),
-        tasks_total: Set(0),
-        tasks_done: Set(0),
-        tasks_failed: Set(0),
-        error: Set(None),
-        started_at: Set(None),
-        finished_at: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    };
+    let (row, envelope) = new_job(domain, id, &c, &plugin, trigger, fire);
     let inserted = job::Entity::insert(row).exec_with_returning(&txn).await?;
-    outbox::insert(
-        &txn,
-        &Envelope::new(domain, kind, id, None, 1, JobRequested {}),
-    )
-    .await?;
+    outbox::insert(&txn, &envelope).await?;
     collector::Entity::update_many()
         .col_expr(collector::Column::LastJobId, Expr::value(id.as_uuid()))
         .filter(collector::Column::Id.eq(c.id))

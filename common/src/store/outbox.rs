@@ -22,20 +22,35 @@ pub async fn insert<P: Message + Serialize>(
     db: &impl ConnectionTrait,
     envelope: &Envelope<P>,
 ) -> Result<()> {
-    let body = serde_json::to_string(envelope).map_err(|e| Error::Corrupt(e.to_string()))?;
-    outbox::Entity::insert(outbox::ActiveModel {
-        id: NotSet,
-        domain_id: Set(envelope.domain_id.into()),
-        message_id: Set(envelope.message_id.into()),
-        routing_key: Set(envelope.routing_key()),
-        body: Set(body),
-        publish_attempts: Set(0),
-        last_error: Set(None),
-        created_at: Set(Utc::now().fixed_offset()),
-        dead_at: Set(None),
-    })
-    .exec_without_returning(db)
-    .await?;
+    insert_many(db, std::slice::from_ref(envelope)).await
+}
+
+/// Queues several messages in one statement.
+///
+/// # Errors
+/// Database errors only.
+pub async fn insert_many<P: Message + Serialize>(
+    db: &impl ConnectionTrait,
+    envelopes: &[Envelope<P>],
+) -> Result<()> {
+    let mut rows = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let body = serde_json::to_string(envelope).map_err(|e| Error::Corrupt(e.to_string()))?;
+        rows.push(outbox::ActiveModel {
+            id: NotSet,
+            domain_id: Set(envelope.domain_id.into()),
+            message_id: Set(envelope.message_id.into()),
+            routing_key: Set(envelope.routing_key()),
+            body: Set(body),
+            publish_attempts: Set(0),
+            last_error: Set(None),
+            created_at: Set(Utc::now().fixed_offset()),
+            dead_at: Set(None),
+        });
+    }
+    outbox::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 

@@ -8,20 +8,24 @@
 //! no-op: each fire produces one job at most.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{LockBehavior, LockType, OnConflict};
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::sea_query::{CaseStatement, Expr, LockBehavior, LockType, OnConflict, SimpleExpr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::{Error, Result, collector as collector_store, is_unique_violation, job as job_store};
 use crate::calendar::Calendar;
-use crate::entity::{job, schedule, schedule_fire};
+use crate::entity::{collector, job, schedule, schedule_fire};
+use crate::envelope::{Envelope, JobRequested};
 use crate::id::{CollectorId, DomainId, JobId, ScheduleId};
 use crate::model::{CollectorState, FireOutcome, JobStatus, Name, ScheduleState, Trigger};
-use crate::plugin::Catalog;
+use crate::plugin::{Catalog, PluginInfo};
 
 /// Upcoming fires shown with a schedule.
 pub const SHOWN_FIRES: usize = 5;
@@ -323,10 +327,16 @@ pub struct Fired {
 /// latest missed fires, not every one.
 const MAX_FIRES_PER_PASS: usize = 1_000;
 
+/// Rows per multi-row statement.
+const ROWS: usize = 1_000;
+
 /// Takes up to `limit` schedules whose fire time has come (by `now`) and records their fires.
 /// A fire older than `window` is MISSED; of the fires within it, the latest queues a job (or is
 /// SKIPPED when the collector's previous job is still queued or running) and the earlier ones
 /// are SKIPPED as caught up by it. Disabled collectors' schedules move on without recording.
+///
+/// The whole batch is a handful of statements (multi-row inserts, `CASE` updates), not a few
+/// per schedule: a burst of thousands of fires at one instant is queued within a second.
 ///
 /// # Errors
 /// Database errors; the pass's schedules are left for the next one.
@@ -346,142 +356,234 @@ pub async fn fire_due(
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .all(&txn)
         .await?;
-    let mut fired = Fired::default();
-    for s in due {
-        fired.schedules += 1;
-        fire_one(&txn, catalog, &s, now, window, &mut fired).await?;
+    let mut fired = Fired {
+        schedules: due.len() as u64,
+        ..Fired::default()
+    };
+    if due.is_empty() {
+        return Ok(fired);
     }
+    let collector_ids: HashSet<Uuid> = due.iter().map(|s| s.collector_id).collect();
+    let collectors: HashMap<Uuid, collector::Model> = collector::Entity::find()
+        .filter(collector::Column::Id.is_in(collector_ids.iter().copied()))
+        .all(&txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let mut busy: HashMap<Uuid, (Uuid, JobStatus)> = job::Entity::find()
+        .select_only()
+        .columns([
+            job::Column::CollectorId,
+            job::Column::Id,
+            job::Column::Status,
+        ])
+        .filter(job::Column::CollectorId.is_in(collector_ids.iter().copied()))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .into_tuple::<(Option<Uuid>, Uuid, JobStatus)>()
+        .all(&txn)
+        .await?
+        .into_iter()
+        .filter_map(|(c, j, s)| Some((c?, (j, s))))
+        .collect();
+    let mut plugins: HashMap<(Uuid, String), Option<PluginInfo>> = HashMap::new();
+    let mut plan = Plan::default();
+    for s in &due {
+        let calendar = calendar_of(s)?;
+        let Some(first) = s.next_fire_at.map(|t| t.with_timezone(&Utc)) else {
+            continue;
+        };
+        let mut times = vec![first];
+        while let Some(t) = times.last().and_then(|t| calendar.next_after(*t))
+            && t <= now
+        {
+            times.push(t);
+            if times.len() > MAX_FIRES_PER_PASS {
+                times.remove(0);
+            }
+        }
+        plan.next
+            .push((s.id, calendar.next_after(now).map(|t| t.fixed_offset())));
+        let Some(c) = collectors.get(&s.collector_id) else {
+            continue;
+        };
+        if c.state == CollectorState::Disabled {
+            continue;
+        }
+        let (late, recent): (Vec<_>, Vec<_>) = times.into_iter().partition(|t| now - *t > window);
+        for t in late {
+            let reason = format!(
+                "no scheduler ran within the catch-up window ({} min) after this fire",
+                window.num_minutes()
+            );
+            plan.fire(s.id, t, FireOutcome::Missed, None, Some(reason));
+        }
+        let Some((&latest, earlier)) = recent.split_last() else {
+            continue;
+        };
+        for t in earlier {
+            let reason = format!("caught up by the fire at {}", latest.to_rfc3339());
+            plan.fire(s.id, *t, FireOutcome::Skipped, None, Some(reason));
+        }
+        if let Some((job_id, status)) = busy.get(&c.id) {
+            let status = match status {
+                JobStatus::Queued => "queued",
+                _ => "running",
+            };
+            let reason = format!("the collector's previous job {job_id} was still {status}");
+            plan.fire(s.id, latest, FireOutcome::Skipped, None, Some(reason));
+            continue;
+        }
+        let key = (c.domain_id, c.plugin_id.clone());
+        if !plugins.contains_key(&key) {
+            let found = super::plugin::find(
+                &txn,
+                catalog,
+                DomainId::from_uuid(c.domain_id),
+                &c.plugin_id,
+            )
+            .await?;
+            plugins.insert(key.clone(), found);
+        }
+        let Some(Some(plugin)) = plugins.get(&key) else {
+            let reason = format!("plugin `{}` is no longer in the catalog", c.plugin_id);
+            plan.fire(s.id, latest, FireOutcome::Skipped, None, Some(reason));
+            continue;
+        };
+        let job_id = JobId::new();
+        plan.fire(s.id, latest, FireOutcome::Queued, Some(job_id), None);
+        plan.jobs.insert(
+            job_id.as_uuid(),
+            job_store::new_job(
+                DomainId::from_uuid(c.domain_id),
+                job_id,
+                c,
+                plugin,
+                Trigger::Schedule,
+                Some((ScheduleId::from_uuid(s.id), latest)),
+            ),
+        );
+        // A second schedule of the same collector at the same instant finds this job.
+        busy.insert(c.id, (job_id.as_uuid(), JobStatus::Queued));
+    }
+    plan.write(&txn, &mut fired).await?;
     txn.commit().await?;
     Ok(fired)
 }
 
-async fn fire_one(
-    txn: &DatabaseTransaction,
-    catalog: &Catalog,
-    s: &schedule::Model,
-    now: DateTime<Utc>,
-    window: chrono::Duration,
-    fired: &mut Fired,
-) -> Result<()> {
-    let calendar = calendar_of(s)?;
-    let Some(first) = s.next_fire_at.map(|t| t.with_timezone(&Utc)) else {
-        return Ok(());
-    };
-    let mut times = vec![first];
-    while let Some(t) = times.last().and_then(|t| calendar.next_after(*t))
-        && t <= now
-    {
-        times.push(t);
-        if times.len() > MAX_FIRES_PER_PASS {
-            times.remove(0);
-        }
-    }
-    let next = calendar.next_after(now).map(|t| t.fixed_offset());
-    schedule::Entity::update_many()
-        .col_expr(
-            schedule::Column::NextFireAt,
-            sea_orm::sea_query::Expr::value(next),
-        )
-        .filter(schedule::Column::Id.eq(s.id))
-        .exec(txn)
-        .await?;
-    let domain = DomainId::from_uuid(s.domain_id);
-    let collector = CollectorId::from_uuid(s.collector_id);
-    let c = collector_store::find(txn, domain, collector).await?;
-    if c.state == CollectorState::Disabled {
-        return Ok(());
-    }
-    let (late, recent): (Vec<_>, Vec<_>) = times.into_iter().partition(|t| now - *t > window);
-    for t in late {
-        let reason = format!(
-            "no scheduler ran within the catch-up window ({} min) after this fire",
-            window.num_minutes()
-        );
-        if record(txn, s, t, FireOutcome::Missed, Some(reason)).await? {
-            fired.missed += 1;
-        }
-    }
-    let Some((&latest, earlier)) = recent.split_last() else {
-        return Ok(());
-    };
-    for t in earlier {
-        let reason = format!("caught up by the fire at {}", latest.to_rfc3339());
-        if record(txn, s, *t, FireOutcome::Skipped, Some(reason)).await? {
-            fired.skipped += 1;
-        }
-    }
-    let running = job::Entity::find()
-        .filter(job::Column::CollectorId.eq(s.collector_id))
-        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
-        .order_by_desc(job::Column::Id)
-        .one(txn)
-        .await?;
-    if let Some(j) = running {
-        let reason = format!(
-            "the collector's previous job {} was still {}",
-            j.id,
-            serde_json::to_value(j.status)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        );
-        if record(txn, s, latest, FireOutcome::Skipped, Some(reason)).await? {
-            fired.skipped += 1;
-        }
-        return Ok(());
-    }
-    // The fire row first: when another scheduler recorded this fire already, it exists and no
-    // job is made.
-    if record(txn, s, latest, FireOutcome::Queued, None).await? {
-        let job = job_store::enqueue(
-            txn,
-            catalog,
-            domain,
-            collector,
-            Trigger::Schedule,
-            Some((ScheduleId::from_uuid(s.id), latest)),
-        )
-        .await?;
-        schedule_fire::Entity::update_many()
-            .col_expr(
-                schedule_fire::Column::JobId,
-                sea_orm::sea_query::Expr::value(job.id.as_uuid()),
-            )
-            .filter(schedule_fire::Column::ScheduleId.eq(s.id))
-            .filter(schedule_fire::Column::FireTime.eq(latest.fixed_offset()))
-            .exec(txn)
-            .await?;
-        fired.queued += 1;
-    }
-    Ok(())
+/// What a pass writes.
+#[derive(Default)]
+struct Plan {
+    fires: Vec<schedule_fire::ActiveModel>,
+    jobs: HashMap<Uuid, (job::ActiveModel, Envelope<JobRequested>)>,
+    next: Vec<(Uuid, Option<DateTime<chrono::FixedOffset>>)>,
 }
 
-/// Records a fire unless it is recorded already; `true` when this call recorded it.
-async fn record(
-    txn: &impl ConnectionTrait,
-    s: &schedule::Model,
-    fire_time: DateTime<Utc>,
-    outcome: FireOutcome,
-    reason: Option<String>,
-) -> Result<bool> {
-    let inserted = schedule_fire::Entity::insert(schedule_fire::ActiveModel {
-        schedule_id: Set(s.id),
-        fire_time: Set(fire_time.fixed_offset()),
-        outcome: Set(outcome),
-        job_id: Set(None),
-        reason: Set(reason),
-        created_at: Set(Utc::now().fixed_offset()),
-        ..Default::default()
-    })
-    .on_conflict(
-        OnConflict::columns([
-            schedule_fire::Column::ScheduleId,
-            schedule_fire::Column::FireTime,
-        ])
-        .do_nothing()
-        .to_owned(),
-    )
-    .exec_without_returning(txn)
-    .await?;
-    Ok(inserted > 0)
+impl Plan {
+    fn fire(
+        &mut self,
+        schedule: Uuid,
+        fire_time: DateTime<Utc>,
+        outcome: FireOutcome,
+        job: Option<JobId>,
+        reason: Option<String>,
+    ) {
+        self.fires.push(schedule_fire::ActiveModel {
+            schedule_id: Set(schedule),
+            fire_time: Set(fire_time.fixed_offset()),
+            outcome: Set(outcome),
+            job_id: Set(job.map(|j| j.as_uuid())),
+            reason: Set(reason),
+            created_at: Set(Utc::now().fixed_offset()),
+            ..Default::default()
+        });
+    }
+
+    /// Records the fires no other scheduler recorded first, writes the jobs of those that
+    /// queued one, and moves the schedules on.
+    async fn write(self, txn: &DatabaseTransaction, fired: &mut Fired) -> Result<()> {
+        let mut jobs = self.jobs;
+        let mut rows = Vec::new();
+        let mut envelopes = Vec::new();
+        let mut last_jobs = Vec::new();
+        let mut fires = self.fires;
+        while !fires.is_empty() {
+            let chunk: Vec<_> = fires.drain(..fires.len().min(ROWS)).collect();
+            let recorded = match schedule_fire::Entity::insert_many(chunk)
+                .on_conflict(
+                    OnConflict::columns([
+                        schedule_fire::Column::ScheduleId,
+                        schedule_fire::Column::FireTime,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_with_returning(txn)
+                .await
+            {
+                Ok(r) => r,
+                Err(sea_orm::DbErr::RecordNotInserted) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for f in recorded {
+                match f.outcome {
+                    FireOutcome::Queued => fired.queued += 1,
+                    FireOutcome::Skipped => fired.skipped += 1,
+                    FireOutcome::Missed => fired.missed += 1,
+                }
+                if let Some((row, envelope)) = f.job_id.and_then(|j| jobs.remove(&j)) {
+                    if let (Set(Some(c)), Set(j)) = (&row.collector_id, &row.id) {
+                        last_jobs.push((*c, *j));
+                    }
+                    rows.push(row);
+                    envelopes.push(envelope);
+                }
+            }
+        }
+        for chunk in rows.chunks(ROWS) {
+            job::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        for chunk in envelopes.chunks(ROWS) {
+            super::outbox::insert_many(txn, chunk).await?;
+        }
+        for chunk in last_jobs.chunks(ROWS) {
+            collector::Entity::update_many()
+                .col_expr(
+                    collector::Column::LastJobId,
+                    case_of(
+                        collector::Column::Id,
+                        chunk.iter().map(|(c, j)| (*c, Some(*j))),
+                    ),
+                )
+                .filter(collector::Column::Id.is_in(chunk.iter().map(|(c, _)| *c)))
+                .exec(txn)
+                .await?;
+        }
+        for chunk in self.next.chunks(ROWS) {
+            schedule::Entity::update_many()
+                .col_expr(
+                    schedule::Column::NextFireAt,
+                    case_of(schedule::Column::Id, chunk.iter().copied()),
+                )
+                .filter(schedule::Column::Id.is_in(chunk.iter().map(|(s, _)| *s)))
+                .exec(txn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `CASE column WHEN id THEN value … END`: one UPDATE sets a different value per row.
+fn case_of<C, V>(column: C, values: impl Iterator<Item = (Uuid, V)>) -> SimpleExpr
+where
+    C: sea_orm::ColumnTrait,
+    V: Into<sea_orm::Value>,
+{
+    let mut case = CaseStatement::new();
+    for (id, v) in values {
+        case = case.case(column.eq(id), Expr::value(v));
+    }
+    SimpleExpr::Case(Box::new(case))
 }
