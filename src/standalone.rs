@@ -139,6 +139,9 @@ impl DataDir {
     }
 }
 
+/// Connections of the standalone mode's main pool, at most.
+const STANDALONE_POOL: u32 = 6;
+
 /// Runs everything on `dir` until `shutdown`: applies migrations, serves the API on `listener`,
 /// dispatches jobs and tasks in process (a task a previous process left running is taken over
 /// when its message, still in the outbox, is delivered), and runs the scheduler. On shutdown the API stops taking requests, running tasks
@@ -155,6 +158,9 @@ pub async fn run(
     let mut settings = settings.clone();
     settings.database_url = dir.database_url();
     settings.database.schema = None;
+    // SQLite has one writer, and each connection keeps its own 32 MB page cache: a few
+    // connections serve the API and the dispatcher as well as twenty, with less memory.
+    settings.database.max_connections = settings.database.max_connections.min(STANDALONE_POOL);
     let db = app::database(&settings, true).await?;
     let has_secrets = store::service_account::secrets_stored(&db).await?;
     settings.secret_key = Some(dir.secret_key(&settings, has_secrets)?);

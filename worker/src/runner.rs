@@ -31,8 +31,8 @@ const KEPT_ITEM_ERRORS: usize = 5;
 
 /// How a run ended, before it is recorded.
 enum Ended {
-    /// Record this outcome.
-    Done(Outcome),
+    /// Record this outcome; a successful collection's sweep is planned first.
+    Done(Box<Outcome>, Option<Sweep>),
     /// A newer attempt owns the task; record nothing.
     Stale,
     /// The worker is stopping: hand the task back for another worker.
@@ -82,10 +82,21 @@ pub async fn run(
                 info!("task released for another worker");
                 Ok(Finished::Stale)
             }
-            Ended::Done(outcome) => {
+            Ended::Done(mut outcome, sweep) => {
+                if let Some(sweep) = sweep {
+                    // Read before the finishing transaction, which then only writes.
+                    let plan = ctx
+                        .db_retry
+                        .run("plan the sweep", store::Error::is_transient, || {
+                            resource::plan_sweep(&ctx.db, sweep.clone())
+                        })
+                        .await?;
+                    outcome.sweep = Some(plan);
+                }
                 let status = outcome.status;
                 let finished =
-                    store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, outcome).await?;
+                    store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome)
+                        .await?;
                 info!(
                     ?status,
                     elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -113,7 +124,7 @@ fn failure_outcome(error: impl Into<String>) -> Outcome {
 }
 
 fn failure(error: impl Into<String>) -> Ended {
-    Ended::Done(failure_outcome(error))
+    Ended::Done(Box::new(failure_outcome(error)), None)
 }
 
 async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, lock: &Held) -> Ended {
@@ -250,15 +261,18 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
         _ => None,
     };
     // Plugins echo what they were given; nothing of the credentials is kept with the task.
-    Ended::Done(Outcome {
-        status,
+    Ended::Done(
+        Box::new(Outcome {
+            status,
+            sweep: None,
+            error: error.map(|e| redact(&e, &secrets)),
+            stderr: diagnostics
+                .take()
+                .filter(|s| !s.is_empty())
+                .map(|s| redact(&s, &secrets)),
+        }),
         sweep,
-        error: error.map(|e| redact(&e, &secrets)),
-        stderr: diagnostics
-            .take()
-            .filter(|s| !s.is_empty())
-            .map(|s| redact(&s, &secrets)),
-    })
+    )
 }
 
 /// What the writer saw.

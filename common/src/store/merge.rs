@@ -410,14 +410,12 @@ pub async fn write_reported<C: ConnectionTrait + TransactionTrait>(
     Ok(Some(counts))
 }
 
-/// The merged part of [`super::resource::sweep`]: ages this collector and account's reports of
-/// merged resources that the collection did not see; a report missing `delete_after` times is
-/// dropped and its resource re-merged (DELETED when no report is left). Returns how many
-/// resources became DELETED.
+/// The merged part of a sweep's plan: this collector and account's reports of merged
+/// resources, sorted by whether the collection saw them. Read-only.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn sweep_sources(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
+pub(crate) async fn age_sources(db: &impl ConnectionTrait, s: &Sweep) -> Result<Aging> {
     let mut query = resource_source::Entity::find()
         .select_only()
         .columns([
@@ -452,11 +450,21 @@ pub async fn sweep_sources(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> 
                 .filter_map(|(id, missed)| keys.get(id).map(|k| (*id, *k, *missed))),
         );
     }
-    let Aging {
-        reset,
-        aged,
-        expired,
-    } = Aging::sort(rows, s);
+    Ok(Aging::sort(rows, s))
+}
+
+/// Applies the merged part of a sweep: a report missing `delete_after` times is dropped and
+/// its resource re-merged (DELETED when no report is left). Returns how many resources became
+/// DELETED.
+///
+/// # Errors
+/// Database errors only.
+pub(crate) async fn apply_source_aging(
+    db: &impl ConnectionTrait,
+    s: &Sweep,
+    aging: &Aging,
+) -> Result<i64> {
+    let (reset, aged, expired) = (&aging.reset, &aging.aged, &aging.expired);
     let mine = || resource_source::Column::CollectorId.eq(s.collector_id.as_uuid());
     for chunk in reset.chunks(CHUNK) {
         resource_source::Entity::update_many()
@@ -484,7 +492,7 @@ pub async fn sweep_sources(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> 
             .exec(db)
             .await?;
     }
-    let merged = remerge(db, s.domain, &expired, Some(s.job_id)).await?;
+    let merged = remerge(db, s.domain, expired, Some(s.job_id)).await?;
     Ok(i64::try_from(merged.deleted.len()).unwrap_or(i64::MAX))
 }
 

@@ -1,6 +1,7 @@
 //! Reading stored resources.
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
@@ -267,16 +268,25 @@ pub struct Sweep {
 /// Rows per `IN (…)` list: within SQLite's and PostgreSQL's limits of bound parameters.
 const ID_CHUNK: usize = 1_000;
 
-/// Ages the active resources of (collector, service account) that a successful collection did
-/// not report: each gets one more missed run, and those reaching `delete_after` become DELETED
-/// (kept, with a DELETED change naming the job). Resources it reported start again from zero.
-/// Runs inside the transaction that records the task's success, so a run counts once.
-///
-/// Returns how many resources were marked deleted.
+/// What a sweep will do, decided from reads made before the finishing transaction, so the
+/// database's write lock (SQLite has one) is not held while every key is read.
+#[derive(Clone, Debug)]
+pub struct SweepPlan {
+    /// The sweep, its `seen` set emptied.
+    pub sweep: Sweep,
+    resources: Aging,
+    sources: Aging,
+}
+
+/// Reads the active resources of (collector, service account), and its reports of merged
+/// ones, and sorts them by whether the collection saw them. Read-only.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
+pub async fn plan_sweep<C: ConnectionTrait + sea_orm::StreamTrait>(
+    db: &C,
+    mut s: Sweep,
+) -> Result<SweepPlan> {
     let mut query = resource::Entity::find()
         .select_only()
         .columns([
@@ -294,13 +304,40 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
         Some(sa) => query.filter(resource::Column::ServiceAccountId.eq(sa.as_uuid())),
         None => query.filter(resource::Column::ServiceAccountId.is_null()),
     };
-    let rows: Vec<(uuid::Uuid, String, String, i32)> = query.into_tuple().all(db).await?;
-    let aging = Aging::sort(
-        rows.into_iter()
-            .map(|(id, t, k, missed)| (id, key_hash(&t, &k), missed)),
-        s,
+    // Streamed: a million keys are sorted as they come, never held as rows.
+    let mut resources = Aging::default();
+    let mut rows = query
+        .into_tuple::<(uuid::Uuid, String, String, i32)>()
+        .stream(db)
+        .await?;
+    while let Some((id, t, k, missed)) = rows.try_next().await? {
+        resources.push(id, key_hash(&t, &k), missed, &s);
+    }
+    drop(rows);
+    let sources = super::merge::age_sources(db, &s).await?;
+    s.seen = std::collections::HashSet::new();
+    Ok(SweepPlan {
+        sweep: s,
+        resources,
+        sources,
+    })
+}
+
+/// Applies a plan inside the transaction that records the task's success, so a run counts
+/// once: each resource missed gets one more missed run, and those reaching `delete_after`
+/// become DELETED (kept, with a DELETED change naming the job); those seen start again from
+/// zero. Every update repeats the plan's selection, so a row that changed hands since it was
+/// read is left alone. Returns how many resources were marked deleted.
+///
+/// # Errors
+/// Database errors only.
+pub async fn apply_sweep(db: &impl ConnectionTrait, plan: &SweepPlan) -> Result<i64> {
+    let s = &plan.sweep;
+    let (reset, aged, expired) = (
+        &plan.resources.reset,
+        &plan.resources.aged,
+        &plan.resources.expired,
     );
-    let (reset, aged, expired) = (aging.reset, aging.aged, aging.expired);
     // Each update repeats the selection: a row another collector merged, or that changed state,
     // since it was read is left alone.
     let still_mine = || {
@@ -376,12 +413,12 @@ pub async fn sweep(db: &impl ConnectionTrait, s: &Sweep) -> Result<i64> {
         .exec(db)
         .await?;
     }
-    let merged = super::merge::sweep_sources(db, s).await?;
+    let merged = super::merge::apply_source_aging(db, s, &plan.sources).await?;
     Ok(i64::try_from(deleted).unwrap_or(i64::MAX) + merged)
 }
 
 /// A sweep's verdict on the reports of one collector and account.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Aging {
     /// Seen again after missed runs: back to zero.
     pub reset: Vec<uuid::Uuid>,
@@ -396,17 +433,21 @@ impl Aging {
     pub(crate) fn sort(rows: impl IntoIterator<Item = (uuid::Uuid, u64, i32)>, s: &Sweep) -> Self {
         let mut out = Self::default();
         for (id, key, missed) in rows {
-            if s.seen.contains(&key) {
-                if missed > 0 {
-                    out.reset.push(id);
-                }
-            } else if missed + 1 >= s.delete_after {
-                out.expired.push(id);
-            } else {
-                out.aged.push(id);
-            }
+            out.push(id, key, missed, s);
         }
         out
+    }
+
+    pub(crate) fn push(&mut self, id: uuid::Uuid, key: u64, missed: i32, s: &Sweep) {
+        if s.seen.contains(&key) {
+            if missed > 0 {
+                self.reset.push(id);
+            }
+        } else if missed + 1 >= s.delete_after {
+            self.expired.push(id);
+        } else {
+            self.aged.push(id);
+        }
     }
 }
 

@@ -201,7 +201,7 @@ pub struct Outcome {
     pub stderr: Option<String>,
     /// For a successful collection: what it saw, to age what it did not (in the same
     /// transaction, so a run counts once however often its message is delivered).
-    pub sweep: Option<super::resource::Sweep>,
+    pub sweep: Option<super::resource::SweepPlan>,
 }
 
 /// What finishing a task did.
@@ -251,7 +251,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
     if outcome.status == JobStatus::Success
         && let Some(sweep) = &outcome.sweep
     {
-        let deleted = super::resource::sweep(&txn, sweep).await?;
+        let deleted = super::resource::apply_sweep(&txn, sweep).await?;
         if deleted > 0 {
             job_task::Entity::update_many()
                 .col_expr(
