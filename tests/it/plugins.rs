@@ -65,6 +65,20 @@ async fn collector_of(
     Ok(c["id"].as_str().context("collector id")?.to_owned())
 }
 
+/// Registers the example plugin as `json-inventory`, and names a fresh inventory file for it
+/// (removed when the returned guard drops).
+pub(crate) async fn json_inventory(api: &Api) -> anyhow::Result<RemoveOnDrop> {
+    api.create(
+        "/v1/plugins",
+        json!({"id": "json-inventory", "version": "1.0.0", "command": example()}),
+    )
+    .await?;
+    Ok(RemoveOnDrop(std::env::temp_dir().join(format!(
+        "gleaner-it-inventory-{}.json",
+        rand::random::<u64>()
+    ))))
+}
+
 /// Removes a test's file however the test ends.
 pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
@@ -108,12 +122,7 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
     assert_eq!(shown.body["versions"], json!(["1.0.0", "1.9.0", "1.10.0"]));
     assert_eq!(shown.body["latest"], "1.10.0");
     let list = env.get("/v1/plugins").await?;
-    let ids: Vec<&str> = list.body["items"]
-        .as_array()
-        .context("items")?
-        .iter()
-        .filter_map(|p| p["id"].as_str())
-        .collect();
+    let ids = crate::support::strs(&list.body["items"], "id");
     assert_eq!(ids, ["demo", "json-inventory"]);
 
     // init fails: 422 with what the plugin said on stderr.
@@ -183,12 +192,7 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
         )
         .await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    let fields: Vec<&str> = bad.body["errors"]
-        .as_array()
-        .context("errors")?
-        .iter()
-        .filter_map(|e| e["field"].as_str())
-        .collect();
+    let fields = crate::support::strs(&bad.body["errors"], "field");
     assert_eq!(fields, ["id", "version", "command", "timeout_seconds"]);
     let official = env
         .post(
@@ -218,16 +222,8 @@ async fn an_external_plugin_collects_and_item_errors_fail_the_task(
     mode: Mode,
 ) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
-    env.create(
-        "/v1/plugins",
-        json!({"id": "json-inventory", "version": "1.0.0", "command": example()}),
-    )
-    .await?;
-    let path = std::env::temp_dir().join(format!(
-        "gleaner-it-inventory-{}.json",
-        rand::random::<u64>()
-    ));
-    let _cleanup = RemoveOnDrop(path.clone());
+    let file = json_inventory(&env).await?;
+    let path = file.0.clone();
     std::fs::write(
         &path,
         json!([
@@ -441,16 +437,8 @@ async fn resources_missing_from_three_successful_runs_are_deleted(
     mode: Mode,
 ) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
-    env.create(
-        "/v1/plugins",
-        json!({"id": "json-inventory", "version": "1.0.0", "command": example()}),
-    )
-    .await?;
-    let path = std::env::temp_dir().join(format!(
-        "gleaner-it-inventory-{}.json",
-        rand::random::<u64>()
-    ));
-    let _cleanup = RemoveOnDrop(path.clone());
+    let file = json_inventory(&env).await?;
+    let path = file.0.clone();
     let collector = collector_of(
         &env,
         "json-inventory",
@@ -497,12 +485,7 @@ async fn resources_missing_from_three_successful_runs_are_deleted(
         .to_owned();
     assert!(deleted.body["items"][0]["deleted_at"].is_string());
     let history = env.get(&format!("/v1/resources/{c_id}/changes")).await?;
-    let kinds: Vec<&str> = history.body["items"]
-        .as_array()
-        .context("changes")?
-        .iter()
-        .filter_map(|c| c["kind"].as_str())
-        .collect();
+    let kinds = crate::support::strs(&history.body["items"], "kind");
     assert_eq!(kinds, ["CREATED", "DELETED"]);
     assert_eq!(history.body["items"][1]["job_id"], job["id"]);
 

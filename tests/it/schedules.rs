@@ -59,12 +59,7 @@ async fn the_schedule_api_checks_its_input_and_shows_the_next_fires(
         )
         .await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    let fields: Vec<&str> = bad.body["errors"]
-        .as_array()
-        .context("errors")?
-        .iter()
-        .filter_map(|e| e["field"].as_str())
-        .collect();
+    let fields = crate::support::strs(&bad.body["errors"], "field");
     assert_eq!(fields, ["timezone", "hours"]);
     let bad = env
         .post(

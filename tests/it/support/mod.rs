@@ -358,6 +358,16 @@ impl EventReader {
     }
 }
 
+/// The string `key` of each object in the array `items` (e.g. every `field` of a problem's
+/// `errors`).
+#[must_use]
+pub fn strs<'a>(items: &'a Value, key: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i[key].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// One test's isolated Gleaner; its API client's methods are the environment's own.
 pub struct TestEnv {
     pub mode: Mode,
