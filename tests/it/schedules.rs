@@ -95,6 +95,14 @@ async fn the_schedule_api_checks_its_input_and_shows_the_next_fires(
         assert!([3, 9, 15, 21].contains(&t.format("%H").to_string().parse::<u32>()?));
         assert_eq!(t.format("%M:%S").to_string(), "00:00");
     }
+    // The collector list shows when its schedules collect next.
+    let c = env.get(&format!("/v1/collectors/{collector}")).await?;
+    assert_eq!(instant(&c.body["next_scheduled_at"])?, next[0]);
+    let listed = env.get("/v1/collectors").await?;
+    assert_eq!(
+        instant(&listed.body["items"][0]["next_scheduled_at"])?,
+        next[0]
+    );
     let dup = env
         .post(
             &path,
@@ -109,6 +117,12 @@ async fn the_schedule_api_checks_its_input_and_shows_the_next_fires(
         .patch(&format!("/v1/schedules/{id}"), json!({"state": "PAUSED"}))
         .await?;
     assert_eq!(paused.body["next_fires"], json!([]));
+    let c = env.get(&format!("/v1/collectors/{collector}")).await?;
+    assert_eq!(
+        c.body["next_scheduled_at"],
+        Value::Null,
+        "paused: nothing scheduled"
+    );
     let moved = env
         .patch(
             &format!("/v1/schedules/{id}"),

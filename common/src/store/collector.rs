@@ -6,16 +6,16 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, TransactionSession, TransactionTrait,
+    QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Error, Result, is_unique_violation};
-use crate::entity::{collector, job, resource};
+use crate::entity::{collector, job, resource, schedule};
 use crate::id::{CollectorId, DomainId, JobId};
-use crate::model::{CollectorState, JobStatus, Name, Priority, UpgradeMode};
+use crate::model::{CollectorState, JobStatus, Name, Priority, ScheduleState, UpgradeMode};
 use crate::plugin::PluginInfo;
 
 /// A collector as the API shows it.
@@ -32,6 +32,8 @@ pub struct Collector {
     pub state: CollectorState,
     pub last_collected_at: Option<DateTime<Utc>>,
     pub last_job: Option<LastJob>,
+    /// When its schedules collect next (the earliest next fire of its enabled schedules).
+    pub next_scheduled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -43,7 +45,11 @@ pub struct LastJob {
     pub status: JobStatus,
 }
 
-fn view(m: collector::Model, last_status: Option<JobStatus>) -> Result<Collector> {
+fn view(
+    m: collector::Model,
+    last_status: Option<JobStatus>,
+    next_scheduled_at: Option<DateTime<Utc>>,
+) -> Result<Collector> {
     let tags = serde_json::from_value(m.tags)
         .map_err(|e| Error::Corrupt(format!("tags of collector {}: {e}", m.id)))?;
     Ok(Collector {
@@ -61,6 +67,7 @@ fn view(m: collector::Model, last_status: Option<JobStatus>) -> Result<Collector
             id: id.into(),
             status,
         }),
+        next_scheduled_at,
         created_at: m.created_at.to_utc(),
         updated_at: m.updated_at.to_utc(),
     })
@@ -109,7 +116,7 @@ pub async fn create(
         updated_at: Set(now),
     };
     match collector::Entity::insert(row).exec_with_returning(db).await {
-        Ok(m) => view(m, None),
+        Ok(m) => view(m, None, None),
         Err(e) if is_unique_violation(&e) => Err(Error::Conflict {
             field: "name",
             detail: format!("a collector named '{}' already exists", new.name),
@@ -128,6 +135,12 @@ pub async fn list(db: &impl ConnectionTrait, domain: DomainId) -> Result<Vec<Col
         .order_by_asc(collector::Column::Id)
         .all(db)
         .await?;
+    views(db, rows).await
+}
+
+/// Collectors as the API shows them: with their last job's status and next scheduled fire,
+/// read in one query each for all of them.
+async fn views(db: &impl ConnectionTrait, rows: Vec<collector::Model>) -> Result<Vec<Collector>> {
     let last_ids: Vec<_> = rows.iter().filter_map(|c| c.last_job_id).collect();
     let statuses: HashMap<_, _> = if last_ids.is_empty() {
         HashMap::new()
@@ -140,10 +153,24 @@ pub async fn list(db: &impl ConnectionTrait, domain: DomainId) -> Result<Vec<Col
             .map(|j| (j.id, j.status))
             .collect()
     };
+    let next: HashMap<uuid::Uuid, DateTime<Utc>> = schedule::Entity::find()
+        .select_only()
+        .column(schedule::Column::CollectorId)
+        .column_as(schedule::Column::NextFireAt.min(), "next")
+        .filter(schedule::Column::CollectorId.is_in(rows.iter().map(|c| c.id)))
+        .filter(schedule::Column::State.eq(ScheduleState::Enabled))
+        .group_by(schedule::Column::CollectorId)
+        .into_tuple::<(uuid::Uuid, Option<DateTime<chrono::FixedOffset>>)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|(c, t)| Some((c, t?.to_utc())))
+        .collect();
     rows.into_iter()
         .map(|c| {
             let status = c.last_job_id.and_then(|id| statuses.get(&id).copied());
-            view(c, status)
+            let next = next.get(&c.id).copied();
+            view(c, status, next)
         })
         .collect()
 }
@@ -171,14 +198,10 @@ pub async fn get(
     id: CollectorId,
 ) -> Result<Collector> {
     let c = find(db, domain, id).await?;
-    let status = match c.last_job_id {
-        Some(jid) => job::Entity::find_by_id(jid)
-            .one(db)
-            .await?
-            .map(|j| j.status),
-        None => None,
-    };
-    view(c, status)
+    views(db, vec![c])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::not_found("collector", id))
 }
 
 /// A validated change to a collector; `None` leaves a field as it is.
