@@ -98,6 +98,11 @@ async fn the_schedule_api_checks_its_input_and_shows_the_next_fires(
     // The collector list shows when its schedules collect next.
     let c = env.get(&format!("/v1/collectors/{collector}")).await?;
     assert_eq!(instant(&c.body["next_scheduled_at"])?, next[0]);
+    assert_eq!(c.body["links"]["schedules"], json!(path));
+    let history = env
+        .get(c.body["links"]["jobs"].as_str().context("jobs link")?)
+        .await?;
+    assert_eq!(history.status, StatusCode::OK);
     let listed = env.get("/v1/collectors").await?;
     assert_eq!(
         instant(&listed.body["items"][0]["next_scheduled_at"])?,

@@ -34,8 +34,32 @@ pub struct Collector {
     pub last_job: Option<LastJob>,
     /// When its schedules collect next (the earliest next fire of its enabled schedules).
     pub next_scheduled_at: Option<DateTime<Utc>>,
+    /// Where its history, schedules, resources and credentials are.
+    pub links: CollectorLinks,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The API paths of what belongs to a collector.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CollectorLinks {
+    /// Its job history, newest first.
+    #[schema(example = "/v1/collectors/01a2…/jobs")]
+    pub jobs: String,
+    pub schedules: String,
+    pub resources: String,
+    pub credentials: String,
+}
+
+impl CollectorLinks {
+    fn of(id: uuid::Uuid) -> Self {
+        Self {
+            jobs: format!("/v1/collectors/{id}/jobs"),
+            schedules: format!("/v1/collectors/{id}/schedules"),
+            resources: format!("/v1/resources?collector_id={id}"),
+            credentials: format!("/v1/collectors/{id}/credentials"),
+        }
+    }
 }
 
 /// The collector's most recent job, for the collector list.
@@ -68,6 +92,7 @@ fn view(
             status,
         }),
         next_scheduled_at,
+        links: CollectorLinks::of(m.id),
         created_at: m.created_at.to_utc(),
         updated_at: m.updated_at.to_utc(),
     })
