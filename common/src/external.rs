@@ -440,25 +440,17 @@ pub struct CallError {
 /// # Errors
 /// The plugin failed or did not answer with exactly one `metadata` message.
 pub async fn init(spec: &Spec) -> Result<Metadata, CallError> {
-    let mut session = Session::start(spec, "init", json!({}), INIT_TIMEOUT)
-        .await
-        .map_err(|error| CallError {
-            error,
-            stderr: String::new(),
-        })?;
-    let answer = session.answer().await;
-    let stderr = session.stderr();
-    let fail = |error| CallError {
-        error,
-        stderr: stderr.clone(),
-    };
-    let mut messages = answer.map_err(fail)?.into_iter();
-    match (messages.next(), messages.next()) {
-        (Some(Message::Metadata(m)), None) => Ok(m),
-        _ => Err(fail(ProtocolError::Incomplete {
-            expected: "exactly one `metadata` line",
-        })),
-    }
+    ask(
+        spec,
+        "init",
+        json!({}),
+        "exactly one `metadata` line",
+        |m| match m {
+            Message::Metadata(meta) => Some(meta),
+            _ => None,
+        },
+    )
+    .await
 }
 
 /// Runs `verify` with options and credentials.
@@ -471,7 +463,22 @@ pub async fn verify(
     secret: &Map<String, Value>,
 ) -> Result<(), CallError> {
     let params = json!({"options": options, "secret": secret});
-    let mut session = Session::start(spec, "verify", params, INIT_TIMEOUT)
+    ask(spec, "verify", params, "one `verified` line", |m| {
+        (m == Message::Verified).then_some(())
+    })
+    .await
+}
+
+/// Runs a call that answers with exactly one message, which `pick` accepts; a failure carries
+/// the plugin's stderr.
+async fn ask<T>(
+    spec: &Spec,
+    method: &str,
+    params: Value,
+    expected: &'static str,
+    pick: impl FnOnce(Message) -> Option<T>,
+) -> Result<T, CallError> {
+    let mut session = Session::start(spec, method, params, INIT_TIMEOUT)
         .await
         .map_err(|error| CallError {
             error,
@@ -479,15 +486,16 @@ pub async fn verify(
         })?;
     let answer = session.answer().await;
     let stderr = session.stderr();
-    match answer {
-        Ok(m) if m == [Message::Verified] => Ok(()),
-        Ok(_) => Err(CallError {
-            error: ProtocolError::Incomplete {
-                expected: "one `verified` line",
-            },
+    let mut messages = match answer {
+        Ok(m) => m.into_iter(),
+        Err(error) => return Err(CallError { error, stderr }),
+    };
+    match (messages.next().and_then(pick), messages.next()) {
+        (Some(picked), None) => Ok(picked),
+        _ => Err(CallError {
+            error: ProtocolError::Incomplete { expected },
             stderr,
         }),
-        Err(error) => Err(CallError { error, stderr }),
     }
 }
 
