@@ -211,13 +211,7 @@ async fn register(
                 Some(_) => ApiError::from(Invalid::new("command", e)),
             }
         })?;
-    if plugin::has_version(&state.db, domain, &id, &version.to_string()).await? {
-        return Err(ApiError::field(
-            Code::Conflict,
-            "version",
-            format!("plugin `{id}` already has version {version}; register a new version instead"),
-        ));
-    }
+    plugin::ensure_new_version(&state.db, domain, &id, &version.to_string()).await?;
     let run = Spec {
         command: command.to_string_lossy().into_owned(),
         ..spec.clone()

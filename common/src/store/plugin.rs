@@ -132,17 +132,30 @@ pub async fn runnable(
         .map(|v| (info(id, &versions, v), v.spec.clone())))
 }
 
-/// Whether the domain's private plugin `id` has `version` already.
+/// Checks that the domain's private plugin `id` does not have `version` yet, before anything
+/// is run to register it; [`register`] checks again in its transaction.
 ///
 /// # Errors
-/// Database errors only.
-pub async fn has_version(
+/// [`Error::Conflict`] naming `version`; database errors.
+pub async fn ensure_new_version(
     db: &impl ConnectionTrait,
     domain: DomainId,
     id: &str,
     version: &str,
-) -> Result<bool> {
-    Ok(runnable(db, domain, id, version).await?.is_some())
+) -> Result<()> {
+    match runnable(db, domain, id, version).await? {
+        Some(_) => Err(version_taken(id, version)),
+        None => Ok(()),
+    }
+}
+
+fn version_taken(id: &str, version: &str) -> Error {
+    Error::Conflict {
+        field: "version",
+        detail: format!(
+            "plugin `{id}` already has version {version}; register a new version instead"
+        ),
+    }
 }
 
 /// Registers a private plugin, or a new version of one.
@@ -180,13 +193,7 @@ pub async fn register<C: ConnectionTrait + TransactionTrait>(
         None => Vec::new(),
     };
     if versions.iter().any(|v| v.version == new.version) {
-        return Err(Error::Conflict {
-            field: "version",
-            detail: format!(
-                "plugin `{}` already has version {}; register a new version instead",
-                reg.id, new.version
-            ),
-        });
+        return Err(version_taken(&reg.id, &new.version));
     }
     if let Some(first) = versions.first() {
         let mut errors = Vec::new();
