@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use gleaner_common::lock::{Held, LockError, collection_key};
 use gleaner_common::model::{Counts, JobStatus};
-use gleaner_common::plugin::Catalog;
 use gleaner_common::store::merge::{Reported, Reporter};
 use gleaner_common::store::resource::{self, Sweep};
 use gleaner_common::store::task::{Claimed, Finished, Outcome};
@@ -402,24 +401,22 @@ async fn collection_lock(
 }
 
 /// Whether another collector of the domain reports resources of the task's provider, so a
-/// batch may hold resources it owns. Collectors are few; their plugins' providers come from the
-/// catalog.
+/// batch may hold resources it owns. Asked before each batch until true: one query for the
+/// collectors, whose providers come from the registry as for running them.
 async fn shares_provider(ctx: &Context, scope: &Scope) -> Result<bool, store::Error> {
     let Some(me) = scope.collector_id else {
         return Ok(false);
     };
-    for c in store::collector::list(&ctx.db, scope.domain).await? {
-        if c.id == me {
+    for (id, plugin_id, version) in store::collector::plugins(&ctx.db, scope.domain).await? {
+        if id == me {
             continue;
         }
-        let provider = match ctx.registry.get(&c.plugin_id) {
-            Some(p) => Some(p.info().provider.clone()),
-            None => store::plugin::find(&ctx.db, &Catalog::default(), scope.domain, &c.plugin_id)
-                .await?
-                .map(|p| p.provider),
-        };
+        let plugin = ctx
+            .registry
+            .resolve(&ctx.db, scope.domain, &plugin_id, &version)
+            .await?;
         // A plugin this worker cannot describe might report this provider: check.
-        if provider.is_none() || provider.as_deref() == Some(scope.provider.as_str()) {
+        if plugin.is_none_or(|p| p.info().provider == scope.provider) {
             return Ok(true);
         }
     }

@@ -200,6 +200,31 @@ async fn views(db: &impl ConnectionTrait, rows: Vec<collector::Model>) -> Result
         .collect()
 }
 
+/// Each collector of the domain with its plugin and version: one light query, for the worker's
+/// check of which providers other collectors report.
+///
+/// # Errors
+/// Database errors only.
+pub async fn plugins(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+) -> Result<Vec<(CollectorId, String, String)>> {
+    Ok(collector::Entity::find()
+        .select_only()
+        .columns([
+            collector::Column::Id,
+            collector::Column::PluginId,
+            collector::Column::Version,
+        ])
+        .filter(collector::Column::DomainId.eq(domain.as_uuid()))
+        .into_tuple::<(uuid::Uuid, String, String)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|(id, p, v)| (id.into(), p, v))
+        .collect())
+}
+
 /// One collector's row, for code that acts on it.
 pub(crate) async fn find(
     db: &impl ConnectionTrait,
