@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use gleaner_common::calendar::Calendar;
 use gleaner_common::id::{CollectorId, ScheduleId};
-use gleaner_common::model::{Invalid, Name, ScheduleState};
+use gleaner_common::model::{Name, ScheduleState};
 use gleaner_common::store::schedule::{self, Fire, Schedule, ScheduleUpdate};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -77,10 +77,6 @@ struct FiresQuery {
     limit: Option<u64>,
 }
 
-fn calendar(timezone: &str, hours: &[i64]) -> Result<Calendar, Vec<Invalid>> {
-    Calendar::new(timezone, hours)
-}
-
 /// Adds a schedule to a collector.
 #[utoipa::path(
     post, path = "/v1/collectors/{id}/schedules", operation_id = "create_schedule",
@@ -110,7 +106,7 @@ async fn create(
     let name = Name::parse("name", &body.name)
         .map_err(|e| errors.push(e))
         .ok();
-    let cal = calendar(&body.timezone, &body.hours)
+    let cal = Calendar::new(&body.timezone, &body.hours)
         .map_err(|e| errors.extend(e))
         .ok();
     let (Some(name), Some(cal)) = (name, cal) else {
@@ -214,7 +210,7 @@ async fn update(
         let timezone = body
             .timezone
             .unwrap_or_else(|| current.timezone().to_owned());
-        cal = calendar(&timezone, &hours)
+        cal = Calendar::new(&timezone, &hours)
             .map_err(|e| errors.extend(e))
             .ok();
     }

@@ -199,8 +199,8 @@ pub struct Outcome {
     pub status: TaskStatus,
     pub error: Option<String>,
     pub stderr: Option<String>,
-    /// For a successful collection: what it saw, to age what it did not (in the same
-    /// transaction, so a run counts once however often its message is delivered).
+    /// For a successful collection: the planned sweep of what it did not see, applied in the
+    /// same transaction, so a run counts once however often its message is delivered.
     pub sweep: Option<super::resource::SweepPlan>,
 }
 
