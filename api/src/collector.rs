@@ -6,7 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
-use gleaner_common::model::{CollectorState, Invalid, JobStatus, Name, Priority, Trigger};
+use gleaner_common::model::{
+    CollectorState, Invalid, JobStatus, JobTimeout, Name, Priority, Trigger,
+};
 use gleaner_common::plugin::PluginInfo;
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
 use gleaner_common::store::job::JobPage;
@@ -58,6 +60,10 @@ struct CreateCollector {
     /// Free-form labels; keys are 1–128 characters.
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
+    /// 1–604,800 (default 7,200): a job still unfinished this many seconds after it was
+    /// accepted fails with reason "timeout", and its running tasks are stopped.
+    #[serde(default)]
+    job_timeout_seconds: Option<i64>,
 }
 
 /// A change to a collector: absent fields stay as they are.
@@ -80,6 +86,9 @@ struct UpdateCollector {
     /// Replaces the tags.
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
+    /// 1–604,800; applies to jobs accepted from now on.
+    #[serde(default)]
+    job_timeout_seconds: Option<i64>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
@@ -106,6 +115,13 @@ fn validate<'a>(
     )
     .map_err(|e| errors.push(e))
     .ok();
+    let job_timeout = JobTimeout::new(
+        "job_timeout_seconds",
+        body.job_timeout_seconds
+            .unwrap_or(i64::from(JobTimeout::DEFAULT.seconds())),
+    )
+    .map_err(|e| errors.push(e))
+    .ok();
     if plugin.is_none() {
         errors.push(Invalid::new(
             "plugin_id",
@@ -129,15 +145,18 @@ fn validate<'a>(
     }
     let tags = body.tags.unwrap_or_default();
     check_tags(&tags, &mut errors);
-    match (name, priority, plugin) {
-        (Some(name), Some(priority), Some(plugin)) if errors.is_empty() => Ok(NewCollector {
-            name,
-            plugin,
-            version: body.version,
-            priority,
-            options,
-            tags,
-        }),
+    match (name, priority, job_timeout, plugin) {
+        (Some(name), Some(priority), Some(job_timeout), Some(plugin)) if errors.is_empty() => {
+            Ok(NewCollector {
+                name,
+                plugin,
+                version: body.version,
+                priority,
+                options,
+                tags,
+                job_timeout,
+            })
+        }
         _ => Err(ApiError::invalid(errors)),
     }
 }
@@ -285,6 +304,13 @@ async fn update(
         .map_err(|e| errors.push(e))
         .ok()
         .flatten();
+    let job_timeout = body
+        .job_timeout_seconds
+        .map(|t| JobTimeout::new("job_timeout_seconds", t))
+        .transpose()
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
     if let Some(Some(v)) = &body.version
         && let Err(e) = plugin.validate_version(v)
     {
@@ -307,6 +333,7 @@ async fn update(
         version: body.version,
         options: body.options,
         tags: body.tags,
+        job_timeout,
     };
     Ok(Json(
         collector::update(&state.db, domain, id, &plugin, change).await?,

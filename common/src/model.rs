@@ -299,6 +299,36 @@ impl Priority {
     }
 }
 
+/// How long a job may run, from its acceptance, before it fails with reason "timeout".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct JobTimeout(i32);
+
+impl JobTimeout {
+    /// Two hours: long enough for a large estate, short enough that a stuck job is noticed the
+    /// same day.
+    pub const DEFAULT: JobTimeout = JobTimeout(7200);
+    /// A week: a collection longer than that is a bug, not a workload.
+    const MAX: i32 = 7 * 24 * 3600;
+
+    /// # Errors
+    /// Below one second or above a week.
+    pub fn new(field: &str, seconds: i64) -> Result<Self, Invalid> {
+        if !(1..=i64::from(Self::MAX)).contains(&seconds) {
+            return Err(Invalid::new(
+                field,
+                format!("must be between 1 and {} seconds", Self::MAX),
+            ));
+        }
+        Ok(Self(i32::try_from(seconds).unwrap_or(Self::MAX)))
+    }
+
+    #[must_use]
+    pub const fn seconds(self) -> i32 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ mod m20261123_000003_standalone;
 mod m20261123_000004_resource_sources;
 mod m20261123_000005_job_changes;
 mod m20261123_000006_schedules;
+mod m20261123_000007_delivery;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_resource_sources::Migration),
             Box::new(m20261123_000005_job_changes::Migration),
             Box::new(m20261123_000006_schedules::Migration),
+            Box::new(m20261123_000007_delivery::Migration),
         ]
     }
 }

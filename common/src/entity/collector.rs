@@ -17,6 +17,8 @@ pub struct Model {
     pub options: Json,
     pub tags: Json,
     pub state: CollectorState,
+    /// A job of this collector unfinished this long after it was accepted fails ("timeout").
+    pub job_timeout_seconds: i32,
     pub last_job_id: Option<Uuid>,
     pub last_collected_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,

@@ -24,6 +24,8 @@ pub struct Model {
     pub error: Option<String>,
     pub started_at: Option<DateTimeWithTimeZone>,
     pub finished_at: Option<DateTimeWithTimeZone>,
+    /// When the job fails with reason "timeout" if it has not ended.
+    pub deadline_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

@@ -23,6 +23,8 @@ pub struct Model {
     pub failed: i64,
     pub error: Option<String>,
     pub stderr: Option<String>,
+    /// The attempts before the current one: `[{attempt, worker, error, started_at, ended_at}]`.
+    pub previous_attempts: Option<Json>,
     pub started_at: Option<DateTimeWithTimeZone>,
     pub finished_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,

@@ -16,6 +16,8 @@ pub struct Model {
     pub created_at: DateTimeWithTimeZone,
     /// Set by the in-process dispatcher when the message can never be handled.
     pub dead_at: Option<DateTimeWithTimeZone>,
+    /// Not to be delivered before this instant (a retry waiting out its backoff).
+    pub not_before: Option<DateTimeWithTimeZone>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

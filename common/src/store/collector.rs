@@ -15,7 +15,9 @@ use utoipa::ToSchema;
 use super::{Error, Result, is_unique_violation};
 use crate::entity::{collector, job, resource, schedule};
 use crate::id::{CollectorId, DomainId, JobId};
-use crate::model::{CollectorState, JobStatus, Name, Priority, ScheduleState, UpgradeMode};
+use crate::model::{
+    CollectorState, JobStatus, JobTimeout, Name, Priority, ScheduleState, UpgradeMode,
+};
 use crate::plugin::PluginInfo;
 
 /// A collector as the API shows it.
@@ -30,6 +32,9 @@ pub struct Collector {
     pub options: Value,
     pub tags: BTreeMap<String, String>,
     pub state: CollectorState,
+    /// A job still unfinished this many seconds after it was accepted fails with reason
+    /// "timeout" and its tasks are stopped.
+    pub job_timeout_seconds: i32,
     pub last_collected_at: Option<DateTime<Utc>>,
     pub last_job: Option<LastJob>,
     /// When its schedules collect next (the earliest next fire of its enabled schedules).
@@ -86,6 +91,7 @@ fn view(
         options: m.options,
         tags,
         state: m.state,
+        job_timeout_seconds: m.job_timeout_seconds,
         last_collected_at: m.last_collected_at.map(|t| t.to_utc()),
         last_job: m.last_job_id.zip(last_status).map(|(id, status)| LastJob {
             id: id.into(),
@@ -108,6 +114,7 @@ pub struct NewCollector<'a> {
     pub priority: Priority,
     pub options: Value,
     pub tags: BTreeMap<String, String>,
+    pub job_timeout: JobTimeout,
 }
 
 /// Creates a collector.
@@ -135,6 +142,7 @@ pub async fn create(
         options: Set(new.options),
         tags: Set(serde_json::to_value(&new.tags).map_err(|e| Error::Corrupt(e.to_string()))?),
         state: Set(CollectorState::Enabled),
+        job_timeout_seconds: Set(new.job_timeout.seconds()),
         last_job_id: Set(None),
         last_collected_at: Set(None),
         created_at: Set(now),
@@ -263,6 +271,8 @@ pub struct CollectorUpdate {
     pub version: Option<Option<String>>,
     pub options: Option<Value>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// Applies to jobs accepted from now on.
+    pub job_timeout: Option<JobTimeout>,
 }
 
 /// Applies an update.
@@ -303,6 +313,9 @@ pub async fn update<C: ConnectionTrait + TransactionTrait>(
     }
     if let Some(tags) = &change.tags {
         row.tags = Set(serde_json::to_value(tags).map_err(|e| Error::Corrupt(e.to_string()))?);
+    }
+    if let Some(timeout) = change.job_timeout {
+        row.job_timeout_seconds = Set(timeout.seconds());
     }
     row.updated_at = Set(Utc::now().fixed_offset());
     match collector::Entity::update(row).exec(&txn).await {

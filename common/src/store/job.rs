@@ -108,6 +108,9 @@ pub(crate) fn new_job(
         error: Set(None),
         started_at: Set(None),
         finished_at: Set(None),
+        deadline_at: Set(Some(
+            now + chrono::Duration::seconds(i64::from(c.job_timeout_seconds)),
+        )),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -482,6 +485,7 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
             failed: Set(0),
             error: Set(None),
             stderr: Set(None),
+            previous_attempts: Set(None),
             started_at: Set(None),
             finished_at: Set(None),
             created_at: Set(now),

@@ -1,7 +1,7 @@
 //! The outbox: messages written in the same transaction as the rows they announce, and
 //! published to the broker by a relay afterwards.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::LockBehavior;
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -33,6 +33,26 @@ pub async fn insert_many<P: Message + Serialize>(
     db: &impl ConnectionTrait,
     envelopes: &[Envelope<P>],
 ) -> Result<()> {
+    insert_rows(db, envelopes, None).await
+}
+
+/// Queues a message to be delivered no earlier than `not_before` (a retry's backoff).
+///
+/// # Errors
+/// Database errors only.
+pub async fn insert_delayed<P: Message + Serialize>(
+    db: &impl ConnectionTrait,
+    envelope: &Envelope<P>,
+    not_before: DateTime<Utc>,
+) -> Result<()> {
+    insert_rows(db, std::slice::from_ref(envelope), Some(not_before)).await
+}
+
+async fn insert_rows<P: Message + Serialize>(
+    db: &impl ConnectionTrait,
+    envelopes: &[Envelope<P>],
+    not_before: Option<DateTime<Utc>>,
+) -> Result<()> {
     let mut rows = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
         let body = serde_json::to_string(envelope).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -46,6 +66,7 @@ pub async fn insert_many<P: Message + Serialize>(
             last_error: Set(None),
             created_at: Set(Utc::now().fixed_offset()),
             dead_at: Set(None),
+            not_before: Set(not_before.map(|t| t.fixed_offset())),
         });
     }
     outbox::Entity::insert_many(rows)
@@ -61,6 +82,8 @@ pub struct Pending {
     pub message_id: MessageId,
     pub routing_key: String,
     pub body: String,
+    /// A retry's backoff: the broker holds the message in a delay queue until then.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// Locks up to `limit` unsent rows, oldest first, skipping rows another relay holds, so several
@@ -86,6 +109,7 @@ pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pen
             message_id: r.message_id.into(),
             routing_key: r.routing_key,
             body: r.body,
+            not_before: r.not_before.map(|t| t.to_utc()),
         })
         .collect())
 }
@@ -101,9 +125,15 @@ pub async fn next_deliveries(
     busy: &[i64],
     limit: u64,
 ) -> Result<Vec<Delivery>> {
+    let now = Utc::now().fixed_offset();
     let rows = outbox::Entity::find()
         .filter(outbox::Column::DeadAt.is_null())
         .filter(outbox::Column::Id.is_not_in(busy.iter().copied()))
+        .filter(
+            sea_orm::Condition::any()
+                .add(outbox::Column::NotBefore.is_null())
+                .add(outbox::Column::NotBefore.lte(now)),
+        )
         .order_by_asc(outbox::Column::Id)
         .limit(limit)
         .all(db)
