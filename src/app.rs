@@ -216,6 +216,12 @@ pub async fn run_worker(
     // The relay outlives the consumer, so tasks finished during the grace period still get
     // their follow-up messages out.
     let relay_stop = CancellationToken::new();
+    let reaper = tokio::spawn(gleaner_worker::reaper::run(
+        db.clone(),
+        settings.worker.reap_interval,
+        signal.clone(),
+        shutdown.clone(),
+    ));
     let relay = spawn_relay(settings, db, publisher.clone(), signal, relay_stop.clone());
     let consumer_settings = ConsumerSettings {
         amqp_url: settings.amqp_url.clone(),
@@ -225,6 +231,7 @@ pub async fn run_worker(
         grace: settings.worker.shutdown_grace,
     };
     consumer::run(ctx, consumer_settings, shutdown).await;
+    reaper.await.ok();
     relay_stop.cancel();
     relay.await.ok();
     publisher.close().await;

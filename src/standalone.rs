@@ -202,6 +202,12 @@ pub async fn run(
         grace: settings.worker.shutdown_grace,
     };
     let mut dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
+    let reaper = tokio::spawn(gleaner_worker::reaper::run(
+        db.clone(),
+        settings.worker.reap_interval,
+        signal.clone(),
+        shutdown.clone(),
+    ));
     let scheduler = tokio::spawn({
         let (scheduler, signal, shutdown) = (
             app::scheduler(&settings, db.clone()),
@@ -240,6 +246,7 @@ pub async fn run(
         dispatcher.await.ok();
     }
     scheduler.await.ok();
+    reaper.await.ok();
     db.close().await.ok();
     sink_db.close().await.ok();
     served

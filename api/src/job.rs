@@ -22,6 +22,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::events))
         .routes(routes!(show))
         .routes(routes!(tasks))
+        .routes(routes!(cancel))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -106,4 +107,31 @@ async fn tasks(
     job::get(&state.db, domain, id).await?;
     let items = task::list(&state.db, domain, id).await?;
     Ok(Json(TaskList { items }))
+}
+
+/// Cancels a queued or running job.
+///
+/// The job and its unfinished tasks become CANCELED at once. A running task's worker notices at
+/// its next lease renewal (a quarter of `GLEANER_WORKER__LEASE`, 15 s by default) and stops its
+/// plugin: an external plugin gets SIGTERM, then SIGKILL after a grace period. What was already
+/// stored stays stored, and a canceled collection deletes nothing. Canceling a canceled job
+/// answers it unchanged.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The canceled job", body = Job),
+        (status = 404, description = "No job with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The job already ended with SUCCESS or FAILURE",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn cancel(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    let id = parse_id("job", &id)?;
+    Ok(Json(job::cancel(&state.db, domain, id).await?))
 }

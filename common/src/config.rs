@@ -151,6 +151,38 @@ pub struct WorkerSettings {
     /// Consecutive successful collections of the same collector and service account a
     /// resource may be missing from before it is marked DELETED.
     pub delete_after_missed_runs: u16,
+    /// Milliseconds a task's lease lasts. A running task renews it every quarter of this; a
+    /// task whose lease ran out (its worker died) runs again as a new attempt.
+    #[serde(with = "millis")]
+    pub lease: Duration,
+    /// Attempts a task gets: a transient failure (a plugin's timeout, an unreachable
+    /// endpoint or database, a lost worker) is retried until then, and fails the task after.
+    pub task_attempts: u16,
+    /// Milliseconds before a task's second attempt; each later one waits twice as long (with
+    /// ±30% jitter), at most `retry_max_delay`.
+    #[serde(with = "millis")]
+    pub retry_delay: Duration,
+    #[serde(with = "millis")]
+    pub retry_max_delay: Duration,
+    /// Milliseconds between two passes of the reaper, which re-queues tasks whose lease expired
+    /// and fails jobs past their timeout. Every worker runs one; their writes are fenced, so
+    /// several at once are harmless.
+    #[serde(with = "millis")]
+    pub reap_interval: Duration,
+}
+
+impl WorkerSettings {
+    /// How the delays between a task's attempts grow.
+    #[must_use]
+    pub fn task_retry(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            initial: self.retry_delay,
+            max: self.retry_max_delay,
+            multiplier: 2.0,
+            jitter: 0.3,
+            max_attempts: u32::from(self.task_attempts.max(1)),
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -163,6 +195,13 @@ impl Default for WorkerSettings {
             name: None,
             shutdown_grace: Duration::from_secs(30),
             delete_after_missed_runs: 3,
+            // A minute: a worker stalled by a long database failover keeps its tasks, a dead
+            // one's tasks run again within about a minute.
+            lease: Duration::from_secs(60),
+            task_attempts: 3,
+            retry_delay: Duration::from_secs(10),
+            retry_max_delay: Duration::from_secs(600),
+            reap_interval: Duration::from_secs(10),
         }
     }
 }

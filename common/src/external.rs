@@ -155,7 +155,12 @@ pub enum ProtocolError {
     #[error("it did not finish within {0} s (timeout_seconds) and was killed")]
     Timeout(u64),
     #[error("it exited with {status}{}", last_line(.stderr))]
-    Exited { status: String, stderr: String },
+    Exited {
+        status: String,
+        /// The exit code, when it exited rather than being killed by a signal.
+        code: Option<i32>,
+        stderr: String,
+    },
     #[error("it exited without writing {expected}")]
     Incomplete { expected: &'static str },
     #[error("reading its output failed: {0}")]
@@ -373,6 +378,7 @@ impl Session {
         } else {
             Err(ProtocolError::Exited {
                 status: describe(status),
+                code: status.code(),
                 stderr: self.stderr.text(),
             })
         }
@@ -382,6 +388,24 @@ impl Session {
     #[must_use]
     pub fn stderr(&self) -> String {
         self.stderr.text()
+    }
+
+    /// Asks the plugin to stop (SIGTERM to its process group), and kills the group if it has
+    /// not exited within `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(pgid) = self.pgid {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+                tracing::warn!(
+                    grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                    "the plugin did not stop on SIGTERM within the grace period; killing it"
+                );
+            }
+        }
+        self.kill();
     }
 
     /// Kills the plugin and everything in its process group.
@@ -406,6 +430,25 @@ impl Session {
         Ok(messages)
     }
 }
+
+impl ProtocolError {
+    /// Whether the plugin said a later attempt may succeed: it exited with
+    /// [`EXIT_TEMPORARY`].
+    #[must_use]
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::Exited {
+                code: Some(EXIT_TEMPORARY),
+                ..
+            }
+        )
+    }
+}
+
+/// The exit code by which a plugin says its failure is temporary (an endpoint unreachable, a
+/// rate limit): `EX_TEMPFAIL` of sysexits.h. The task then runs again after a backoff.
+pub const EXIT_TEMPORARY: i32 = 75;
 
 impl Drop for Session {
     fn drop(&mut self) {

@@ -77,6 +77,18 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// The name on the wire.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "QUEUED",
+            JobStatus::InProgress => "IN_PROGRESS",
+            JobStatus::Success => "SUCCESS",
+            JobStatus::Failure => "FAILURE",
+            JobStatus::Canceled => "CANCELED",
+        }
+    }
+
     #[must_use]
     pub const fn is_terminal(self) -> bool {
         matches!(

@@ -71,6 +71,20 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
     }
 
+    /// The delay, with jitter, before attempt `attempt` (1-based: the delay after the first
+    /// failure is `jittered_delay_for(2)`); the maximum once the policy's attempts are used up.
+    #[must_use]
+    pub fn jittered_delay_for(&self, attempt: u32) -> Duration {
+        let uncapped = RetryPolicy {
+            max_attempts: u32::MAX,
+            ..*self
+        };
+        uncapped
+            .delays()
+            .nth(attempt.saturating_sub(2) as usize)
+            .unwrap_or(self.max)
+    }
+
     /// Runs `op` until it succeeds, `should_retry` says an error is permanent, or attempts
     /// run out. Each retried error is logged with the delay before the next attempt.
     ///
@@ -157,6 +171,21 @@ mod tests {
         assert_eq!(p.delay_for(2), Duration::from_secs(1));
         assert_eq!(p.delay_for(3), Duration::from_secs(2));
         assert_eq!(p.delay_for(10), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jittered_delays_grow_per_attempt() {
+        let p = RetryPolicy {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.3,
+            max_attempts: 3,
+        };
+        for (attempt, (lo, hi)) in [(2, (7_000, 13_000)), (3, (14_000, 26_000)), (9, (42_000, 78_000))] {
+            let ms = p.jittered_delay_for(attempt).as_millis();
+            assert!((lo..=hi).contains(&ms), "attempt {attempt}: {ms} ms");
+        }
     }
 
     #[tokio::test]

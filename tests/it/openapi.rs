@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/v1/jobs/events", true),
     ("get", "/v1/jobs/{id}", true),
     ("get", "/v1/jobs/{id}/tasks", true),
+    ("post", "/v1/jobs/{id}/cancel", true),
     ("get", "/v1/resources", true),
     ("get", "/v1/resources/{id}", true),
     ("get", "/v1/collectors/{id}/schedules", true),

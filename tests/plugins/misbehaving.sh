@@ -7,6 +7,7 @@
 #   noinit   fails its init call
 #   lingering one resource and `done`, then leaves a child holding stdout open for 30 s
 #   slow     appends "start PID" to the file LOG (third argument), sleeps 1 s, appends "end PID"
+#   flaky    exits 75 (temporary failure) on attempts 1 and 2, then reports one resource
 behaviour=$1
 provider=${2:-demo}
 log=$3
@@ -52,6 +53,15 @@ slow)
     sleep 1
     resource a 1
     echo "end $$" >>"$log"
+    echo '{"type":"done"}'
+    ;;
+flaky)
+    attempt=$(printf '%s' "$request" | sed -n 's/.*"attempt":\([0-9]*\).*/\1/p')
+    if [ "${attempt:-1}" -lt 3 ]; then
+        echo "flaky: endpoint unreachable on attempt $attempt" >&2
+        exit 75
+    fi
+    resource a 1
     echo '{"type":"done"}'
     ;;
 leaky)

@@ -26,6 +26,7 @@ use tracing::{Instrument, info_span, warn};
 pub mod consumer;
 pub mod local;
 pub mod planner;
+pub mod reaper;
 pub mod plugin;
 pub mod runner;
 pub mod sink;
@@ -144,10 +145,11 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
                 };
             let attempt = claimed.attempt;
             match runner::run(ctx, claimed, stop.clone()).await {
-                Ok(_) if stop.is_cancelled() => {
+                Ok(runner::Ran::Released) => {
                     Disposition::Retry("worker stopping; task released".into())
                 }
-                Ok(_) => {
+                // The next attempt's message is in the outbox, written with the retry.
+                Ok(runner::Ran::Retrying | runner::Ran::Finished(_)) => {
                     ctx.signal.notify();
                     Disposition::Ack
                 }

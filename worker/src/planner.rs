@@ -8,9 +8,6 @@ use tracing::info;
 
 use crate::Context;
 
-/// Attempts a task gets before it fails for good.
-pub const MAX_ATTEMPTS: i32 = 3;
-
 /// Plans a QUEUED job. A redelivered message for a job already planned changes nothing.
 ///
 /// # Errors
@@ -58,7 +55,8 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
             ),
         ),
     };
-    let planned = job::plan(&ctx.db, &input, &accounts, MAX_ATTEMPTS, &reason).await?;
+    let attempts = i32::from(ctx.settings.task_attempts.max(1));
+    let planned = job::plan(&ctx.db, &input, &accounts, attempts, &reason).await?;
     if let Planned::Tasks(tasks) = &planned {
         info!(job_id = %job_id, tasks = tasks.len(), "job planned");
         ctx.signal.notify();

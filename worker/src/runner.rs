@@ -4,6 +4,13 @@
 //! Outcome rule: a task is SUCCESS only when the plugin finished and every item was stored. A
 //! plugin failure, a write failure, or any item the plugin reported as failed makes the task
 //! FAILURE (the items that were stored stay stored, and a failed task never deletes anything).
+//! A transient failure (the plugin says so, or the database or Redis stayed unreachable through
+//! the in-task retries) with attempts left is not an outcome: the task goes back to the queue
+//! and runs again after a backoff.
+//!
+//! While it runs, a task renews its lease (the heartbeat); when the renewal finds that the
+//! attempt no longer owns the task (canceled, timed out, or taken over after the lease ran
+//! out), the plugin is stopped and nothing more is written.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -32,9 +39,22 @@ const KEPT_ITEM_ERRORS: usize = 5;
 enum Ended {
     /// Record this outcome; a successful collection's sweep is planned first.
     Done(Box<Outcome>, Option<Sweep>),
-    /// A newer attempt owns the task; record nothing.
+    /// A transient failure: run again after a backoff, if attempts are left.
+    Retry(String),
+    /// The attempt no longer owns the task; record nothing.
     Stale,
     /// The worker is stopping: hand the task back for another worker.
+    Released,
+}
+
+/// How running a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// The outcome was recorded (or, when stale, another attempt owns the task).
+    Finished(Finished),
+    /// A transient failure: the task is queued again for its next attempt.
+    Retrying,
+    /// The worker is stopping: the task was handed back.
     Released,
 }
 
@@ -46,40 +66,138 @@ pub async fn run(
     ctx: &Context,
     claimed: Claimed,
     stop: CancellationToken,
-) -> Result<Finished, store::Error> {
+) -> Result<Ran, store::Error> {
     let span = info_span!("task", task_id = %claimed.task_id, job_id = %claimed.job_id, attempt = claimed.attempt,
         service_account_id = ?claimed.service_account_id.map(|s| s.to_string()));
     async move {
         let started = std::time::Instant::now();
+        // Cancelled by the heartbeat when the attempt no longer owns the task; `halt` also on
+        // the worker's stop, and is what the run itself watches.
+        let fenced = CancellationToken::new();
+        let halt = stop.child_token();
+        let heartbeat = tokio::spawn(
+            heartbeat(
+                ctx.db.clone(),
+                claimed.task_id,
+                claimed.attempt,
+                ctx.settings.lease,
+                fenced.clone(),
+                halt.clone(),
+            )
+            .in_current_span(),
+        );
         // Held until the outcome is recorded: the sweep of deleted resources must not run
         // beside the next collection of the same collector and account.
-        let lock = match collection_lock(ctx, &claimed, &stop).await {
-            Ok(Some(held)) => Some(held),
+        let ended = match collection_lock(ctx, &claimed, &halt).await {
+            Ok(Some(held)) => {
+                let ended = collect(ctx, &claimed, &halt, &held).await;
+                Some((ended, held))
+            }
             Ok(None) => None,
             Err(e) => {
-                let finished = store::task::finish(
-                    &ctx.db,
-                    claimed.task_id,
-                    claimed.attempt,
-                    failure_outcome(e.to_string()),
-                )
-                .await?;
-                return Ok(finished);
+                heartbeat.abort();
+                return settle(ctx, &claimed, Ended::Retry(e.to_string()), None).await;
             }
         };
-        let ended = match &lock {
-            Some(held) => collect(ctx, &claimed, &stop, held).await,
-            None => Ended::Released,
+        heartbeat.abort();
+        let (ended, lock) = match ended {
+            _ if fenced.is_cancelled() => (Ended::Stale, None),
+            Some((ended, held)) => (ended, Some(held)),
+            None => (Ended::Released, None),
         };
-        match ended {
+        let ran = settle(ctx, &claimed, ended, lock).await?;
+        if let Ran::Finished(Finished::Recorded(_)) = ran {
+            info!(
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "task finished"
+            );
+        }
+        Ok(ran)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Renews the attempt's lease every quarter of it until aborted. When the attempt turns out
+/// not to own the task any more, cancels `fenced` and `halt`: the run stops its plugin. A
+/// database error is retried at the next beat; if it lasts past the lease, the reaper hands the
+/// task to a new attempt and this one's writes are fenced.
+async fn heartbeat(
+    db: sea_orm::DatabaseConnection,
+    task: gleaner_common::id::TaskId,
+    attempt: i32,
+    lease: Duration,
+    fenced: CancellationToken,
+    halt: CancellationToken,
+) {
+    let every = (lease / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        match store::task::heartbeat(&db, task, attempt, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                info!("the attempt no longer owns the task (canceled, timed out, or taken over); stopping it");
+                fenced.cancel();
+                halt.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the task's lease failed"),
+        }
+    }
+}
+
+/// Records how the run ended.
+async fn settle(
+    ctx: &Context,
+    claimed: &Claimed,
+    ended: Ended,
+    lock: Option<Held>,
+) -> Result<Ran, store::Error> {
+    match ended {
             Ended::Stale => {
-                info!("a newer attempt owns the task; stopping");
-                Ok(Finished::Stale)
+                info!("the attempt no longer owns the task; nothing more is recorded");
+                Ok(Ran::Finished(Finished::Stale))
             }
             Ended::Released => {
                 store::task::release(&ctx.db, claimed.task_id, claimed.attempt).await?;
                 info!("task released for another worker");
-                Ok(Finished::Stale)
+                Ok(Ran::Released)
+            }
+            Ended::Retry(error) if claimed.attempt < claimed.max_attempts => {
+                let delay = ctx
+                    .settings
+                    .task_retry()
+                    .jittered_delay_for(u32::try_from(claimed.attempt + 1).unwrap_or(u32::MAX));
+                let retried = store::task::retry_later(
+                    &ctx.db,
+                    claimed.task_id,
+                    claimed.attempt,
+                    &error,
+                    delay,
+                )
+                .await?;
+                drop(lock);
+                tracing::warn!(%error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    attempts = claimed.max_attempts, "attempt failed transiently; the task will run again");
+                Ok(match retried {
+                    store::task::Retried::Queued => Ran::Retrying,
+                    store::task::Retried::Stale => Ran::Finished(Finished::Stale),
+                })
+            }
+            Ended::Retry(error) => {
+                let error = format!(
+                    "{error} (attempt {} of {}: no attempts left)",
+                    claimed.attempt, claimed.max_attempts
+                );
+                let finished = store::task::finish(
+                    &ctx.db,
+                    claimed.task_id,
+                    claimed.attempt,
+                    failure_outcome(error),
+                )
+                .await?;
+                drop(lock);
+                Ok(Ran::Finished(finished))
             }
             Ended::Done(mut outcome, sweep) => {
                 if let Some(sweep) = sweep {
@@ -96,21 +214,14 @@ pub async fn run(
                 let finished =
                     store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome)
                         .await?;
-                info!(
-                    ?status,
-                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "task finished"
-                );
+                info!(?status, "task outcome recorded");
                 if let Finished::Recorded(Some(job_status)) = finished {
                     info!(?job_status, "job finished");
                 }
                 drop(lock);
-                Ok(finished)
+                Ok(Ran::Finished(finished))
             }
-        }
     }
-    .instrument(span)
-    .await
 }
 
 fn failure_outcome(error: impl Into<String>) -> Outcome {
@@ -229,11 +340,21 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
     let summary = match written {
         Ok(Some(s)) => s,
         Ok(None) => return Ended::Stale,
+        // Still failing after the in-task retries: the database is down for a while. Another
+        // attempt later finds it back; every batch committed so far stays.
+        Err(e) if e.is_transient() => return Ended::Retry(format!("writing results failed: {e}")),
         Err(e) => return failure(format!("writing results failed: {e}")),
     };
     let mut summary = summary;
     let (status, error) = match plugin_result {
         Err(PluginError::Stopped) if stop.is_cancelled() => return Ended::Released,
+        Err(PluginError::Transient(e)) => {
+            let error = format!(
+                "plugin failed transiently after {} items: {e}",
+                summary.counts.seen()
+            );
+            return Ended::Retry(redact(&error, &secrets));
+        }
         Err(e) => (
             JobStatus::Failure,
             Some(format!(

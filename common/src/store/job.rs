@@ -45,6 +45,9 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When it fails with reason "timeout" if it has not ended (its collector's
+    /// `job_timeout_seconds` after it was accepted).
+    pub deadline_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
 }
 
@@ -69,6 +72,7 @@ fn view(m: job::Model, counts: Counts) -> Job {
         created_at: m.created_at.to_utc(),
         started_at: started,
         finished_at: finished,
+        deadline_at: m.deadline_at.map(|t| t.to_utc()),
         duration_ms: started
             .zip(finished)
             .map(|(s, f)| (f - s).num_milliseconds()),
@@ -512,6 +516,103 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
     }
     txn.commit().await?;
     Ok(Planned::Tasks(ids))
+}
+
+/// Cancels a job: the job and its unfinished tasks become CANCELED in one transaction. Workers
+/// running its tasks find their attempt fenced at their next heartbeat and stop their plugin;
+/// what they committed before stays. Canceling a canceled job changes nothing.
+///
+/// # Errors
+/// [`Error::NotFound`] for an unknown job; [`Error::State`] when it already ended otherwise.
+pub async fn cancel<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    domain: DomainId,
+    id: JobId,
+) -> Result<Job> {
+    let txn = super::begin_write(db).await?;
+    let current = job::Entity::find_by_id(id.as_uuid())
+        .filter(job::Column::DomainId.eq(domain.as_uuid()))
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::not_found("job", id))?;
+    match current.status {
+        JobStatus::Canceled => {
+            txn.rollback().await?;
+            return get(db, domain, id).await;
+        }
+        s if s.is_terminal() => {
+            return Err(Error::State(format!(
+                "job {id} already ended with {}; only a queued or running job can be canceled",
+                s.as_str()
+            )));
+        }
+        _ => {}
+    }
+    // `false` when it ended between the read and the update: the job read next shows how.
+    end_job(&txn, current.id, JobStatus::Canceled, "canceled by request").await?;
+    txn.commit().await?;
+    get(db, domain, id).await
+}
+
+/// Ends a job that has not ended with `status` and `reason`, and its unfinished tasks with
+/// it. `false` when the job had already ended.
+async fn end_job(
+    db: &impl ConnectionTrait,
+    job_id: uuid::Uuid,
+    status: JobStatus,
+    reason: &str,
+) -> Result<bool> {
+    let now = Utc::now().fixed_offset();
+    let res = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(status))
+        .col_expr(job::Column::Error, Expr::value(reason))
+        .col_expr(job::Column::FinishedAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .exec(db)
+        .await?;
+    if res.rows_affected == 0 {
+        return Ok(false);
+    }
+    super::task::end_unfinished(db, job_id, status, reason, now).await?;
+    touch_collector_finished(db, job_id.into()).await?;
+    Ok(true)
+}
+
+/// Fails up to `limit` unfinished jobs whose deadline passed before `now`, with reason
+/// "timeout", stopping their tasks. Returns the jobs that timed out.
+///
+/// # Errors
+/// Database errors only.
+pub async fn expire<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<JobId>> {
+    let due: Vec<(uuid::Uuid, DateTimeWithTimeZone, DateTimeWithTimeZone)> = job::Entity::find()
+        .select_only()
+        .column(job::Column::Id)
+        .column(job::Column::CreatedAt)
+        .column(job::Column::DeadlineAt)
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .filter(job::Column::DeadlineAt.lt(now.fixed_offset()))
+        .order_by_asc(job::Column::DeadlineAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut expired = Vec::with_capacity(due.len());
+    for (id, created, deadline) in due {
+        let limit_secs = (deadline - created).num_seconds();
+        let reason = format!("timeout: the job did not finish within {limit_secs} s");
+        let txn = super::begin_write(db).await?;
+        if end_job(&txn, id, JobStatus::Failure, &reason).await? {
+            expired.push(id.into());
+        }
+        txn.commit().await?;
+    }
+    Ok(expired)
 }
 
 /// Records on the job's collector that a job just ended.

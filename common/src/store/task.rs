@@ -8,15 +8,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionSession,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Error, Result, job::touch_collector_finished};
+use super::{Error, Result, job::touch_collector_finished, outbox};
 use crate::entity::{job, job_task, service_account};
+use crate::envelope::{Envelope, TaskRequested};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
 use crate::model::{Counts, JobKind, JobStatus, TaskStatus};
 
@@ -32,6 +33,8 @@ pub struct Task {
     pub counts: Counts,
     pub error: Option<String>,
     pub stderr: Option<String>,
+    /// The attempts before the current one, oldest first, with why each failed.
+    pub previous_attempts: Vec<PreviousAttempt>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -52,6 +55,10 @@ impl From<job_task::Model> for Task {
             counts: counts(&m),
             error: m.error,
             stderr: m.stderr,
+            previous_attempts: m
+                .previous_attempts
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
             created_at: m.created_at.to_utc(),
             started_at: started,
             finished_at: finished,
@@ -91,6 +98,8 @@ pub async fn list(db: &impl ConnectionTrait, domain: DomainId, job: JobId) -> Re
 pub struct Claimed {
     pub task_id: TaskId,
     pub attempt: i32,
+    /// The task's retry budget: attempts after this one fail the task instead of retrying.
+    pub max_attempts: i32,
     pub job_id: JobId,
     pub domain: DomainId,
     pub kind: JobKind,
@@ -180,6 +189,7 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
     Ok(Some(Claimed {
         task_id: id,
         attempt: task.attempt,
+        max_attempts: task.max_attempts,
         job_id: j.id.into(),
         domain: j.domain_id.into(),
         kind: j.kind,
@@ -339,4 +349,204 @@ pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Res
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
+}
+
+/// Extends a running attempt's lease. `false` when the attempt no longer owns the task (a newer
+/// attempt took it over, the task or its job was canceled or timed out): the worker must stop.
+///
+/// # Errors
+/// Database errors only.
+pub async fn heartbeat(
+    db: &impl ConnectionTrait,
+    id: TaskId,
+    attempt: i32,
+    lease: Duration,
+) -> Result<bool> {
+    let expires = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let res = job_task::Entity::update_many()
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(expires.fixed_offset()),
+        )
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// One earlier attempt of a task, kept in `previous_attempts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct PreviousAttempt {
+    pub attempt: i32,
+    /// The worker that ran it.
+    pub worker: Option<String>,
+    pub error: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// What [`retry_later`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retried {
+    /// The task is QUEUED again; its next attempt's message is delivered after the delay.
+    Queued,
+    /// The attempt no longer owns the task; nothing was written.
+    Stale,
+}
+
+/// Ends a failed attempt without ending the task: the task goes back to QUEUED with the
+/// attempt's error kept in `previous_attempts`, and a `task.requested` message for the next
+/// attempt is queued to be delivered after `delay`, in the same transaction. Whatever the
+/// attempt committed stays; the next attempt collects again over it. The caller checks the
+/// retry budget (`attempt < max_attempts`).
+///
+/// # Errors
+/// Database errors only.
+pub async fn retry_later<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: TaskId,
+    attempt: i32,
+    error: &str,
+    delay: Duration,
+) -> Result<Retried> {
+    let txn = super::begin_write(db).await?;
+    let Some(current) = job_task::Entity::find_by_id(id.as_uuid())
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .one(&txn)
+        .await?
+    else {
+        return Ok(Retried::Stale);
+    };
+    let now = Utc::now();
+    let mut history: Vec<PreviousAttempt> = match &current.previous_attempts {
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| Error::Corrupt(format!("previous attempts of task {id}: {e}")))?,
+        None => Vec::new(),
+    };
+    history.push(PreviousAttempt {
+        attempt,
+        worker: current.lease_owner.clone(),
+        error: error.to_owned(),
+        started_at: current.started_at.map(|t| t.to_utc()),
+        ended_at: now,
+    });
+    let history = serde_json::to_value(&history).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let res = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(job_task::Column::Error, Expr::value(error))
+        .col_expr(job_task::Column::PreviousAttempts, Expr::value(history))
+        .col_expr(
+            job_task::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
+        )
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec(&txn)
+        .await?;
+    if res.rows_affected == 0 {
+        return Ok(Retried::Stale);
+    }
+    let j = job::Entity::find_by_id(current.job_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::not_found("job", current.job_id))?;
+    job::Entity::update_many()
+        .col_expr(job::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .filter(job::Column::Id.eq(j.id))
+        .exec(&txn)
+        .await?;
+    let envelope = Envelope::new(
+        j.domain_id.into(),
+        j.kind,
+        j.id.into(),
+        Some(id),
+        u32::try_from(attempt + 1).unwrap_or(u32::MAX),
+        TaskRequested {},
+    );
+    if delay.is_zero() {
+        outbox::insert(&txn, &envelope).await?;
+    } else {
+        let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        outbox::insert_delayed(&txn, &envelope, at).await?;
+    }
+    txn.commit().await?;
+    Ok(Retried::Queued)
+}
+
+/// A task whose lease ran out, as the reaper found it.
+#[derive(Clone, Debug)]
+pub struct Expired {
+    pub id: TaskId,
+    pub job_id: JobId,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub owner: Option<String>,
+}
+
+/// Up to `limit` IN_PROGRESS tasks whose lease expired before `now`: their worker died or lost
+/// the database for longer than the lease.
+///
+/// # Errors
+/// Database errors only.
+pub async fn expired_leases(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<Expired>> {
+    let rows = job_task::Entity::find()
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .filter(job_task::Column::LeaseExpiresAt.lt(now.fixed_offset()))
+        .order_by_asc(job_task::Column::LeaseExpiresAt)
+        .limit(limit)
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|t| Expired {
+            id: t.id.into(),
+            job_id: t.job_id.into(),
+            attempt: t.attempt,
+            max_attempts: t.max_attempts,
+            owner: t.lease_owner,
+        })
+        .collect())
+}
+
+/// Ends every unfinished task of a job with `status` and `reason`, clearing their leases: the
+/// workers running them find their attempt fenced at the next heartbeat and stop. Returns how
+/// many tasks were ended.
+pub(crate) async fn end_unfinished(
+    db: &impl ConnectionTrait,
+    job: uuid::Uuid,
+    status: TaskStatus,
+    reason: &str,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<u64> {
+    let res = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(status))
+        .col_expr(job_task::Column::Error, Expr::value(reason))
+        .col_expr(job_task::Column::FinishedAt, Expr::value(now))
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            job_task::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
+        )
+        .filter(job_task::Column::JobId.eq(job))
+        .filter(job_task::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
 }

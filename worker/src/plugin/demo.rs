@@ -5,6 +5,10 @@
 //! resources on every run. `change_ratio` picks an evenly spread share of the estate (exactly
 //! ⌊n·ratio⌋ resources) whose data carries `revision`, so a run with a new revision updates
 //! exactly that share and leaves the rest unchanged.
+//!
+//! Two options rehearse failures: `fail_attempts` makes the first attempts of a task fail
+//! transiently halfway through (a flaky cloud API), and `item_delay_ms` paces the estate (a
+//! long collection to cancel or to kill a worker in).
 
 use async_trait::async_trait;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
@@ -44,6 +48,10 @@ pub struct DemoOptions {
     pub change_ratio: f64,
     /// The revision written into the changed share; 1 when omitted.
     pub revision: Option<u64>,
+    /// Attempts (of each task) that fail transiently after half of the estate.
+    pub fail_attempts: u32,
+    /// A pause after each resource.
+    pub item_delay_ms: u64,
 }
 
 impl Default for DemoOptions {
@@ -54,6 +62,8 @@ impl Default for DemoOptions {
             resource_types: DEFAULT_TYPES.map(String::from).to_vec(),
             change_ratio: 0.0,
             revision: None,
+            fail_attempts: 0,
+            item_delay_ms: 0,
         }
     }
 }
@@ -104,7 +114,9 @@ impl Demo {
                         "seed": {"type": "integer", "minimum": 0, "description": "varies the estate (default 0)"},
                         "resource_types": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": true},
                         "change_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "share of resources whose data carries `revision`"},
-                        "revision": {"type": "integer", "minimum": 0}
+                        "revision": {"type": "integer", "minimum": 0},
+                        "fail_attempts": {"type": "integer", "minimum": 0, "maximum": 100, "description": "the first N attempts of each task fail transiently halfway (default 0)"},
+                        "item_delay_ms": {"type": "integer", "minimum": 0, "maximum": 60_000, "description": "a pause after each resource, in milliseconds (default 0)"}
                     },
                     "additionalProperties": false
                 }),
@@ -236,11 +248,32 @@ impl Plugin for Demo {
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
         let opts = Self::options(&request.options)?;
         let estate = estate_of(&request);
+        let attempt = u32::try_from(request.task.attempt).unwrap_or(u32::MAX);
+        let fail_at = (attempt <= opts.fail_attempts).then_some(opts.resources / 2);
+        let pause = std::time::Duration::from_millis(opts.item_delay_ms);
+        let transient = || {
+            PluginError::Transient(format!(
+                "simulated transient failure of attempt {attempt} (fail_attempts = {})",
+                opts.fail_attempts
+            ))
+        };
         for i in 0..opts.resources {
-            if i % 1024 == 0 && request.cancel.is_cancelled() {
+            if fail_at == Some(i) {
+                return Err(transient());
+            }
+            if (i % 1024 == 0 || !pause.is_zero()) && request.cancel.is_cancelled() {
                 return Err(PluginError::Stopped);
             }
             out.send(Item::Resource(resource(&opts, estate, i))).await?;
+            if !pause.is_zero() {
+                tokio::select! {
+                    () = request.cancel.cancelled() => return Err(PluginError::Stopped),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+        if fail_at.is_some() {
+            return Err(transient());
         }
         Ok(())
     }

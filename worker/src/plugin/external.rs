@@ -36,8 +36,16 @@ impl External {
     }
 }
 
+/// How long a plugin asked to stop (its task was canceled or timed out, or the worker is
+/// stopping) may take to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 fn failed(e: &ProtocolError) -> PluginError {
-    PluginError::Permanent(e.to_string())
+    if e.is_temporary() {
+        PluginError::Transient(e.to_string())
+    } else {
+        PluginError::Permanent(e.to_string())
+    }
 }
 
 #[async_trait]
@@ -78,8 +86,10 @@ impl Plugin for External {
             r = pump(&mut session, &out) => r,
             () = request.cancel.cancelled() => Err(PluginError::Stopped),
         };
-        if result.is_err() {
-            session.kill();
+        match &result {
+            Err(PluginError::Stopped) => session.stop(STOP_GRACE).await,
+            Err(_) => session.kill(),
+            Ok(()) => {}
         }
         request.diagnostics.set(session.stderr());
         result

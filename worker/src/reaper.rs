@@ -1,0 +1,122 @@
+//! The reaper: what keeps a job from staying unfinished forever.
+//!
+//! - A task whose lease expired (its worker was killed, or lost the database for longer than
+//!   the lease) runs again as a new attempt, or fails when it has no attempts left.
+//! - A job past its deadline (the collector's `job_timeout_seconds` after it was accepted) fails
+//!   with reason "timeout", and its unfinished tasks with it; their workers see it at their
+//!   next heartbeat and stop their plugins.
+//!
+//! Every worker runs a reaper. Each of its writes is fenced (by the task's attempt and status,
+//! by the job's status), so two reapers, or a reaper and a worker finishing the same task, never
+//! both take effect.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gleaner_common::model::JobStatus;
+use gleaner_common::store::task::{self, Expired, Outcome, Retried};
+use gleaner_common::store::{self, job};
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use gleaner_common::outbox::Signal;
+
+/// Rows handled per query: a backlog after a long outage is worked off over several passes.
+const BATCH: u64 = 200;
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Tasks queued again for a new attempt.
+    pub requeued: usize,
+    /// Tasks failed because their last attempt's lease expired.
+    pub failed: usize,
+    /// Jobs failed with reason "timeout".
+    pub timed_out: usize,
+}
+
+impl Reaped {
+    fn is_empty(&self) -> bool {
+        *self == Reaped::default()
+    }
+}
+
+/// One pass at `now`.
+///
+/// # Errors
+/// Database errors; the next pass tries again.
+pub async fn pass(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Reaped, store::Error> {
+    let mut reaped = Reaped {
+        timed_out: job::expire(db, now, BATCH).await?.len(),
+        ..Reaped::default()
+    };
+    for expired in task::expired_leases(db, now, BATCH).await? {
+        if reap_task(db, &expired).await? {
+            reaped.requeued += 1;
+        } else {
+            reaped.failed += 1;
+        }
+    }
+    Ok(reaped)
+}
+
+/// `true` when the task was queued again, `false` when it failed (or another reaper or its
+/// worker got there first).
+async fn reap_task(db: &DatabaseConnection, t: &Expired) -> Result<bool, store::Error> {
+    let owner = t.owner.as_deref().unwrap_or("unknown");
+    let why = format!(
+        "the lease of attempt {} expired: worker {owner} stopped renewing it (killed, crashed, or cut off from the database)",
+        t.attempt
+    );
+    if t.attempt < t.max_attempts {
+        // At once: the worker is gone, so there is nothing to back off from.
+        let retried = task::retry_later(db, t.id, t.attempt, &why, Duration::ZERO).await?;
+        if retried == Retried::Queued {
+            warn!(task_id = %t.id, job_id = %t.job_id, attempt = t.attempt, %owner, "lease expired; the task runs again");
+        }
+        return Ok(retried == Retried::Queued);
+    }
+    let outcome = Outcome {
+        status: JobStatus::Failure,
+        error: Some(format!(
+            "{why}; that was the last of {} attempts",
+            t.max_attempts
+        )),
+        stderr: None,
+        sweep: None,
+    };
+    task::finish(db, t.id, t.attempt, outcome).await?;
+    warn!(task_id = %t.id, job_id = %t.job_id, attempt = t.attempt, %owner, "lease of the last attempt expired; the task failed");
+    Ok(false)
+}
+
+/// Runs passes every `interval` (with jitter, so the reapers of a fleet spread out) until
+/// `token` is cancelled. Wakes `signal` when a pass queued messages.
+pub async fn run(
+    db: DatabaseConnection,
+    interval: Duration,
+    signal: Signal,
+    token: CancellationToken,
+) {
+    loop {
+        let jitter = 0.75 + rand::random::<f64>() / 2.0;
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+        }
+        match pass(&db, Utc::now()).await {
+            Ok(r) if r.is_empty() => {}
+            Ok(r) => {
+                info!(
+                    requeued = r.requeued,
+                    failed = r.failed,
+                    timed_out = r.timed_out,
+                    "reaper pass"
+                );
+                signal.notify();
+            }
+            Err(e) => warn!(error = %e, "reaper pass failed; trying again at the next one"),
+        }
+    }
+}
