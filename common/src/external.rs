@@ -398,7 +398,10 @@ impl Session {
                 nix::unistd::Pid::from_raw(pgid),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                     "the plugin did not stop on SIGTERM within the grace period; killing it"

@@ -182,7 +182,11 @@ mod tests {
             jitter: 0.3,
             max_attempts: 3,
         };
-        for (attempt, (lo, hi)) in [(2, (7_000, 13_000)), (3, (14_000, 26_000)), (9, (42_000, 78_000))] {
+        for (attempt, (lo, hi)) in [
+            (2, (7_000, 13_000)),
+            (3, (14_000, 26_000)),
+            (9, (42_000, 78_000)),
+        ] {
             let ms = p.jittered_delay_for(attempt).as_millis();
             assert!((lo..=hi).contains(&ms), "attempt {attempt}: {ms} ms");
         }

@@ -370,6 +370,7 @@ async fn two_workers_share_the_tasks_of_a_job() -> anyhow::Result<()> {
         crate::support::Options {
             workers: 2,
             batch_size: 100,
+            ..crate::support::Options::default()
         },
     )
     .await?;

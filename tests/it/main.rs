@@ -5,6 +5,7 @@ mod support;
 mod collect;
 mod collectors;
 mod errors;
+mod faults;
 mod job_events;
 mod merge;
 mod openapi;

@@ -1,5 +1,17 @@
 //! The RabbitMQ consumer: manual acknowledgement after the work is committed, an explicit
 //! prefetch, bounded concurrency, reconnection with backoff, and a graceful stop.
+//!
+//! Settling a message that was not handled:
+//! - one that can never be handled (it does not decode) is published to the dead-letter
+//!   exchange with the reason in its `x-gleaner-reason` header, then acknowledged;
+//! - one that may succeed later (the database is down) is published again through a delay
+//!   queue, after a backoff that grows per retry (`x-gleaner-retries`), then acknowledged; after
+//!   [`MESSAGE_RETRIES`] it is dead-lettered with its last reason. A requeue would instead
+//!   deliver it again at once and use up the queue's delivery limit within seconds;
+//! - when publishing the copy fails, it is requeued (nack), the broker's own safety net: a
+//!   message that keeps failing that way is dead-lettered by the delivery limit.
+//!
+//! A crash between the publish and the ack delivers the message twice, which handlers tolerate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +25,31 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{Context, Disposition, drain, handle};
+
+/// Retries of a message whose handling failed transiently before it is dead-lettered: with
+/// delays growing from 1 s to a minute, about 15 minutes of a dependency being down.
+pub const MESSAGE_RETRIES: u32 = 20;
+
+/// The header counting a message's retries.
+const RETRIES_HEADER: &str = "x-gleaner-retries";
+
+/// Delays between a message's retries.
+const MESSAGE_RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    multiplier: 2.0,
+    jitter: 0.3,
+    max_attempts: MESSAGE_RETRIES,
+};
 
 /// Settings of the consumer loop.
 #[derive(Clone, Debug)]
@@ -79,6 +108,12 @@ async fn session(
     let conn = broker::connect(&settings.amqp_url, &format!("gleaner-worker {}", ctx.name)).await?;
     let channel = conn.create_channel().await?;
     broker::declare(&channel, &settings.names).await?;
+    // Retries and dead letters are published on a channel of their own, in confirm mode, so a
+    // message is acknowledged only once its copy is safely with the broker.
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;
@@ -120,8 +155,9 @@ async fn session(
         };
         let ctx = Arc::clone(ctx);
         let abort = abort.clone();
+        let (publish, names) = (publish.clone(), settings.names.clone());
         inflight.spawn(async move {
-            process(&ctx, delivery, &abort).await;
+            process(&ctx, delivery, &publish, &names, &abort).await;
             drop(permit);
         });
     }
@@ -133,7 +169,13 @@ async fn close(conn: &Connection) {
     }
 }
 
-async fn process(ctx: &Context, delivery: Delivery, abort: &CancellationToken) {
+async fn process(
+    ctx: &Context,
+    delivery: Delivery,
+    publish: &Channel,
+    names: &Names,
+    abort: &CancellationToken,
+) {
     let message_id = delivery
         .properties
         .message_id()
@@ -143,24 +185,41 @@ async fn process(ctx: &Context, delivery: Delivery, abort: &CancellationToken) {
     let span = info_span!("message", message_id = %message_id, routing_key = %delivery.routing_key, redelivered = delivery.redelivered);
     async {
         let disposition = handle(ctx, &delivery.data, abort).await;
+        let retries = header_u32(&delivery.properties, RETRIES_HEADER);
+        let disposition = match disposition {
+            Disposition::Retry(reason) if retries >= MESSAGE_RETRIES && !abort.is_cancelled() => {
+                Disposition::DeadLetter(format!(
+                    "still failing after {retries} retries; last error: {reason}"
+                ))
+            }
+            d => d,
+        };
         let result = match &disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
             Disposition::DeadLetter(reason) => {
                 error!(reason = %reason, "dead-lettering a message that can never be handled");
-                delivery.reject(BasicRejectOptions { requeue: false }).await
-            }
-            Disposition::Retry(reason) => {
-                warn!(reason = %reason, "message will be delivered again");
-                // A short pause keeps a failing dependency from being hammered by redeliveries.
-                if !abort.is_cancelled() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                match dead_letter(publish, names, &delivery, reason).await {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        warn!(error = %e, "publishing the dead letter failed; rejecting it instead (the broker dead-letters it without the reason)");
+                        delivery.reject(BasicRejectOptions { requeue: false }).await
+                    }
                 }
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
+            }
+            // Stopping: hand it back at once for another worker.
+            Disposition::Retry(_) if abort.is_cancelled() => requeue(&delivery).await,
+            Disposition::Retry(reason) => {
+                let delay = MESSAGE_RETRY.jittered_delay_for(retries + 2);
+                warn!(reason = %reason, retry = retries + 1, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "message will be delivered again");
+                match retry_later(publish, names, &delivery, retries + 1, delay).await {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        warn!(error = %e, "publishing the retry failed; requeueing the message");
+                        // A short pause keeps a failing broker from being hammered.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        requeue(&delivery).await
+                    }
+                }
             }
         };
         if let Err(e) = result {
@@ -170,4 +229,105 @@ async fn process(ctx: &Context, delivery: Delivery, abort: &CancellationToken) {
     }
     .instrument(span)
     .await;
+}
+
+async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+}
+
+fn header_u32(props: &BasicProperties, name: &str) -> u32 {
+    let value = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned());
+    match value {
+        Some(AMQPValue::LongUInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(0),
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(n).unwrap_or(0),
+        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The delivery's properties with one more header.
+fn with_header(delivery: &Delivery, name: &str, value: AMQPValue) -> BasicProperties {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(name.into(), value);
+    delivery.properties.clone().with_headers(headers)
+}
+
+/// Why publishing a copy of a delivery failed.
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the copy (nack)")]
+    Nacked,
+}
+
+async fn confirmed(confirm: lapin::PublisherConfirm) -> Result<(), CopyError> {
+    let c = tokio::time::timeout(Duration::from_secs(30), confirm)
+        .await
+        .map_err(|_| {
+            CopyError::Amqp(lapin::Error::from(std::io::Error::other(
+                "no confirm within 30 s",
+            )))
+        })??;
+    if c.is_ack() {
+        Ok(())
+    } else {
+        Err(CopyError::Nacked)
+    }
+}
+
+/// Publishes the delivery to the dead-letter exchange with its reason, and waits for the confirm.
+async fn dead_letter(
+    publish: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), CopyError> {
+    let props = with_header(
+        delivery,
+        broker::REASON_HEADER,
+        AMQPValue::LongString(reason.into()),
+    );
+    let confirm = publish
+        .basic_publish(
+            names.dead_exchange().into(),
+            delivery.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await?;
+    confirmed(confirm).await
+}
+
+/// Publishes the delivery again through a delay queue, counting the retry, and waits for the
+/// confirm.
+async fn retry_later(
+    publish: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    retries: u32,
+    delay: Duration,
+) -> Result<(), CopyError> {
+    let props = with_header(delivery, RETRIES_HEADER, AMQPValue::LongUInt(retries));
+    let confirm = broker::publish_delayed(
+        publish,
+        names,
+        delivery.routing_key.as_str(),
+        &delivery.data,
+        props,
+        delay,
+    )
+    .await?;
+    confirmed(confirm).await
 }

@@ -26,8 +26,8 @@ use tracing::{Instrument, info_span, warn};
 pub mod consumer;
 pub mod local;
 pub mod planner;
-pub mod reaper;
 pub mod plugin;
+pub mod reaper;
 pub mod runner;
 pub mod sink;
 

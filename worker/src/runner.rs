@@ -136,7 +136,9 @@ async fn heartbeat(
         match store::task::heartbeat(&db, task, attempt, lease).await {
             Ok(true) => {}
             Ok(false) => {
-                info!("the attempt no longer owns the task (canceled, timed out, or taken over); stopping it");
+                info!(
+                    "the attempt no longer owns the task (canceled, timed out, or taken over); stopping it"
+                );
                 fenced.cancel();
                 halt.cancel();
                 return;
@@ -154,73 +156,67 @@ async fn settle(
     lock: Option<Held>,
 ) -> Result<Ran, store::Error> {
     match ended {
-            Ended::Stale => {
-                info!("the attempt no longer owns the task; nothing more is recorded");
-                Ok(Ran::Finished(Finished::Stale))
-            }
-            Ended::Released => {
-                store::task::release(&ctx.db, claimed.task_id, claimed.attempt).await?;
-                info!("task released for another worker");
-                Ok(Ran::Released)
-            }
-            Ended::Retry(error) if claimed.attempt < claimed.max_attempts => {
-                let delay = ctx
-                    .settings
-                    .task_retry()
-                    .jittered_delay_for(u32::try_from(claimed.attempt + 1).unwrap_or(u32::MAX));
-                let retried = store::task::retry_later(
-                    &ctx.db,
-                    claimed.task_id,
-                    claimed.attempt,
-                    &error,
-                    delay,
-                )
-                .await?;
-                drop(lock);
-                tracing::warn!(%error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        Ended::Stale => {
+            info!("the attempt no longer owns the task; nothing more is recorded");
+            Ok(Ran::Finished(Finished::Stale))
+        }
+        Ended::Released => {
+            store::task::release(&ctx.db, claimed.task_id, claimed.attempt).await?;
+            info!("task released for another worker");
+            Ok(Ran::Released)
+        }
+        Ended::Retry(error) if claimed.attempt < claimed.max_attempts => {
+            let delay = ctx
+                .settings
+                .task_retry()
+                .jittered_delay_for(u32::try_from(claimed.attempt + 1).unwrap_or(u32::MAX));
+            let retried =
+                store::task::retry_later(&ctx.db, claimed.task_id, claimed.attempt, &error, delay)
+                    .await?;
+            drop(lock);
+            tracing::warn!(%error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     attempts = claimed.max_attempts, "attempt failed transiently; the task will run again");
-                Ok(match retried {
-                    store::task::Retried::Queued => Ran::Retrying,
-                    store::task::Retried::Stale => Ran::Finished(Finished::Stale),
-                })
+            Ok(match retried {
+                store::task::Retried::Queued => Ran::Retrying,
+                store::task::Retried::Stale => Ran::Finished(Finished::Stale),
+            })
+        }
+        Ended::Retry(error) => {
+            let error = format!(
+                "{error} (attempt {} of {}: no attempts left)",
+                claimed.attempt, claimed.max_attempts
+            );
+            let finished = store::task::finish(
+                &ctx.db,
+                claimed.task_id,
+                claimed.attempt,
+                failure_outcome(error),
+            )
+            .await?;
+            drop(lock);
+            Ok(Ran::Finished(finished))
+        }
+        Ended::Done(mut outcome, sweep) => {
+            if let Some(sweep) = sweep {
+                // Read before the finishing transaction, which then only writes.
+                let plan = ctx
+                    .db_retry
+                    .run("plan the sweep", store::Error::is_transient, || {
+                        resource::plan_sweep(&ctx.db, sweep.clone())
+                    })
+                    .await?;
+                outcome.sweep = Some(plan);
             }
-            Ended::Retry(error) => {
-                let error = format!(
-                    "{error} (attempt {} of {}: no attempts left)",
-                    claimed.attempt, claimed.max_attempts
-                );
-                let finished = store::task::finish(
-                    &ctx.db,
-                    claimed.task_id,
-                    claimed.attempt,
-                    failure_outcome(error),
-                )
-                .await?;
-                drop(lock);
-                Ok(Ran::Finished(finished))
+            let status = outcome.status;
+            let finished =
+                store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome).await?;
+            info!(?status, "task outcome recorded");
+            if let Finished::Recorded(Some(job_status)) = finished {
+                info!(?job_status, "job finished");
             }
-            Ended::Done(mut outcome, sweep) => {
-                if let Some(sweep) = sweep {
-                    // Read before the finishing transaction, which then only writes.
-                    let plan = ctx
-                        .db_retry
-                        .run("plan the sweep", store::Error::is_transient, || {
-                            resource::plan_sweep(&ctx.db, sweep.clone())
-                        })
-                        .await?;
-                    outcome.sweep = Some(plan);
-                }
-                let status = outcome.status;
-                let finished =
-                    store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome)
-                        .await?;
-                info!(?status, "task outcome recorded");
-                if let Finished::Recorded(Some(job_status)) = finished {
-                    info!(?job_status, "job finished");
-                }
-                drop(lock);
-                Ok(Ran::Finished(finished))
-            }
+            drop(lock);
+            Ok(Ran::Finished(finished))
+        }
     }
 }
 

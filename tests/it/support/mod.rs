@@ -79,6 +79,8 @@ macro_rules! in_both_modes {
 pub struct Options {
     pub workers: usize,
     pub batch_size: usize,
+    /// Changes the settings last, before anything starts.
+    pub tune: fn(&mut Settings),
 }
 
 impl Default for Options {
@@ -86,8 +88,18 @@ impl Default for Options {
         Self {
             workers: 1,
             batch_size: 5_000,
+            tune: |_| {},
         }
     }
+}
+
+/// Leases, retries and the reaper on a test's time scale: a lost worker's task runs again
+/// within about a second and a half, a retry waits 200 ms.
+pub fn quick_recovery(s: &mut Settings) {
+    s.worker.lease = Duration::from_secs(1);
+    s.worker.retry_delay = Duration::from_millis(200);
+    s.worker.retry_max_delay = Duration::from_millis(400);
+    s.worker.reap_interval = Duration::from_millis(200);
 }
 
 /// An HTTP answer: status and JSON body (`Null` when empty).
@@ -408,6 +420,7 @@ impl TestEnv {
         settings.api.events_poll_interval = Duration::from_millis(50);
         settings.worker.batch_size = opts.batch_size;
         settings.worker.shutdown_grace = Duration::from_secs(5);
+        (opts.tune)(&mut settings);
         match mode {
             Mode::Distributed => Self::distributed(name, settings, opts, now).await,
             Mode::Standalone => Self::standalone(name, settings, now).await,

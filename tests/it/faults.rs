@@ -1,0 +1,423 @@
+//! Delivery guarantees under faults: retries of transient failures, cancel, job timeouts,
+//! poison and duplicate messages, and a worker killed with SIGKILL in the middle of a
+//! collection. Each ends checking that every job is terminal, that the resources are stored
+//! exactly once, and that the dead-letter queue holds only what it should.
+//!
+//! Restarting RabbitMQ or PostgreSQL under a run would break the other tests sharing them; those
+//! two are in `restarts.rs`, run by `scripts/faults.sh`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::in_both_modes;
+use crate::support::{Mode, Options, TestEnv, quick_recovery};
+
+fn quick() -> Options {
+    Options {
+        tune: quick_recovery,
+        ..Options::default()
+    }
+}
+
+in_both_modes!(
+    a_plugin_failing_transiently_twice_succeeds_on_its_third_attempt,
+    a_task_out_of_attempts_fails_with_the_history_of_its_attempts,
+    cancel_stops_a_running_collection_and_keeps_what_it_stored,
+    a_job_past_its_timeout_fails_and_its_tasks_stop,
+);
+
+async fn a_plugin_failing_transiently_twice_succeeds_on_its_third_attempt(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(mode, quick()).await?;
+    let collector = env
+        .demo_collector(1, json!({"resources": 400, "fail_attempts": 2}))
+        .await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let tasks = env
+        .get(&format!(
+            "/v1/jobs/{}/tasks",
+            job["id"].as_str().context("id")?
+        ))
+        .await?;
+    let task = &tasks.body["items"][0];
+    assert_eq!(task["attempt"], 3, "{task}");
+    let previous = task["previous_attempts"]
+        .as_array()
+        .context("previous_attempts")?;
+    assert_eq!(previous.len(), 2, "{task}");
+    for (n, p) in previous.iter().enumerate() {
+        assert_eq!(p["attempt"], n + 1, "{p}");
+        let error = p["error"].as_str().unwrap_or_default();
+        assert!(error.contains("simulated transient failure"), "{error}");
+    }
+    // The first two attempts stored half the estate each; the third all of it, once.
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 400);
+    assert_eq!(task["counts"]["unchanged"], 200, "{task}");
+    assert_eq!(task["counts"]["created"], 200, "{task}");
+    Ok(())
+}
+
+async fn a_task_out_of_attempts_fails_with_the_history_of_its_attempts(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(mode, quick()).await?;
+    let collector = env
+        .demo_collector(1, json!({"resources": 10, "fail_attempts": 5}))
+        .await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let tasks = env
+        .get(&format!(
+            "/v1/jobs/{}/tasks",
+            job["id"].as_str().context("id")?
+        ))
+        .await?;
+    let task = &tasks.body["items"][0];
+    assert_eq!(task["attempt"], 3, "{task}");
+    assert_eq!(
+        task["previous_attempts"].as_array().map(Vec::len),
+        Some(2),
+        "{task}"
+    );
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("attempt 3 of 3: no attempts left"),
+        "{error}"
+    );
+    // A failed collection deletes nothing; what the attempts stored stays.
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 5);
+    Ok(())
+}
+
+/// Polls `GET path` until `done` holds for its body (20 s at most).
+async fn wait_for(
+    env: &TestEnv,
+    path: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = env.get(path).await?;
+        if done(&a.body) {
+            return Ok(a.body);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn cancel_stops_a_running_collection_and_keeps_what_it_stored(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        Options {
+            batch_size: 10,
+            ..quick()
+        },
+    )
+    .await?;
+    // 100 resources a second: it would run for 100 s.
+    let collector = env
+        .demo_collector(1, json!({"resources": 10_000, "item_delay_ms": 10}))
+        .await?;
+    let job = env.start_collect(&collector).await?;
+    let tasks_path = format!("/v1/jobs/{job}/tasks");
+    wait_for(&env, &tasks_path, "some resources stored", |b| {
+        b["items"][0]["counts"]["created"].as_i64().unwrap_or(0) >= 20
+    })
+    .await?;
+
+    let a = env
+        .post(&format!("/v1/jobs/{job}/cancel"), json!(null))
+        .await?;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["status"], "CANCELED", "{}", a.body);
+    assert_eq!(a.body["error"], "canceled by request");
+    let tasks = env.get(&tasks_path).await?;
+    assert_eq!(
+        tasks.body["items"][0]["status"], "CANCELED",
+        "{}",
+        tasks.body
+    );
+
+    // The worker notices within a heartbeat (250 ms here) and stops writing.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let stored = env.scalar("SELECT count(*) FROM resources").await?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resources").await?,
+        stored,
+        "the canceled task goes on writing"
+    );
+    assert!(
+        stored >= 20,
+        "what was stored before the cancel is kept: {stored}"
+    );
+    let after = env.get(&format!("/v1/jobs/{job}")).await?;
+    assert_eq!(after.body["status"], "CANCELED", "{}", after.body);
+
+    // Canceling again answers the same; a job that ended otherwise cannot be canceled.
+    let again = env
+        .post(&format!("/v1/jobs/{job}/cancel"), json!(null))
+        .await?;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["status"], "CANCELED");
+    let quick_one = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "quick", "plugin_id": "demo", "options": {"resources": 5}}),
+        )
+        .await?;
+    let done = env.collect(quick_one["id"].as_str().context("id")?).await?;
+    let refused = env
+        .post(
+            &format!("/v1/jobs/{}/cancel", done["id"].as_str().context("id")?),
+            json!(null),
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already ended with SUCCESS"),
+        "{}",
+        refused.body
+    );
+    let unknown = env
+        .post(
+            &format!("/v1/jobs/{}/cancel", uuid::Uuid::now_v7()),
+            json!(null),
+        )
+        .await?;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+async fn a_job_past_its_timeout_fails_and_its_tasks_stop(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        Options {
+            batch_size: 10,
+            ..quick()
+        },
+    )
+    .await?;
+    let project = env.create("/v1/projects", json!({"name": "p"})).await?;
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "a", "provider": "demo", "project_id": project["id"], "credentials": {}}),
+    )
+    .await?;
+    let refused = env
+        .post(
+            "/v1/collectors",
+            json!({"name": "x", "plugin_id": "demo", "job_timeout_seconds": 0}),
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused.body["errors"][0]["field"], "job_timeout_seconds",
+        "{}",
+        refused.body
+    );
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "slow", "plugin_id": "demo", "job_timeout_seconds": 2,
+                   "options": {"resources": 10_000, "item_delay_ms": 10}}),
+        )
+        .await?;
+    assert_eq!(c["job_timeout_seconds"], 2);
+    let job = env.start_collect(c["id"].as_str().context("id")?).await?;
+    let ended = env.wait_job_within(&job, Duration::from_secs(20)).await?;
+    assert_eq!(ended["status"], "FAILURE", "{ended}");
+    let error = ended["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("timeout"), "{error}");
+    let tasks = env.get(&format!("/v1/jobs/{job}/tasks")).await?;
+    assert_eq!(
+        tasks.body["items"][0]["status"], "FAILURE",
+        "{}",
+        tasks.body
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stored = env.scalar("SELECT count(*) FROM resources").await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resources").await?,
+        stored,
+        "the timed-out task goes on writing"
+    );
+    Ok(())
+}
+
+/// A channel on the test's broker.
+async fn channel(env: &TestEnv) -> anyhow::Result<(lapin::Connection, Channel)> {
+    let conn = gleaner_common::broker::connect(&env.settings.amqp_url, "gleaner-test").await?;
+    let ch = conn.create_channel().await?;
+    Ok((conn, ch))
+}
+
+/// Takes every message of the dead-letter queue: (reason header, body).
+async fn dead_letters(env: &TestEnv, ch: &Channel) -> anyhow::Result<Vec<(String, String)>> {
+    let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            names.dead_letter_queue().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await?
+    {
+        let reason = m.delivery.properties.headers().as_ref().and_then(|h| {
+            h.inner()
+                .get(gleaner_common::broker::REASON_HEADER)
+                .cloned()
+        });
+        let reason = match reason {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => format!("{other:?}"),
+        };
+        out.push((
+            reason,
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+async fn publish(
+    env: &TestEnv,
+    ch: &Channel,
+    routing_key: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
+    ch.basic_publish(
+        names.work_exchange().into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_with_its_reason_and_other_work_goes_on()
+-> anyhow::Result<()> {
+    let env = TestEnv::start_with(Mode::Distributed, quick()).await?;
+    let (conn, ch) = channel(&env).await?;
+    publish(&env, &ch, "inventory.job.requested", b"{not json").await?;
+    let collector = env.demo_collector(2, json!({"resources": 50})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 100);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = dead_letters(&env, &ch).await?;
+        if !letters.is_empty() || tokio::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (reason, body) = &letters[0];
+    assert_eq!(body, "{not json");
+    assert!(reason.contains("not a JSON envelope"), "{reason}");
+    conn.close(200, "done".into()).await.ok();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_delivered_twice_has_one_effect() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(Mode::Distributed, quick()).await?;
+    let collector = env.demo_collector(1, json!({"resources": 100})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let job_id = job["id"].as_str().context("id")?;
+    let tasks = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
+    let task = tasks.body["items"][0].clone();
+    let changes_before = env.scalar("SELECT count(*) FROM resource_changes").await?;
+
+    // The job's and the task's messages again, each twice, as a relay that crashed between
+    // the confirm and the delete, or a redelivery after a lost ack, would send them.
+    let domain = env
+        .json_column("SELECT to_jsonb(domain_id) FROM jobs")
+        .await?;
+    let envelope = |kind: &str, task_id: Option<&Value>| {
+        json!({
+            "type": kind, "schema_version": 1, "message_id": uuid::Uuid::now_v7(),
+            "domain_id": domain[0], "job_kind": "inventory", "job_id": job_id,
+            "task_id": task_id, "attempt": 1, "created_at": chrono::Utc::now(), "payload": {},
+        })
+    };
+    let (conn, ch) = channel(&env).await?;
+    for _ in 0..2 {
+        let body = serde_json::to_vec(&envelope("job.requested", None))?;
+        publish(&env, &ch, "inventory.job.requested", &body).await?;
+        let body = serde_json::to_vec(&envelope("task.requested", Some(&task["id"])))?;
+        publish(&env, &ch, "inventory.task.requested", &body).await?;
+    }
+    // Until the work queue is empty: every copy was handled and acknowledged.
+    let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = ch
+            .queue_declare(
+                names
+                    .queue(gleaner_common::model::JobKind::Inventory)
+                    .into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        if q.message_count() == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the copies were not consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let after = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
+    assert_eq!(
+        after.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "no second plan"
+    );
+    let t = &after.body["items"][0];
+    assert_eq!(t["attempt"], task["attempt"], "no second run: {t}");
+    assert_eq!(t["finished_at"], task["finished_at"], "{t}");
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 100);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resource_changes").await?,
+        changes_before
+    );
+    assert!(dead_letters(&env, &ch).await?.is_empty());
+    conn.close(200, "done".into()).await.ok();
+    Ok(())
+}
