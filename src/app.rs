@@ -187,9 +187,6 @@ pub fn scheduler(settings: &Settings, db: DatabaseConnection) -> gleaner_schedul
     )
 }
 
-/// How long a collection lock outlives a worker that died holding it.
-const LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Runs a worker (consumer and outbox relay) until `shutdown`.
 ///
 /// # Errors
@@ -201,7 +198,10 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let signal = Signal::new();
     let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
-    let locks = RedisLocks::connect(&settings.redis_url, &settings.redis.prefix, LOCK_TTL)
+    // A collection lock outlives a worker that died holding it by as long as its task's lease:
+    // the task's next attempt can take the lock about when the reaper hands the task over.
+    let lock_ttl = settings.worker.lease.max(std::time::Duration::from_secs(1));
+    let locks = RedisLocks::connect(&settings.redis_url, &settings.redis.prefix, lock_ttl)
         .await
         .context("Redis (GLEANER_REDIS_URL) holds the collection locks")?;
     let ctx = worker_context(

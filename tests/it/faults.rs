@@ -421,3 +421,128 @@ async fn the_same_message_delivered_twice_has_one_effect() -> anyhow::Result<()>
     conn.close(200, "done".into()).await.ok();
     Ok(())
 }
+
+/// Starts `gleaner worker` as a process of its own on the environment's installation.
+fn worker_process(env: &TestEnv, name: &str) -> anyhow::Result<tokio::process::Child> {
+    let s = &env.settings;
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", env.name)))?;
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_gleaner"))
+        .arg("worker")
+        .env("GLEANER_DATABASE_URL", &s.database_url)
+        .env(
+            "GLEANER_DATABASE__SCHEMA",
+            s.database.schema.as_deref().unwrap_or("public"),
+        )
+        .env("GLEANER_DATABASE__MAX_CONNECTIONS", "8")
+        .env("GLEANER_AMQP_URL", &s.amqp_url)
+        .env("GLEANER_AMQP__PREFIX", &s.amqp.prefix)
+        .env("GLEANER_REDIS_URL", &s.redis_url)
+        .env("GLEANER_REDIS__PREFIX", &s.redis.prefix)
+        .env(
+            "GLEANER_SECRET_KEY",
+            s.secret_key.as_deref().unwrap_or_default(),
+        )
+        .env("GLEANER_WORKER__NAME", name)
+        .env("GLEANER_WORKER__BATCH_SIZE", "2000")
+        .env(
+            "GLEANER_WORKER__LEASE",
+            s.worker.lease.as_millis().to_string(),
+        )
+        .env(
+            "GLEANER_WORKER__REAP_INTERVAL",
+            s.worker.reap_interval.as_millis().to_string(),
+        )
+        .env("GLEANER_WORKER__SHUTDOWN_GRACE", "10")
+        .env("GLEANER_LOG__FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting gleaner worker")
+}
+
+/// Fault 1: two worker processes share a 100,000-resource collection; the one running a task
+/// is killed with SIGKILL halfway. Its task's lease expires, the task runs again on the other
+/// worker, and the job succeeds with every resource stored once. The survivor then stops on
+/// SIGTERM and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_collection_loses_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            workers: 0,
+            ..quick()
+        },
+    )
+    .await?;
+    let mut a = worker_process(&env, "worker-a")?;
+    let mut b = worker_process(&env, "worker-b")?;
+    let collector = env.demo_collector(4, json!({"resources": 25_000})).await?;
+    let job = env.start_collect(&collector).await?;
+
+    // The victim: a worker whose task has stored something and is far from done.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let owners = env
+            .json_column(
+                "SELECT to_jsonb(lease_owner) FROM job_tasks \
+                 WHERE status = 'IN_PROGRESS' AND created BETWEEN 2000 AND 15000",
+            )
+            .await?;
+        if let Some(owner) = owners.iter().find_map(Value::as_str) {
+            break owner.to_owned();
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no task got halfway: {}",
+            env.get(&format!("/v1/jobs/{job}/tasks")).await?.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (victim_child, survivor) = if victim == "worker-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    victim_child.start_kill()?;
+    victim_child.wait().await?;
+
+    let ended = env.wait_job_within(&job, Duration::from_secs(120)).await?;
+    assert_eq!(ended["status"], "SUCCESS", "{ended}");
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 100_000);
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT (resource_type, resource_key)) FROM resources")
+            .await?,
+        100_000
+    );
+    let tasks = env.get(&format!("/v1/jobs/{job}/tasks")).await?;
+    let retried: Vec<&Value> = tasks.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|t| t["attempt"].as_i64() > Some(1))
+        .collect();
+    assert!(!retried.is_empty(), "{}", tasks.body);
+    for t in &retried {
+        let first = &t["previous_attempts"][0];
+        assert_eq!(first["worker"], victim.as_str(), "{t}");
+        let error = first["error"].as_str().unwrap_or_default();
+        assert!(error.contains("lease of attempt 1 expired"), "{error}");
+    }
+    let (conn, ch) = channel(&env).await?;
+    assert!(dead_letters(&env, &ch).await?.is_empty());
+    conn.close(200, "done".into()).await.ok();
+
+    // Graceful stop: SIGTERM, exit 0.
+    let pid = survivor.id().context("the survivor's pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = tokio::time::timeout(Duration::from_secs(20), survivor.wait())
+        .await
+        .context("the worker did not stop within 20 s of SIGTERM")??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
