@@ -444,10 +444,9 @@ fn worker_process(env: &TestEnv, name: &str) -> anyhow::Result<tokio::process::C
         )
         .env("GLEANER_WORKER__NAME", name)
         .env("GLEANER_WORKER__BATCH_SIZE", "2000")
-        .env(
-            "GLEANER_WORKER__LEASE",
-            s.worker.lease.as_millis().to_string(),
-        )
+        // Longer than the in-process tests' lease: two debug-built workers writing 100,000
+        // resources on two cores can hold a heartbeat up for more than a second.
+        .env("GLEANER_WORKER__LEASE", "3000")
         .env(
             "GLEANER_WORKER__REAP_INTERVAL",
             s.worker.reap_interval.as_millis().to_string(),
@@ -544,5 +543,8 @@ async fn a_worker_killed_mid_collection_loses_nothing() -> anyhow::Result<()> {
         .await
         .context("the worker did not stop within 20 s of SIGTERM")??;
     assert!(status.success(), "{status}");
+    for name in ["worker-a", "worker-b"] {
+        std::fs::remove_file(std::env::temp_dir().join(format!("{}-{name}.log", env.name))).ok();
+    }
     Ok(())
 }
