@@ -6,7 +6,10 @@
 //! <prefix>.work (topic) ──<kind>.#──> <prefix>.<kind>  (quorum, delivery limit, DLX)
 //! <prefix>.dead (fanout) ───────────> <prefix>.dead-letter
 //! <prefix>.delay (headers) ──tier=N──> <prefix>.delay.<N>s ──(message TTL, DLX)──> <prefix>.work
+//! <prefix>.events (topic)   job.queued | job.started | job.succeeded | job.failed | job.canceled
 //! ```
+//!
+//! Gleaner binds no queue to `<prefix>.events`: integrations bind their own (`job.#` for all).
 //!
 //! Delayed delivery (a retry's backoff) uses RabbitMQ's own pieces, no plugin: the message goes
 //! to the delay queue of the smallest tier at least as long as its delay, with its delay as
@@ -87,6 +90,12 @@ impl Names {
     #[must_use]
     pub fn queue(&self, kind: JobKind) -> String {
         format!("{}.{}", self.prefix, kind.as_str())
+    }
+
+    /// Where job events are published, for integrations (see [`crate::events`]).
+    #[must_use]
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
     }
 
     /// Where delayed messages are published (a headers exchange keyed by tier).
@@ -240,6 +249,14 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
         .await?;
     channel
         .exchange_declare(
+            names.events_exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
             names.delay_exchange().into(),
             ExchangeKind::Headers,
             durable,
@@ -313,12 +330,11 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
             )
             .await?;
     }
-    channel
-        .exchange_delete(
-            names.delay_exchange().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
+    for exchange in [names.delay_exchange(), names.events_exchange()] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
     channel
         .exchange_delete(
             names.work_exchange().into(),
@@ -407,6 +423,7 @@ impl Publisher for AmqpPublisher {
             }
         };
         let exchange: ShortString = self.names.work_exchange().into();
+        let events: ShortString = self.names.events_exchange().into();
         // Publish the whole batch, then wait for the confirms: waiting for each confirm in turn
         // caps a channel at one broker round trip per message (~1.5k/s instead of ~15k/s here).
         let mut confirms = Vec::with_capacity(batch.len());
@@ -420,7 +437,20 @@ impl Publisher for AmqpPublisher {
                 .not_before
                 .and_then(|t| (t - now).to_std().ok())
                 .filter(|d| !d.is_zero());
+            let is_event = msg.destination == crate::store::outbox::EVENTS;
             let confirm = match delay {
+                // No queue bound is normal for events (no integration listens): not mandatory.
+                _ if is_event => {
+                    channel
+                        .basic_publish(
+                            events.clone(),
+                            msg.routing_key.as_str().into(),
+                            BasicPublishOptions::default(),
+                            msg.body.as_bytes(),
+                            props,
+                        )
+                        .await
+                }
                 Some(delay) => {
                     publish_delayed(
                         &channel,

@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod db;
 pub mod entity;
 pub mod envelope;
+pub mod events;
 pub mod external;
 pub mod id;
 pub mod lock;

@@ -6,10 +6,12 @@
 //! - `job_tasks.previous_attempts`: the attempts before the current one, with their errors, so a
 //!   task that succeeded on its third attempt shows why the first two failed;
 //! - `outbox.not_before`: a message to be delivered later (a task's retry after a backoff);
+//! - `outbox.destination`: `work` for the work exchange, `events` for the job events published
+//!   to integrations;
 //! - indexes for the reaper, which looks for expired jobs and expired task leases.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{integer, json_binary_null, timestamp_with_time_zone_null};
+use sea_orm_migration::schema::{integer, json_binary_null, string, timestamp_with_time_zone_null};
 
 use crate::util::index;
 
@@ -39,6 +41,7 @@ impl MigrationTrait for Migration {
             ("jobs", timestamp_with_time_zone_null("deadline_at")),
             ("job_tasks", json_binary_null("previous_attempts")),
             ("outbox", timestamp_with_time_zone_null("not_before")),
+            ("outbox", string("destination").default("work").take()),
         ];
         for (table, mut column) in columns {
             m.alter_table(
@@ -66,6 +69,7 @@ impl MigrationTrait for Migration {
             .await?;
         }
         for (table, column) in [
+            ("outbox", "destination"),
             ("outbox", "not_before"),
             ("job_tasks", "previous_attempts"),
             ("jobs", "deadline_at"),

@@ -179,3 +179,99 @@ crate::in_both_modes!(
     the_job_stream_follows_a_collection_and_resumes_after_the_last_event,
     an_open_event_stream_does_not_hold_up_shutdown,
 );
+
+/// Reads job events from a queue bound to the events exchange until `n` arrived (20 s at most).
+async fn take_events(ch: &lapin::Channel, queue: &str, n: usize) -> anyhow::Result<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < n {
+        match ch
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await?
+        {
+            Some(m) => out.push(serde_json::from_slice(&m.delivery.data)?),
+            None if tokio::time::Instant::now() > deadline => {
+                bail!("{} of {n} events arrived: {out:?}", out.len())
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_are_published_to_the_topic_exchange_for_integrations() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Distributed).await?;
+    let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
+    let conn = gleaner_common::broker::connect(&env.settings.amqp_url, "gleaner-test").await?;
+    let ch = conn.create_channel().await?;
+    // An integration's queue, bound to every job event; exclusive, so it goes with the test.
+    let queue = format!("{}.integration", env.name);
+    ch.queue_declare(
+        queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        names.events_exchange().into(),
+        "job.#".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await?;
+
+    let collector = env.demo_collector(2, json!({"resources": 30})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let events = take_events(&ch, &queue, 3).await?;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        ["job.queued", "job.started", "job.succeeded"],
+        "{events:?}"
+    );
+    for e in &events {
+        assert_eq!(e["job"]["id"], job["id"], "{e}");
+        assert_eq!(e["schema_version"], 1);
+        assert!(
+            e["event_id"].is_string() && e["occurred_at"].is_string(),
+            "{e}"
+        );
+    }
+    let done = &events[2]["job"];
+    assert_eq!(done["status"], "SUCCESS");
+    assert_eq!(done["counts"]["created"], 60, "{done}");
+    assert_eq!(done["tasks_total"], 2);
+
+    // A canceled job: queued, started, canceled, with the reason.
+    let slow = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "slow", "plugin_id": "demo",
+                   "options": {"resources": 10_000, "item_delay_ms": 10}}),
+        )
+        .await?;
+    let job = env
+        .start_collect(slow["id"].as_str().context("id")?)
+        .await?;
+    let started = take_events(&ch, &queue, 2).await?;
+    let types: Vec<&str> = started.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["job.queued", "job.started"], "{started:?}");
+    let a = env
+        .post(&format!("/v1/jobs/{job}/cancel"), json!(null))
+        .await?;
+    assert_eq!(a.body["status"], "CANCELED", "{}", a.body);
+    let canceled = take_events(&ch, &queue, 1).await?;
+    assert_eq!(canceled[0]["type"], "job.canceled", "{canceled:?}");
+    assert_eq!(canceled[0]["job"]["error"], "canceled by request");
+    conn.close(200, "done".into()).await.ok();
+    Ok(())
+}

@@ -178,6 +178,14 @@ async fn deliver(
 ) {
     let span = info_span!("message", outbox_id = row.id, delivery = row.attempts + 1);
     async {
+        if row.event {
+            // No broker to announce it on in this mode; the job event stream of the API
+            // (`GET /v1/jobs/events`) shows the same changes.
+            if let Err(e) = outbox::delete(&ctx.db, &[row.id]).await {
+                warn!(error = %e, "could not drop a job event");
+            }
+            return;
+        }
         if row.attempts >= DELIVERY_LIMIT {
             let reason = format!(
                 "delivered {} times without being settled (the process stopped or failed each time)",

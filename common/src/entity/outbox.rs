@@ -18,6 +18,8 @@ pub struct Model {
     pub dead_at: Option<DateTimeWithTimeZone>,
     /// Not to be delivered before this instant (a retry waiting out its backoff).
     pub not_before: Option<DateTimeWithTimeZone>,
+    /// `work`, or `events` for a job event published to integrations.
+    pub destination: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use super::{Error, Result, collector as collector_store, outbox};
 use crate::entity::{collector, job, job_task};
 use crate::envelope::{Envelope, JobRequested, TaskRequested};
+use crate::events::JobEvent;
 use crate::id::{CollectorId, DomainId, JobId, ScheduleId, ServiceAccountId, TaskId};
 use crate::model::{CollectorState, Counts, JobKind, JobStatus, Trigger};
 use crate::plugin::{Catalog, PluginInfo};
@@ -158,6 +159,7 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     let (row, envelope) = new_job(domain, id, &c, &plugin, trigger, fire);
     let inserted = job::Entity::insert(row).exec_with_returning(&txn).await?;
     outbox::insert(&txn, &envelope).await?;
+    announce(&txn, &[inserted.id]).await?;
     collector::Entity::update_many()
         .col_expr(collector::Column::LastJobId, Expr::value(id.as_uuid()))
         .filter(collector::Column::Id.eq(c.id))
@@ -514,6 +516,7 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
     if accounts.is_empty() {
         touch_collector_finished(&txn, input.id).await?;
     }
+    announce(&txn, &[input.id.as_uuid()]).await?;
     txn.commit().await?;
     Ok(Planned::Tasks(ids))
 }
@@ -577,6 +580,7 @@ async fn end_job(
     }
     super::task::end_unfinished(db, job_id, status, reason, now).await?;
     touch_collector_finished(db, job_id.into()).await?;
+    announce(db, &[job_id]).await?;
     Ok(true)
 }
 
@@ -613,6 +617,32 @@ pub async fn expire<C: ConnectionTrait + TransactionTrait>(
         txn.commit().await?;
     }
     Ok(expired)
+}
+
+/// Queues the event announcing the current status of each of `jobs` (call in the transaction
+/// that changed it). Ended jobs carry their tasks' summed counts.
+///
+/// # Errors
+/// Database errors only.
+pub(crate) async fn announce(db: &impl ConnectionTrait, jobs: &[uuid::Uuid]) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let rows = job::Entity::find()
+        .filter(job::Column::Id.is_in(jobs.iter().copied()))
+        .all(db)
+        .await?;
+    let ended: Vec<uuid::Uuid> = rows
+        .iter()
+        .filter(|j| j.status.is_terminal())
+        .map(|j| j.id)
+        .collect();
+    let counts = counts_of(db, &ended).await?;
+    let events: Vec<JobEvent> = rows
+        .iter()
+        .map(|j| JobEvent::of(j, counts.get(&j.id).copied().unwrap_or_default()))
+        .collect();
+    outbox::insert_events(db, &events).await
 }
 
 /// Records on the job's collector that a job just ended.

@@ -12,7 +12,44 @@ use serde::Serialize;
 use super::{Error, Result};
 use crate::entity::outbox;
 use crate::envelope::{Envelope, Message};
+use crate::events::JobEvent;
 use crate::id::MessageId;
+
+/// Where an outbox row goes: the work exchange, consumed by workers.
+pub const WORK: &str = "work";
+/// Where an outbox row goes: the events exchange, for integrations.
+pub const EVENTS: &str = "events";
+
+/// Queues job events; they are published after the caller's transaction commits.
+///
+/// # Errors
+/// Database errors only.
+pub async fn insert_events(db: &impl ConnectionTrait, events: &[JobEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        let body = serde_json::to_string(event).map_err(|e| Error::Corrupt(e.to_string()))?;
+        rows.push(outbox::ActiveModel {
+            id: NotSet,
+            domain_id: Set(event.domain_id.into()),
+            message_id: Set(event.event_id.into()),
+            routing_key: Set(event.event_type.to_owned()),
+            body: Set(body),
+            publish_attempts: Set(0),
+            last_error: Set(None),
+            created_at: Set(Utc::now().fixed_offset()),
+            dead_at: Set(None),
+            not_before: Set(None),
+            destination: Set(EVENTS.to_owned()),
+        });
+    }
+    outbox::Entity::insert_many(rows)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
 
 /// Queues a message; it is published after the caller's transaction commits.
 ///
@@ -67,6 +104,7 @@ async fn insert_rows<P: Message + Serialize>(
             created_at: Set(Utc::now().fixed_offset()),
             dead_at: Set(None),
             not_before: Set(not_before.map(|t| t.fixed_offset())),
+            destination: Set(WORK.to_owned()),
         });
     }
     outbox::Entity::insert_many(rows)
@@ -84,6 +122,8 @@ pub struct Pending {
     pub body: String,
     /// A retry's backoff: the broker holds the message in a delay queue until then.
     pub not_before: Option<DateTime<Utc>>,
+    /// [`WORK`] or [`EVENTS`].
+    pub destination: String,
 }
 
 /// Locks up to `limit` unsent rows, oldest first, skipping rows another relay holds, so several
@@ -110,6 +150,7 @@ pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pen
             routing_key: r.routing_key,
             body: r.body,
             not_before: r.not_before.map(|t| t.to_utc()),
+            destination: r.destination,
         })
         .collect())
 }
@@ -144,6 +185,7 @@ pub async fn next_deliveries(
             id: r.id,
             attempts: r.publish_attempts,
             body: r.body,
+            event: r.destination == EVENTS,
         })
         .collect())
 }
@@ -155,6 +197,8 @@ pub struct Delivery {
     /// Deliveries so far (each counted when handed out).
     pub attempts: i32,
     pub body: String,
+    /// A job event: the standalone mode has no broker to publish it to, and drops it.
+    pub event: bool,
 }
 
 /// Marks a row dead (never delivered again), keeping it with its reason for operators.

@@ -547,6 +547,8 @@ impl Plan {
         }
         for chunk in envelopes.chunks(ROWS) {
             super::outbox::insert_many(txn, chunk).await?;
+            let jobs: Vec<Uuid> = chunk.iter().map(|e| e.job_id.as_uuid()).collect();
+            super::job::announce(txn, &jobs).await?;
         }
         for chunk in last_jobs.chunks(ROWS) {
             collector::Entity::update_many()

@@ -317,6 +317,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
             .exec(&txn)
             .await?;
         touch_collector_finished(&txn, j.id.into()).await?;
+        super::job::announce(&txn, &[j.id]).await?;
         ended = Some(status);
     }
     txn.commit().await?;
