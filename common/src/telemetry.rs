@@ -11,7 +11,10 @@ use crate::config::{LogFormat, LogSettings};
 /// Installs the global subscriber. Calling it twice is harmless (the second call is ignored),
 /// which lets tests call it freely.
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's notices (a batch's `CREATE TEMP TABLE IF NOT EXISTS` finding its table)
+    // would otherwise be an INFO line per batch.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let json = match settings.format {
         LogFormat::Json => true,
         LogFormat::Text => false,

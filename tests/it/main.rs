@@ -11,6 +11,7 @@ mod merge;
 mod openapi;
 mod plugins;
 mod probes;
+mod restarts;
 mod schedules;
 mod service_accounts;
 mod standalone;

@@ -33,9 +33,6 @@ pub mod sink;
 
 pub use plugin::Registry;
 
-/// What a task's lease is worth before another worker may take the task over.
-pub const LEASE: Duration = Duration::from_secs(300);
-
 /// Everything a worker's handlers share.
 pub struct Context {
     pub db: DatabaseConnection,
@@ -136,13 +133,20 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
             let Some(task_id) = env.task_id else {
                 return Disposition::DeadLetter("task.requested without a task_id".into());
             };
-            let claimed =
-                match store::task::claim(&ctx.db, task_id, &ctx.name, LEASE, ctx.claim).await {
-                    Ok(Some(c)) => c,
-                    // Already taken by another delivery, or finished: nothing to do.
-                    Ok(None) => return Disposition::Ack,
-                    Err(e) => return Disposition::Retry(e.to_string()),
-                };
+            let claimed = match store::task::claim(
+                &ctx.db,
+                task_id,
+                &ctx.name,
+                ctx.settings.lease,
+                ctx.claim,
+            )
+            .await
+            {
+                Ok(Some(c)) => c,
+                // Already taken by another delivery, or finished: nothing to do.
+                Ok(None) => return Disposition::Ack,
+                Err(e) => return Disposition::Retry(e.to_string()),
+            };
             let attempt = claimed.attempt;
             match runner::run(ctx, claimed, stop.clone()).await {
                 Ok(runner::Ran::Released) => {
