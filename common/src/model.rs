@@ -77,6 +77,26 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::InProgress,
+        JobStatus::Success,
+        JobStatus::Failure,
+        JobStatus::Canceled,
+    ];
+
+    /// The name stored and shown by the API (`SUCCESS`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "QUEUED",
+            JobStatus::InProgress => "IN_PROGRESS",
+            JobStatus::Success => "SUCCESS",
+            JobStatus::Failure => "FAILURE",
+            JobStatus::Canceled => "CANCELED",
+        }
+    }
+
     #[must_use]
     pub const fn is_terminal(self) -> bool {
         matches!(
@@ -302,6 +322,20 @@ impl Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_names_are_the_wire_names() {
+        for status in JobStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(status).expect("serializes"),
+                status.as_str()
+            );
+            assert_eq!(
+                sea_orm::ActiveEnum::to_value(&status).as_str(),
+                status.as_str()
+            );
+        }
+    }
 
     #[test]
     fn names_are_trimmed_and_checked() {
