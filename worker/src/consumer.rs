@@ -142,7 +142,9 @@ async fn process(ctx: &Context, delivery: Delivery, abort: &CancellationToken) {
         .unwrap_or_default();
     let span = info_span!("message", message_id = %message_id, routing_key = %delivery.routing_key, redelivered = delivery.redelivered);
     async {
+        let received = crate::metrics::Received::new(&delivery.data, !delivery.redelivered);
         let disposition = handle(ctx, &delivery.data, abort).await;
+        received.settled(&disposition);
         let result = match &disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
             Disposition::DeadLetter(reason) => {

@@ -51,6 +51,7 @@ pub async fn run(
         service_account_id = ?claimed.service_account_id.map(|s| s.to_string()));
     async move {
         let started = std::time::Instant::now();
+        crate::metrics::task_started(claimed.kind, claimed.attempt);
         // Held until the outcome is recorded: the sweep of deleted resources must not run
         // beside the next collection of the same collector and account.
         let lock = match collection_lock(ctx, &claimed, &stop).await {
@@ -64,6 +65,12 @@ pub async fn run(
                     failure_outcome(e.to_string()),
                 )
                 .await?;
+                crate::metrics::task_ended(
+                    claimed.kind,
+                    JobStatus::Failure,
+                    finished,
+                    started.elapsed(),
+                );
                 return Ok(finished);
             }
         };
@@ -96,6 +103,7 @@ pub async fn run(
                 let finished =
                     store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome)
                         .await?;
+                crate::metrics::task_ended(claimed.kind, status, finished, started.elapsed());
                 info!(
                     ?status,
                     elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
