@@ -151,6 +151,11 @@ pub struct WorkerSettings {
     /// Consecutive successful collections of the same collector and service account a
     /// resource may be missing from before it is marked DELETED.
     pub delete_after_missed_runs: u16,
+    /// Where the worker serves `/metrics` and `/healthz` (`GLEANER_WORKER__METRICS_LISTEN`);
+    /// `off` serves neither. A worker that cannot bind it (another worker on the host has it)
+    /// logs a warning and runs on unobserved.
+    #[serde(with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for WorkerSettings {
@@ -163,6 +168,10 @@ impl Default for WorkerSettings {
             name: None,
             shutdown_grace: Duration::from_secs(30),
             delete_after_missed_runs: 3,
+            // 9464: the port OpenTelemetry's Prometheus exporters default to, so scrape
+            // configurations written for instrumented services find it. Loopback only: the
+            // listener has no authentication.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }
@@ -284,6 +293,39 @@ mod millis {
     }
 }
 
+/// An address, or `off` (or an empty value) for none: an environment variable cannot unset a
+/// default.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const OFF: &str = "off";
+
+    // `Option` is the field's type, which `serde(with)` passes by reference.
+    #[allow(clippy::ref_option)]
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let raw = String::deserialize(d)?;
+        let raw = raw.trim();
+        if raw.is_empty() || raw.eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        raw.parse().map(Some).map_err(|e| {
+            D::Error::custom(format!(
+                "`{raw}` is not an address like 127.0.0.1:9464, nor `off`: {e}"
+            ))
+        })
+    }
+}
+
 mod secs {
     use std::time::Duration;
 
@@ -318,6 +360,32 @@ mod tests {
             assert_eq!(s.worker.concurrency, 7);
             assert_eq!(s.database_url, "postgres://x@127.0.0.1/y");
             assert_eq!(s.worker.batch_size, WorkerSettings::default().batch_size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn worker_metrics_listener_is_set_or_turned_off_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(
+                s.worker.metrics_listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
+            jail.set_env("GLEANER_WORKER__METRICS_LISTEN", "0.0.0.0:9500");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(
+                s.worker.metrics_listen,
+                Some(SocketAddr::from(([0, 0, 0, 0], 9500)))
+            );
+            jail.set_env("GLEANER_WORKER__METRICS_LISTEN", "off");
+            assert_eq!(
+                Settings::load(None).expect("loads").worker.metrics_listen,
+                None
+            );
+            jail.set_env("GLEANER_WORKER__METRICS_LISTEN", "nine");
+            let err = Settings::load(None).expect_err("must fail").to_string();
+            assert!(err.to_lowercase().contains("metrics_listen"), "{err}");
             Ok(())
         });
     }
