@@ -7,6 +7,7 @@ mod collectors;
 mod errors;
 mod job_events;
 mod merge;
+mod metrics;
 mod openapi;
 mod plugins;
 mod probes;
