@@ -1,8 +1,12 @@
 //! Starting Gleaner's components from settings.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::Json;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 use gleaner_api::{AppState, Inner};
 use gleaner_common::broker::{self, AmqpPublisher, Names, Publisher};
 use gleaner_common::config::{DatabaseSettings, Settings};
@@ -86,6 +90,7 @@ pub async fn serve_api(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    gleaner_common::metrics::install();
     let signal = Signal::new();
     let publisher = publisher(settings, "api");
     let relay = spawn_relay(
@@ -196,6 +201,7 @@ pub async fn run_worker(
     db: DatabaseConnection,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    gleaner_common::metrics::install();
     let signal = Signal::new();
     let sink = Arc::new(PgSink::new(db.get_postgres_connection_pool().clone()));
     // A collection lock outlives a worker that died holding it by as long as its task's lease:
@@ -212,6 +218,14 @@ pub async fn run_worker(
         ClaimPolicy::Queued,
         Arc::new(locks),
     )?;
+    // Serves until the worker has stopped, so scrapes see the tasks of the grace period end.
+    let metrics_stop = CancellationToken::new();
+    let metrics = match settings.worker.metrics_listen {
+        Some(addr) => bind_metrics(addr)
+            .await
+            .map(|l| tokio::spawn(serve_metrics(l, metrics_stop.clone()))),
+        None => None,
+    };
     let publisher = publisher(settings, "worker");
     // The relay outlives the consumer, so tasks finished during the grace period still get
     // their follow-up messages out.
@@ -235,7 +249,55 @@ pub async fn run_worker(
     relay_stop.cancel();
     relay.await.ok();
     publisher.close().await;
+    metrics_stop.cancel();
+    if let Some(served) = metrics
+        && let Ok(Err(e)) = served.await
+    {
+        tracing::warn!(error = %e, "the metrics listener failed");
+    }
     Ok(())
+}
+
+/// Binds a worker's metrics listener. `None`, with a warning, when it cannot: several workers
+/// on one host share the default address, and metrics are not worth stopping a worker for.
+pub async fn bind_metrics(addr: SocketAddr) -> Option<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "the metrics listener could not bind; set GLEANER_WORKER__METRICS_LISTEN to another address, or `off`");
+            None
+        }
+    }
+}
+
+/// Serves a worker's `/metrics` (Prometheus text) and `/healthz` on `listener` until
+/// `shutdown`.
+///
+/// # Errors
+/// The server fails.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(CONTENT_TYPE, gleaner_common::metrics::CONTENT_TYPE)],
+                    gleaner_common::metrics::render(),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        );
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving metrics")
 }
 
 /// Removes an isolated installation (a test's or a benchmark's, named by its AMQP prefix and

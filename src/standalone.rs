@@ -155,6 +155,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The API's `/metrics` serves the in-process worker's metrics too: one recorder.
+    gleaner_common::metrics::install();
     let mut settings = settings.clone();
     settings.database_url = dir.database_url();
     settings.database.schema = None;

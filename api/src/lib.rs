@@ -2,7 +2,7 @@
 //!
 //! - [`router`] builds the routes over an [`AppState`].
 //! - One module per resource: [`project`], [`service_account`], [`plugin`], [`collector`],
-//!   [`job`], [`resource`]; [`health`] for probes.
+//!   [`job`], [`resource`]; [`health`] for probes, [`metrics`] for Prometheus.
 //! - [`problem`] is the error type and its code table; [`extract`] holds extractors whose
 //!   rejections are problem+json too.
 //! - [`openapi()`] is the OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
@@ -41,6 +41,7 @@ pub mod collector;
 pub mod extract;
 pub mod health;
 pub mod job;
+pub mod metrics;
 mod openapi;
 pub mod plugin;
 pub mod problem;
@@ -92,6 +93,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(project::routes())
         .merge(service_account::routes())
         .merge(plugin::routes())

@@ -31,6 +31,7 @@ use crate::problem::{self, FieldError, Problem};
     components(schemas(Problem, FieldError)),
     tags(
         (name = "probes", description = "Liveness and readiness"),
+        (name = "metrics", description = "Prometheus metrics"),
         (name = "projects", description = "Projects group service accounts"),
         (name = "service accounts", description = "Provider accounts and their credentials"),
         (name = "plugins", description = "The plugin catalog"),

@@ -169,6 +169,11 @@ pub struct WorkerSettings {
     /// several at once are harmless.
     #[serde(with = "millis")]
     pub reap_interval: Duration,
+    /// Where the worker serves `/metrics` and `/healthz` (`GLEANER_WORKER__METRICS_LISTEN`);
+    /// `off` serves neither. A worker that cannot bind it (another worker on the host has it)
+    /// logs a warning and runs on unobserved.
+    #[serde(with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl WorkerSettings {
@@ -202,6 +207,10 @@ impl Default for WorkerSettings {
             retry_delay: Duration::from_secs(10),
             retry_max_delay: Duration::from_secs(600),
             reap_interval: Duration::from_secs(10),
+            // 9464: the port OpenTelemetry's Prometheus exporters default to, so scrape
+            // configurations written for instrumented services find it. Loopback only: the
+            // listener has no authentication.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }
@@ -323,6 +332,39 @@ mod millis {
     }
 }
 
+/// An address, or `off` (or an empty value) for none: an environment variable cannot unset a
+/// default.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const OFF: &str = "off";
+
+    // `Option` is the field's type, which `serde(with)` passes by reference.
+    #[allow(clippy::ref_option)]
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let raw = String::deserialize(d)?;
+        let raw = raw.trim();
+        if raw.is_empty() || raw.eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        raw.parse().map(Some).map_err(|e| {
+            D::Error::custom(format!(
+                "`{raw}` is not an address like 127.0.0.1:9464, nor `off`: {e}"
+            ))
+        })
+    }
+}
+
 mod secs {
     use std::time::Duration;
 
@@ -357,6 +399,32 @@ mod tests {
             assert_eq!(s.worker.concurrency, 7);
             assert_eq!(s.database_url, "postgres://x@127.0.0.1/y");
             assert_eq!(s.worker.batch_size, WorkerSettings::default().batch_size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn worker_metrics_listener_is_set_or_turned_off_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(
+                s.worker.metrics_listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
+            jail.set_env("GLEANER_WORKER__METRICS_LISTEN", "0.0.0.0:9500");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(
+                s.worker.metrics_listen,
+                Some(SocketAddr::from(([0, 0, 0, 0], 9500)))
+            );
+            jail.set_env("GLEANER_WORKER__METRICS_LISTEN", "off");
+            assert_eq!(
+                Settings::load(None).expect("loads").worker.metrics_listen,
+                None
+            );
+            jail.set_env("GLEANER_WORKER__METRICS_LISTEN", "nine");
+            let err = Settings::load(None).expect_err("must fail").to_string();
+            assert!(err.to_lowercase().contains("metrics_listen"), "{err}");
             Ok(())
         });
     }

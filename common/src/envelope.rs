@@ -123,6 +123,29 @@ impl Incoming {
     }
 }
 
+/// The facts of a delivery the metrics need, read without checking its type or payload:
+/// cheaper than [`Incoming::decode`], and available for a message that fails it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Header {
+    pub job_kind: JobKind,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Header {
+    /// Reads a delivery's header; `None` when the body is not an envelope.
+    #[must_use]
+    pub fn peek(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// How long ago the message was created; zero when the clock of the process that created
+    /// it is ahead of this one's.
+    #[must_use]
+    pub fn age(&self) -> std::time::Duration {
+        (Utc::now() - self.created_at).to_std().unwrap_or_default()
+    }
+}
+
 fn typed<P: Message>(raw: Envelope) -> Result<Envelope<P>, DecodeError> {
     let payload =
         serde_json::from_value(raw.payload).map_err(|e| DecodeError::BadPayload(P::TYPE, e))?;
@@ -178,8 +201,12 @@ mod tests {
         ))
         .expect("json");
         env["type"] = "job.exploded".into();
-        let err =
-            Incoming::decode(&serde_json::to_vec(&env).expect("json")).expect_err("unknown type");
+        let body = serde_json::to_vec(&env).expect("json");
+        let err = Incoming::decode(&body).expect_err("unknown type");
         assert!(err.to_string().contains("job.exploded"));
+        // The header is still readable, so a rejected message is counted under its kind.
+        let header = Header::peek(&body).expect("header");
+        assert_eq!(header.job_kind, JobKind::Inventory);
+        assert!(Header::peek(b"not json").is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! - [`envelope`]: what travels on the broker. [`broker`]: publishing and topology.
 //! - [`entity`]: tables. [`store`]: every read and write of rows. [`outbox`]: the relay.
 //! - [`config`], [`telemetry`], [`retry`], [`crypto`], [`db`], [`provider`], [`plugin`].
+//! - [`metrics`]: the Prometheus recorder and the names and helpers of every metric.
 
 pub mod broker;
 pub mod calendar;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod external;
 pub mod id;
 pub mod lock;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod plugin;

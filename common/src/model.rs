@@ -77,7 +77,15 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    /// The name on the wire.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::InProgress,
+        JobStatus::Success,
+        JobStatus::Failure,
+        JobStatus::Canceled,
+    ];
+
+    /// The name stored and shown by the API (`SUCCESS`).
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -344,6 +352,20 @@ impl JobTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_names_are_the_wire_names() {
+        for status in JobStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(status).expect("serializes"),
+                status.as_str()
+            );
+            assert_eq!(
+                sea_orm::ActiveEnum::to_value(&status).as_str(),
+                status.as_str()
+            );
+        }
+    }
 
     #[test]
     fn names_are_trimmed_and_checked() {

@@ -119,6 +119,7 @@ impl Relay {
                 }
             }
         }
+        crate::metrics::outbox_publish_failed(failed.len());
         outbox::delete(&txn, &sent).await?;
         if let Some(err) = &first_error {
             outbox::record_failure(&txn, &failed, err).await?;

@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod job_events;
 mod merge;
+mod metrics;
 mod openapi;
 mod plugins;
 mod probes;

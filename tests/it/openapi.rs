@@ -12,6 +12,7 @@ use crate::support::{Mode, TestEnv};
 const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/healthz", false),
     ("get", "/readyz", false),
+    ("get", "/metrics", false),
     ("get", "/openapi.json", false),
     ("get", "/v1/projects", false),
     ("post", "/v1/projects", true),

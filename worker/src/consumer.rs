@@ -184,6 +184,7 @@ async fn process(
         .unwrap_or_default();
     let span = info_span!("message", message_id = %message_id, routing_key = %delivery.routing_key, redelivered = delivery.redelivered);
     async {
+        let received = crate::metrics::Received::new(&delivery.data, !delivery.redelivered);
         let disposition = handle(ctx, &delivery.data, abort).await;
         let retries = header_u32(&delivery.properties, RETRIES_HEADER);
         let disposition = match disposition {
@@ -194,6 +195,7 @@ async fn process(
             }
             d => d,
         };
+        received.settled(&disposition);
         let result = match &disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
             Disposition::DeadLetter(reason) => {

@@ -7,6 +7,7 @@
 //! - [`planner`]: a job becomes one task per linked service account.
 //! - [`runner`]: a task runs its plugin and streams items into the [`sink`].
 //! - [`plugin`]: the plugin trait, the registry and the built-in plugins.
+//! - `metrics`: what deliveries and tasks report to [`gleaner_common::metrics`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tracing::{Instrument, info_span, warn};
 
 pub mod consumer;
 pub mod local;
+mod metrics;
 pub mod planner;
 pub mod plugin;
 pub mod reaper;

@@ -192,6 +192,7 @@ async fn deliver(
                 row.attempts
             );
             error!(reason = %reason, "delivery limit reached; the message is marked dead");
+            crate::metrics::Received::new(row.body.as_bytes(), false).delivery_limit();
             if let Err(e) = outbox::mark_dead(&ctx.db, row.id, &reason).await {
                 warn!(error = %e, "could not mark the message dead");
             }
@@ -202,7 +203,9 @@ async fn deliver(
             warn!(error = %e, "could not count the delivery");
             return;
         }
+        let received = crate::metrics::Received::new(row.body.as_bytes(), row.attempts == 0);
         let disposition = handle(ctx, row.body.as_bytes(), abort).await;
+        received.settled(&disposition);
         let settled = match &disposition {
             Disposition::Ack => outbox::delete(&ctx.db, &[row.id]).await,
             Disposition::DeadLetter(reason) => {

@@ -71,6 +71,7 @@ pub async fn run(
         service_account_id = ?claimed.service_account_id.map(|s| s.to_string()));
     async move {
         let started = std::time::Instant::now();
+        crate::metrics::task_started(claimed.kind, claimed.attempt);
         // Cancelled by the heartbeat when the attempt no longer owns the task; `halt` also on
         // the worker's stop, and is what the run itself watches.
         let fenced = CancellationToken::new();
@@ -96,7 +97,7 @@ pub async fn run(
             Ok(None) => None,
             Err(e) => {
                 heartbeat.abort();
-                return settle(ctx, &claimed, Ended::Retry(e.to_string()), None).await;
+                return settle(ctx, &claimed, Ended::Retry(e.to_string()), None, started).await;
             }
         };
         heartbeat.abort();
@@ -105,7 +106,7 @@ pub async fn run(
             Some((ended, held)) => (ended, Some(held)),
             None => (Ended::Released, None),
         };
-        let ran = settle(ctx, &claimed, ended, lock).await?;
+        let ran = settle(ctx, &claimed, ended, lock, started).await?;
         if let Ran::Finished(Finished::Recorded(_)) = ran {
             info!(
                 elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -154,6 +155,7 @@ async fn settle(
     claimed: &Claimed,
     ended: Ended,
     lock: Option<Held>,
+    started: std::time::Instant,
 ) -> Result<Ran, store::Error> {
     match ended {
         Ended::Stale => {
@@ -194,6 +196,12 @@ async fn settle(
             )
             .await?;
             drop(lock);
+            crate::metrics::task_ended(
+                claimed.kind,
+                JobStatus::Failure,
+                finished,
+                started.elapsed(),
+            );
             Ok(Ran::Finished(finished))
         }
         Ended::Done(mut outcome, sweep) => {
@@ -211,6 +219,7 @@ async fn settle(
             let finished =
                 store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome).await?;
             info!(?status, "task outcome recorded");
+            crate::metrics::task_ended(claimed.kind, status, finished, started.elapsed());
             if let Finished::Recorded(Some(job_status)) = finished {
                 info!(?job_status, "job finished");
             }

@@ -102,7 +102,8 @@ pub fn quick_recovery(s: &mut Settings) {
     s.worker.reap_interval = Duration::from_millis(200);
 }
 
-/// An HTTP answer: status and JSON body (`Null` when empty).
+/// An HTTP answer: status and JSON body (`Null` when empty, a string for a `text/plain` body
+/// such as `/metrics`).
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
@@ -156,6 +157,8 @@ impl Api {
         let bytes = r.bytes().await?;
         let body = if bytes.is_empty() {
             Value::Null
+        } else if content_type.starts_with("text/plain") {
+            Value::String(String::from_utf8(bytes.to_vec()).context("a text body in UTF-8")?)
         } else {
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))?
@@ -421,6 +424,9 @@ impl TestEnv {
         settings.worker.batch_size = opts.batch_size;
         settings.worker.shutdown_grace = Duration::from_secs(5);
         (opts.tune)(&mut settings);
+        // Tests run side by side in one process: each worker's metrics listener takes a port of
+        // its own.
+        settings.worker.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         match mode {
             Mode::Distributed => Self::distributed(name, settings, opts, now).await,
             Mode::Standalone => Self::standalone(name, settings, now).await,

@@ -1,0 +1,72 @@
+//! What the worker reports to [`gleaner_common::metrics`]: the dispatchers call [`Received`]
+//! for each delivery, the runner the `task_*` functions.
+
+use std::time::Duration;
+
+use gleaner_common::envelope::Header;
+use gleaner_common::metrics::{self, DeadLetterReason, Outcome};
+use gleaner_common::model::{JobKind, JobStatus};
+use gleaner_common::store::task::Finished;
+
+use crate::Disposition;
+
+/// A delivery being handled, with its header read once on arrival.
+pub(crate) struct Received(Option<Header>);
+
+impl Received {
+    /// Reads the delivery's header and, on its first delivery, records how long the message
+    /// waited. A redelivery's wait includes its earlier attempts and retry delays, which would
+    /// hide the lag of the queue itself.
+    pub(crate) fn new(body: &[u8], first_delivery: bool) -> Self {
+        let header = Header::peek(body);
+        if let Some(h) = header.filter(|_| first_delivery) {
+            metrics::queue_lag(h.job_kind, h.age());
+        }
+        Self(header)
+    }
+
+    fn kind(&self) -> Option<JobKind> {
+        self.0.map(|h| h.job_kind)
+    }
+
+    /// Counts how the delivery was settled.
+    pub(crate) fn settled(&self, disposition: &Disposition) {
+        let outcome = match disposition {
+            Disposition::Ack => Outcome::Ack,
+            Disposition::Retry(_) => Outcome::Retry,
+            Disposition::DeadLetter(_) => {
+                // A readable header means the envelope itself was fine: its type, version or
+                // contents were refused.
+                let reason = if self.0.is_some() {
+                    DeadLetterReason::Rejected
+                } else {
+                    DeadLetterReason::Malformed
+                };
+                metrics::dead_lettered(self.kind(), reason);
+                Outcome::DeadLetter
+            }
+        };
+        metrics::message_handled(self.kind(), outcome);
+    }
+
+    /// Counts a message the standalone dispatcher gave up on after too many deliveries.
+    pub(crate) fn delivery_limit(&self) {
+        metrics::dead_lettered(self.kind(), DeadLetterReason::DeliveryLimit);
+        metrics::message_handled(self.kind(), Outcome::DeadLetter);
+    }
+}
+
+/// A claimed task starts; attempts after the first count as retries.
+pub(crate) fn task_started(kind: JobKind, attempt: i32) {
+    if attempt > 1 {
+        metrics::task_retried(kind);
+    }
+}
+
+/// A task ended with `status` after `elapsed`; counted only when its outcome was recorded
+/// (a stale attempt recorded nothing).
+pub(crate) fn task_ended(kind: JobKind, status: JobStatus, finished: Finished, elapsed: Duration) {
+    if matches!(finished, Finished::Recorded(_)) {
+        metrics::task_finished(kind, status, elapsed);
+    }
+}
