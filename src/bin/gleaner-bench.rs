@@ -7,6 +7,11 @@
 //! a table shaped like `resources`. With `--mode standalone` it runs `gleaner standalone` as
 //! the child instead, and the baseline is a raw multi-row `INSERT` of the same rows, in one
 //! transaction, into a same-shaped table of the same SQLite file.
+//!
+//! `tasks` measures the throughput of small tasks end to end: one job over `--tasks` demo
+//! service accounts of one resource each, run by `--workers` worker processes, from `collect`
+//! to job SUCCESS; beside it, `pgbench`'s built-in simple-update transaction (one UPDATE, one
+//! SELECT, one INSERT) on the same PostgreSQL, with as many clients as the workers run tasks.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -45,6 +50,8 @@ enum Command {
     Ingest(IngestArgs),
     /// The scheduler over many schedules: the lag of a burst of fires, and its idle cost.
     Schedules(SchedulesArgs),
+    /// Small tasks (one resource each) end to end with several workers, beside pgbench.
+    Tasks(TasksArgs),
     /// Runs one component with settings from the environment (used by `ingest`).
     #[command(hide = true)]
     Serve { component: Component },
@@ -99,6 +106,34 @@ struct IngestArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct TasksArgs {
+    /// Tasks of the job: one per demo service account, one resource each.
+    #[arg(long, default_value_t = 5_000)]
+    tasks: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Tasks each worker runs at once (default: the worker's setting).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds pgbench runs.
+    #[arg(long, default_value_t = 15)]
+    pgbench_seconds: u64,
+    #[arg(
+        long,
+        env = "GLEANER_BENCH_DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
+    )]
+    database_url: String,
+    #[arg(
+        long,
+        env = "GLEANER_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+}
+
+#[derive(Debug, clap::Args)]
 struct SchedulesArgs {
     /// Enabled schedules in all: one per hour of the day for each of count/24 collectors, so
     /// every hour fires count/24 of them at once, on distinct collectors.
@@ -125,6 +160,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Schedules(args) => {
             gleaner_common::telemetry::init_for_tests();
             schedules(args).await
+        }
+        Command::Tasks(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            tasks(args).await
         }
         Command::Serve { component } => serve(component).await,
     }
@@ -315,6 +354,162 @@ async fn serve(component: Component) -> anyhow::Result<()> {
             cmd::standalone::run(args, &settings, shutdown).await
         }
     }
+}
+
+async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.tasks > 0 && args.workers > 0,
+        "--tasks and --workers must be at least 1"
+    );
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let name = format!("bench_{now}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut settings = Settings {
+        database_url: args.database_url.clone(),
+        amqp_url: args.amqp_url.clone(),
+        secret_key: Some(SecretKey::generate().to_hex()),
+        ..Settings::default()
+    };
+    settings.database.schema = Some(name.clone());
+    settings.amqp.prefix = name.clone();
+    if let Some(c) = args.concurrency {
+        settings.worker.concurrency = c;
+    }
+    let run = Run { name, settings };
+    let result = measure_tasks(&args, &run).await;
+    if let Err(e) = gleaner::app::remove_isolated(&run.settings, &run.name).await {
+        eprintln!("cleaning up `{}`: {e:#}", run.name);
+    }
+    result
+}
+
+async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
+    let settings = &run.settings;
+    let db = gleaner::app::database(settings, true).await?;
+    let port = free_port()?;
+    let mut children = Children(vec![spawn(Component::Api, settings, port)?.spawn()?]);
+    for _ in 0..args.workers {
+        let worker = spawn(Component::Worker, settings, port)?
+            .env(
+                "GLEANER_WORKER__CONCURRENCY",
+                settings.worker.concurrency.to_string(),
+            )
+            // Several workers on one host: none serves metrics.
+            .env("GLEANER_WORKER__METRICS_LISTEN", "off")
+            .spawn()?;
+        children.0.push(worker);
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_ready(&http, &base, &mut children).await?;
+    let estate = demo_estate(
+        &http,
+        &base,
+        &IngestArgs {
+            mode: Mode::Distributed,
+            resources: args.tasks,
+            accounts: args.tasks,
+            batch_size: None,
+            database_url: args.database_url.clone(),
+            amqp_url: args.amqp_url.clone(),
+            keep: false,
+        },
+    )
+    .await?;
+    let clients = args.workers * settings.worker.concurrency;
+    println!(
+        "tasks: one job of {} tasks (one resource each), {} worker processes × {} concurrent tasks",
+        args.tasks, args.workers, settings.worker.concurrency
+    );
+    let tps = pgbench(&args.database_url, clients, args.pgbench_seconds).await?;
+    println!(
+        "  {:<47} {tps:>9.0} transactions/s ({clients} clients)",
+        "pgbench simple-update (UPDATE+SELECT+INSERT):"
+    );
+    for round in ["first run (all created)", "second run (all unchanged)"] {
+        let (took, job) = collect(&http, &base, &estate.collector).await?;
+        ensure!(
+            job["tasks_done"].as_u64() == Some(args.tasks),
+            "the job did not run every task: {job}"
+        );
+        let per_second = rate(args.tasks, took);
+        println!(
+            "  {:<47} {:>9.0} tasks/s  ({:.2} s; {:.2}× pgbench's TPS)",
+            format!("{round}:"),
+            per_second,
+            took.as_secs_f64(),
+            per_second / tps
+        );
+    }
+    children.stop().await;
+    db.close().await.ok();
+    Ok(())
+}
+
+/// Runs pgbench's simple-update on a database of its own (created and initialised at scale 10
+/// if needed) and returns its TPS.
+async fn pgbench(database_url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    // postgres://user@host:port/db: the parts pgbench and psql take as options.
+    let rest = database_url
+        .split_once("://")
+        .map_or(database_url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (user, hostport) = authority.rsplit_once('@').unwrap_or(("root", authority));
+    let user = user.split(':').next().unwrap_or("root").to_owned();
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    let (host, port) = (host.to_owned(), port.to_owned());
+    let db = "gleaner_pgbench";
+    let base = format!("postgres://{user}@{host}:{port}/{db}");
+    gleaner_common::db::ensure_database(&base).await?;
+    let pgbench = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new("pgbench");
+        cmd.args(["-h", &host, "-p", &port, "-U", &user])
+            .args(extra)
+            .arg(db);
+        cmd
+    };
+    let initialised = std::process::Command::new("psql")
+        .args(["-h", &host, "-p", &port, "-U", &user, "-d", db, "-tAc"])
+        .arg("SELECT count(*) FROM pgbench_branches")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "10")
+        .unwrap_or(false);
+    if !initialised {
+        let out = pgbench(&["-i", "-q", "-s", "10"])
+            .output()
+            .context("pgbench -i (is pgbench installed?)")?;
+        ensure!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let clients = clients.to_string();
+    let secs = seconds.to_string();
+    let out = pgbench(&[
+        "-b",
+        "simple-update",
+        "-c",
+        &clients,
+        "-j",
+        "2",
+        "-T",
+        &secs,
+    ])
+    .output()
+    .context("pgbench (is it installed?)")?;
+    ensure!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .with_context(|| format!("no `tps = ` line in pgbench's output: {text}"))
 }
 
 /// What one run created, so it can be removed.
