@@ -699,6 +699,65 @@ echo '{"type":"done"}'"#,
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
+    /// Starts `script` and waits for its first message, so its traps are set.
+    async fn running(script: &str) -> Session {
+        let mut s = Session::start(
+            &sh(script, 60),
+            "collect",
+            json!({}),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("start");
+        assert!(matches!(s.next().await, Ok(Some(_))));
+        s
+    }
+
+    const RESOURCE: &str =
+        r#"echo '{"type":"resource","resource_type":"t","resource_key":"k","data":{}}'"#;
+
+    #[tokio::test]
+    async fn stop_asks_with_sigterm_then_kills_after_the_grace_period() {
+        // A plugin that exits on SIGTERM stops at once, long before the grace period ends.
+        let mut polite = running(&format!(
+            "trap 'exit 0' TERM; {RESOURCE}; while :; do sleep 0.05; done"
+        ))
+        .await;
+        let started = std::time::Instant::now();
+        polite.stop(Duration::from_secs(10)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // One that ignores it is killed when the grace period is over.
+        let mut stubborn = running(&format!(
+            "trap '' TERM; {RESOURCE}; while :; do sleep 0.05; done"
+        ))
+        .await;
+        let started = std::time::Instant::now();
+        stubborn.stop(Duration::from_millis(500)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(3), stubborn.next()).await;
+        assert!(
+            matches!(end, Ok(Ok(None) | Err(_))),
+            "the plugin is gone: {end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_75_says_the_failure_is_temporary() {
+        let (_, r, _) = collect(&sh("exit 75", 10)).await;
+        assert!(r.expect_err("exit 75").is_temporary());
+        let (_, r, _) = collect(&sh("exit 3", 10)).await;
+        assert!(!r.expect_err("exit 3").is_temporary());
+    }
+
     #[tokio::test]
     async fn exit_status_and_stderr_make_the_error() {
         let spec = sh(

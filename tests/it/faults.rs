@@ -13,6 +13,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 use reqwest::StatusCode;
+use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
@@ -546,5 +547,34 @@ async fn a_worker_killed_mid_collection_loses_nothing() -> anyhow::Result<()> {
     for name in ["worker-a", "worker-b"] {
         std::fs::remove_file(std::env::temp_dir().join(format!("{}-{name}.log", env.name))).ok();
     }
+    Ok(())
+}
+
+in_both_modes!(a_job_whose_tasks_all_ended_is_ended_by_the_reaper);
+
+/// The worker of a job's last task died between recording the task's outcome and ending the
+/// job: the job is left IN_PROGRESS with every task ended, and the reaper ends it.
+async fn a_job_whose_tasks_all_ended_is_ended_by_the_reaper(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(2, json!({"resources": 10})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let id = env.uuid_sql(job["id"].as_str().context("id")?)?;
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE jobs SET status = 'IN_PROGRESS', finished_at = NULL WHERE id = {id}"
+        ))
+        .await?;
+    let reaped = gleaner_worker::reaper::pass(&env.db, chrono::Utc::now()).await?;
+    assert_eq!(reaped.concluded, 1, "{reaped:?}");
+    let after = env
+        .get(&format!("/v1/jobs/{}", job["id"].as_str().context("id")?))
+        .await?;
+    assert_eq!(after.body["status"], "SUCCESS", "{}", after.body);
+    assert_eq!(after.body["tasks_done"], 2);
+    assert!(after.body["finished_at"].is_string());
+    // A second pass finds nothing left to do.
+    let again = gleaner_worker::reaper::pass(&env.db, chrono::Utc::now()).await?;
+    assert_eq!(again, gleaner_worker::reaper::Reaped::default());
     Ok(())
 }

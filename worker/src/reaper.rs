@@ -5,6 +5,8 @@
 //! - A job past its deadline (the collector's `job_timeout_seconds` after it was accepted) fails
 //!   with reason "timeout", and its unfinished tasks with it; their workers see it at their
 //!   next heartbeat and stop their plugins.
+//! - A running job whose tasks have all ended (its last task's worker died between recording
+//!   the outcome and ending the job) ends.
 //!
 //! Every worker runs a reaper. Each of its writes is fenced (by the task's attempt and status,
 //! by the job's status), so two reapers, or a reaper and a worker finishing the same task, never
@@ -34,6 +36,8 @@ pub struct Reaped {
     pub failed: usize,
     /// Jobs failed with reason "timeout".
     pub timed_out: usize,
+    /// Jobs ended because all their tasks had.
+    pub concluded: usize,
 }
 
 impl Reaped {
@@ -56,6 +60,11 @@ pub async fn pass(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Reaped,
             reaped.requeued += 1;
         } else {
             reaped.failed += 1;
+        }
+    }
+    for id in job::unconcluded(db, BATCH).await? {
+        if job::conclude(db, id).await?.is_some() {
+            reaped.concluded += 1;
         }
     }
     Ok(reaped)
@@ -112,6 +121,7 @@ pub async fn run(
                     requeued = r.requeued,
                     failed = r.failed,
                     timed_out = r.timed_out,
+                    concluded = r.concluded,
                     "reaper pass"
                 );
                 signal.notify();

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Error, Result, job::touch_collector_finished, outbox};
+use super::{Error, Result, outbox};
 use crate::entity::{job, job_task, service_account};
 use crate::envelope::{Envelope, TaskRequested};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
@@ -172,11 +172,7 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
         return Ok(None);
     };
     // A new attempt clears the task's counts, which the job's sum shows: the job changed.
-    job::Entity::update_many()
-        .col_expr(job::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .filter(job::Column::Id.eq(task.job_id))
-        .exec(&txn)
-        .await?;
+    super::job::touch(&txn, task.job_id, now.fixed_offset()).await?;
     let j = job::Entity::find_by_id(task.job_id)
         .one(&txn)
         .await?
@@ -223,8 +219,8 @@ pub enum Finished {
     Stale,
 }
 
-/// Records a task's outcome and, when it is the job's last task, ends the job: all in one
-/// transaction, so a job is terminal exactly when all its tasks are.
+/// Records a task's outcome and then, when no task of the job is left unfinished, ends the job
+/// ([`super::job::conclude`]).
 ///
 /// # Errors
 /// Database errors only.
@@ -273,54 +269,12 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
                 .await?;
         }
     }
-    let failed = i32::from(outcome.status != JobStatus::Success);
     // Read again rather than `now`: the sweep may have taken a while, and the job's
     // `updated_at` should be close to the commit that makes it visible (the job event stream
     // allows for a bounded lag only).
-    let touched = Utc::now().fixed_offset();
-    // The row lock this update takes serializes the job's concurrently finishing tasks, so
-    // exactly one of them sees `tasks_done == tasks_total`.
-    let mut jobs = job::Entity::update_many()
-        .col_expr(
-            job::Column::TasksDone,
-            Expr::col(job::Column::TasksDone).add(1),
-        )
-        .col_expr(
-            job::Column::TasksFailed,
-            Expr::col(job::Column::TasksFailed).add(failed),
-        )
-        .col_expr(job::Column::UpdatedAt, Expr::value(touched))
-        .filter(job::Column::Id.eq(task.job_id))
-        .exec_with_returning(&txn)
-        .await?;
-    let Some(j) = jobs.pop() else {
-        return Err(Error::not_found("job", task.job_id));
-    };
-    let mut ended = None;
-    if j.tasks_done >= j.tasks_total && !j.status.is_terminal() {
-        let (status, error) = if j.tasks_failed == 0 {
-            (JobStatus::Success, None)
-        } else {
-            (
-                JobStatus::Failure,
-                Some(format!(
-                    "{} of {} tasks failed",
-                    j.tasks_failed, j.tasks_total
-                )),
-            )
-        };
-        job::Entity::update_many()
-            .col_expr(job::Column::Status, Expr::value(status))
-            .col_expr(job::Column::Error, Expr::value(error))
-            .col_expr(job::Column::FinishedAt, Expr::value(now))
-            .filter(job::Column::Id.eq(j.id))
-            .exec(&txn)
-            .await?;
-        touch_collector_finished(&txn, j.id.into()).await?;
-        super::job::announce(&txn, &[j.id]).await?;
-        ended = Some(status);
-    }
+    super::job::touch(&txn, task.job_id, Utc::now().fixed_offset()).await?;
     txn.commit().await?;
+    let ended = super::job::conclude(db, task.job_id.into()).await?;
     Ok(Finished::Recorded(ended))
 }
 
@@ -460,11 +414,7 @@ pub async fn retry_later<C: ConnectionTrait + TransactionTrait>(
         .one(&txn)
         .await?
         .ok_or_else(|| Error::not_found("job", current.job_id))?;
-    job::Entity::update_many()
-        .col_expr(job::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .filter(job::Column::Id.eq(j.id))
-        .exec(&txn)
-        .await?;
+    super::job::touch(&txn, j.id, now.fixed_offset()).await?;
     let envelope = Envelope::new(
         j.domain_id.into(),
         j.kind,

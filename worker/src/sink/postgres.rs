@@ -102,9 +102,8 @@ const PROGRESS: &str = "UPDATE job_tasks SET
 WHERE id = $1 AND attempt = $2";
 
 /// Moves the job's `updated_at` with its task's progress: a job's counts are summed from its
-/// tasks, and `GET /v1/jobs/events` finds changed jobs by `updated_at` alone. Run last, so the
-/// job row (shared by the job's concurrent tasks) stays locked only while the batch commits.
-const TOUCH_JOB: &str = "UPDATE jobs SET updated_at = $2 WHERE id = $1";
+/// tasks, and `GET /v1/jobs/events` finds changed jobs by `updated_at` alone.
+const TOUCH_JOB: &str = gleaner_common::store::job::TOUCH_PG;
 
 /// Writes resources to PostgreSQL.
 #[derive(Clone, Debug)]
