@@ -8,7 +8,8 @@
 //! - `outbox.not_before`: a message to be delivered later (a task's retry after a backoff);
 //! - `outbox.destination`: `work` for the work exchange, `events` for the job events published
 //!   to integrations;
-//! - indexes for the reaper, which looks for expired jobs and expired task leases.
+//! - an index for the reaper, which looks for jobs past their deadline (the one on task leases
+//!   came with migration 000001).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{integer, json_binary_null, string, timestamp_with_time_zone_null};
@@ -23,7 +24,6 @@ pub struct Migration;
 const DEFAULT_TIMEOUT_SECONDS: i32 = 7200;
 
 const JOB_DEADLINE: &[&str] = &["status", "deadline_at"];
-const TASK_LEASE: &[&str] = &["status", "lease_expires_at"];
 
 // The trait's lifetimes are late-bound by async_trait; naming them here does not compile.
 #[allow(elided_lifetimes_in_paths)]
@@ -53,21 +53,17 @@ impl MigrationTrait for Migration {
             .await?;
         }
         m.create_index(index("jobs", JOB_DEADLINE).if_not_exists().take())
-            .await?;
-        m.create_index(index("job_tasks", TASK_LEASE).if_not_exists().take())
             .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for (table, cols) in [("jobs", JOB_DEADLINE), ("job_tasks", TASK_LEASE)] {
-            m.drop_index(
-                Index::drop()
-                    .name(format!("ix_{table}_{}", cols.join("_")))
-                    .table(table)
-                    .to_owned(),
-            )
-            .await?;
-        }
+        m.drop_index(
+            Index::drop()
+                .name(format!("ix_jobs_{}", JOB_DEADLINE.join("_")))
+                .table("jobs")
+                .to_owned(),
+        )
+        .await?;
         for (table, column) in [
             ("outbox", "destination"),
             ("outbox", "not_before"),
