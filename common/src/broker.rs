@@ -114,8 +114,9 @@ impl Names {
 /// The delay tiers, in seconds: each 4× the previous one, up to about 4.5 hours.
 pub const DELAY_TIERS: [u64; 8] = [1, 4, 16, 64, 256, 1024, 4096, 16384];
 
-/// The header that picks a delay queue.
-const TIER_HEADER: &str = "x-gleaner-delay-tier";
+/// The header that picks a delay queue. Not `x-`-prefixed: a headers exchange ignores such
+/// binding arguments when matching, and every delay queue would take every message.
+const TIER_HEADER: &str = "gleaner-delay-tier";
 
 /// The header a dead letter carries its reason in.
 pub const REASON_HEADER: &str = "x-gleaner-reason";
@@ -264,7 +265,17 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
         )
         .await?;
     for tier in DELAY_TIERS {
+        // Quorum, with at-least-once dead-lettering: a classic queue's expired messages move to
+        // the work exchange at most once, and a message lost there would leave its task queued
+        // with no message until the job's timeout.
         let mut args = FieldTable::default();
+        for (key, value) in [
+            ("x-queue-type", "quorum"),
+            ("x-dead-letter-strategy", "at-least-once"),
+            ("x-overflow", "reject-publish"),
+        ] {
+            args.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(names.work_exchange().into()),

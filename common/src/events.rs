@@ -72,9 +72,10 @@ pub const fn event_type(status: JobStatus) -> &'static str {
 }
 
 impl JobEvent {
-    /// The event announcing the job's current status.
+    /// The event announcing the job's current status, with its tasks' summed counts and how
+    /// many of them ended otherwise than SUCCESS.
     #[must_use]
-    pub fn of(m: &job::Model, counts: Counts) -> Self {
+    pub fn of(m: &job::Model, counts: Counts, tasks_failed: i32) -> Self {
         Self {
             event_type: event_type(m.status),
             schema_version: 1,
@@ -91,7 +92,7 @@ impl JobEvent {
                 trigger: m.trigger,
                 schedule_id: m.schedule_id.map(Into::into),
                 tasks_total: m.tasks_total,
-                tasks_failed: m.tasks_failed,
+                tasks_failed,
                 counts,
                 error: m.error.clone(),
                 created_at: m.created_at.to_utc(),

@@ -90,7 +90,7 @@ async fn a_task_out_of_attempts_fails_with_the_history_of_its_attempts(
     );
     let error = task["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("attempt 3 of 3: no attempts left"),
+        error.contains("3 of 3 attempts failed: no attempts left"),
         "{error}"
     );
     // A failed collection deletes nothing; what the attempts stored stays.
@@ -576,5 +576,73 @@ async fn a_job_whose_tasks_all_ended_is_ended_by_the_reaper(mode: Mode) -> anyho
     // A second pass finds nothing left to do.
     let again = gleaner_worker::reaper::pass(&env.db, chrono::Utc::now()).await?;
     assert_eq!(again, gleaner_worker::reaper::Reaped::default());
+    Ok(())
+}
+
+/// A message published with a delay reaches its work queue once, after the delay, and not
+/// before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_arrives_once_after_its_delay() -> anyhow::Result<()> {
+    use gleaner_common::broker::{self, Names};
+    use gleaner_common::model::JobKind;
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            workers: 0,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let names = Names::new(env.settings.amqp.prefix.clone());
+    let (conn, ch) = channel(&env).await?;
+    broker::declare(&ch, &names).await?;
+    ch.confirm_select(Default::default()).await?;
+    let depth = |queue: String| {
+        let ch = ch.clone();
+        async move {
+            let q = ch
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await?;
+            anyhow::Ok(q.message_count())
+        }
+    };
+    let sent = std::time::Instant::now();
+    let confirm = broker::publish_delayed(
+        &ch,
+        &names,
+        "inventory.task.requested",
+        b"{}",
+        BasicProperties::default().with_delivery_mode(2),
+        Duration::from_millis(1500),
+    )
+    .await?
+    .await?;
+    assert!(confirm.is_ack());
+    let work = names.queue(JobKind::Inventory);
+    assert_eq!(depth(work.clone()).await?, 0, "delivered before its delay");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while depth(work.clone()).await? == 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
+    // Every tier's queue is empty and the work queue holds exactly one copy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(depth(work).await?, 1);
+    for tier in broker::DELAY_TIERS {
+        assert_eq!(depth(names.delay_queue(tier)).await?, 0, "tier {tier}");
+    }
+    conn.close(200, "done".into()).await.ok();
     Ok(())
 }

@@ -184,9 +184,11 @@ async fn process(
         .unwrap_or_default();
     let span = info_span!("message", message_id = %message_id, routing_key = %delivery.routing_key, redelivered = delivery.redelivered);
     async {
-        let received = crate::metrics::Received::new(&delivery.data, !delivery.redelivered);
-        let disposition = handle(ctx, &delivery.data, abort).await;
         let retries = header_u32(&delivery.properties, RETRIES_HEADER);
+        // A retry's copy arrives as a first delivery, after its backoff: not queue lag.
+        let received =
+            crate::metrics::Received::new(&delivery.data, !delivery.redelivered && retries == 0);
+        let disposition = handle(ctx, &delivery.data, abort).await;
         let disposition = match disposition {
             Disposition::Retry(reason) if retries >= MESSAGE_RETRIES && !abort.is_cancelled() => {
                 Disposition::DeadLetter(format!(
@@ -271,6 +273,8 @@ enum CopyError {
     Amqp(#[from] lapin::Error),
     #[error("the broker refused the copy (nack)")]
     Nacked,
+    #[error("no queue took the copy: it was returned")]
+    Unroutable,
 }
 
 async fn confirmed(confirm: lapin::PublisherConfirm) -> Result<(), CopyError> {
@@ -281,11 +285,14 @@ async fn confirmed(confirm: lapin::PublisherConfirm) -> Result<(), CopyError> {
                 "no confirm within 30 s",
             )))
         })??;
-    if c.is_ack() {
-        Ok(())
-    } else {
-        Err(CopyError::Nacked)
+    if !c.is_ack() {
+        return Err(CopyError::Nacked);
     }
+    // A mandatory copy that no queue took comes back with the confirm.
+    if c.take_message().is_some() {
+        return Err(CopyError::Unroutable);
+    }
+    Ok(())
 }
 
 /// Publishes the delivery to the dead-letter exchange with its reason, and waits for the confirm.

@@ -151,11 +151,9 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
             };
             let attempt = claimed.attempt;
             match runner::run(ctx, claimed, stop.clone()).await {
-                Ok(runner::Ran::Released) => {
-                    Disposition::Retry("worker stopping; task released".into())
-                }
-                // The next attempt's message is in the outbox, written with the retry.
-                Ok(runner::Ran::Retrying | runner::Ran::Finished(_)) => {
+                // The next attempt's message is in the outbox, written with the release or the
+                // retry.
+                Ok(runner::Ran::Released | runner::Ran::Retrying | runner::Ran::Finished(_)) => {
                     ctx.signal.notify();
                     Disposition::Ack
                 }

@@ -55,49 +55,57 @@ pub async fn pass(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Reaped,
         timed_out: job::expire(db, now, BATCH).await?.len(),
         ..Reaped::default()
     };
+    // One row's error (a corrupt attempt history, say) must not stop the rest, nor every
+    // later pass, which would meet the same row first again.
     for expired in task::expired_leases(db, now, BATCH).await? {
-        if reap_task(db, &expired).await? {
-            reaped.requeued += 1;
-        } else {
-            reaped.failed += 1;
+        match reap_task(db, &expired).await {
+            Ok(Some(true)) => reaped.requeued += 1,
+            Ok(Some(false)) => reaped.failed += 1,
+            Ok(None) => {}
+            Err(e) => warn!(task_id = %expired.id, error = %e, "reaping the task failed"),
         }
     }
     for id in job::unconcluded(db, BATCH).await? {
-        if job::conclude(db, id).await?.is_some() {
-            reaped.concluded += 1;
+        match job::conclude(db, id).await {
+            Ok(Some(_)) => reaped.concluded += 1,
+            Ok(None) => {}
+            Err(e) => warn!(job_id = %id, error = %e, "ending the job failed"),
         }
     }
     Ok(reaped)
 }
 
-/// `true` when the task was queued again, `false` when it failed (or another reaper or its
-/// worker got there first).
-async fn reap_task(db: &DatabaseConnection, t: &Expired) -> Result<bool, store::Error> {
+/// `Some(true)` when the task was queued again, `Some(false)` when it failed, `None` when
+/// another reaper or its worker got there first.
+async fn reap_task(db: &DatabaseConnection, t: &Expired) -> Result<Option<bool>, store::Error> {
     let owner = t.owner.as_deref().unwrap_or("unknown");
     let why = format!(
         "the lease of attempt {} expired: worker {owner} stopped renewing it (killed, crashed, or cut off from the database)",
         t.attempt
     );
-    if t.attempt < t.max_attempts {
+    if t.failures + 1 < t.max_attempts {
         // At once: the worker is gone, so there is nothing to back off from.
         let retried = task::retry_later(db, t.id, t.attempt, &why, Duration::ZERO).await?;
         if retried == Retried::Queued {
             warn!(task_id = %t.id, job_id = %t.job_id, attempt = t.attempt, %owner, "lease expired; the task runs again");
         }
-        return Ok(retried == Retried::Queued);
+        return Ok((retried == Retried::Queued).then_some(true));
     }
     let outcome = Outcome {
         status: JobStatus::Failure,
         error: Some(format!(
-            "{why}; that was the last of {} attempts",
+            "{why} ({} of {} attempts failed: no attempts left)",
+            t.failures + 1,
             t.max_attempts
         )),
         stderr: None,
         sweep: None,
     };
-    task::finish(db, t.id, t.attempt, outcome).await?;
+    if task::finish(db, t.id, t.attempt, outcome).await? == task::Finished::Stale {
+        return Ok(None);
+    }
     warn!(task_id = %t.id, job_id = %t.job_id, attempt = t.attempt, %owner, "lease of the last attempt expired; the task failed");
-    Ok(false)
+    Ok(Some(false))
 }
 
 /// Runs passes every `interval` (with jitter, so the reapers of a fleet spread out) until

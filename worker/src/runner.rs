@@ -76,7 +76,10 @@ pub async fn run(
         // the worker's stop, and is what the run itself watches.
         let fenced = CancellationToken::new();
         let halt = stop.child_token();
-        let heartbeat = tokio::spawn(
+        // Beats until the outcome is recorded (planning the sweep and finishing can take a while),
+        // and stops with the run however it ends, a panic included: a beat that outlived its
+        // run would keep the task's lease forever.
+        let heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             heartbeat(
                 ctx.db.clone(),
                 claimed.task_id,
@@ -86,7 +89,7 @@ pub async fn run(
                 halt.clone(),
             )
             .in_current_span(),
-        );
+        ));
         // Held until the outcome is recorded: the sweep of deleted resources must not run
         // beside the next collection of the same collector and account.
         let ended = match collection_lock(ctx, &claimed, &halt).await {
@@ -96,17 +99,17 @@ pub async fn run(
             }
             Ok(None) => None,
             Err(e) => {
-                heartbeat.abort();
                 return settle(ctx, &claimed, Ended::Retry(e.to_string()), None, started).await;
             }
         };
-        heartbeat.abort();
         let (ended, lock) = match ended {
             _ if fenced.is_cancelled() => (Ended::Stale, None),
             Some((ended, held)) => (ended, Some(held)),
             None => (Ended::Released, None),
         };
-        let ran = settle(ctx, &claimed, ended, lock, started).await?;
+        let ran = settle(ctx, &claimed, ended, lock, started).await;
+        drop(heartbeat);
+        let ran = ran?;
         if let Ran::Finished(Finished::Recorded(_)) = ran {
             info!(
                 elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -167,11 +170,12 @@ async fn settle(
             info!("task released for another worker");
             Ok(Ran::Released)
         }
-        Ended::Retry(error) if claimed.attempt < claimed.max_attempts => {
+        // Attempts handed back by a stopping worker do not use up the budget: failures do.
+        Ended::Retry(error) if claimed.failures + 1 < claimed.max_attempts => {
             let delay = ctx
                 .settings
                 .task_retry()
-                .jittered_delay_for(u32::try_from(claimed.attempt + 1).unwrap_or(u32::MAX));
+                .jittered_delay_for(u32::try_from(claimed.failures + 2).unwrap_or(u32::MAX));
             let retried =
                 store::task::retry_later(&ctx.db, claimed.task_id, claimed.attempt, &error, delay)
                     .await?;
@@ -185,8 +189,9 @@ async fn settle(
         }
         Ended::Retry(error) => {
             let error = format!(
-                "{error} (attempt {} of {}: no attempts left)",
-                claimed.attempt, claimed.max_attempts
+                "{error} ({} of {} attempts failed: no attempts left)",
+                claimed.failures + 1,
+                claimed.max_attempts
             );
             let finished = store::task::finish(
                 &ctx.db,
@@ -262,6 +267,9 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
                 claimed.plugin_id, claimed.plugin_version
             ));
         }
+        Err(e) if e.is_transient() => {
+            return Ended::Retry(format!("the plugin could not be looked up: {e}"));
+        }
         Err(e) => return failure(format!("the plugin could not be looked up: {e}")),
     };
     if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
@@ -271,6 +279,11 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
         Some(sa) => {
             match service_account::credentials(&ctx.db, &ctx.cipher, claimed.domain, sa).await {
                 Ok(s) => s,
+                Err(e) if e.is_transient() => {
+                    return Ended::Retry(format!(
+                        "credentials of service account {sa} could not be read: {e}"
+                    ));
+                }
                 Err(e) => {
                     return failure(format!(
                         "credentials of service account {sa} could not be read: {e}"

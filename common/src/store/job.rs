@@ -561,6 +561,8 @@ pub async fn cancel<C: ConnectionTrait + TransactionTrait>(
             return get(db, domain, id).await;
         }
         s if s.is_terminal() => {
+            // On SQLite the transaction holds the database's write lock.
+            txn.rollback().await?;
             return Err(Error::State(format!(
                 "job {id} already ended with {}; only a queued or running job can be canceled",
                 s.as_str()
@@ -657,7 +659,10 @@ pub(crate) async fn announce(db: &impl ConnectionTrait, jobs: &[uuid::Uuid]) -> 
     let counts = counts_of(db, &ended).await?;
     let events: Vec<JobEvent> = rows
         .iter()
-        .map(|j| JobEvent::of(j, counts.get(&j.id).map(|p| p.counts).unwrap_or_default()))
+        .map(|j| {
+            let p = counts.get(&j.id).copied().unwrap_or_default();
+            JobEvent::of(j, p.counts, p.failed)
+        })
         .collect();
     outbox::insert_events(db, &events).await
 }
@@ -775,11 +780,12 @@ pub async fn unconcluded(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Jo
 /// Moves a job's `updated_at` to `$2` unless another transaction holds its row, in PostgreSQL.
 ///
 /// A job's progress is summed from its tasks, and `GET /v1/jobs/events` finds changed jobs by
-/// `updated_at`: each task's claim and each batch it writes touch the job. Those touches must
-/// not wait: a job's tasks run side by side, and waiting on the one row serialized them all
-/// (one job of 3,000 one-resource tasks ran at 90 tasks/s). The holder of the lock touches the
-/// job itself, and the task's end always does (with a wait), so a skipped touch delays what an
-/// event stream shows at most until the next one.
+/// `updated_at`: each task's claim, each batch it writes and its end touch the job. Those
+/// touches must not wait: a job's tasks run side by side, and waiting on the one row serialized
+/// them all (one job of 3,000 one-resource tasks ran at 90 tasks/s). The holder of the lock is
+/// touching the job itself, and the job's own end (which waits for the row) moves it last, so
+/// a skipped touch delays what an event stream shows until the next one. A waiting touch in a
+/// task's end could also deadlock with a cancel, which locks the job's row, then its tasks'.
 pub const TOUCH_PG: &str = "UPDATE jobs SET updated_at = $2 \
     WHERE id = (SELECT id FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED)";
 

@@ -98,8 +98,11 @@ pub async fn list(db: &impl ConnectionTrait, domain: DomainId, job: JobId) -> Re
 pub struct Claimed {
     pub task_id: TaskId,
     pub attempt: i32,
-    /// The task's retry budget: attempts after this one fail the task instead of retrying.
+    /// The task's retry budget: once this many attempts have failed, the task fails.
     pub max_attempts: i32,
+    /// Attempts of the task that failed before this one (those handed back by a stopping
+    /// worker do not count).
+    pub failures: i32,
     pub job_id: JobId,
     pub domain: DomainId,
     pub kind: JobKind,
@@ -186,6 +189,7 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
         task_id: id,
         attempt: task.attempt,
         max_attempts: task.max_attempts,
+        failures: failures_of(&task),
         job_id: j.id.into(),
         domain: j.domain_id.into(),
         kind: j.kind,
@@ -278,13 +282,21 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
     Ok(Finished::Recorded(ended))
 }
 
-/// Hands a running task back to the queue (its worker is stopping), so the redelivered message
-/// can claim it again. Fenced like every other write.
+/// Hands a running task back to the queue (its worker is stopping, or could not record the
+/// outcome), with a new `task.requested` message in the same transaction. The message the task
+/// came with cannot carry it: a stopping worker closes its broker connection first, and the
+/// broker hands that message to another worker, which finds the task still running and drops
+/// it. Fenced like every other write; `false` when the attempt no longer owned the task.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Result<bool> {
-    let res = job_task::Entity::update_many()
+pub async fn release<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    id: TaskId,
+    attempt: i32,
+) -> Result<bool> {
+    let txn = super::begin_write(db).await?;
+    let mut rows = job_task::Entity::update_many()
         .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(
             job_task::Column::LeaseOwner,
@@ -301,9 +313,39 @@ pub async fn release(db: &impl ConnectionTrait, id: TaskId, attempt: i32) -> Res
         .filter(job_task::Column::Id.eq(id.as_uuid()))
         .filter(job_task::Column::Attempt.eq(attempt))
         .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-        .exec(db)
+        .exec_with_returning(&txn)
         .await?;
-    Ok(res.rows_affected == 1)
+    let Some(task) = rows.pop() else {
+        txn.rollback().await?;
+        return Ok(false);
+    };
+    let j = job::Entity::find_by_id(task.job_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::not_found("job", task.job_id))?;
+    outbox::insert(&txn, &next_attempt(&j, id, attempt)).await?;
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// The message that runs a task's next attempt.
+fn next_attempt(j: &job::Model, task: TaskId, attempt: i32) -> Envelope<TaskRequested> {
+    Envelope::new(
+        j.domain_id.into(),
+        j.kind,
+        j.id.into(),
+        Some(task),
+        u32::try_from(attempt + 1).unwrap_or(u32::MAX),
+        TaskRequested {},
+    )
+}
+
+/// How many attempts of a task failed: the length of its `previous_attempts`.
+fn failures_of(t: &job_task::Model) -> i32 {
+    t.previous_attempts
+        .as_ref()
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, |a| i32::try_from(a.len()).unwrap_or(i32::MAX))
 }
 
 /// Extends a running attempt's lease. `false` when the attempt no longer owns the task (a newer
@@ -355,7 +397,7 @@ pub enum Retried {
 /// attempt's error kept in `previous_attempts`, and a `task.requested` message for the next
 /// attempt is queued to be delivered after `delay`, in the same transaction. Whatever the
 /// attempt committed stays; the next attempt collects again over it. The caller checks the
-/// retry budget (`attempt < max_attempts`).
+/// retry budget (`failures + 1 < max_attempts`).
 ///
 /// # Errors
 /// Database errors only.
@@ -373,6 +415,7 @@ pub async fn retry_later<C: ConnectionTrait + TransactionTrait>(
         .one(&txn)
         .await?
     else {
+        txn.rollback().await?;
         return Ok(Retried::Stale);
     };
     let now = Utc::now();
@@ -408,6 +451,7 @@ pub async fn retry_later<C: ConnectionTrait + TransactionTrait>(
         .exec(&txn)
         .await?;
     if res.rows_affected == 0 {
+        txn.rollback().await?;
         return Ok(Retried::Stale);
     }
     let j = job::Entity::find_by_id(current.job_id)
@@ -415,14 +459,7 @@ pub async fn retry_later<C: ConnectionTrait + TransactionTrait>(
         .await?
         .ok_or_else(|| Error::not_found("job", current.job_id))?;
     super::job::touch(&txn, j.id, now.fixed_offset()).await?;
-    let envelope = Envelope::new(
-        j.domain_id.into(),
-        j.kind,
-        j.id.into(),
-        Some(id),
-        u32::try_from(attempt + 1).unwrap_or(u32::MAX),
-        TaskRequested {},
-    );
+    let envelope = next_attempt(&j, id, attempt);
     if delay.is_zero() {
         outbox::insert(&txn, &envelope).await?;
     } else {
@@ -440,6 +477,8 @@ pub struct Expired {
     pub job_id: JobId,
     pub attempt: i32,
     pub max_attempts: i32,
+    /// Attempts that failed before this one.
+    pub failures: i32,
     pub owner: Option<String>,
 }
 
@@ -467,6 +506,7 @@ pub async fn expired_leases(
             job_id: t.job_id.into(),
             attempt: t.attempt,
             max_attempts: t.max_attempts,
+            failures: failures_of(&t),
             owner: t.lease_owner,
         })
         .collect())
