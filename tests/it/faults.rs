@@ -452,7 +452,7 @@ fn worker_process(env: &TestEnv, name: &str) -> anyhow::Result<tokio::process::C
             "GLEANER_WORKER__REAP_INTERVAL",
             s.worker.reap_interval.as_millis().to_string(),
         )
-        .env("GLEANER_WORKER__SHUTDOWN_GRACE", "10")
+        .env("GLEANER_WORKER__SHUTDOWN_GRACE", "2")
         .env("GLEANER_LOG__FORMAT", "text")
         .env("RUST_LOG", "info")
         .stdout(log.try_clone()?)
@@ -644,5 +644,72 @@ async fn a_delayed_message_arrives_once_after_its_delay() -> anyhow::Result<()> 
         assert_eq!(depth(names.delay_queue(tier)).await?, 0, "tier {tier}");
     }
     conn.close(200, "done".into()).await.ok();
+    Ok(())
+}
+
+/// SIGTERM in the middle of a long task: the worker stops the plugin after its grace period,
+/// hands the task back with a new message, and exits 0; another worker then finishes the job,
+/// every resource stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_with_sigterm_hands_its_task_to_another() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            workers: 0,
+            ..quick()
+        },
+    )
+    .await?;
+    let mut a = worker_process(&env, "worker-a")?;
+    let mut b = worker_process(&env, "worker-b")?;
+    // About 6 s at 2 ms a resource, in batches of 2,000: longer than the 2 s grace period.
+    let collector = env
+        .demo_collector(1, json!({"resources": 3_000, "item_delay_ms": 2}))
+        .await?;
+    let job = env.start_collect(&collector).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        let owners = env
+            .json_column("SELECT to_jsonb(lease_owner) FROM job_tasks WHERE status = 'IN_PROGRESS'")
+            .await?;
+        if let Some(owner) = owners.iter().find_map(Value::as_str) {
+            break owner.to_owned();
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (stopping, other) = if owner == "worker-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let pid = stopping.id().context("pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    // The broker hands the task's message to the other worker as soon as the stopping one
+    // closes its connection, while the task still runs: that copy is dropped, and only the
+    // message written with the release carries the task on.
+    let status = tokio::time::timeout(Duration::from_secs(30), stopping.wait())
+        .await
+        .context("no exit within 30 s of SIGTERM")??;
+    assert!(status.success(), "{status}");
+    let ended = env.wait_job_within(&job, Duration::from_secs(60)).await?;
+    assert_eq!(ended["status"], "SUCCESS", "{ended}");
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 3_000);
+    // Handed back, not failed: a second attempt, on the other worker, with no failed one.
+    let tasks = env.get(&format!("/v1/jobs/{job}/tasks")).await?;
+    let task = &tasks.body["items"][0];
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert_eq!(task["previous_attempts"], json!([]), "{task}");
+    other.start_kill()?;
+    other.wait().await?;
+    for name in ["worker-a", "worker-b"] {
+        std::fs::remove_file(std::env::temp_dir().join(format!("{}-{name}.log", env.name))).ok();
+    }
     Ok(())
 }
