@@ -207,6 +207,7 @@ pub async fn run(
     let reaper = tokio::spawn(gleaner_worker::reaper::run(
         db.clone(),
         settings.worker.reap_interval,
+        settings.worker.forgotten_after(),
         signal.clone(),
         shutdown.clone(),
     ));

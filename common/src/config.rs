@@ -177,6 +177,13 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// How long a task may stay QUEUED before the reaper presumes its message lost and sends
+    /// another: twice the longest backoff (its maximum plus 30% jitter), plus a lease.
+    #[must_use]
+    pub fn forgotten_after(&self) -> Duration {
+        self.retry_max_delay.mul_f64(2.6) + self.lease
+    }
+
     /// How the delays between a task's attempts grow.
     #[must_use]
     pub fn task_retry(&self) -> crate::retry::RetryPolicy {

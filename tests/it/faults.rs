@@ -565,7 +565,9 @@ async fn a_job_whose_tasks_all_ended_is_ended_by_the_reaper(mode: Mode) -> anyho
             "UPDATE jobs SET status = 'IN_PROGRESS', finished_at = NULL WHERE id = {id}"
         ))
         .await?;
-    let reaped = gleaner_worker::reaper::pass(&env.db, chrono::Utc::now()).await?;
+    let reaped =
+        gleaner_worker::reaper::pass(&env.db, chrono::Utc::now(), Duration::from_secs(3600))
+            .await?;
     assert_eq!(reaped.concluded, 1, "{reaped:?}");
     let after = env
         .get(&format!("/v1/jobs/{}", job["id"].as_str().context("id")?))
@@ -574,7 +576,9 @@ async fn a_job_whose_tasks_all_ended_is_ended_by_the_reaper(mode: Mode) -> anyho
     assert_eq!(after.body["tasks_done"], 2);
     assert!(after.body["finished_at"].is_string());
     // A second pass finds nothing left to do.
-    let again = gleaner_worker::reaper::pass(&env.db, chrono::Utc::now()).await?;
+    let again =
+        gleaner_worker::reaper::pass(&env.db, chrono::Utc::now(), Duration::from_secs(3600))
+            .await?;
     assert_eq!(again, gleaner_worker::reaper::Reaped::default());
     Ok(())
 }
@@ -711,5 +715,36 @@ async fn a_worker_stopped_with_sigterm_hands_its_task_to_another() -> anyhow::Re
     for name in ["worker-a", "worker-b"] {
         std::fs::remove_file(std::env::temp_dir().join(format!("{}-{name}.log", env.name))).ok();
     }
+    Ok(())
+}
+
+in_both_modes!(a_queued_task_whose_message_was_lost_gets_a_new_one);
+
+/// A task left QUEUED with no message anywhere (lost in a broker failure, say): the reaper
+/// sends a new one, and the task runs.
+async fn a_queued_task_whose_message_was_lost_gets_a_new_one(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 10})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let job_id = job["id"].as_str().context("id")?;
+    let id = env.uuid_sql(job_id)?;
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE job_tasks SET status = 'QUEUED', finished_at = NULL WHERE job_id = {id}"
+        ))
+        .await?;
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE jobs SET status = 'IN_PROGRESS', finished_at = NULL WHERE id = {id}"
+        ))
+        .await?;
+    let at = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let reaped = gleaner_worker::reaper::pass(&env.db, at, Duration::ZERO).await?;
+    assert_eq!(reaped.nudged, 1, "{reaped:?}");
+    let ended = env.wait_job(job_id).await?;
+    assert_eq!(ended["status"], "SUCCESS", "{ended}");
+    let tasks = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
+    assert_eq!(tasks.body["items"][0]["attempt"], 2, "{}", tasks.body);
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct Reaped {
     pub timed_out: usize,
     /// Jobs ended because all their tasks had.
     pub concluded: usize,
+    /// Tasks queued for long with no sign of their message, given a new one.
+    pub nudged: usize,
 }
 
 impl Reaped {
@@ -46,11 +48,16 @@ impl Reaped {
     }
 }
 
-/// One pass at `now`.
+/// One pass at `now`. `forgotten_after` is how long a task may stay QUEUED before its message
+/// is presumed lost and sent again (longer than any retry's backoff).
 ///
 /// # Errors
 /// Database errors; the next pass tries again.
-pub async fn pass(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Reaped, store::Error> {
+pub async fn pass(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    forgotten_after: Duration,
+) -> Result<Reaped, store::Error> {
     let mut reaped = Reaped {
         timed_out: job::expire(db, now, BATCH).await?.len(),
         ..Reaped::default()
@@ -64,6 +71,12 @@ pub async fn pass(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Reaped,
             Ok(None) => {}
             Err(e) => warn!(task_id = %expired.id, error = %e, "reaping the task failed"),
         }
+    }
+    let forgotten =
+        now - chrono::Duration::from_std(forgotten_after).unwrap_or(chrono::Duration::MAX);
+    match task::requeue_forgotten(db, forgotten, BATCH).await {
+        Ok(n) => reaped.nudged = n,
+        Err(e) => warn!(error = %e, "sending forgotten tasks' messages again failed"),
     }
     for id in job::unconcluded(db, BATCH).await? {
         match job::conclude(db, id).await {
@@ -113,6 +126,7 @@ async fn reap_task(db: &DatabaseConnection, t: &Expired) -> Result<Option<bool>,
 pub async fn run(
     db: DatabaseConnection,
     interval: Duration,
+    forgotten_after: Duration,
     signal: Signal,
     token: CancellationToken,
 ) {
@@ -122,7 +136,7 @@ pub async fn run(
             () = token.cancelled() => return,
             () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
         }
-        match pass(&db, Utc::now()).await {
+        match pass(&db, Utc::now(), forgotten_after).await {
             Ok(r) if r.is_empty() => {}
             Ok(r) => {
                 info!(
@@ -130,6 +144,7 @@ pub async fn run(
                     failed = r.failed,
                     timed_out = r.timed_out,
                     concluded = r.concluded,
+                    nudged = r.nudged,
                     "reaper pass"
                 );
                 signal.notify();

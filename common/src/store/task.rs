@@ -541,3 +541,49 @@ pub(crate) async fn end_unfinished(
         .await?;
     Ok(res.rows_affected)
 }
+
+/// Queues a new `task.requested` message for up to `limit` tasks QUEUED since before
+/// `older_than` (their message should have been delivered long ago: one lost in a broker
+/// failure, say), and moves their `updated_at` so the next pass leaves them alone for as long.
+/// A task whose message was only late runs once anyway: the second message finds it claimed.
+/// Returns how many tasks were nudged.
+///
+/// # Errors
+/// Database errors only.
+pub async fn requeue_forgotten<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    older_than: DateTime<Utc>,
+    limit: u64,
+) -> Result<usize> {
+    let stale = job_task::Entity::find()
+        .filter(job_task::Column::Status.eq(JobStatus::Queued))
+        .filter(job_task::Column::UpdatedAt.lt(older_than.fixed_offset()))
+        .limit(limit)
+        .all(db)
+        .await?;
+    let mut nudged = 0;
+    for t in stale {
+        let txn = super::begin_write(db).await?;
+        let now = Utc::now().fixed_offset();
+        // Fenced on the row as read: a claim or another reaper since then wins.
+        let res = job_task::Entity::update_many()
+            .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
+            .filter(job_task::Column::Id.eq(t.id))
+            .filter(job_task::Column::Status.eq(JobStatus::Queued))
+            .filter(job_task::Column::UpdatedAt.eq(t.updated_at))
+            .exec(&txn)
+            .await?;
+        let job = match res.rows_affected {
+            1 => job::Entity::find_by_id(t.job_id).one(&txn).await?,
+            _ => None,
+        };
+        let Some(j) = job else {
+            txn.rollback().await?;
+            continue;
+        };
+        outbox::insert(&txn, &next_attempt(&j, t.id.into(), t.attempt)).await?;
+        txn.commit().await?;
+        nudged += 1;
+    }
+    Ok(nudged)
+}
