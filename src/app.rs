@@ -230,13 +230,12 @@ pub async fn run_worker(
     // The relay outlives the consumer, so tasks finished during the grace period still get
     // their follow-up messages out.
     let relay_stop = CancellationToken::new();
-    let reaper = tokio::spawn(gleaner_worker::reaper::run(
+    let reaper = gleaner_worker::reaper::spawn(
         db.clone(),
-        settings.worker.reap_interval,
-        settings.worker.forgotten_after(),
+        &settings.worker,
         signal.clone(),
         shutdown.clone(),
-    ));
+    );
     let relay = spawn_relay(settings, db, publisher.clone(), signal, relay_stop.clone());
     let consumer_settings = ConsumerSettings {
         amqp_url: settings.amqp_url.clone(),

@@ -204,13 +204,12 @@ pub async fn run(
         grace: settings.worker.shutdown_grace,
     };
     let mut dispatcher = tokio::spawn(local::run(ctx, dispatch, shutdown.clone()));
-    let reaper = tokio::spawn(gleaner_worker::reaper::run(
+    let reaper = gleaner_worker::reaper::spawn(
         db.clone(),
-        settings.worker.reap_interval,
-        settings.worker.forgotten_after(),
+        &settings.worker,
         signal.clone(),
         shutdown.clone(),
-    ));
+    );
     let scheduler = tokio::spawn({
         let (scheduler, signal, shutdown) = (
             app::scheduler(&settings, db.clone()),

@@ -356,21 +356,27 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     }
 }
 
-async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
-    ensure!(
-        args.tasks > 0 && args.workers > 0,
-        "--tasks and --workers must be at least 1"
-    );
+/// A fresh name, and settings that put a run's schema and queues under it.
+fn isolated(database_url: &str, amqp_url: &str) -> anyhow::Result<(String, Settings)> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let name = format!("bench_{now}_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut settings = Settings {
-        database_url: args.database_url.clone(),
-        amqp_url: args.amqp_url.clone(),
+        database_url: database_url.to_owned(),
+        amqp_url: amqp_url.to_owned(),
         secret_key: Some(SecretKey::generate().to_hex()),
         ..Settings::default()
     };
     settings.database.schema = Some(name.clone());
     settings.amqp.prefix = name.clone();
+    Ok((name, settings))
+}
+
+async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.tasks > 0 && args.workers > 0,
+        "--tasks and --workers must be at least 1"
+    );
+    let (name, mut settings) = isolated(&args.database_url, &args.amqp_url)?;
     if let Some(c) = args.concurrency {
         settings.worker.concurrency = c;
     }
@@ -524,16 +530,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         args.resources.is_multiple_of(args.accounts),
         "--resources must be a multiple of --accounts"
     );
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let name = format!("bench_{now}_{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let mut settings = Settings {
-        database_url: args.database_url.clone(),
-        amqp_url: args.amqp_url.clone(),
-        secret_key: Some(SecretKey::generate().to_hex()),
-        ..Settings::default()
-    };
-    settings.database.schema = Some(name.clone());
-    settings.amqp.prefix = name.clone();
+    let (name, mut settings) = isolated(&args.database_url, &args.amqp_url)?;
     if let Some(b) = args.batch_size {
         settings.worker.batch_size = b;
     }

@@ -121,6 +121,23 @@ async fn reap_task(db: &DatabaseConnection, t: &Expired) -> Result<Option<bool>,
     Ok(Some(false))
 }
 
+/// Spawns [`run`] with a worker's settings.
+#[must_use]
+pub fn spawn(
+    db: DatabaseConnection,
+    settings: &gleaner_common::config::WorkerSettings,
+    signal: Signal,
+    token: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(
+        db,
+        settings.reap_interval,
+        settings.forgotten_after(),
+        signal,
+        token,
+    ))
+}
+
 /// Runs passes every `interval` (with jitter, so the reapers of a fleet spread out) until
 /// `token` is cancelled. Wakes `signal` when a pass queued messages.
 pub async fn run(
