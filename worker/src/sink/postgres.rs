@@ -82,6 +82,23 @@ SELECT count(*) FILTER (WHERE kind = 'CREATED') AS created,
        count(*) FILTER (WHERE kind = 'UPDATED') AS updated
 FROM changes";
 
+/// Batches up to this many rows, when no other collector shares the provider, skip the staging
+/// table: [`UPSERT`] reads them from arrays bound to the statement instead. For a task of a few
+/// resources the staging table's set-up and the COPY exchange were most of the batch's time
+/// (a one-row batch: 73 ms of staging against 23 ms of upsert on a loaded machine).
+const ARRAY_BATCH: usize = 64;
+
+/// The rows of a batch as arrays, in [`UPSERT`]'s staging table's place: `$7`–`$13`.
+const FROM_ARRAYS: &str = "FROM (SELECT u.id, u.resource_type, u.resource_key, u.name, u.region,
+        u.data::jsonb AS data, u.content_hash
+    FROM unnest($7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+        $13::int8[]) AS u(id, resource_type, resource_key, name, region, data, content_hash)) s";
+
+/// [`UPSERT`] over bound arrays.
+static UPSERT_ARRAYS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    UPSERT.replacen("FROM gleaner_stage_resources s", FROM_ARRAYS, 1)
+});
+
 /// Staged rows whose resource another collector owns, or several do. `$1` domain, `$2`
 /// provider, `$3` collector. LATERAL keeps the planner on one unique-index probe per staged row.
 const CONTESTED: &str = "
@@ -146,7 +163,31 @@ impl ResourceSink for PgSink {
             ..Counts::default()
         };
         let mut contested = Vec::new();
-        if !batch.is_empty() {
+        if !batch.is_empty() && !scope.shared && batch.len() <= ARRAY_BATCH {
+            let rows = Arrays::of(batch)?;
+            let row = sqlx::query(UPSERT_ARRAYS.as_str())
+                .bind(scope.domain.as_uuid())
+                .bind(&scope.provider)
+                .bind(scope.project_id.map(|p| p.as_uuid()))
+                .bind(scope.service_account_id.map(|s| s.as_uuid()))
+                .bind(scope.collector_id.map(|c| c.as_uuid()))
+                .bind(scope.job_id.as_uuid())
+                .bind(&rows.ids)
+                .bind(&rows.types)
+                .bind(&rows.keys)
+                .bind(&rows.names)
+                .bind(&rows.regions)
+                .bind(&rows.data)
+                .bind(&rows.hashes)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+            counts.created = row.get("created");
+            counts.updated = row.get("updated");
+            counts.unchanged = i64::try_from(batch.len()).unwrap_or(i64::MAX)
+                - counts.created
+                - counts.updated;
+        } else if !batch.is_empty() {
             sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
             let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
             sink.send(copy).await.map_err(db)?;
@@ -217,6 +258,57 @@ impl ResourceSink for PgSink {
         tx.commit().await.map_err(db)?;
         Ok(Written::Committed { counts, contested })
     }
+}
+
+/// A small batch as the arrays [`FROM_ARRAYS`] reads.
+struct Arrays {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    keys: Vec<String>,
+    names: Vec<Option<String>>,
+    regions: Vec<Option<String>>,
+    data: Vec<String>,
+    hashes: Vec<i64>,
+}
+
+impl Arrays {
+    fn of(batch: &[ResourceItem]) -> Result<Self, SinkError> {
+        let n = batch.len();
+        let mut a = Arrays {
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            regions: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+        };
+        for item in batch {
+            let json = json_of(item)?;
+            a.ids.push(Uuid::now_v7());
+            a.types.push(item.resource_type.clone());
+            a.keys.push(item.resource_key.clone());
+            a.names.push(item.name.clone());
+            a.regions.push(item.region.clone());
+            a.hashes.push(content_hash(item, &json));
+            a.data
+                .push(String::from_utf8(json).map_err(|_| SinkError::NotAnObject {
+                    key: item.resource_key.clone(),
+                })?);
+        }
+        Ok(a)
+    }
+}
+
+/// An item's data as JSON text; it must be an object.
+fn json_of(item: &ResourceItem) -> Result<Vec<u8>, SinkError> {
+    let not_an_object = || SinkError::NotAnObject {
+        key: item.resource_key.clone(),
+    };
+    if !item.data.is_object() {
+        return Err(not_an_object());
+    }
+    serde_json::to_vec(&item.data).map_err(|_| not_an_object())
 }
 
 /// Encodes a batch for [`COPY_STAGE`].
