@@ -134,8 +134,8 @@ pub enum ClaimPolicy {
 ///
 /// # Errors
 /// Database errors only.
-pub async fn claim<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+pub async fn claim(
+    db: &impl ConnectionTrait,
     id: TaskId,
     owner: &str,
     lease: Duration,
@@ -145,7 +145,8 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
         ClaimPolicy::Queued => vec![JobStatus::Queued],
         ClaimPolicy::TakeOverRunning => vec![JobStatus::Queued, JobStatus::InProgress],
     };
-    let txn = super::begin_write(db).await?;
+    // No transaction: the claim is the one update, atomic by itself; what follows only reads,
+    // and a transaction around it cost two round trips of every task.
     let now = Utc::now();
     let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
     let mut rows = job_task::Entity::update_many()
@@ -169,22 +170,21 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
         .col_expr(job_task::Column::Error, Expr::value(Option::<String>::None))
         .filter(job_task::Column::Id.eq(id.as_uuid()))
         .filter(job_task::Column::Status.is_in(claimable))
-        .exec_with_returning(&txn)
+        .exec_with_returning(db)
         .await?;
     let Some(task) = rows.pop() else {
         return Ok(None);
     };
     // A new attempt clears the task's counts, which the job's sum shows: the job changed.
-    super::job::touch(&txn, task.job_id, now.fixed_offset()).await?;
+    super::job::touch(db, task.job_id, now.fixed_offset()).await?;
     let j = job::Entity::find_by_id(task.job_id)
-        .one(&txn)
+        .one(db)
         .await?
         .ok_or_else(|| Error::not_found("job", task.job_id))?;
     let account = match task.service_account_id {
-        Some(sa) => service_account::Entity::find_by_id(sa).one(&txn).await?,
+        Some(sa) => service_account::Entity::find_by_id(sa).one(db).await?,
         None => None,
     };
-    txn.commit().await?;
     Ok(Some(Claimed {
         task_id: id,
         attempt: task.attempt,
@@ -256,6 +256,7 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
         .exec_with_returning(&txn)
         .await?;
     let Some(task) = rows.pop() else {
+        txn.rollback().await?;
         return Ok(Finished::Stale);
     };
     if outcome.status == JobStatus::Success

@@ -95,9 +95,8 @@ const FROM_ARRAYS: &str = "FROM (SELECT u.id, u.resource_type, u.resource_key, u
         $13::int8[]) AS u(id, resource_type, resource_key, name, region, data, content_hash)) s";
 
 /// [`UPSERT`] over bound arrays.
-static UPSERT_ARRAYS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    UPSERT.replacen("FROM gleaner_stage_resources s", FROM_ARRAYS, 1)
-});
+static UPSERT_ARRAYS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| UPSERT.replacen("FROM gleaner_stage_resources s", FROM_ARRAYS, 1));
 
 /// Staged rows whose resource another collector owns, or several do. `$1` domain, `$2`
 /// provider, `$3` collector. LATERAL keeps the planner on one unique-index probe per staged row.
@@ -184,9 +183,8 @@ impl ResourceSink for PgSink {
                 .map_err(db)?;
             counts.created = row.get("created");
             counts.updated = row.get("updated");
-            counts.unchanged = i64::try_from(batch.len()).unwrap_or(i64::MAX)
-                - counts.created
-                - counts.updated;
+            counts.unchanged =
+                i64::try_from(batch.len()).unwrap_or(i64::MAX) - counts.created - counts.updated;
         } else if !batch.is_empty() {
             sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
             let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
