@@ -21,6 +21,34 @@ use crate::envelope::{Envelope, TaskRequested};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
 use crate::model::{Counts, JobKind, JobStatus, TaskStatus};
 
+/// The clauses every write of a task's row shares.
+trait TaskUpdate {
+    /// The attempt no longer runs: nobody holds the task's lease.
+    fn without_lease(self) -> Self;
+    /// Only while `attempt` owns the task: a newer attempt, or a task that ended (canceled,
+    /// timed out), makes the write match nothing.
+    fn fenced(self, id: TaskId, attempt: i32) -> Self;
+}
+
+impl TaskUpdate for sea_orm::UpdateMany<job_task::Entity> {
+    fn without_lease(self) -> Self {
+        self.col_expr(
+            job_task::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
+        )
+    }
+
+    fn fenced(self, id: TaskId, attempt: i32) -> Self {
+        self.filter(job_task::Column::Id.eq(id.as_uuid()))
+            .filter(job_task::Column::Attempt.eq(attempt))
+            .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+    }
+}
+
 /// A task as the API shows it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Task {
@@ -242,17 +270,8 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
         .col_expr(job_task::Column::Stderr, Expr::value(outcome.stderr))
         .col_expr(job_task::Column::FinishedAt, Expr::value(now))
         .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
-        .col_expr(
-            job_task::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            job_task::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None.map(|t| t.fixed_offset())),
-        )
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Attempt.eq(attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .without_lease()
+        .fenced(id, attempt)
         .exec_with_returning(&txn)
         .await?;
     let Some(task) = rows.pop() else {
@@ -299,21 +318,12 @@ pub async fn release<C: ConnectionTrait + TransactionTrait>(
     let txn = super::begin_write(db).await?;
     let mut rows = job_task::Entity::update_many()
         .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
-        .col_expr(
-            job_task::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            job_task::Column::LeaseExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
-        )
+        .without_lease()
         .col_expr(
             job_task::Column::UpdatedAt,
             Expr::value(Utc::now().fixed_offset()),
         )
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Attempt.eq(attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .fenced(id, attempt)
         .exec_with_returning(&txn)
         .await?;
     let Some(task) = rows.pop() else {
@@ -366,9 +376,7 @@ pub async fn heartbeat(
             job_task::Column::LeaseExpiresAt,
             Expr::value(expires.fixed_offset()),
         )
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Attempt.eq(attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .fenced(id, attempt)
         .exec(db)
         .await?;
     Ok(res.rows_affected == 1)
@@ -437,18 +445,9 @@ pub async fn retry_later<C: ConnectionTrait + TransactionTrait>(
         .col_expr(job_task::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(job_task::Column::Error, Expr::value(error))
         .col_expr(job_task::Column::PreviousAttempts, Expr::value(history))
-        .col_expr(
-            job_task::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            job_task::Column::LeaseExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
-        )
+        .without_lease()
         .col_expr(job_task::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
-        .filter(job_task::Column::Attempt.eq(attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .fenced(id, attempt)
         .exec(&txn)
         .await?;
     if res.rows_affected == 0 {
@@ -528,14 +527,7 @@ pub(crate) async fn end_unfinished(
         .col_expr(job_task::Column::Error, Expr::value(reason))
         .col_expr(job_task::Column::FinishedAt, Expr::value(now))
         .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
-        .col_expr(
-            job_task::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            job_task::Column::LeaseExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::FixedOffset>>::None),
-        )
+        .without_lease()
         .filter(job_task::Column::JobId.eq(job))
         .filter(job_task::Column::Status.is_in([JobStatus::Queued, JobStatus::InProgress]))
         .exec(db)
