@@ -18,9 +18,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::entity::job;
-use crate::id::{CollectorId, DomainId, JobId, MessageId, ScheduleId};
-use crate::model::{Counts, JobKind, JobStatus, Trigger};
+use crate::id::{DomainId, MessageId};
+use crate::model::JobStatus;
+use crate::store::job::Job;
 
 /// The body of a job event.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -35,28 +35,8 @@ pub struct JobEvent {
     pub event_id: MessageId,
     pub occurred_at: DateTime<Utc>,
     pub domain_id: DomainId,
-    pub job: JobSnapshot,
-}
-
-/// The job as it is after the change.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct JobSnapshot {
-    pub id: JobId,
-    pub kind: JobKind,
-    pub status: JobStatus,
-    pub collector_id: Option<CollectorId>,
-    pub plugin_id: String,
-    pub plugin_version: String,
-    pub trigger: Trigger,
-    pub schedule_id: Option<ScheduleId>,
-    pub tasks_total: i32,
-    pub tasks_failed: i32,
-    /// Summed over the tasks; zero until the job ends.
-    pub counts: Counts,
-    pub error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
+    /// The job after the change, as `GET /v1/jobs/{id}` shows it.
+    pub job: Job,
 }
 
 /// The event type announcing that a job reached `status`.
@@ -72,33 +52,16 @@ pub const fn event_type(status: JobStatus) -> &'static str {
 }
 
 impl JobEvent {
-    /// The event announcing the job's current status, with its tasks' summed counts and how
-    /// many of them ended otherwise than SUCCESS.
+    /// The event announcing the job's current status.
     #[must_use]
-    pub fn of(m: &job::Model, counts: Counts, tasks_failed: i32) -> Self {
+    pub fn of(domain_id: DomainId, job: Job) -> Self {
         Self {
-            event_type: event_type(m.status),
+            event_type: event_type(job.status),
             schema_version: 1,
             event_id: MessageId::new(),
             occurred_at: Utc::now(),
-            domain_id: m.domain_id.into(),
-            job: JobSnapshot {
-                id: m.id.into(),
-                kind: m.kind,
-                status: m.status,
-                collector_id: m.collector_id.map(Into::into),
-                plugin_id: m.plugin_id.clone(),
-                plugin_version: m.plugin_version.clone(),
-                trigger: m.trigger,
-                schedule_id: m.schedule_id.map(Into::into),
-                tasks_total: m.tasks_total,
-                tasks_failed,
-                counts,
-                error: m.error.clone(),
-                created_at: m.created_at.to_utc(),
-                started_at: m.started_at.map(|t| t.to_utc()),
-                finished_at: m.finished_at.map(|t| t.to_utc()),
-            },
+            domain_id,
+            job,
         }
     }
 }

@@ -639,7 +639,7 @@ pub async fn expire<C: ConnectionTrait + TransactionTrait>(
 }
 
 /// Queues the event announcing the current status of each of `jobs` (call in the transaction
-/// that changed it). Ended jobs carry their tasks' summed counts.
+/// that changed it), with the job as the API shows it.
 ///
 /// # Errors
 /// Database errors only.
@@ -658,10 +658,11 @@ pub(crate) async fn announce(db: &impl ConnectionTrait, jobs: &[uuid::Uuid]) -> 
         .collect();
     let counts = counts_of(db, &ended).await?;
     let events: Vec<JobEvent> = rows
-        .iter()
+        .into_iter()
         .map(|j| {
+            // A job that has not ended has done nothing yet when its event is written.
             let p = counts.get(&j.id).copied().unwrap_or_default();
-            JobEvent::of(j, p.counts, p.failed)
+            JobEvent::of(j.domain_id.into(), view(j, p))
         })
         .collect();
     outbox::insert_events(db, &events).await
