@@ -25,25 +25,55 @@ pub const EVENTS: &str = "events";
 /// # Errors
 /// Database errors only.
 pub async fn insert_events(db: &impl ConnectionTrait, events: &[JobEvent]) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut rows = Vec::with_capacity(events.len());
-    for event in events {
-        let body = serde_json::to_string(event).map_err(|e| Error::Corrupt(e.to_string()))?;
-        rows.push(outbox::ActiveModel {
+    let rows = events.iter().map(|event| {
+        let head = Head {
+            domain_id: event.domain_id.as_uuid(),
+            message_id: event.event_id.as_uuid(),
+            routing_key: event.event_type.to_owned(),
+            not_before: None,
+            destination: EVENTS,
+        };
+        head.row(event)
+    });
+    write(db, rows).await
+}
+
+/// What an outbox row says besides its body.
+struct Head {
+    domain_id: uuid::Uuid,
+    message_id: uuid::Uuid,
+    routing_key: String,
+    not_before: Option<DateTime<Utc>>,
+    destination: &'static str,
+}
+
+impl Head {
+    fn row(self, body: &impl Serialize) -> Result<outbox::ActiveModel> {
+        let body = serde_json::to_string(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+        Ok(outbox::ActiveModel {
             id: NotSet,
-            domain_id: Set(event.domain_id.into()),
-            message_id: Set(event.event_id.into()),
-            routing_key: Set(event.event_type.to_owned()),
+            domain_id: Set(self.domain_id),
+            message_id: Set(self.message_id),
+            routing_key: Set(self.routing_key),
             body: Set(body),
             publish_attempts: Set(0),
             last_error: Set(None),
             created_at: Set(Utc::now().fixed_offset()),
             dead_at: Set(None),
-            not_before: Set(None),
-            destination: Set(EVENTS.to_owned()),
-        });
+            not_before: Set(self.not_before.map(|t| t.fixed_offset())),
+            destination: Set(self.destination.to_owned()),
+        })
+    }
+}
+
+/// Inserts the rows in one statement (none: nothing).
+async fn write(
+    db: &impl ConnectionTrait,
+    rows: impl Iterator<Item = Result<outbox::ActiveModel>>,
+) -> Result<()> {
+    let rows = rows.collect::<Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        return Ok(());
     }
     outbox::Entity::insert_many(rows)
         .exec_without_returning(db)
@@ -90,27 +120,17 @@ async fn insert_rows<P: Message + Serialize>(
     envelopes: &[Envelope<P>],
     not_before: Option<DateTime<Utc>>,
 ) -> Result<()> {
-    let mut rows = Vec::with_capacity(envelopes.len());
-    for envelope in envelopes {
-        let body = serde_json::to_string(envelope).map_err(|e| Error::Corrupt(e.to_string()))?;
-        rows.push(outbox::ActiveModel {
-            id: NotSet,
-            domain_id: Set(envelope.domain_id.into()),
-            message_id: Set(envelope.message_id.into()),
-            routing_key: Set(envelope.routing_key()),
-            body: Set(body),
-            publish_attempts: Set(0),
-            last_error: Set(None),
-            created_at: Set(Utc::now().fixed_offset()),
-            dead_at: Set(None),
-            not_before: Set(not_before.map(|t| t.fixed_offset())),
-            destination: Set(WORK.to_owned()),
-        });
-    }
-    outbox::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
+    let rows = envelopes.iter().map(|envelope| {
+        let head = Head {
+            domain_id: envelope.domain_id.as_uuid(),
+            message_id: envelope.message_id.as_uuid(),
+            routing_key: envelope.routing_key(),
+            not_before,
+            destination: WORK,
+        };
+        head.row(envelope)
+    });
+    write(db, rows).await
 }
 
 /// An outbox row ready to publish.
