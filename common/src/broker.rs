@@ -361,6 +361,28 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
     Ok(())
 }
 
+/// Waits for the confirm of a publish on a channel in confirm mode: `Ok` once the broker has
+/// taken responsibility for the message (acked, and, if `mandatory`, routed to a queue).
+///
+/// # Errors
+/// The publish or its confirm failed or did not come within 30 s, the broker nacked it, or a
+/// mandatory message was returned unroutable.
+pub async fn confirmed(
+    confirm: lapin::Result<lapin::PublisherConfirm>,
+    routing_key: &str,
+) -> Result<(), PublishError> {
+    let pending = confirm.map_err(|e| PublishError::Connection(e.to_string()))?;
+    match tokio::time::timeout(Duration::from_secs(30), pending).await {
+        Err(_) => Err(PublishError::Connection("no confirm within 30 s".into())),
+        Ok(Err(e)) => Err(PublishError::Connection(e.to_string())),
+        Ok(Ok(c)) if c.is_nack() => Err(PublishError::Nacked),
+        Ok(Ok(c)) => match c.take_message() {
+            Some(_) => Err(PublishError::Unroutable(routing_key.to_owned())),
+            None => Ok(()),
+        },
+    }
+}
+
 /// Publishes to RabbitMQ with publisher confirms and `mandatory`, reconnecting on demand.
 pub struct AmqpPublisher {
     url: String,
@@ -494,18 +516,7 @@ impl Publisher for AmqpPublisher {
         let mut results = Vec::with_capacity(batch.len());
         let mut broken = false;
         for (msg, confirm) in batch.iter().zip(confirms) {
-            let result = match confirm {
-                Err(e) => Err(PublishError::Connection(e.to_string())),
-                Ok(pending) => match tokio::time::timeout(Duration::from_secs(30), pending).await {
-                    Err(_) => Err(PublishError::Connection("no confirm within 30 s".into())),
-                    Ok(Err(e)) => Err(PublishError::Connection(e.to_string())),
-                    Ok(Ok(c)) if c.is_nack() => Err(PublishError::Nacked),
-                    Ok(Ok(c)) => match c.take_message() {
-                        Some(_) => Err(PublishError::Unroutable(msg.routing_key.clone())),
-                        None => Ok(()),
-                    },
-                },
-            };
+            let result = confirmed(confirm, &msg.routing_key).await;
             broken |= matches!(result, Err(PublishError::Connection(_)));
             results.push(result);
         }

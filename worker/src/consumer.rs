@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::SelectAll;
-use gleaner_common::broker::{self, Names};
+use gleaner_common::broker::{self, Names, PublishError};
 use gleaner_common::model::JobKind;
 use gleaner_common::retry::RetryPolicy;
 use lapin::message::Delivery;
@@ -266,42 +266,13 @@ fn with_header(delivery: &Delivery, name: &str, value: AMQPValue) -> BasicProper
     delivery.properties.clone().with_headers(headers)
 }
 
-/// Why publishing a copy of a delivery failed.
-#[derive(Debug, thiserror::Error)]
-enum CopyError {
-    #[error("RabbitMQ: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("the broker refused the copy (nack)")]
-    Nacked,
-    #[error("no queue took the copy: it was returned")]
-    Unroutable,
-}
-
-async fn confirmed(confirm: lapin::PublisherConfirm) -> Result<(), CopyError> {
-    let c = tokio::time::timeout(Duration::from_secs(30), confirm)
-        .await
-        .map_err(|_| {
-            CopyError::Amqp(lapin::Error::from(std::io::Error::other(
-                "no confirm within 30 s",
-            )))
-        })??;
-    if !c.is_ack() {
-        return Err(CopyError::Nacked);
-    }
-    // A mandatory copy that no queue took comes back with the confirm.
-    if c.take_message().is_some() {
-        return Err(CopyError::Unroutable);
-    }
-    Ok(())
-}
-
 /// Publishes the delivery to the dead-letter exchange with its reason, and waits for the confirm.
 async fn dead_letter(
     publish: &Channel,
     names: &Names,
     delivery: &Delivery,
     reason: &str,
-) -> Result<(), CopyError> {
+) -> Result<(), PublishError> {
     let props = with_header(
         delivery,
         broker::REASON_HEADER,
@@ -315,8 +286,8 @@ async fn dead_letter(
             &delivery.data,
             props,
         )
-        .await?;
-    confirmed(confirm).await
+        .await;
+    broker::confirmed(confirm, delivery.routing_key.as_str()).await
 }
 
 /// Publishes the delivery again through a delay queue, counting the retry, and waits for the
@@ -327,7 +298,7 @@ async fn retry_later(
     delivery: &Delivery,
     retries: u32,
     delay: Duration,
-) -> Result<(), CopyError> {
+) -> Result<(), PublishError> {
     let props = with_header(delivery, RETRIES_HEADER, AMQPValue::LongUInt(retries));
     let confirm = broker::publish_delayed(
         publish,
@@ -337,6 +308,6 @@ async fn retry_later(
         props,
         delay,
     )
-    .await?;
-    confirmed(confirm).await
+    .await;
+    broker::confirmed(confirm, delivery.routing_key.as_str()).await
 }
