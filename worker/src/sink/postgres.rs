@@ -144,7 +144,14 @@ impl ResourceSink for PgSink {
         failed: i64,
     ) -> Result<Written, SinkError> {
         let started = std::time::Instant::now();
-        let copy = encode(batch)?;
+        // Encoded before the transaction begins, which stays as short as the writes.
+        let staged = if batch.is_empty() {
+            Staged::Nothing
+        } else if !scope.shared && batch.len() <= ARRAY_BATCH {
+            Staged::Arrays(Arrays::of(batch)?)
+        } else {
+            Staged::Copy(encode(batch)?)
+        };
         let encoded = started.elapsed();
         let db = |e: sqlx::Error| SinkError::Db(e.to_string());
         let mut tx = self.pool.begin().await.map_err(db)?;
@@ -162,74 +169,64 @@ impl ResourceSink for PgSink {
             ..Counts::default()
         };
         let mut contested = Vec::new();
-        if !batch.is_empty() && !scope.shared && batch.len() <= ARRAY_BATCH {
-            let rows = Arrays::of(batch)?;
-            let row = sqlx::query(UPSERT_ARRAYS.as_str())
-                .bind(scope.domain.as_uuid())
-                .bind(&scope.provider)
-                .bind(scope.project_id.map(|p| p.as_uuid()))
-                .bind(scope.service_account_id.map(|s| s.as_uuid()))
-                .bind(scope.collector_id.map(|c| c.as_uuid()))
-                .bind(scope.job_id.as_uuid())
-                .bind(&rows.ids)
-                .bind(&rows.types)
-                .bind(&rows.keys)
-                .bind(&rows.names)
-                .bind(&rows.regions)
-                .bind(&rows.data)
-                .bind(&rows.hashes)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-            counts.created = row.get("created");
-            counts.updated = row.get("updated");
-            counts.unchanged =
-                i64::try_from(batch.len()).unwrap_or(i64::MAX) - counts.created - counts.updated;
-        } else if !batch.is_empty() {
-            sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
-            let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
-            sink.send(copy).await.map_err(db)?;
-            sink.finish().await.map_err(db)?;
-            if scope.shared {
-                let rows = sqlx::query(CONTESTED)
-                    .bind(scope.domain.as_uuid())
-                    .bind(&scope.provider)
-                    .bind(scope.collector_id.map(|c| c.as_uuid()))
-                    .fetch_all(&mut *tx)
+        let merged = match staged {
+            Staged::Nothing => None,
+            Staged::Arrays(rows) => Some(
+                bind_scope(sqlx::query(UPSERT_ARRAYS.as_str()), scope)
+                    .bind(&rows.ids)
+                    .bind(&rows.types)
+                    .bind(&rows.keys)
+                    .bind(&rows.names)
+                    .bind(&rows.regions)
+                    .bind(&rows.data)
+                    .bind(&rows.hashes)
+                    .fetch_one(&mut *tx)
                     .await
-                    .map_err(db)?;
-                if !rows.is_empty() {
-                    let (types, keys): (Vec<String>, Vec<String>) = rows
-                        .iter()
-                        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
-                        .unzip();
-                    sqlx::query(UNSTAGE)
-                        .bind(&types)
-                        .bind(&keys)
-                        .execute(&mut *tx)
+                    .map_err(db)?,
+            ),
+            Staged::Copy(copy) => {
+                sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
+                let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
+                sink.send(copy).await.map_err(db)?;
+                sink.finish().await.map_err(db)?;
+                if scope.shared {
+                    let rows = sqlx::query(CONTESTED)
+                        .bind(scope.domain.as_uuid())
+                        .bind(&scope.provider)
+                        .bind(scope.collector_id.map(|c| c.as_uuid()))
+                        .fetch_all(&mut *tx)
                         .await
                         .map_err(db)?;
-                    contested = indexes_of(batch, types.into_iter().zip(keys));
+                    if !rows.is_empty() {
+                        let (types, keys): (Vec<String>, Vec<String>) = rows
+                            .iter()
+                            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+                            .unzip();
+                        sqlx::query(UNSTAGE)
+                            .bind(&types)
+                            .bind(&keys)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                        contested = indexes_of(batch, types.into_iter().zip(keys));
+                    }
                 }
+                let copied = started.elapsed();
+                let row = bind_scope(sqlx::query(UPSERT), scope)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tracing::debug!(
+                    rows = batch.len(),
+                    encode_ms = encoded.as_millis(),
+                    copy_ms = (copied - encoded).as_millis(),
+                    upsert_ms = (started.elapsed() - copied).as_millis(),
+                    "batch staged and merged"
+                );
+                Some(row)
             }
-            let copied = started.elapsed();
-            let row = sqlx::query(UPSERT)
-                .bind(scope.domain.as_uuid())
-                .bind(&scope.provider)
-                .bind(scope.project_id.map(|p| p.as_uuid()))
-                .bind(scope.service_account_id.map(|s| s.as_uuid()))
-                .bind(scope.collector_id.map(|c| c.as_uuid()))
-                .bind(scope.job_id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-            tracing::debug!(
-                rows = batch.len(),
-                encode_ms = encoded.as_millis(),
-                copy_ms = (copied - encoded).as_millis(),
-                upsert_ms = (started.elapsed() - copied).as_millis(),
-                "batch staged and merged"
-            );
+        };
+        if let Some(row) = merged {
             counts.created = row.get("created");
             counts.updated = row.get("updated");
             counts.unchanged = i64::try_from(batch.len() - contested.len()).unwrap_or(i64::MAX)
@@ -258,6 +255,28 @@ impl ResourceSink for PgSink {
     }
 }
 
+/// A batch, encoded for the way it is written.
+enum Staged {
+    Nothing,
+    /// Small, and no other collector's resources to pick out: bound to [`UPSERT_ARRAYS`].
+    Arrays(Arrays),
+    /// For [`COPY_STAGE`], then [`UPSERT`] from the staging table.
+    Copy(Vec<u8>),
+}
+
+/// Binds `$1`–`$6` of [`UPSERT`]: where the batch's resources belong.
+fn bind_scope<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    scope: &Scope,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(scope.domain.as_uuid())
+        .bind(scope.provider.clone())
+        .bind(scope.project_id.map(|p| p.as_uuid()))
+        .bind(scope.service_account_id.map(|s| s.as_uuid()))
+        .bind(scope.collector_id.map(|c| c.as_uuid()))
+        .bind(scope.job_id.as_uuid())
+}
+
 /// A small batch as the arrays [`FROM_ARRAYS`] reads.
 struct Arrays {
     ids: Vec<Uuid>,
@@ -282,7 +301,8 @@ impl Arrays {
             hashes: Vec::with_capacity(n),
         };
         for item in batch {
-            let json = json_of(item)?;
+            let mut json = Vec::new();
+            json_into(item, &mut json)?;
             a.ids.push(Uuid::now_v7());
             a.types.push(item.resource_type.clone());
             a.keys.push(item.resource_key.clone());
@@ -298,15 +318,15 @@ impl Arrays {
     }
 }
 
-/// An item's data as JSON text; it must be an object.
-fn json_of(item: &ResourceItem) -> Result<Vec<u8>, SinkError> {
+/// Writes an item's data as JSON text to `out`; it must be an object.
+fn json_into(item: &ResourceItem, out: &mut Vec<u8>) -> Result<(), SinkError> {
     let not_an_object = || SinkError::NotAnObject {
         key: item.resource_key.clone(),
     };
     if !item.data.is_object() {
         return Err(not_an_object());
     }
-    serde_json::to_vec(&item.data).map_err(|_| not_an_object())
+    serde_json::to_writer(out, &item.data).map_err(|_| not_an_object())
 }
 
 /// Encodes a batch for [`COPY_STAGE`].
@@ -314,15 +334,8 @@ fn encode(batch: &[ResourceItem]) -> Result<Vec<u8>, SinkError> {
     let mut out = BinaryCopy::with_capacity(batch.len() * 700);
     let mut json = Vec::with_capacity(1024);
     for item in batch {
-        if !item.data.is_object() {
-            return Err(SinkError::NotAnObject {
-                key: item.resource_key.clone(),
-            });
-        }
         json.clear();
-        serde_json::to_writer(&mut json, &item.data).map_err(|_| SinkError::NotAnObject {
-            key: item.resource_key.clone(),
-        })?;
+        json_into(item, &mut json)?;
         out.row(7);
         out.uuid(Uuid::now_v7());
         out.text(&item.resource_type);
