@@ -407,20 +407,7 @@ async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_ready(&http, &base, &mut children).await?;
-    let estate = demo_estate(
-        &http,
-        &base,
-        &IngestArgs {
-            mode: Mode::Distributed,
-            resources: args.tasks,
-            accounts: args.tasks,
-            batch_size: None,
-            database_url: args.database_url.clone(),
-            amqp_url: args.amqp_url.clone(),
-            keep: false,
-        },
-    )
-    .await?;
+    let estate = demo_estate(&http, &base, args.tasks, args.tasks).await?;
     let clients = args.workers * settings.worker.concurrency;
     println!(
         "tasks: one job of {} tasks (one resource each), {} worker processes × {} concurrent tasks",
@@ -565,7 +552,7 @@ async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     wait_ready(&http, &base, &mut children).await?;
 
-    let estate = demo_estate(&http, &base, args).await?;
+    let estate = demo_estate(&http, &base, args.resources, args.accounts).await?;
 
     println!(
         "ingest: {} demo resources over {} service accounts, worker batch {}",
@@ -599,7 +586,7 @@ async fn measure_standalone(
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_ready(&http, &base, &mut children).await?;
-    let estate = demo_estate(&http, &base, args).await?;
+    let estate = demo_estate(&http, &base, args.resources, args.accounts).await?;
     println!(
         "ingest (standalone, SQLite): {} demo resources over {} service accounts, worker batch {}",
         args.resources, args.accounts, settings.worker.batch_size
@@ -628,16 +615,17 @@ struct Estate {
     collector: String,
 }
 
-/// A project, `--accounts` demo service accounts and a demo collector.
+/// A project, `accounts` demo service accounts and a demo collector of `resources` in all.
 async fn demo_estate(
     http: &reqwest::Client,
     base: &str,
-    args: &IngestArgs,
+    resources: u64,
+    accounts: u64,
 ) -> anyhow::Result<Estate> {
-    let per_account = args.resources / args.accounts;
+    let per_account = resources / accounts;
     let project = post(http, base, "/v1/projects", json!({"name": "bench"})).await?;
-    let mut accounts = Vec::new();
-    for i in 0..args.accounts {
+    let mut ids = Vec::new();
+    for i in 0..accounts {
         let sa = post(
             http,
             base,
@@ -646,7 +634,7 @@ async fn demo_estate(
                    "project_id": project["id"], "credentials": {}}),
         )
         .await?;
-        accounts.push(sa["id"].as_str().context("service account id")?.to_owned());
+        ids.push(sa["id"].as_str().context("service account id")?.to_owned());
     }
     let options = json!({"resources": per_account, "seed": 7});
     let collector = post(
@@ -658,7 +646,7 @@ async fn demo_estate(
     .await?;
     Ok(Estate {
         project: Uuid::parse_str(project["id"].as_str().context("project id")?)?,
-        accounts,
+        accounts: ids,
         options,
         collector: collector["id"].as_str().context("collector id")?.to_owned(),
     })
