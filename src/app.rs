@@ -167,8 +167,12 @@ pub fn worker_context(
     claim: ClaimPolicy,
     locks: Arc<dyn Locks>,
 ) -> anyhow::Result<Arc<Context>> {
-    Ok(Arc::new(
-        Context::new(
+    let costs = (db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
+        Arc::new(gleaner_worker::sink::costs::PgCostSink::new(
+            db.get_postgres_connection_pool().clone(),
+        )) as Arc<dyn gleaner_worker::sink::costs::CostSink>
+    });
+    let ctx = Context::new(
             db,
             Cipher::new(&settings.secret_key()?),
             Registry::builtin().with_private_dir(settings.plugins.dir.clone()),
@@ -177,8 +181,11 @@ pub fn worker_context(
             signal,
         )
         .with_claim(claim)
-        .with_locks(locks),
-    ))
+        .with_locks(locks);
+    Ok(Arc::new(match costs {
+        Some(sink) => ctx.with_costs(sink),
+        None => ctx,
+    }))
 }
 
 /// The scheduler over `db`, with the catalog of the built-in plugins (private ones are found

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use gleaner_common::billing::{Month, Window};
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
 use gleaner_common::model::{
     CollectorState, Invalid, JobStatus, JobTimeout, Name, Priority, Trigger,
@@ -21,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, ApiQuery, Tenant, id_list, page_limit, parse_id};
+use crate::extract::{ApiJson, ApiQuery, OptionalJson, Tenant, id_list, page_limit, parse_id};
 use crate::problem::{self, ApiError, ApiResult, Problem};
 use crate::service_account::ServiceAccountList;
 
@@ -460,12 +461,46 @@ struct Accepted {
     status: JobStatus,
 }
 
+/// What to collect; every field is optional, and so is the body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CollectRequest {
+    /// Billing collectors: the first month to import (`YYYY-MM`), for a backfill. With
+    /// `end_month`, the window is those months; alone, it runs to the current month. Without
+    /// either, the previous and the current month.
+    #[schema(value_type = Option<String>, example = "2024-01")]
+    start_month: Option<Month>,
+    /// Billing collectors: the last month to import (`YYYY-MM`), included.
+    #[schema(value_type = Option<String>, example = "2024-09")]
+    end_month: Option<Month>,
+}
+
+impl CollectRequest {
+    fn window(&self) -> Result<Option<Window>, ApiError> {
+        let (start, end) = match (self.start_month, self.end_month) {
+            (None, None) => return Ok(None),
+            (Some(s), e) => (s, e.unwrap_or_else(Month::current)),
+            (None, Some(_)) => {
+                return Err(Invalid::new("start_month", "is required with end_month").into());
+            }
+        };
+        Window::new(start, end)
+            .map(Some)
+            .map_err(|e| Invalid::new("end_month", e.to_string()).into())
+    }
+}
+
 /// Queues a collection now: 202 with the job id; the job's progress is at `/v1/jobs/{id}`.
+/// A billing collector's job replaces the costs of each month of its window, per billing
+/// account.
 #[utoipa::path(
     post, path = "/v1/collectors/{id}/collect", operation_id = "collect", tag = "collectors",
     params(("id" = CollectorId, Path, description = "The collector's id")),
+    request_body(content = Option<CollectRequest>, description = "Optional: the months of a billing backfill"),
     responses(
         (status = 202, description = "The job is queued", body = Accepted),
+        (status = 400, description = "A bad month window, or one given to an inventory collector",
+            body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No collector with that id",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 409, description = "The collector is disabled",
@@ -476,9 +511,20 @@ async fn collect(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<CollectRequest>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let id = parse_id("collector", &id)?;
-    let job = job::enqueue(&state.db, &state.catalog, domain, id, Trigger::Manual, None).await?;
+    let window = body.unwrap_or_default().window()?;
+    let job = job::enqueue(
+        &state.db,
+        &state.catalog,
+        domain,
+        id,
+        Trigger::Manual,
+        None,
+        window,
+    )
+    .await?;
     state.signal.notify();
     Ok((
         StatusCode::ACCEPTED,

@@ -50,6 +50,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON body that may be left out: `None` for an empty body.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| ApiError::new(Code::MalformedBody, e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let ApiJson(value) = ApiJson::from_request(req, state).await?;
+        Ok(Self(Some(value)))
+    }
+}
+
 fn body_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = e.inner();
     if inner.is_syntax() || inner.is_eof() {

@@ -8,6 +8,7 @@
 //! - [`config`], [`telemetry`], [`retry`], [`crypto`], [`db`], [`provider`], [`plugin`].
 //! - [`metrics`]: the Prometheus recorder and the names and helpers of every metric.
 
+pub mod billing;
 pub mod broker;
 pub mod calendar;
 pub mod config;

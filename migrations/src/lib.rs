@@ -11,6 +11,7 @@ mod m20261123_000004_resource_sources;
 mod m20261123_000005_job_changes;
 mod m20261123_000006_schedules;
 mod m20261123_000007_delivery;
+mod m20261201_000008_billing;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_job_changes::Migration),
             Box::new(m20261123_000006_schedules::Migration),
             Box::new(m20261123_000007_delivery::Migration),
+            Box::new(m20261201_000008_billing::Migration),
         ]
     }
 }

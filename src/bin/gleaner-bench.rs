@@ -704,6 +704,7 @@ fn demo_rows(
                     task_id: TaskId::new(),
                     attempt: 1,
                     service_account_id: Some(ServiceAccountId::from_uuid(sa)),
+                    month: None,
                 },
                 cancel: CancellationToken::new(),
                 diagnostics: plugin::Diagnostics::default(),

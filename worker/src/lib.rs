@@ -54,6 +54,8 @@ pub struct Context {
     /// One collection per collector and service account at a time: Redis locks when workers
     /// are distributed, in-process ones otherwise.
     pub locks: Arc<dyn Locks>,
+    /// Where billing tasks write costs; `None` fails them, saying why.
+    pub costs: Option<Arc<dyn sink::costs::CostSink>>,
 }
 
 impl Context {
@@ -79,7 +81,15 @@ impl Context {
             db_retry: RetryPolicy::default(),
             claim: ClaimPolicy::Queued,
             locks: Arc::new(LocalLocks::default()),
+            costs: None,
         }
+    }
+
+    /// The same context, writing billing tasks' costs to `sink`.
+    #[must_use]
+    pub fn with_costs(mut self, sink: Arc<dyn sink::costs::CostSink>) -> Self {
+        self.costs = Some(sink);
+        self
     }
 
     /// The same context with other collection locks.

@@ -1,8 +1,11 @@
-//! Planning a job: one task per service account linked to the job's plugin.
+//! Planning a job: one task per service account linked to the job's plugin; for billing, one
+//! per service account and month of the job's window (by default the previous month and the
+//! current one).
 
+use gleaner_common::billing::Window;
 use gleaner_common::id::JobId;
-use gleaner_common::model::JobStatus;
-use gleaner_common::store::job::{self, Planned};
+use gleaner_common::model::{JobKind, JobStatus};
+use gleaner_common::store::job::{self, Planned, Unit};
 use gleaner_common::store::{self, service_account};
 use tracing::info;
 
@@ -55,8 +58,27 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
             ),
         ),
     };
+    let window = (input.kind == JobKind::Billing).then(|| input.window.unwrap_or_else(Window::recent));
+    let units: Vec<Unit> = match window {
+        Some(w) => accounts
+            .iter()
+            .flat_map(|&account| {
+                w.months().map(move |m| Unit {
+                    account,
+                    month: Some(m),
+                })
+            })
+            .collect(),
+        None => accounts
+            .iter()
+            .map(|&account| Unit {
+                account,
+                month: None,
+            })
+            .collect(),
+    };
     let attempts = i32::from(ctx.settings.task_attempts.max(1));
-    let planned = job::plan(&ctx.db, &input, &accounts, attempts, &reason).await?;
+    let planned = job::plan(&ctx.db, &input, &units, window, attempts, &reason).await?;
     if let Planned::Tasks(tasks) = &planned {
         info!(job_id = %job_id, tasks = tasks.len(), "job planned");
         ctx.signal.notify();

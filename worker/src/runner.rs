@@ -13,10 +13,12 @@
 //! out), the plugin is stopped and nothing more is written.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use gleaner_common::billing::Month;
 use gleaner_common::lock::{Held, LockError, collection_key};
-use gleaner_common::model::{Counts, JobStatus};
+use gleaner_common::model::{Counts, JobKind, JobStatus};
 use gleaner_common::store::merge::{Reported, Reporter};
 use gleaner_common::store::resource::{self, Sweep};
 use gleaner_common::store::task::{Claimed, Finished, Outcome};
@@ -27,8 +29,10 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::Context;
 use crate::plugin::{
-    CollectRequest, Diagnostics, Item, ItemError, PluginError, ResourceItem, TaskInfo,
+    CollectRequest, CostItem, Diagnostics, Item, ItemError, Plugin, PluginError, ResourceItem,
+    TaskInfo,
 };
+use crate::sink::costs::{CostLoad, CostScope};
 use crate::sink::{Scope, SinkError, Written};
 use gleaner_common::external::redact;
 
@@ -94,7 +98,11 @@ pub async fn run(
         // beside the next collection of the same collector and account.
         let ended = match collection_lock(ctx, &claimed, &halt).await {
             Ok(Some(held)) => {
-                let ended = collect(ctx, &claimed, &halt, &held).await;
+                let ended = if claimed.kind == JobKind::Billing {
+                    collect_costs(ctx, &claimed, &halt, &held).await
+                } else {
+                    collect(ctx, &claimed, &halt, &held).await
+                };
                 Some((ended, held))
             }
             Ok(None) => None,
@@ -247,7 +255,11 @@ fn failure(error: impl Into<String>) -> Ended {
     Ended::Done(Box::new(failure_outcome(error)), None)
 }
 
-async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, lock: &Held) -> Ended {
+/// The plugin to run and the decrypted credentials, or how the run ends before it starts.
+async fn prepare(
+    ctx: &Context,
+    claimed: &Claimed,
+) -> Result<(Arc<dyn Plugin>, serde_json::Map<String, serde_json::Value>), Ended> {
     let resolved = ctx
         .db_retry
         .run("find the plugin", store::Error::is_transient, || {
@@ -262,36 +274,126 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
     let plugin = match resolved {
         Ok(Some(p)) => p,
         Ok(None) => {
-            return failure(format!(
+            return Err(failure(format!(
                 "plugin `{}` version {} is not in the catalog",
                 claimed.plugin_id, claimed.plugin_version
-            ));
+            )));
         }
         Err(e) if e.is_transient() => {
-            return Ended::Retry(format!("the plugin could not be looked up: {e}"));
+            return Err(Ended::Retry(format!(
+                "the plugin could not be looked up: {e}"
+            )));
         }
-        Err(e) => return failure(format!("the plugin could not be looked up: {e}")),
+        Err(e) => return Err(failure(format!("the plugin could not be looked up: {e}"))),
     };
     if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
-        return failure(e.detail);
+        return Err(failure(e.detail));
     }
     let secret = match claimed.service_account_id {
         Some(sa) => {
             match service_account::credentials(&ctx.db, &ctx.cipher, claimed.domain, sa).await {
                 Ok(s) => s,
                 Err(e) if e.is_transient() => {
-                    return Ended::Retry(format!(
+                    return Err(Ended::Retry(format!(
                         "credentials of service account {sa} could not be read: {e}"
-                    ));
+                    )));
                 }
                 Err(e) => {
-                    return failure(format!(
+                    return Err(failure(format!(
                         "credentials of service account {sa} could not be read: {e}"
-                    ));
+                    )));
                 }
             }
         }
         None => serde_json::Map::new(),
+    };
+    Ok((plugin, secret))
+}
+
+/// A plugin running for a task, streaming into `rx`.
+struct Running {
+    producer: tokio::task::JoinHandle<Result<(), PluginError>>,
+    cancel: CancellationToken,
+    watcher: tokio::task::JoinHandle<()>,
+    diagnostics: Diagnostics,
+}
+
+impl Running {
+    /// Starts the plugin; it stops when `stop` is cancelled or the collection lock is lost.
+    fn start(
+        ctx: &Context,
+        claimed: &Claimed,
+        plugin: Arc<dyn Plugin>,
+        secret: serde_json::Map<String, serde_json::Value>,
+        stop: &CancellationToken,
+        lock: &Held,
+    ) -> (Self, mpsc::Receiver<Item>) {
+        let cancel = stop.child_token();
+        // A lock lost while held (expired in Redis) stops the plugin: another collection may run.
+        let lost = lock.lost().clone();
+        let stop_on_loss = cancel.clone();
+        let watcher = tokio::spawn(async move {
+            lost.cancelled().await;
+            stop_on_loss.cancel();
+        });
+        let diagnostics = Diagnostics::default();
+        let request = CollectRequest {
+            version: claimed.plugin_version.clone(),
+            options: claimed.options.clone(),
+            secret,
+            task: TaskInfo {
+                domain: claimed.domain,
+                job_id: claimed.job_id,
+                task_id: claimed.task_id,
+                attempt: claimed.attempt,
+                service_account_id: claimed.service_account_id,
+                month: claimed.month,
+            },
+            cancel: cancel.clone(),
+            diagnostics: diagnostics.clone(),
+        };
+        // Room for a whole batch, so the plugin produces the next batch while this one is
+        // written instead of waiting for the database; memory stays bounded at about two
+        // batches.
+        let (tx, rx) = crate::plugin::channel(ctx.settings.batch_size.clamp(1, 20_000));
+        let plugin_span =
+            info_span!("plugin", name = %plugin.info().id, version = %claimed.plugin_version);
+        let producer =
+            tokio::spawn(async move { plugin.collect(request, tx).await }.instrument(plugin_span));
+        let running = Self {
+            producer,
+            cancel,
+            watcher,
+            diagnostics,
+        };
+        (running, rx)
+    }
+
+    /// Stops the plugin (whatever ended the writing, the plugin must stop too) and returns
+    /// how it ended.
+    async fn stop(self) -> (Result<(), PluginError>, Diagnostics) {
+        self.cancel.cancel();
+        let result = match self.producer.await {
+            Ok(r) => r,
+            Err(e) => Err(PluginError::Permanent(format!("the plugin panicked: {e}"))),
+        };
+        self.watcher.abort();
+        (result, self.diagnostics)
+    }
+}
+
+/// The stderr a plugin left, redacted, if any.
+fn stderr_of(diagnostics: &Diagnostics, secrets: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    diagnostics
+        .take()
+        .filter(|s| !s.is_empty())
+        .map(|s| redact(&s, secrets))
+}
+
+async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, lock: &Held) -> Ended {
+    let (plugin, secret) = match prepare(ctx, claimed).await {
+        Ok(p) => p,
+        Err(ended) => return ended,
     };
     let scope = Scope {
         domain: claimed.domain,
@@ -307,46 +409,10 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
         attempt: claimed.attempt,
         shared: false,
     };
-    let cancel = stop.child_token();
-    // A lock lost while held (expired in Redis) stops the plugin: another collection may run.
-    let lost = lock.lost().clone();
-    let stop_on_loss = cancel.clone();
-    let watcher = tokio::spawn(async move {
-        lost.cancelled().await;
-        stop_on_loss.cancel();
-    });
-    let diagnostics = Diagnostics::default();
     let secrets = secret.clone();
-    let request = CollectRequest {
-        version: claimed.plugin_version.clone(),
-        options: claimed.options.clone(),
-        secret,
-        task: TaskInfo {
-            domain: claimed.domain,
-            job_id: claimed.job_id,
-            task_id: claimed.task_id,
-            attempt: claimed.attempt,
-            service_account_id: claimed.service_account_id,
-        },
-        cancel: cancel.clone(),
-        diagnostics: diagnostics.clone(),
-    };
-    // Room for a whole batch, so the plugin produces the next batch while this one is written
-    // instead of waiting for the database; memory stays bounded at about two batches.
-    let (tx, rx) = crate::plugin::channel(ctx.settings.batch_size.clamp(1, 20_000));
-    let plugin_span =
-        info_span!("plugin", name = %plugin.info().id, version = %claimed.plugin_version);
-    let producer =
-        tokio::spawn(async move { plugin.collect(request, tx).await }.instrument(plugin_span));
-
+    let (running, rx) = Running::start(ctx, claimed, plugin, secret, stop, lock);
     let written = consume(ctx, &scope, rx).await;
-    // Whatever ended the writing, the plugin must stop too.
-    cancel.cancel();
-    let plugin_result = match producer.await {
-        Ok(r) => r,
-        Err(e) => Err(PluginError::Permanent(format!("the plugin panicked: {e}"))),
-    };
-    watcher.abort();
+    let (plugin_result, diagnostics) = running.stop().await;
     if stop.is_cancelled() {
         return Ended::Released;
     }
@@ -404,13 +470,182 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
             status,
             sweep: None,
             error: error.map(|e| redact(&e, &secrets)),
-            stderr: diagnostics
-                .take()
-                .filter(|s| !s.is_empty())
-                .map(|s| redact(&s, &secrets)),
+            stderr: stderr_of(&diagnostics, &secrets),
         }),
         sweep,
     )
+}
+
+/// Cost records per COPY of a load.
+const COST_BATCH: usize = 10_000;
+
+/// A billing task: replaces the month's costs of the service account with what the plugin
+/// reports, in one transaction committed only when the plugin finished.
+async fn collect_costs(
+    ctx: &Context,
+    claimed: &Claimed,
+    stop: &CancellationToken,
+    lock: &Held,
+) -> Ended {
+    let (Some(month), Some(service_account_id)) = (claimed.month, claimed.service_account_id)
+    else {
+        return failure("a billing task needs a service account and a month");
+    };
+    if claimed.project_id.is_none() {
+        return failure(format!(
+            "service account {service_account_id} has no project: billing data is totalled per project, so set its project_id first"
+        ));
+    }
+    let Some(sink) = ctx.costs.clone() else {
+        return failure(
+            "billing data is stored in PostgreSQL only for now: run Gleaner in the distributed mode",
+        );
+    };
+    let (plugin, secret) = match prepare(ctx, claimed).await {
+        Ok(p) => p,
+        Err(ended) => return ended,
+    };
+    let scope = CostScope {
+        domain: claimed.domain,
+        service_account_id,
+        job_id: claimed.job_id,
+        task_id: claimed.task_id,
+        attempt: claimed.attempt,
+        month,
+    };
+    let load = ctx
+        .db_retry
+        .run("begin the cost load", SinkError::is_transient, || {
+            sink.begin(&scope)
+        })
+        .await;
+    let mut load = match load {
+        Ok(l) => l,
+        Err(e) if e.is_transient() => return Ended::Retry(format!("writing costs failed: {e}")),
+        Err(e) => return failure(format!("writing costs failed: {e}")),
+    };
+    let secrets = secret.clone();
+    let (running, rx) = Running::start(ctx, claimed, plugin, secret, stop, lock);
+    let loaded = load_costs(load.as_mut(), month, rx).await;
+    let (plugin_result, diagnostics) = running.stop().await;
+    if stop.is_cancelled() {
+        return Ended::Released;
+    }
+    let summary = match loaded {
+        Ok(s) => s,
+        // The whole month is loaded again by the next attempt: the transaction is gone.
+        Err(e) if e.is_transient() => return Ended::Retry(format!("writing costs failed: {e}")),
+        Err(e) => return failure(format!("writing costs failed: {e}")),
+    };
+    match plugin_result {
+        Ok(()) => {}
+        Err(PluginError::Transient(e)) => {
+            return Ended::Retry(redact(
+                &format!("plugin failed transiently; the month's costs are unchanged: {e}"),
+                &secrets,
+            ));
+        }
+        Err(e) => {
+            return Ended::Done(
+                Box::new(Outcome {
+                    status: JobStatus::Failure,
+                    error: Some(redact(
+                        &format!(
+                            "plugin failed after {} records; the month's costs are unchanged: {e}",
+                            summary.counts.created
+                        ),
+                        &secrets,
+                    )),
+                    stderr: stderr_of(&diagnostics, &secrets),
+                    sweep: None,
+                }),
+                None,
+            );
+        }
+    }
+    if lock.lost().is_cancelled() {
+        return failure(
+            "the collection lock expired while the import ran (Redis unreachable?); stopped so that two imports do not overlap",
+        );
+    }
+    let committed = load.commit(summary.counts.failed).await;
+    let counts = match committed {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ended::Stale,
+        Err(e) if e.is_transient() => return Ended::Retry(format!("writing costs failed: {e}")),
+        Err(e) => return failure(format!("writing costs failed: {e}")),
+    };
+    info!(%month, records = counts.created, replaced = counts.deleted, malformed = counts.failed, "month of costs replaced");
+    // Malformed records are reported, not a failure: the rest of the month is in, and the
+    // next run replaces the month again once the export is fixed.
+    let error = (counts.failed > 0).then(|| {
+        Summary {
+            counts,
+            errors: summary.errors,
+            seen: HashSet::new(),
+        }
+        .item_error_message()
+    });
+    Ended::Done(
+        Box::new(Outcome {
+            status: JobStatus::Success,
+            error: error.map(|e| redact(&e, &secrets)),
+            stderr: stderr_of(&diagnostics, &secrets),
+            sweep: None,
+        }),
+        None,
+    )
+}
+
+/// Copies the plugin's records into the load in batches; a record of another month, or a
+/// resource, counts as malformed.
+async fn load_costs(
+    load: &mut dyn CostLoad,
+    month: Month,
+    mut rx: mpsc::Receiver<Item>,
+) -> Result<Summary, SinkError> {
+    let mut summary = Summary::default();
+    let mut batch: Vec<CostItem> = Vec::with_capacity(COST_BATCH);
+    let reject = |summary: &mut Summary, message: String| {
+        summary.counts.failed += 1;
+        if summary.errors.len() < KEPT_ITEM_ERRORS {
+            summary.errors.push(ItemError {
+                resource_type: None,
+                resource_key: None,
+                message,
+            });
+        }
+    };
+    while let Some(item) = rx.recv().await {
+        match item {
+            Item::Cost(c) if Month::of(c.charge_period_start.date_naive()) == month => {
+                batch.push(*c);
+                if batch.len() >= COST_BATCH {
+                    load.write(&batch).await?;
+                    summary.counts.created += i64::try_from(batch.len()).unwrap_or(i64::MAX);
+                    batch.clear();
+                }
+            }
+            Item::Cost(c) => reject(
+                &mut summary,
+                format!(
+                    "a record charged on {} is outside the task's month {month}",
+                    c.charge_period_start.date_naive()
+                ),
+            ),
+            Item::Error(e) => reject(&mut summary, e.message),
+            Item::Resource(r) => reject(
+                &mut summary,
+                format!(
+                    "{}/{}: a cost data source reported a resource",
+                    r.resource_type, r.resource_key
+                ),
+            ),
+        }
+    }
+    load.write(&batch).await?;
+    summary.counts.created += i64::try_from(batch.len()).unwrap_or(i64::MAX);
+    Ok(summary)
 }
 
 /// What the writer saw.
@@ -476,6 +711,16 @@ async fn consume(
                 pending_failed += 1;
                 if summary.errors.len() < KEPT_ITEM_ERRORS {
                     summary.errors.push(e);
+                }
+            }
+            Item::Cost(_) => {
+                pending_failed += 1;
+                if summary.errors.len() < KEPT_ITEM_ERRORS {
+                    summary.errors.push(ItemError {
+                        resource_type: None,
+                        resource_key: None,
+                        message: "a collector reported a cost record; cost data sources run in billing jobs".into(),
+                    });
                 }
             }
         }

@@ -26,6 +26,9 @@ pub struct Model {
     pub finished_at: Option<DateTimeWithTimeZone>,
     /// When the job fails with reason "timeout" if it has not ended.
     pub deadline_at: Option<DateTimeWithTimeZone>,
+    /// Billing: the first and last month the job covers (first days of months).
+    pub window_start: Option<Date>,
+    pub window_end: Option<Date>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

@@ -11,6 +11,8 @@ pub struct Model {
     pub domain_id: Uuid,
     pub job_id: Uuid,
     pub service_account_id: Option<Uuid>,
+    /// Billing: the month the task replaces (its first day).
+    pub month: Option<Date>,
     pub status: TaskStatus,
     pub attempt: i32,
     pub max_attempts: i32,

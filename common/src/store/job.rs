@@ -16,6 +16,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Error, Result, collector as collector_store, outbox};
+use crate::billing::{Month, Window};
 use crate::entity::{collector, job, job_task};
 use crate::envelope::{Envelope, JobRequested, TaskRequested};
 use crate::events::JobEvent;
@@ -50,6 +51,9 @@ pub struct Job {
     /// `job_timeout_seconds` after it was accepted).
     pub deadline_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
+    /// Billing: the months the job covers (each a task per billing account); null for
+    /// inventory, and for a billing job not planned yet that was given no window.
+    pub window: Option<Window>,
 }
 
 /// What a job's tasks did so far, summed.
@@ -88,7 +92,15 @@ fn view(m: job::Model, p: Progress) -> Job {
         duration_ms: started
             .zip(finished)
             .map(|(s, f)| (f - s).num_milliseconds()),
+        window: window_of(m.window_start, m.window_end),
     }
+}
+
+fn window_of(start: Option<chrono::NaiveDate>, end: Option<chrono::NaiveDate>) -> Option<Window> {
+    Some(Window {
+        start: Month::of(start?),
+        end: Month::of(end?),
+    })
 }
 
 /// A QUEUED job of collector `c` and its `job.requested` message, to write together.
@@ -127,6 +139,8 @@ pub(crate) fn new_job(
         deadline_at: Set(Some(
             now + chrono::Duration::seconds(i64::from(c.job_timeout_seconds)),
         )),
+        window_start: Set(None),
+        window_end: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -149,6 +163,7 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     collector_id: CollectorId,
     trigger: Trigger,
     fire: Option<(ScheduleId, DateTime<Utc>)>,
+    window: Option<Window>,
 ) -> Result<Job> {
     let txn = super::begin_write(db).await?;
     let c = collector_store::find(&txn, domain, collector_id).await?;
@@ -166,8 +181,22 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
                 c.plugin_id, c.name
             ))
         })?;
+    if window.is_some() && plugin.kind.job_kind() != JobKind::Billing {
+        return Err(Error::Invalid(vec![crate::model::Invalid::new(
+            "start_month",
+            format!(
+                "a month window is for billing collectors; plugin `{}` is a {}",
+                plugin.id,
+                plugin.kind.as_str()
+            ),
+        )]));
+    }
     let id = JobId::new();
-    let (row, envelope) = new_job(domain, id, &c, &plugin, trigger, fire);
+    let (mut row, envelope) = new_job(domain, id, &c, &plugin, trigger, fire);
+    if let Some(w) = window {
+        row.window_start = Set(Some(w.start.first_day()));
+        row.window_end = Set(Some(w.end.first_day()));
+    }
     let inserted = job::Entity::insert(row).exec_with_returning(&txn).await?;
     outbox::insert(&txn, &envelope).await?;
     announce(&txn, &[inserted.id]).await?;
@@ -417,6 +446,15 @@ pub struct PlanInput {
     pub plugin_id: String,
     pub plugin_version: String,
     pub options: Value,
+    /// The months asked for (billing), if any.
+    pub window: Option<Window>,
+}
+
+/// One task to plan: a service account, and for billing the month it replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unit {
+    pub account: ServiceAccountId,
+    pub month: Option<Month>,
 }
 
 /// Loads a job for planning.
@@ -436,6 +474,7 @@ pub async fn plan_input(db: &impl ConnectionTrait, id: JobId) -> Result<PlanInpu
         plugin_id: m.plugin_id,
         plugin_version: m.plugin_version,
         options: m.options,
+        window: window_of(m.window_start, m.window_end),
     })
 }
 
@@ -448,7 +487,8 @@ pub enum Planned {
     AlreadyPlanned,
 }
 
-/// Splits a QUEUED job into one task per service account, writing the tasks, their
+/// Splits a QUEUED job into one task per unit (service account, and month for billing, whose
+/// `window` is recorded on the job), writing the tasks, their
 /// `task.requested` messages and the job's new state in one transaction. With no accounts the
 /// job fails at once with `no_accounts_reason`, instead of succeeding having collected nothing.
 ///
@@ -457,7 +497,8 @@ pub enum Planned {
 pub async fn plan<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     input: &PlanInput,
-    accounts: &[ServiceAccountId],
+    accounts: &[Unit],
+    window: Option<Window>,
     max_attempts: i32,
     no_accounts_reason: &str,
 ) -> Result<Planned> {
@@ -470,6 +511,11 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
         )
         .col_expr(job::Column::StartedAt, Expr::value(now))
         .col_expr(job::Column::UpdatedAt, Expr::value(now));
+    if let Some(w) = window {
+        update = update
+            .col_expr(job::Column::WindowStart, Expr::value(w.start.first_day()))
+            .col_expr(job::Column::WindowEnd, Expr::value(w.end.first_day()));
+    }
     update = if accounts.is_empty() {
         update
             .col_expr(job::Column::Status, Expr::value(JobStatus::Failure))
@@ -489,13 +535,14 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
         return Ok(Planned::AlreadyPlanned);
     }
     let mut ids = Vec::with_capacity(accounts.len());
-    for account in accounts {
+    for unit in accounts {
         let id = TaskId::new();
         job_task::Entity::insert(job_task::ActiveModel {
             id: Set(id.into()),
             domain_id: Set(input.domain.into()),
             job_id: Set(input.id.into()),
-            service_account_id: Set(Some(account.as_uuid())),
+            service_account_id: Set(Some(unit.account.as_uuid())),
+            month: Set(unit.month.map(Month::first_day)),
             status: Set(JobStatus::Queued),
             attempt: Set(0),
             max_attempts: Set(max_attempts),

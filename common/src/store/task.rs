@@ -16,6 +16,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Error, Result, outbox};
+use crate::billing::Month;
 use crate::entity::{job, job_task, service_account};
 use crate::envelope::{Envelope, TaskRequested};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
@@ -55,6 +56,8 @@ pub struct Task {
     pub id: TaskId,
     pub job_id: JobId,
     pub service_account_id: Option<ServiceAccountId>,
+    /// Billing: the month whose costs the task replaces.
+    pub month: Option<Month>,
     pub status: TaskStatus,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -77,6 +80,7 @@ impl From<job_task::Model> for Task {
             id: m.id.into(),
             job_id: m.job_id.into(),
             service_account_id: m.service_account_id.map(Into::into),
+            month: m.month.map(Month::of),
             status: m.status,
             attempt: m.attempt,
             max_attempts: m.max_attempts,
@@ -141,6 +145,8 @@ pub struct Claimed {
     pub service_account_id: Option<ServiceAccountId>,
     pub provider: Option<String>,
     pub project_id: Option<ProjectId>,
+    /// Billing: the month whose costs the task replaces.
+    pub month: Option<Month>,
 }
 
 /// Which tasks a delivery of a task's message may claim.
@@ -228,6 +234,7 @@ pub async fn claim(
         service_account_id: task.service_account_id.map(Into::into),
         provider: account.as_ref().map(|a| a.provider.clone()),
         project_id: account.and_then(|a| a.project_id).map(Into::into),
+        month: task.month.map(Month::of),
     }))
 }
 

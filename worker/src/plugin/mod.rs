@@ -8,16 +8,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gleaner_common::billing::Month;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo};
 use gleaner_common::store;
 use sea_orm::ConnectionTrait;
+use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod demo;
+pub mod demo_billing;
 pub mod external;
+pub mod focus;
 
 /// One resource reported by a collector plugin. Its match key is (provider, `resource_type`,
 /// `resource_key`): the same key from two runs or two collectors is the same resource.
@@ -39,10 +44,43 @@ pub struct ItemError {
     pub message: String,
 }
 
+/// One cost record reported by a cost data source plugin: a row of a FOCUS export, in
+/// FOCUS's terms. Amounts are exact decimals in `currency`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CostItem {
+    /// When the cost was incurred (inclusive); its month must be the task's.
+    pub charge_period_start: DateTime<Utc>,
+    /// Exclusive.
+    pub charge_period_end: Option<DateTime<Utc>>,
+    /// The invoice month, which can differ from the charge month.
+    pub billing_period_start: Option<DateTime<Utc>>,
+    /// The cloud that charged it (FOCUS `ProviderName`: AWS, Microsoft, ...).
+    pub provider: String,
+    pub billing_account_id: String,
+    pub billing_account_name: Option<String>,
+    pub sub_account_id: Option<String>,
+    pub sub_account_name: Option<String>,
+    pub service_name: Option<String>,
+    pub service_category: Option<String>,
+    pub region_id: Option<String>,
+    pub resource_id: Option<String>,
+    pub charge_category: Option<String>,
+    pub currency: String,
+    pub billed_cost: Decimal,
+    pub effective_cost: Decimal,
+    pub list_cost: Decimal,
+    pub consumed_quantity: Option<Decimal>,
+    pub consumed_unit: Option<String>,
+    pub pricing_quantity: Option<Decimal>,
+    pub pricing_unit: Option<String>,
+    pub tags: Option<Map<String, Value>>,
+}
+
 /// What a plugin emits.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     Resource(ResourceItem),
+    Cost(Box<CostItem>),
     Error(ItemError),
 }
 
@@ -72,6 +110,14 @@ impl ItemSender {
     pub async fn send(&self, item: Item) -> Result<(), PluginError> {
         self.0.send(item).await.map_err(|_| PluginError::Stopped)
     }
+
+    /// [`ItemSender::send`] from a blocking thread (a plugin reading files).
+    ///
+    /// # Errors
+    /// [`PluginError::Stopped`] when the worker no longer reads: the plugin must return.
+    pub fn blocking_send(&self, item: Item) -> Result<(), PluginError> {
+        self.0.blocking_send(item).map_err(|_| PluginError::Stopped)
+    }
 }
 
 /// A bounded item channel; `capacity` items may wait between the plugin and the writer.
@@ -89,6 +135,8 @@ pub struct TaskInfo {
     pub task_id: TaskId,
     pub attempt: i32,
     pub service_account_id: Option<ServiceAccountId>,
+    /// Billing: the month whose costs to report (rows charged in other months are not wanted).
+    pub month: Option<Month>,
 }
 
 /// Everything a plugin gets for one collection.
@@ -165,6 +213,8 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Self::default();
         r.add(Arc::new(demo::Demo::new()));
+        r.add(Arc::new(demo_billing::DemoBilling::new()));
+        r.add(Arc::new(focus::Focus::new()));
         r
     }
 

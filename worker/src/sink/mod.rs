@@ -10,6 +10,7 @@ use gleaner_common::store::resource;
 
 use crate::plugin::ResourceItem;
 
+pub mod costs;
 pub mod postgres;
 pub mod sqlite;
 

@@ -1,0 +1,153 @@
+//! Billing: cost rows, their rollups, and the month windows of billing jobs.
+//! - `jobs.window_start`, `jobs.window_end`: the months a billing job covers (first days of
+//!   months, both inclusive); null for inventory jobs, and for billing jobs planned with the
+//!   default window (the current and the previous month, fixed when the job is planned).
+//! - `job_tasks.month`: the month a billing task replaces (first day); null for inventory.
+//! - `costs`: one row per cost record, kept per (service account, charge month). A billing task
+//!   deletes its month's rows and writes the new ones in one transaction, so a re-run replaces
+//!   instead of adding.
+//! - `cost_daily`, `cost_monthly`: sums of `costs` per day (and per month) and per every
+//!   dimension the summary groups by, rebuilt for (service account, month) in the same
+//!   transaction. The summary reads them instead of scanning `costs`.
+//!
+//! Amounts are `numeric` (exact, any precision) in PostgreSQL. SQLite has no exact decimal
+//! type: its `numeric` affinity would turn `0.00000080000` into a float, so there they are text.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    big_integer, big_pk_auto, date, json_binary_null, text, text_null, timestamp_with_time_zone,
+    timestamp_with_time_zone_null, uuid,
+};
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::util::index;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+fn amount(backend: DbBackend, name: &'static str, null: bool) -> ColumnDef {
+    let mut c = ColumnDef::new(Alias::new(name));
+    if backend == DbBackend::Postgres {
+        c.custom(Alias::new("numeric"));
+    } else {
+        c.text();
+    }
+    if null {
+        c.null();
+    } else {
+        c.not_null();
+    }
+    c
+}
+
+fn rollup(backend: DbBackend, name: &'static str, daily: bool) -> TableCreateStatement {
+    let mut t = Table::create();
+    t.table(name)
+        .col(big_pk_auto("id"))
+        .col(uuid("domain_id"))
+        .col(uuid("service_account_id"))
+        .col(date("month"));
+    if daily {
+        t.col(date("day"));
+    }
+    t.col(text("provider"))
+        .col(text("billing_account_id"))
+        .col(text_null("service_name"))
+        .col(text_null("region_id"))
+        .col(text("currency"))
+        .col(amount(backend, "billed_cost", false))
+        .col(amount(backend, "effective_cost", false))
+        .col(amount(backend, "list_cost", false))
+        .col(big_integer("rows"));
+    t.take()
+}
+
+// The trait's lifetimes are late-bound by async_trait; naming them here does not compile.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let backend = m.get_database_backend();
+        for (table, mut column) in [
+            ("jobs", ColumnDef::new(Alias::new("window_start")).date().null().take()),
+            ("jobs", ColumnDef::new(Alias::new("window_end")).date().null().take()),
+            ("job_tasks", ColumnDef::new(Alias::new("month")).date().null().take()),
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(table)
+                    .add_column_if_not_exists(&mut column)
+                    .take(),
+            )
+            .await?;
+        }
+        m.create_table(
+            Table::create()
+                .table("costs")
+                .col(big_pk_auto("id"))
+                .col(uuid("domain_id"))
+                .col(uuid("service_account_id"))
+                .col(uuid("job_id"))
+                .col(uuid("task_id"))
+                .col(date("month"))
+                .col(date("day"))
+                .col(timestamp_with_time_zone("charge_period_start"))
+                .col(timestamp_with_time_zone_null("charge_period_end"))
+                .col(timestamp_with_time_zone_null("billing_period_start"))
+                .col(text("provider"))
+                .col(text("billing_account_id"))
+                .col(text_null("billing_account_name"))
+                .col(text_null("sub_account_id"))
+                .col(text_null("sub_account_name"))
+                .col(text_null("service_name"))
+                .col(text_null("service_category"))
+                .col(text_null("region_id"))
+                .col(text_null("resource_id"))
+                .col(text_null("charge_category"))
+                .col(text("currency"))
+                .col(amount(backend, "billed_cost", false))
+                .col(amount(backend, "effective_cost", false))
+                .col(amount(backend, "list_cost", false))
+                .col(amount(backend, "consumed_quantity", true))
+                .col(text_null("consumed_unit"))
+                .col(amount(backend, "pricing_quantity", true))
+                .col(text_null("pricing_unit"))
+                .col(json_binary_null("tags"))
+                .take(),
+        )
+        .await?;
+        m.create_index(index("costs", &["service_account_id", "month"]))
+            .await?;
+        m.create_index(index("costs", &["domain_id", "charge_period_start"]))
+            .await?;
+        m.create_table(rollup(backend, "cost_daily", true)).await?;
+        m.create_table(rollup(backend, "cost_monthly", false))
+            .await?;
+        for table in ["cost_daily", "cost_monthly"] {
+            m.create_index(index(table, &["service_account_id", "month"]))
+                .await?;
+        }
+        // The summary filters every query by domain and a range of days or months.
+        m.create_index(index("cost_daily", &["domain_id", "day"]))
+            .await?;
+        m.create_index(index("cost_monthly", &["domain_id", "month"]))
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for table in ["cost_monthly", "cost_daily", "costs"] {
+            m.drop_table(Table::drop().table(table).if_exists().take())
+                .await?;
+        }
+        for (table, column) in [
+            ("job_tasks", "month"),
+            ("jobs", "window_end"),
+            ("jobs", "window_start"),
+        ] {
+            m.alter_table(Table::alter().table(table).drop_column(column).take())
+                .await?;
+        }
+        Ok(())
+    }
+}

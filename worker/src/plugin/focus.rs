@@ -1,0 +1,527 @@
+//! The `focus` cost data source: imports FinOps FOCUS 1.0 cost exports, CSV files (optionally
+//! gzipped), from a file or a folder on the worker's disk.
+//!
+//! Parsing rules, from the FOCUS sample's quirks (`shared/data/focus/README.md`):
+//! - the bare token `NULL` and an empty cell are both null;
+//! - amounts are exact decimals (up to 11 fractional digits, negative for credits);
+//! - timestamps are `YYYY-MM-DD HH:MM:SS` in UTC (RFC 3339 is accepted too);
+//! - `Tags` is a JSON object inside one cell;
+//! - ids are text, never numbers.
+//!
+//! A task imports the rows charged in its month (by `ChargePeriodStart`), and, when its service
+//! account's credentials name a `billing_account_id`, only that account's rows: two service
+//! accounts over one export then split it instead of counting it twice. A malformed row is
+//! reported with its file and line and the rest is imported.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use gleaner_common::billing::Month;
+use gleaner_common::plugin::{PluginInfo, PluginKind};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{CollectRequest, CostItem, Item, ItemError, ItemSender, Plugin, PluginError};
+
+/// The options of a `focus` collector.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FocusOptions {
+    /// A CSV file (`.csv`, `.csv.gz`) or a folder of them, read recursively in name order.
+    pub path: Option<PathBuf>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+/// The `focus` plugin.
+pub struct Focus {
+    info: PluginInfo,
+}
+
+impl Default for Focus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Focus {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            info: PluginInfo {
+                id: "focus".into(),
+                name: "FOCUS cost export".into(),
+                description: "Imports FinOps FOCUS 1.0 cost exports (CSV, optionally gzipped) from any cloud.".into(),
+                kind: PluginKind::CostDataSource,
+                provider: "focus".into(),
+                versions: vec!["1.0.0".into()],
+                latest: "1.0.0".into(),
+                official: true,
+                resource_types: Vec::new(),
+                options_schema: json!({
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string", "minLength": 1, "description": "a FOCUS CSV file (.csv or .csv.gz) or a folder of them, on the worker's disk"},
+                        "bucket": {"type": "string", "minLength": 1, "description": "an S3-compatible bucket holding the export"},
+                        "prefix": {"type": "string", "description": "the export's key prefix in the bucket"},
+                        "endpoint_url": {"type": "string", "minLength": 1, "description": "the S3-compatible endpoint (default: AWS)"}
+                    },
+                    "oneOf": [{"required": ["path"]}, {"required": ["bucket"]}],
+                    "additionalProperties": false
+                }),
+            },
+        }
+    }
+
+    fn options(options: &Value) -> Result<FocusOptions, PluginError> {
+        let opts: FocusOptions = serde_json::from_value(options.clone())
+            .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))?;
+        match (&opts.path, &opts.bucket) {
+            (Some(_), None) => Ok(opts),
+            (None, Some(_)) => Err(PluginError::Permanent(
+                "reading exports from a bucket is not available yet: copy the export to the worker's disk and set `path`".into(),
+            )),
+            _ => Err(PluginError::Permanent(
+                "set exactly one of `path` and `bucket`".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for Focus {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    async fn verify(
+        &self,
+        options: &Value,
+        _secret: &Map<String, Value>,
+    ) -> Result<(), PluginError> {
+        let opts = Self::options(options)?;
+        let path = opts.path.unwrap_or_default();
+        tokio::task::spawn_blocking(move || files(&path).map(drop))
+            .await
+            .map_err(|e| PluginError::Permanent(format!("listing the export failed: {e}")))?
+    }
+
+    async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
+        let opts = Self::options(&request.options)?;
+        let month = request.task.month.ok_or_else(|| {
+            PluginError::Permanent("a cost data source runs in billing jobs, for a month".into())
+        })?;
+        let account = request
+            .secret
+            .get("billing_account_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let filter = Filter { month, account };
+        let path = opts.path.unwrap_or_default();
+        let cancel = request.cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            for file in files(&path)? {
+                read_file(&file, &filter, &out, &cancel)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| PluginError::Permanent(format!("the import stopped: {e}")))?
+    }
+}
+
+/// Which rows a task wants.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    pub month: Month,
+    pub account: Option<String>,
+}
+
+/// The export's files: `path` itself, or every `.csv` and `.csv.gz` under it, in name order.
+///
+/// # Errors
+/// The path does not exist or cannot be read, or a folder holds no export file.
+pub fn files(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display()))
+    })?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            PluginError::Permanent(format!("`{}` cannot be listed: {e}", dir.display()))
+        })?;
+        for entry in entries {
+            let p = entry
+                .map_err(|e| PluginError::Transient(format!("listing `{}`: {e}", dir.display())))?
+                .path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(PluginError::Permanent(format!(
+            "`{}` holds no .csv or .csv.gz file",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Opens a file, through a gzip decoder when it starts with gzip's magic bytes.
+fn open(path: &Path) -> Result<Box<dyn Read + Send>, PluginError> {
+    let cannot = |e: std::io::Error| {
+        PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display()))
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(cannot)?;
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// Reads one file, sending its wanted rows and an error for each malformed one. Returns the
+/// number of rows read.
+///
+/// # Errors
+/// The file cannot be read, its header lacks a required column, or the worker stopped reading.
+pub fn read_file(
+    path: &Path,
+    filter: &Filter,
+    out: &ItemSender,
+    cancel: &CancellationToken,
+) -> Result<u64, PluginError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(open(path)?);
+    let header = csv
+        .headers()
+        .map_err(|e| PluginError::Permanent(format!("{name}: the header cannot be read: {e}")))?
+        .clone();
+    let columns = Columns::of(&header).map_err(|e| PluginError::Permanent(format!("{name}: {e}")))?;
+    let mut record = csv::StringRecord::new();
+    let mut rows = 0u64;
+    loop {
+        let line = csv.position().line() + 1;
+        match csv.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                return Err(PluginError::Permanent(format!("{name}: reading failed: {e}")));
+            }
+            Err(e) => {
+                out.blocking_send(row_error(&name, line, &e.to_string()))?;
+                continue;
+            }
+        }
+        rows += 1;
+        if rows % 4096 == 0 && cancel.is_cancelled() {
+            return Err(PluginError::Stopped);
+        }
+        let line = record.position().map_or(line, csv::Position::line);
+        if record.len() != header.len() {
+            let message = format!("has {} fields, the header {}", record.len(), header.len());
+            out.blocking_send(row_error(&name, line, &message))?;
+            continue;
+        }
+        match columns.parse(&record) {
+            Ok(cost) => {
+                if Month::of(cost.charge_period_start.date_naive()) != filter.month
+                    || filter
+                        .account
+                        .as_ref()
+                        .is_some_and(|a| *a != cost.billing_account_id)
+                {
+                    continue;
+                }
+                out.blocking_send(Item::Cost(Box::new(cost)))?;
+            }
+            Err(message) => out.blocking_send(row_error(&name, line, &message))?,
+        }
+    }
+    Ok(rows)
+}
+
+fn row_error(file: &str, line: u64, message: &str) -> Item {
+    Item::Error(ItemError {
+        resource_type: None,
+        resource_key: None,
+        message: format!("{file} line {line}: {message}"),
+    })
+}
+
+/// Where each FOCUS column is in a file.
+struct Columns {
+    at: HashMap<&'static str, usize>,
+}
+
+const REQUIRED: &[&str] = &[
+    "BilledCost",
+    "BillingAccountId",
+    "BillingCurrency",
+    "ChargePeriodStart",
+    "ProviderName",
+];
+
+const OPTIONAL: &[&str] = &[
+    "EffectiveCost",
+    "ListCost",
+    "ChargePeriodEnd",
+    "BillingPeriodStart",
+    "BillingAccountName",
+    "SubAccountId",
+    "SubAccountName",
+    "ServiceName",
+    "ServiceCategory",
+    "RegionId",
+    "ResourceId",
+    "ChargeCategory",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "PricingQuantity",
+    "PricingUnit",
+    "Tags",
+];
+
+impl Columns {
+    fn of(header: &csv::StringRecord) -> Result<Self, String> {
+        let mut at = HashMap::new();
+        for name in REQUIRED.iter().chain(OPTIONAL) {
+            if let Some(i) = header.iter().position(|h| h.trim() == *name) {
+                at.insert(*name, i);
+            }
+        }
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|c| !at.contains_key(c))
+            .collect();
+        if missing.is_empty() {
+            Ok(Self { at })
+        } else {
+            Err(format!(
+                "not a FOCUS export: the header lacks {}",
+                missing.join(", ")
+            ))
+        }
+    }
+
+    /// A cell, `None` when the column is absent, empty or `NULL`.
+    fn get<'r>(&self, record: &'r csv::StringRecord, name: &str) -> Option<&'r str> {
+        let v = record.get(*self.at.get(name)?)?;
+        (!v.is_empty() && v != "NULL").then_some(v)
+    }
+
+    fn text(&self, record: &csv::StringRecord, name: &str) -> Option<String> {
+        self.get(record, name).map(str::to_owned)
+    }
+
+    fn required<'r>(&self, record: &'r csv::StringRecord, name: &str) -> Result<&'r str, String> {
+        self.get(record, name)
+            .ok_or_else(|| format!("{name} is required"))
+    }
+
+    fn decimal(&self, record: &csv::StringRecord, name: &str) -> Result<Option<Decimal>, String> {
+        self.get(record, name)
+            .map(|v| parse_decimal(v).ok_or_else(|| format!("{name}: `{v}` is not a number")))
+            .transpose()
+    }
+
+    fn time(&self, record: &csv::StringRecord, name: &str) -> Result<Option<DateTime<Utc>>, String> {
+        self.get(record, name)
+            .map(|v| parse_time(v).ok_or_else(|| format!("{name}: `{v}` is not a timestamp")))
+            .transpose()
+    }
+
+    fn parse(&self, r: &csv::StringRecord) -> Result<CostItem, String> {
+        let billed = self.required(r, "BilledCost")?;
+        let billed_cost = parse_decimal(billed)
+            .ok_or_else(|| format!("BilledCost: `{billed}` is not a number"))?;
+        let start = self.required(r, "ChargePeriodStart")?;
+        let charge_period_start = parse_time(start)
+            .ok_or_else(|| format!("ChargePeriodStart: `{start}` is not a timestamp"))?;
+        let currency = self.required(r, "BillingCurrency")?;
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Err(format!(
+                "BillingCurrency: `{currency}` is not an ISO 4217 code"
+            ));
+        }
+        let tags = match self.get(r, "Tags") {
+            None => None,
+            Some(t) => match serde_json::from_str::<Value>(t) {
+                Ok(Value::Object(m)) => Some(m),
+                _ => return Err(format!("Tags: `{t}` is not a JSON object")),
+            },
+        };
+        Ok(CostItem {
+            charge_period_start,
+            charge_period_end: self.time(r, "ChargePeriodEnd")?,
+            billing_period_start: self.time(r, "BillingPeriodStart")?,
+            provider: self.required(r, "ProviderName")?.to_owned(),
+            billing_account_id: self.required(r, "BillingAccountId")?.to_owned(),
+            billing_account_name: self.text(r, "BillingAccountName"),
+            sub_account_id: self.text(r, "SubAccountId"),
+            sub_account_name: self.text(r, "SubAccountName"),
+            service_name: self.text(r, "ServiceName"),
+            service_category: self.text(r, "ServiceCategory"),
+            region_id: self.text(r, "RegionId"),
+            resource_id: self.text(r, "ResourceId"),
+            charge_category: self.text(r, "ChargeCategory"),
+            currency: currency.to_ascii_uppercase(),
+            billed_cost,
+            // FOCUS requires both; a null is counted as nothing rather than refusing the row.
+            effective_cost: self.decimal(r, "EffectiveCost")?.unwrap_or_default(),
+            list_cost: self.decimal(r, "ListCost")?.unwrap_or_default(),
+            consumed_quantity: self.decimal(r, "ConsumedQuantity")?,
+            consumed_unit: self.text(r, "ConsumedUnit"),
+            pricing_quantity: self.decimal(r, "PricingQuantity")?,
+            pricing_unit: self.text(r, "PricingUnit"),
+            tags,
+        })
+    }
+}
+
+/// An exact decimal: plain (`-0.00000080000`) or in scientific notation (`1.5E-7`).
+fn parse_decimal(s: &str) -> Option<Decimal> {
+    let s = s.trim();
+    s.parse::<Decimal>()
+        .ok()
+        .or_else(|| Decimal::from_scientific(s).ok())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC), RFC 3339, or a bare date.
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S") {
+        return Some(Utc.from_utc_datetime(&t));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.to_utc());
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S") {
+        return Some(Utc.from_utc_datetime(&t));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Utc.from_utc_datetime(&t))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/focus/focus_sample_subset.csv");
+
+    fn import(path: &Path, month: &str, account: Option<&str>) -> (Vec<CostItem>, Vec<String>) {
+        let (tx, mut rx) = super::super::channel(1_000_000);
+        let filter = Filter {
+            month: month.parse().expect("month"),
+            account: account.map(str::to_owned),
+        };
+        read_file(path, &filter, &tx, &CancellationToken::new()).expect("read");
+        drop(tx);
+        let (mut costs, mut errors) = (Vec::new(), Vec::new());
+        while let Ok(item) = rx.try_recv() {
+            match item {
+                Item::Cost(c) => costs.push(*c),
+                Item::Error(e) => errors.push(e.message),
+                Item::Resource(_) => panic!("a resource from a cost export"),
+            }
+        }
+        (costs, errors)
+    }
+
+    fn billed(costs: &[CostItem]) -> Decimal {
+        costs.iter().map(|c| c.billed_cost).sum()
+    }
+
+    #[test]
+    fn the_sample_sums_to_its_published_totals() {
+        let (costs, errors) = import(Path::new(SAMPLE), "2024-09", None);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(costs.len(), 250);
+        assert_eq!(billed(&costs).to_string(), "3.71561541189");
+        let effective: Decimal = costs.iter().map(|c| c.effective_cost).sum();
+        assert_eq!(effective.to_string(), "1.80063469386");
+        let list: Decimal = costs.iter().map(|c| c.list_cost).sum();
+        assert_eq!(list.to_string(), "3.58629443409");
+        let oracle: Vec<_> = costs.iter().filter(|c| c.provider == "Oracle").cloned().collect();
+        assert_eq!(oracle.len(), 7);
+        assert_eq!(billed(&oracle).to_string(), "0.53707392473");
+        // Quoted empty strings are absent, like NULL.
+        assert!(oracle.iter().all(|c| c.billing_account_name.is_none()));
+        let tagged = costs.iter().filter(|c| c.tags.is_some()).count();
+        assert_eq!(tagged, 250 - 67);
+    }
+
+    #[test]
+    fn a_task_takes_its_month_and_its_account_only() {
+        let (costs, _) = import(Path::new(SAMPLE), "2024-10", None);
+        assert!(costs.is_empty(), "every row was charged in September");
+        let (costs, _) = import(Path::new(SAMPLE), "2024-09", Some("20209880"));
+        assert_eq!(costs.len(), 7);
+    }
+
+    #[test]
+    fn broken_rows_are_reported_with_their_line_and_the_rest_kept() {
+        let sample = std::fs::read_to_string(SAMPLE).expect("sample");
+        let mut lines: Vec<String> = sample.lines().map(str::to_owned).collect();
+        // Line 3: a cost that is not a number; line 5: a row cut short.
+        lines[2] = lines[2].replacen("0.00000041370", "12abc", 1);
+        lines[4] = lines[4].split(',').take(5).collect::<Vec<_>>().join(",");
+        let dir = std::env::temp_dir().join(format!("gleaner-focus-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("broken.csv.gz");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).expect("file"),
+            flate2::Compression::fast(),
+        );
+        gz.write_all((lines.join("\n") + "\n").as_bytes()).expect("write");
+        gz.finish().expect("gzip");
+        let (costs, errors) = import(&path, "2024-09", None);
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(costs.len(), 248);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("broken.csv.gz line 3: BilledCost"), "{errors:?}");
+        assert!(errors[1].starts_with("broken.csv.gz line 5: has 5 fields"), "{errors:?}");
+    }
+
+    #[test]
+    fn values_parse_as_focus_writes_them() {
+        assert_eq!(parse_decimal("-2.61370000000").map(|d| d.to_string()).as_deref(), Some("-2.61370000000"));
+        assert_eq!(parse_decimal("1.5E-7"), Some(Decimal::new(15, 8)));
+        assert!(parse_decimal("1,5").is_none());
+        assert!(parse_time("2024-09-18 22:00:00").is_some());
+        assert!(parse_time("2024-09-18T22:00:00Z").is_some());
+        assert!(parse_time("18/09/2024").is_none());
+    }
+}
