@@ -173,15 +173,15 @@ pub fn worker_context(
         )) as Arc<dyn gleaner_worker::sink::costs::CostSink>
     });
     let ctx = Context::new(
-            db,
-            Cipher::new(&settings.secret_key()?),
-            Registry::builtin().with_private_dir(settings.plugins.dir.clone()),
-            sink,
-            settings.worker.clone(),
-            signal,
-        )
-        .with_claim(claim)
-        .with_locks(locks);
+        db,
+        Cipher::new(&settings.secret_key()?),
+        Registry::builtin().with_private_dir(settings.plugins.dir.clone()),
+        sink,
+        settings.worker.clone(),
+        signal,
+    )
+    .with_claim(claim)
+    .with_locks(locks);
     Ok(Arc::new(match costs {
         Some(sink) => ctx.with_costs(sink),
         None => ctx,

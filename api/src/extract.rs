@@ -50,7 +50,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A JSON body that may be left out: `None` for an empty body.
+/// A JSON body that may be left out: `None` for an empty body or `null`.
 #[derive(Debug)]
 pub struct OptionalJson<T>(pub Option<T>);
 
@@ -66,8 +66,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
             return Ok(Self(None));
         }
         let req = Request::from_parts(parts, axum::body::Body::from(bytes));
-        let ApiJson(value) = ApiJson::from_request(req, state).await?;
-        Ok(Self(Some(value)))
+        // `null` is no body too.
+        let ApiJson(value) = ApiJson::<Option<T>>::from_request(req, state).await?;
+        Ok(Self(value))
     }
 }
 

@@ -38,6 +38,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod collector;
+pub mod cost;
 pub mod extract;
 pub mod health;
 pub mod job;
@@ -101,6 +102,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(job::routes())
         .merge(resource::routes())
         .merge(schedule::routes())
+        .merge(cost::routes())
         .merge(openapi::routes())
 }
 

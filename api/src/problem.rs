@@ -29,6 +29,8 @@ pub enum Code {
     Forbidden,
     UnsupportedMediaType,
     Unavailable,
+    /// This deployment cannot do it yet.
+    NotImplemented,
     Internal,
 }
 
@@ -72,6 +74,11 @@ impl Code {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service unavailable",
                 "/problems/unavailable",
+            ),
+            Code::NotImplemented => (
+                StatusCode::NOT_IMPLEMENTED,
+                "Not implemented",
+                "/problems/not-implemented",
             ),
             Code::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -236,6 +243,7 @@ impl From<store::Error> for ApiError {
                 cause: None,
             },
             store::Error::State(detail) => Self::new(Code::Conflict, detail),
+            store::Error::Unsupported(detail) => Self::new(Code::NotImplemented, detail),
             store::Error::Invalid(errors) => Self::invalid(errors),
             e if e.is_transient() => Self {
                 code: Code::Unavailable,

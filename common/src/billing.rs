@@ -40,13 +40,21 @@ impl Month {
     /// The month after.
     #[must_use]
     pub fn next(self) -> Self {
-        Self(self.0.checked_add_months(chrono::Months::new(1)).unwrap_or(self.0))
+        Self(
+            self.0
+                .checked_add_months(chrono::Months::new(1))
+                .unwrap_or(self.0),
+        )
     }
 
     /// The month before.
     #[must_use]
     pub fn previous(self) -> Self {
-        Self(self.0.checked_sub_months(chrono::Months::new(1)).unwrap_or(self.0))
+        Self(
+            self.0
+                .checked_sub_months(chrono::Months::new(1))
+                .unwrap_or(self.0),
+        )
     }
 }
 

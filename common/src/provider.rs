@@ -126,6 +126,12 @@ pub const PROVIDERS: &[Provider] = &[
                 true,
                 "Secret access key, when the export is in a bucket",
             ),
+            field(
+                "billing_account_id",
+                false,
+                false,
+                "Import only this BillingAccountId's rows (all rows when empty)",
+            ),
         ],
     },
 ];

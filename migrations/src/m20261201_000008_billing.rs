@@ -2,7 +2,10 @@
 //! - `jobs.window_start`, `jobs.window_end`: the months a billing job covers (first days of
 //!   months, both inclusive); null for inventory jobs, and for billing jobs planned with the
 //!   default window (the current and the previous month, fixed when the job is planned).
-//! - `job_tasks.month`: the month a billing task replaces (first day); null for inventory.
+//! - `job_tasks.month`: the month a billing task replaces (first day); null for inventory. A
+//!   job has one task per service account and month: the unique index takes the month in,
+//!   with null as one value (a plain column would let inventory tasks repeat, nulls being
+//!   distinct).
 //! - `costs`: one row per cost record, kept per (service account, charge month). A billing task
 //!   deletes its month's rows and writes the new ones in one transaction, so a re-run replaces
 //!   instead of adding.
@@ -24,6 +27,9 @@ use crate::util::index;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+/// One task per (job, service account, month).
+const TASK_UNIT: &str = "ux_job_tasks_job_id_service_account_id_month";
 
 fn amount(backend: DbBackend, name: &'static str, null: bool) -> ColumnDef {
     let mut c = ColumnDef::new(Alias::new(name));
@@ -69,9 +75,24 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         let backend = m.get_database_backend();
         for (table, mut column) in [
-            ("jobs", ColumnDef::new(Alias::new("window_start")).date().null().take()),
-            ("jobs", ColumnDef::new(Alias::new("window_end")).date().null().take()),
-            ("job_tasks", ColumnDef::new(Alias::new("month")).date().null().take()),
+            (
+                "jobs",
+                ColumnDef::new(Alias::new("window_start"))
+                    .date()
+                    .null()
+                    .take(),
+            ),
+            (
+                "jobs",
+                ColumnDef::new(Alias::new("window_end"))
+                    .date()
+                    .null()
+                    .take(),
+            ),
+            (
+                "job_tasks",
+                ColumnDef::new(Alias::new("month")).date().null().take(),
+            ),
         ] {
             m.alter_table(
                 Table::alter()
@@ -81,6 +102,19 @@ impl MigrationTrait for Migration {
             )
             .await?;
         }
+        let epoch = if backend == DbBackend::Postgres {
+            "DATE '1970-01-01'"
+        } else {
+            "'1970-01-01'"
+        };
+        let db = m.get_connection();
+        db.execute_unprepared("DROP INDEX IF EXISTS ux_job_tasks_job_id_service_account_id")
+            .await?;
+        db.execute_unprepared(&format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {TASK_UNIT} ON job_tasks
+                 (job_id, service_account_id, COALESCE(month, {epoch}))"
+        ))
+        .await?;
         m.create_table(
             Table::create()
                 .table("costs")
@@ -136,6 +170,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        let db = m.get_connection();
+        db.execute_unprepared(&format!("DROP INDEX IF EXISTS {TASK_UNIT}"))
+            .await?;
+        db.execute_unprepared(
+            "CREATE UNIQUE INDEX IF NOT EXISTS ux_job_tasks_job_id_service_account_id
+                 ON job_tasks (job_id, service_account_id)",
+        )
+        .await?;
         for table in ["cost_monthly", "cost_daily", "costs"] {
             m.drop_table(Table::drop().table(table).if_exists().take())
                 .await?;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod billing;
 mod collect;
 mod collectors;
 mod errors;

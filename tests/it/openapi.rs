@@ -48,6 +48,10 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("delete", "/v1/schedules/{id}", true),
     ("get", "/v1/schedules/{id}/fires", true),
     ("get", "/v1/resources/{id}/changes", true),
+    ("get", "/v1/costs", true),
+    ("get", "/v1/costs/summary", true),
+    ("get", "/v1/dashboards/billing", true),
+    ("get", "/v1/projects/{id}/billing", true),
 ];
 
 async fn openapi_document_describes_every_route(mode: Mode) -> anyhow::Result<()> {

@@ -58,7 +58,8 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
             ),
         ),
     };
-    let window = (input.kind == JobKind::Billing).then(|| input.window.unwrap_or_else(Window::recent));
+    let window =
+        (input.kind == JobKind::Billing).then(|| input.window.unwrap_or_else(Window::recent));
     let units: Vec<Unit> = match window {
         Some(w) => accounts
             .iter()

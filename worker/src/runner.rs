@@ -383,7 +383,10 @@ impl Running {
 }
 
 /// The stderr a plugin left, redacted, if any.
-fn stderr_of(diagnostics: &Diagnostics, secrets: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+fn stderr_of(
+    diagnostics: &Diagnostics,
+    secrets: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
     diagnostics
         .take()
         .filter(|s| !s.is_empty())

@@ -5,6 +5,7 @@
 
 pub mod census;
 pub mod collector;
+pub mod cost;
 pub mod job;
 pub mod merge;
 pub mod outbox;
@@ -38,6 +39,9 @@ pub enum Error {
     Crypto(#[from] CryptoError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// This deployment cannot do it (the standalone mode's SQLite has no exact decimals).
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Db(#[from] DbErr),
 }

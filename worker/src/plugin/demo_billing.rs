@@ -93,11 +93,11 @@ impl DemoBilling {
 
 /// The days of `month` the demo reports: all of a past month, up to today for the current one.
 fn days(month: Month, today: NaiveDate) -> impl Iterator<Item = NaiveDate> {
-    let end = month.next().first_day().min(today.succ_opt().unwrap_or(today));
-    month
+    let end = month
+        .next()
         .first_day()
-        .iter_days()
-        .take_while(move |d| *d < end)
+        .min(today.succ_opt().unwrap_or(today));
+    month.first_day().iter_days().take_while(move |d| *d < end)
 }
 
 /// The records of one day.

@@ -149,9 +149,8 @@ pub struct Filter {
 /// # Errors
 /// The path does not exist or cannot be read, or a folder holds no export file.
 pub fn files(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display()))
-    })?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display())))?;
     if meta.is_file() {
         return Ok(vec![path.to_owned()]);
     }
@@ -224,7 +223,8 @@ pub fn read_file(
         .headers()
         .map_err(|e| PluginError::Permanent(format!("{name}: the header cannot be read: {e}")))?
         .clone();
-    let columns = Columns::of(&header).map_err(|e| PluginError::Permanent(format!("{name}: {e}")))?;
+    let columns =
+        Columns::of(&header).map_err(|e| PluginError::Permanent(format!("{name}: {e}")))?;
     let mut record = csv::StringRecord::new();
     let mut rows = 0u64;
     loop {
@@ -233,7 +233,9 @@ pub fn read_file(
             Ok(false) => break,
             Ok(true) => {}
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                return Err(PluginError::Permanent(format!("{name}: reading failed: {e}")));
+                return Err(PluginError::Permanent(format!(
+                    "{name}: reading failed: {e}"
+                )));
             }
             Err(e) => {
                 out.blocking_send(row_error(&name, line, &e.to_string()))?;
@@ -353,7 +355,11 @@ impl Columns {
             .transpose()
     }
 
-    fn time(&self, record: &csv::StringRecord, name: &str) -> Result<Option<DateTime<Utc>>, String> {
+    fn time(
+        &self,
+        record: &csv::StringRecord,
+        name: &str,
+    ) -> Result<Option<DateTime<Utc>>, String> {
         self.get(record, name)
             .map(|v| parse_time(v).ok_or_else(|| format!("{name}: `{v}` is not a timestamp")))
             .transpose()
@@ -439,7 +445,10 @@ mod tests {
 
     use super::*;
 
-    const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/focus/focus_sample_subset.csv");
+    const SAMPLE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/focus/focus_sample_subset.csv"
+    );
 
     fn import(path: &Path, month: &str, account: Option<&str>) -> (Vec<CostItem>, Vec<String>) {
         let (tx, mut rx) = super::super::channel(1_000_000);
@@ -474,7 +483,11 @@ mod tests {
         assert_eq!(effective.to_string(), "1.80063469386");
         let list: Decimal = costs.iter().map(|c| c.list_cost).sum();
         assert_eq!(list.to_string(), "3.58629443409");
-        let oracle: Vec<_> = costs.iter().filter(|c| c.provider == "Oracle").cloned().collect();
+        let oracle: Vec<_> = costs
+            .iter()
+            .filter(|c| c.provider == "Oracle")
+            .cloned()
+            .collect();
         assert_eq!(oracle.len(), 7);
         assert_eq!(billed(&oracle).to_string(), "0.53707392473");
         // Quoted empty strings are absent, like NULL.
@@ -505,19 +518,31 @@ mod tests {
             std::fs::File::create(&path).expect("file"),
             flate2::Compression::fast(),
         );
-        gz.write_all((lines.join("\n") + "\n").as_bytes()).expect("write");
+        gz.write_all((lines.join("\n") + "\n").as_bytes())
+            .expect("write");
         gz.finish().expect("gzip");
         let (costs, errors) = import(&path, "2024-09", None);
         std::fs::remove_dir_all(&dir).ok();
         assert_eq!(costs.len(), 248);
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].starts_with("broken.csv.gz line 3: BilledCost"), "{errors:?}");
-        assert!(errors[1].starts_with("broken.csv.gz line 5: has 5 fields"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("broken.csv.gz line 3: BilledCost"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("broken.csv.gz line 5: has 5 fields"),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn values_parse_as_focus_writes_them() {
-        assert_eq!(parse_decimal("-2.61370000000").map(|d| d.to_string()).as_deref(), Some("-2.61370000000"));
+        assert_eq!(
+            parse_decimal("-2.61370000000")
+                .map(|d| d.to_string())
+                .as_deref(),
+            Some("-2.61370000000")
+        );
         assert_eq!(parse_decimal("1.5E-7"), Some(Decimal::new(15, 8)));
         assert!(parse_decimal("1,5").is_none());
         assert!(parse_time("2024-09-18 22:00:00").is_some());

@@ -124,7 +124,10 @@ impl CostSink for PgCostSink {
             .await
             .map_err(db)?;
         sqlx::query(LOCK)
-            .bind(format!("costs:{}:{}", scope.service_account_id, scope.month))
+            .bind(format!(
+                "costs:{}:{}",
+                scope.service_account_id, scope.month
+            ))
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -159,7 +162,11 @@ struct PgLoad {
 fn fixed_fields(scope: &CostScope) -> String {
     format!(
         "{}\t{}\t{}\t{}\t{}",
-        scope.domain, scope.service_account_id, scope.job_id, scope.task_id, scope.month.first_day()
+        scope.domain,
+        scope.service_account_id,
+        scope.job_id,
+        scope.task_id,
+        scope.month.first_day()
     )
 }
 
@@ -236,7 +243,10 @@ fn encode(out: &mut String, fixed: &str, c: &CostItem) {
     let day = c.charge_period_start.date_naive();
     let _ = write!(out, "\t{day}\t{}", c.charge_period_start.to_rfc3339());
     opt(out, c.charge_period_end.map(|t| t.to_rfc3339()).as_deref());
-    opt(out, c.billing_period_start.map(|t| t.to_rfc3339()).as_deref());
+    opt(
+        out,
+        c.billing_period_start.map(|t| t.to_rfc3339()).as_deref(),
+    );
     text(out, &c.provider);
     text(out, &c.billing_account_id);
     for v in [
@@ -252,15 +262,16 @@ fn encode(out: &mut String, fixed: &str, c: &CostItem) {
         opt(out, v.as_deref());
     }
     text(out, &c.currency);
-    let _ = write!(out, "\t{}\t{}\t{}", c.billed_cost, c.effective_cost, c.list_cost);
+    let _ = write!(
+        out,
+        "\t{}\t{}\t{}",
+        c.billed_cost, c.effective_cost, c.list_cost
+    );
     opt(out, c.consumed_quantity.map(|d| d.to_string()).as_deref());
     opt(out, c.consumed_unit.as_deref());
     opt(out, c.pricing_quantity.map(|d| d.to_string()).as_deref());
     opt(out, c.pricing_unit.as_deref());
-    let tags = c
-        .tags
-        .as_ref()
-        .and_then(|t| serde_json::to_string(t).ok());
+    let tags = c.tags.as_ref().and_then(|t| serde_json::to_string(t).ok());
     opt(out, tags.as_deref());
     out.push('\n');
 }
