@@ -1,18 +1,22 @@
 //! Where cost records go: one month of one service account, replaced in one transaction.
 //!
 //! A load deletes the month's rows of the account when it begins, copies the new rows as the
-//! plugin streams them, and at its commit rebuilds the month's rollups and records the task's
+//! plugin streams them (summing them into the month's rollups on the way, so no statement has
+//! to scan them again), and at its commit replaces the month's rollups and records the task's
 //! counts, fenced by its attempt. Until then nothing is visible; a plugin failure, a stale
 //! attempt or a crash rolls everything back, so a failed sync deletes nothing and a re-run for
 //! the same month never counts twice. Loads of the same (account, month) queue on an advisory
 //! lock instead of interleaving.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use gleaner_common::billing::Month;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_common::model::Counts;
+use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::SinkError;
@@ -84,25 +88,72 @@ const DELETE: &str = "DELETE FROM costs WHERE service_account_id = $1 AND month 
 const FENCE: &str =
     "SELECT 1 FROM job_tasks WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS' FOR UPDATE";
 
-const ROLLUP_DAILY: &str = "
-WITH gone AS (DELETE FROM cost_daily WHERE service_account_id = $1 AND month = $2)
-INSERT INTO cost_daily (domain_id, service_account_id, month, day, provider, billing_account_id,
-    service_name, region_id, currency, billed_cost, effective_cost, list_cost, rows)
-SELECT domain_id, service_account_id, month, day, provider, billing_account_id, service_name,
-    region_id, currency, sum(billed_cost), sum(effective_cost), sum(list_cost), count(*)
-FROM costs WHERE service_account_id = $1 AND month = $2
-GROUP BY domain_id, service_account_id, month, day, provider, billing_account_id, service_name,
-    region_id, currency";
+const ROLLUP_COLUMNS: &str = "domain_id, service_account_id, month, provider, billing_account_id, \
+    service_name, region_id, currency, billed_cost, effective_cost, list_cost, rows";
 
-const ROLLUP_MONTHLY: &str = "
-WITH gone AS (DELETE FROM cost_monthly WHERE service_account_id = $1 AND month = $2)
-INSERT INTO cost_monthly (domain_id, service_account_id, month, provider, billing_account_id,
-    service_name, region_id, currency, billed_cost, effective_cost, list_cost, rows)
-SELECT domain_id, service_account_id, month, provider, billing_account_id, service_name,
-    region_id, currency, sum(billed_cost), sum(effective_cost), sum(list_cost), sum(rows)
-FROM cost_daily WHERE service_account_id = $1 AND month = $2
-GROUP BY domain_id, service_account_id, month, provider, billing_account_id, service_name,
-    region_id, currency";
+/// What a rollup row is keyed by, besides the scope's account and month.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RollupKey {
+    /// `None` in the monthly rollup.
+    pub day: Option<NaiveDate>,
+    pub provider: String,
+    pub billing_account_id: String,
+    pub service_name: Option<String>,
+    pub region_id: Option<String>,
+    pub currency: String,
+}
+
+/// The sums of a rollup row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub billed_cost: Decimal,
+    pub effective_cost: Decimal,
+    pub list_cost: Decimal,
+    pub rows: i64,
+}
+
+/// A month's daily sums, added to as records are loaded.
+#[derive(Clone, Debug, Default)]
+pub struct Rollup {
+    pub daily: HashMap<RollupKey, Sums>,
+}
+
+impl Rollup {
+    pub fn add(&mut self, c: &CostItem) {
+        let key = RollupKey {
+            day: Some(c.charge_period_start.date_naive()),
+            provider: c.provider.clone(),
+            billing_account_id: c.billing_account_id.clone(),
+            service_name: c.service_name.clone(),
+            region_id: c.region_id.clone(),
+            currency: c.currency.clone(),
+        };
+        let sums = self.daily.entry(key).or_default();
+        sums.billed_cost += c.billed_cost;
+        sums.effective_cost += c.effective_cost;
+        sums.list_cost += c.list_cost;
+        sums.rows += 1;
+    }
+
+    /// The same sums per month: the daily keys without their day.
+    #[must_use]
+    pub fn monthly(&self) -> HashMap<RollupKey, Sums> {
+        let mut out: HashMap<RollupKey, Sums> = HashMap::new();
+        for (k, v) in &self.daily {
+            let sums = out
+                .entry(RollupKey {
+                    day: None,
+                    ..k.clone()
+                })
+                .or_default();
+            sums.billed_cost += v.billed_cost;
+            sums.effective_cost += v.effective_cost;
+            sums.list_cost += v.list_cost;
+            sums.rows += v.rows;
+        }
+        out
+    }
+}
 
 /// The counts of a load: `created` the rows written, `deleted` the rows they replaced.
 const PROGRESS: &str = "UPDATE job_tasks SET
@@ -117,12 +168,6 @@ fn db(e: sqlx::Error) -> SinkError {
 impl CostSink for PgCostSink {
     async fn begin(&self, scope: &CostScope) -> Result<Box<dyn CostLoad>, SinkError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        // The planner has no statistics for a month just deleted and rewritten; JIT would
-        // compile the rollups for a guessed size.
-        sqlx::raw_sql("SET LOCAL jit = off")
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
         sqlx::query(LOCK)
             .bind(format!(
                 "costs:{}:{}",
@@ -142,9 +187,16 @@ impl CostSink for PgCostSink {
             tx,
             scope: scope.clone(),
             fixed: fixed_fields(scope),
+            fixed_rollup: format!(
+                "{}\t{}\t{}",
+                scope.domain,
+                scope.service_account_id,
+                scope.month.first_day()
+            ),
             deleted: i64::try_from(deleted).unwrap_or(i64::MAX),
             written: 0,
             buf: String::new(),
+            rollup: Rollup::default(),
         }))
     }
 }
@@ -152,11 +204,13 @@ impl CostSink for PgCostSink {
 struct PgLoad {
     tx: Transaction<'static, Postgres>,
     scope: CostScope,
-    /// The first four fields of every row, encoded once.
+    /// The first fields of every row, encoded once.
     fixed: String,
+    fixed_rollup: String,
     deleted: i64,
     written: i64,
     buf: String,
+    rollup: Rollup,
 }
 
 fn fixed_fields(scope: &CostScope) -> String {
@@ -179,6 +233,7 @@ impl CostLoad for PgLoad {
         self.buf.clear();
         for c in batch {
             encode(&mut self.buf, &self.fixed, c);
+            self.rollup.add(c);
         }
         let mut copy = self
             .tx
@@ -202,13 +257,52 @@ impl CostLoad for PgLoad {
         if owned.is_none() {
             return Ok(None);
         }
-        for rollup in [ROLLUP_DAILY, ROLLUP_MONTHLY] {
-            sqlx::query(rollup)
-                .bind(s.service_account_id.as_uuid())
-                .bind(s.month.first_day())
-                .execute(&mut *self.tx)
+        let monthly = self.rollup.monthly();
+        for (table, rows) in [
+            ("cost_daily", &self.rollup.daily),
+            ("cost_monthly", &monthly),
+        ] {
+            // `table` is one of the two names above, never input.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE service_account_id = $1 AND month = $2"
+            )))
+            .bind(s.service_account_id.as_uuid())
+            .bind(s.month.first_day())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let mut buf = String::new();
+            for (k, v) in rows {
+                buf.push_str(&self.fixed_rollup);
+                if let Some(day) = k.day {
+                    let _ = write!(buf, "\t{day}");
+                }
+                text(&mut buf, &k.provider);
+                text(&mut buf, &k.billing_account_id);
+                opt(&mut buf, k.service_name.as_deref());
+                opt(&mut buf, k.region_id.as_deref());
+                text(&mut buf, &k.currency);
+                let _ = writeln!(
+                    buf,
+                    "\t{}\t{}\t{}\t{}",
+                    v.billed_cost, v.effective_cost, v.list_cost, v.rows
+                );
+            }
+            let columns = if table == "cost_daily" {
+                ROLLUP_COLUMNS.replacen("month,", "month, day,", 1)
+            } else {
+                ROLLUP_COLUMNS.to_owned()
+            };
+            let mut copy = self
+                .tx
+                .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
                 .await
                 .map_err(db)?;
+            copy.send(buf.as_bytes()).await.map_err(db)?;
+            copy.finish().await.map_err(db)?;
         }
         sqlx::query(PROGRESS)
             .bind(s.task_id.as_uuid())
@@ -298,7 +392,60 @@ fn opt(out: &mut String, v: Option<&str>) {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{TimeZone, Utc};
+
     use super::*;
+
+    fn record(day: u32, service: &str, billed: i64) -> CostItem {
+        let start = Utc.with_ymd_and_hms(2024, 9, day, 10, 0, 0).unwrap();
+        CostItem {
+            charge_period_start: start,
+            charge_period_end: None,
+            billing_period_start: None,
+            provider: "AWS".into(),
+            billing_account_id: "1".into(),
+            billing_account_name: None,
+            sub_account_id: None,
+            sub_account_name: None,
+            service_name: Some(service.into()),
+            service_category: None,
+            region_id: None,
+            resource_id: None,
+            charge_category: None,
+            currency: "USD".into(),
+            billed_cost: Decimal::new(billed, 11),
+            effective_cost: Decimal::new(billed, 12),
+            list_cost: Decimal::ZERO,
+            consumed_quantity: None,
+            consumed_unit: None,
+            pricing_quantity: None,
+            pricing_unit: None,
+            tags: None,
+        }
+    }
+
+    #[test]
+    fn rollups_sum_exactly_per_day_and_per_month() {
+        let mut r = Rollup::default();
+        for c in [
+            record(1, "S3", 80_000),
+            record(1, "S3", 41_370),
+            record(2, "S3", -261_370_000_000),
+            record(2, "EC2", 1),
+        ] {
+            r.add(&c);
+        }
+        assert_eq!(r.daily.len(), 3);
+        let monthly = r.monthly();
+        assert_eq!(monthly.len(), 2);
+        let s3 = monthly
+            .iter()
+            .find(|(k, _)| k.service_name.as_deref() == Some("S3"))
+            .map(|(_, v)| *v)
+            .expect("S3");
+        assert_eq!(s3.rows, 3);
+        assert_eq!(s3.billed_cost.to_string(), "-2.61369878630");
+    }
 
     #[test]
     fn text_fields_are_escaped_and_nulls_marked() {
