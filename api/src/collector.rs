@@ -6,15 +6,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gleaner_common::billing::{Month, Window};
+use gleaner_common::calendar::Calendar;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
 use gleaner_common::model::{
-    CollectorState, Invalid, JobStatus, JobTimeout, Name, Priority, Trigger,
+    CollectorState, Invalid, JobStatus, JobTimeout, Name, Priority, ScheduleState, Trigger,
 };
-use gleaner_common::plugin::PluginInfo;
+use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
 use gleaner_common::store::job::JobPage;
 use gleaner_common::store::resource::{self, TypeCount};
-use gleaner_common::store::{job, plugin, service_account};
+use gleaner_common::store::{job, plugin, schedule, service_account};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -93,7 +94,7 @@ struct UpdateCollector {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -206,9 +207,41 @@ async fn create(
             .collect(),
     };
     let new = validate(body, plugin.as_ref(), &known)?;
-    let created = collector::create(&state.db, domain, new).await?;
+    let billing = new.plugin.kind == PluginKind::CostDataSource;
+    let txn = gleaner_common::store::begin_write(&state.db)
+        .await
+        .map_err(gleaner_common::store::Error::from)?;
+    let created = collector::create(&txn, domain, new).await?;
+    if billing {
+        // Costs change every day until a month's invoice closes: billing collectors sync daily
+        // unless their schedule is changed, paused or deleted.
+        let calendar = Calendar::new(DAILY_TIMEZONE, &[DAILY_HOUR]).map_err(ApiError::invalid)?;
+        schedule::create(
+            &txn,
+            domain,
+            created.id,
+            Name::parse("name", DAILY_SCHEDULE)?,
+            &calendar,
+            ScheduleState::Enabled,
+            chrono::Utc::now(),
+        )
+        .await?;
+    }
+    txn.commit()
+        .await
+        .map_err(gleaner_common::store::Error::from)?;
+    let created = if billing {
+        collector::get(&state.db, domain, created.id).await?
+    } else {
+        created
+    };
     Ok((StatusCode::CREATED, Json(created)))
 }
+
+/// The schedule every billing collector starts with: daily at midnight UTC.
+const DAILY_SCHEDULE: &str = "daily";
+const DAILY_TIMEZONE: &str = "UTC";
+const DAILY_HOUR: i64 = 0;
 
 /// Every collector.
 #[derive(Debug, Serialize, ToSchema)]

@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use gleaner_common::id::{ProjectId, ServiceAccountId};
 use gleaner_common::model::{Invalid, Name};
 use gleaner_common::provider::{self, PROVIDERS, Provider};
-use gleaner_common::store::service_account::{self, NewServiceAccount, ServiceAccount};
+use gleaner_common::store::service_account::{
+    self, NewServiceAccount, ServiceAccount, ServiceAccountUpdate,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -21,7 +23,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(providers))
         .routes(routes!(list, create))
-        .routes(routes!(show))
+        .routes(routes!(show, update))
 }
 
 /// Every provider, in display order.
@@ -189,4 +191,69 @@ async fn show(
 ) -> ApiResult<Json<ServiceAccount>> {
     let id = parse_id("service account", &id)?;
     Ok(Json(service_account::get(&state.db, domain, id).await?))
+}
+
+/// A change to a service account: any of its fields.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateServiceAccount {
+    #[serde(default)]
+    name: Option<String>,
+    /// `null` removes the account from its project (refused for billing-only providers).
+    #[serde(default, deserialize_with = "crate::collector::present")]
+    #[schema(value_type = Option<ProjectId>)]
+    project_id: Option<Option<ProjectId>>,
+    /// Replaces every credential field, checked against the provider's schema as on create.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    credentials: Option<Value>,
+}
+
+/// Changes a service account's name, project or credentials (replaced as a whole, checked as
+/// on create, encrypted, never returned).
+#[utoipa::path(
+    patch,
+    path = "/v1/service-accounts/{id}",
+    operation_id = "update_service_account",
+    tag = "service accounts",
+    params(("id" = ServiceAccountId, Path, description = "The service account's id")),
+    request_body = UpdateServiceAccount,
+    responses(
+        (status = 200, description = "The service account", body = ServiceAccount),
+        (status = 400, description = "Invalid fields: `name`, `project_id`, `credentials.<field>`",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 404, description = "No service account with that id",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 409, description = "The provider has an account of that name",
+            body = Problem, content_type = problem::CONTENT_TYPE),
+    ),
+)]
+async fn update(
+    State(state): State<AppState>,
+    Tenant(domain): Tenant,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateServiceAccount>,
+) -> ApiResult<Json<ServiceAccount>> {
+    let id: ServiceAccountId = parse_id("service account", &id)?;
+    let current = service_account::get(&state.db, domain, id).await?;
+    let mut errors = Vec::new();
+    let name = body
+        .name
+        .map(|n| Name::parse("name", &n).map_err(|e| errors.push(e)).ok())
+        .unwrap_or_default();
+    let credentials = match (body.credentials, provider::find(&current.provider)) {
+        (Some(c), Some(p)) => p.validate(&c).map_err(|e| errors.extend(e)).ok(),
+        _ => None,
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let change = ServiceAccountUpdate {
+        name,
+        project_id: body.project_id,
+        credentials,
+    };
+    Ok(Json(
+        service_account::update(&state.db, &state.cipher, domain, id, change).await?,
+    ))
 }

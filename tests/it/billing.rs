@@ -341,6 +341,28 @@ async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
             json!({"name": "costs", "plugin_id": "demo-billing"}),
         )
         .await?;
+    // Billing collectors sync daily by default.
+    assert!(c["next_scheduled_at"].is_string(), "{c}");
+    let schedules = env
+        .get(&format!("/v1/collectors/{}/schedules", id(&c)?))
+        .await?;
+    let daily = &schedules.body["items"][0];
+    assert_eq!(
+        (
+            &daily["name"],
+            &daily["timezone"],
+            &daily["hours"],
+            &daily["state"]
+        ),
+        (
+            &json!("daily"),
+            &json!("UTC"),
+            &json!([0]),
+            &json!("ENABLED")
+        ),
+        "{}",
+        schedules.body
+    );
     for (body, field) in [
         (json!({"start_month": "2024-13"}), "start_month"),
         (

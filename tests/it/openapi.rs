@@ -21,6 +21,7 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/v1/service-accounts", true),
     ("post", "/v1/service-accounts", true),
     ("get", "/v1/service-accounts/{id}", true),
+    ("patch", "/v1/service-accounts/{id}", true),
     ("get", "/v1/plugins", false),
     ("post", "/v1/plugins", true),
     ("get", "/v1/plugins/{id}", true),

@@ -73,7 +73,53 @@ async fn providers_list_their_credential_schemas(mode: Mode) -> anyhow::Result<(
     Ok(())
 }
 
+async fn updates_are_validated_like_creates(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let a = env.create("/v1/projects", json!({"name": "a"})).await?;
+    let b = env.create("/v1/projects", json!({"name": "b"})).await?;
+    let sa = env
+        .create(
+            "/v1/service-accounts",
+            json!({"name": "hb", "provider": "hyperbilling", "project_id": a["id"], "credentials": {"account": "acme", "email": "ops@acme.test", "key": "old-key-1"}}),
+        )
+        .await?;
+    let path = format!(
+        "/v1/service-accounts/{}",
+        sa["id"].as_str().unwrap_or_default()
+    );
+    for (body, field) in [
+        (
+            json!({"credentials": {"account": "acme", "email": "ops@acme.test"}}),
+            "credentials.key",
+        ),
+        (
+            json!({"credentials": {"account": "acme", "email": "nope", "key": "k"}}),
+            "credentials.email",
+        ),
+        (json!({"project_id": null}), "project_id"),
+        (json!({"name": "  "}), "name"),
+    ] {
+        let r = env.patch(&path, body.clone()).await?;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.body["errors"][0]["field"], field, "{body}: {r:?}");
+    }
+    let r = env
+        .patch(
+            &path,
+            json!({"name": "hb-2", "project_id": b["id"], "credentials": {"account": "acme", "email": "ops@acme.test", "key": "new-key-2"}}),
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["name"], "hb-2");
+    assert_eq!(r.body["project_id"], b["id"]);
+    assert!(!r.body.to_string().contains("new-key-2"));
+    // The old secret went with the change: one secret row, the new one.
+    assert_eq!(env.scalar("SELECT count(*) FROM secrets").await?, 1);
+    Ok(())
+}
+
 crate::in_both_modes!(
     credentials_are_encrypted_at_rest_and_never_returned,
     providers_list_their_credential_schemas,
+    updates_are_validated_like_creates,
 );

@@ -64,51 +64,10 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     domain: DomainId,
     new: NewServiceAccount,
 ) -> Result<ServiceAccount> {
-    match new.project_id {
-        Some(pid) => {
-            let exists = project::Entity::find_by_id(pid.as_uuid())
-                .filter(project::Column::DomainId.eq(domain.as_uuid()))
-                .one(db)
-                .await?
-                .is_some();
-            if !exists {
-                return Err(Error::Invalid(vec![Invalid::new(
-                    "project_id",
-                    format!("no project with id {pid}"),
-                )]));
-            }
-        }
-        None if new.provider.billing_only => {
-            return Err(Error::Invalid(vec![Invalid::new(
-                "project_id",
-                format!(
-                    "is required: `{}` accounts carry billing data, which is totalled per project",
-                    new.provider.id
-                ),
-            )]));
-        }
-        None => {}
-    }
+    check_project(db, domain, new.provider, new.project_id).await?;
 
     let txn = super::begin_write(db).await?;
-    let secret_id = if new.credentials.is_empty() {
-        None
-    } else {
-        let id = SecretId::new();
-        let plaintext =
-            serde_json::to_vec(&new.credentials).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let sealed = cipher.seal(domain, id, &plaintext)?;
-        secret::Entity::insert(secret::ActiveModel {
-            id: Set(id.into()),
-            domain_id: Set(domain.into()),
-            nonce: Set(sealed.nonce),
-            ciphertext: Set(sealed.ciphertext),
-            created_at: Set(Utc::now().fixed_offset()),
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        Some(id)
-    };
+    let secret_id = seal(&txn, cipher, domain, &new.credentials).await?;
     let now = Utc::now().fixed_offset();
     let row = service_account::ActiveModel {
         id: Set(ServiceAccountId::new().into()),
@@ -138,6 +97,136 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     };
     txn.commit().await?;
     Ok(created.into())
+}
+
+/// Refuses a project that does not exist, or none for a billing provider; errors name
+/// `project_id`.
+async fn check_project(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    provider: &Provider,
+    project_id: Option<ProjectId>,
+) -> Result<()> {
+    match project_id {
+        Some(pid) => {
+            let exists = project::Entity::find_by_id(pid.as_uuid())
+                .filter(project::Column::DomainId.eq(domain.as_uuid()))
+                .one(db)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(Error::Invalid(vec![Invalid::new(
+                    "project_id",
+                    format!("no project with id {pid}"),
+                )]));
+            }
+        }
+        None if provider.billing_only => {
+            return Err(Error::Invalid(vec![Invalid::new(
+                "project_id",
+                format!(
+                    "is required: `{}` accounts carry billing data, which is totalled per project",
+                    provider.id
+                ),
+            )]));
+        }
+        None => {}
+    }
+
+    Ok(())
+}
+
+/// Seals non-empty credentials into a new secret row; `None` for `{}`.
+async fn seal(
+    txn: &impl ConnectionTrait,
+    cipher: &Cipher,
+    domain: DomainId,
+    credentials: &Map<String, Value>,
+) -> Result<Option<SecretId>> {
+    if credentials.is_empty() {
+        return Ok(None);
+    }
+    let id = SecretId::new();
+    let plaintext = serde_json::to_vec(credentials).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let sealed = cipher.seal(domain, id, &plaintext)?;
+    secret::Entity::insert(secret::ActiveModel {
+        id: Set(id.into()),
+        domain_id: Set(domain.into()),
+        nonce: Set(sealed.nonce),
+        ciphertext: Set(sealed.ciphertext),
+        created_at: Set(Utc::now().fixed_offset()),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(Some(id))
+}
+
+/// A validated change to a service account; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct ServiceAccountUpdate {
+    pub name: Option<Name>,
+    /// `Some(None)` removes the project (refused for billing providers).
+    pub project_id: Option<Option<ProjectId>>,
+    /// Replaces the credentials as a whole; already checked against the provider's schema.
+    pub credentials: Option<Map<String, Value>>,
+}
+
+/// Changes a service account; new credentials replace the old ones (whose secret is deleted)
+/// in the same transaction. Tasks already claimed run with what they read.
+///
+/// # Errors
+/// [`Error::NotFound`]; [`Error::Invalid`] naming `project_id`; [`Error::Conflict`] naming
+/// `name`.
+pub async fn update<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    cipher: &Cipher,
+    domain: DomainId,
+    id: ServiceAccountId,
+    change: ServiceAccountUpdate,
+) -> Result<ServiceAccount> {
+    let current = find(db, domain, id).await?;
+    let provider = crate::provider::find(&current.provider).ok_or_else(|| {
+        Error::Corrupt(format!(
+            "service account {id} has unknown provider `{}`",
+            current.provider
+        ))
+    })?;
+    if let Some(project_id) = change.project_id {
+        check_project(db, domain, provider, project_id).await?;
+    }
+    let txn = super::begin_write(db).await?;
+    let mut row: service_account::ActiveModel = current.clone().into();
+    if let Some(name) = &change.name {
+        row.name = Set(name.to_string());
+    }
+    if let Some(project_id) = change.project_id {
+        row.project_id = Set(project_id.map(Into::into));
+    }
+    if let Some(credentials) = &change.credentials {
+        row.secret_id = Set(seal(&txn, cipher, domain, credentials)
+            .await?
+            .map(Into::into));
+    }
+    row.updated_at = Set(Utc::now().fixed_offset());
+    let updated = match service_account::Entity::update(row).exec(&txn).await {
+        Ok(m) => m,
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::Conflict {
+                field: "name",
+                detail: format!(
+                    "a `{}` service account named '{}' already exists",
+                    provider.id,
+                    change.name.map(|n| n.to_string()).unwrap_or_default()
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(_), Some(old)) = (&change.credentials, current.secret_id) {
+        secret::Entity::delete_by_id(old).exec(&txn).await?;
+    }
+    txn.commit().await?;
+    Ok(updated.into())
 }
 
 /// Filters of a service-account listing; each `None` matches every account.

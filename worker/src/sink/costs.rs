@@ -73,7 +73,8 @@ impl PgCostSink {
     }
 }
 
-const COLUMNS: &str = "domain_id, service_account_id, job_id, task_id, month, day, \
+/// The columns a load copies, in [`encode`]'s order.
+pub const COLUMNS: &str = "domain_id, service_account_id, job_id, task_id, month, day, \
     charge_period_start, charge_period_end, billing_period_start, provider, billing_account_id, \
     billing_account_name, sub_account_id, sub_account_name, service_name, service_category, \
     region_id, resource_id, charge_category, currency, billed_cost, effective_cost, list_cost, \
@@ -213,7 +214,9 @@ struct PgLoad {
     rollup: Rollup,
 }
 
-fn fixed_fields(scope: &CostScope) -> String {
+/// The fields every row of a load starts with; [`encode`] takes them encoded once.
+#[must_use]
+pub fn fixed_fields(scope: &CostScope) -> String {
     format!(
         "{}\t{}\t{}\t{}\t{}",
         scope.domain,
@@ -332,7 +335,7 @@ impl CostLoad for PgLoad {
 
 /// Appends one row in COPY's text format: tab-separated, `\N` for null, with backslash,
 /// tab, newline and carriage return escaped.
-fn encode(out: &mut String, fixed: &str, c: &CostItem) {
+pub fn encode(out: &mut String, fixed: &str, c: &CostItem) {
     out.push_str(fixed);
     let day = c.charge_period_start.date_naive();
     let _ = write!(out, "\t{day}\t{}", c.charge_period_start.to_rfc3339());

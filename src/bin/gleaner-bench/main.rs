@@ -8,6 +8,9 @@
 //! the child instead, and the baseline is a raw multi-row `INSERT` of the same rows, in one
 //! transaction, into a same-shaped table of the same SQLite file.
 //!
+//! `focus` and `summary` measure billing: a FOCUS import beside a raw `COPY` of the same rows,
+//! and the cost summary's latency over millions of cost rows (see `billing.rs`).
+//!
 //! `tasks` measures the throughput of small tasks end to end: one job over `--tasks` demo
 //! service accounts of one resource each, run by `--workers` worker processes, from `collect`
 //! to job SUCCESS; beside it, `pgbench`'s built-in simple-update transaction (one UPDATE, one
@@ -34,6 +37,8 @@ use tokio::process::{Child, Command as Process};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod billing;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gleaner-bench",
@@ -52,6 +57,10 @@ enum Command {
     Schedules(SchedulesArgs),
     /// Small tasks (one resource each) end to end with several workers, beside pgbench.
     Tasks(TasksArgs),
+    /// A FOCUS import through a billing job, beside a raw COPY of the same rows.
+    Focus(billing::FocusArgs),
+    /// The cost summary's latency over millions of cost rows.
+    Summary(billing::SummaryArgs),
     /// Runs one component with settings from the environment (used by `ingest`).
     #[command(hide = true)]
     Serve { component: Component },
@@ -164,6 +173,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Tasks(args) => {
             gleaner_common::telemetry::init_for_tests();
             tasks(args).await
+        }
+        Command::Focus(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            billing::focus(args).await
+        }
+        Command::Summary(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            billing::summary(args).await
         }
         Command::Serve { component } => serve(component).await,
     }
@@ -878,12 +895,22 @@ async fn collect(
     base: &str,
     collector: &str,
 ) -> anyhow::Result<(Duration, Value)> {
+    collect_with(http, base, collector, json!({})).await
+}
+
+/// [`collect`] with a body (a billing job's months).
+async fn collect_with(
+    http: &reqwest::Client,
+    base: &str,
+    collector: &str,
+    body: Value,
+) -> anyhow::Result<(Duration, Value)> {
     let started = Instant::now();
     let accepted = post(
         http,
         base,
         &format!("/v1/collectors/{collector}/collect"),
-        json!({}),
+        body,
     )
     .await?;
     let job_id = accepted["job_id"].as_str().context("job_id")?.to_owned();
