@@ -167,11 +167,16 @@ pub fn worker_context(
     claim: ClaimPolicy,
     locks: Arc<dyn Locks>,
 ) -> anyhow::Result<Arc<Context>> {
-    let costs = (db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
-        Arc::new(gleaner_worker::sink::costs::PgCostSink::new(
+    let costs: Arc<dyn gleaner_worker::sink::costs::CostSink> = match db.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => {
+            Arc::new(gleaner_worker::sink::costs_sqlite::SqliteCostSink::new(
+                db.get_sqlite_connection_pool().clone(),
+            ))
+        }
+        _ => Arc::new(gleaner_worker::sink::costs::PgCostSink::new(
             db.get_postgres_connection_pool().clone(),
-        )) as Arc<dyn gleaner_worker::sink::costs::CostSink>
-    });
+        )),
+    };
     let ctx = Context::new(
         db,
         Cipher::new(&settings.secret_key()?),
@@ -181,11 +186,9 @@ pub fn worker_context(
         signal,
     )
     .with_claim(claim)
-    .with_locks(locks);
-    Ok(Arc::new(match costs {
-        Some(sink) => ctx.with_costs(sink),
-        None => ctx,
-    }))
+    .with_locks(locks)
+    .with_costs(costs);
+    Ok(Arc::new(ctx))
 }
 
 /// The scheduler over `db`, with the catalog of the built-in plugins (private ones are found

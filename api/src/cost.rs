@@ -137,8 +137,6 @@ fn group_by(raw: Option<&str>) -> Result<Vec<Dim>, ApiError> {
         (status = 200, description = "Sums per group and currency", body = SummaryList),
         (status = 400, description = "A bad date, range or dimension",
             body = Problem, content_type = problem::CONTENT_TYPE),
-        (status = 501, description = "The standalone mode keeps no billing data yet",
-            body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
 async fn summary(
@@ -185,8 +183,6 @@ struct ListQuery {
     responses(
         (status = 200, description = "A page of cost records", body = CostPage),
         (status = 400, description = "A bad date, range or cursor",
-            body = Problem, content_type = problem::CONTENT_TYPE),
-        (status = 501, description = "The standalone mode keeps no billing data yet",
             body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
@@ -331,8 +327,6 @@ async fn build_dashboard(
         (status = 200, description = "The dashboard", body = Dashboard),
         (status = 400, description = "A bad month",
             body = Problem, content_type = problem::CONTENT_TYPE),
-        (status = 501, description = "The standalone mode keeps no billing data yet",
-            body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
 async fn dashboard(
@@ -355,8 +349,6 @@ async fn dashboard(
         (status = 400, description = "A bad month",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No project with that id",
-            body = Problem, content_type = problem::CONTENT_TYPE),
-        (status = 501, description = "The standalone mode keeps no billing data yet",
             body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]

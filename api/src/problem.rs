@@ -29,8 +29,6 @@ pub enum Code {
     Forbidden,
     UnsupportedMediaType,
     Unavailable,
-    /// This deployment cannot do it yet.
-    NotImplemented,
     Internal,
 }
 
@@ -74,11 +72,6 @@ impl Code {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service unavailable",
                 "/problems/unavailable",
-            ),
-            Code::NotImplemented => (
-                StatusCode::NOT_IMPLEMENTED,
-                "Not implemented",
-                "/problems/not-implemented",
             ),
             Code::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -243,7 +236,6 @@ impl From<store::Error> for ApiError {
                 cause: None,
             },
             store::Error::State(detail) => Self::new(Code::Conflict, detail),
-            store::Error::Unsupported(detail) => Self::new(Code::NotImplemented, detail),
             store::Error::Invalid(errors) => Self::invalid(errors),
             e if e.is_transient() => Self {
                 code: Code::Unavailable,

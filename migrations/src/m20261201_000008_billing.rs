@@ -13,13 +13,15 @@
 //!   dimension the summary groups by, rebuilt for (service account, month) in the same
 //!   transaction. The summary reads them instead of scanning `costs`.
 //!
+//! - `cost_staging`: rows of SQLite loads not yet committed.
+//!
 //! Amounts are `numeric` (exact, any precision) in PostgreSQL. SQLite has no exact decimal
 //! type: its `numeric` affinity would turn `0.00000080000` into a float, so there they are text.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    big_integer, big_pk_auto, date, json_binary_null, text, text_null, timestamp_with_time_zone,
-    timestamp_with_time_zone_null, uuid,
+    big_integer, big_pk_auto, date, integer, json_binary_null, text, text_null,
+    timestamp_with_time_zone, timestamp_with_time_zone_null, uuid,
 };
 use sea_orm_migration::sea_orm::DbBackend;
 
@@ -44,6 +46,46 @@ fn amount(backend: DbBackend, name: &'static str, null: bool) -> ColumnDef {
         c.not_null();
     }
     c
+}
+
+/// The table of cost rows; a staging table has their attempt instead of an id.
+fn cost_rows(backend: DbBackend, name: &'static str, staging: bool) -> TableCreateStatement {
+    let mut t = Table::create();
+    t.table(name);
+    if staging {
+        t.col(integer("attempt"));
+    } else {
+        t.col(big_pk_auto("id"));
+    }
+    t.col(uuid("domain_id"))
+        .col(uuid("service_account_id"))
+        .col(uuid("job_id"))
+        .col(uuid("task_id"))
+        .col(date("month"))
+        .col(date("day"))
+        .col(timestamp_with_time_zone("charge_period_start"))
+        .col(timestamp_with_time_zone_null("charge_period_end"))
+        .col(timestamp_with_time_zone_null("billing_period_start"))
+        .col(text("provider"))
+        .col(text("billing_account_id"))
+        .col(text_null("billing_account_name"))
+        .col(text_null("sub_account_id"))
+        .col(text_null("sub_account_name"))
+        .col(text_null("service_name"))
+        .col(text_null("service_category"))
+        .col(text_null("region_id"))
+        .col(text_null("resource_id"))
+        .col(text_null("charge_category"))
+        .col(text("currency"))
+        .col(amount(backend, "billed_cost", false))
+        .col(amount(backend, "effective_cost", false))
+        .col(amount(backend, "list_cost", false))
+        .col(amount(backend, "consumed_quantity", true))
+        .col(text_null("consumed_unit"))
+        .col(amount(backend, "pricing_quantity", true))
+        .col(text_null("pricing_unit"))
+        .col(json_binary_null("tags"));
+    t.take()
 }
 
 fn rollup(backend: DbBackend, name: &'static str, daily: bool) -> TableCreateStatement {
@@ -115,41 +157,14 @@ impl MigrationTrait for Migration {
                  (job_id, service_account_id, COALESCE(month, {epoch}))"
         ))
         .await?;
-        m.create_table(
-            Table::create()
-                .table("costs")
-                .col(big_pk_auto("id"))
-                .col(uuid("domain_id"))
-                .col(uuid("service_account_id"))
-                .col(uuid("job_id"))
-                .col(uuid("task_id"))
-                .col(date("month"))
-                .col(date("day"))
-                .col(timestamp_with_time_zone("charge_period_start"))
-                .col(timestamp_with_time_zone_null("charge_period_end"))
-                .col(timestamp_with_time_zone_null("billing_period_start"))
-                .col(text("provider"))
-                .col(text("billing_account_id"))
-                .col(text_null("billing_account_name"))
-                .col(text_null("sub_account_id"))
-                .col(text_null("sub_account_name"))
-                .col(text_null("service_name"))
-                .col(text_null("service_category"))
-                .col(text_null("region_id"))
-                .col(text_null("resource_id"))
-                .col(text_null("charge_category"))
-                .col(text("currency"))
-                .col(amount(backend, "billed_cost", false))
-                .col(amount(backend, "effective_cost", false))
-                .col(amount(backend, "list_cost", false))
-                .col(amount(backend, "consumed_quantity", true))
-                .col(text_null("consumed_unit"))
-                .col(amount(backend, "pricing_quantity", true))
-                .col(text_null("pricing_unit"))
-                .col(json_binary_null("tags"))
-                .take(),
-        )
-        .await?;
+        m.create_table(cost_rows(backend, "costs", false)).await?;
+        // SQLite's loads stage their rows here, a batch per short transaction, and move them
+        // into `costs` at the commit: holding SQLite's single write lock for a whole import
+        // would stop every other writer, the task's own heartbeat included.
+        m.create_table(cost_rows(backend, "cost_staging", true))
+            .await?;
+        m.create_index(index("cost_staging", &["task_id", "attempt"]))
+            .await?;
         m.create_index(index("costs", &["service_account_id", "month"]))
             .await?;
         m.create_index(index("costs", &["domain_id", "charge_period_start"]))
@@ -178,7 +193,7 @@ impl MigrationTrait for Migration {
                  ON job_tasks (job_id, service_account_id)",
         )
         .await?;
-        for table in ["cost_monthly", "cost_daily", "costs"] {
+        for table in ["cost_monthly", "cost_daily", "cost_staging", "costs"] {
             m.drop_table(Table::drop().table(table).if_exists().take())
                 .await?;
         }

@@ -87,10 +87,10 @@ fn billed_by(items: &[Value], key: &str) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_focus_import_matches_the_published_totals_and_a_rerun_replaces_it() -> anyhow::Result<()>
-{
-    let env = TestEnv::start(Mode::Distributed).await?;
+async fn a_focus_import_matches_the_published_totals_and_a_rerun_replaces_it(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     focus_account(&env, "all", None).await?;
     let collector = focus_collector(&env, SAMPLE).await?;
     let job = bill(&env, &collector, september()).await?;
@@ -153,6 +153,11 @@ async fn a_focus_import_matches_the_published_totals_and_a_rerun_replaces_it() -
     );
     assert_eq!(summary(&env, month).await?, total);
     assert_eq!(env.scalar("SELECT count(*) FROM costs").await?, 250);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM cost_staging").await?,
+        0,
+        "nothing staged is left behind"
+    );
 
     // The rows themselves, paged.
     let page = env
@@ -171,9 +176,10 @@ async fn a_focus_import_matches_the_published_totals_and_a_rerun_replaces_it() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_billing_accounts_in_two_projects_add_up_to_the_domain_total() -> anyhow::Result<()> {
-    let env = TestEnv::start(Mode::Distributed).await?;
+async fn two_billing_accounts_in_two_projects_add_up_to_the_domain_total(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     let (aws_project, aws) = focus_account(&env, "aws", Some("1234567890123")).await?;
     let (oracle_project, _) = focus_account(&env, "oracle", Some("20209880")).await?;
     let collector = focus_collector(&env, SAMPLE).await?;
@@ -257,9 +263,8 @@ async fn two_billing_accounts_in_two_projects_add_up_to_the_domain_total() -> an
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_rows_are_reported_and_the_rest_imported() -> anyhow::Result<()> {
-    let env = TestEnv::start(Mode::Distributed).await?;
+async fn broken_rows_are_reported_and_the_rest_imported(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     focus_account(&env, "all", None).await?;
     let sample = std::fs::read_to_string(SAMPLE)?;
     let mut lines: Vec<String> = sample.lines().map(str::to_owned).collect();
@@ -291,9 +296,8 @@ async fn broken_rows_are_reported_and_the_rest_imported() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_costs_have_their_documented_totals_per_month() -> anyhow::Result<()> {
-    let env = TestEnv::start(Mode::Distributed).await?;
+async fn demo_costs_have_their_documented_totals_per_month(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
     let project = env.create("/v1/projects", json!({"name": "demo"})).await?;
     env.create(
         "/v1/service-accounts",
@@ -400,11 +404,13 @@ async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
         kinds.contains(&("demo-billing", "cost_data_source")),
         "{kinds:?}"
     );
-    if mode == Mode::Standalone {
-        let a = env.get("/v1/costs/summary").await?;
-        assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED, "{a:?}");
-    }
     Ok(())
 }
 
-in_both_modes!(billing_input_is_checked);
+in_both_modes!(
+    a_focus_import_matches_the_published_totals_and_a_rerun_replaces_it,
+    two_billing_accounts_in_two_projects_add_up_to_the_domain_total,
+    broken_rows_are_reported_and_the_rest_imported,
+    demo_costs_have_their_documented_totals_per_month,
+    billing_input_is_checked,
+);

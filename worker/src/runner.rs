@@ -500,9 +500,7 @@ async fn collect_costs(
         ));
     }
     let Some(sink) = ctx.costs.clone() else {
-        return failure(
-            "billing data is stored in PostgreSQL only for now: run Gleaner in the distributed mode",
-        );
+        return failure("this worker was started without a store for costs");
     };
     let (plugin, secret) = match prepare(ctx, claimed).await {
         Ok(p) => p,

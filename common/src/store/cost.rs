@@ -3,7 +3,8 @@
 //!
 //! A summary over whole months reads `cost_monthly`, any other one `cost_daily`: both hold sums
 //! per service account, provider, billing account, service, region and currency, so no query
-//! scans `costs`. Amounts are summed by PostgreSQL's `numeric`, exactly, and per currency.
+//! scans `costs`. Amounts are summed exactly and per currency: by PostgreSQL's `numeric`, or,
+//! on SQLite (which keeps them as decimal text), here with `rust_decimal`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -135,24 +136,27 @@ pub struct SummaryItem {
     pub effective_cost: Decimal,
 }
 
-fn postgres_only(db: &impl ConnectionTrait) -> Result<()> {
-    if db.get_database_backend() == DbBackend::Postgres {
-        Ok(())
-    } else {
-        Err(Error::Unsupported(
-            "billing data is stored in PostgreSQL only for now: run Gleaner in the distributed mode".into(),
-        ))
-    }
+/// Binds values as `$n` (PostgreSQL) or `?n` (SQLite) in the order they are pushed.
+struct Params {
+    values: Vec<DbValue>,
+    mark: char,
 }
 
-/// Binds values as `$n` in the order the SQL text asks for them.
-#[derive(Default)]
-struct Params(Vec<DbValue>);
-
 impl Params {
+    fn new(backend: DbBackend) -> Self {
+        Self {
+            values: Vec::new(),
+            mark: if backend == DbBackend::Postgres {
+                '$'
+            } else {
+                '?'
+            },
+        }
+    }
+
     fn push(&mut self, v: impl Into<DbValue>) -> String {
-        self.0.push(v.into());
-        format!("${}", self.0.len())
+        self.values.push(v.into());
+        format!("{}{}", self.mark, self.values.len())
     }
 }
 
@@ -183,26 +187,29 @@ fn conditions(filter: &Filter, p: &mut Params) -> String {
     sql
 }
 
-/// Sums costs per group and currency, ordered by the groups' keys.
+/// Sums costs per group and currency, ordered by the groups' keys (nulls last).
 ///
 /// # Errors
-/// [`Error::Unsupported`] on SQLite; database errors.
+/// Database errors.
 pub async fn summary(
     db: &impl ConnectionTrait,
     domain: DomainId,
     q: &Summary,
 ) -> Result<Vec<SummaryItem>> {
-    postgres_only(db)?;
     let whole_months = q.start.day() == 1 && q.end.day() == 1 && !q.group_by.contains(&Dim::Day);
     let (table, column) = if whole_months {
         ("cost_monthly", "month")
     } else {
         ("cost_daily", "day")
     };
-    let mut p = Params::default();
+    let backend = db.get_database_backend();
+    let mut p = Params::new(backend);
     let d = p.push(domain.as_uuid());
     let s = p.push(q.start);
     let e = p.push(q.end);
+    if backend == DbBackend::Sqlite {
+        return summary_sqlite(db, q, (table, column), p, [d, s, e]).await;
+    }
     let mut keys: Vec<String> = q
         .group_by
         .iter()
@@ -226,13 +233,104 @@ pub async fn summary(
         conditions = conditions(&q.filter, &mut p),
     );
     let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            p.0,
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, p.values))
         .await?;
     rows.iter().map(|r| item(r, &q.group_by)).collect()
+}
+
+/// SQLite: reads the rollup rows and sums them here, exactly.
+async fn summary_sqlite(
+    db: &impl ConnectionTrait,
+    q: &Summary,
+    (table, column): (&str, &str),
+    mut p: Params,
+    [d, s, e]: [String; 3],
+) -> Result<Vec<SummaryItem>> {
+    let day = if table == "cost_daily" {
+        "r.day"
+    } else {
+        "NULL"
+    };
+    let sql = format!(
+        "SELECT r.service_account_id, sa.project_id, r.month, {day} AS day, r.provider,
+            r.billing_account_id, r.service_name, r.region_id, r.currency, r.billed_cost,
+            r.effective_cost
+         FROM {table} r LEFT JOIN service_accounts sa ON sa.id = r.service_account_id
+         WHERE r.domain_id = {d} AND r.{column} >= {s} AND r.{column} < {e}{conditions}",
+        conditions = conditions(&q.filter, &mut p),
+    );
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            p.values,
+        ))
+        .await?;
+    // Sorted as PostgreSQL sorts the groups: by each key, nulls last, then the currency.
+    type Group = (Vec<(bool, String)>, String);
+    let mut groups: BTreeMap<Group, (Decimal, Decimal)> = BTreeMap::new();
+    for r in &rows {
+        let text = |c: &str| r.try_get::<Option<String>>("", c);
+        let uuid = |c: &str| -> Result<Option<String>> {
+            Ok(r.try_get::<Option<uuid::Uuid>>("", c)?
+                .map(|u| u.to_string()))
+        };
+        let date = |c: &str, f: &str| -> Result<Option<String>> {
+            Ok(r.try_get::<Option<NaiveDate>>("", c)?
+                .map(|d| d.format(f).to_string()))
+        };
+        let mut keys = Vec::with_capacity(q.group_by.len());
+        for dim in &q.group_by {
+            let v = match dim {
+                Dim::Provider => text("provider")?,
+                Dim::Project => uuid("project_id")?,
+                Dim::ServiceAccount => uuid("service_account_id")?,
+                Dim::BillingAccount => text("billing_account_id")?,
+                Dim::Service => text("service_name")?,
+                Dim::Region => text("region_id")?,
+                Dim::Month => date("month", "%Y-%m")?,
+                Dim::Day => date("day", "%Y-%m-%d")?,
+            };
+            keys.push((v.is_none(), v.unwrap_or_default()));
+        }
+        let sums = groups
+            .entry((keys, r.try_get("", "currency")?))
+            .or_default();
+        sums.0 += decimal_text(r, "billed_cost")?;
+        sums.1 += decimal_text(r, "effective_cost")?;
+    }
+    Ok(groups
+        .into_iter()
+        .map(|((keys, currency), (billed, effective))| SummaryItem {
+            keys: q
+                .group_by
+                .iter()
+                .zip(keys)
+                .map(|(dim, (null, v))| (dim.as_str(), (!null).then_some(v)))
+                .collect(),
+            currency,
+            billed_cost: billed,
+            effective_cost: effective,
+        })
+        .collect())
+}
+
+/// An amount SQLite keeps as decimal text.
+fn decimal_text(r: &QueryResult, column: &str) -> Result<Decimal> {
+    let text: String = r.try_get("", column)?;
+    text.parse()
+        .map_err(|e| Error::Corrupt(format!("{column} `{text}` is not a decimal: {e}")))
+}
+
+/// An amount: `numeric` in PostgreSQL, decimal text in SQLite.
+fn amount(r: &QueryResult, backend: DbBackend, column: &str) -> Result<Option<Decimal>> {
+    if backend == DbBackend::Postgres {
+        return Ok(r.try_get("", column)?);
+    }
+    match r.try_get::<Option<String>>("", column)? {
+        None => Ok(None),
+        Some(_) => decimal_text(r, column).map(Some),
+    }
 }
 
 fn item(r: &QueryResult, dims: &[Dim]) -> Result<SummaryItem> {
@@ -299,7 +397,7 @@ pub struct CostPage {
 /// after `cursor`.
 ///
 /// # Errors
-/// [`Error::Unsupported`] on SQLite; database errors.
+/// Database errors.
 pub async fn list(
     db: &impl ConnectionTrait,
     domain: DomainId,
@@ -308,8 +406,8 @@ pub async fn list(
     cursor: Option<i64>,
     limit: u64,
 ) -> Result<CostPage> {
-    postgres_only(db)?;
-    let mut p = Params::default();
+    let backend = db.get_database_backend();
+    let mut p = Params::new(backend);
     let d = p.push(domain.as_uuid());
     let s = p.push(start);
     let e = p.push(end);
@@ -328,11 +426,7 @@ pub async fn list(
          ORDER BY r.id LIMIT {n}"
     );
     let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            p.0,
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, p.values))
         .await?;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -361,14 +455,19 @@ pub async fn list(
             resource_id: r.try_get("", "resource_id")?,
             charge_category: r.try_get("", "charge_category")?,
             currency: r.try_get("", "currency")?,
-            billed_cost: r.try_get("", "billed_cost")?,
-            effective_cost: r.try_get("", "effective_cost")?,
-            list_cost: r.try_get("", "list_cost")?,
-            consumed_quantity: r.try_get("", "consumed_quantity")?,
+            billed_cost: amount(r, backend, "billed_cost")?.unwrap_or_default(),
+            effective_cost: amount(r, backend, "effective_cost")?.unwrap_or_default(),
+            list_cost: amount(r, backend, "list_cost")?.unwrap_or_default(),
+            consumed_quantity: amount(r, backend, "consumed_quantity")?,
             consumed_unit: r.try_get("", "consumed_unit")?,
-            pricing_quantity: r.try_get("", "pricing_quantity")?,
+            pricing_quantity: amount(r, backend, "pricing_quantity")?,
             pricing_unit: r.try_get("", "pricing_unit")?,
-            tags: r.try_get("", "tags")?,
+            tags: if backend == DbBackend::Postgres {
+                r.try_get("", "tags")?
+            } else {
+                r.try_get::<Option<String>>("", "tags")?
+                    .and_then(|t| serde_json::from_str(&t).ok())
+            },
         });
     }
     let more = items.len() > usize::try_from(limit).unwrap_or(usize::MAX);

@@ -39,9 +39,6 @@ pub enum Error {
     Crypto(#[from] CryptoError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// This deployment cannot do it (the standalone mode's SQLite has no exact decimals).
-    #[error("{0}")]
-    Unsupported(String),
     #[error(transparent)]
     Db(#[from] DbErr),
 }

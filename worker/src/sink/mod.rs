@@ -11,6 +11,7 @@ use gleaner_common::store::resource;
 use crate::plugin::ResourceItem;
 
 pub mod costs;
+pub mod costs_sqlite;
 pub mod postgres;
 pub mod sqlite;
 
