@@ -141,11 +141,11 @@ fn validate(body: RegisterPlugin) -> Result<(String, semver::Version, Spec), Api
 /// What `init` answered must describe a plugin Gleaner can run.
 fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
     let mut errors = Vec::new();
-    if meta.kind != PluginKind::Collector {
+    if meta.kind == PluginKind::MetricDataSource {
         errors.push(Invalid::new(
             "metadata.kind",
             format!(
-                "private plugins of kind `{}` are not supported yet; only `collector`",
+                "private plugins of kind `{}` are not supported yet; only `collector` and `cost_data_source`",
                 meta.kind.as_str()
             ),
         ));

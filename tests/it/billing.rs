@@ -331,6 +331,64 @@ async fn demo_costs_have_their_documented_totals_per_month(mode: Mode) -> anyhow
     Ok(())
 }
 
+async fn a_private_cost_plugin_bills_in_its_own_currency(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let plugin = env
+        .create(
+            "/v1/plugins",
+            json!({"id": "hb-costs", "version": "1.0.0", "command": format!("{}/tests/plugins/costs.sh", env!("CARGO_MANIFEST_DIR"))}),
+        )
+        .await?;
+    assert_eq!(plugin["kind"], "cost_data_source");
+    let project = env.create("/v1/projects", json!({"name": "hb"})).await?;
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "hb", "provider": "hyperbilling", "project_id": project["id"],
+               "credentials": {"account": "acme", "email": "ops@acme.test", "key": "k-1"}}),
+    )
+    .await?;
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "hb", "plugin_id": "hb-costs"}),
+        )
+        .await?;
+    // And the FOCUS sample beside it, in USD: totals stay per currency.
+    focus_account(&env, "focus", None).await?;
+    let focus = focus_collector(&env, SAMPLE).await?;
+    for collector in [id(&c)?, focus] {
+        let job = bill(&env, &collector, september()).await?;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+    }
+    let totals = summary(&env, "start=2024-09-01&end=2024-10-01").await?;
+    let per_currency: Vec<(&str, &str, &str)> = totals
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t["currency"].as_str()?,
+                t["billed_cost"].as_str()?,
+                t["effective_cost"].as_str()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        per_currency,
+        [
+            ("KRW", "2000.20", "1800.18"),
+            ("USD", "3.71561541189", "1.80063469386")
+        ]
+    );
+    let krw = summary(
+        &env,
+        "start=2024-09-01&end=2024-10-01&currency=krw&group_by=billing_account,service",
+    )
+    .await?;
+    assert_eq!(krw.len(), 1, "{krw:?}");
+    assert_eq!(krw[0]["billing_account"], "acme");
+    assert_eq!(krw[0]["service"], "Amazon EC2");
+    Ok(())
+}
+
 async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
     let inventory = env.demo_collector(1, json!({"resources": 1})).await?;
@@ -412,5 +470,6 @@ in_both_modes!(
     two_billing_accounts_in_two_projects_add_up_to_the_domain_total,
     broken_rows_are_reported_and_the_rest_imported,
     demo_costs_have_their_documented_totals_per_month,
+    a_private_cost_plugin_bills_in_its_own_currency,
     billing_input_is_checked,
 );
