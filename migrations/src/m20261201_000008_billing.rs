@@ -6,9 +6,9 @@
 //!   job has one task per service account and month: the unique index takes the month in,
 //!   with null as one value (a plain column would let inventory tasks repeat, nulls being
 //!   distinct).
-//! - `costs`: one row per cost record, kept per (service account, charge month). A billing task
-//!   deletes its month's rows and writes the new ones in one transaction, so a re-run replaces
-//!   instead of adding.
+//! - `costs`: one row per cost record, kept per (collector, service account, charge month). A
+//!   billing task deletes its month's rows and writes the new ones in one transaction, so a
+//!   re-run replaces instead of adding.
 //! - `cost_daily`, `cost_monthly`: sums of `costs` per day (and per month) and per every
 //!   dimension the summary groups by, rebuilt for (service account, month) in the same
 //!   transaction. The summary reads them instead of scanning `costs`.
@@ -29,6 +29,11 @@ use crate::util::index;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+/// What one billing task replaces: a month of one service account, as one collector reports
+/// it (two collectors of the same provider, over different exports, do not overwrite each
+/// other).
+const REPLACED: [&str; 3] = ["collector_id", "service_account_id", "month"];
 
 /// One task per (job, service account, month).
 const TASK_UNIT: &str = "ux_job_tasks_job_id_service_account_id_month";
@@ -58,6 +63,7 @@ fn cost_rows(backend: DbBackend, name: &'static str, staging: bool) -> TableCrea
         t.col(big_pk_auto("id"));
     }
     t.col(uuid("domain_id"))
+        .col(uuid("collector_id"))
         .col(uuid("service_account_id"))
         .col(uuid("job_id"))
         .col(uuid("task_id"))
@@ -93,6 +99,7 @@ fn rollup(backend: DbBackend, name: &'static str, daily: bool) -> TableCreateSta
     t.table(name)
         .col(big_pk_auto("id"))
         .col(uuid("domain_id"))
+        .col(uuid("collector_id"))
         .col(uuid("service_account_id"))
         .col(date("month"));
     if daily {
@@ -165,16 +172,15 @@ impl MigrationTrait for Migration {
             .await?;
         m.create_index(index("cost_staging", &["task_id", "attempt"]))
             .await?;
-        m.create_index(index("costs", &["service_account_id", "month"]))
-            .await?;
-        m.create_index(index("costs", &["domain_id", "charge_period_start"]))
+        m.create_index(index("costs", &REPLACED)).await?;
+        // `GET /v1/costs` pages a range of days in id order.
+        m.create_index(index("costs", &["domain_id", "day", "id"]))
             .await?;
         m.create_table(rollup(backend, "cost_daily", true)).await?;
         m.create_table(rollup(backend, "cost_monthly", false))
             .await?;
         for table in ["cost_daily", "cost_monthly"] {
-            m.create_index(index(table, &["service_account_id", "month"]))
-                .await?;
+            m.create_index(index(table, &REPLACED)).await?;
         }
         // The summary filters every query by domain and a range of days or months.
         m.create_index(index("cost_daily", &["domain_id", "day"]))
@@ -187,6 +193,9 @@ impl MigrationTrait for Migration {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         let db = m.get_connection();
         db.execute_unprepared(&format!("DROP INDEX IF EXISTS {TASK_UNIT}"))
+            .await?;
+        // The older index allows one task per account and job: billing jobs had one per month.
+        db.execute_unprepared("DELETE FROM job_tasks WHERE month IS NOT NULL")
             .await?;
         db.execute_unprepared(
             "CREATE UNIQUE INDEX IF NOT EXISTS ux_job_tasks_job_id_service_account_id

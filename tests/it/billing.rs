@@ -389,6 +389,57 @@ async fn a_private_cost_plugin_bills_in_its_own_currency(mode: Mode) -> anyhow::
     Ok(())
 }
 
+async fn a_collector_replaces_only_its_rows_and_a_failed_sync_keeps_them(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    focus_account(&env, "all", None).await?;
+    let dir = std::env::temp_dir().join(format!("gleaner-it-{}", env.name));
+    std::fs::create_dir_all(&dir)?;
+    let sample = std::fs::read_to_string(SAMPLE)?;
+    let oracle: Vec<&str> = sample
+        .lines()
+        .enumerate()
+        .filter(|(n, l)| *n == 0 || l.contains("\"Oracle\""))
+        .map(|(_, l)| l)
+        .collect();
+    let oracle_file = dir.join("oracle.csv");
+    std::fs::write(&oracle_file, oracle.join("\n") + "\n")?;
+    let all = focus_collector(&env, SAMPLE).await?;
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "oracle", "plugin_id": "focus", "options": {"path": oracle_file}}),
+        )
+        .await?;
+    let only_oracle = id(&c)?;
+    let result = async {
+        for collector in [&all, &only_oracle, &all] {
+            let job = bill(&env, collector, september()).await?;
+            anyhow::ensure!(job["status"] == "SUCCESS", "{job}");
+        }
+        // Two collectors over one account add up; re-running one replaced its rows only.
+        let month = "start=2024-09-01&end=2024-10-01";
+        let total = summary(&env, month).await?;
+        anyhow::ensure!(
+            total[0]["billed_cost"] == "4.25268933662",
+            "3.71561541189 + 0.53707392473: {total:?}"
+        );
+        // The export is gone: the sync fails and the month stays as it was.
+        std::fs::remove_file(&oracle_file)?;
+        let job = bill(&env, &only_oracle, september()).await?;
+        anyhow::ensure!(job["status"] == "FAILURE", "{job}");
+        anyhow::ensure!(
+            summary(&env, month).await? == total,
+            "a failed sync changed the totals"
+        );
+        Ok(())
+    }
+    .await;
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
 async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
     let inventory = env.demo_collector(1, json!({"resources": 1})).await?;
@@ -471,5 +522,6 @@ in_both_modes!(
     broken_rows_are_reported_and_the_rest_imported,
     demo_costs_have_their_documented_totals_per_month,
     a_private_cost_plugin_bills_in_its_own_currency,
+    a_collector_replaces_only_its_rows_and_a_failed_sync_keeps_them,
     billing_input_is_checked,
 );

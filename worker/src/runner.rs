@@ -490,9 +490,12 @@ async fn collect_costs(
     stop: &CancellationToken,
     lock: &Held,
 ) -> Ended {
-    let (Some(month), Some(service_account_id)) = (claimed.month, claimed.service_account_id)
-    else {
-        return failure("a billing task needs a service account and a month");
+    let (Some(month), Some(service_account_id), Some(collector_id)) = (
+        claimed.month,
+        claimed.service_account_id,
+        claimed.collector_id,
+    ) else {
+        return failure("a billing task needs a collector, a service account and a month");
     };
     if claimed.project_id.is_none() {
         return failure(format!(
@@ -508,6 +511,7 @@ async fn collect_costs(
     };
     let scope = CostScope {
         domain: claimed.domain,
+        collector_id,
         service_account_id,
         job_id: claimed.job_id,
         task_id: claimed.task_id,

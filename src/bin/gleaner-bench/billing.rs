@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context as _, ensure};
 use chrono::{Duration as Days, NaiveDate, NaiveDateTime};
 use gleaner_common::billing::Month;
-use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
+use gleaner_common::id::{CollectorId, DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_worker::plugin::focus::{self, Filter};
 use gleaner_worker::plugin::{self, Item};
 use gleaner_worker::sink::costs::{self as cost_sink, CostScope};
@@ -246,6 +246,7 @@ async fn measure_focus(
     let collector = collector["id"].as_str().context("collector id")?.to_owned();
     let scope = CostScope {
         domain: DomainId::DEFAULT,
+        collector_id: CollectorId::from_uuid(uuid::Uuid::parse_str(&collector)?),
         service_account_id: ServiceAccountId::from_uuid(uuid::Uuid::parse_str(
             sa["id"].as_str().context("sa id")?,
         )?),

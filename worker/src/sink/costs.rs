@@ -14,10 +14,12 @@ use std::fmt::Write as _;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use gleaner_common::billing::Month;
-use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
+use gleaner_common::id::{CollectorId, DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_common::model::Counts;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::SinkError;
 use crate::plugin::CostItem;
@@ -26,6 +28,8 @@ use crate::plugin::CostItem;
 #[derive(Clone, Debug)]
 pub struct CostScope {
     pub domain: DomainId,
+    /// Two collectors of one provider replace their own rows only.
+    pub collector_id: CollectorId,
     pub service_account_id: ServiceAccountId,
     pub job_id: JobId,
     pub task_id: TaskId,
@@ -74,7 +78,7 @@ impl PgCostSink {
 }
 
 /// The columns a load copies, in [`encode`]'s order.
-pub const COLUMNS: &str = "domain_id, service_account_id, job_id, task_id, month, day, \
+pub const COLUMNS: &str = "domain_id, collector_id, service_account_id, job_id, task_id, month, day, \
     charge_period_start, charge_period_end, billing_period_start, provider, billing_account_id, \
     billing_account_name, sub_account_id, sub_account_name, service_name, service_category, \
     region_id, resource_id, charge_category, currency, billed_cost, effective_cost, list_cost, \
@@ -83,13 +87,14 @@ pub const COLUMNS: &str = "domain_id, service_account_id, job_id, task_id, month
 /// One lock per (account, month): `hashtextextended` spreads them over the 64-bit key space.
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
-const DELETE: &str = "DELETE FROM costs WHERE service_account_id = $1 AND month = $2";
+const DELETE: &str =
+    "DELETE FROM costs WHERE collector_id = $1 AND service_account_id = $2 AND month = $3";
 
 /// Fences the commit: locks the task row if this attempt still owns it.
 const FENCE: &str =
     "SELECT 1 FROM job_tasks WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS' FOR UPDATE";
 
-const ROLLUP_COLUMNS: &str = "domain_id, service_account_id, month, provider, billing_account_id, \
+const ROLLUP_COLUMNS: &str = "domain_id, collector_id, service_account_id, month, provider, billing_account_id, \
     service_name, region_id, currency, billed_cost, effective_cost, list_cost, rows";
 
 /// What a rollup row is keyed by, besides the scope's account and month.
@@ -162,55 +167,219 @@ const PROGRESS: &str = "UPDATE job_tasks SET
 WHERE id = $1 AND attempt = $2";
 
 fn db(e: sqlx::Error) -> SinkError {
+    // A data exception (SQLSTATE class 22: a value PostgreSQL refuses) fails again on retry.
+    if let sqlx::Error::Database(d) = &e
+        && d.code().is_some_and(|c| c.starts_with("22"))
+    {
+        return SinkError::Corrupt(format!("a record was refused: {d}"));
+    }
     SinkError::Db(e.to_string())
+}
+
+/// What a [`PgLoad`] asks of the task that owns its transaction.
+enum Command {
+    /// More rows for the open COPY.
+    Rows(Vec<u8>),
+    Commit {
+        failed: i64,
+        written: i64,
+        rollup: Box<Rollup>,
+        reply: oneshot::Sender<Result<Option<Counts>, SinkError>>,
+    },
 }
 
 #[async_trait]
 impl CostSink for PgCostSink {
     async fn begin(&self, scope: &CostScope) -> Result<Box<dyn CostLoad>, SinkError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(LOCK)
-            .bind(format!(
-                "costs:{}:{}",
-                scope.service_account_id, scope.month
-            ))
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let deleted = sqlx::query(DELETE)
-            .bind(scope.service_account_id.as_uuid())
-            .bind(scope.month.first_day())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        Ok(Box::new(PgLoad {
-            tx,
-            scope: scope.clone(),
-            fixed: fixed_fields(scope),
-            fixed_rollup: format!(
-                "{}\t{}\t{}",
-                scope.domain,
-                scope.service_account_id,
-                scope.month.first_day()
-            ),
-            deleted: i64::try_from(deleted).unwrap_or(i64::MAX),
-            written: 0,
-            buf: String::new(),
-            rollup: Rollup::default(),
-        }))
+        let (commands, rx) = mpsc::channel(4);
+        let (ready, started) = oneshot::channel();
+        let owner = tokio::spawn(own_load(self.pool.clone(), scope.clone(), rx, ready));
+        match started.await {
+            Ok(_) => Ok(Box::new(PgLoad {
+                commands,
+                owner: Some(owner),
+                fixed: fixed_fields(scope),
+                written: 0,
+                rollup: Rollup::default(),
+            })),
+            // The owner ended before the COPY started: its result says why.
+            Err(_) => Err(ended(Some(owner)).await),
+        }
     }
 }
 
-struct PgLoad {
-    tx: Transaction<'static, Postgres>,
+/// The error a load's owner task ended with.
+async fn ended(owner: Option<JoinHandle<Result<(), SinkError>>>) -> SinkError {
+    match owner {
+        Some(h) => match h.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => SinkError::Db("the cost load ended early".into()),
+            Err(e) => SinkError::Db(format!("the cost load failed: {e}")),
+        },
+        None => SinkError::Db("the cost load already ended".into()),
+    }
+}
+
+/// Owns the load's transaction: deletes the month, keeps one COPY open while rows arrive (so
+/// PostgreSQL stores a batch while the plugin produces the next), and commits on
+/// [`Command::Commit`]. A closed channel without it rolls everything back.
+async fn own_load(
+    pool: PgPool,
     scope: CostScope,
+    mut commands: mpsc::Receiver<Command>,
+    ready: oneshot::Sender<i64>,
+) -> Result<(), SinkError> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query(LOCK)
+        .bind(format!(
+            "costs:{}:{}:{}",
+            scope.collector_id, scope.service_account_id, scope.month
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let deleted = sqlx::query(DELETE)
+        .bind(scope.collector_id.as_uuid())
+        .bind(scope.service_account_id.as_uuid())
+        .bind(scope.month.first_day())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    let deleted = i64::try_from(deleted).unwrap_or(i64::MAX);
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY costs ({COLUMNS}) FROM STDIN"))
+        .await
+        .map_err(db)?;
+    if ready.send(deleted).is_err() {
+        return Ok(());
+    }
+    let (failed, written, rollup, reply) = loop {
+        match commands.recv().await {
+            Some(Command::Rows(rows)) => {
+                copy.send(rows).await.map_err(db)?;
+            }
+            Some(Command::Commit {
+                failed,
+                written,
+                rollup,
+                reply,
+            }) => break (failed, written, rollup, reply),
+            // Abandoned (the plugin failed, the worker stops): the COPY and the transaction
+            // are dropped, which rolls back.
+            None => return Ok(()),
+        }
+    };
+    let finished = copy.finish().await.map_err(db);
+    let result = match finished {
+        Ok(_) => commit(tx, &scope, deleted, (failed, written), &rollup).await,
+        Err(e) => Err(e),
+    };
+    let failure = result.as_ref().err().map(|e| SinkError::Db(e.to_string()));
+    reply.send(result).ok();
+    failure.map_or(Ok(()), Err)
+}
+
+/// Fences, replaces the month's rollups, records the counts and commits.
+async fn commit(
+    mut tx: Transaction<'static, Postgres>,
+    s: &CostScope,
+    deleted: i64,
+    (failed, written): (i64, i64),
+    rollup: &Rollup,
+) -> Result<Option<Counts>, SinkError> {
+    let owned = sqlx::query(FENCE)
+        .bind(s.task_id.as_uuid())
+        .bind(s.attempt)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    if owned.is_none() {
+        return Ok(None);
+    }
+    let monthly = rollup.monthly();
+    let fixed = format!(
+        "{}\t{}\t{}\t{}",
+        s.domain,
+        s.collector_id,
+        s.service_account_id,
+        s.month.first_day()
+    );
+    for (table, rows) in [("cost_daily", &rollup.daily), ("cost_monthly", &monthly)] {
+        // `table` is one of the two names above, never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE collector_id = $1 AND service_account_id = $2 AND month = $3"
+        )))
+        .bind(s.collector_id.as_uuid())
+        .bind(s.service_account_id.as_uuid())
+        .bind(s.month.first_day())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            continue;
+        }
+        let mut buf = String::new();
+        for (k, v) in rows {
+            buf.push_str(&fixed);
+            if let Some(day) = k.day {
+                let _ = write!(buf, "\t{day}");
+            }
+            text(&mut buf, &k.provider);
+            text(&mut buf, &k.billing_account_id);
+            opt(&mut buf, k.service_name.as_deref());
+            opt(&mut buf, k.region_id.as_deref());
+            text(&mut buf, &k.currency);
+            let _ = writeln!(
+                buf,
+                "\t{}\t{}\t{}\t{}",
+                v.billed_cost, v.effective_cost, v.list_cost, v.rows
+            );
+        }
+        let columns = if table == "cost_daily" {
+            ROLLUP_COLUMNS.replacen("month,", "month, day,", 1)
+        } else {
+            ROLLUP_COLUMNS.to_owned()
+        };
+        let mut copy = tx
+            .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+            .await
+            .map_err(db)?;
+        copy.send(buf.as_bytes()).await.map_err(db)?;
+        copy.finish().await.map_err(db)?;
+    }
+    sqlx::query(PROGRESS)
+        .bind(s.task_id.as_uuid())
+        .bind(s.attempt)
+        .bind(written)
+        .bind(deleted)
+        .bind(failed)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(gleaner_common::store::job::TOUCH_PG)
+        .bind(s.job_id.as_uuid())
+        .bind(chrono::Utc::now().fixed_offset())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(Some(Counts {
+        created: written,
+        deleted,
+        failed,
+        ..Counts::default()
+    }))
+}
+
+/// A month being replaced in PostgreSQL, through the task that owns its transaction.
+struct PgLoad {
+    commands: mpsc::Sender<Command>,
+    /// Aborted with the load if it is dropped uncommitted.
+    owner: Option<JoinHandle<Result<(), SinkError>>>,
     /// The first fields of every row, encoded once.
     fixed: String,
-    fixed_rollup: String,
-    deleted: i64,
     written: i64,
-    buf: String,
     rollup: Rollup,
 }
 
@@ -218,8 +387,9 @@ struct PgLoad {
 #[must_use]
 pub fn fixed_fields(scope: &CostScope) -> String {
     format!(
-        "{}\t{}\t{}\t{}\t{}",
+        "{}\t{}\t{}\t{}\t{}\t{}",
         scope.domain,
+        scope.collector_id,
         scope.service_account_id,
         scope.job_id,
         scope.task_id,
@@ -233,103 +403,50 @@ impl CostLoad for PgLoad {
         if batch.is_empty() {
             return Ok(());
         }
-        self.buf.clear();
+        let mut buf = String::with_capacity(batch.len() * 400);
         for c in batch {
-            encode(&mut self.buf, &self.fixed, c);
+            encode(&mut buf, &self.fixed, c);
             self.rollup.add(c);
         }
-        let mut copy = self
-            .tx
-            .copy_in_raw(&format!("COPY costs ({COLUMNS}) FROM STDIN"))
+        if self
+            .commands
+            .send(Command::Rows(buf.into_bytes()))
             .await
-            .map_err(db)?;
-        copy.send(self.buf.as_bytes()).await.map_err(db)?;
-        copy.finish().await.map_err(db)?;
+            .is_err()
+        {
+            return Err(ended(self.owner.take()).await);
+        }
         self.written += i64::try_from(batch.len()).unwrap_or(i64::MAX);
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>, failed: i64) -> Result<Option<Counts>, SinkError> {
-        let s = &self.scope;
-        let owned = sqlx::query(FENCE)
-            .bind(s.task_id.as_uuid())
-            .bind(s.attempt)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db)?;
-        if owned.is_none() {
-            return Ok(None);
-        }
-        let monthly = self.rollup.monthly();
-        for (table, rows) in [
-            ("cost_daily", &self.rollup.daily),
-            ("cost_monthly", &monthly),
-        ] {
-            // `table` is one of the two names above, never input.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE service_account_id = $1 AND month = $2"
-            )))
-            .bind(s.service_account_id.as_uuid())
-            .bind(s.month.first_day())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db)?;
-            if rows.is_empty() {
-                continue;
-            }
-            let mut buf = String::new();
-            for (k, v) in rows {
-                buf.push_str(&self.fixed_rollup);
-                if let Some(day) = k.day {
-                    let _ = write!(buf, "\t{day}");
-                }
-                text(&mut buf, &k.provider);
-                text(&mut buf, &k.billing_account_id);
-                opt(&mut buf, k.service_name.as_deref());
-                opt(&mut buf, k.region_id.as_deref());
-                text(&mut buf, &k.currency);
-                let _ = writeln!(
-                    buf,
-                    "\t{}\t{}\t{}\t{}",
-                    v.billed_cost, v.effective_cost, v.list_cost, v.rows
-                );
-            }
-            let columns = if table == "cost_daily" {
-                ROLLUP_COLUMNS.replacen("month,", "month, day,", 1)
-            } else {
-                ROLLUP_COLUMNS.to_owned()
-            };
-            let mut copy = self
-                .tx
-                .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
-                .await
-                .map_err(db)?;
-            copy.send(buf.as_bytes()).await.map_err(db)?;
-            copy.finish().await.map_err(db)?;
-        }
-        sqlx::query(PROGRESS)
-            .bind(s.task_id.as_uuid())
-            .bind(s.attempt)
-            .bind(self.written)
-            .bind(self.deleted)
-            .bind(failed)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db)?;
-        sqlx::query(gleaner_common::store::job::TOUCH_PG)
-            .bind(s.job_id.as_uuid())
-            .bind(chrono::Utc::now().fixed_offset())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db)?;
-        let counts = Counts {
-            created: self.written,
-            deleted: self.deleted,
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Commit {
             failed,
-            ..Counts::default()
+            written: self.written,
+            rollup: Box::new(std::mem::take(&mut self.rollup)),
+            reply,
         };
-        self.tx.commit().await.map_err(db)?;
-        Ok(Some(counts))
+        if self.commands.send(command).await.is_err() {
+            return Err(ended(self.owner.take()).await);
+        }
+        let result = match answer.await {
+            Ok(r) => r,
+            Err(_) => Err(ended(self.owner.take()).await),
+        };
+        self.owner.take();
+        result
+    }
+}
+
+impl Drop for PgLoad {
+    fn drop(&mut self) {
+        // Dropped uncommitted: closing the channel already makes the owner roll back; the abort
+        // also stops one still waiting for the advisory lock.
+        if let Some(owner) = self.owner.take() {
+            owner.abort();
+        }
     }
 }
 

@@ -18,23 +18,23 @@ use super::costs::{CostLoad, CostScope, CostSink, Rollup, RollupKey, Sums};
 use crate::plugin::CostItem;
 
 /// The columns of a staged row, after `attempt`.
-const COLUMNS: &str = "domain_id, service_account_id, job_id, task_id, month, day, \
+const COLUMNS: &str = "domain_id, collector_id, service_account_id, job_id, task_id, month, day, \
     charge_period_start, charge_period_end, billing_period_start, provider, billing_account_id, \
     billing_account_name, sub_account_id, sub_account_name, service_name, service_category, \
     region_id, resource_id, charge_category, currency, billed_cost, effective_cost, list_cost, \
     consumed_quantity, consumed_unit, pricing_quantity, pricing_unit, tags";
 
-/// Parameters per staged row: `attempt` and the 28 columns.
-const PER_ROW: usize = 29;
+/// Parameters per staged row: `attempt` and the 29 columns.
+const PER_ROW: usize = 30;
 
 /// Rows per statement: SQLite allows 32,766 bound parameters.
 const CHUNK: usize = 1_000;
 
-/// Staged rows of this task's earlier attempts, and of tasks that ended without committing
-/// theirs (a failed import).
-const CLEAN: &str = "DELETE FROM cost_staging WHERE task_id = ?1 OR task_id IN (
-    SELECT s.task_id FROM cost_staging s JOIN job_tasks t ON t.id = s.task_id
-    WHERE t.status <> 'IN_PROGRESS')";
+/// Staged rows of this task's earlier attempts, and of tasks that are no longer running (an
+/// import that failed, or a task since deleted): never those of a newer attempt.
+const CLEAN: &str = "DELETE FROM cost_staging WHERE (task_id = ?1 AND attempt < ?2)
+    OR NOT EXISTS (SELECT 1 FROM job_tasks t
+                   WHERE t.id = cost_staging.task_id AND t.status = 'IN_PROGRESS')";
 
 const FENCE: &str = "UPDATE job_tasks SET updated_at = ?1
 WHERE id = ?2 AND attempt = ?3 AND status = 'IN_PROGRESS'";
@@ -65,6 +65,7 @@ impl CostSink for SqliteCostSink {
     async fn begin(&self, scope: &CostScope) -> Result<Box<dyn CostLoad>, SinkError> {
         sqlx::query(CLEAN)
             .bind(scope.task_id.as_uuid())
+            .bind(scope.attempt)
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -107,6 +108,7 @@ impl CostLoad for SqliteLoad {
                 q = q
                     .bind(s.attempt)
                     .bind(s.domain.as_uuid())
+                    .bind(s.collector_id.as_uuid())
                     .bind(s.service_account_id.as_uuid())
                     .bind(s.job_id.as_uuid())
                     .bind(s.task_id.as_uuid())
@@ -157,15 +159,18 @@ impl CostLoad for SqliteLoad {
         if owned.rows_affected() == 0 {
             return Ok(None);
         }
-        let account = s.service_account_id.as_uuid();
+        let (collector, account) = (s.collector_id.as_uuid(), s.service_account_id.as_uuid());
         let month = s.month.first_day();
-        let deleted = sqlx::query("DELETE FROM costs WHERE service_account_id = ?1 AND month = ?2")
-            .bind(account)
-            .bind(month)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        let deleted = sqlx::query(
+            "DELETE FROM costs WHERE collector_id = ?1 AND service_account_id = ?2 AND month = ?3",
+        )
+        .bind(collector)
+        .bind(account)
+        .bind(month)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO costs ({COLUMNS}) SELECT {COLUMNS} FROM cost_staging
              WHERE task_id = ?1 AND attempt = ?2"
@@ -175,8 +180,9 @@ impl CostLoad for SqliteLoad {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        sqlx::query("DELETE FROM cost_staging WHERE task_id = ?1")
+        sqlx::query("DELETE FROM cost_staging WHERE task_id = ?1 AND attempt = ?2")
             .bind(s.task_id.as_uuid())
+            .bind(s.attempt)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -187,8 +193,10 @@ impl CostLoad for SqliteLoad {
         ] {
             // `table` is one of the two names above, never input.
             sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE service_account_id = ?1 AND month = ?2"
+                "DELETE FROM {table}
+                 WHERE collector_id = ?1 AND service_account_id = ?2 AND month = ?3"
             )))
+            .bind(collector)
             .bind(account)
             .bind(month)
             .execute(&mut *tx)
@@ -232,10 +240,10 @@ async fn insert_rollup(
     rows: &[(&RollupKey, &Sums)],
 ) -> Result<(), SinkError> {
     let daily = table == "cost_daily";
-    let per_row = if daily { 13 } else { 12 };
+    let per_row = if daily { 14 } else { 13 };
     let day = if daily { "day, " } else { "" };
     let sql = format!(
-        "INSERT INTO {table} (domain_id, service_account_id, month, {day}provider,
+        "INSERT INTO {table} (domain_id, collector_id, service_account_id, month, {day}provider,
             billing_account_id, service_name, region_id, currency, billed_cost, effective_cost,
             list_cost, rows) VALUES {}",
         placeholders(rows.len(), per_row)
@@ -244,6 +252,7 @@ async fn insert_rollup(
     for (k, v) in rows {
         q = q
             .bind(s.domain.as_uuid())
+            .bind(s.collector_id.as_uuid())
             .bind(s.service_account_id.as_uuid())
             .bind(s.month.first_day());
         if daily {
