@@ -425,6 +425,25 @@ async fn a_collector_replaces_only_its_rows_and_a_failed_sync_keeps_them(
             total[0]["billed_cost"] == "4.25268933662",
             "3.71561541189 + 0.53707392473: {total:?}"
         );
+        // The export lost the month: no records do not wipe it.
+        std::fs::write(&oracle_file, format!("{}\n", oracle[0]))?;
+        let job = bill(&env, &only_oracle, september()).await?;
+        anyhow::ensure!(job["status"] == "FAILURE", "{job}");
+        let tasks = env
+            .get(&format!(
+                "/v1/jobs/{}/tasks",
+                job["id"].as_str().unwrap_or_default()
+            ))
+            .await?;
+        let error = tasks.body["items"][0]["error"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            error.contains("the 7 records stored before were kept"),
+            "{error}"
+        );
+        anyhow::ensure!(
+            summary(&env, month).await? == total,
+            "an empty sync changed the totals"
+        );
         // The export is gone: the sync fails and the month stays as it was.
         std::fs::remove_file(&oracle_file)?;
         let job = bill(&env, &only_oracle, september()).await?;

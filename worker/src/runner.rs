@@ -23,6 +23,7 @@ use gleaner_common::store::merge::{Reported, Reporter};
 use gleaner_common::store::resource::{self, Sweep};
 use gleaner_common::store::task::{Claimed, Finished, Outcome};
 use gleaner_common::store::{self, service_account};
+use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
@@ -573,6 +574,15 @@ async fn collect_costs(
             "the collection lock expired while the import ran (Redis unreachable?); stopped so that two imports do not overlap",
         );
     }
+    if summary.counts.created == 0 && load.replaced() > 0 {
+        // An export that lost the month (rotated, not written yet) must not wipe it: a month
+        // is only replaced by records.
+        return failure(format!(
+            "the source reported no records for {month} (and {} malformed); the {} records stored before were kept",
+            summary.counts.failed,
+            load.replaced()
+        ));
+    }
     let committed = load.commit(summary.counts.failed).await;
     let counts = match committed {
         Ok(Some(c)) => c,
@@ -624,6 +634,10 @@ async fn load_costs(
     while let Some(item) = rx.recv().await {
         match item {
             Item::Cost(c) if Month::of(c.charge_period_start.date_naive()) == month => {
+                if let Some(why) = refusal(&c) {
+                    reject(&mut summary, why);
+                    continue;
+                }
                 batch.push(*c);
                 if batch.len() >= COST_BATCH {
                     load.write(&batch).await?;
@@ -651,6 +665,58 @@ async fn load_costs(
     load.write(&batch).await?;
     summary.counts.created += i64::try_from(batch.len()).unwrap_or(i64::MAX);
     Ok(summary)
+}
+
+/// Amounts at or beyond this (in absolute value) are refused: sums of a month's records must
+/// stay exact in `rust_decimal`'s 96 bits.
+const MAX_AMOUNT: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0);
+
+/// Why a cost record cannot be stored, if it cannot: checked before it reaches the database,
+/// where one refused value would fail the whole month's load on every retry.
+fn refusal(c: &CostItem) -> Option<String> {
+    if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Some(format!("currency `{}` is not an ISO 4217 code", c.currency));
+    }
+    let amounts = [
+        ("billed_cost", Some(c.billed_cost)),
+        ("effective_cost", Some(c.effective_cost)),
+        ("list_cost", Some(c.list_cost)),
+        ("consumed_quantity", c.consumed_quantity),
+        ("pricing_quantity", c.pricing_quantity),
+    ];
+    for (name, value) in amounts {
+        if value.is_some_and(|v| v.abs() >= MAX_AMOUNT) {
+            return Some(format!("{name} is out of range (at most 10^15)"));
+        }
+    }
+    let texts = [
+        ("provider", Some(c.provider.as_str())),
+        ("billing_account_id", Some(c.billing_account_id.as_str())),
+        ("billing_account_name", c.billing_account_name.as_deref()),
+        ("sub_account_id", c.sub_account_id.as_deref()),
+        ("sub_account_name", c.sub_account_name.as_deref()),
+        ("service_name", c.service_name.as_deref()),
+        ("service_category", c.service_category.as_deref()),
+        ("region_id", c.region_id.as_deref()),
+        ("resource_id", c.resource_id.as_deref()),
+        ("charge_category", c.charge_category.as_deref()),
+        ("consumed_unit", c.consumed_unit.as_deref()),
+        ("pricing_unit", c.pricing_unit.as_deref()),
+    ];
+    if let Some((name, _)) = texts
+        .iter()
+        .find(|(_, v)| v.is_some_and(|v| v.contains('\0')))
+    {
+        return Some(format!("{name} contains a NUL character"));
+    }
+    if c.provider.is_empty() || c.billing_account_id.is_empty() {
+        return Some("provider and billing_account_id must not be empty".into());
+    }
+    let tags_nul = c.tags.as_ref().is_some_and(|t| {
+        t.iter()
+            .any(|(k, v)| k.contains('\0') || v.to_string().contains("\\u0000"))
+    });
+    tags_nul.then(|| "tags contain a NUL character".into())
 }
 
 /// What the writer saw.
@@ -912,6 +978,67 @@ async fn flush(
             batch.clear();
             *failed = 0;
             Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn record() -> CostItem {
+        CostItem {
+            charge_period_start: chrono::Utc.with_ymd_and_hms(2024, 9, 1, 0, 0, 0).unwrap(),
+            charge_period_end: None,
+            billing_period_start: None,
+            provider: "AWS".into(),
+            billing_account_id: "1".into(),
+            billing_account_name: None,
+            sub_account_id: None,
+            sub_account_name: None,
+            service_name: None,
+            service_category: None,
+            region_id: None,
+            resource_id: None,
+            charge_category: None,
+            currency: "USD".into(),
+            billed_cost: Decimal::new(1, 2),
+            effective_cost: Decimal::ZERO,
+            list_cost: Decimal::ZERO,
+            consumed_quantity: None,
+            consumed_unit: None,
+            pricing_quantity: None,
+            pricing_unit: None,
+            tags: None,
+        }
+    }
+
+    #[test]
+    fn records_the_database_would_refuse_are_caught_first() {
+        assert_eq!(MAX_AMOUNT, Decimal::from(1_000_000_000_000_000_i64));
+        assert_eq!(refusal(&record()), None);
+        let cases: [(fn(&mut CostItem), &str); 5] = [
+            (|c| c.currency = "usd".into(), "currency"),
+            (|c| c.billed_cost = MAX_AMOUNT, "billed_cost"),
+            (
+                |c| c.consumed_quantity = Some(-MAX_AMOUNT),
+                "consumed_quantity",
+            ),
+            (|c| c.service_name = Some("a\0b".into()), "service_name"),
+            (
+                |c| {
+                    c.tags = serde_json::json!({"k": "a\u{0}b"}).as_object().cloned();
+                },
+                "tags",
+            ),
+        ];
+        for (break_it, field) in cases {
+            let mut c = record();
+            break_it(&mut c);
+            let why = refusal(&c).unwrap_or_default();
+            assert!(why.starts_with(field), "{field}: {why}");
         }
     }
 }

@@ -50,6 +50,9 @@ pub trait CostSink: Send + Sync {
 /// One month being replaced; dropping it without [`CostLoad::commit`] keeps the old rows.
 #[async_trait]
 pub trait CostLoad: Send {
+    /// The records of the month stored before this load, which the commit replaces.
+    fn replaced(&self) -> i64;
+
     /// Adds records (all of the scope's month).
     ///
     /// # Errors
@@ -195,10 +198,11 @@ impl CostSink for PgCostSink {
         let (ready, started) = oneshot::channel();
         let owner = tokio::spawn(own_load(self.pool.clone(), scope.clone(), rx, ready));
         match started.await {
-            Ok(_) => Ok(Box::new(PgLoad {
+            Ok(replaced) => Ok(Box::new(PgLoad {
                 commands,
                 owner: Some(owner),
                 fixed: fixed_fields(scope),
+                replaced,
                 written: 0,
                 rollup: Rollup::default(),
             })),
@@ -379,6 +383,7 @@ struct PgLoad {
     owner: Option<JoinHandle<Result<(), SinkError>>>,
     /// The first fields of every row, encoded once.
     fixed: String,
+    replaced: i64,
     written: i64,
     rollup: Rollup,
 }
@@ -399,6 +404,10 @@ pub fn fixed_fields(scope: &CostScope) -> String {
 
 #[async_trait]
 impl CostLoad for PgLoad {
+    fn replaced(&self) -> i64 {
+        self.replaced
+    }
+
     async fn write(&mut self, batch: &[CostItem]) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());

@@ -69,8 +69,19 @@ impl CostSink for SqliteCostSink {
             .execute(&self.pool)
             .await
             .map_err(db)?;
+        let replaced: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM costs
+             WHERE collector_id = ?1 AND service_account_id = ?2 AND month = ?3",
+        )
+        .bind(scope.collector_id.as_uuid())
+        .bind(scope.service_account_id.as_uuid())
+        .bind(scope.month.first_day())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(Box::new(SqliteLoad {
             pool: self.pool.clone(),
+            replaced,
             scope: scope.clone(),
             written: 0,
             rollup: Rollup::default(),
@@ -80,6 +91,8 @@ impl CostSink for SqliteCostSink {
 
 struct SqliteLoad {
     pool: SqlitePool,
+    /// Counted when the load began; the commit deletes what is there then.
+    replaced: i64,
     scope: CostScope,
     written: i64,
     rollup: Rollup,
@@ -92,6 +105,10 @@ fn placeholders(rows: usize, per_row: usize) -> String {
 
 #[async_trait]
 impl CostLoad for SqliteLoad {
+    fn replaced(&self) -> i64 {
+        self.replaced
+    }
+
     async fn write(&mut self, batch: &[CostItem]) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
