@@ -37,58 +37,63 @@ const TOP_SERVICES: usize = 10;
 /// Cost records per page unless asked otherwise.
 const DEFAULT_LIMIT: u64 = 100;
 
-/// The filters every cost query takes.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct FilterQuery {
-    /// Only this cloud (FOCUS `ProviderName`: `AWS`, `Microsoft`, `demo`, ...).
-    provider: Option<String>,
-    /// Only the billing accounts (service accounts) of this project.
-    project_id: Option<ProjectId>,
-    /// Only this billing service account.
-    service_account_id: Option<ServiceAccountId>,
-    /// Only this `BillingAccountId`.
-    billing_account: Option<String>,
-    /// Only this service (`ServiceName`).
-    service: Option<String>,
-    /// Only this region (`RegionId`).
-    region: Option<String>,
-    /// Only amounts in this currency (ISO 4217).
-    currency: Option<String>,
-}
-
-impl FilterQuery {
-    fn filter(self) -> Filter {
-        Filter {
-            provider: self.provider,
-            project_id: self.project_id,
-            service_account_id: self.service_account_id,
-            billing_account: self.billing_account,
-            service: self.service,
-            region: self.region,
-            currency: self.currency.map(|c| c.to_ascii_uppercase()),
+/// Declares a query with the filters every cost query takes besides its own fields. Not
+/// `#[serde(flatten)]`: serde cannot combine it with `deny_unknown_fields`, and the errors of a
+/// flattened field lose its name.
+macro_rules! cost_query {
+    ($(#[$meta:meta])* struct $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize, IntoParams)]
+        #[serde(deny_unknown_fields)]
+        #[into_params(parameter_in = Query)]
+        struct $name {
+            $($(#[$fmeta])* $field: $ty,)*
+            /// Only this cloud (FOCUS `ProviderName`: `AWS`, `Microsoft`, `demo`, ...).
+            provider: Option<String>,
+            /// Only the billing accounts (service accounts) of this project.
+            project_id: Option<ProjectId>,
+            /// Only this billing service account.
+            service_account_id: Option<ServiceAccountId>,
+            /// Only this `BillingAccountId`.
+            billing_account: Option<String>,
+            /// Only this service (`ServiceName`).
+            service: Option<String>,
+            /// Only this region (`RegionId`).
+            region: Option<String>,
+            /// Only amounts in this currency (ISO 4217).
+            currency: Option<String>,
         }
-    }
+
+        impl $name {
+            fn filter(&self) -> Filter {
+                Filter {
+                    provider: self.provider.clone(),
+                    project_id: self.project_id,
+                    service_account_id: self.service_account_id,
+                    billing_account: self.billing_account.clone(),
+                    service: self.service.clone(),
+                    region: self.region.clone(),
+                    currency: self.currency.as_ref().map(|c| c.to_ascii_uppercase()),
+                }
+            }
+        }
+    };
 }
 
-// Not `deny_unknown_fields`: serde cannot combine it with `flatten`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct SummaryQuery {
-    /// First day counted (`YYYY-MM-DD`); default: the first day of this month (UTC).
-    #[param(value_type = Option<String>, example = "2024-09-01")]
-    start: Option<NaiveDate>,
-    /// First day not counted (exclusive); default: the first day of next month.
-    #[param(value_type = Option<String>, example = "2024-10-01")]
-    end: Option<NaiveDate>,
-    /// Comma-separated dimensions: any of provider, project, service_account,
-    /// billing_account, service, region, month, day. Empty: one total per currency.
-    #[param(example = "month,provider")]
-    group_by: Option<String>,
-    /// Described by `FilterQuery` beside it in the route's parameters.
-    #[serde(flatten)]
-    #[param(ignore)]
-    filter: FilterQuery,
+cost_query! {
+    struct SummaryQuery {
+        /// First day counted (`YYYY-MM-DD`); default: the first day of this month (UTC).
+        #[param(value_type = Option<String>, example = "2024-09-01")]
+        start: Option<NaiveDate>,
+        /// First day not counted (exclusive); default: the first day of the month after
+        /// `start`.
+        #[param(value_type = Option<String>, example = "2024-10-01")]
+        end: Option<NaiveDate>,
+        /// Comma-separated dimensions: any of provider, project, service_account,
+        /// billing_account, service, region, month, day. Empty: one total per currency.
+        #[param(example = "month,provider")]
+        group_by: Option<String>,
+    }
 }
 
 /// A summary: one item per group and currency.
@@ -132,7 +137,7 @@ fn group_by(raw: Option<&str>) -> Result<Vec<Dim>, ApiError> {
 /// Sums costs from `start` to `end` per `group_by` and currency.
 #[utoipa::path(
     get, path = "/v1/costs/summary", operation_id = "cost_summary", tag = "billing",
-    params(SummaryQuery, FilterQuery),
+    params(SummaryQuery),
     responses(
         (status = 200, description = "Sums per group and currency", body = SummaryList),
         (status = 400, description = "A bad date, range or dimension",
@@ -149,37 +154,33 @@ async fn summary(
         start,
         end,
         group_by: group_by(q.group_by.as_deref())?,
-        filter: q.filter.filter(),
+        filter: q.filter(),
     };
     Ok(Json(SummaryList {
         items: cost::summary(&state.db, domain, &query).await?,
     }))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ListQuery {
-    /// First charge day listed (`YYYY-MM-DD`); default: the first day of this month.
-    #[param(value_type = Option<String>)]
-    start: Option<NaiveDate>,
-    /// First charge day not listed; default: the first day of next month.
-    #[param(value_type = Option<String>)]
-    end: Option<NaiveDate>,
-    /// Records per page, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u64>,
-    /// The previous page's `next_cursor`.
-    cursor: Option<String>,
-    /// Described by `FilterQuery` beside it in the route's parameters.
-    #[serde(flatten)]
-    #[param(ignore)]
-    filter: FilterQuery,
+cost_query! {
+    struct ListQuery {
+        /// First charge day listed (`YYYY-MM-DD`); default: the first day of this month.
+        #[param(value_type = Option<String>)]
+        start: Option<NaiveDate>,
+        /// First charge day not listed; default: the first day of the month after `start`.
+        #[param(value_type = Option<String>)]
+        end: Option<NaiveDate>,
+        /// Records per page, 1–1000 (default 100).
+        #[param(minimum = 1, maximum = 1000)]
+        limit: Option<u64>,
+        /// The previous page's `next_cursor`.
+        cursor: Option<String>,
+    }
 }
 
 /// Lists cost records, a page at a time.
 #[utoipa::path(
     get, path = "/v1/costs", operation_id = "list_costs", tag = "billing",
-    params(ListQuery, FilterQuery),
+    params(ListQuery),
     responses(
         (status = 200, description = "A page of cost records", body = CostPage),
         (status = 400, description = "A bad date, range or cursor",
@@ -199,7 +200,7 @@ async fn list(
         .map(|c| parse_id::<i64>("cursor", c))
         .transpose()?;
     Ok(Json(
-        cost::list(&state.db, domain, range, &q.filter.filter(), cursor, limit).await?,
+        cost::list(&state.db, domain, range, &q.filter(), cursor, limit).await?,
     ))
 }
 

@@ -108,8 +108,11 @@ fn field_of(path: &str, message: &str) -> (String, String) {
     }
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or(rest);
+        // serde_path_to_error's path of an unknown field may already end with its name.
         let field = if parent.is_empty() {
             name.to_owned()
+        } else if parent == name || parent.ends_with(&format!(".{name}")) {
+            parent
         } else {
             format!("{parent}.{name}")
         };

@@ -516,6 +516,11 @@ async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
     let bad = env.get("/v1/costs/summary?group_by=month,colour").await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
     assert_eq!(bad.body["errors"][0]["field"], "group_by");
+    for (query, field) in [("groupby=month", "groupby"), ("project_id=nope", "project_id")] {
+        let a = env.get(&format!("/v1/costs/summary?{query}")).await?;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {a:?}");
+        assert_eq!(a.body["errors"][0]["field"], field, "{query}: {a:?}");
+    }
     let reversed = env
         .get("/v1/costs/summary?start=2024-10-01&end=2024-09-01")
         .await?;
