@@ -510,16 +510,25 @@ struct CollectRequest {
 
 impl CollectRequest {
     fn window(&self) -> Result<Option<Window>, ApiError> {
-        let (start, end) = match (self.start_month, self.end_month) {
+        let (start, end, field) = match (self.start_month, self.end_month) {
             (None, None) => return Ok(None),
-            (Some(s), e) => (s, e.unwrap_or_else(Month::current)),
+            (Some(s), Some(e)) => (s, e, "end_month"),
+            // The end is the current month: what is wrong is the start.
+            (Some(s), None) if s > Month::current() => {
+                return Err(Invalid::new(
+                    "start_month",
+                    format!("is after the current month, {}", Month::current()),
+                )
+                .into());
+            }
+            (Some(s), None) => (s, Month::current(), "start_month"),
             (None, Some(_)) => {
                 return Err(Invalid::new("start_month", "is required with end_month").into());
             }
         };
         Window::new(start, end)
             .map(Some)
-            .map_err(|e| Invalid::new("end_month", e.to_string()).into())
+            .map_err(|e| Invalid::new(field, e.to_string()).into())
     }
 }
 

@@ -10,8 +10,9 @@
 //!   billing task deletes its month's rows and writes the new ones in one transaction, so a
 //!   re-run replaces instead of adding.
 //! - `cost_daily`, `cost_monthly`: sums of `costs` per day (and per month) and per every
-//!   dimension the summary groups by, rebuilt for (service account, month) in the same
-//!   transaction. The summary reads them instead of scanning `costs`.
+//!   dimension the summary groups by; `cost_account_monthly` the same per month without service
+//!   and region. All are rebuilt for (collector, service account, month) in the load's
+//!   transaction; the summary reads the smallest that answers instead of scanning `costs`.
 //!
 //! - `cost_staging`: rows of SQLite loads not yet committed.
 //!
@@ -179,9 +180,15 @@ impl MigrationTrait for Migration {
         m.create_table(rollup(backend, "cost_daily", true)).await?;
         m.create_table(rollup(backend, "cost_monthly", false))
             .await?;
-        for table in ["cost_daily", "cost_monthly"] {
+        // Per account only (service and region left null): what a summary by month, provider,
+        // project or account reads, a few rows per account and month.
+        m.create_table(rollup(backend, "cost_account_monthly", false))
+            .await?;
+        for table in ["cost_daily", "cost_monthly", "cost_account_monthly"] {
             m.create_index(index(table, &REPLACED)).await?;
         }
+        m.create_index(index("cost_account_monthly", &["domain_id", "month"]))
+            .await?;
         // The summary filters every query by domain and a range of days or months.
         m.create_index(index("cost_daily", &["domain_id", "day"]))
             .await?;
@@ -202,7 +209,13 @@ impl MigrationTrait for Migration {
                  ON job_tasks (job_id, service_account_id)",
         )
         .await?;
-        for table in ["cost_monthly", "cost_daily", "cost_staging", "costs"] {
+        for table in [
+            "cost_account_monthly",
+            "cost_monthly",
+            "cost_daily",
+            "cost_staging",
+            "costs",
+        ] {
             m.drop_table(Table::drop().table(table).if_exists().take())
                 .await?;
         }

@@ -506,6 +506,8 @@ async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
             json!({"start_month": "2000-01", "end_month": "2024-08"}),
             "end_month",
         ),
+        (json!({"start_month": "2999-01"}), "start_month"),
+        (json!({"start_month": "2000-01"}), "start_month"),
     ] {
         let a = env
             .post(&format!("/v1/collectors/{}/collect", id(&c)?), body.clone())
@@ -516,7 +518,10 @@ async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
     let bad = env.get("/v1/costs/summary?group_by=month,colour").await?;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
     assert_eq!(bad.body["errors"][0]["field"], "group_by");
-    for (query, field) in [("groupby=month", "groupby"), ("project_id=nope", "project_id")] {
+    for (query, field) in [
+        ("groupby=month", "groupby"),
+        ("project_id=nope", "project_id"),
+    ] {
         let a = env.get(&format!("/v1/costs/summary?{query}")).await?;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {a:?}");
         assert_eq!(a.body["errors"][0]["field"], field, "{query}: {a:?}");

@@ -480,8 +480,11 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
     )
 }
 
-/// Cost records per COPY of a load.
+/// Cost records per write of a load.
 const COST_BATCH: usize = 10_000;
+
+/// How often a load shows its progress on the task: every this many records.
+const PROGRESS_EVERY: i64 = 100_000;
 
 /// A billing task: replaces the month's costs of the service account with what the plugin
 /// reports, in one transaction committed only when the plugin finished.
@@ -532,7 +535,7 @@ async fn collect_costs(
     };
     let secrets = secret.clone();
     let (running, rx) = Running::start(ctx, claimed, plugin, secret, stop, lock);
-    let loaded = load_costs(load.as_mut(), month, rx).await;
+    let loaded = load_costs(ctx, claimed, load.as_mut(), month, rx).await;
     let (plugin_result, diagnostics) = running.stop().await;
     if stop.is_cancelled() {
         return Ended::Released;
@@ -615,6 +618,8 @@ async fn collect_costs(
 /// Copies the plugin's records into the load in batches; a record of another month, or a
 /// resource, counts as malformed.
 async fn load_costs(
+    ctx: &Context,
+    claimed: &Claimed,
     load: &mut dyn CostLoad,
     month: Month,
     mut rx: mpsc::Receiver<Item>,
@@ -643,6 +648,20 @@ async fn load_costs(
                     load.write(&batch).await?;
                     summary.counts.created += i64::try_from(batch.len()).unwrap_or(i64::MAX);
                     batch.clear();
+                    if summary.counts.created % PROGRESS_EVERY == 0 {
+                        // Progress only: a failure to show it is not the load's.
+                        let shown = store::task::loading(
+                            &ctx.db,
+                            claimed.task_id,
+                            claimed.job_id,
+                            claimed.attempt,
+                            summary.counts.created,
+                        )
+                        .await;
+                        if let Err(e) = shown {
+                            debug!(error = %e, "showing the load's progress failed");
+                        }
+                    }
                 }
             }
             Item::Cost(c) => reject(

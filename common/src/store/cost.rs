@@ -1,9 +1,9 @@
 //! Reading costs: sums grouped by any of their dimensions, from the rollups written with each
 //! month's load, and the cost rows themselves, paged.
 //!
-//! A summary over whole months reads `cost_monthly`, any other one `cost_daily`: both hold sums
-//! per service account, provider, billing account, service, region and currency, so no query
-//! scans `costs`. Amounts are summed exactly and per currency: by PostgreSQL's `numeric`, or,
+//! A summary over whole months reads `cost_account_monthly` (sums per account and month) or, when
+//! it groups or filters by service or region, `cost_monthly`; any other one reads `cost_daily`.
+//! No query scans `costs`. Amounts are summed exactly and per currency: by PostgreSQL's `numeric`, or,
 //! on SQLite (which keeps them as decimal text), here with `rust_decimal`.
 
 use std::collections::BTreeMap;
@@ -196,12 +196,7 @@ pub async fn summary(
     domain: DomainId,
     q: &Summary,
 ) -> Result<Vec<SummaryItem>> {
-    let whole_months = q.start.day() == 1 && q.end.day() == 1 && !q.group_by.contains(&Dim::Day);
-    let (table, column) = if whole_months {
-        ("cost_monthly", "month")
-    } else {
-        ("cost_daily", "day")
-    };
+    let (table, column) = rollup_for(q);
     let backend = db.get_database_backend();
     let mut p = Params::new(backend);
     let d = p.push(domain.as_uuid());
@@ -236,6 +231,23 @@ pub async fn summary(
         .query_all_raw(Statement::from_sql_and_values(backend, sql, p.values))
         .await?;
     rows.iter().map(|r| item(r, &q.group_by)).collect()
+}
+
+/// The smallest rollup that answers `q`, and its time column.
+fn rollup_for(q: &Summary) -> (&'static str, &'static str) {
+    let whole_months = q.start.day() == 1 && q.end.day() == 1 && !q.group_by.contains(&Dim::Day);
+    if !whole_months {
+        return ("cost_daily", "day");
+    }
+    let by_service_or_region = q.group_by.contains(&Dim::Service)
+        || q.group_by.contains(&Dim::Region)
+        || q.filter.service.is_some()
+        || q.filter.region.is_some();
+    if by_service_or_region {
+        ("cost_monthly", "month")
+    } else {
+        ("cost_account_monthly", "month")
+    }
 }
 
 /// SQLite: reads the rollup rows and sums them here, exactly.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    TransactionSession, TransactionTrait,
+    QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -184,7 +184,18 @@ pub async fn update<C: ConnectionTrait + TransactionTrait>(
     id: ServiceAccountId,
     change: ServiceAccountUpdate,
 ) -> Result<ServiceAccount> {
-    let current = find(db, domain, id).await?;
+    let txn = super::begin_write(db).await?;
+    // Locked (SQLite's write transaction already is): two updates of one account's credentials
+    // must not both replace the same secret.
+    let mut current = service_account::Entity::find_by_id(id.as_uuid())
+        .filter(service_account::Column::DomainId.eq(domain.as_uuid()));
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        current = current.lock_exclusive();
+    }
+    let current = current
+        .one(&txn)
+        .await?
+        .ok_or_else(|| Error::not_found("service account", id))?;
     let provider = crate::provider::find(&current.provider).ok_or_else(|| {
         Error::Corrupt(format!(
             "service account {id} has unknown provider `{}`",
@@ -192,9 +203,8 @@ pub async fn update<C: ConnectionTrait + TransactionTrait>(
         ))
     })?;
     if let Some(project_id) = change.project_id {
-        check_project(db, domain, provider, project_id).await?;
+        check_project(&txn, domain, provider, project_id).await?;
     }
-    let txn = super::begin_write(db).await?;
     let mut row: service_account::ActiveModel = current.clone().into();
     if let Some(name) = &change.name {
         row.name = Set(name.to_string());
@@ -299,16 +309,22 @@ pub async fn credentials(
     domain: DomainId,
     id: ServiceAccountId,
 ) -> Result<Map<String, Value>> {
-    let account = find(db, domain, id).await?;
-    let Some(secret_id) = account.secret_id else {
-        return Ok(Map::new());
-    };
-    let row = secret::Entity::find_by_id(secret_id)
-        .one(db)
-        .await?
-        .ok_or_else(|| {
-            Error::Corrupt(format!("service account {id} points at a missing secret"))
-        })?;
+    // Twice: a secret found missing was most likely replaced by an update between the two
+    // reads, and the account, read again, points at the new one.
+    let mut found = None;
+    for _ in 0..2 {
+        let account = find(db, domain, id).await?;
+        let Some(secret_id) = account.secret_id else {
+            return Ok(Map::new());
+        };
+        if let Some(row) = secret::Entity::find_by_id(secret_id).one(db).await? {
+            found = Some((secret_id, row));
+            break;
+        }
+    }
+    let (secret_id, row) = found.ok_or_else(|| {
+        Error::Corrupt(format!("service account {id} points at a missing secret"))
+    })?;
     let plaintext = cipher.open(
         domain,
         SecretId::from_uuid(secret_id),

@@ -389,6 +389,30 @@ pub async fn heartbeat(
     Ok(res.rows_affected == 1)
 }
 
+/// Shows how many records a running billing load has taken so far (`counts.created`), before
+/// its commit sets the final counts; moves the job's `updated_at` for the event stream. Fenced
+/// like every write of the attempt; `false` when it no longer owns the task.
+///
+/// # Errors
+/// Database errors only.
+pub async fn loading(
+    db: &impl ConnectionTrait,
+    id: TaskId,
+    job: JobId,
+    attempt: i32,
+    records: i64,
+) -> Result<bool> {
+    let now = Utc::now().fixed_offset();
+    let res = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Created, Expr::value(records))
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
+        .fenced(id, attempt)
+        .exec(db)
+        .await?;
+    super::job::touch(db, job.as_uuid(), now).await?;
+    Ok(res.rows_affected == 1)
+}
+
 /// One earlier attempt of a task, kept in `previous_attempts`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct PreviousAttempt {

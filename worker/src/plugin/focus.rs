@@ -161,13 +161,15 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
             PluginError::Permanent(format!("`{}` cannot be listed: {e}", dir.display()))
         })?;
         for entry in entries {
-            let p = entry
-                .map_err(|e| PluginError::Transient(format!("listing `{}`: {e}", dir.display())))?
-                .path();
+            let entry = entry
+                .map_err(|e| PluginError::Transient(format!("listing `{}`: {e}", dir.display())))?;
+            let p = entry.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if p.is_dir() {
+            // Symbolic links to folders are not followed: a cycle would never end.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
                 dirs.push(p);
-            } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+            } else if (name.ends_with(".csv") || name.ends_with(".csv.gz")) && p.is_file() {
                 out.push(p);
             }
         }
@@ -264,6 +266,9 @@ pub fn read_file(
                 }
                 out.blocking_send(Item::Cost(Box::new(cost)))?;
             }
+            // A broken row of another month or account is that task's to report, when the
+            // row says whose it is: a backfill reports it once, not once per month.
+            Err(_) if !columns.may_belong(&record, filter) => {}
             Err(message) => out.blocking_send(row_error(&name, line, &message))?,
         }
     }
@@ -363,6 +368,21 @@ impl Columns {
         self.get(record, name)
             .map(|v| parse_time(v).ok_or_else(|| format!("{name}: `{v}` is not a timestamp")))
             .transpose()
+    }
+
+    /// Whether a row that failed to parse may be one `filter` wants: false only when its
+    /// charge month or billing account can be read and are not the task's.
+    fn may_belong(&self, r: &csv::StringRecord, filter: &Filter) -> bool {
+        let month = self
+            .get(r, "ChargePeriodStart")
+            .and_then(parse_time)
+            .map(|t| Month::of(t.date_naive()));
+        let account = self.get(r, "BillingAccountId");
+        month.is_none_or(|m| m == filter.month)
+            && match (&filter.account, account) {
+                (Some(want), Some(got)) => want == got,
+                _ => true,
+            }
     }
 
     fn parse(&self, r: &csv::StringRecord) -> Result<CostItem, String> {
@@ -533,6 +553,24 @@ mod tests {
             errors[1].starts_with("broken.csv.gz line 5: has 5 fields"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_broken_row_of_another_month_is_left_to_that_months_task() {
+        let sample = std::fs::read_to_string(SAMPLE).expect("sample");
+        let mut lines: Vec<String> = sample.lines().map(str::to_owned).collect();
+        lines[2] = lines[2].replacen("0.00000041370", "oops", 1);
+        let dir = std::env::temp_dir().join(format!("gleaner-focus-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("broken.csv");
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        let (_, september) = import(&path, "2024-09", None);
+        let (_, october) = import(&path, "2024-10", None);
+        let (_, other_account) = import(&path, "2024-09", Some("20209880"));
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(september.len(), 1, "{september:?}");
+        assert!(october.is_empty(), "{october:?}");
+        assert!(other_account.is_empty(), "{other_account:?}");
     }
 
     #[test]

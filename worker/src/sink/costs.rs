@@ -147,14 +147,37 @@ impl Rollup {
     /// The same sums per month: the daily keys without their day.
     #[must_use]
     pub fn monthly(&self) -> HashMap<RollupKey, Sums> {
+        self.regroup(|k| RollupKey {
+            day: None,
+            ..k.clone()
+        })
+    }
+
+    /// The same sums per month and account only: without day, service and region.
+    #[must_use]
+    pub fn accounts(&self) -> HashMap<RollupKey, Sums> {
+        self.regroup(|k| RollupKey {
+            day: None,
+            service_name: None,
+            region_id: None,
+            ..k.clone()
+        })
+    }
+
+    /// Every rollup table a load replaces, with its rows.
+    #[must_use]
+    pub fn tables(&self) -> [(&'static str, HashMap<RollupKey, Sums>); 3] {
+        [
+            ("cost_daily", self.daily.clone()),
+            ("cost_monthly", self.monthly()),
+            ("cost_account_monthly", self.accounts()),
+        ]
+    }
+
+    fn regroup(&self, key: impl Fn(&RollupKey) -> RollupKey) -> HashMap<RollupKey, Sums> {
         let mut out: HashMap<RollupKey, Sums> = HashMap::new();
         for (k, v) in &self.daily {
-            let sums = out
-                .entry(RollupKey {
-                    day: None,
-                    ..k.clone()
-                })
-                .or_default();
+            let sums = out.entry(key(k)).or_default();
             sums.billed_cost += v.billed_cost;
             sums.effective_cost += v.effective_cost;
             sums.list_cost += v.list_cost;
@@ -301,7 +324,6 @@ async fn commit(
     if owned.is_none() {
         return Ok(None);
     }
-    let monthly = rollup.monthly();
     let fixed = format!(
         "{}\t{}\t{}\t{}",
         s.domain,
@@ -309,8 +331,8 @@ async fn commit(
         s.service_account_id,
         s.month.first_day()
     );
-    for (table, rows) in [("cost_daily", &rollup.daily), ("cost_monthly", &monthly)] {
-        // `table` is one of the two names above, never input.
+    for (table, rows) in rollup.tables() {
+        // `table` is one of the rollups' names, never input.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE collector_id = $1 AND service_account_id = $2 AND month = $3"
         )))
@@ -324,7 +346,7 @@ async fn commit(
             continue;
         }
         let mut buf = String::new();
-        for (k, v) in rows {
+        for (k, v) in &rows {
             buf.push_str(&fixed);
             if let Some(day) = k.day {
                 let _ = write!(buf, "\t{day}");
@@ -574,6 +596,11 @@ mod tests {
             .expect("S3");
         assert_eq!(s3.rows, 3);
         assert_eq!(s3.billed_cost.to_string(), "-2.61369878630");
+        let accounts = r.accounts();
+        assert_eq!(accounts.len(), 1, "one account, one month");
+        let all = accounts.values().next().copied().expect("the account");
+        assert_eq!(all.rows, 4);
+        assert_eq!(all.billed_cost.to_string(), "-2.61369878629");
     }
 
     #[test]

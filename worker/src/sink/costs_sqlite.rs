@@ -203,12 +203,8 @@ impl CostLoad for SqliteLoad {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        let monthly = self.rollup.monthly();
-        for (table, rows) in [
-            ("cost_daily", &self.rollup.daily),
-            ("cost_monthly", &monthly),
-        ] {
-            // `table` is one of the two names above, never input.
+        for (table, rows) in self.rollup.tables() {
+            // `table` is one of the rollups' names, never input.
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table}
                  WHERE collector_id = ?1 AND service_account_id = ?2 AND month = ?3"
