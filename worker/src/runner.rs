@@ -1003,35 +1003,10 @@ async fn flush(
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
-
     use super::*;
 
     fn record() -> CostItem {
-        CostItem {
-            charge_period_start: chrono::Utc.with_ymd_and_hms(2024, 9, 1, 0, 0, 0).unwrap(),
-            charge_period_end: None,
-            billing_period_start: None,
-            provider: "AWS".into(),
-            billing_account_id: "1".into(),
-            billing_account_name: None,
-            sub_account_id: None,
-            sub_account_name: None,
-            service_name: None,
-            service_category: None,
-            region_id: None,
-            resource_id: None,
-            charge_category: None,
-            currency: "USD".into(),
-            billed_cost: Decimal::new(1, 2),
-            effective_cost: Decimal::ZERO,
-            list_cost: Decimal::ZERO,
-            consumed_quantity: None,
-            consumed_unit: None,
-            pricing_quantity: None,
-            pricing_unit: None,
-            tags: None,
-        }
+        crate::plugin::test_cost(Decimal::new(1, 2))
     }
 
     #[test]

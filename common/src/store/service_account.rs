@@ -85,18 +85,23 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     {
         Ok(m) => m,
         Err(e) if is_unique_violation(&e) => {
-            return Err(Error::Conflict {
-                field: "name",
-                detail: format!(
-                    "a `{}` service account named '{}' already exists",
-                    new.provider.id, new.name
-                ),
-            });
+            return Err(name_taken(new.provider, &new.name.to_string()));
         }
         Err(e) => return Err(e.into()),
     };
     txn.commit().await?;
     Ok(created.into())
+}
+
+/// The conflict of a name another account of the provider has.
+fn name_taken(provider: &Provider, name: &str) -> Error {
+    Error::Conflict {
+        field: "name",
+        detail: format!(
+            "a `{}` service account named '{name}' already exists",
+            provider.id
+        ),
+    }
 }
 
 /// Refuses a project that does not exist, or none for a billing provider; errors name
@@ -221,14 +226,8 @@ pub async fn update<C: ConnectionTrait + TransactionTrait>(
     let updated = match service_account::Entity::update(row).exec(&txn).await {
         Ok(m) => m,
         Err(e) if is_unique_violation(&e) => {
-            return Err(Error::Conflict {
-                field: "name",
-                detail: format!(
-                    "a `{}` service account named '{}' already exists",
-                    provider.id,
-                    change.name.map(|n| n.to_string()).unwrap_or_default()
-                ),
-            });
+            let name = change.name.map(|n| n.to_string()).unwrap_or_default();
+            return Err(name_taken(provider, &name));
         }
         Err(e) => return Err(e.into()),
     };

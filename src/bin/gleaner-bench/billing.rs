@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Children, Component, Run, collect_with, free_port, isolated, peak_rss_kib, post, rate, spawn,
-    wait_ready,
+    Children, Component, Run, Services, collect_with, free_port, isolated, peak_rss_kib, post,
+    rate, spawn, wait_ready,
 };
 
 const SAMPLE: &str = concat!(
@@ -38,18 +38,8 @@ pub struct FocusArgs {
     /// FOCUS rows to import (the 250-row sample repeated).
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
-    #[arg(
-        long,
-        env = "GLEANER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,18 +56,8 @@ pub struct SummaryArgs {
     /// Timed summary requests.
     #[arg(long, default_value_t = 200)]
     queries: usize,
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
-    #[arg(
-        long,
-        env = "GLEANER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
 }
 
 /// Runs `measure` on a fresh schema with an API and a worker process, and removes it after.
@@ -127,8 +107,8 @@ pub async fn focus(args: FocusArgs) -> anyhow::Result<()> {
     let result = async {
         let written = generate(&file, args.rows)?;
         with_run(
-            &args.database_url,
-            &args.amqp_url,
+            &args.services.database_url,
+            &args.services.amqp_url,
             |run, http, base, children| {
                 measure_focus(run, http, base, children, file.clone(), written)
             },
@@ -318,7 +298,10 @@ pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
         args.accounts > 0 && args.months > 0,
         "--accounts and --months must be at least 1"
     );
-    let (database_url, amqp_url) = (args.database_url.clone(), args.amqp_url.clone());
+    let (database_url, amqp_url) = (
+        args.services.database_url.clone(),
+        args.services.amqp_url.clone(),
+    );
     with_run(&database_url, &amqp_url, |run, http, base, children| {
         measure_summary(args, run, http, base, children)
     })

@@ -81,6 +81,25 @@ enum Mode {
     Standalone,
 }
 
+/// Where a run's services are.
+#[derive(Debug, clap::Args)]
+pub struct Services {
+    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
+    #[arg(
+        long,
+        env = "GLEANER_BENCH_DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
+    )]
+    pub database_url: String,
+    /// RabbitMQ; the run's exchanges and queues carry their own prefix and are deleted after.
+    #[arg(
+        long,
+        env = "GLEANER_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+}
+
 #[derive(Debug, clap::Args)]
 struct IngestArgs {
     /// Which runtime to measure.
@@ -95,20 +114,8 @@ struct IngestArgs {
     /// Items per batch written by the worker (default: the worker's setting).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
-    /// RabbitMQ; the run's exchanges and queues carry their own prefix and are deleted after.
-    #[arg(
-        long,
-        env = "GLEANER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
     /// Leave the schema and queues in place for inspection.
     #[arg(long)]
     keep: bool,
@@ -128,18 +135,8 @@ struct TasksArgs {
     /// Seconds pgbench runs.
     #[arg(long, default_value_t = 15)]
     pgbench_seconds: u64,
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
-    #[arg(
-        long,
-        env = "GLEANER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    services: Services,
 }
 
 #[derive(Debug, clap::Args)]
@@ -393,7 +390,7 @@ async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
         args.tasks > 0 && args.workers > 0,
         "--tasks and --workers must be at least 1"
     );
-    let (name, mut settings) = isolated(&args.database_url, &args.amqp_url)?;
+    let (name, mut settings) = isolated(&args.services.database_url, &args.services.amqp_url)?;
     if let Some(c) = args.concurrency {
         settings.worker.concurrency = c;
     }
@@ -430,7 +427,7 @@ async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
         "tasks: one job of {} tasks (one resource each), {} worker processes × {} concurrent tasks",
         args.tasks, args.workers, settings.worker.concurrency
     );
-    let tps = pgbench(&args.database_url, clients, args.pgbench_seconds).await?;
+    let tps = pgbench(&args.services.database_url, clients, args.pgbench_seconds).await?;
     println!(
         "  {:<47} {tps:>9.0} transactions/s ({clients} clients)",
         "pgbench simple-update (UPDATE+SELECT+INSERT):"
@@ -534,7 +531,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         args.resources.is_multiple_of(args.accounts),
         "--resources must be a multiple of --accounts"
     );
-    let (name, mut settings) = isolated(&args.database_url, &args.amqp_url)?;
+    let (name, mut settings) = isolated(&args.services.database_url, &args.services.amqp_url)?;
     if let Some(b) = args.batch_size {
         settings.worker.batch_size = b;
     }

@@ -76,6 +76,36 @@ pub struct CostItem {
     pub tags: Option<Map<String, Value>>,
 }
 
+/// A cost record of 2024-09-01 in USD with `billed_cost` and nothing else, for tests.
+#[cfg(test)]
+pub(crate) fn test_cost(billed_cost: Decimal) -> CostItem {
+    use chrono::TimeZone as _;
+    CostItem {
+        charge_period_start: Utc.with_ymd_and_hms(2024, 9, 1, 10, 0, 0).unwrap(),
+        charge_period_end: None,
+        billing_period_start: None,
+        provider: "AWS".into(),
+        billing_account_id: "1".into(),
+        billing_account_name: None,
+        sub_account_id: None,
+        sub_account_name: None,
+        service_name: None,
+        service_category: None,
+        region_id: None,
+        resource_id: None,
+        charge_category: None,
+        currency: "USD".into(),
+        billed_cost,
+        effective_cost: Decimal::ZERO,
+        list_cost: Decimal::ZERO,
+        consumed_quantity: None,
+        consumed_unit: None,
+        pricing_quantity: None,
+        pricing_unit: None,
+        tags: None,
+    }
+}
+
 /// What a plugin emits.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {

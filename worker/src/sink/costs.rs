@@ -548,30 +548,11 @@ mod tests {
     use super::*;
 
     fn record(day: u32, service: &str, billed: i64) -> CostItem {
-        let start = Utc.with_ymd_and_hms(2024, 9, day, 10, 0, 0).unwrap();
         CostItem {
-            charge_period_start: start,
-            charge_period_end: None,
-            billing_period_start: None,
-            provider: "AWS".into(),
-            billing_account_id: "1".into(),
-            billing_account_name: None,
-            sub_account_id: None,
-            sub_account_name: None,
+            charge_period_start: Utc.with_ymd_and_hms(2024, 9, day, 10, 0, 0).unwrap(),
             service_name: Some(service.into()),
-            service_category: None,
-            region_id: None,
-            resource_id: None,
-            charge_category: None,
-            currency: "USD".into(),
-            billed_cost: Decimal::new(billed, 11),
             effective_cost: Decimal::new(billed, 12),
-            list_cost: Decimal::ZERO,
-            consumed_quantity: None,
-            consumed_unit: None,
-            pricing_quantity: None,
-            pricing_unit: None,
-            tags: None,
+            ..crate::plugin::test_cost(Decimal::new(billed, 11))
         }
     }
 
