@@ -370,13 +370,11 @@ async fn measure_summary(
     let db = gleaner::app::database(&run.settings, false).await?;
     db.execute_unprepared("ANALYZE costs; ANALYZE cost_daily; ANALYZE cost_monthly")
         .await?;
+    let accounts = scalar(&db, "SELECT count(*) FROM cost_account_monthly").await?;
     let monthly = scalar(&db, "SELECT count(*) FROM cost_monthly").await?;
     let daily = scalar(&db, "SELECT count(*) FROM cost_daily").await?;
-    println!("  rollup rows: {monthly} monthly, {daily} daily");
-    let query = format!(
-        "start={}&end={}&group_by=month,provider",
-        start.first_day(),
-        end.next().first_day()
+    println!(
+        "  rollup rows: {accounts} per account and month, {monthly} monthly, {daily} daily"
     );
     let mut scans = Vec::new();
     for _ in 0..3 {
@@ -394,11 +392,41 @@ async fn measure_summary(
         "baseline: the same sums scanning `costs`:",
         scans[1].as_secs_f64() * 1e3
     );
-    let mut times = Vec::with_capacity(args.queries);
-    let mut items = Value::Null;
-    for _ in 0..args.queries {
+    let (start, end) = (start.first_day(), end.next().first_day());
+    for (group_by, groups) in [
+        ("month,provider", args.months as usize),
+        ("month,service", args.months as usize * services as usize),
+    ] {
+        let query = format!("start={start}&end={end}&group_by={group_by}");
+        let times = timed_summaries(&http, &base, &query, args.queries, groups).await?;
+        let pct = |p: f64| {
+            times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1]
+        };
+        println!(
+            "  {:<47} p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({} requests, {groups} groups)",
+            format!("GET /v1/costs/summary?group_by={group_by}:"),
+            pct(0.5).as_secs_f64() * 1e3,
+            pct(0.95).as_secs_f64() * 1e3,
+            times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            args.queries
+        );
+    }
+    db.close().await.ok();
+    Ok(children)
+}
+
+/// Times `n` summary requests, sorted, checking each answers `groups` items.
+async fn timed_summaries(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    n: usize,
+    groups: usize,
+) -> anyhow::Result<Vec<std::time::Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
         let t = Instant::now();
-        items = http
+        let items: Value = http
             .get(format!("{base}/v1/costs/summary?{query}"))
             .send()
             .await?
@@ -406,24 +434,11 @@ async fn measure_summary(
             .json()
             .await?;
         times.push(t.elapsed());
+        let got = items["items"].as_array().map_or(0, Vec::len);
+        ensure!(got == groups, "{query}: expected {groups} groups, got {got}");
     }
-    let groups = items["items"].as_array().map_or(0, Vec::len);
-    ensure!(
-        groups == args.months as usize,
-        "expected one group per month: {items}"
-    );
     times.sort();
-    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
-    println!(
-        "  {:<47} p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({} requests, {groups} groups)",
-        "GET /v1/costs/summary?group_by=month,provider:",
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.95).as_secs_f64() * 1e3,
-        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        args.queries
-    );
-    db.close().await.ok();
-    Ok(children)
+    Ok(times)
 }
 
 async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
