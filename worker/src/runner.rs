@@ -1013,7 +1013,8 @@ mod tests {
     fn records_the_database_would_refuse_are_caught_first() {
         assert_eq!(MAX_AMOUNT, Decimal::from(1_000_000_000_000_000_i64));
         assert_eq!(refusal(&record()), None);
-        let cases: [(fn(&mut CostItem), &str); 5] = [
+        type Break = fn(&mut CostItem);
+        let cases: [(Break, &str); 5] = [
             (|c| c.currency = "usd".into(), "currency"),
             (|c| c.billed_cost = MAX_AMOUNT, "billed_cost"),
             (

@@ -245,7 +245,7 @@ pub fn read_file(
             }
         }
         rows += 1;
-        if rows % 4096 == 0 && cancel.is_cancelled() {
+        if rows.is_multiple_of(4096) && cancel.is_cancelled() {
             return Err(PluginError::Stopped);
         }
         let line = record.position().map_or(line, csv::Position::line);
