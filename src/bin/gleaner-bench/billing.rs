@@ -373,9 +373,7 @@ async fn measure_summary(
     let accounts = scalar(&db, "SELECT count(*) FROM cost_account_monthly").await?;
     let monthly = scalar(&db, "SELECT count(*) FROM cost_monthly").await?;
     let daily = scalar(&db, "SELECT count(*) FROM cost_daily").await?;
-    println!(
-        "  rollup rows: {accounts} per account and month, {monthly} monthly, {daily} daily"
-    );
+    println!("  rollup rows: {accounts} per account and month, {monthly} monthly, {daily} daily");
     let mut scans = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -399,9 +397,8 @@ async fn measure_summary(
     ] {
         let query = format!("start={start}&end={end}&group_by={group_by}");
         let times = timed_summaries(&http, &base, &query, args.queries, groups).await?;
-        let pct = |p: f64| {
-            times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1]
-        };
+        let pct =
+            |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
         println!(
             "  {:<47} p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({} requests, {groups} groups)",
             format!("GET /v1/costs/summary?group_by={group_by}:"),
@@ -435,7 +432,10 @@ async fn timed_summaries(
             .await?;
         times.push(t.elapsed());
         let got = items["items"].as_array().map_or(0, Vec::len);
-        ensure!(got == groups, "{query}: expected {groups} groups, got {got}");
+        ensure!(
+            got == groups,
+            "{query}: expected {groups} groups, got {got}"
+        );
     }
     times.sort();
     Ok(times)
