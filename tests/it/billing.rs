@@ -459,6 +459,118 @@ async fn a_collector_replaces_only_its_rows_and_a_failed_sync_keeps_them(
     result
 }
 
+/// A moto S3 server on a free local port, stopped when dropped.
+struct Moto {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl Moto {
+    async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting moto (scripts/test.sh installs it: pip install 'moto[server]')")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
+                return Ok(Self { url, _child: child });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("moto did not answer on {url} within 10 s (is `moto[server]` installed?)")
+    }
+
+    /// Creates `bucket` and puts `body` at `key` (moto takes unsigned requests).
+    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        http.put(format!("{}/{bucket}", self.url))
+            .send()
+            .await?
+            .error_for_status()?;
+        http.put(format!("{}/{bucket}/{key}", self.url))
+            .body(body)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+}
+
+async fn a_focus_export_in_a_bucket_is_imported(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let moto = Moto::start().await?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &std::fs::read(SAMPLE)?)?;
+    moto.put("billing", "exports/2024-09/focus.csv.gz", gz.finish()?)
+        .await?;
+    moto.put("billing", "exports/README.txt", b"not an export".to_vec())
+        .await?;
+    let project = env.create("/v1/projects", json!({"name": "s3"})).await?;
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "s3", "provider": "focus", "project_id": project["id"],
+               "credentials": {"aws_access_key_id": "test", "aws_secret_access_key": "test-secret"}}),
+    )
+    .await?;
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "s3", "plugin_id": "focus",
+                   "options": {"bucket": "billing", "prefix": "exports/", "endpoint_url": moto.url}}),
+        )
+        .await?;
+    let job = bill(&env, &id(&c)?, september()).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 250);
+    let total = summary(&env, "start=2024-09-01&end=2024-10-01").await?;
+    assert_eq!(total[0]["billed_cost"], "3.71561541189");
+    // A bucket that does not exist fails the task, saying so.
+    env.patch(
+        &format!("/v1/collectors/{}", id(&c)?),
+        json!({"options": {"bucket": "nope", "endpoint_url": moto.url}}),
+    )
+    .await?;
+    let job = bill(&env, &id(&c)?, september()).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let tasks = env
+        .get(&format!(
+            "/v1/jobs/{}/tasks",
+            job["id"].as_str().unwrap_or_default()
+        ))
+        .await?;
+    let task = &tasks.body["items"][0];
+    assert!(
+        task["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NoSuchBucket")),
+        "{task}"
+    );
+    assert_eq!(
+        task["attempt"], 1,
+        "a missing bucket is not retried: {task}"
+    );
+    assert_eq!(
+        summary(&env, "start=2024-09-01&end=2024-10-01").await?,
+        total
+    );
+    Ok(())
+}
+
 async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
     let inventory = env.demo_collector(1, json!({"resources": 1})).await?;
@@ -552,5 +664,6 @@ in_both_modes!(
     demo_costs_have_their_documented_totals_per_month,
     a_private_cost_plugin_bills_in_its_own_currency,
     a_collector_replaces_only_its_rows_and_a_failed_sync_keeps_them,
+    a_focus_export_in_a_bucket_is_imported,
     billing_input_is_checked,
 );

@@ -1,5 +1,6 @@
 //! The `focus` cost data source: imports FinOps FOCUS 1.0 cost exports, CSV files (optionally
-//! gzipped), from a file or a folder on the worker's disk.
+//! gzipped), from a file or a folder on the worker's disk, or from an S3-compatible bucket
+//! (objects streamed through the same parser, never held in memory whole).
 //!
 //! Parsing rules, from the FOCUS sample's quirks (`shared/data/focus/README.md`):
 //! - the bare token `NULL` and an empty cell are both null;
@@ -14,16 +15,21 @@
 //! reported with its file and line and the rest is imported.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read};
+use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use futures::TryStreamExt as _;
 use gleaner_common::billing::Month;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
+use object_store::ObjectStore as _;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use super::{CollectRequest, CostItem, Item, ItemError, ItemSender, Plugin, PluginError};
@@ -37,6 +43,8 @@ pub struct FocusOptions {
     pub bucket: Option<String>,
     pub prefix: Option<String>,
     pub endpoint_url: Option<String>,
+    /// The bucket's region (default `us-east-1`).
+    pub region: Option<String>,
 }
 
 /// The `focus` plugin.
@@ -70,7 +78,8 @@ impl Focus {
                         "path": {"type": "string", "minLength": 1, "description": "a FOCUS CSV file (.csv or .csv.gz) or a folder of them, on the worker's disk"},
                         "bucket": {"type": "string", "minLength": 1, "description": "an S3-compatible bucket holding the export"},
                         "prefix": {"type": "string", "description": "the export's key prefix in the bucket"},
-                        "endpoint_url": {"type": "string", "minLength": 1, "description": "the S3-compatible endpoint (default: AWS)"}
+                        "endpoint_url": {"type": "string", "minLength": 1, "description": "the S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS); addressed path-style"},
+                        "region": {"type": "string", "minLength": 1, "description": "the bucket's region (default us-east-1)"}
                     },
                     "oneOf": [{"required": ["path"]}, {"required": ["bucket"]}],
                     "additionalProperties": false
@@ -83,10 +92,7 @@ impl Focus {
         let opts: FocusOptions = serde_json::from_value(options.clone())
             .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))?;
         match (&opts.path, &opts.bucket) {
-            (Some(_), None) => Ok(opts),
-            (None, Some(_)) => Err(PluginError::Permanent(
-                "reading exports from a bucket is not available yet: copy the export to the worker's disk and set `path`".into(),
-            )),
+            (Some(_), None) | (None, Some(_)) => Ok(opts),
             _ => Err(PluginError::Permanent(
                 "set exactly one of `path` and `bucket`".into(),
             )),
@@ -103,9 +109,13 @@ impl Plugin for Focus {
     async fn verify(
         &self,
         options: &Value,
-        _secret: &Map<String, Value>,
+        secret: &Map<String, Value>,
     ) -> Result<(), PluginError> {
         let opts = Self::options(options)?;
+        if opts.bucket.is_some() {
+            let (store, prefix) = bucket(&opts, secret)?;
+            return keys(&store, &prefix).await.map(drop);
+        }
         let path = opts.path.unwrap_or_default();
         tokio::task::spawn_blocking(move || files(&path).map(drop))
             .await
@@ -124,6 +134,10 @@ impl Plugin for Focus {
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
         let filter = Filter { month, account };
+        if opts.bucket.is_some() {
+            let (store, prefix) = bucket(&opts, &request.secret)?;
+            return read_bucket(&store, &prefix, &filter, &out, &request.cancel).await;
+        }
         let path = opts.path.unwrap_or_default();
         let cancel = request.cancel.clone();
         tokio::task::spawn_blocking(move || {
@@ -184,18 +198,12 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
     Ok(out)
 }
 
-/// Opens a file, through a gzip decoder when it starts with gzip's magic bytes.
-fn open(path: &Path) -> Result<Box<dyn Read + Send>, PluginError> {
-    let cannot = |e: std::io::Error| {
-        PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display()))
-    };
-    let mut file = std::fs::File::open(path).map_err(cannot)?;
-    let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(cannot)?;
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let reader = BufReader::with_capacity(1 << 20, file);
-    if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
+/// A reader of an export's bytes, through a gzip decoder when they start with gzip's magic
+/// bytes.
+fn decoded(reader: impl Read + Send + 'static) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    if reader.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
     } else {
         Ok(Box::new(reader))
     }
@@ -217,10 +225,27 @@ pub fn read_file(
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_owned();
+    let reader = std::fs::File::open(path)
+        .and_then(decoded)
+        .map_err(|e| PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display())))?;
+    read_export(&name, reader, filter, out, cancel)
+}
+
+/// Reads one export file from `reader`; `name` is how errors call it.
+///
+/// # Errors
+/// As [`read_file`].
+pub fn read_export(
+    name: &str,
+    reader: Box<dyn Read + Send>,
+    filter: &Filter,
+    out: &ItemSender,
+    cancel: &CancellationToken,
+) -> Result<u64, PluginError> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .from_reader(open(path)?);
+        .from_reader(reader);
     let header = csv
         .headers()
         .map_err(|e| PluginError::Permanent(format!("{name}: the header cannot be read: {e}")))?
@@ -240,7 +265,7 @@ pub fn read_file(
                 )));
             }
             Err(e) => {
-                out.blocking_send(row_error(&name, line, &e.to_string()))?;
+                out.blocking_send(row_error(name, line, &e.to_string()))?;
                 continue;
             }
         }
@@ -251,7 +276,7 @@ pub fn read_file(
         let line = record.position().map_or(line, csv::Position::line);
         if record.len() != header.len() {
             let message = format!("has {} fields, the header {}", record.len(), header.len());
-            out.blocking_send(row_error(&name, line, &message))?;
+            out.blocking_send(row_error(name, line, &message))?;
             continue;
         }
         match columns.parse(&record) {
@@ -269,7 +294,7 @@ pub fn read_file(
             // A broken row of another month or account is that task's to report, when the
             // row says whose it is: a backfill reports it once, not once per month.
             Err(_) if !columns.may_belong(&record, filter) => {}
-            Err(message) => out.blocking_send(row_error(&name, line, &message))?,
+            Err(message) => out.blocking_send(row_error(name, line, &message))?,
         }
     }
     Ok(rows)
@@ -457,6 +482,112 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| Utc.from_utc_datetime(&t))
+}
+
+/// The bucket of `opts`, with its credentials (anonymous without them), and the key prefix.
+fn bucket(
+    opts: &FocusOptions,
+    secret: &Map<String, Value>,
+) -> Result<(AmazonS3, String), PluginError> {
+    let name = opts.bucket.clone().unwrap_or_default();
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(&name)
+        .with_region(opts.region.as_deref().unwrap_or("us-east-1"));
+    if let Some(url) = &opts.endpoint_url {
+        b = b
+            .with_endpoint(url)
+            .with_allow_http(url.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    let key = |k: &str| {
+        secret
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    b = match (key("aws_access_key_id"), key("aws_secret_access_key")) {
+        (Some(id), Some(secret)) => b.with_access_key_id(id).with_secret_access_key(secret),
+        // No keys: an anonymous reader, rather than a search of the worker's environment.
+        _ => b.with_skip_signature(true),
+    };
+    let store = b
+        .build()
+        .map_err(|e| PluginError::Permanent(format!("bucket `{name}`: {e}")))?;
+    Ok((store, opts.prefix.clone().unwrap_or_default()))
+}
+
+/// A bucket error: permanent when the bucket said no (a missing bucket or key, refused
+/// credentials: any 4xx but 429), transient otherwise (unreachable, throttled, 5xx).
+fn store_error(what: &str, e: &object_store::Error) -> PluginError {
+    let message = format!("{what}: {e}");
+    let refused = match e {
+        object_store::Error::NotFound { .. }
+        | object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. }
+        | object_store::Error::InvalidPath { .. } => true,
+        // The S3 client reports list errors as generic ones, with the status in the text.
+        _ => message.contains("status code: 4") && !message.contains("status code: 429"),
+    };
+    if refused {
+        PluginError::Permanent(message)
+    } else {
+        PluginError::Transient(message)
+    }
+}
+
+/// The export's objects under `prefix`: every `.csv` and `.csv.gz` key, in name order.
+async fn keys(store: &AmazonS3, prefix: &str) -> Result<Vec<ObjectPath>, PluginError> {
+    let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    let listed: Vec<_> = store
+        .list(prefix.as_ref())
+        .try_collect()
+        .await
+        .map_err(|e| store_error("listing the bucket", &e))?;
+    let mut keys: Vec<ObjectPath> = listed
+        .into_iter()
+        .map(|m| m.location)
+        .filter(|k| {
+            let k = k.as_ref();
+            k.ends_with(".csv") || k.ends_with(".csv.gz")
+        })
+        .collect();
+    keys.sort();
+    if keys.is_empty() {
+        return Err(PluginError::Permanent(format!(
+            "the bucket holds no .csv or .csv.gz object under `{}`",
+            prefix.map(|p| p.to_string()).unwrap_or_default()
+        )));
+    }
+    Ok(keys)
+}
+
+/// Reads every export object of the bucket, streamed (an object is never held in memory).
+async fn read_bucket(
+    store: &AmazonS3,
+    prefix: &str,
+    filter: &Filter,
+    out: &ItemSender,
+    cancel: &CancellationToken,
+) -> Result<(), PluginError> {
+    for key in keys(store, prefix).await? {
+        let got = store
+            .get(&key)
+            .await
+            .map_err(|e| store_error(&format!("reading `{key}`"), &e))?;
+        let stream = got.into_stream().map_err(std::io::Error::other);
+        // Made here, in the runtime, which the bridge's reads block on from their thread.
+        let reader = SyncIoBridge::new(StreamReader::new(stream));
+        let name = key.filename().unwrap_or(key.as_ref()).to_owned();
+        let (filter, out, cancel) = (filter.clone(), out.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || {
+            let reader = decoded(reader)
+                .map_err(|e| PluginError::Transient(format!("reading `{name}`: {e}")))?;
+            read_export(&name, reader, &filter, &out, &cancel)
+        })
+        .await
+        .map_err(|e| PluginError::Permanent(format!("the import stopped: {e}")))??;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
