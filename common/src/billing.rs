@@ -6,8 +6,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 /// The most months one billing job may cover (ten years): each month is a task per account.
@@ -152,6 +154,62 @@ impl Window {
             (n <= end && n != *m).then_some(n)
         })
     }
+}
+
+/// One cost record, in FOCUS's terms: what a cost data source reports (built-in plugins build
+/// it, an external one writes it as a `cost` line of the plugin protocol). Amounts are exact
+/// decimals in `currency`, written as strings in JSON (`"0.00000080000"`): a JSON number would
+/// go through a float and lose digits, so one is refused.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostItem {
+    /// When the cost was incurred (inclusive, RFC 3339 in JSON); its month must be the task's.
+    pub charge_period_start: DateTime<Utc>,
+    /// Exclusive.
+    #[serde(default)]
+    pub charge_period_end: Option<DateTime<Utc>>,
+    /// The invoice month, which can differ from the charge month.
+    #[serde(default)]
+    pub billing_period_start: Option<DateTime<Utc>>,
+    /// The cloud that charged it (FOCUS `ProviderName`: AWS, Microsoft, ...).
+    pub provider: String,
+    pub billing_account_id: String,
+    #[serde(default)]
+    pub billing_account_name: Option<String>,
+    #[serde(default)]
+    pub sub_account_id: Option<String>,
+    #[serde(default)]
+    pub sub_account_name: Option<String>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub service_category: Option<String>,
+    #[serde(default)]
+    pub region_id: Option<String>,
+    #[serde(default)]
+    pub resource_id: Option<String>,
+    #[serde(default)]
+    pub charge_category: Option<String>,
+    /// ISO 4217.
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub billed_cost: Decimal,
+    /// Zero when absent.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub effective_cost: Decimal,
+    /// Zero when absent.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub list_cost: Decimal,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub consumed_quantity: Option<Decimal>,
+    #[serde(default)]
+    pub consumed_unit: Option<String>,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub pricing_quantity: Option<Decimal>,
+    #[serde(default)]
+    pub pricing_unit: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Map<String, Value>>,
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ pub enum Message {
         data: Map<String, Value>,
     },
     /// One cost record (`collect` of a cost data source), in FOCUS's terms.
-    Cost(Box<CostLine>),
+    Cost(Box<crate::billing::CostItem>),
     /// One item that could not be collected; the collection goes on.
     Error {
         message: String,
@@ -136,56 +136,6 @@ pub enum Message {
     },
     /// The last line of a complete `collect`.
     Done,
-}
-
-/// A cost record as a plugin writes it. Amounts are decimal strings (`"0.00000080000"`), so
-/// that no digit is lost to a float on the way.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CostLine {
-    /// RFC 3339; its month must be the task's `month`.
-    pub charge_period_start: chrono::DateTime<chrono::Utc>,
-    #[serde(default)]
-    pub charge_period_end: Option<chrono::DateTime<chrono::Utc>>,
-    #[serde(default)]
-    pub billing_period_start: Option<chrono::DateTime<chrono::Utc>>,
-    /// The cloud that charged it (`AWS`, `Microsoft`, ...).
-    pub provider: String,
-    pub billing_account_id: String,
-    #[serde(default)]
-    pub billing_account_name: Option<String>,
-    #[serde(default)]
-    pub sub_account_id: Option<String>,
-    #[serde(default)]
-    pub sub_account_name: Option<String>,
-    #[serde(default)]
-    pub service_name: Option<String>,
-    #[serde(default)]
-    pub service_category: Option<String>,
-    #[serde(default)]
-    pub region_id: Option<String>,
-    #[serde(default)]
-    pub resource_id: Option<String>,
-    #[serde(default)]
-    pub charge_category: Option<String>,
-    /// ISO 4217.
-    pub currency: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub billed_cost: rust_decimal::Decimal,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
-    pub effective_cost: Option<rust_decimal::Decimal>,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
-    pub list_cost: Option<rust_decimal::Decimal>,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
-    pub consumed_quantity: Option<rust_decimal::Decimal>,
-    #[serde(default)]
-    pub consumed_unit: Option<String>,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
-    pub pricing_quantity: Option<rust_decimal::Decimal>,
-    #[serde(default)]
-    pub pricing_unit: Option<String>,
-    #[serde(default)]
-    pub tags: Option<Map<String, Value>>,
 }
 
 /// Why a call failed. Each message is written for the user who registered the plugin.
@@ -734,10 +684,8 @@ echo '{"type":"done"}'"#,
             panic!("{msgs:?}")
         };
         assert_eq!(c.billed_cost.to_string(), "0.00000080000");
-        assert_eq!(
-            c.effective_cost.map(|d| d.to_string()).as_deref(),
-            Some("-2.61370000000")
-        );
+        assert_eq!(c.effective_cost.to_string(), "-2.61370000000");
+        assert_eq!(c.list_cost, rust_decimal::Decimal::ZERO, "absent is zero");
         let float = sh(
             r#"echo '{"type":"cost","charge_period_start":"2024-09-18T22:00:00Z","provider":"AWS","billing_account_id":"1","currency":"USD","billed_cost":0.1}'"#,
             10,

@@ -530,8 +530,7 @@ async fn collect_costs(
         .await;
     let mut load = match load {
         Ok(l) => l,
-        Err(e) if e.is_transient() => return Ended::Retry(format!("writing costs failed: {e}")),
-        Err(e) => return failure(format!("writing costs failed: {e}")),
+        Err(e) => return cost_write_failed(&e),
     };
     let secrets = secret.clone();
     let (running, rx) = Running::start(ctx, claimed, plugin, secret, stop, lock);
@@ -540,11 +539,9 @@ async fn collect_costs(
     if stop.is_cancelled() {
         return Ended::Released;
     }
-    let summary = match loaded {
+    let mut summary = match loaded {
         Ok(s) => s,
-        // The whole month is loaded again by the next attempt: the transaction is gone.
-        Err(e) if e.is_transient() => return Ended::Retry(format!("writing costs failed: {e}")),
-        Err(e) => return failure(format!("writing costs failed: {e}")),
+        Err(e) => return cost_write_failed(&e),
     };
     match plugin_result {
         Ok(()) => {}
@@ -590,20 +587,13 @@ async fn collect_costs(
     let counts = match committed {
         Ok(Some(c)) => c,
         Ok(None) => return Ended::Stale,
-        Err(e) if e.is_transient() => return Ended::Retry(format!("writing costs failed: {e}")),
-        Err(e) => return failure(format!("writing costs failed: {e}")),
+        Err(e) => return cost_write_failed(&e),
     };
     info!(%month, records = counts.created, replaced = counts.deleted, malformed = counts.failed, "month of costs replaced");
     // Malformed records are reported, not a failure: the rest of the month is in, and the
     // next run replaces the month again once the export is fixed.
-    let error = (counts.failed > 0).then(|| {
-        Summary {
-            counts,
-            errors: summary.errors,
-            seen: HashSet::new(),
-        }
-        .item_error_message()
-    });
+    summary.counts = counts;
+    let error = (counts.failed > 0).then(|| summary.item_error_message());
     Ended::Done(
         Box::new(Outcome {
             status: JobStatus::Success,
@@ -613,6 +603,17 @@ async fn collect_costs(
         }),
         None,
     )
+}
+
+/// How a task ends when its load failed: the month is loaded again from the start by the next
+/// attempt when the failure may pass (the transaction is gone either way).
+fn cost_write_failed(e: &SinkError) -> Ended {
+    let error = format!("writing costs failed: {e}");
+    if e.is_transient() {
+        Ended::Retry(error)
+    } else {
+        failure(error)
+    }
 }
 
 /// Copies the plugin's records into the load in batches; a record of another month, or a
@@ -628,13 +629,11 @@ async fn load_costs(
     let mut batch: Vec<CostItem> = Vec::with_capacity(COST_BATCH);
     let reject = |summary: &mut Summary, message: String| {
         summary.counts.failed += 1;
-        if summary.errors.len() < KEPT_ITEM_ERRORS {
-            summary.errors.push(ItemError {
-                resource_type: None,
-                resource_key: None,
-                message,
-            });
-        }
+        summary.keep(ItemError {
+            resource_type: None,
+            resource_key: None,
+            message,
+        });
     };
     while let Some(item) = rx.recv().await {
         match item {
@@ -748,6 +747,13 @@ struct Summary {
 }
 
 impl Summary {
+    /// Keeps an item error for the task's message, the first few only.
+    fn keep(&mut self, e: ItemError) {
+        if self.errors.len() < KEPT_ITEM_ERRORS {
+            self.errors.push(e);
+        }
+    }
+
     fn item_error_message(&self) -> String {
         let shown: Vec<String> = self
             .errors
@@ -799,19 +805,17 @@ async fn consume(
             }
             Item::Error(e) => {
                 pending_failed += 1;
-                if summary.errors.len() < KEPT_ITEM_ERRORS {
-                    summary.errors.push(e);
-                }
+                summary.keep(e);
             }
             Item::Cost(_) => {
                 pending_failed += 1;
-                if summary.errors.len() < KEPT_ITEM_ERRORS {
-                    summary.errors.push(ItemError {
-                        resource_type: None,
-                        resource_key: None,
-                        message: "a collector reported a cost record; cost data sources run in billing jobs".into(),
-                    });
-                }
+                summary.keep(ItemError {
+                    resource_type: None,
+                    resource_key: None,
+                    message:
+                        "a collector reported a cost record; cost data sources run in billing jobs"
+                            .into(),
+                });
             }
         }
         if batch.len() >= batch_size {

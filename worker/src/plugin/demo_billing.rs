@@ -159,9 +159,7 @@ impl Plugin for DemoBilling {
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
         let opts = Self::options(&request.options)?;
-        let month = request.task.month.ok_or_else(|| {
-            PluginError::Permanent("a cost data source runs in billing jobs, for a month".into())
-        })?;
+        let month = request.task.billing_month()?;
         let account = opts.billing_account_id.clone().unwrap_or_else(|| {
             let id = request
                 .task

@@ -9,9 +9,7 @@ use gleaner_common::external::{self, Message, ProtocolError, Session, Spec};
 use gleaner_common::plugin::PluginInfo;
 use serde_json::{Map, Value, json};
 
-use super::{
-    CollectRequest, CostItem, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem,
-};
+use super::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem};
 
 /// A registered version of a private plugin.
 pub struct External {
@@ -127,30 +125,10 @@ async fn pump(session: &mut Session, out: &ItemSender) -> Result<(), PluginError
                 region,
                 data: Value::Object(data),
             }),
-            Message::Cost(c) => Item::Cost(Box::new(CostItem {
-                charge_period_start: c.charge_period_start,
-                charge_period_end: c.charge_period_end,
-                billing_period_start: c.billing_period_start,
-                provider: c.provider,
-                billing_account_id: c.billing_account_id,
-                billing_account_name: c.billing_account_name,
-                sub_account_id: c.sub_account_id,
-                sub_account_name: c.sub_account_name,
-                service_name: c.service_name,
-                service_category: c.service_category,
-                region_id: c.region_id,
-                resource_id: c.resource_id,
-                charge_category: c.charge_category,
-                currency: c.currency.to_ascii_uppercase(),
-                billed_cost: c.billed_cost,
-                effective_cost: c.effective_cost.unwrap_or_default(),
-                list_cost: c.list_cost.unwrap_or_default(),
-                consumed_quantity: c.consumed_quantity,
-                consumed_unit: c.consumed_unit,
-                pricing_quantity: c.pricing_quantity,
-                pricing_unit: c.pricing_unit,
-                tags: c.tags,
-            })),
+            Message::Cost(mut c) => {
+                c.currency = c.currency.to_ascii_uppercase();
+                Item::Cost(c)
+            }
             Message::Error {
                 message,
                 resource_type,

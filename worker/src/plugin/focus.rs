@@ -124,9 +124,7 @@ impl Plugin for Focus {
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
         let opts = Self::options(&request.options)?;
-        let month = request.task.month.ok_or_else(|| {
-            PluginError::Permanent("a cost data source runs in billing jobs, for a month".into())
-        })?;
+        let month = request.task.billing_month()?;
         let account = request
             .secret
             .get("billing_account_id")

@@ -8,12 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use gleaner_common::billing::Month;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo};
 use gleaner_common::store;
-use rust_decimal::Decimal;
 use sea_orm::ConnectionTrait;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -44,44 +42,15 @@ pub struct ItemError {
     pub message: String,
 }
 
-/// One cost record reported by a cost data source plugin: a row of a FOCUS export, in
-/// FOCUS's terms. Amounts are exact decimals in `currency`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CostItem {
-    /// When the cost was incurred (inclusive); its month must be the task's.
-    pub charge_period_start: DateTime<Utc>,
-    /// Exclusive.
-    pub charge_period_end: Option<DateTime<Utc>>,
-    /// The invoice month, which can differ from the charge month.
-    pub billing_period_start: Option<DateTime<Utc>>,
-    /// The cloud that charged it (FOCUS `ProviderName`: AWS, Microsoft, ...).
-    pub provider: String,
-    pub billing_account_id: String,
-    pub billing_account_name: Option<String>,
-    pub sub_account_id: Option<String>,
-    pub sub_account_name: Option<String>,
-    pub service_name: Option<String>,
-    pub service_category: Option<String>,
-    pub region_id: Option<String>,
-    pub resource_id: Option<String>,
-    pub charge_category: Option<String>,
-    pub currency: String,
-    pub billed_cost: Decimal,
-    pub effective_cost: Decimal,
-    pub list_cost: Decimal,
-    pub consumed_quantity: Option<Decimal>,
-    pub consumed_unit: Option<String>,
-    pub pricing_quantity: Option<Decimal>,
-    pub pricing_unit: Option<String>,
-    pub tags: Option<Map<String, Value>>,
-}
+pub use gleaner_common::billing::CostItem;
 
 /// A cost record of 2024-09-01 in USD with `billed_cost` and nothing else, for tests.
 #[cfg(test)]
-pub(crate) fn test_cost(billed_cost: Decimal) -> CostItem {
+pub(crate) fn test_cost(billed_cost: rust_decimal::Decimal) -> CostItem {
     use chrono::TimeZone as _;
+    use rust_decimal::Decimal;
     CostItem {
-        charge_period_start: Utc.with_ymd_and_hms(2024, 9, 1, 10, 0, 0).unwrap(),
+        charge_period_start: chrono::Utc.with_ymd_and_hms(2024, 9, 1, 10, 0, 0).unwrap(),
         charge_period_end: None,
         billing_period_start: None,
         provider: "AWS".into(),
@@ -167,6 +136,18 @@ pub struct TaskInfo {
     pub service_account_id: Option<ServiceAccountId>,
     /// Billing: the month whose costs to report (rows charged in other months are not wanted).
     pub month: Option<Month>,
+}
+
+impl TaskInfo {
+    /// The month a cost data source reports.
+    ///
+    /// # Errors
+    /// The task is not a billing task's, which always has one.
+    pub fn billing_month(&self) -> Result<Month, PluginError> {
+        self.month.ok_or_else(|| {
+            PluginError::Permanent("a cost data source runs in billing jobs, for a month".into())
+        })
+    }
 }
 
 /// Everything a plugin gets for one collection.

@@ -166,11 +166,12 @@ impl Rollup {
 
     /// Every rollup table a load replaces, with its rows.
     #[must_use]
-    pub fn tables(&self) -> [(&'static str, HashMap<RollupKey, Sums>); 3] {
+    pub fn tables(self) -> [(&'static str, HashMap<RollupKey, Sums>); 3] {
+        let (monthly, accounts) = (self.monthly(), self.accounts());
         [
-            ("cost_daily", self.daily.clone()),
-            ("cost_monthly", self.monthly()),
-            ("cost_account_monthly", self.accounts()),
+            ("cost_daily", self.daily),
+            ("cost_monthly", monthly),
+            ("cost_account_monthly", accounts),
         ]
     }
 
@@ -299,7 +300,7 @@ async fn own_load(
     };
     let finished = copy.finish().await.map_err(db);
     let result = match finished {
-        Ok(_) => commit(tx, &scope, deleted, (failed, written), &rollup).await,
+        Ok(_) => commit(tx, &scope, deleted, (failed, written), *rollup).await,
         Err(e) => Err(e),
     };
     let failure = result.as_ref().err().map(|e| SinkError::Db(e.to_string()));
@@ -313,7 +314,7 @@ async fn commit(
     s: &CostScope,
     deleted: i64,
     (failed, written): (i64, i64),
-    rollup: &Rollup,
+    rollup: Rollup,
 ) -> Result<Option<Counts>, SinkError> {
     let owned = sqlx::query(FENCE)
         .bind(s.task_id.as_uuid())

@@ -162,7 +162,7 @@ impl CostLoad for SqliteLoad {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>, failed: i64) -> Result<Option<Counts>, SinkError> {
+    async fn commit(mut self: Box<Self>, failed: i64) -> Result<Option<Counts>, SinkError> {
         let s = &self.scope;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         let now = Utc::now().fixed_offset();
@@ -203,7 +203,7 @@ impl CostLoad for SqliteLoad {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        for (table, rows) in self.rollup.tables() {
+        for (table, rows) in std::mem::take(&mut self.rollup).tables() {
             // `table` is one of the rollups' names, never input.
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table}
