@@ -24,6 +24,7 @@ use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
+pub mod combine;
 pub mod consumer;
 pub mod local;
 mod metrics;
@@ -56,6 +57,8 @@ pub struct Context {
     pub locks: Arc<dyn Locks>,
     /// Where billing tasks write costs; `None` fails them, saying why.
     pub costs: Option<Arc<dyn sink::costs::CostSink>>,
+    /// Claims, small writes and ends of concurrent tasks, each kind combined into groups.
+    pub groups: combine::Groups,
 }
 
 impl Context {
@@ -70,7 +73,10 @@ impl Context {
         signal: Signal,
     ) -> Self {
         let name = settings.name.clone().unwrap_or_else(default_name);
+        let groups =
+            combine::Groups::new(&db, &sink, &name, settings.lease, ClaimPolicy::Queued);
         Self {
+            groups,
             db,
             cipher,
             registry,
@@ -103,7 +109,33 @@ impl Context {
     #[must_use]
     pub fn with_claim(mut self, claim: ClaimPolicy) -> Self {
         self.claim = claim;
+        self.groups =
+            combine::Groups::new(&self.db, &self.sink, &self.name, self.settings.lease, claim);
         self
+    }
+
+    /// Writes a batch through [`ResourceSink::write`], or in a group with other tasks' when
+    /// the sink combines batches like it.
+    ///
+    /// # Errors
+    /// As [`ResourceSink::write`].
+    pub async fn write(
+        &self,
+        scope: &sink::Scope,
+        batch: &[plugin::ResourceItem],
+        failed: i64,
+    ) -> Result<sink::Written, sink::SinkError> {
+        if self.sink.combines(scope, batch.len()) {
+            self.groups
+                .write(sink::Write {
+                    scope: scope.clone(),
+                    batch: batch.to_vec(),
+                    failed,
+                })
+                .await
+        } else {
+            self.sink.write(scope, batch, failed).await
+        }
     }
 }
 
@@ -145,15 +177,7 @@ pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Dis
             let Some(task_id) = env.task_id else {
                 return Disposition::DeadLetter("task.requested without a task_id".into());
             };
-            let claimed = match store::task::claim(
-                &ctx.db,
-                task_id,
-                &ctx.name,
-                ctx.settings.lease,
-                ctx.claim,
-            )
-            .await
-            {
+            let claimed = match ctx.groups.claim(task_id).await {
                 Ok(Some(c)) => c,
                 // Already taken by another delivery, or finished: nothing to do.
                 Ok(None) => return Disposition::Ack,

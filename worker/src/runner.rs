@@ -202,13 +202,10 @@ async fn settle(
                 claimed.failures + 1,
                 claimed.max_attempts
             );
-            let finished = store::task::finish(
-                &ctx.db,
-                claimed.task_id,
-                claimed.attempt,
-                failure_outcome(error),
-            )
-            .await?;
+            let finished = ctx
+                .groups
+                .finish(claimed.task_id, claimed.attempt, failure_outcome(error))
+                .await?;
             drop(lock);
             crate::metrics::task_ended(
                 claimed.kind,
@@ -230,8 +227,10 @@ async fn settle(
                 outcome.sweep = Some(plan);
             }
             let status = outcome.status;
-            let finished =
-                store::task::finish(&ctx.db, claimed.task_id, claimed.attempt, *outcome).await?;
+            let finished = ctx
+                .groups
+                .finish(claimed.task_id, claimed.attempt, *outcome)
+                .await?;
             info!(?status, "task outcome recorded");
             crate::metrics::task_ended(claimed.kind, status, finished, started.elapsed());
             if let Finished::Recorded(Some(job_status)) = finished {
@@ -291,6 +290,8 @@ async fn prepare(
         return Err(failure(e.detail));
     }
     let secret = match claimed.service_account_id {
+        // The claim read the account a moment ago: it has no credentials to read.
+        Some(_) if claimed.secret == Some(None) => serde_json::Map::new(),
         Some(sa) => {
             match service_account::credentials(&ctx.db, &ctx.cipher, claimed.domain, sa).await {
                 Ok(s) => s,
@@ -885,7 +886,7 @@ async fn shares_provider(ctx: &Context, scope: &Scope) -> Result<bool, store::Er
     let Some(me) = scope.collector_id else {
         return Ok(false);
     };
-    for (id, plugin_id, version) in store::collector::plugins(&ctx.db, scope.domain).await? {
+    for (id, plugin_id, version) in ctx.groups.collectors(scope.domain).await? {
         if id == me {
             continue;
         }
@@ -975,7 +976,7 @@ async fn flush(
     let written = ctx
         .db_retry
         .run("write batch", SinkError::is_transient, || {
-            ctx.sink.write(scope, batch, *failed)
+            ctx.write(scope, batch, *failed)
         })
         .await?;
     match written {

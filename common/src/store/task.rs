@@ -3,6 +3,7 @@
 //! Every write after the claim carries the attempt number in its `WHERE`: when zero rows match,
 //! a newer attempt owns the task and the stale worker stops without touching anything.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,7 +20,7 @@ use super::{Error, Result, outbox};
 use crate::billing::Month;
 use crate::entity::{job, job_task, service_account};
 use crate::envelope::{Envelope, TaskRequested};
-use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
+use crate::id::{CollectorId, DomainId, JobId, ProjectId, SecretId, ServiceAccountId, TaskId};
 use crate::model::{Counts, JobKind, JobStatus, TaskStatus};
 
 /// The clauses every write of a task's row shares.
@@ -145,6 +146,8 @@ pub struct Claimed {
     pub service_account_id: Option<ServiceAccountId>,
     pub provider: Option<String>,
     pub project_id: Option<ProjectId>,
+    /// The account's secret as the claim read it: `Some(None)` when it has no credentials.
+    pub secret: Option<Option<SecretId>>,
     /// Billing: the month whose costs the task replaces.
     pub month: Option<Month>,
 }
@@ -175,6 +178,24 @@ pub async fn claim(
     lease: Duration,
     policy: ClaimPolicy,
 ) -> Result<Option<Claimed>> {
+    Ok(claim_many(db, &[id], owner, lease, policy)
+        .await?
+        .pop()
+        .flatten())
+}
+
+/// [`claim`] for several tasks at once, in four round trips whatever their number: the answer
+/// for each id, in order. An id given twice is claimed once, the first time.
+///
+/// # Errors
+/// Database errors only; then no task was claimed.
+pub async fn claim_many(
+    db: &impl ConnectionTrait,
+    ids: &[TaskId],
+    owner: &str,
+    lease: Duration,
+    policy: ClaimPolicy,
+) -> Result<Vec<Option<Claimed>>> {
     let claimable = match policy {
         ClaimPolicy::Queued => vec![JobStatus::Queued],
         ClaimPolicy::TakeOverRunning => vec![JobStatus::Queued, JobStatus::InProgress],
@@ -183,7 +204,7 @@ pub async fn claim(
     // and a transaction around it cost two round trips of every task.
     let now = Utc::now();
     let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let mut rows = job_task::Entity::update_many()
+    let rows = job_task::Entity::update_many()
         .col_expr(job_task::Column::Status, Expr::value(JobStatus::InProgress))
         .col_expr(
             job_task::Column::Attempt,
@@ -202,40 +223,71 @@ pub async fn claim(
         .col_expr(job_task::Column::Deleted, Expr::value(0i64))
         .col_expr(job_task::Column::Failed, Expr::value(0i64))
         .col_expr(job_task::Column::Error, Expr::value(Option::<String>::None))
-        .filter(job_task::Column::Id.eq(id.as_uuid()))
+        .filter(job_task::Column::Id.is_in(ids.iter().map(|id| id.as_uuid())))
         .filter(job_task::Column::Status.is_in(claimable))
         .exec_with_returning(db)
         .await?;
-    let Some(task) = rows.pop() else {
-        return Ok(None);
-    };
+    let mut job_ids: Vec<uuid::Uuid> = rows.iter().map(|t| t.job_id).collect();
+    job_ids.sort_unstable();
+    job_ids.dedup();
     // A new attempt clears the task's counts, which the job's sum shows: the job changed.
-    super::job::touch(db, task.job_id, now.fixed_offset()).await?;
-    let j = job::Entity::find_by_id(task.job_id)
-        .one(db)
+    for &j in &job_ids {
+        super::job::touch(db, j, now.fixed_offset()).await?;
+    }
+    let jobs: HashMap<uuid::Uuid, job::Model> = job::Entity::find()
+        .filter(job::Column::Id.is_in(job_ids))
+        .all(db)
         .await?
-        .ok_or_else(|| Error::not_found("job", task.job_id))?;
-    let account = match task.service_account_id {
-        Some(sa) => service_account::Entity::find_by_id(sa).one(db).await?,
-        None => None,
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+    let mut account_ids: Vec<uuid::Uuid> =
+        rows.iter().filter_map(|t| t.service_account_id).collect();
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    let accounts: HashMap<uuid::Uuid, service_account::Model> = if account_ids.is_empty() {
+        HashMap::new()
+    } else {
+        service_account::Entity::find()
+            .filter(service_account::Column::Id.is_in(account_ids))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a))
+            .collect()
     };
-    Ok(Some(Claimed {
-        task_id: id,
-        attempt: task.attempt,
-        max_attempts: task.max_attempts,
-        failures: failures_of(&task),
-        job_id: j.id.into(),
-        domain: j.domain_id.into(),
-        kind: j.kind,
-        collector_id: j.collector_id.map(Into::into),
-        plugin_id: j.plugin_id,
-        plugin_version: j.plugin_version,
-        options: j.options,
-        service_account_id: task.service_account_id.map(Into::into),
-        provider: account.as_ref().map(|a| a.provider.clone()),
-        project_id: account.and_then(|a| a.project_id).map(Into::into),
-        month: task.month.map(Month::of),
-    }))
+    let mut claimed: HashMap<uuid::Uuid, Claimed> = HashMap::with_capacity(rows.len());
+    for task in rows {
+        let j = jobs
+            .get(&task.job_id)
+            .ok_or_else(|| Error::not_found("job", task.job_id))?;
+        let account = task.service_account_id.and_then(|sa| accounts.get(&sa));
+        claimed.insert(
+            task.id,
+            Claimed {
+                task_id: task.id.into(),
+                attempt: task.attempt,
+                max_attempts: task.max_attempts,
+                failures: failures_of(&task),
+                job_id: j.id.into(),
+                domain: j.domain_id.into(),
+                kind: j.kind,
+                collector_id: j.collector_id.map(Into::into),
+                plugin_id: j.plugin_id.clone(),
+                plugin_version: j.plugin_version.clone(),
+                options: j.options.clone(),
+                service_account_id: task.service_account_id.map(Into::into),
+                provider: account.map(|a| a.provider.clone()),
+                project_id: account.and_then(|a| a.project_id).map(Into::into),
+                secret: account.map(|a| a.secret_id.map(SecretId::from_uuid)),
+                month: task.month.map(Month::of),
+            },
+        );
+    }
+    Ok(ids
+        .iter()
+        .map(|id| claimed.remove(&id.as_uuid()))
+        .collect())
 }
 
 /// How a task attempt ended.
@@ -269,44 +321,86 @@ pub async fn finish<C: ConnectionTrait + TransactionTrait>(
     attempt: i32,
     outcome: Outcome,
 ) -> Result<Finished> {
+    let mut finished = finish_many(db, vec![(id, attempt, outcome)]).await?;
+    Ok(finished.pop().unwrap_or(Finished::Stale))
+}
+
+/// [`finish`] for several attempts in one transaction, and each of their jobs concluded once:
+/// what finishing each did, in order. When a job ends, the last of its tasks here carries the
+/// job's status.
+///
+/// # Errors
+/// Database errors only; then nothing was recorded.
+pub async fn finish_many<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    ends: Vec<(TaskId, i32, Outcome)>,
+) -> Result<Vec<Finished>> {
     let txn = super::begin_write(db).await?;
     let now = Utc::now().fixed_offset();
-    let mut rows = job_task::Entity::update_many()
-        .col_expr(job_task::Column::Status, Expr::value(outcome.status))
-        .col_expr(job_task::Column::Error, Expr::value(outcome.error))
-        .col_expr(job_task::Column::Stderr, Expr::value(outcome.stderr))
-        .col_expr(job_task::Column::FinishedAt, Expr::value(now))
-        .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
-        .without_lease()
-        .fenced(id, attempt)
-        .exec_with_returning(&txn)
-        .await?;
-    let Some(task) = rows.pop() else {
-        txn.rollback().await?;
-        return Ok(Finished::Stale);
-    };
-    if outcome.status == JobStatus::Success
-        && let Some(sweep) = &outcome.sweep
-    {
-        let deleted = super::resource::apply_sweep(&txn, sweep).await?;
-        if deleted > 0 {
-            job_task::Entity::update_many()
-                .col_expr(
-                    job_task::Column::Deleted,
-                    Expr::col(job_task::Column::Deleted).add(deleted),
-                )
-                .filter(job_task::Column::Id.eq(task.id))
-                .exec(&txn)
-                .await?;
+    // The job of each attempt recorded; `None` for a stale one.
+    let mut jobs: Vec<Option<uuid::Uuid>> = Vec::with_capacity(ends.len());
+    for (id, attempt, outcome) in ends {
+        let mut rows = job_task::Entity::update_many()
+            .col_expr(job_task::Column::Status, Expr::value(outcome.status))
+            .col_expr(job_task::Column::Error, Expr::value(outcome.error))
+            .col_expr(job_task::Column::Stderr, Expr::value(outcome.stderr))
+            .col_expr(job_task::Column::FinishedAt, Expr::value(now))
+            .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
+            .without_lease()
+            .fenced(id, attempt)
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(task) = rows.pop() else {
+            jobs.push(None);
+            continue;
+        };
+        if outcome.status == JobStatus::Success
+            && let Some(sweep) = &outcome.sweep
+        {
+            let deleted = super::resource::apply_sweep(&txn, sweep).await?;
+            if deleted > 0 {
+                job_task::Entity::update_many()
+                    .col_expr(
+                        job_task::Column::Deleted,
+                        Expr::col(job_task::Column::Deleted).add(deleted),
+                    )
+                    .filter(job_task::Column::Id.eq(task.id))
+                    .exec(&txn)
+                    .await?;
+            }
         }
+        jobs.push(Some(task.job_id));
+    }
+    let mut distinct: Vec<uuid::Uuid> = jobs.iter().flatten().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.is_empty() {
+        txn.rollback().await?;
+        return Ok(vec![Finished::Stale; jobs.len()]);
     }
     // Read again rather than `now`: the sweep may have taken a while, and the job's
     // `updated_at` should be close to the commit that makes it visible (the job event stream
     // allows for a bounded lag only).
-    super::job::touch(&txn, task.job_id, Utc::now().fixed_offset()).await?;
+    let touched = Utc::now().fixed_offset();
+    for &j in &distinct {
+        super::job::touch(&txn, j, touched).await?;
+    }
     txn.commit().await?;
-    let ended = super::job::conclude(db, task.job_id.into()).await?;
-    Ok(Finished::Recorded(ended))
+    let mut ended: HashMap<uuid::Uuid, Option<JobStatus>> = HashMap::with_capacity(distinct.len());
+    for j in distinct {
+        ended.insert(j, super::job::conclude(db, j.into()).await?);
+    }
+    // Walked backwards so the job's status goes to its last task only.
+    let mut out: Vec<Finished> = jobs
+        .iter()
+        .rev()
+        .map(|j| match j {
+            None => Finished::Stale,
+            Some(j) => Finished::Recorded(ended.get_mut(j).and_then(Option::take)),
+        })
+        .collect();
+    out.reverse();
+    Ok(out)
 }
 
 /// Hands a running task back to the queue (its worker is stopping, or could not record the

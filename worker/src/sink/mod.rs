@@ -12,6 +12,7 @@ use crate::plugin::ResourceItem;
 
 pub mod costs;
 pub mod costs_sqlite;
+mod pg_group;
 pub mod postgres;
 pub mod sqlite;
 
@@ -82,6 +83,31 @@ pub trait ResourceSink: Send + Sync {
         batch: &[ResourceItem],
         failed: i64,
     ) -> Result<Written, SinkError>;
+
+    /// Whether [`ResourceSink::write_many`] writes a batch of `rows` for `scope` together with
+    /// others; the rest are better written alone.
+    fn combines(&self, _scope: &Scope, _rows: usize) -> bool {
+        false
+    }
+
+    /// Writes the batches of several tasks, each fenced by its own attempt: one answer per
+    /// write, in order. Writing them one by one unless the sink knows better.
+    async fn write_many(&self, writes: Vec<Write>) -> Vec<Result<Written, SinkError>> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(self.write(&w.scope, &w.batch, w.failed).await);
+        }
+        out
+    }
+}
+
+/// One task's batch, for [`ResourceSink::write_many`].
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub scope: Scope,
+    pub batch: Vec<ResourceItem>,
+    /// Item errors to add to the task's progress.
+    pub failed: i64,
 }
 
 /// The indexes in `batch` of the given (type, key) pairs.

@@ -10,7 +10,7 @@ use gleaner_common::model::Counts;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{ResourceSink, Scope, SinkError, Written, content_hash, indexes_of};
+use super::{ResourceSink, Scope, SinkError, Write, Written, content_hash, indexes_of};
 use crate::plugin::ResourceItem;
 
 /// Rows live until the end of the transaction; the table itself is created once per
@@ -43,7 +43,7 @@ const FENCE: &str =
 /// rows with `resources` would need the planner to choose index lookups, and with no
 /// statistics for the staging table (and stale ones for a fast-growing `resources`) it chose
 /// to hash every resource of the provider per batch (BENCHMARKS.md).
-const UPSERT: &str = "
+pub(super) const UPSERT: &str = "
 WITH up AS (
     INSERT INTO resources AS r (
         id, domain_id, provider, resource_type, resource_key, name, region,
@@ -86,7 +86,7 @@ FROM changes";
 /// table: [`UPSERT`] reads them from arrays bound to the statement instead. For a task of a few
 /// resources the staging table's set-up and the COPY exchange were most of the batch's time
 /// (a one-row batch: 73 ms of staging against 23 ms of upsert on a loaded machine).
-const ARRAY_BATCH: usize = 64;
+pub(super) const ARRAY_BATCH: usize = 64;
 
 /// The rows of a batch as arrays, in [`UPSERT`]'s staging table's place: `$7`–`$13`.
 const FROM_ARRAYS: &str = "FROM (SELECT u.id, u.resource_type, u.resource_key, u.name, u.region,
@@ -253,6 +253,14 @@ impl ResourceSink for PgSink {
         tx.commit().await.map_err(db)?;
         Ok(Written::Committed { counts, contested })
     }
+
+    fn combines(&self, scope: &Scope, rows: usize) -> bool {
+        !scope.shared && rows <= ARRAY_BATCH
+    }
+
+    async fn write_many(&self, writes: Vec<Write>) -> Vec<Result<Written, SinkError>> {
+        super::pg_group::write_many(self, &self.pool, writes).await
+    }
 }
 
 /// A batch, encoded for the way it is written.
@@ -278,18 +286,18 @@ fn bind_scope<'q>(
 }
 
 /// A small batch as the arrays [`FROM_ARRAYS`] reads.
-struct Arrays {
-    ids: Vec<Uuid>,
-    types: Vec<String>,
-    keys: Vec<String>,
-    names: Vec<Option<String>>,
-    regions: Vec<Option<String>>,
-    data: Vec<String>,
-    hashes: Vec<i64>,
+pub(super) struct Arrays {
+    pub(super) ids: Vec<Uuid>,
+    pub(super) types: Vec<String>,
+    pub(super) keys: Vec<String>,
+    pub(super) names: Vec<Option<String>>,
+    pub(super) regions: Vec<Option<String>>,
+    pub(super) data: Vec<String>,
+    pub(super) hashes: Vec<i64>,
 }
 
 impl Arrays {
-    fn of(batch: &[ResourceItem]) -> Result<Self, SinkError> {
+    pub(super) fn of(batch: &[ResourceItem]) -> Result<Self, SinkError> {
         let n = batch.len();
         let mut a = Arrays {
             ids: Vec::with_capacity(n),

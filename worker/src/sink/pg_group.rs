@@ -1,0 +1,358 @@
+//! Small batches of many tasks in one PostgreSQL transaction: the group commit of
+//! [`super::postgres::PgSink`].
+//!
+//! A task of a few resources spends its batch on round trips and the commit, not on rows. The
+//! batches of a group are fenced together (each by its own attempt), upserted in one statement
+//! with each row carrying its own task's scope, and their progress recorded with one update:
+//! five round trips and one commit for the group.
+//!
+//! A group that fails is written again one batch at a time, so that one task's bad row (or a
+//! lost race) fails that task only.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use gleaner_common::model::Counts;
+use sqlx::{PgPool, Row};
+use tracing::debug;
+use uuid::Uuid;
+
+use super::postgres::{Arrays, UPSERT};
+use super::{ResourceSink, SinkError, Write, Written};
+
+/// The attempts of the group that still own their task, locked in id order so two groups never
+/// wait on each other's rows in opposite orders.
+const FENCE_MANY: &str = "SELECT t.id FROM job_tasks t
+JOIN unnest($1::uuid[], $2::int4[]) AS u(id, attempt) ON t.id = u.id AND t.attempt = u.attempt
+WHERE t.status = 'IN_PROGRESS'
+ORDER BY t.id
+FOR UPDATE OF t";
+
+const PROGRESS_MANY: &str = "UPDATE job_tasks t SET
+    created = t.created + u.created, updated = t.updated + u.updated,
+    unchanged = t.unchanged + u.unchanged, failed = t.failed + u.failed, updated_at = now()
+FROM unnest($1::uuid[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+    AS u(id, attempt, created, updated, unchanged, failed)
+WHERE t.id = u.id AND t.attempt = u.attempt";
+
+/// [`gleaner_common::store::job::TOUCH_PG`] for several jobs.
+const TOUCH_JOBS: &str = "UPDATE jobs SET updated_at = $2
+WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)";
+
+/// [`UPSERT`] where every row brings its own scope (`$2`–`$7`) beside its content, and which
+/// returns each row written, for the counts of its task.
+static UPSERT_GROUP: LazyLock<String> = LazyLock::new(|| {
+    let mut sql = UPSERT.to_owned();
+    for (from, to) in [
+        (
+            "SELECT s.id, $1, $2, s.resource_type, s.resource_key, s.name, s.region,
+        $3, $4, $5, s.data, s.content_hash, 'ACTIVE', 0, $6, $6, now(), now()
+    FROM gleaner_stage_resources s",
+            "SELECT s.id, s.domain_id, s.provider, s.resource_type, s.resource_key, s.name,
+        s.region, s.project_id, s.service_account_id, s.collector_id, s.data, s.content_hash,
+        'ACTIVE', 0, s.job_id, s.job_id, now(), now()
+    FROM (SELECT u.id, u.domain_id, u.provider, u.project_id, u.service_account_id,
+            u.collector_id, u.job_id, u.resource_type, u.resource_key, u.name, u.region,
+            u.data::jsonb AS data, u.content_hash
+        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::uuid[],
+            $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::int8[])
+        AS u(id, domain_id, provider, project_id, service_account_id, collector_id, job_id,
+            resource_type, resource_key, name, region, data, content_hash)) s",
+        ),
+        (
+            "RETURNING r.id, r.last_diff, (r.xmax = 0) AS inserted",
+            "RETURNING r.id, r.last_diff, (r.xmax = 0) AS inserted, r.domain_id, r.provider,
+        r.resource_type, r.resource_key, r.updated_job_id",
+        ),
+        ("SELECT $1, up.id, $6,", "SELECT up.domain_id, up.id, up.updated_job_id,"),
+        (
+            "SELECT count(*) FILTER (WHERE kind = 'CREATED') AS created,
+       count(*) FILTER (WHERE kind = 'UPDATED') AS updated
+FROM changes",
+            // `changes` runs whether or not it is read: data-modifying CTEs always do.
+            "SELECT domain_id, provider, resource_type, resource_key, inserted FROM up",
+        ),
+    ] {
+        assert!(sql.contains(from), "UPSERT changed: `{from}` not found");
+        sql = sql.replacen(from, to, 1);
+    }
+    sql
+});
+
+/// Where a resource lives: its unique key.
+type Key = (Uuid, String, String, String);
+
+/// Writes `writes`: those [`ResourceSink::combines`] accepts and whose keys no earlier one of
+/// the group has, together; the others one at a time.
+pub(super) async fn write_many(
+    sink: &dyn ResourceSink,
+    pool: &PgPool,
+    writes: Vec<Write>,
+) -> Vec<Result<Written, SinkError>> {
+    let mut out: Vec<Option<Result<Written, SinkError>>> = writes.iter().map(|_| None).collect();
+    let mut alone = Vec::new();
+    let mut together: Vec<(usize, Arrays)> = Vec::new();
+    // An upsert may touch a row once: a key of two writes sends the later one to be alone.
+    let mut owner: HashMap<Key, usize> = HashMap::new();
+    for (n, w) in writes.iter().enumerate() {
+        if !sink.combines(&w.scope, w.batch.len()) {
+            alone.push(n);
+            continue;
+        }
+        let keys: Vec<Key> = w
+            .batch
+            .iter()
+            .map(|r| {
+                (
+                    w.scope.domain.as_uuid(),
+                    w.scope.provider.clone(),
+                    r.resource_type.clone(),
+                    r.resource_key.clone(),
+                )
+            })
+            .collect();
+        if keys.iter().any(|k| owner.contains_key(k)) {
+            alone.push(n);
+            continue;
+        }
+        match Arrays::of(&w.batch) {
+            Ok(a) => {
+                owner.extend(keys.into_iter().map(|k| (k, n)));
+                together.push((n, a));
+            }
+            Err(e) => out[n] = Some(Err(e)),
+        }
+    }
+    if !together.is_empty() {
+        let members: Vec<usize> = together.iter().map(|(n, _)| *n).collect();
+        match write_group(pool, &writes, together, &owner).await {
+            Ok(written) => {
+                for (n, w) in written {
+                    out[n] = Some(Ok(w));
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, writes = members.len(), "a group of batches failed; writing them one by one");
+                alone.extend(members);
+            }
+        }
+    }
+    for n in alone {
+        let w = &writes[n];
+        out[n] = Some(sink.write(&w.scope, &w.batch, w.failed).await);
+    }
+    out.into_iter()
+        .map(|w| w.unwrap_or_else(|| Err(SinkError::Db("the batch was not written".into()))))
+        .collect()
+}
+
+/// The group's transaction: each write's answer, by its index in `writes`.
+async fn write_group(
+    pool: &PgPool,
+    writes: &[Write],
+    together: Vec<(usize, Arrays)>,
+    owner: &HashMap<Key, usize>,
+) -> Result<Vec<(usize, Written)>, SinkError> {
+    let db = |e: sqlx::Error| SinkError::Db(e.to_string());
+    let (task_ids, attempts): (Vec<Uuid>, Vec<i32>) = together
+        .iter()
+        .map(|(n, _)| (writes[*n].scope.task_id.as_uuid(), writes[*n].scope.attempt))
+        .unzip();
+    let mut tx = pool.begin().await.map_err(db)?;
+    let owned: HashSet<Uuid> = sqlx::query(FENCE_MANY)
+        .bind(&task_ids)
+        .bind(&attempts)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| r.get::<Uuid, _>(0))
+        .collect();
+    let (live, stale): (Vec<_>, Vec<_>) = together
+        .into_iter()
+        .partition(|(n, _)| owned.contains(&writes[*n].scope.task_id.as_uuid()));
+    let mut counts: HashMap<usize, Counts> = live
+        .iter()
+        .map(|(n, _)| {
+            let c = Counts {
+                failed: writes[*n].failed,
+                ..Counts::default()
+            };
+            (*n, c)
+        })
+        .collect();
+    let rows = Group::of(writes, &live);
+    if !rows.ids.is_empty() {
+        let written = sqlx::query(UPSERT_GROUP.as_str())
+            .bind(&rows.ids)
+            .bind(&rows.domains)
+            .bind(&rows.providers)
+            .bind(&rows.projects)
+            .bind(&rows.accounts)
+            .bind(&rows.collectors)
+            .bind(&rows.jobs)
+            .bind(&rows.types)
+            .bind(&rows.keys)
+            .bind(&rows.names)
+            .bind(&rows.regions)
+            .bind(&rows.data)
+            .bind(&rows.hashes)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        for r in written {
+            let key: Key = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let Some(c) = owner.get(&key).and_then(|n| counts.get_mut(n)) else {
+                continue;
+            };
+            if r.get::<bool, _>(4) {
+                c.created += 1;
+            } else {
+                c.updated += 1;
+            }
+        }
+    }
+    for (n, c) in &mut counts {
+        c.unchanged =
+            i64::try_from(writes[*n].batch.len()).unwrap_or(i64::MAX) - c.created - c.updated;
+    }
+    let mut progress = Progress::default();
+    for (n, _) in &live {
+        progress.push(&writes[*n], counts[n]);
+    }
+    sqlx::query(PROGRESS_MANY)
+        .bind(&progress.ids)
+        .bind(&progress.attempts)
+        .bind(&progress.created)
+        .bind(&progress.updated)
+        .bind(&progress.unchanged)
+        .bind(&progress.failed)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut jobs: Vec<Uuid> = live
+        .iter()
+        .map(|(n, _)| writes[*n].scope.job_id.as_uuid())
+        .collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    sqlx::query(TOUCH_JOBS)
+        .bind(&jobs)
+        .bind(chrono::Utc::now().fixed_offset())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    let mut out: Vec<(usize, Written)> = live
+        .into_iter()
+        .map(|(n, _)| {
+            let w = Written::Committed {
+                counts: counts[&n],
+                contested: Vec::new(),
+            };
+            (n, w)
+        })
+        .collect();
+    out.extend(stale.into_iter().map(|(n, _)| (n, Written::Stale)));
+    Ok(out)
+}
+
+/// The rows of a group's batches as [`UPSERT_GROUP`]'s arrays, sorted by key: two groups
+/// touching the same resources lock them in the same order.
+#[derive(Default)]
+struct Group {
+    ids: Vec<Uuid>,
+    domains: Vec<Uuid>,
+    providers: Vec<String>,
+    projects: Vec<Option<Uuid>>,
+    accounts: Vec<Option<Uuid>>,
+    collectors: Vec<Option<Uuid>>,
+    jobs: Vec<Uuid>,
+    types: Vec<String>,
+    keys: Vec<String>,
+    names: Vec<Option<String>>,
+    regions: Vec<Option<String>>,
+    data: Vec<String>,
+    hashes: Vec<i64>,
+}
+
+impl Group {
+    fn of(writes: &[Write], live: &[(usize, Arrays)]) -> Self {
+        let mut rows: Vec<(usize, &Arrays, usize)> = live
+            .iter()
+            .flat_map(|(n, a)| (0..a.ids.len()).map(move |i| (*n, a, i)))
+            .collect();
+        rows.sort_by(|&(xn, xa, xi), &(yn, ya, yi)| {
+            sort_key(writes, xn, xa, xi).cmp(&sort_key(writes, yn, ya, yi))
+        });
+        let mut g = Self::default();
+        for (n, a, i) in rows {
+            let scope = &writes[n].scope;
+            g.ids.push(a.ids[i]);
+            g.domains.push(scope.domain.as_uuid());
+            g.providers.push(scope.provider.clone());
+            g.projects.push(scope.project_id.map(|p| p.as_uuid()));
+            g.accounts.push(scope.service_account_id.map(|s| s.as_uuid()));
+            g.collectors.push(scope.collector_id.map(|c| c.as_uuid()));
+            g.jobs.push(scope.job_id.as_uuid());
+            g.types.push(a.types[i].clone());
+            g.keys.push(a.keys[i].clone());
+            g.names.push(a.names[i].clone());
+            g.regions.push(a.regions[i].clone());
+            g.data.push(a.data[i].clone());
+            g.hashes.push(a.hashes[i]);
+        }
+        g
+    }
+}
+
+fn sort_key<'a>(
+    writes: &'a [Write],
+    n: usize,
+    a: &'a Arrays,
+    i: usize,
+) -> (Uuid, &'a str, &'a str, &'a str) {
+    let scope = &writes[n].scope;
+    (
+        scope.domain.as_uuid(),
+        scope.provider.as_str(),
+        a.types[i].as_str(),
+        a.keys[i].as_str(),
+    )
+}
+
+/// [`PROGRESS_MANY`]'s arrays.
+#[derive(Default)]
+struct Progress {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    unchanged: Vec<i64>,
+    failed: Vec<i64>,
+}
+
+impl Progress {
+    fn push(&mut self, w: &Write, c: Counts) {
+        self.ids.push(w.scope.task_id.as_uuid());
+        self.attempts.push(w.scope.attempt);
+        self.created.push(c.created);
+        self.updated.push(c.updated);
+        self.unchanged.push(c.unchanged);
+        self.failed.push(c.failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_group_upsert_is_derived_from_the_single_one() {
+        let sql = UPSERT_GROUP.as_str();
+        assert!(sql.contains("unnest($1::uuid[]"));
+        assert!(!sql.contains("gleaner_stage_resources"));
+        assert!(sql.ends_with("FROM up"));
+    }
+}
