@@ -12,6 +12,7 @@ mod m20261123_000005_job_changes;
 mod m20261123_000006_schedules;
 mod m20261123_000007_delivery;
 mod m20261201_000008_billing;
+mod m20261201_000009_task_lookups;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_schedules::Migration),
             Box::new(m20261123_000007_delivery::Migration),
             Box::new(m20261201_000008_billing::Migration),
+            Box::new(m20261201_000009_task_lookups::Migration),
         ]
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use gleaner_common::id::{CollectorId, DomainId, TaskId};
 use gleaner_common::store;
+use gleaner_common::store::resource::{self, Sweep, SweepPlan};
 use gleaner_common::store::task::{ClaimPolicy, Claimed, Finished, Outcome};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -120,8 +121,10 @@ async fn gather<Req: Send + 'static, Resp: Send + 'static>(
 /// Requests in one group at most: bounds a statement's arrays and a transaction's length.
 const MAX_GROUP: usize = 64;
 
-/// Groups of one kind running at once: database connections each combiner may hold.
-const PARALLEL: usize = 2;
+/// Groups of one kind running at once: database connections each combiner may hold. One:
+/// requests that come while a group runs wait for it and form the next group, which is what
+/// makes groups under load (with two, most requests found a free slot and ran alone).
+const PARALLEL: usize = 1;
 
 /// A task's end, for [`store::task::finish_many`].
 type End = (TaskId, i32, Outcome);
@@ -132,6 +135,7 @@ pub struct Groups {
     writes: Combiner<Write, Result<Written, SinkError>>,
     ends: Combiner<End, Result<Finished, store::Error>>,
     collectors: Combiner<DomainId, CollectorsOf>,
+    sweeps: Combiner<Sweep, Result<SweepPlan, store::Error>>,
 }
 
 /// The collectors of a domain: id, plugin and version.
@@ -225,11 +229,33 @@ impl Groups {
                 }) as Pin<Box<dyn Future<Output = _> + Send>>
             }),
         );
+        let sweep_db = db.clone();
+        let sweeps = Combiner::new(
+            MAX_GROUP,
+            PARALLEL,
+            Arc::new(move |sweeps: Vec<Sweep>| {
+                let db = sweep_db.clone();
+                Box::pin(async move {
+                    match resource::plan_sweeps(&db, sweeps.clone()).await {
+                        Ok(plans) => plans.into_iter().map(Ok).collect(),
+                        Err(e) => {
+                            debug!(error = %e, sweeps = sweeps.len(), "a group of sweep plans failed; planning one by one");
+                            let mut out = Vec::with_capacity(sweeps.len());
+                            for s in sweeps {
+                                out.push(resource::plan_sweep(&db, s).await);
+                            }
+                            out
+                        }
+                    }
+                }) as Pin<Box<dyn Future<Output = _> + Send>>
+            }),
+        );
         Self {
             claims,
             writes,
             ends,
             collectors,
+            sweeps,
         }
     }
 
@@ -266,6 +292,14 @@ impl Groups {
             .call((id, attempt, outcome))
             .await
             .map_err(stopped)?
+    }
+
+    /// [`resource::plan_sweep`], in a group.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn plan_sweep(&self, sweep: Sweep) -> Result<SweepPlan, store::Error> {
+        self.sweeps.call(sweep).await.map_err(stopped)?
     }
 
     /// [`store::collector::plugins`], in a group.
@@ -327,8 +361,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_request_runs_at_once() {
-        let combiner: Combiner<u32, u32> =
-            Combiner::new(8, 2, Arc::new(|reqs: Vec<u32>| Box::pin(async move { reqs })));
+        let combiner: Combiner<u32, u32> = Combiner::new(
+            8,
+            2,
+            Arc::new(|reqs: Vec<u32>| Box::pin(async move { reqs })),
+        );
         let answer = tokio::time::timeout(Duration::from_secs(1), combiner.call(7)).await;
         assert_eq!(answer.expect("no wait for company").expect("answered"), 7);
     }

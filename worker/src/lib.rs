@@ -73,8 +73,7 @@ impl Context {
         signal: Signal,
     ) -> Self {
         let name = settings.name.clone().unwrap_or_else(default_name);
-        let groups =
-            combine::Groups::new(&db, &sink, &name, settings.lease, ClaimPolicy::Queued);
+        let groups = combine::Groups::new(&db, &sink, &name, settings.lease, ClaimPolicy::Queued);
         Self {
             groups,
             db,

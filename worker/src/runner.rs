@@ -221,7 +221,7 @@ async fn settle(
                 let plan = ctx
                     .db_retry
                     .run("plan the sweep", store::Error::is_transient, || {
-                        resource::plan_sweep(&ctx.db, sweep.clone())
+                        ctx.groups.plan_sweep(sweep.clone())
                     })
                     .await?;
                 outcome.sweep = Some(plan);

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::prelude::DateTimeWithTimeZone;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -217,20 +217,27 @@ async fn counts_of(
     if jobs.is_empty() {
         return Ok(out);
     }
-    let rows: Vec<(uuid::Uuid, JobStatus, i64, i64, i64, i64, i64)> = job_task::Entity::find()
+    // Summed by the database: a job of thousands of tasks is a few rows (one per status), not
+    // thousands, for every poll of its progress. PostgreSQL sums `bigint` into `numeric`,
+    // hence the casts.
+    let sum = |c: &str| Expr::cust(format!("CAST(SUM(\"{c}\") AS BIGINT)"));
+    let rows: Vec<(uuid::Uuid, JobStatus, i64, i64, i64, i64, i64, i64)> = job_task::Entity::find()
         .select_only()
         .column(job_task::Column::JobId)
         .column(job_task::Column::Status)
-        .column(job_task::Column::Created)
-        .column(job_task::Column::Updated)
-        .column(job_task::Column::Unchanged)
-        .column(job_task::Column::Deleted)
-        .column(job_task::Column::Failed)
+        .column_as(Expr::cust("COUNT(*)"), "tasks")
+        .column_as(sum("created"), "created")
+        .column_as(sum("updated"), "updated")
+        .column_as(sum("unchanged"), "unchanged")
+        .column_as(sum("deleted"), "deleted")
+        .column_as(sum("failed"), "failed")
         .filter(job_task::Column::JobId.is_in(jobs.iter().copied()))
+        .group_by(job_task::Column::JobId)
+        .group_by(job_task::Column::Status)
         .into_tuple()
         .all(db)
         .await?;
-    for (job, status, created, updated, unchanged, deleted, failed) in rows {
+    for (job, status, tasks, created, updated, unchanged, deleted, failed) in rows {
         let p = out.entry(job).or_default();
         p.counts += Counts {
             created,
@@ -240,8 +247,11 @@ async fn counts_of(
             failed,
         };
         if status.is_terminal() {
-            p.done += 1;
-            p.failed += i32::from(status != JobStatus::Success);
+            let tasks = i32::try_from(tasks).unwrap_or(i32::MAX);
+            p.done += tasks;
+            if status != JobStatus::Success {
+                p.failed += tasks;
+            }
         }
     }
     Ok(out)
@@ -487,6 +497,9 @@ pub enum Planned {
     AlreadyPlanned,
 }
 
+/// Tasks (and their messages) per insert when a job is planned.
+const PLAN_CHUNK: usize = 500;
+
 /// Splits a QUEUED job into one task per unit (service account, and month for billing, whose
 /// `window` is recorded on the job), writing the tasks, their
 /// `task.requested` messages and the job's new state in one transaction. With no accounts the
@@ -534,11 +547,18 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
     if res.rows_affected == 0 {
         return Ok(Planned::AlreadyPlanned);
     }
-    let mut ids = Vec::with_capacity(accounts.len());
-    for unit in accounts {
-        let id = TaskId::new();
-        job_task::Entity::insert(job_task::ActiveModel {
-            id: Set(id.into()),
+    let ids: Vec<TaskId> = accounts.iter().map(|_| TaskId::new()).collect();
+    // In chunks, each task and its message one row of a multi-row insert: a job of thousands
+    // of tasks is planned in a few statements, not two per task. A chunk stays well under the
+    // bind parameters a statement may have (65,535 in PostgreSQL, 32,766 in SQLite).
+    for chunk in ids
+        .iter()
+        .zip(accounts)
+        .collect::<Vec<_>>()
+        .chunks(PLAN_CHUNK)
+    {
+        let tasks = chunk.iter().map(|(id, unit)| job_task::ActiveModel {
+            id: Set((**id).into()),
             domain_id: Set(input.domain.into()),
             job_id: Set(input.id.into()),
             service_account_id: Set(Some(unit.account.as_uuid())),
@@ -560,22 +580,24 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
             finished_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        outbox::insert(
-            &txn,
-            &Envelope::new(
-                input.domain,
-                input.kind,
-                input.id,
-                Some(id),
-                1,
-                TaskRequested {},
-            ),
-        )
-        .await?;
-        ids.push(id);
+        });
+        job_task::Entity::insert_many(tasks)
+            .exec_without_returning(&txn)
+            .await?;
+        let messages: Vec<Envelope<TaskRequested>> = chunk
+            .iter()
+            .map(|(id, _)| {
+                Envelope::new(
+                    input.domain,
+                    input.kind,
+                    input.id,
+                    Some(**id),
+                    1,
+                    TaskRequested {},
+                )
+            })
+            .collect();
+        outbox::insert_many(&txn, &messages).await?;
     }
     if accounts.is_empty() {
         touch_collector_finished(&txn, input.id).await?;
@@ -733,12 +755,17 @@ pub async fn conclude<C: ConnectionTrait + TransactionTrait>(
     id: JobId,
 ) -> Result<Option<JobStatus>> {
     let open = [JobStatus::Queued, JobStatus::InProgress];
-    let left = job_task::Entity::find()
+    // One probe of `(job_id, status)`: a count went over all the job's open tasks, at every
+    // task's end.
+    let left: Option<uuid::Uuid> = job_task::Entity::find()
+        .select_only()
+        .column(job_task::Column::Id)
         .filter(job_task::Column::JobId.eq(id.as_uuid()))
         .filter(job_task::Column::Status.is_in(open))
-        .count(db)
+        .into_tuple()
+        .one(db)
         .await?;
-    if left > 0 {
+    if left.is_some() {
         return Ok(None);
     }
     let txn = super::begin_write(db).await?;

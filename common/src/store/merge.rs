@@ -410,6 +410,53 @@ pub async fn write_reported<C: ConnectionTrait + TransactionTrait>(
     Ok(Some(counts))
 }
 
+/// Which of `sweeps` (by index) have reports of merged resources to age: one read for all,
+/// so the collections that report none (most of them) need no other.
+///
+/// # Errors
+/// Database errors only.
+pub(crate) async fn reporting(
+    db: &impl ConnectionTrait,
+    sweeps: &[Sweep],
+) -> Result<std::collections::HashSet<usize>> {
+    if sweeps.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let mut of = sea_orm::Condition::any();
+    for s in sweeps {
+        of = of.add(
+            sea_orm::Condition::all()
+                .add(resource_source::Column::CollectorId.eq(s.collector_id.as_uuid()))
+                .add(match s.service_account_id {
+                    Some(sa) => resource_source::Column::ServiceAccountId.eq(sa.as_uuid()),
+                    None => resource_source::Column::ServiceAccountId.is_null(),
+                }),
+        );
+    }
+    let found: Vec<(Uuid, Option<Uuid>)> = resource_source::Entity::find()
+        .select_only()
+        .columns([
+            resource_source::Column::CollectorId,
+            resource_source::Column::ServiceAccountId,
+        ])
+        .filter(of)
+        .distinct()
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(sweeps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            found.contains(&(
+                s.collector_id.as_uuid(),
+                s.service_account_id.map(|a| a.as_uuid()),
+            ))
+        })
+        .map(|(n, _)| n)
+        .collect())
+}
+
 /// The merged part of a sweep's plan: this collector and account's reports of merged
 /// resources, sorted by whether the collection saw them. Read-only.
 ///

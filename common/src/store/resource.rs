@@ -285,42 +285,125 @@ pub struct SweepPlan {
 /// Database errors only.
 pub async fn plan_sweep<C: ConnectionTrait + sea_orm::StreamTrait>(
     db: &C,
-    mut s: Sweep,
+    s: Sweep,
 ) -> Result<SweepPlan> {
-    let mut query = resource::Entity::find()
+    let mut plans = plan_sweeps(db, vec![s]).await?;
+    plans
+        .pop()
+        .ok_or_else(|| Error::Corrupt("a sweep was planned without its plan".into()))
+}
+
+/// [`plan_sweep`] for several collections at once: one read of their resources and one of
+/// their reports whatever their number (plus one per collection that reports merged ones).
+/// The plans come in the sweeps' order.
+///
+/// # Errors
+/// Database errors only.
+pub async fn plan_sweeps<C: ConnectionTrait + sea_orm::StreamTrait>(
+    db: &C,
+    sweeps: Vec<Sweep>,
+) -> Result<Vec<SweepPlan>> {
+    let mut plans: Vec<Option<SweepPlan>> = sweeps.iter().map(|_| None).collect();
+    let mut left: Vec<(usize, Sweep)> = sweeps.into_iter().enumerate().collect();
+    // A read tells the rows of (collector, account) apart, not two sweeps of the same pair:
+    // those are planned in reads of their own.
+    while !left.is_empty() {
+        let mut pairs = std::collections::HashSet::new();
+        let (now, later): (Vec<_>, Vec<_>) = left
+            .into_iter()
+            .partition(|(_, s)| pairs.insert((s.collector_id, s.service_account_id)));
+        let (at, group): (Vec<usize>, Vec<Sweep>) = now.into_iter().unzip();
+        for (n, plan) in at.into_iter().zip(plan_distinct(db, group).await?) {
+            plans[n] = Some(plan);
+        }
+        left = later;
+    }
+    Ok(plans.into_iter().flatten().collect())
+}
+
+/// [`plan_sweeps`] of sweeps with distinct (collector, account) pairs.
+async fn plan_distinct<C: ConnectionTrait + sea_orm::StreamTrait>(
+    db: &C,
+    mut sweeps: Vec<Sweep>,
+) -> Result<Vec<SweepPlan>> {
+    if sweeps.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Which sweep a row of (collector, account) belongs to.
+    let index: std::collections::HashMap<(uuid::Uuid, Option<uuid::Uuid>), usize> = sweeps
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            (
+                (
+                    s.collector_id.as_uuid(),
+                    s.service_account_id.map(|a| a.as_uuid()),
+                ),
+                n,
+            )
+        })
+        .collect();
+    let mut resources: Vec<Aging> = sweeps.iter().map(|_| Aging::default()).collect();
+    let mut mine = sea_orm::Condition::any();
+    for s in &sweeps {
+        let of = sea_orm::Condition::all()
+            .add(resource::Column::DomainId.eq(s.domain.as_uuid()))
+            .add(resource::Column::Provider.eq(s.provider.as_str()))
+            .add(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
+            .add(match s.service_account_id {
+                Some(sa) => resource::Column::ServiceAccountId.eq(sa.as_uuid()),
+                None => resource::Column::ServiceAccountId.is_null(),
+            });
+        mine = mine.add(of);
+    }
+    let query = resource::Entity::find()
         .select_only()
         .columns([
             resource::Column::Id,
             resource::Column::ResourceType,
             resource::Column::ResourceKey,
             resource::Column::MissedRuns,
+            resource::Column::CollectorId,
+            resource::Column::ServiceAccountId,
         ])
-        .filter(resource::Column::DomainId.eq(s.domain.as_uuid()))
-        .filter(resource::Column::Provider.eq(s.provider.as_str()))
-        .filter(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
         .filter(resource::Column::Merged.eq(false))
-        .filter(resource::Column::State.eq(ResourceState::Active));
-    query = match s.service_account_id {
-        Some(sa) => query.filter(resource::Column::ServiceAccountId.eq(sa.as_uuid())),
-        None => query.filter(resource::Column::ServiceAccountId.is_null()),
-    };
+        .filter(resource::Column::State.eq(ResourceState::Active))
+        .filter(mine);
     // Streamed: a million keys are sorted as they come, never held as rows.
-    let mut resources = Aging::default();
-    let mut rows = query
-        .into_tuple::<(uuid::Uuid, String, String, i32)>()
-        .stream(db)
-        .await?;
-    while let Some((id, t, k, missed)) = rows.try_next().await? {
-        resources.push(id, key_hash(&t, &k), missed, &s);
+    type Row = (
+        uuid::Uuid,
+        String,
+        String,
+        i32,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+    );
+    let mut rows = query.into_tuple::<Row>().stream(db).await?;
+    while let Some((id, t, k, missed, collector, account)) = rows.try_next().await? {
+        let Some(&n) = collector.and_then(|c| index.get(&(c, account))) else {
+            continue;
+        };
+        resources[n].push(id, key_hash(&t, &k), missed, &sweeps[n]);
     }
     drop(rows);
-    let sources = super::merge::age_sources(db, &s).await?;
-    s.seen = std::collections::HashSet::new();
-    Ok(SweepPlan {
-        sweep: s,
-        resources,
-        sources,
-    })
+    let reporting = super::merge::reporting(db, &sweeps).await?;
+    let mut plans = Vec::with_capacity(sweeps.len());
+    for (n, (s, resources)) in sweeps.iter_mut().zip(resources).enumerate() {
+        let sources = if reporting.contains(&n) {
+            super::merge::age_sources(db, s).await?
+        } else {
+            Aging::default()
+        };
+        plans.push(SweepPlan {
+            sweep: Sweep {
+                seen: std::collections::HashSet::new(),
+                ..s.clone()
+            },
+            resources,
+            sources,
+        });
+    }
+    Ok(plans)
 }
 
 /// Applies a plan inside the transaction that records the task's success, so a run counts

@@ -284,10 +284,7 @@ pub async fn claim_many(
             },
         );
     }
-    Ok(ids
-        .iter()
-        .map(|id| claimed.remove(&id.as_uuid()))
-        .collect())
+    Ok(ids.iter().map(|id| claimed.remove(&id.as_uuid())).collect())
 }
 
 /// How a task attempt ended.

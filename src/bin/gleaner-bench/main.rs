@@ -886,7 +886,8 @@ async fn timed_collect(
 }
 
 /// Starts a collection and polls the job until it is terminal; returns the elapsed time and
-/// the job. Polling every 20 ms adds at most that much to the figure.
+/// the job. Polling every 50 ms adds at most that much to the figure (every poll sums the
+/// job's tasks: at 20 ms, polls of a job of 3,000 tasks took a fifth of a core).
 async fn collect(
     http: &reqwest::Client,
     base: &str,
@@ -936,7 +937,7 @@ async fn collect_with(
             );
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -65,7 +65,10 @@ static UPSERT_GROUP: LazyLock<String> = LazyLock::new(|| {
             "RETURNING r.id, r.last_diff, (r.xmax = 0) AS inserted, r.domain_id, r.provider,
         r.resource_type, r.resource_key, r.updated_job_id",
         ),
-        ("SELECT $1, up.id, $6,", "SELECT up.domain_id, up.id, up.updated_job_id,"),
+        (
+            "SELECT $1, up.id, $6,",
+            "SELECT up.domain_id, up.id, up.updated_job_id,",
+        ),
         (
             "SELECT count(*) FILTER (WHERE kind = 'CREATED') AS created,
        count(*) FILTER (WHERE kind = 'UPDATED') AS updated
@@ -293,7 +296,8 @@ impl Group {
             g.domains.push(scope.domain.as_uuid());
             g.providers.push(scope.provider.clone());
             g.projects.push(scope.project_id.map(|p| p.as_uuid()));
-            g.accounts.push(scope.service_account_id.map(|s| s.as_uuid()));
+            g.accounts
+                .push(scope.service_account_id.map(|s| s.as_uuid()));
             g.collectors.push(scope.collector_id.map(|c| c.as_uuid()));
             g.jobs.push(scope.job_id.as_uuid());
             g.types.push(a.types[i].clone());
