@@ -344,17 +344,40 @@ async fn plan_distinct<C: ConnectionTrait + sea_orm::StreamTrait>(
         })
         .collect();
     let mut resources: Vec<Aging> = sweeps.iter().map(|_| Aging::default()).collect();
+    // One condition per collector, its accounts in one list: a condition per sweep made the
+    // planner's work grow with the group (3 ms for a few dozen sweeps).
+    let mut by_collector: std::collections::BTreeMap<
+        (uuid::Uuid, &str, uuid::Uuid),
+        Vec<uuid::Uuid>,
+    > = std::collections::BTreeMap::new();
     let mut mine = sea_orm::Condition::any();
     for s in &sweeps {
-        let of = sea_orm::Condition::all()
-            .add(resource::Column::DomainId.eq(s.domain.as_uuid()))
-            .add(resource::Column::Provider.eq(s.provider.as_str()))
-            .add(resource::Column::CollectorId.eq(s.collector_id.as_uuid()))
-            .add(match s.service_account_id {
-                Some(sa) => resource::Column::ServiceAccountId.eq(sa.as_uuid()),
-                None => resource::Column::ServiceAccountId.is_null(),
-            });
-        mine = mine.add(of);
+        let at = (
+            s.domain.as_uuid(),
+            s.provider.as_str(),
+            s.collector_id.as_uuid(),
+        );
+        match s.service_account_id {
+            Some(sa) => by_collector.entry(at).or_default().push(sa.as_uuid()),
+            None => {
+                mine = mine.add(
+                    sea_orm::Condition::all()
+                        .add(resource::Column::DomainId.eq(at.0))
+                        .add(resource::Column::Provider.eq(at.1))
+                        .add(resource::Column::CollectorId.eq(at.2))
+                        .add(resource::Column::ServiceAccountId.is_null()),
+                );
+            }
+        }
+    }
+    for ((domain, provider, collector), accounts) in by_collector {
+        mine = mine.add(
+            sea_orm::Condition::all()
+                .add(resource::Column::DomainId.eq(domain))
+                .add(resource::Column::Provider.eq(provider))
+                .add(resource::Column::CollectorId.eq(collector))
+                .add(resource::Column::ServiceAccountId.is_in(accounts)),
+        );
     }
     let query = resource::Entity::find()
         .select_only()

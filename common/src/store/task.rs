@@ -335,25 +335,50 @@ pub async fn finish_many<C: ConnectionTrait + TransactionTrait>(
     let txn = super::begin_write(db).await?;
     let now = Utc::now().fixed_offset();
     // The job of each attempt recorded; `None` for a stale one.
-    let mut jobs: Vec<Option<uuid::Uuid>> = Vec::with_capacity(ends.len());
-    for (id, attempt, outcome) in ends {
-        let mut rows = job_task::Entity::update_many()
+    let mut jobs: Vec<Option<uuid::Uuid>> = vec![None; ends.len()];
+    // One update per distinct attempt number and outcome: for a group of small tasks, mostly
+    // first attempts that succeeded, that is one update for all.
+    let mut classes: Vec<(i32, &Outcome, Vec<usize>)> = Vec::new();
+    for (n, (_, attempt, outcome)) in ends.iter().enumerate() {
+        let same = |(a, o, _): &&mut (i32, &Outcome, Vec<usize>)| {
+            *a == *attempt
+                && o.status == outcome.status
+                && o.error == outcome.error
+                && o.stderr == outcome.stderr
+        };
+        match classes.iter_mut().find(same) {
+            Some(class) => class.2.push(n),
+            None => classes.push((*attempt, outcome, vec![n])),
+        }
+    }
+    for (attempt, outcome, members) in &classes {
+        let ids = members.iter().map(|&n| ends[n].0.as_uuid());
+        let rows = job_task::Entity::update_many()
             .col_expr(job_task::Column::Status, Expr::value(outcome.status))
-            .col_expr(job_task::Column::Error, Expr::value(outcome.error))
-            .col_expr(job_task::Column::Stderr, Expr::value(outcome.stderr))
+            .col_expr(job_task::Column::Error, Expr::value(outcome.error.clone()))
+            .col_expr(
+                job_task::Column::Stderr,
+                Expr::value(outcome.stderr.clone()),
+            )
             .col_expr(job_task::Column::FinishedAt, Expr::value(now))
             .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
             .without_lease()
-            .fenced(id, attempt)
+            .filter(job_task::Column::Id.is_in(ids))
+            .filter(job_task::Column::Attempt.eq(*attempt))
+            .filter(job_task::Column::Status.eq(JobStatus::InProgress))
             .exec_with_returning(&txn)
             .await?;
-        let Some(task) = rows.pop() else {
-            jobs.push(None);
+        let recorded: HashMap<uuid::Uuid, uuid::Uuid> =
+            rows.into_iter().map(|t| (t.id, t.job_id)).collect();
+        for &n in members {
+            jobs[n] = recorded.get(&ends[n].0.as_uuid()).copied();
+        }
+    }
+    for ((id, _, outcome), job) in ends.iter().zip(&jobs) {
+        if job.is_none() || outcome.status != JobStatus::Success {
             continue;
-        };
-        if outcome.status == JobStatus::Success
-            && let Some(sweep) = &outcome.sweep
-        {
+        }
+        if let Some(sweep) = &outcome.sweep {
             let deleted = super::resource::apply_sweep(&txn, sweep).await?;
             if deleted > 0 {
                 job_task::Entity::update_many()
@@ -361,12 +386,11 @@ pub async fn finish_many<C: ConnectionTrait + TransactionTrait>(
                         job_task::Column::Deleted,
                         Expr::col(job_task::Column::Deleted).add(deleted),
                     )
-                    .filter(job_task::Column::Id.eq(task.id))
+                    .filter(job_task::Column::Id.eq(id.as_uuid()))
                     .exec(&txn)
                     .await?;
             }
         }
-        jobs.push(Some(task.job_id));
     }
     let mut distinct: Vec<uuid::Uuid> = jobs.iter().flatten().copied().collect();
     distinct.sort_unstable();
