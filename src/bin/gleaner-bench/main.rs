@@ -422,7 +422,9 @@ async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     wait_ready(&http, &base, &mut children).await?;
     let estate = demo_estate(&http, &base, args.tasks, args.tasks).await?;
-    let clients = args.workers * settings.worker.concurrency;
+    // As many clients as tasks run at once, within what PostgreSQL's default
+    // `max_connections` (100) leaves beside the workers' pools.
+    let clients = (args.workers * settings.worker.concurrency).min(64);
     println!(
         "tasks: one job of {} tasks (one resource each), {} worker processes × {} concurrent tasks",
         args.tasks, args.workers, settings.worker.concurrency
