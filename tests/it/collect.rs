@@ -387,7 +387,61 @@ async fn two_workers_share_the_tasks_of_a_job() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Many one-resource tasks at once go through the worker's group commit (claims, batches,
+/// sweeps and ends combined across tasks into shared statements): each task still shows its
+/// own counts, each resource belongs to its own account and job, and a second run changes and
+/// deletes nothing.
+async fn small_tasks_run_together_keep_their_own_counts(mode: Mode) -> anyhow::Result<()> {
+    const ACCOUNTS: usize = 120;
+    let env = TestEnv::start_with(
+        mode,
+        crate::support::Options {
+            tune: |s| s.worker.concurrency = 64,
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    let collector = env
+        .demo_collector(ACCOUNTS, json!({"resources": 1}))
+        .await?;
+    for (round, count) in [("first", "created"), ("second", "unchanged")] {
+        let job = env.collect(&collector).await?;
+        assert_eq!(job["status"], "SUCCESS", "{round} run: {job}");
+        assert_eq!(job["counts"][count], ACCOUNTS, "{round} run: {job}");
+        assert_eq!(job["counts"]["deleted"], 0, "{round} run: {job}");
+        let id = job["id"].as_str().unwrap_or_default();
+        let tasks = env.get(&format!("/v1/jobs/{id}/tasks")).await?;
+        let tasks = tasks.body["items"].as_array().cloned().unwrap_or_default();
+        assert_eq!(tasks.len(), ACCOUNTS);
+        for t in &tasks {
+            assert_eq!(t["status"], "SUCCESS", "{t}");
+            assert_eq!(t["attempt"], 1, "{t}");
+            let mut expected =
+                json!({"created": 0, "updated": 0, "unchanged": 0, "deleted": 0, "failed": 0});
+            expected[count] = json!(1);
+            assert_eq!(t["counts"], expected, "{round} run: {t}");
+        }
+    }
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resources").await?,
+        i64::try_from(ACCOUNTS)?
+    );
+    // The group's upsert carries each row's own scope: one resource per account.
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT service_account_id) FROM resources")
+            .await?,
+        i64::try_from(ACCOUNTS)?
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM resource_changes").await?,
+        i64::try_from(ACCOUNTS)?,
+        "one CREATED change each, nothing for the unchanged run"
+    );
+    Ok(())
+}
+
 crate::in_both_modes!(
+    small_tasks_run_together_keep_their_own_counts,
     a_disabled_collector_refuses_to_collect_and_a_deleted_one_leaves_its_resources,
     a_resource_history_lists_its_creation_and_updates_with_their_jobs,
     demo_collection_over_two_accounts_stores_every_resource,

@@ -221,7 +221,9 @@ async fn counts_of(
     // thousands, for every poll of its progress. PostgreSQL sums `bigint` into `numeric`,
     // hence the casts.
     let sum = |c: &str| Expr::cust(format!("CAST(SUM(\"{c}\") AS BIGINT)"));
-    let rows: Vec<(uuid::Uuid, JobStatus, i64, i64, i64, i64, i64, i64)> = job_task::Entity::find()
+    // Job, status, tasks, then the five counts.
+    type Sums = (uuid::Uuid, JobStatus, i64, i64, i64, i64, i64, i64);
+    let rows: Vec<Sums> = job_task::Entity::find()
         .select_only()
         .column(job_task::Column::JobId)
         .column(job_task::Column::Status)
