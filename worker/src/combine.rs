@@ -158,17 +158,16 @@ impl Groups {
             Arc::new(move |ids: Vec<TaskId>| {
                 let (db, owner) = (claim_db.clone(), Arc::clone(&owner));
                 Box::pin(async move {
-                    match store::task::claim_many(&db, &ids, &owner, lease, policy).await {
-                        Ok(claimed) => claimed.into_iter().map(Ok).collect(),
-                        Err(e) => {
-                            debug!(error = %e, claims = ids.len(), "a group of claims failed; claiming one by one");
-                            let mut out = Vec::with_capacity(ids.len());
-                            for id in ids {
-                                out.push(store::task::claim(&db, id, &owner, lease, policy).await);
-                            }
-                            out
-                        }
-                    }
+                    let (db, owner) = (&db, &*owner);
+                    or_one_by_one(
+                        "claims",
+                        ids,
+                        |ids| async move {
+                            store::task::claim_many(db, &ids, owner, lease, policy).await
+                        },
+                        |id| store::task::claim(db, id, owner, lease, policy),
+                    )
+                    .await
                 }) as Pin<Box<dyn Future<Output = _> + Send>>
             }),
         );
@@ -189,17 +188,14 @@ impl Groups {
             Arc::new(move |ends: Vec<End>| {
                 let db = end_db.clone();
                 Box::pin(async move {
-                    match store::task::finish_many(&db, ends.clone()).await {
-                        Ok(finished) => finished.into_iter().map(Ok).collect(),
-                        Err(e) => {
-                            debug!(error = %e, ends = ends.len(), "a group of task ends failed; recording them one by one");
-                            let mut out = Vec::with_capacity(ends.len());
-                            for (id, attempt, outcome) in ends {
-                                out.push(store::task::finish(&db, id, attempt, outcome).await);
-                            }
-                            out
-                        }
-                    }
+                    let db = &db;
+                    or_one_by_one(
+                        "task ends",
+                        ends,
+                        |ends| store::task::finish_many(db, ends),
+                        |(id, attempt, outcome)| store::task::finish(db, id, attempt, outcome),
+                    )
+                    .await
                 }) as Pin<Box<dyn Future<Output = _> + Send>>
             }),
         );
@@ -236,17 +232,14 @@ impl Groups {
             Arc::new(move |sweeps: Vec<Sweep>| {
                 let db = sweep_db.clone();
                 Box::pin(async move {
-                    match resource::plan_sweeps(&db, sweeps.clone()).await {
-                        Ok(plans) => plans.into_iter().map(Ok).collect(),
-                        Err(e) => {
-                            debug!(error = %e, sweeps = sweeps.len(), "a group of sweep plans failed; planning one by one");
-                            let mut out = Vec::with_capacity(sweeps.len());
-                            for s in sweeps {
-                                out.push(resource::plan_sweep(&db, s).await);
-                            }
-                            out
-                        }
-                    }
+                    let db = &db;
+                    or_one_by_one(
+                        "sweep plans",
+                        sweeps,
+                        |sweeps| resource::plan_sweeps(db, sweeps),
+                        |s| resource::plan_sweep(db, s),
+                    )
+                    .await
                 }) as Pin<Box<dyn Future<Output = _> + Send>>
             }),
         );
@@ -308,6 +301,32 @@ impl Groups {
     /// Database errors only.
     pub async fn collectors(&self, domain: DomainId) -> CollectorsOf {
         self.collectors.call(domain).await.map_err(stopped)?
+    }
+}
+
+/// The answers of `group`, or, when the group failed, of `one` for each request in turn: one
+/// request's failure (a bad row, a lost race) is then its own, not the group's.
+async fn or_one_by_one<Req, Resp, GF, OF>(
+    what: &str,
+    reqs: Vec<Req>,
+    group: impl FnOnce(Vec<Req>) -> GF,
+    one: impl Fn(Req) -> OF,
+) -> Vec<Result<Resp, store::Error>>
+where
+    Req: Clone,
+    GF: Future<Output = Result<Vec<Resp>, store::Error>>,
+    OF: Future<Output = Result<Resp, store::Error>>,
+{
+    match group(reqs.clone()).await {
+        Ok(all) => all.into_iter().map(Ok).collect(),
+        Err(e) => {
+            debug!(error = %e, requests = reqs.len(), "a group of {what} failed; running them one by one");
+            let mut out = Vec::with_capacity(reqs.len());
+            for r in reqs {
+                out.push(one(r).await);
+            }
+            out
+        }
     }
 }
 
