@@ -139,8 +139,13 @@ impl Default for RedisSettings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkerSettings {
-    /// Tasks one worker process runs at the same time.
+    /// Big tasks one worker process runs at the same time: tasks holding more than a small
+    /// batch of items, a month of costs, or a plugin process. What bounds a worker's memory.
     pub concurrency: usize,
+    /// Tasks one worker process runs at the same time in all, small ones included (at least
+    /// `concurrency`; a RabbitMQ worker also at most its prefetch). Small tasks share their
+    /// database round trips, so their throughput grows with this.
+    pub max_tasks: usize,
     /// Items written to the database per batch (one COPY and one upsert each).
     pub batch_size: usize,
     /// Name of this worker in task leases; defaults to host name and process id.
@@ -177,6 +182,12 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// Tasks a worker runs at once in all: `max_tasks`, and never fewer than `concurrency`.
+    #[must_use]
+    pub fn tasks_at_once(&self) -> usize {
+        self.max_tasks.max(self.concurrency).max(1)
+    }
+
     /// How long a task may stay QUEUED before the reaper presumes its message lost and sends
     /// another: twice the longest backoff (its maximum plus 30% jitter), plus a lease.
     #[must_use]
@@ -203,6 +214,9 @@ impl Default for WorkerSettings {
         // noise, small enough that 16 concurrent tasks stay far below the memory budget.
         Self {
             concurrency: 16,
+            // As many as a worker's default prefetch lets in: small tasks ran fastest at about
+            // this many in flight (BENCHMARKS.md).
+            max_tasks: 200,
             batch_size: 5_000,
             name: None,
             shutdown_grace: Duration::from_secs(30),

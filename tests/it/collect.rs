@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 
-use serde_json::json;
+use anyhow::Context as _;
+use serde_json::{Value, json};
 
 use crate::support::{Mode, TestEnv};
 
@@ -440,8 +441,87 @@ async fn small_tasks_run_together_keep_their_own_counts(mode: Mode) -> anyhow::R
     Ok(())
 }
 
+/// When each of a job's tasks started and finished, in seconds since the epoch.
+async fn task_times(env: &TestEnv, job: &Value) -> anyhow::Result<Vec<(f64, f64)>> {
+    let id = job["id"].as_str().unwrap_or_default();
+    let tasks = env.get(&format!("/v1/jobs/{id}/tasks")).await?;
+    let at = |t: &Value, field: &str| -> anyhow::Result<f64> {
+        let text = t[field]
+            .as_str()
+            .with_context(|| format!("{field} of {t}"))?;
+        let time = chrono::DateTime::parse_from_rfc3339(text)?;
+        Ok(time.timestamp_micros() as f64 / 1e6)
+    };
+    tasks.body["items"]
+        .as_array()
+        .context("tasks")?
+        .iter()
+        .map(|t| Ok((at(t, "started_at")?, at(t, "finished_at")?)))
+        .collect()
+}
+
+/// `concurrency` bounds big tasks only: small ones run beside each other up to `max_tasks`,
+/// and a task that turns out big waits for one of the `concurrency` slots.
+async fn small_tasks_run_beyond_concurrency_and_big_ones_take_turns(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    const ACCOUNTS: usize = 4;
+    let env = TestEnv::start_with(
+        mode,
+        crate::support::Options {
+            batch_size: 100,
+            tune: |s| {
+                s.worker.concurrency = 1;
+                s.worker.max_tasks = 4;
+            },
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    // Small: one resource each, 600 ms per task. Run one at a time, no two would overlap.
+    let small = env
+        .demo_collector(ACCOUNTS, json!({"resources": 1, "item_delay_ms": 600}))
+        .await?;
+    let job = env.collect(&small).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let times = task_times(&env, &job).await?;
+    assert_eq!(times.len(), ACCOUNTS);
+    let last_start = times.iter().map(|t| t.0).fold(f64::MIN, f64::max);
+    let first_end = times.iter().map(|t| t.1).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "every small task ran at once: {times:?}"
+    );
+    // Big: 400 resources at 2 ms each. Past its first small batch a task holds the one full
+    // slot; what is left of its plugin's run then (all but about two small batches, 540 ms or
+    // more) separates its end from the next one's.
+    let big = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "big", "plugin_id": "demo", "options": {"resources": 400, "item_delay_ms": 2}}),
+        )
+        .await?;
+    let job = env.collect(big["id"].as_str().context("id")?).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    // The small run stored each account's first resource already.
+    let stored = job["counts"]["created"]
+        .as_u64()
+        .zip(job["counts"]["unchanged"].as_u64());
+    assert_eq!(stored, Some((399 * 4, 4)), "{job}");
+    let mut ends: Vec<f64> = task_times(&env, &job).await?.iter().map(|t| t.1).collect();
+    ends.sort_by(f64::total_cmp);
+    for pair in ends.windows(2) {
+        assert!(
+            pair[1] - pair[0] > 0.3,
+            "big tasks took turns in the one full slot: ends at {ends:?}"
+        );
+    }
+    Ok(())
+}
+
 crate::in_both_modes!(
     small_tasks_run_together_keep_their_own_counts,
+    small_tasks_run_beyond_concurrency_and_big_ones_take_turns,
     a_disabled_collector_refuses_to_collect_and_a_deleted_one_leaves_its_resources,
     a_resource_history_lists_its_creation_and_updates_with_their_jobs,
     demo_collection_over_two_accounts_stores_every_resource,

@@ -76,7 +76,7 @@ pub enum Error {
 pub async fn run(ctx: Arc<Context>, settings: ConsumerSettings, shutdown: CancellationToken) {
     // Cancelled after the grace period: in-flight tasks hand their work back.
     let abort = CancellationToken::new();
-    let limit = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
+    let limit = Arc::new(Semaphore::new(ctx.settings.tasks_at_once()));
     let mut inflight = JoinSet::new();
     let backoff = RetryPolicy::forever(Duration::from_millis(200), Duration::from_secs(15));
     let mut delays = backoff.delays();
@@ -129,7 +129,7 @@ async fn session(
             .await?;
         streams.push(consumer);
     }
-    info!(kinds = ?settings.kinds, prefetch = settings.prefetch, concurrency = ctx.settings.concurrency, "consuming");
+    info!(kinds = ?settings.kinds, prefetch = settings.prefetch, concurrency = ctx.settings.concurrency, max_tasks = ctx.settings.tasks_at_once(), "consuming");
     loop {
         // Reap finished handlers so the set does not grow without bound.
         while inflight.try_join_next().is_some() {}

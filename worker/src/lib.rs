@@ -33,6 +33,7 @@ pub mod plugin;
 pub mod reaper;
 pub mod runner;
 pub mod sink;
+pub mod slots;
 
 pub use plugin::Registry;
 
@@ -59,6 +60,8 @@ pub struct Context {
     pub costs: Option<Arc<dyn sink::costs::CostSink>>,
     /// Claims, small writes and ends of concurrent tasks, each kind combined into groups.
     pub groups: combine::Groups,
+    /// The `concurrency` slots big tasks hold.
+    pub slots: slots::Slots,
 }
 
 impl Context {
@@ -76,6 +79,7 @@ impl Context {
         let groups = combine::Groups::new(&db, &sink, &name, settings.lease, ClaimPolicy::Queued);
         Self {
             groups,
+            slots: slots::Slots::new(settings.concurrency),
             db,
             cipher,
             registry,

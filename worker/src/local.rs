@@ -102,13 +102,14 @@ impl Drop for Release {
 /// and returns.
 pub async fn run(ctx: Arc<Context>, settings: DispatchSettings, shutdown: CancellationToken) {
     let abort = CancellationToken::new();
-    let limit = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
+    let limit = Arc::new(Semaphore::new(ctx.settings.tasks_at_once()));
     let busy = Busy::default();
     // Woken when a handler finishes or a retry delay ends.
     let freed = Arc::new(Notify::new());
     let mut inflight = JoinSet::new();
     info!(
         concurrency = ctx.settings.concurrency,
+        max_tasks = ctx.settings.tasks_at_once(),
         "dispatching in process"
     );
     let backoff = RetryPolicy::forever(Duration::from_millis(200), Duration::from_secs(10));

@@ -24,17 +24,16 @@ use gleaner_common::store::resource::{self, Sweep};
 use gleaner_common::store::task::{Claimed, Finished, Outcome};
 use gleaner_common::store::{self, service_account};
 use rust_decimal::Decimal;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::Context;
 use crate::plugin::{
-    CollectRequest, CostItem, Diagnostics, Item, ItemError, Plugin, PluginError, ResourceItem,
-    TaskInfo,
+    CollectRequest, CostItem, Diagnostics, Item, ItemError, ItemReceiver, Plugin, PluginError,
+    ResourceItem, TaskInfo,
 };
 use crate::sink::costs::{CostLoad, CostScope};
 use crate::sink::{Scope, SinkError, Written};
+use crate::{Context, slots};
 use gleaner_common::external::redact;
 
 /// Item errors kept for the task's error message; the count covers all of them.
@@ -323,13 +322,13 @@ struct Running {
 impl Running {
     /// Starts the plugin; it stops when `stop` is cancelled or the collection lock is lost.
     fn start(
-        ctx: &Context,
         claimed: &Claimed,
         plugin: Arc<dyn Plugin>,
         secret: serde_json::Map<String, serde_json::Value>,
         stop: &CancellationToken,
         lock: &Held,
-    ) -> (Self, mpsc::Receiver<Item>) {
+        room: usize,
+    ) -> (Self, ItemReceiver) {
         let cancel = stop.child_token();
         // A lock lost while held (expired in Redis) stops the plugin: another collection may run.
         let lost = lock.lost().clone();
@@ -354,10 +353,7 @@ impl Running {
             cancel: cancel.clone(),
             diagnostics: diagnostics.clone(),
         };
-        // Room for a whole batch, so the plugin produces the next batch while this one is
-        // written instead of waiting for the database; memory stays bounded at about two
-        // batches.
-        let (tx, rx) = crate::plugin::channel(ctx.settings.batch_size.clamp(1, 20_000));
+        let (tx, rx) = crate::plugin::channel(room);
         let plugin_span =
             info_span!("plugin", name = %plugin.info().id, version = %claimed.plugin_version);
         let producer =
@@ -414,9 +410,24 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
         attempt: claimed.attempt,
         shared: false,
     };
+    // A plugin process is big from the start; any other run, once it reports more than a
+    // small batch.
+    let full = if plugin.runs_a_process() {
+        match ctx.slots.full(stop).await {
+            Some(f) => Some(f),
+            None => return Ended::Released,
+        }
+    } else {
+        None
+    };
+    let room = if full.is_some() {
+        big_room(ctx)
+    } else {
+        slots::SMALL.min(big_room(ctx))
+    };
     let secrets = secret.clone();
-    let (running, rx) = Running::start(ctx, claimed, plugin, secret, stop, lock);
-    let written = consume(ctx, &scope, rx).await;
+    let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, room);
+    let written = consume(ctx, &scope, rx, full, stop).await;
     let (plugin_result, diagnostics) = running.stop().await;
     if stop.is_cancelled() {
         return Ended::Released;
@@ -514,6 +525,10 @@ async fn collect_costs(
         Ok(p) => p,
         Err(ended) => return ended,
     };
+    // A month of costs in one transaction is big.
+    let Some(_full) = ctx.slots.full(stop).await else {
+        return Ended::Released;
+    };
     let scope = CostScope {
         domain: claimed.domain,
         collector_id,
@@ -534,7 +549,7 @@ async fn collect_costs(
         Err(e) => return cost_write_failed(&e),
     };
     let secrets = secret.clone();
-    let (running, rx) = Running::start(ctx, claimed, plugin, secret, stop, lock);
+    let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, big_room(ctx));
     let loaded = load_costs(ctx, claimed, load.as_mut(), month, rx).await;
     let (plugin_result, diagnostics) = running.stop().await;
     if stop.is_cancelled() {
@@ -624,7 +639,7 @@ async fn load_costs(
     claimed: &Claimed,
     load: &mut dyn CostLoad,
     month: Month,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: ItemReceiver,
 ) -> Result<Summary, SinkError> {
     let mut summary = Summary::default();
     let mut batch: Vec<CostItem> = Vec::with_capacity(COST_BATCH);
@@ -774,12 +789,23 @@ impl Summary {
     }
 }
 
+/// Room in a big task's channel: a whole batch, so the plugin produces the next batch while
+/// this one is written instead of waiting for the database; memory stays bounded at about two
+/// batches.
+fn big_room(ctx: &Context) -> usize {
+    ctx.settings.batch_size.clamp(1, 20_000)
+}
+
 /// Reads the plugin's stream and writes it in batches. `Ok(None)` when the task turned out to
-/// be stale.
+/// be stale. A task without a full slot takes one once its plugin reports more than
+/// [`slots::SMALL`] items; if `stop` comes while it waits, it returns what it has (the caller
+/// sees the stop).
 async fn consume(
     ctx: &Context,
     scope: &Scope,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: ItemReceiver,
+    mut full: Option<slots::Full>,
+    stop: &CancellationToken,
 ) -> Result<Option<Summary>, SinkError> {
     let scope = &mut scope.clone();
     let batch_size = ctx.settings.batch_size.max(1);
@@ -787,7 +813,16 @@ async fn consume(
     let mut batch: Vec<ResourceItem> = Vec::with_capacity(batch_size);
     let mut keys: HashSet<(String, String)> = HashSet::with_capacity(batch_size);
     let mut pending_failed = 0i64;
+    let mut received = 0usize;
     while let Some(item) = rx.recv().await {
+        received += 1;
+        if full.is_none() && received > slots::SMALL {
+            let Some(slot) = ctx.slots.full(stop).await else {
+                return Ok(Some(summary));
+            };
+            full = Some(slot);
+            rx.widen(big_room(ctx).saturating_sub(slots::SMALL));
+        }
         match item {
             Item::Resource(r) => {
                 summary

@@ -54,6 +54,10 @@ impl Plugin for External {
         &self.info
     }
 
+    fn runs_a_process(&self) -> bool {
+        true
+    }
+
     async fn verify(
         &self,
         options: &Value,

@@ -608,7 +608,7 @@ mod tests {
         read_file(path, &filter, &tx, &CancellationToken::new()).expect("read");
         drop(tx);
         let (mut costs, mut errors) = (Vec::new(), Vec::new());
-        while let Ok(item) = rx.try_recv() {
+        while let Some(item) = rx.blocking_recv() {
             match item {
                 Item::Cost(c) => costs.push(*c),
                 Item::Error(e) => errors.push(e.message),

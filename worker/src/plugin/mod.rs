@@ -14,7 +14,7 @@ use gleaner_common::plugin::{Catalog, PluginInfo};
 use gleaner_common::store;
 use sea_orm::ConnectionTrait;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub mod demo;
@@ -99,7 +99,11 @@ pub enum PluginError {
 
 /// The sending half of a plugin's item stream.
 #[derive(Clone, Debug)]
-pub struct ItemSender(mpsc::Sender<Item>);
+pub struct ItemSender {
+    tx: mpsc::UnboundedSender<Item>,
+    /// One permit per item that may still wait in the channel.
+    room: Arc<Semaphore>,
+}
 
 impl ItemSender {
     /// Sends an item, waiting while the worker is busy writing.
@@ -107,7 +111,14 @@ impl ItemSender {
     /// # Errors
     /// [`PluginError::Stopped`] when the worker no longer reads: the plugin must return.
     pub async fn send(&self, item: Item) -> Result<(), PluginError> {
-        self.0.send(item).await.map_err(|_| PluginError::Stopped)
+        let permit = self
+            .room
+            .acquire()
+            .await
+            .map_err(|_| PluginError::Stopped)?;
+        // Given back by the receiver when it takes the item out.
+        permit.forget();
+        self.tx.send(item).map_err(|_| PluginError::Stopped)
     }
 
     /// [`ItemSender::send`] from a blocking thread (a plugin reading files).
@@ -115,15 +126,59 @@ impl ItemSender {
     /// # Errors
     /// [`PluginError::Stopped`] when the worker no longer reads: the plugin must return.
     pub fn blocking_send(&self, item: Item) -> Result<(), PluginError> {
-        self.0.blocking_send(item).map_err(|_| PluginError::Stopped)
+        futures::executor::block_on(self.send(item))
+    }
+}
+
+/// The receiving half of a plugin's item stream. Its room can grow while the plugin runs: a
+/// task starts with room for a small batch and gets more once it turns out big
+/// ([`crate::slots`]).
+#[derive(Debug)]
+pub struct ItemReceiver {
+    rx: mpsc::UnboundedReceiver<Item>,
+    room: Arc<Semaphore>,
+}
+
+impl ItemReceiver {
+    /// The next item; `None` once the plugin is done and every item was taken.
+    pub async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await?;
+        self.room.add_permits(1);
+        Some(item)
+    }
+
+    /// [`ItemReceiver::recv`] from a blocking thread.
+    pub fn blocking_recv(&mut self) -> Option<Item> {
+        let item = self.rx.blocking_recv()?;
+        self.room.add_permits(1);
+        Some(item)
+    }
+
+    /// Lets `more` items more wait between the plugin and the writer.
+    pub fn widen(&self, more: usize) {
+        self.room.add_permits(more);
+    }
+}
+
+impl Drop for ItemReceiver {
+    fn drop(&mut self) {
+        // A plugin waiting for room learns that nobody reads any more.
+        self.room.close();
     }
 }
 
 /// A bounded item channel; `capacity` items may wait between the plugin and the writer.
 #[must_use]
-pub fn channel(capacity: usize) -> (ItemSender, mpsc::Receiver<Item>) {
-    let (tx, rx) = mpsc::channel(capacity);
-    (ItemSender(tx), rx)
+pub fn channel(capacity: usize) -> (ItemSender, ItemReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(capacity.clamp(1, Semaphore::MAX_PERMITS)));
+    (
+        ItemSender {
+            tx,
+            room: Arc::clone(&room),
+        },
+        ItemReceiver { rx, room },
+    )
 }
 
 /// What a collection is for.
@@ -195,6 +250,13 @@ impl std::fmt::Debug for CollectRequest {
 pub trait Plugin: Send + Sync {
     /// The catalog entry: kind, provider, versions, options schema.
     fn info(&self) -> &PluginInfo;
+
+    /// Whether a run starts a process of its own. Such a run holds one of the worker's
+    /// `concurrency` slots from its start ([`crate::slots`]), so that setting bounds the
+    /// plugin processes a worker starts.
+    fn runs_a_process(&self) -> bool {
+        false
+    }
 
     /// Checks that options and credentials work, without collecting.
     ///
