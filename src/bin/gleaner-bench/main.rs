@@ -129,9 +129,13 @@ struct TasksArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Tasks each worker runs at once (default: the worker's setting).
+    /// Big tasks each worker runs at once (default: the worker's setting).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Tasks each worker runs at once in all, small ones included (default: the worker's
+    /// setting).
+    #[arg(long)]
+    max_tasks: Option<usize>,
     /// Seconds pgbench runs.
     #[arg(long, default_value_t = 15)]
     pgbench_seconds: u64,
@@ -394,6 +398,9 @@ async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
     if let Some(c) = args.concurrency {
         settings.worker.concurrency = c;
     }
+    if let Some(m) = args.max_tasks {
+        settings.worker.max_tasks = m;
+    }
     let run = Run { name, settings };
     let result = measure_tasks(&args, &run).await;
     if let Err(e) = gleaner::app::remove_isolated(&run.settings, &run.name).await {
@@ -413,6 +420,10 @@ async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
                 "GLEANER_WORKER__CONCURRENCY",
                 settings.worker.concurrency.to_string(),
             )
+            .env(
+                "GLEANER_WORKER__MAX_TASKS",
+                settings.worker.max_tasks.to_string(),
+            )
             // Several workers on one host: none serves metrics.
             .env("GLEANER_WORKER__METRICS_LISTEN", "off")
             .spawn()?;
@@ -424,10 +435,19 @@ async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
     let estate = demo_estate(&http, &base, args.tasks, args.tasks).await?;
     // As many clients as tasks run at once, within what PostgreSQL's default
     // `max_connections` (100) leaves beside the workers' pools.
-    let clients = (args.workers * settings.worker.concurrency).min(64);
+    let in_flight = settings
+        .worker
+        .tasks_at_once()
+        .min(usize::from(settings.amqp.prefetch));
+    let clients = (args.workers * in_flight).min(64);
     println!(
-        "tasks: one job of {} tasks (one resource each), {} worker processes × {} concurrent tasks",
-        args.tasks, args.workers, settings.worker.concurrency
+        "tasks: one job of {} tasks (one resource each), {} worker processes × {} tasks at once (concurrency {}, max_tasks {}, prefetch {})",
+        args.tasks,
+        args.workers,
+        in_flight,
+        settings.worker.concurrency,
+        settings.worker.max_tasks,
+        settings.amqp.prefetch
     );
     let tps = pgbench(&args.services.database_url, clients, args.pgbench_seconds).await?;
     println!(
