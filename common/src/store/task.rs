@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionSession, TransactionTrait,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionSession, TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -204,29 +204,7 @@ pub async fn claim_many(
     // and a transaction around it cost two round trips of every task.
     let now = Utc::now();
     let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let rows = job_task::Entity::update_many()
-        .col_expr(job_task::Column::Status, Expr::value(JobStatus::InProgress))
-        .col_expr(
-            job_task::Column::Attempt,
-            Expr::col(job_task::Column::Attempt).add(1),
-        )
-        .col_expr(job_task::Column::LeaseOwner, Expr::value(owner))
-        .col_expr(
-            job_task::Column::LeaseExpiresAt,
-            Expr::value(expires.fixed_offset()),
-        )
-        .col_expr(job_task::Column::StartedAt, Expr::value(now.fixed_offset()))
-        .col_expr(job_task::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .col_expr(job_task::Column::Created, Expr::value(0i64))
-        .col_expr(job_task::Column::Updated, Expr::value(0i64))
-        .col_expr(job_task::Column::Unchanged, Expr::value(0i64))
-        .col_expr(job_task::Column::Deleted, Expr::value(0i64))
-        .col_expr(job_task::Column::Failed, Expr::value(0i64))
-        .col_expr(job_task::Column::Error, Expr::value(Option::<String>::None))
-        .filter(job_task::Column::Id.is_in(ids.iter().map(|id| id.as_uuid())))
-        .filter(job_task::Column::Status.is_in(claimable))
-        .exec_with_returning(db)
-        .await?;
+    let rows = claim_rows(db, ids, owner, expires, now, claimable).await?;
     let mut job_ids: Vec<uuid::Uuid> = rows.iter().map(|t| t.job_id).collect();
     job_ids.sort_unstable();
     job_ids.dedup();
@@ -285,6 +263,69 @@ pub async fn claim_many(
         );
     }
     Ok(ids.iter().map(|id| claimed.remove(&id.as_uuid())).collect())
+}
+
+/// The claim's update in PostgreSQL: the ids drive a join on the primary key. With the ids as
+/// a filter beside the status, the planner took the status index whenever its statistics lagged
+/// behind a job just planned (thousands of QUEUED tasks it did not know of yet), and so read
+/// every queued task for each claim: 2–7 ms a group at 6,000 tasks, growing with the job.
+const CLAIM_PG: &str = "UPDATE job_tasks t SET status = $1, attempt = t.attempt + 1, \
+     lease_owner = $2, lease_expires_at = $3, started_at = $4, updated_at = $4, created = 0, \
+     updated = 0, unchanged = 0, deleted = 0, failed = 0, error = NULL \
+     FROM unnest($5::uuid[]) AS u(id) WHERE t.id = u.id AND t.status = ANY($6::text[]) \
+     RETURNING t.*";
+
+/// Moves the claimable ones of `ids` to IN_PROGRESS under a new attempt and lease, and
+/// returns them.
+async fn claim_rows(
+    db: &impl ConnectionTrait,
+    ids: &[TaskId],
+    owner: &str,
+    expires: DateTime<Utc>,
+    now: DateTime<Utc>,
+    claimable: Vec<JobStatus>,
+) -> Result<Vec<job_task::Model>> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let claimable: Vec<String> = claimable.iter().map(ActiveEnum::to_value).collect();
+        let claim = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            CLAIM_PG,
+            [
+                JobStatus::InProgress.to_value().into(),
+                owner.into(),
+                expires.fixed_offset().into(),
+                now.fixed_offset().into(),
+                ids.into(),
+                claimable.into(),
+            ],
+        );
+        return Ok(job_task::Entity::find().from_raw_sql(claim).all(db).await?);
+    }
+    let rows = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(JobStatus::InProgress))
+        .col_expr(
+            job_task::Column::Attempt,
+            Expr::col(job_task::Column::Attempt).add(1),
+        )
+        .col_expr(job_task::Column::LeaseOwner, Expr::value(owner))
+        .col_expr(
+            job_task::Column::LeaseExpiresAt,
+            Expr::value(expires.fixed_offset()),
+        )
+        .col_expr(job_task::Column::StartedAt, Expr::value(now.fixed_offset()))
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .col_expr(job_task::Column::Created, Expr::value(0i64))
+        .col_expr(job_task::Column::Updated, Expr::value(0i64))
+        .col_expr(job_task::Column::Unchanged, Expr::value(0i64))
+        .col_expr(job_task::Column::Deleted, Expr::value(0i64))
+        .col_expr(job_task::Column::Failed, Expr::value(0i64))
+        .col_expr(job_task::Column::Error, Expr::value(Option::<String>::None))
+        .filter(job_task::Column::Id.is_in(ids.iter().map(|id| id.as_uuid())))
+        .filter(job_task::Column::Status.is_in(claimable))
+        .exec_with_returning(db)
+        .await?;
+    Ok(rows)
 }
 
 /// How a task attempt ended.
