@@ -393,22 +393,8 @@ pub async fn finish_many<C: ConnectionTrait + TransactionTrait>(
         }
     }
     for (attempt, outcome, members) in &classes {
-        let ids = members.iter().map(|&n| ends[n].0.as_uuid());
-        let rows = job_task::Entity::update_many()
-            .col_expr(job_task::Column::Status, Expr::value(outcome.status))
-            .col_expr(job_task::Column::Error, Expr::value(outcome.error.clone()))
-            .col_expr(
-                job_task::Column::Stderr,
-                Expr::value(outcome.stderr.clone()),
-            )
-            .col_expr(job_task::Column::FinishedAt, Expr::value(now))
-            .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
-            .without_lease()
-            .filter(job_task::Column::Id.is_in(ids))
-            .filter(job_task::Column::Attempt.eq(*attempt))
-            .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-            .exec_with_returning(&txn)
-            .await?;
+        let ids: Vec<uuid::Uuid> = members.iter().map(|&n| ends[n].0.as_uuid()).collect();
+        let rows = end_rows(&txn, &ids, *attempt, outcome, now).await?;
         let recorded: HashMap<uuid::Uuid, uuid::Uuid> =
             rows.into_iter().map(|t| (t.id, t.job_id)).collect();
         for &n in members {
@@ -463,6 +449,54 @@ pub async fn finish_many<C: ConnectionTrait + TransactionTrait>(
         .collect();
     out.reverse();
     Ok(out)
+}
+
+/// [`CLAIM_PG`]'s join, for the ends of a group's attempts that share an outcome.
+const END_PG: &str = "UPDATE job_tasks t SET status = $1, error = $2, stderr = $3, \
+     finished_at = $4, updated_at = $4, lease_owner = NULL, lease_expires_at = NULL \
+     FROM unnest($5::uuid[]) AS u(id) \
+     WHERE t.id = u.id AND t.attempt = $6 AND t.status = $7 RETURNING t.*";
+
+/// Records `outcome` on the tasks of `ids` whose attempt `attempt` still runs, and returns them.
+async fn end_rows(
+    db: &impl ConnectionTrait,
+    ids: &[uuid::Uuid],
+    attempt: i32,
+    outcome: &Outcome,
+    now: sea_orm::prelude::DateTimeWithTimeZone,
+) -> Result<Vec<job_task::Model>> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let end = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            END_PG,
+            [
+                outcome.status.to_value().into(),
+                outcome.error.clone().into(),
+                outcome.stderr.clone().into(),
+                now.into(),
+                ids.to_vec().into(),
+                attempt.into(),
+                JobStatus::InProgress.to_value().into(),
+            ],
+        );
+        return Ok(job_task::Entity::find().from_raw_sql(end).all(db).await?);
+    }
+    let rows = job_task::Entity::update_many()
+        .col_expr(job_task::Column::Status, Expr::value(outcome.status))
+        .col_expr(job_task::Column::Error, Expr::value(outcome.error.clone()))
+        .col_expr(
+            job_task::Column::Stderr,
+            Expr::value(outcome.stderr.clone()),
+        )
+        .col_expr(job_task::Column::FinishedAt, Expr::value(now))
+        .col_expr(job_task::Column::UpdatedAt, Expr::value(now))
+        .without_lease()
+        .filter(job_task::Column::Id.is_in(ids.iter().copied()))
+        .filter(job_task::Column::Attempt.eq(attempt))
+        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
+        .exec_with_returning(db)
+        .await?;
+    Ok(rows)
 }
 
 /// Hands a running task back to the queue (its worker is stopping, or could not record the
