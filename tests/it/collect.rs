@@ -492,13 +492,13 @@ async fn small_tasks_run_beyond_concurrency_and_big_ones_take_turns(
         last_start < first_end,
         "every small task ran at once: {times:?}"
     );
-    // Big: 400 resources at 2 ms each. Past its first small batch a task holds the one full
-    // slot; what is left of its plugin's run then (all but about two small batches, 540 ms or
+    // Big: 600 resources at 2 ms each. Past its first small batch a task holds the one full
+    // slot; what is left of its plugin's run then (all but about two small batches, 940 ms or
     // more) separates its end from the next one's.
     let big = env
         .create(
             "/v1/collectors",
-            json!({"name": "big", "plugin_id": "demo", "options": {"resources": 400, "item_delay_ms": 2}}),
+            json!({"name": "big", "plugin_id": "demo", "options": {"resources": 600, "item_delay_ms": 2}}),
         )
         .await?;
     let job = env.collect(big["id"].as_str().context("id")?).await?;
@@ -507,12 +507,12 @@ async fn small_tasks_run_beyond_concurrency_and_big_ones_take_turns(
     let stored = job["counts"]["created"]
         .as_u64()
         .zip(job["counts"]["unchanged"].as_u64());
-    assert_eq!(stored, Some((399 * 4, 4)), "{job}");
+    assert_eq!(stored, Some((599 * 4, 4)), "{job}");
     let mut ends: Vec<f64> = task_times(&env, &job).await?.iter().map(|t| t.1).collect();
     ends.sort_by(f64::total_cmp);
     for pair in ends.windows(2) {
         assert!(
-            pair[1] - pair[0] > 0.3,
+            pair[1] - pair[0] > 0.4,
             "big tasks took turns in the one full slot: ends at {ends:?}"
         );
     }

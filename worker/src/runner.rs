@@ -412,7 +412,7 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
     };
     // A plugin process is big from the start; any other run, once it reports more than a
     // small batch.
-    let full = if plugin.runs_a_process() {
+    let mut full = if plugin.runs_a_process() {
         match ctx.slots.full(stop).await {
             Some(f) => Some(f),
             None => return Ended::Released,
@@ -427,8 +427,12 @@ async fn collect(ctx: &Context, claimed: &Claimed, stop: &CancellationToken, loc
     };
     let secrets = secret.clone();
     let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, room);
-    let written = consume(ctx, &scope, rx, full, stop).await;
+    // The plugin's token: cancelled by a stop and by the loss of the collection lock, either of
+    // which ends a wait for a full slot.
+    let written = consume(ctx, &scope, rx, &mut full, &running.cancel).await;
+    // Given back once the plugin stopped, its process included.
     let (plugin_result, diagnostics) = running.stop().await;
+    drop(full);
     if stop.is_cancelled() {
         return Ended::Released;
     }
@@ -798,30 +802,39 @@ fn big_room(ctx: &Context) -> usize {
 
 /// Reads the plugin's stream and writes it in batches. `Ok(None)` when the task turned out to
 /// be stale. A task without a full slot takes one once its plugin reports more than
-/// [`slots::SMALL`] items; if `stop` comes while it waits, it returns what it has (the caller
-/// sees the stop).
+/// [`slots::SMALL`] items and is not done yet (what a plugin that is done left in the channel
+/// is all there will be); if `stop` comes while it waits, it returns what it has (the caller
+/// sees why).
 async fn consume(
     ctx: &Context,
     scope: &Scope,
     mut rx: ItemReceiver,
-    mut full: Option<slots::Full>,
+    full: &mut Option<slots::Full>,
     stop: &CancellationToken,
 ) -> Result<Option<Summary>, SinkError> {
     let scope = &mut scope.clone();
     let batch_size = ctx.settings.batch_size.max(1);
     let mut summary = Summary::default();
-    let mut batch: Vec<ResourceItem> = Vec::with_capacity(batch_size);
-    let mut keys: HashSet<(String, String)> = HashSet::with_capacity(batch_size);
+    // A small task's batch stays small: room for a whole one once the task is big.
+    let room = if full.is_some() {
+        batch_size
+    } else {
+        batch_size.min(slots::SMALL)
+    };
+    let mut batch: Vec<ResourceItem> = Vec::with_capacity(room);
+    let mut keys: HashSet<(String, String)> = HashSet::with_capacity(room);
     let mut pending_failed = 0i64;
     let mut received = 0usize;
     while let Some(item) = rx.recv().await {
         received += 1;
-        if full.is_none() && received > slots::SMALL {
+        if full.is_none() && received > slots::SMALL && !rx.plugin_done() {
             let Some(slot) = ctx.slots.full(stop).await else {
                 return Ok(Some(summary));
             };
-            full = Some(slot);
+            *full = Some(slot);
             rx.widen(big_room(ctx).saturating_sub(slots::SMALL));
+            batch.reserve(batch_size.saturating_sub(batch.len()));
+            keys.reserve(batch_size.saturating_sub(keys.len()));
         }
         match item {
             Item::Resource(r) => {

@@ -154,6 +154,12 @@ impl ItemReceiver {
         Some(item)
     }
 
+    /// Whether the plugin is done sending: what is left in the channel is all there will be.
+    #[must_use]
+    pub fn plugin_done(&self) -> bool {
+        self.rx.is_closed()
+    }
+
     /// Lets `more` items more wait between the plugin and the writer.
     pub fn widen(&self, more: usize) {
         self.room.add_permits(more);
@@ -341,5 +347,62 @@ impl Registry {
         let mut infos: Vec<PluginInfo> = self.plugins.values().map(|p| p.info().clone()).collect();
         infos.sort_by(|a, b| a.id.cmp(&b.id));
         Catalog::new(infos)
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn item(n: usize) -> Item {
+        Item::Error(ItemError {
+            resource_type: None,
+            resource_key: None,
+            message: n.to_string(),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_room_bounds_what_waits_and_can_grow() {
+        let (tx, mut rx) = channel(2);
+        let sender = tokio::spawn(async move {
+            for n in 0..5 {
+                tx.send(item(n)).await?;
+            }
+            Ok::<_, PluginError>(())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished(), "two items fill the room");
+        assert!(!rx.plugin_done());
+        rx.widen(3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(sender.is_finished(), "five fit once it grew");
+        assert!(rx.plugin_done(), "the sender is gone");
+        for n in 0..5 {
+            assert_eq!(rx.recv().await, Some(item(n)));
+        }
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_stops_when_nobody_reads() {
+        let (tx, rx) = channel(1);
+        tx.send(item(0)).await.expect("room for one");
+        let waiting = tokio::spawn(async move { tx.send(item(1)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(rx);
+        assert!(matches!(waiting.await.unwrap(), Err(PluginError::Stopped)));
+    }
+
+    #[test]
+    fn blocking_send_waits_for_room_too() {
+        let (tx, mut rx) = channel(1);
+        let sender = std::thread::spawn(move || (0..3).try_for_each(|n| tx.blocking_send(item(n))));
+        for n in 0..3 {
+            assert_eq!(rx.blocking_recv(), Some(item(n)));
+        }
+        sender.join().unwrap().expect("every item sent");
     }
 }
