@@ -499,7 +499,7 @@ pub enum Planned {
     AlreadyPlanned,
 }
 
-/// Tasks (and their messages) per insert when a job is planned.
+/// Tasks (and their messages) per insert when SQLite plans a job.
 const PLAN_CHUNK: usize = 500;
 
 /// Splits a QUEUED job into one task per unit (service account, and month for billing, whose
@@ -550,56 +550,51 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
         return Ok(Planned::AlreadyPlanned);
     }
     let ids: Vec<TaskId> = accounts.iter().map(|_| TaskId::new()).collect();
-    // In chunks, each task and its message one row of a multi-row insert: a job of thousands
-    // of tasks is planned in a few statements, not two per task. A chunk stays well under the
-    // bind parameters a statement may have (65,535 in PostgreSQL, 32,766 in SQLite).
-    for chunk in ids
-        .iter()
-        .zip(accounts)
-        .collect::<Vec<_>>()
-        .chunks(PLAN_CHUNK)
-    {
-        let tasks = chunk.iter().map(|(id, unit)| job_task::ActiveModel {
-            id: Set((**id).into()),
-            domain_id: Set(input.domain.into()),
-            job_id: Set(input.id.into()),
-            service_account_id: Set(Some(unit.account.as_uuid())),
-            month: Set(unit.month.map(Month::first_day)),
-            status: Set(JobStatus::Queued),
-            attempt: Set(0),
-            max_attempts: Set(max_attempts),
-            lease_owner: Set(None),
-            lease_expires_at: Set(None),
-            created: Set(0),
-            updated: Set(0),
-            unchanged: Set(0),
-            deleted: Set(0),
-            failed: Set(0),
-            error: Set(None),
-            stderr: Set(None),
-            previous_attempts: Set(None),
-            started_at: Set(None),
-            finished_at: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        });
-        job_task::Entity::insert_many(tasks)
-            .exec_without_returning(&txn)
-            .await?;
-        let messages: Vec<Envelope<TaskRequested>> = chunk
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        plan_pg(&txn, input, &ids, accounts, max_attempts, now).await?;
+    } else {
+        // In chunks, each task and its message one row of a multi-row insert: a job of thousands
+        // of tasks is planned in a few statements, not two per task. A chunk stays well under the
+        // bind parameters a SQLite statement may have (32,766).
+        for chunk in ids
             .iter()
-            .map(|(id, _)| {
-                Envelope::new(
-                    input.domain,
-                    input.kind,
-                    input.id,
-                    Some(**id),
-                    1,
-                    TaskRequested {},
-                )
-            })
-            .collect();
-        outbox::insert_many(&txn, &messages).await?;
+            .zip(accounts)
+            .collect::<Vec<_>>()
+            .chunks(PLAN_CHUNK)
+        {
+            let tasks = chunk.iter().map(|(id, unit)| job_task::ActiveModel {
+                id: Set((**id).into()),
+                domain_id: Set(input.domain.into()),
+                job_id: Set(input.id.into()),
+                service_account_id: Set(Some(unit.account.as_uuid())),
+                month: Set(unit.month.map(Month::first_day)),
+                status: Set(JobStatus::Queued),
+                attempt: Set(0),
+                max_attempts: Set(max_attempts),
+                lease_owner: Set(None),
+                lease_expires_at: Set(None),
+                created: Set(0),
+                updated: Set(0),
+                unchanged: Set(0),
+                deleted: Set(0),
+                failed: Set(0),
+                error: Set(None),
+                stderr: Set(None),
+                previous_attempts: Set(None),
+                started_at: Set(None),
+                finished_at: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            });
+            job_task::Entity::insert_many(tasks)
+                .exec_without_returning(&txn)
+                .await?;
+            let messages: Vec<Envelope<TaskRequested>> = chunk
+                .iter()
+                .map(|(id, _)| task_message(input, **id))
+                .collect();
+            outbox::insert_many(&txn, &messages).await?;
+        }
     }
     if accounts.is_empty() {
         touch_collector_finished(&txn, input.id).await?;
@@ -607,6 +602,104 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
     announce(&txn, &[input.id.as_uuid()]).await?;
     txn.commit().await?;
     Ok(Planned::Tasks(ids))
+}
+
+/// Tasks (and their messages) per insert when PostgreSQL plans a job: their columns go as
+/// arrays, one parameter each, so a chunk is bounded by the statement's size only.
+const PLAN_CHUNK_PG: usize = 5_000;
+
+/// A job's tasks, in PostgreSQL: unnested from arrays, so a statement is parsed and planned
+/// once per chunk of 5,000 tasks (multi-row `VALUES` of 500 tasks, 11,000 parameters, took 7 ms
+/// a statement).
+const PLAN_TASKS_PG: &str = "INSERT INTO job_tasks (id, domain_id, job_id, service_account_id, \
+     month, status, attempt, max_attempts, created, updated, unchanged, deleted, failed, \
+     created_at, updated_at) \
+     SELECT u.id, $1, $2, u.account, CAST(NULLIF(u.month, '') AS date), $3, 0, $4, 0, 0, 0, 0, 0, \
+     $5, $5 FROM unnest($6::uuid[], $7::uuid[], $8::text[]) AS u(id, account, month)";
+
+/// Their `task.requested` messages, in the tasks' order.
+const PLAN_MESSAGES_PG: &str = "INSERT INTO outbox (domain_id, message_id, routing_key, body, \
+     publish_attempts, created_at, destination) \
+     SELECT $1, u.message_id, u.routing_key, u.body, 0, $2, $3 \
+     FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS u(message_id, routing_key, body, n) \
+     ORDER BY u.n";
+
+/// The first `task.requested` message of a task of the job.
+fn task_message(input: &PlanInput, task: TaskId) -> Envelope<TaskRequested> {
+    Envelope::new(
+        input.domain,
+        input.kind,
+        input.id,
+        Some(task),
+        1,
+        TaskRequested {},
+    )
+}
+
+/// [`plan`]'s inserts of the tasks and their messages, in PostgreSQL.
+async fn plan_pg(
+    txn: &impl ConnectionTrait,
+    input: &PlanInput,
+    ids: &[TaskId],
+    accounts: &[Unit],
+    max_attempts: i32,
+    now: DateTimeWithTimeZone,
+) -> Result<()> {
+    let pg = sea_orm::DbBackend::Postgres;
+    for (ids, units) in ids
+        .chunks(PLAN_CHUNK_PG)
+        .zip(accounts.chunks(PLAN_CHUNK_PG))
+    {
+        let months: Vec<String> = units
+            .iter()
+            .map(|u| {
+                u.month
+                    .map(|m| m.first_day().to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let tasks = sea_orm::Statement::from_sql_and_values(
+            pg,
+            PLAN_TASKS_PG,
+            [
+                input.domain.as_uuid().into(),
+                input.id.as_uuid().into(),
+                sea_orm::ActiveEnum::to_value(&JobStatus::Queued).into(),
+                max_attempts.into(),
+                now.into(),
+                ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>().into(),
+                units
+                    .iter()
+                    .map(|u| u.account.as_uuid())
+                    .collect::<Vec<_>>()
+                    .into(),
+                months.into(),
+            ],
+        );
+        txn.execute_raw(tasks).await?;
+        let (mut message_ids, mut keys, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+        for id in ids {
+            let envelope = task_message(input, *id);
+            message_ids.push(envelope.message_id.as_uuid());
+            keys.push(envelope.routing_key());
+            bodies
+                .push(serde_json::to_string(&envelope).map_err(|e| Error::Corrupt(e.to_string()))?);
+        }
+        let messages = sea_orm::Statement::from_sql_and_values(
+            pg,
+            PLAN_MESSAGES_PG,
+            [
+                input.domain.as_uuid().into(),
+                now.into(),
+                outbox::WORK.into(),
+                message_ids.into(),
+                keys.into(),
+                bodies.into(),
+            ],
+        );
+        txn.execute_raw(messages).await?;
+    }
+    Ok(())
 }
 
 /// Cancels a job: the job and its unfinished tasks become CANCELED in one transaction. Workers
