@@ -407,6 +407,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_worker_runs_max_tasks_at_once_and_never_fewer_than_its_concurrency() {
+        let mut w = WorkerSettings::default();
+        assert_eq!(w.tasks_at_once(), 200);
+        w.concurrency = 300;
+        assert_eq!(
+            w.tasks_at_once(),
+            300,
+            "raising concurrency alone still raises the total"
+        );
+        w.concurrency = 0;
+        w.max_tasks = 0;
+        assert_eq!(w.tasks_at_once(), 1);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GLEANER_WORKER__MAX_TASKS", "32");
+            let s = Settings::load(None).expect("settings");
+            assert_eq!(s.worker.max_tasks, 32);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn environment_overrides_file_and_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
