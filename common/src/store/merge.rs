@@ -422,32 +422,11 @@ pub(crate) async fn reporting(
     if sweeps.is_empty() {
         return Ok(std::collections::HashSet::new());
     }
-    // One condition per collector, its accounts in one list.
-    let mut accounts: std::collections::BTreeMap<Uuid, Vec<Uuid>> =
-        std::collections::BTreeMap::new();
-    let mut of = sea_orm::Condition::any();
-    for s in sweeps {
-        match s.service_account_id {
-            Some(sa) => accounts
-                .entry(s.collector_id.as_uuid())
-                .or_default()
-                .push(sa.as_uuid()),
-            None => {
-                of = of.add(
-                    sea_orm::Condition::all()
-                        .add(resource_source::Column::CollectorId.eq(s.collector_id.as_uuid()))
-                        .add(resource_source::Column::ServiceAccountId.is_null()),
-                );
-            }
-        }
-    }
-    for (collector, accounts) in accounts {
-        of = of.add(
-            sea_orm::Condition::all()
-                .add(resource_source::Column::CollectorId.eq(collector))
-                .add(resource_source::Column::ServiceAccountId.is_in(accounts)),
-        );
-    }
+    let of = super::resource::of_sweeps(
+        sweeps,
+        resource_source::Column::CollectorId,
+        resource_source::Column::ServiceAccountId,
+    );
     let found: Vec<(Uuid, Option<Uuid>)> = resource_source::Entity::find()
         .select_only()
         .columns([
