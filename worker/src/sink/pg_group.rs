@@ -185,22 +185,19 @@ async fn write_group(
             (*n, c)
         })
         .collect();
-    let rows = Group::of(writes, &live);
-    if !rows.ids.is_empty() {
-        let written = sqlx::query(UPSERT_GROUP.as_str())
-            .bind(&rows.ids)
-            .bind(&rows.domains)
-            .bind(&rows.providers)
-            .bind(&rows.projects)
-            .bind(&rows.accounts)
-            .bind(&rows.collectors)
-            .bind(&rows.jobs)
-            .bind(&rows.types)
-            .bind(&rows.keys)
-            .bind(&rows.names)
-            .bind(&rows.regions)
-            .bind(&rows.data)
-            .bind(&rows.hashes)
+    let group = Group::of(writes, &live);
+    if !group.rows.ids.is_empty() {
+        let scoped = sqlx::query(UPSERT_GROUP.as_str())
+            .bind(&group.rows.ids)
+            .bind(&group.domains)
+            .bind(&group.providers)
+            .bind(&group.projects)
+            .bind(&group.accounts)
+            .bind(&group.collectors)
+            .bind(&group.jobs);
+        let written = group
+            .rows
+            .bind_content(scoped)
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
@@ -265,19 +262,14 @@ async fn write_group(
 /// touching the same resources lock them in the same order.
 #[derive(Default)]
 struct Group {
-    ids: Vec<Uuid>,
     domains: Vec<Uuid>,
     providers: Vec<String>,
     projects: Vec<Option<Uuid>>,
     accounts: Vec<Option<Uuid>>,
     collectors: Vec<Option<Uuid>>,
     jobs: Vec<Uuid>,
-    types: Vec<String>,
-    keys: Vec<String>,
-    names: Vec<Option<String>>,
-    regions: Vec<Option<String>>,
-    data: Vec<String>,
-    hashes: Vec<i64>,
+    /// Each row's content, beside its scope above.
+    rows: Arrays,
 }
 
 impl Group {
@@ -292,7 +284,7 @@ impl Group {
         let mut g = Self::default();
         for (n, a, i) in rows {
             let scope = &writes[n].scope;
-            g.ids.push(a.ids[i]);
+            g.rows.push_row(a, i);
             g.domains.push(scope.domain.as_uuid());
             g.providers.push(scope.provider.clone());
             g.projects.push(scope.project_id.map(|p| p.as_uuid()));
@@ -300,12 +292,6 @@ impl Group {
                 .push(scope.service_account_id.map(|s| s.as_uuid()));
             g.collectors.push(scope.collector_id.map(|c| c.as_uuid()));
             g.jobs.push(scope.job_id.as_uuid());
-            g.types.push(a.types[i].clone());
-            g.keys.push(a.keys[i].clone());
-            g.names.push(a.names[i].clone());
-            g.regions.push(a.regions[i].clone());
-            g.data.push(a.data[i].clone());
-            g.hashes.push(a.hashes[i]);
         }
         g
     }

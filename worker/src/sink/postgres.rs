@@ -172,17 +172,12 @@ impl ResourceSink for PgSink {
         let merged = match staged {
             Staged::Nothing => None,
             Staged::Arrays(rows) => Some(
-                bind_scope(sqlx::query(UPSERT_ARRAYS.as_str()), scope)
-                    .bind(&rows.ids)
-                    .bind(&rows.types)
-                    .bind(&rows.keys)
-                    .bind(&rows.names)
-                    .bind(&rows.regions)
-                    .bind(&rows.data)
-                    .bind(&rows.hashes)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db)?,
+                rows.bind_content(
+                    bind_scope(sqlx::query(UPSERT_ARRAYS.as_str()), scope).bind(&rows.ids),
+                )
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?,
             ),
             Staged::Copy(copy) => {
                 sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
@@ -286,6 +281,7 @@ fn bind_scope<'q>(
 }
 
 /// A small batch as the arrays [`FROM_ARRAYS`] reads.
+#[derive(Default)]
 pub(super) struct Arrays {
     pub(super) ids: Vec<Uuid>,
     pub(super) types: Vec<String>,
@@ -323,6 +319,30 @@ impl Arrays {
                 })?);
         }
         Ok(a)
+    }
+
+    /// Appends row `i` of `other`.
+    pub(super) fn push_row(&mut self, other: &Arrays, i: usize) {
+        self.ids.push(other.ids[i]);
+        self.types.push(other.types[i].clone());
+        self.keys.push(other.keys[i].clone());
+        self.names.push(other.names[i].clone());
+        self.regions.push(other.regions[i].clone());
+        self.data.push(other.data[i].clone());
+        self.hashes.push(other.hashes[i]);
+    }
+
+    /// Binds every column but the ids, in the order [`FROM_ARRAYS`] reads them after the ids.
+    pub(super) fn bind_content<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(&self.types)
+            .bind(&self.keys)
+            .bind(&self.names)
+            .bind(&self.regions)
+            .bind(&self.data)
+            .bind(&self.hashes)
     }
 }
 
