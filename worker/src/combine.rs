@@ -126,6 +126,22 @@ const MAX_GROUP: usize = 64;
 /// makes groups under load (with two, most requests found a free slot and ran alone).
 const PARALLEL: usize = 1;
 
+/// A combiner of the worker's: groups of up to [`MAX_GROUP`], [`PARALLEL`] at a time, each
+/// run by `run`.
+fn grouped<Req, Resp, F, Fut>(run: F) -> Combiner<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Resp>> + Send + 'static,
+{
+    Combiner::new(
+        MAX_GROUP,
+        PARALLEL,
+        Arc::new(move |reqs| Box::pin(run(reqs))),
+    )
+}
+
 /// A task's end, for [`store::task::finish_many`].
 type End = (TaskId, i32, Outcome);
 
@@ -152,97 +168,76 @@ impl Groups {
     ) -> Self {
         let claim_db = db.clone();
         let owner: Arc<str> = owner.into();
-        let claims = Combiner::new(
-            MAX_GROUP,
-            PARALLEL,
-            Arc::new(move |ids: Vec<TaskId>| {
-                let (db, owner) = (claim_db.clone(), Arc::clone(&owner));
-                Box::pin(async move {
-                    let (db, owner) = (&db, &*owner);
-                    or_one_by_one(
-                        "claims",
-                        ids,
-                        |ids| async move {
-                            store::task::claim_many(db, &ids, owner, lease, policy).await
-                        },
-                        |id| store::task::claim(db, id, owner, lease, policy),
-                    )
-                    .await
-                }) as Pin<Box<dyn Future<Output = _> + Send>>
-            }),
-        );
+        let claims = grouped(move |ids: Vec<TaskId>| {
+            let (db, owner) = (claim_db.clone(), Arc::clone(&owner));
+            async move {
+                let (db, owner) = (&db, &*owner);
+                or_one_by_one(
+                    "claims",
+                    ids,
+                    |ids| async move {
+                        store::task::claim_many(db, &ids, owner, lease, policy).await
+                    },
+                    |id| store::task::claim(db, id, owner, lease, policy),
+                )
+                .await
+            }
+        });
         let sink = Arc::clone(sink);
-        let writes = Combiner::new(
-            MAX_GROUP,
-            PARALLEL,
-            Arc::new(move |writes: Vec<Write>| {
-                let sink = Arc::clone(&sink);
-                Box::pin(async move { sink.write_many(writes).await })
-                    as Pin<Box<dyn Future<Output = _> + Send>>
-            }),
-        );
+        let writes = grouped(move |writes: Vec<Write>| {
+            let sink = Arc::clone(&sink);
+            async move { sink.write_many(writes).await }
+        });
         let end_db = db.clone();
-        let ends = Combiner::new(
-            MAX_GROUP,
-            PARALLEL,
-            Arc::new(move |ends: Vec<End>| {
-                let db = end_db.clone();
-                Box::pin(async move {
-                    let db = &db;
-                    or_one_by_one(
-                        "task ends",
-                        ends,
-                        |ends| store::task::finish_many(db, ends),
-                        |(id, attempt, outcome)| store::task::finish(db, id, attempt, outcome),
-                    )
-                    .await
-                }) as Pin<Box<dyn Future<Output = _> + Send>>
-            }),
-        );
+        let ends = grouped(move |ends: Vec<End>| {
+            let db = end_db.clone();
+            async move {
+                let db = &db;
+                or_one_by_one(
+                    "task ends",
+                    ends,
+                    |ends| store::task::finish_many(db, ends),
+                    |(id, attempt, outcome)| store::task::finish(db, id, attempt, outcome),
+                )
+                .await
+            }
+        });
         let collectors_db = db.clone();
-        let collectors = Combiner::new(
-            MAX_GROUP,
-            PARALLEL,
-            Arc::new(move |domains: Vec<DomainId>| {
-                let db = collectors_db.clone();
-                Box::pin(async move {
-                    // One read per domain of the group, each answer shared by its askers.
-                    let mut read: HashMap<DomainId, Vec<(CollectorId, String, String)>> =
-                        HashMap::new();
-                    let mut out = Vec::with_capacity(domains.len());
-                    for d in domains {
-                        if let Some(found) = read.get(&d) {
-                            out.push(Ok(found.clone()));
-                            continue;
-                        }
-                        let found = store::collector::plugins(&db, d).await;
-                        if let Ok(found) = &found {
-                            read.insert(d, found.clone());
-                        }
-                        out.push(found);
+        let collectors = grouped(move |domains: Vec<DomainId>| {
+            let db = collectors_db.clone();
+            async move {
+                // One read per domain of the group, each answer shared by its askers.
+                let mut read: HashMap<DomainId, Vec<(CollectorId, String, String)>> =
+                    HashMap::new();
+                let mut out = Vec::with_capacity(domains.len());
+                for d in domains {
+                    if let Some(found) = read.get(&d) {
+                        out.push(Ok(found.clone()));
+                        continue;
                     }
-                    out
-                }) as Pin<Box<dyn Future<Output = _> + Send>>
-            }),
-        );
+                    let found = store::collector::plugins(&db, d).await;
+                    if let Ok(found) = &found {
+                        read.insert(d, found.clone());
+                    }
+                    out.push(found);
+                }
+                out
+            }
+        });
         let sweep_db = db.clone();
-        let sweeps = Combiner::new(
-            MAX_GROUP,
-            PARALLEL,
-            Arc::new(move |sweeps: Vec<Sweep>| {
-                let db = sweep_db.clone();
-                Box::pin(async move {
-                    let db = &db;
-                    or_one_by_one(
-                        "sweep plans",
-                        sweeps,
-                        |sweeps| resource::plan_sweeps(db, sweeps),
-                        |s| resource::plan_sweep(db, s),
-                    )
-                    .await
-                }) as Pin<Box<dyn Future<Output = _> + Send>>
-            }),
-        );
+        let sweeps = grouped(move |sweeps: Vec<Sweep>| {
+            let db = sweep_db.clone();
+            async move {
+                let db = &db;
+                or_one_by_one(
+                    "sweep plans",
+                    sweeps,
+                    |sweeps| resource::plan_sweeps(db, sweeps),
+                    |s| resource::plan_sweep(db, s),
+                )
+                .await
+            }
+        });
         Self {
             claims,
             writes,
