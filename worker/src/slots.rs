@@ -62,8 +62,8 @@ impl Slots {
     }
 
     /// Full slots free now.
-    #[must_use]
-    pub fn free(&self) -> usize {
+    #[cfg(test)]
+    fn free(&self) -> usize {
         self.full.available_permits()
     }
 }
