@@ -499,7 +499,8 @@ pub enum Planned {
     AlreadyPlanned,
 }
 
-/// Tasks (and their messages) per insert when SQLite plans a job.
+/// Tasks (and their messages) per insert when SQLite plans a job: well under the bind
+/// parameters a SQLite statement may have (32,766).
 const PLAN_CHUNK: usize = 500;
 
 /// Splits a QUEUED job into one task per unit (service account, and month for billing, whose
@@ -550,51 +551,17 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
         return Ok(Planned::AlreadyPlanned);
     }
     let ids: Vec<TaskId> = accounts.iter().map(|_| TaskId::new()).collect();
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        plan_pg(&txn, input, &ids, accounts, max_attempts, now).await?;
+    // In chunks: a job of thousands of tasks is planned in a few statements, not two per task.
+    let chunk = if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        PLAN_CHUNK_PG
     } else {
-        // In chunks, each task and its message one row of a multi-row insert: a job of thousands
-        // of tasks is planned in a few statements, not two per task. A chunk stays well under the
-        // bind parameters a SQLite statement may have (32,766).
-        for chunk in ids
-            .iter()
-            .zip(accounts)
-            .collect::<Vec<_>>()
-            .chunks(PLAN_CHUNK)
-        {
-            let tasks = chunk.iter().map(|(id, unit)| job_task::ActiveModel {
-                id: Set((**id).into()),
-                domain_id: Set(input.domain.into()),
-                job_id: Set(input.id.into()),
-                service_account_id: Set(Some(unit.account.as_uuid())),
-                month: Set(unit.month.map(Month::first_day)),
-                status: Set(JobStatus::Queued),
-                attempt: Set(0),
-                max_attempts: Set(max_attempts),
-                lease_owner: Set(None),
-                lease_expires_at: Set(None),
-                created: Set(0),
-                updated: Set(0),
-                unchanged: Set(0),
-                deleted: Set(0),
-                failed: Set(0),
-                error: Set(None),
-                stderr: Set(None),
-                previous_attempts: Set(None),
-                started_at: Set(None),
-                finished_at: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-            });
-            job_task::Entity::insert_many(tasks)
-                .exec_without_returning(&txn)
-                .await?;
-            let messages: Vec<Envelope<TaskRequested>> = chunk
-                .iter()
-                .map(|(id, _)| task_message(input, **id))
-                .collect();
-            outbox::insert_many(&txn, &messages).await?;
-        }
+        PLAN_CHUNK
+    };
+    for (ids, units) in ids.chunks(chunk).zip(accounts.chunks(chunk)) {
+        insert_tasks(&txn, input, ids, units, max_attempts, now).await?;
+        let messages: Vec<Envelope<TaskRequested>> =
+            ids.iter().map(|id| task_message(input, *id)).collect();
+        outbox::insert_many(&txn, &messages).await?;
     }
     if accounts.is_empty() {
         touch_collector_finished(&txn, input.id).await?;
@@ -605,7 +572,8 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
 }
 
 /// Tasks (and their messages) per insert when PostgreSQL plans a job: their columns go as
-/// arrays, one parameter each, so a chunk is bounded by the statement's size only.
+/// arrays, one parameter each (as the outbox's do), so a chunk is bounded by the statement's
+/// size only.
 const PLAN_CHUNK_PG: usize = 5_000;
 
 /// A job's tasks, in PostgreSQL: unnested from arrays, so a statement is parsed and planned
@@ -616,13 +584,6 @@ const PLAN_TASKS_PG: &str = "INSERT INTO job_tasks (id, domain_id, job_id, servi
      created_at, updated_at) \
      SELECT u.id, $1, $2, u.account, CAST(NULLIF(u.month, '') AS date), $3, 0, $4, 0, 0, 0, 0, 0, \
      $5, $5 FROM unnest($6::uuid[], $7::uuid[], $8::text[]) AS u(id, account, month)";
-
-/// Their `task.requested` messages, in the tasks' order.
-const PLAN_MESSAGES_PG: &str = "INSERT INTO outbox (domain_id, message_id, routing_key, body, \
-     publish_attempts, created_at, destination) \
-     SELECT $1, u.message_id, u.routing_key, u.body, 0, $2, $3 \
-     FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS u(message_id, routing_key, body, n) \
-     ORDER BY u.n";
 
 /// The first `task.requested` message of a task of the job.
 fn task_message(input: &PlanInput, task: TaskId) -> Envelope<TaskRequested> {
@@ -636,20 +597,16 @@ fn task_message(input: &PlanInput, task: TaskId) -> Envelope<TaskRequested> {
     )
 }
 
-/// [`plan`]'s inserts of the tasks and their messages, in PostgreSQL.
-async fn plan_pg(
+/// Inserts a chunk of a job's QUEUED tasks, one per unit.
+async fn insert_tasks(
     txn: &impl ConnectionTrait,
     input: &PlanInput,
     ids: &[TaskId],
-    accounts: &[Unit],
+    units: &[Unit],
     max_attempts: i32,
     now: DateTimeWithTimeZone,
 ) -> Result<()> {
-    let pg = sea_orm::DbBackend::Postgres;
-    for (ids, units) in ids
-        .chunks(PLAN_CHUNK_PG)
-        .zip(accounts.chunks(PLAN_CHUNK_PG))
-    {
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
         let months: Vec<String> = units
             .iter()
             .map(|u| {
@@ -659,7 +616,7 @@ async fn plan_pg(
             })
             .collect();
         let tasks = sea_orm::Statement::from_sql_and_values(
-            pg,
+            sea_orm::DbBackend::Postgres,
             PLAN_TASKS_PG,
             [
                 input.domain.as_uuid().into(),
@@ -677,28 +634,38 @@ async fn plan_pg(
             ],
         );
         txn.execute_raw(tasks).await?;
-        let (mut message_ids, mut keys, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
-        for id in ids {
-            let envelope = task_message(input, *id);
-            message_ids.push(envelope.message_id.as_uuid());
-            keys.push(envelope.routing_key());
-            bodies
-                .push(serde_json::to_string(&envelope).map_err(|e| Error::Corrupt(e.to_string()))?);
-        }
-        let messages = sea_orm::Statement::from_sql_and_values(
-            pg,
-            PLAN_MESSAGES_PG,
-            [
-                input.domain.as_uuid().into(),
-                now.into(),
-                outbox::WORK.into(),
-                message_ids.into(),
-                keys.into(),
-                bodies.into(),
-            ],
-        );
-        txn.execute_raw(messages).await?;
+        return Ok(());
     }
+    let tasks = ids
+        .iter()
+        .zip(units)
+        .map(|(id, unit)| job_task::ActiveModel {
+            id: Set((*id).into()),
+            domain_id: Set(input.domain.into()),
+            job_id: Set(input.id.into()),
+            service_account_id: Set(Some(unit.account.as_uuid())),
+            month: Set(unit.month.map(Month::first_day)),
+            status: Set(JobStatus::Queued),
+            attempt: Set(0),
+            max_attempts: Set(max_attempts),
+            lease_owner: Set(None),
+            lease_expires_at: Set(None),
+            created: Set(0),
+            updated: Set(0),
+            unchanged: Set(0),
+            deleted: Set(0),
+            failed: Set(0),
+            error: Set(None),
+            stderr: Set(None),
+            previous_attempts: Set(None),
+            started_at: Set(None),
+            finished_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+    job_task::Entity::insert_many(tasks)
+        .exec_without_returning(txn)
+        .await?;
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::LockBehavior;
 use sea_orm::{
-    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use serde::Serialize;
 
@@ -26,56 +26,106 @@ pub const EVENTS: &str = "events";
 /// Database errors only.
 pub async fn insert_events(db: &impl ConnectionTrait, events: &[JobEvent]) -> Result<()> {
     let rows = events.iter().map(|event| {
-        let head = Head {
-            domain_id: event.domain_id.as_uuid(),
-            message_id: event.event_id.as_uuid(),
-            routing_key: event.event_type.to_owned(),
-            not_before: None,
-            destination: EVENTS,
-        };
-        head.row(event)
+        Row::of(
+            event.domain_id.as_uuid(),
+            event.event_id.as_uuid(),
+            event.event_type.to_owned(),
+            event,
+        )
     });
-    write(db, rows).await
+    write(db, EVENTS, None, rows).await
 }
 
-/// What an outbox row says besides its body.
-struct Head {
+/// An outbox row's own values; its destination and `not_before` are those of its statement.
+struct Row {
     domain_id: uuid::Uuid,
     message_id: uuid::Uuid,
     routing_key: String,
-    not_before: Option<DateTime<Utc>>,
-    destination: &'static str,
+    body: String,
 }
 
-impl Head {
-    fn row(self, body: &impl Serialize) -> Result<outbox::ActiveModel> {
+impl Row {
+    fn of(
+        domain_id: uuid::Uuid,
+        message_id: uuid::Uuid,
+        routing_key: String,
+        body: &impl Serialize,
+    ) -> Result<Self> {
         let body = serde_json::to_string(body).map_err(|e| Error::Corrupt(e.to_string()))?;
-        Ok(outbox::ActiveModel {
-            id: NotSet,
-            domain_id: Set(self.domain_id),
-            message_id: Set(self.message_id),
-            routing_key: Set(self.routing_key),
-            body: Set(body),
-            publish_attempts: Set(0),
-            last_error: Set(None),
-            created_at: Set(Utc::now().fixed_offset()),
-            dead_at: Set(None),
-            not_before: Set(self.not_before.map(|t| t.fixed_offset())),
-            destination: Set(self.destination.to_owned()),
+        Ok(Self {
+            domain_id,
+            message_id,
+            routing_key,
+            body,
         })
     }
 }
 
-/// Inserts the rows in one statement (none: nothing).
+/// [`write`] in PostgreSQL: the rows unnested from arrays, one parameter a column, so a job's
+/// thousands of messages are one short statement to parse and plan, in their order.
+const WRITE_PG: &str = "INSERT INTO outbox (domain_id, message_id, routing_key, body, \
+     publish_attempts, created_at, not_before, destination) \
+     SELECT u.domain_id, u.message_id, u.routing_key, u.body, 0, $1, $2::timestamptz, $3 \
+     FROM unnest($4::uuid[], $5::uuid[], $6::text[], $7::text[]) \
+     WITH ORDINALITY AS u(domain_id, message_id, routing_key, body, n) ORDER BY u.n";
+
+/// Inserts the rows, for `destination` and not before `not_before`, in one statement (none:
+/// nothing).
 async fn write(
     db: &impl ConnectionTrait,
-    rows: impl Iterator<Item = Result<outbox::ActiveModel>>,
+    destination: &'static str,
+    not_before: Option<DateTime<Utc>>,
+    rows: impl Iterator<Item = Result<Row>>,
 ) -> Result<()> {
     let rows = rows.collect::<Result<Vec<_>>>()?;
     if rows.is_empty() {
         return Ok(());
     }
-    outbox::Entity::insert_many(rows)
+    let now = Utc::now().fixed_offset();
+    let not_before = not_before.map(|t| t.fixed_offset());
+    if db.get_database_backend() == DbBackend::Postgres {
+        let (mut domains, mut messages, mut keys, mut bodies) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
+        for r in rows {
+            domains.push(r.domain_id);
+            messages.push(r.message_id);
+            keys.push(r.routing_key);
+            bodies.push(r.body);
+        }
+        let insert = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            WRITE_PG,
+            [
+                now.into(),
+                not_before.into(),
+                destination.into(),
+                domains.into(),
+                messages.into(),
+                keys.into(),
+                bodies.into(),
+            ],
+        );
+        db.execute_raw(insert).await?;
+        return Ok(());
+    }
+    let models = rows.into_iter().map(|r| outbox::ActiveModel {
+        id: NotSet,
+        domain_id: Set(r.domain_id),
+        message_id: Set(r.message_id),
+        routing_key: Set(r.routing_key),
+        body: Set(r.body),
+        publish_attempts: Set(0),
+        last_error: Set(None),
+        created_at: Set(now),
+        dead_at: Set(None),
+        not_before: Set(not_before),
+        destination: Set(destination.to_owned()),
+    });
+    outbox::Entity::insert_many(models)
         .exec_without_returning(db)
         .await?;
     Ok(())
@@ -121,16 +171,14 @@ async fn insert_rows<P: Message + Serialize>(
     not_before: Option<DateTime<Utc>>,
 ) -> Result<()> {
     let rows = envelopes.iter().map(|envelope| {
-        let head = Head {
-            domain_id: envelope.domain_id.as_uuid(),
-            message_id: envelope.message_id.as_uuid(),
-            routing_key: envelope.routing_key(),
-            not_before,
-            destination: WORK,
-        };
-        head.row(envelope)
+        Row::of(
+            envelope.domain_id.as_uuid(),
+            envelope.message_id.as_uuid(),
+            envelope.routing_key(),
+            envelope,
+        )
     });
-    write(db, rows).await
+    write(db, WORK, not_before, rows).await
 }
 
 /// An outbox row ready to publish.
