@@ -11,12 +11,11 @@ use gleaner_api::{AppState, Inner};
 use gleaner_common::broker::{self, AmqpPublisher, Names, Publisher};
 use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::Cipher;
-use gleaner_common::lock::{Locks, RedisLocks};
 use gleaner_common::model::JobKind;
 use gleaner_common::outbox::{Relay, Signal};
-use gleaner_common::store::task::ClaimPolicy;
 use gleaner_migrations::{Migrator, MigratorTrait};
 use gleaner_worker::consumer::{self, ConsumerSettings};
+use gleaner_worker::lock::{Locks, RedisLocks};
 use gleaner_worker::sink::ResourceSink;
 use gleaner_worker::sink::postgres::PgSink;
 use gleaner_worker::{Context, Registry};
@@ -164,7 +163,6 @@ pub fn worker_context(
     db: DatabaseConnection,
     signal: Signal,
     sink: Arc<dyn ResourceSink>,
-    claim: ClaimPolicy,
     locks: Arc<dyn Locks>,
 ) -> anyhow::Result<Arc<Context>> {
     let costs: Arc<dyn gleaner_worker::sink::costs::CostSink> = match db.get_database_backend() {
@@ -185,7 +183,6 @@ pub fn worker_context(
         settings.worker.clone(),
         signal,
     )
-    .with_claim(claim)
     .with_locks(locks)
     .with_costs(costs);
     Ok(Arc::new(ctx))
@@ -220,14 +217,7 @@ pub async fn run_worker(
     let locks = RedisLocks::connect(&settings.redis_url, &settings.redis.prefix, lock_ttl)
         .await
         .context("Redis (GLEANER_REDIS_URL) holds the collection locks")?;
-    let ctx = worker_context(
-        settings,
-        db.clone(),
-        signal.clone(),
-        sink,
-        ClaimPolicy::Queued,
-        Arc::new(locks),
-    )?;
+    let ctx = worker_context(settings, db.clone(), signal.clone(), sink, Arc::new(locks))?;
     // Serves until the worker has stopped, so scrapes see the tasks of the grace period end.
     let metrics_stop = CancellationToken::new();
     let metrics = match settings.worker.metrics_listen {
@@ -253,6 +243,7 @@ pub async fn run_worker(
         kinds: JobKind::ALL.to_vec(),
         prefetch: settings.amqp.prefetch,
         grace: settings.worker.shutdown_grace,
+        hold: settings.worker.delivery_hold,
     };
     consumer::run(ctx, consumer_settings, shutdown).await;
     reaper.await.ok();

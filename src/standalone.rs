@@ -14,12 +14,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use gleaner_common::config::{DatabaseSettings, Settings};
 use gleaner_common::crypto::SecretKey;
-use gleaner_common::lock::LocalLocks;
 use gleaner_common::outbox::Signal;
 use gleaner_common::store;
-use gleaner_common::store::task::ClaimPolicy;
 use gleaner_scheduler::SystemClock;
 use gleaner_worker::local::{self, DispatchSettings};
+use gleaner_worker::lock::LocalLocks;
 use gleaner_worker::sink::sqlite::SqliteSink;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -186,15 +185,22 @@ pub async fn run(
     let sink = Arc::new(SqliteSink::new(
         sink_db.get_sqlite_connection_pool().clone(),
     ));
-    // One process, and the dispatcher hands out each message once at a time: a task found
-    // running when its message is delivered again has nobody running it (a previous process
-    // died, or an attempt could not record its end).
+    // This process owns the data directory (its lock file), so a task left running was left
+    // by a previous process that was killed: it runs again, its attempt counted as failed,
+    // before anything else starts.
+    let recovered = gleaner_common::lifecycle::task::recover(&db).await?;
+    if recovered != Default::default() {
+        tracing::warn!(
+            requeued = recovered.requeued,
+            failed = recovered.failed,
+            "tasks left running by a previous process were brought back"
+        );
+    }
     let ctx = app::worker_context(
         &settings,
         db.clone(),
         signal.clone(),
         sink,
-        ClaimPolicy::TakeOverRunning,
         Arc::new(LocalLocks::default()),
     )?;
     let state = app::api_state(&settings, db.clone(), signal.clone(), None)?;

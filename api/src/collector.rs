@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use gleaner_common::billing::{Month, Window};
 use gleaner_common::calendar::Calendar;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
+use gleaner_common::lifecycle;
 use gleaner_common::model::{
     CollectorState, Invalid, JobStatus, JobTimeout, Name, Priority, ScheduleState, Trigger,
 };
@@ -557,13 +558,12 @@ async fn collect(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let id = parse_id("collector", &id)?;
     let window = body.unwrap_or_default().window()?;
-    let job = job::enqueue(
+    let job_id = lifecycle::job::enqueue(
         &state.db,
         &state.catalog,
         domain,
         id,
         Trigger::Manual,
-        None,
         window,
     )
     .await?;
@@ -571,8 +571,8 @@ async fn collect(
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
-            job_id: job.id,
-            status: job.status,
+            job_id,
+            status: JobStatus::Queued,
         }),
     ))
 }

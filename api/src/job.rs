@@ -5,6 +5,7 @@ mod events;
 use axum::Json;
 use axum::extract::{Path, State};
 use gleaner_common::id::{CollectorId, JobId};
+use gleaner_common::lifecycle;
 use gleaner_common::store::job::{self, Job};
 use gleaner_common::store::task::{self, Task};
 use serde::{Deserialize, Serialize};
@@ -133,5 +134,6 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
     let id = parse_id("job", &id)?;
-    Ok(Json(job::cancel(&state.db, domain, id).await?))
+    lifecycle::job::cancel(&state.db, domain, id).await?;
+    Ok(Json(job::get(&state.db, domain, id).await?))
 }

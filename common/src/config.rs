@@ -174,6 +174,12 @@ pub struct WorkerSettings {
     /// several at once are harmless.
     #[serde(with = "millis")]
     pub reap_interval: Duration,
+    /// Seconds a delivery may wait for a free task slot of a busy worker before it is handed
+    /// back to its queue for another worker. Keep it well below RabbitMQ's `consumer_timeout`
+    /// (30 minutes by default), which closes a channel that holds a delivery unacknowledged for
+    /// longer; a started task holds none (it is acknowledged once claimed).
+    #[serde(with = "secs")]
+    pub delivery_hold: Duration,
     /// Where the worker serves `/metrics` and `/healthz` (`GLEANER_WORKER__METRICS_LISTEN`);
     /// `off` serves neither. A worker that cannot bind it (another worker on the host has it)
     /// logs a warning and runs on unobserved.
@@ -228,6 +234,9 @@ impl Default for WorkerSettings {
             retry_delay: Duration::from_secs(10),
             retry_max_delay: Duration::from_secs(600),
             reap_interval: Duration::from_secs(10),
+            // A minute: far below RabbitMQ's default consumer timeout of 30 minutes, and long
+            // enough that a busy worker hands back a waiting delivery about once a minute.
+            delivery_hold: Duration::from_secs(60),
             // 9464: the port OpenTelemetry's Prometheus exporters default to, so scrape
             // configurations written for instrumented services find it. Loopback only: the
             // listener has no authentication.

@@ -4,7 +4,8 @@
 //!
 //! - [`id`]: typed ids. [`model`]: kinds, states, values with rules.
 //! - [`envelope`]: what travels on the broker. [`broker`]: publishing and topology.
-//! - [`entity`]: tables. [`store`]: every read and write of rows. [`outbox`]: the relay.
+//! - [`lifecycle`]: the life of a job and its tasks, every change of their state.
+//! - [`entity`]: tables. [`store`]: every other read and write of rows. [`outbox`]: the relay.
 //! - [`config`], [`telemetry`], [`retry`], [`crypto`], [`db`], [`provider`], [`plugin`].
 //! - [`metrics`]: the Prometheus recorder and the names and helpers of every metric.
 
@@ -19,7 +20,7 @@ pub mod envelope;
 pub mod events;
 pub mod external;
 pub mod id;
-pub mod lock;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod outbox;

@@ -748,3 +748,73 @@ async fn a_queued_task_whose_message_was_lost_gets_a_new_one(mode: Mode) -> anyh
     assert_eq!(tasks.body["items"][0]["attempt"], 2, "{}", tasks.body);
     Ok(())
 }
+
+in_both_modes!(a_task_left_running_runs_again_once_whatever_duplicate_messages_say);
+
+/// A task left IN_PROGRESS by an attempt nobody runs any more (its worker died, or could not
+/// record its end), with duplicate messages of its next attempt queued (a hand-back and a retry
+/// both sent one, say): the messages start nothing while the attempt holds the task; once its
+/// lease has run out the reaper counts the attempt as failed and queues the task, and exactly
+/// one attempt runs after it.
+async fn a_task_left_running_runs_again_once_whatever_duplicate_messages_say(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    use gleaner_common::envelope::{Envelope, TaskRequested};
+    use gleaner_common::id::{DomainId, JobId, TaskId};
+    use gleaner_common::model::JobKind;
+
+    let env = TestEnv::start_with(mode, quick()).await?;
+    let collector = env.demo_collector(1, json!({"resources": 50})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let job_id = job["id"].as_str().context("job id")?;
+    let tasks = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
+    let task_id = tasks.body["items"][0]["id"].as_str().context("task id")?;
+
+    // Back to attempt 1 running, its lease already over, and the job with it.
+    let (job_sql, task_sql) = (env.uuid_sql(job_id)?, env.uuid_sql(task_id)?);
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE job_tasks SET status = 'IN_PROGRESS', finished_at = NULL, \
+             lease_owner = 'a-dead-worker', lease_expires_at = '{past}' WHERE id = {task_sql}"
+        ))
+        .await?;
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE jobs SET status = 'IN_PROGRESS', tasks_done = 0, finished_at = NULL \
+             WHERE id = {job_sql}"
+        ))
+        .await?;
+    let message = |attempt| {
+        Envelope::new(
+            DomainId::DEFAULT,
+            JobKind::Inventory,
+            JobId::from_uuid(uuid::Uuid::parse_str(job_id).expect("a job id")),
+            Some(TaskId::from_uuid(
+                uuid::Uuid::parse_str(task_id).expect("a task id"),
+            )),
+            attempt,
+            TaskRequested {},
+        )
+    };
+    // Two messages of attempt 2, and a late one of attempt 1.
+    let duplicates = [message(2), message(2), message(1)];
+    gleaner_common::store::outbox::insert_many(&env.db, &duplicates).await?;
+
+    let finished = env.wait_job(job_id).await?;
+    assert_eq!(finished["status"], "SUCCESS", "{finished}");
+    let tasks = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
+    let task = &tasks.body["items"][0];
+    assert_eq!(
+        task["attempt"], 2,
+        "one attempt after the abandoned one: {task}"
+    );
+    let previous = task["previous_attempts"].as_array().context("previous")?;
+    assert_eq!(previous.len(), 1, "{task}");
+    assert_eq!(previous[0]["worker"], "a-dead-worker", "{task}");
+    let why = previous[0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("lease of attempt 1 expired"), "{why}");
+    assert_eq!(task["counts"]["unchanged"], 50, "{task}");
+    Ok(())
+}

@@ -220,55 +220,6 @@ async fn ctrl_c_releases_the_running_task_and_exits_after_the_grace_period() -> 
     .await
 }
 
-/// A task left IN_PROGRESS with its message still queued (an attempt that could not record its
-/// end) is taken over when the message is delivered again, and its job ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_left_running_with_its_message_queued_is_taken_over() -> anyhow::Result<()> {
-    use gleaner_common::envelope::{Envelope, TaskRequested};
-    use gleaner_common::id::{DomainId, JobId, TaskId};
-    use gleaner_common::model::JobKind;
-    use sea_orm::ConnectionTrait as _;
-
-    let env = TestEnv::start(Mode::Standalone).await?;
-    let collector = env.demo_collector(1, json!({"resources": 50})).await?;
-    let job = env.collect(&collector).await?;
-    assert_eq!(job["status"], "SUCCESS", "{job}");
-    let job_id = job["id"].as_str().context("job id")?;
-    let tasks = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
-    let task_id = tasks.body["items"][0]["id"].as_str().context("task id")?;
-
-    // Back to the state of an attempt whose end was never recorded, message still queued.
-    let (job_sql, task_sql) = (env.uuid_sql(job_id)?, env.uuid_sql(task_id)?);
-    env.db
-        .execute_unprepared(&format!(
-            "UPDATE job_tasks SET status = 'IN_PROGRESS', finished_at = NULL WHERE id = {task_sql}"
-        ))
-        .await?;
-    env.db
-        .execute_unprepared(&format!(
-            "UPDATE jobs SET status = 'IN_PROGRESS', tasks_done = 0, finished_at = NULL \
-             WHERE id = {job_sql}"
-        ))
-        .await?;
-    let message = Envelope::new(
-        DomainId::DEFAULT,
-        JobKind::Inventory,
-        JobId::from_uuid(uuid::Uuid::parse_str(job_id)?),
-        Some(TaskId::from_uuid(uuid::Uuid::parse_str(task_id)?)),
-        2,
-        TaskRequested {},
-    );
-    gleaner_common::store::outbox::insert(&env.db, &message).await?;
-
-    let finished = env.wait_job(job_id).await?;
-    assert_eq!(finished["status"], "SUCCESS", "{finished}");
-    let tasks = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?;
-    assert_eq!(tasks.body["items"][0]["attempt"], 2, "{}", tasks.body);
-    assert_eq!(tasks.body["items"][0]["counts"]["unchanged"], 50);
-    assert_eq!(env.scalar("SELECT count(*) FROM outbox").await?, 0);
-    Ok(())
-}
-
 /// A message that can never be handled, and one that was handed out the delivery limit's
 /// number of times without being settled (say, it killed the process each time), are marked
 /// dead with the reason instead of being delivered forever.

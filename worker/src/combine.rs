@@ -14,10 +14,11 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use gleaner_common::id::{CollectorId, DomainId, TaskId};
+use gleaner_common::id::{CollectorId, DomainId};
+use gleaner_common::lifecycle::{self, Attempt, Claimed, Ended, Outcome};
+use gleaner_common::retry::RetryPolicy;
 use gleaner_common::store;
 use gleaner_common::store::resource::{self, Sweep, SweepPlan};
-use gleaner_common::store::task::{ClaimPolicy, Claimed, Finished, Outcome};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
@@ -142,14 +143,14 @@ where
     )
 }
 
-/// A task's end, for [`store::task::finish_many`].
-type End = (TaskId, i32, Outcome);
+/// An attempt's outcome, for [`lifecycle::task::end_many`].
+type End = (Attempt, Outcome);
 
 /// The database operations every task makes, combined across the worker's running tasks.
 pub struct Groups {
-    claims: Combiner<TaskId, Result<Option<Claimed>, store::Error>>,
+    claims: Combiner<Attempt, Result<Option<Claimed>, store::Error>>,
     writes: Combiner<Write, Result<Written, SinkError>>,
-    ends: Combiner<End, Result<Finished, store::Error>>,
+    ends: Combiner<End, Result<Ended, store::Error>>,
     collectors: Combiner<DomainId, CollectorsOf>,
     sweeps: Combiner<Sweep, Result<SweepPlan, store::Error>>,
 }
@@ -158,27 +159,31 @@ pub struct Groups {
 type CollectorsOf = Result<Vec<(CollectorId, String, String)>, store::Error>;
 
 impl Groups {
-    /// Claims for `owner` under `lease` with `policy`; writes through `sink`.
+    /// Claims for `owner` under `lease`; writes through `sink`; an outcome the database
+    /// refuses is retried after `backoff` ([`lifecycle::task::end`]).
     pub fn new(
         db: &DatabaseConnection,
         sink: &Arc<dyn ResourceSink>,
         owner: &str,
         lease: Duration,
-        policy: ClaimPolicy,
+        backoff: RetryPolicy,
     ) -> Self {
         let claim_db = db.clone();
         let owner: Arc<str> = owner.into();
-        let claims = grouped(move |ids: Vec<TaskId>| {
+        let claims = grouped(move |attempts: Vec<Attempt>| {
             let (db, owner) = (claim_db.clone(), Arc::clone(&owner));
             async move {
                 let (db, owner) = (&db, &*owner);
                 or_one_by_one(
                     "claims",
-                    ids,
-                    |ids| async move {
-                        store::task::claim_many(db, &ids, owner, lease, policy).await
+                    attempts,
+                    |attempts| async move {
+                        lifecycle::task::claim(db, &attempts, owner, lease).await
                     },
-                    |id| store::task::claim(db, id, owner, lease, policy),
+                    |attempt| async move {
+                        let mut one = lifecycle::task::claim(db, &[attempt], owner, lease).await?;
+                        Ok(one.pop().flatten())
+                    },
                 )
                 .await
             }
@@ -196,8 +201,24 @@ impl Groups {
                 or_one_by_one(
                     "task ends",
                     ends,
-                    |ends| store::task::finish_many(db, ends),
-                    |(id, attempt, outcome)| store::task::finish(db, id, attempt, outcome),
+                    |ends| async move {
+                        let recorded = lifecycle::task::end_many(db, ends.clone()).await?;
+                        Ok(ends
+                            .into_iter()
+                            .zip(recorded)
+                            .map(|((_, outcome), recorded)| {
+                                if recorded {
+                                    Ended::Done(outcome)
+                                } else {
+                                    Ended::Stale
+                                }
+                            })
+                            .collect())
+                    },
+                    // Alone, an outcome the database refuses counts as a failed attempt.
+                    |(attempt, outcome)| {
+                        lifecycle::task::end(db, attempt, Ended::Done(outcome), Some(&backoff))
+                    },
                 )
                 .await
             }
@@ -247,12 +268,12 @@ impl Groups {
         }
     }
 
-    /// [`store::task::claim`], in a group.
+    /// [`lifecycle::task::claim`], in a group.
     ///
     /// # Errors
-    /// Database errors only.
-    pub async fn claim(&self, id: TaskId) -> Result<Option<Claimed>, store::Error> {
-        self.claims.call(id).await.map_err(stopped)?
+    /// Database errors only; then the attempt did not start.
+    pub async fn claim(&self, attempt: Attempt) -> Result<Option<Claimed>, store::Error> {
+        self.claims.call(attempt).await.map_err(stopped)?
     }
 
     /// [`ResourceSink::write`], in a group.
@@ -266,20 +287,12 @@ impl Groups {
             .map_err(|e| SinkError::Db(e.to_string()))?
     }
 
-    /// [`store::task::finish`], in a group.
+    /// [`lifecycle::task::end`] of an outcome, in a group.
     ///
     /// # Errors
-    /// Database errors only.
-    pub async fn finish(
-        &self,
-        id: TaskId,
-        attempt: i32,
-        outcome: Outcome,
-    ) -> Result<Finished, store::Error> {
-        self.ends
-            .call((id, attempt, outcome))
-            .await
-            .map_err(stopped)?
+    /// Database errors that may pass; nothing was recorded.
+    pub async fn end(&self, attempt: Attempt, outcome: Outcome) -> Result<Ended, store::Error> {
+        self.ends.call((attempt, outcome)).await.map_err(stopped)?
     }
 
     /// [`resource::plan_sweep`], in a group.

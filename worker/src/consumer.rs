@@ -1,5 +1,17 @@
-//! The RabbitMQ consumer: manual acknowledgement after the work is committed, an explicit
-//! prefetch, bounded concurrency, reconnection with backoff, and a graceful stop.
+//! The RabbitMQ consumer: manual acknowledgement once the work a message asks for is in the
+//! database, an explicit prefetch, bounded concurrency, reconnection with backoff, and a
+//! graceful stop.
+//!
+//! When a delivery is acknowledged:
+//! - `job.requested`: once the job's tasks are planned (committed with their messages);
+//! - `task.requested`: once the task's attempt is claimed and its lease committed, before the
+//!   task runs: from then on the database owns the task, and its lease, heartbeats and the
+//!   reaper bring it back if this worker dies. A task of hours so holds no delivery open, and
+//!   RabbitMQ's consumer timeout (which closes a channel holding a delivery unacknowledged past
+//!   `consumer_timeout`, 30 minutes by default) never closes the worker's channel;
+//! - a delivery that waits for a free task slot (the worker runs `max_tasks` already) is handed
+//!   back to its queue after `delivery_hold`, republished for another worker, for the same
+//!   reason.
 //!
 //! Settling a message that was not handled:
 //! - one that can never be handled (it does not decode) is published to the dead-letter
@@ -33,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::{Context, Disposition, drain, handle};
+use crate::{Context, Received, Settlement, drain, receive, run_claimed};
 
 /// Retries of a message whose handling failed transiently before it is dead-lettered: with
 /// delays growing from 1 s to a minute, about 15 minutes of a dependency being down.
@@ -60,6 +72,8 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// How long in-flight tasks may run on after a stop is requested before they are released.
     pub grace: Duration,
+    /// How long a delivery may wait for a free task slot before it is handed back.
+    pub hold: Duration,
 }
 
 /// Why the consumer stopped abnormally.
@@ -145,20 +159,25 @@ async fn session(
             Some(Err(e)) => return Err(e.into()),
             None => return Err(Error::Closed),
         };
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => {
-                // Not started: leave it unacked; closing the channel hands it back.
-                close(&conn).await;
-                return Ok(());
-            }
-            p = Arc::clone(limit).acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let ctx = Arc::clone(ctx);
-        let abort = abort.clone();
-        let (publish, names) = (publish.clone(), settings.names.clone());
+        // Each delivery waits for its slot on its own clock: at most `hold`, so that none stays
+        // unacknowledged long enough for the broker's consumer timeout.
+        let (ctx, abort, limit) = (Arc::clone(ctx), abort.clone(), Arc::clone(limit));
+        let (publish, names, hold) = (publish.clone(), settings.names.clone(), settings.hold);
+        let stop = shutdown.clone();
         inflight.spawn(async move {
-            process(&ctx, delivery, &publish, &names, &abort).await;
-            drop(permit);
+            let permit = tokio::select! {
+                // Not started: leave it unacked; closing the channel hands it back.
+                () = stop.cancelled() => return,
+                p = tokio::time::timeout(hold, limit.acquire_owned()) => p,
+            };
+            match permit {
+                Ok(permit) => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    process(&ctx, delivery, &publish, &names, &abort).await;
+                    drop(permit);
+                }
+                Err(_) => hand_back(&publish, &names, delivery).await,
+            }
         });
     }
 }
@@ -188,19 +207,31 @@ async fn process(
         // A retry's copy arrives as a first delivery, after its backoff: not queue lag.
         let received =
             crate::metrics::Received::new(&delivery.data, !delivery.redelivered && retries == 0);
-        let disposition = handle(ctx, &delivery.data, abort).await;
-        let disposition = match disposition {
-            Disposition::Retry(reason) if retries >= MESSAGE_RETRIES && !abort.is_cancelled() => {
-                Disposition::DeadLetter(format!(
+        let settlement = match receive(ctx, &delivery.data).await {
+            Received::Settle(settlement) => settlement,
+            Received::Claimed(claimed) => {
+                received.settled(&Settlement::Ack);
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    // The channel is gone: the broker delivers the message again, and that
+                    // delivery finds the attempt started and is dropped.
+                    warn!(error = %e, "could not acknowledge a claimed task's message");
+                }
+                run_claimed(ctx, *claimed, abort.clone()).await;
+                return;
+            }
+        };
+        let settlement = match settlement {
+            Settlement::Retry(reason) if retries >= MESSAGE_RETRIES && !abort.is_cancelled() => {
+                Settlement::DeadLetter(format!(
                     "still failing after {retries} retries; last error: {reason}"
                 ))
             }
-            d => d,
+            s => s,
         };
-        received.settled(&disposition);
-        let result = match &disposition {
-            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-            Disposition::DeadLetter(reason) => {
+        received.settled(&settlement);
+        let result = match &settlement {
+            Settlement::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Settlement::DeadLetter(reason) => {
                 error!(reason = %reason, "dead-lettering a message that can never be handled");
                 match dead_letter(publish, names, &delivery, reason).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,
@@ -211,8 +242,8 @@ async fn process(
                 }
             }
             // Stopping: hand it back at once for another worker.
-            Disposition::Retry(_) if abort.is_cancelled() => requeue(&delivery).await,
-            Disposition::Retry(reason) => {
+            Settlement::Retry(_) if abort.is_cancelled() => requeue(&delivery).await,
+            Settlement::Retry(reason) => {
                 let delay = MESSAGE_RETRY.jittered_delay_for(retries + 2);
                 warn!(reason = %reason, retry = retries + 1, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "message will be delivered again");
                 match retry_later(publish, names, &delivery, retries + 1, delay).await {
@@ -228,11 +259,43 @@ async fn process(
         };
         if let Err(e) = result {
             // The channel is gone; the broker redelivers the message to another consumer.
-            warn!(error = %e, ?disposition, "could not settle the message");
+            warn!(error = %e, ?settlement, "could not settle the message");
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Gives a delivery that waited `delivery_hold` for a free task slot back to its queue: a copy
+/// is published to the work exchange under its routing key (to be taken by whichever worker
+/// has room), then the delivery is acknowledged. A requeue would count as a failed delivery
+/// against the queue's delivery limit, and dead-letter a message that only waited.
+async fn hand_back(publish: &Channel, names: &Names, delivery: Delivery) {
+    let confirm = publish
+        .basic_publish(
+            names.work_exchange().into(),
+            delivery.routing_key.clone(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            delivery.properties.clone(),
+        )
+        .await;
+    let settled = match broker::confirmed(confirm, delivery.routing_key.as_str()).await {
+        Ok(()) => {
+            debug!(routing_key = %delivery.routing_key, "no free task slot in time; the message was handed back");
+            delivery.ack(BasicAckOptions::default()).await
+        }
+        Err(e) => {
+            warn!(error = %e, "handing a waiting message back failed; requeueing it");
+            requeue(&delivery).await
+        }
+    };
+    if let Err(e) = settled {
+        warn!(error = %e, "could not settle a message handed back");
+    }
 }
 
 async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {

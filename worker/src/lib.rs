@@ -1,13 +1,19 @@
 //! Gleaner's worker: consumes job and task messages, runs plugins, writes their results.
 //!
-//! - [`consumer`]: the RabbitMQ consumer loop (manual ack after commit, bounded concurrency,
-//!   graceful stop).
+//! - [`consumer`]: the RabbitMQ dispatcher (manual ack, an explicit prefetch, graceful stop).
 //! - [`local`]: the standalone mode's in-process dispatcher, with the outbox table as queue.
-//! - [`handle`]: what one message does, independent of the broker: plan a job or run a task.
-//! - [`planner`]: a job becomes one task per linked service account.
-//! - [`runner`]: a task runs its plugin and streams items into the [`sink`].
+//! - [`receive`]: what one message asks for, independent of the broker: plan a job, or claim
+//!   a task's attempt, after which the dispatcher settles the message and runs the task.
+//! - [`planner`]: a job becomes one task per linked service account (and month, for billing).
+//! - [`run`]: a claimed task runs its plugin and streams items into the [`sink`]; `run`'s
+//!   `inventory` and `billing` modules are the two kinds of run.
 //! - [`plugin`]: the plugin trait, the registry and the built-in plugins.
+//! - [`lock`]: one collection per collector and service account at a time.
+//! - [`combine`]: small database operations of concurrent tasks, grouped. [`slots`]: the
+//!   memory rule for big tasks. [`reaper`]: what brings abandoned tasks back.
 //! - `metrics`: what deliveries and tasks report to [`gleaner_common::metrics`].
+//!
+//! The life of a job and its tasks, state by state, is [`gleaner_common::lifecycle`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +21,9 @@ use std::time::Duration;
 use gleaner_common::config::WorkerSettings;
 use gleaner_common::crypto::Cipher;
 use gleaner_common::envelope::Incoming;
-use gleaner_common::lock::{LocalLocks, Locks};
+use gleaner_common::lifecycle::{Attempt, Claimed};
 use gleaner_common::outbox::Signal;
 use gleaner_common::retry::RetryPolicy;
-use gleaner_common::store;
-use gleaner_common::store::task::ClaimPolicy;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -27,15 +31,18 @@ use tracing::{Instrument, info_span, warn};
 pub mod combine;
 pub mod consumer;
 pub mod local;
+pub mod lock;
 mod metrics;
 pub mod planner;
 pub mod plugin;
 pub mod reaper;
-pub mod runner;
+pub mod run;
 pub mod sink;
 pub mod slots;
 
 pub use plugin::Registry;
+
+use lock::{LocalLocks, Locks};
 
 /// Everything a worker's handlers share.
 pub struct Context {
@@ -50,9 +57,6 @@ pub struct Context {
     pub name: String,
     /// How database writes are retried inside a task.
     pub db_retry: RetryPolicy,
-    /// Which tasks a delivery may claim: [`ClaimPolicy::Queued`] unless this process is the
-    /// store's only one.
-    pub claim: ClaimPolicy,
     /// One collection per collector and service account at a time: Redis locks when workers
     /// are distributed, in-process ones otherwise.
     pub locks: Arc<dyn Locks>,
@@ -76,7 +80,7 @@ impl Context {
         signal: Signal,
     ) -> Self {
         let name = settings.name.clone().unwrap_or_else(default_name);
-        let groups = combine::Groups::new(&db, &sink, &name, settings.lease, ClaimPolicy::Queued);
+        let groups = combine::Groups::new(&db, &sink, &name, settings.lease, settings.task_retry());
         Self {
             groups,
             slots: slots::Slots::new(settings.concurrency),
@@ -88,7 +92,6 @@ impl Context {
             signal,
             name,
             db_retry: RetryPolicy::default(),
-            claim: ClaimPolicy::Queued,
             locks: Arc::new(LocalLocks::default()),
             costs: None,
         }
@@ -105,15 +108,6 @@ impl Context {
     #[must_use]
     pub fn with_locks(mut self, locks: Arc<dyn Locks>) -> Self {
         self.locks = locks;
-        self
-    }
-
-    /// The same context with another claim policy.
-    #[must_use]
-    pub fn with_claim(mut self, claim: ClaimPolicy) -> Self {
-        self.claim = claim;
-        self.groups =
-            combine::Groups::new(&self.db, &self.sink, &self.name, self.settings.lease, claim);
         self
     }
 
@@ -151,9 +145,9 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// What to do with a delivery once handled.
+/// How a delivery is settled.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Disposition {
+pub enum Settlement {
     /// Done (or a harmless duplicate): acknowledge.
     Ack,
     /// Can never succeed: dead-letter it with the reason.
@@ -162,56 +156,64 @@ pub enum Disposition {
     Retry(String),
 }
 
-/// Handles one message body. Every path is idempotent: a message delivered twice has one effect.
-pub async fn handle(ctx: &Context, body: &[u8], stop: &CancellationToken) -> Disposition {
+/// What a delivery asks for, once read.
+#[derive(Debug)]
+pub enum Received {
+    /// Settle the delivery so; nothing more to do.
+    Settle(Settlement),
+    /// A task's attempt started: the database owns the task now (its lease, the heartbeats and
+    /// the reaper bring it back if this worker dies). Acknowledge the delivery at once, then
+    /// [`run_claimed`]: a run of hours must not hold a broker delivery open.
+    Claimed(Box<Claimed>),
+}
+
+/// Reads one message body: plans a job, or claims the attempt of a task that the message
+/// starts. Every path is idempotent: a message delivered twice has one effect.
+pub async fn receive(ctx: &Context, body: &[u8]) -> Received {
     let message = match Incoming::decode(body) {
         Ok(m) => m,
-        Err(e) => return Disposition::DeadLetter(e.to_string()),
+        Err(e) => return Received::Settle(Settlement::DeadLetter(e.to_string())),
     };
     match message {
         Incoming::JobRequested(env) => {
             let span = info_span!("job", job_id = %env.job_id, domain_id = %env.domain_id, message_id = %env.message_id);
             match planner::plan(ctx, env.job_id).instrument(span).await {
-                Ok(_) => Disposition::Ack,
-                Err(e) => Disposition::Retry(e.to_string()),
+                Ok(_) => Received::Settle(Settlement::Ack),
+                Err(e) => Received::Settle(Settlement::Retry(e.to_string())),
             }
         }
         Incoming::TaskRequested(env) => {
-            let Some(task_id) = env.task_id else {
-                return Disposition::DeadLetter("task.requested without a task_id".into());
+            let Some(task) = env.task_id else {
+                return Received::Settle(Settlement::DeadLetter(
+                    "task.requested without a task_id".into(),
+                ));
             };
-            let claimed = match ctx.groups.claim(task_id).await {
-                Ok(Some(c)) => c,
-                // Already taken by another delivery, or finished: nothing to do.
-                Ok(None) => return Disposition::Ack,
-                Err(e) => return Disposition::Retry(e.to_string()),
+            let attempt = Attempt {
+                task,
+                number: i32::try_from(env.attempt).unwrap_or(i32::MAX),
             };
-            let attempt = claimed.attempt;
-            match runner::run(ctx, claimed, stop.clone()).await {
-                // The next attempt's message is in the outbox, written with the release or the
-                // retry.
-                Ok(runner::Ran::Released | runner::Ran::Retrying | runner::Ran::Finished(_)) => {
-                    ctx.signal.notify();
-                    Disposition::Ack
-                }
-                Err(e) => {
-                    warn!(task_id = %task_id, error = %e, "recording the task's outcome failed");
-                    // Hand the task back, so the redelivered message can claim it again instead
-                    // of finding it IN_PROGRESS with nobody running it.
-                    let released = ctx
-                        .db_retry
-                        .run("release task", store::Error::is_transient, || {
-                            store::task::release(&ctx.db, task_id, attempt)
-                        })
-                        .await;
-                    if let Err(e) = released {
-                        warn!(task_id = %task_id, error = %e, "releasing the task failed");
-                    }
-                    Disposition::Retry(e.to_string())
-                }
+            match ctx.groups.claim(attempt).await {
+                Ok(Some(claimed)) => Received::Claimed(Box::new(claimed)),
+                // Its attempt started already (a duplicate) or cannot start any more (a
+                // message of an old attempt, a task that ended): nothing to do.
+                Ok(None) => Received::Settle(Settlement::Ack),
+                // Nothing was claimed: the message stays the task's carrier.
+                Err(e) => Received::Settle(Settlement::Retry(e.to_string())),
             }
         }
     }
+}
+
+/// Runs a claimed task, whose delivery is settled, to its end: everything it leads to (its
+/// end, a retry, a hand-back) is recorded in the database with the messages it needs.
+pub async fn run_claimed(ctx: &Context, claimed: Claimed, stop: CancellationToken) {
+    let task = claimed.attempt.task;
+    if let Err(e) = run::run(ctx, claimed, stop).await {
+        // Its lease runs out, and the reaper brings it back as a failed attempt.
+        warn!(task_id = %task, error = %e, "recording the task's end failed; the reaper will bring the task back");
+    }
+    // The end's messages (a retry, a hand-back, job events) are in the outbox.
+    ctx.signal.notify();
 }
 
 /// On shutdown, of both dispatchers (RabbitMQ and in-process): lets in-flight handlers finish

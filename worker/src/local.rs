@@ -2,10 +2,14 @@
 //!
 //! The distributed relay deletes an outbox row once RabbitMQ has confirmed it, and the broker
 //! keeps the message until a worker acknowledges it. Here there is no broker, so the row itself
-//! stays until its message has been handled ([`crate::handle`] returned), which gives the same
+//! stays until its message has been handled ([`crate::receive`] returned), which gives the same
 //! guarantee: a message is removed only after its effect committed, and a process killed at any
-//! moment finds every unfinished message still in the outbox when it starts again. Handlers are
+//! moment finds every unsettled message still in the outbox when it starts again. Handlers are
 //! idempotent, so a message handled twice has one effect.
+//!
+//! A task's message is settled (its row deleted) once the task's attempt is claimed, as with
+//! RabbitMQ: the database owns the task from then on. A task left running by a process that
+//! was killed is brought back at the next start ([`gleaner_common::lifecycle::task::recover`]).
 //!
 //! - Ack: the row is deleted.
 //! - Retry: the row stays, with the reason in `last_error`, and is delivered again after a delay
@@ -26,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::{Context, Disposition, drain, handle};
+use crate::{Context, Received, Settlement, drain, receive, run_claimed};
 
 /// Deliveries of a message before it is marked dead: the same limit as the queues'
 /// `x-delivery-limit` in the distributed mode, which also counts every delivery.
@@ -205,20 +209,33 @@ async fn deliver(
             return;
         }
         let received = crate::metrics::Received::new(row.body.as_bytes(), row.attempts == 0);
-        let disposition = handle(ctx, row.body.as_bytes(), abort).await;
-        received.settled(&disposition);
-        let settled = match &disposition {
-            Disposition::Ack => outbox::delete(&ctx.db, &[row.id]).await,
-            Disposition::DeadLetter(reason) => {
+        let settlement = match receive(ctx, row.body.as_bytes()).await {
+            Received::Settle(settlement) => settlement,
+            Received::Claimed(claimed) => {
+                received.settled(&Settlement::Ack);
+                if let Err(e) = outbox::delete(&ctx.db, &[row.id]).await {
+                    // Delivered again, it finds the attempt started and is dropped.
+                    warn!(error = %e, "could not settle a claimed task's message");
+                }
+                // Free for the next poll at once; the task keeps its concurrency permit.
+                release.busy.remove(row.id);
+                run_claimed(ctx, *claimed, abort.clone()).await;
+                return;
+            }
+        };
+        received.settled(&settlement);
+        let settled = match &settlement {
+            Settlement::Ack => outbox::delete(&ctx.db, &[row.id]).await,
+            Settlement::DeadLetter(reason) => {
                 error!(reason = %reason, "a message that can never be handled is marked dead");
                 outbox::mark_dead(&ctx.db, row.id, reason).await
             }
             // Stopping gracefully: the row stays and is delivered at the next start, and this
             // delivery does not count against it.
-            Disposition::Retry(_) if abort.is_cancelled() => {
+            Settlement::Retry(_) if abort.is_cancelled() => {
                 outbox::count_delivery(&ctx.db, row.id, -1).await
             }
-            Disposition::Retry(reason) => {
+            Settlement::Retry(reason) => {
                 let delay = RETRY.delay_for(u32::try_from(row.attempts + 2).unwrap_or(u32::MAX));
                 warn!(reason = %reason, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "message will be delivered again");
                 // Keep the row busy through the delay, without holding a concurrency permit.
@@ -234,9 +251,9 @@ async fn deliver(
         };
         if let Err(e) = settled {
             // The row stays and is handled again: harmless, handlers are idempotent.
-            warn!(error = %e, ?disposition, "could not settle the message");
+            warn!(error = %e, ?settlement, "could not settle the message");
         } else {
-            debug!(?disposition, "message settled");
+            debug!(?settlement, "message settled");
         }
     }
     .instrument(span)

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use gleaner_common::envelope::Header;
+use gleaner_common::lifecycle::Ended;
 use gleaner_common::metrics::{self, DeadLetterReason, Outcome};
-use gleaner_common::model::{JobKind, JobStatus};
-use gleaner_common::store::task::Finished;
+use gleaner_common::model::JobKind;
 
-use crate::Disposition;
+use crate::Settlement;
 
 /// A delivery being handled, with its header read once on arrival.
 pub(crate) struct Received(Option<Header>);
@@ -30,11 +30,11 @@ impl Received {
     }
 
     /// Counts how the delivery was settled.
-    pub(crate) fn settled(&self, disposition: &Disposition) {
-        let outcome = match disposition {
-            Disposition::Ack => Outcome::Ack,
-            Disposition::Retry(_) => Outcome::Retry,
-            Disposition::DeadLetter(_) => {
+    pub(crate) fn settled(&self, settlement: &Settlement) {
+        let outcome = match settlement {
+            Settlement::Ack => Outcome::Ack,
+            Settlement::Retry(_) => Outcome::Retry,
+            Settlement::DeadLetter(_) => {
                 // A readable header means the envelope itself was fine: its type, version or
                 // contents were refused.
                 let reason = if self.0.is_some() {
@@ -63,10 +63,10 @@ pub(crate) fn task_started(kind: JobKind, attempt: i32) {
     }
 }
 
-/// A task ended with `status` after `elapsed`; counted only when its outcome was recorded
-/// (a stale attempt recorded nothing).
-pub(crate) fn task_ended(kind: JobKind, status: JobStatus, finished: Finished, elapsed: Duration) {
-    if matches!(finished, Finished::Recorded(_)) {
+/// A task's attempt ended after `elapsed`; counted when the task ended with it (a retry, a
+/// hand-back or a stale attempt did not end the task).
+pub(crate) fn task_ended(kind: JobKind, ended: &Ended, elapsed: Duration) {
+    if let Some(status) = ended.status() {
         metrics::task_finished(kind, status, elapsed);
     }
 }

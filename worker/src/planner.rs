@@ -4,26 +4,25 @@
 
 use gleaner_common::billing::Window;
 use gleaner_common::id::JobId;
+use gleaner_common::id::TaskId;
+use gleaner_common::lifecycle::job::{self, Unit};
 use gleaner_common::model::{JobKind, JobStatus};
-use gleaner_common::store::job::{self, Planned, Unit};
 use gleaner_common::store::{self, service_account};
 use tracing::info;
 
 use crate::Context;
 
-/// Plans a QUEUED job. A redelivered message for a job already planned changes nothing.
+/// Plans a QUEUED job: its tasks, or `None` when there was nothing to plan (a redelivered
+/// message of a job already planned, or a job since deleted with its domain).
 ///
 /// # Errors
 /// Database errors; the caller retries the message.
-pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error> {
-    let input = match job::plan_input(&ctx.db, job_id).await {
-        Ok(i) => i,
-        // The job's domain was deleted since: nothing left to do.
-        Err(store::Error::NotFound { .. }) => return Ok(Planned::AlreadyPlanned),
-        Err(e) => return Err(e),
+pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Option<Vec<TaskId>>, store::Error> {
+    let Some(input) = job::plan_input(&ctx.db, job_id).await? else {
+        return Ok(None);
     };
     if input.status != JobStatus::Queued {
-        return Ok(Planned::AlreadyPlanned);
+        return Ok(None);
     }
     let plugin = ctx
         .registry
@@ -80,7 +79,7 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Planned, store::Error>
     };
     let attempts = i32::from(ctx.settings.task_attempts.max(1));
     let planned = job::plan(&ctx.db, &input, &units, window, attempts, &reason).await?;
-    if let Planned::Tasks(tasks) = &planned {
+    if let Some(tasks) = &planned {
         info!(job_id = %job_id, tasks = tasks.len(), "job planned");
         ctx.signal.notify();
     }

@@ -1,7 +1,8 @@
 //! The reaper: what keeps a job from staying unfinished forever.
 //!
 //! - A task whose lease expired (its worker was killed, or lost the database for longer than
-//!   the lease) runs again as a new attempt, or fails when it has no attempts left.
+//!   the lease) runs again as a new attempt, or fails when it has no attempts left
+//!   ([`task::reap`]).
 //! - A job past its deadline (the collector's `job_timeout_seconds` after it was accepted) fails
 //!   with reason "timeout", and its unfinished tasks with it; their workers see it at their
 //!   next heartbeat and stop their plugins.
@@ -15,9 +16,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use gleaner_common::model::JobStatus;
-use gleaner_common::store::task::{self, Expired, Outcome, Retried};
-use gleaner_common::store::{self, job};
+use gleaner_common::lifecycle::{job, task};
+use gleaner_common::store;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -62,19 +62,12 @@ pub async fn pass(
         timed_out: job::expire(db, now, BATCH).await?.len(),
         ..Reaped::default()
     };
-    // One row's error (a corrupt attempt history, say) must not stop the rest, nor every
-    // later pass, which would meet the same row first again.
-    for expired in task::expired_leases(db, now, BATCH).await? {
-        match reap_task(db, &expired).await {
-            Ok(Some(true)) => reaped.requeued += 1,
-            Ok(Some(false)) => reaped.failed += 1,
-            Ok(None) => {}
-            Err(e) => warn!(task_id = %expired.id, error = %e, "reaping the task failed"),
-        }
-    }
+    let abandoned = task::reap(db, now, BATCH).await?;
+    reaped.requeued = abandoned.requeued;
+    reaped.failed = abandoned.failed;
     let forgotten =
         now - chrono::Duration::from_std(forgotten_after).unwrap_or(chrono::Duration::MAX);
-    match task::requeue_forgotten(db, forgotten, BATCH).await {
+    match task::nudge(db, forgotten, BATCH).await {
         Ok(n) => reaped.nudged = n,
         Err(e) => warn!(error = %e, "sending forgotten tasks' messages again failed"),
     }
@@ -86,39 +79,6 @@ pub async fn pass(
         }
     }
     Ok(reaped)
-}
-
-/// `Some(true)` when the task was queued again, `Some(false)` when it failed, `None` when
-/// another reaper or its worker got there first.
-async fn reap_task(db: &DatabaseConnection, t: &Expired) -> Result<Option<bool>, store::Error> {
-    let owner = t.owner.as_deref().unwrap_or("unknown");
-    let why = format!(
-        "the lease of attempt {} expired: worker {owner} stopped renewing it (killed, crashed, or cut off from the database)",
-        t.attempt
-    );
-    if t.failures + 1 < t.max_attempts {
-        // At once: the worker is gone, so there is nothing to back off from.
-        let retried = task::retry_later(db, t.id, t.attempt, &why, Duration::ZERO).await?;
-        if retried == Retried::Queued {
-            warn!(task_id = %t.id, job_id = %t.job_id, attempt = t.attempt, %owner, "lease expired; the task runs again");
-        }
-        return Ok((retried == Retried::Queued).then_some(true));
-    }
-    let outcome = Outcome {
-        status: JobStatus::Failure,
-        error: Some(format!(
-            "{why} ({} of {} attempts failed: no attempts left)",
-            t.failures + 1,
-            t.max_attempts
-        )),
-        stderr: None,
-        sweep: None,
-    };
-    if task::finish(db, t.id, t.attempt, outcome).await? == task::Finished::Stale {
-        return Ok(None);
-    }
-    warn!(task_id = %t.id, job_id = %t.job_id, attempt = t.attempt, %owner, "lease of the last attempt expired; the task failed");
-    Ok(Some(false))
 }
 
 /// Spawns [`run`] with a worker's settings.

@@ -22,9 +22,10 @@ use uuid::Uuid;
 
 use super::resource::{Aging, Sweep, content_hash, json_diff, key_hash};
 use super::{Error, Result};
-use crate::entity::{collector, job, job_task, resource, resource_change, resource_source};
+use crate::entity::{collector, resource, resource_change, resource_source};
 use crate::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
-use crate::model::{ChangeKind, Counts, JobStatus, ResourceState};
+use crate::lifecycle::{self, task::Attempt};
+use crate::model::{ChangeKind, Counts, ResourceState};
 
 /// Ids per `IN (…)` list, within both databases' limits of bound parameters.
 const CHUNK: usize = 500;
@@ -335,13 +336,12 @@ pub async fn write_reported<C: ConnectionTrait + TransactionTrait>(
     items: Vec<Reported>,
 ) -> Result<Option<Counts>> {
     let txn = super::begin_write(db).await?;
-    let owned = job_task::Entity::find_by_id(who.task_id.as_uuid())
-        .filter(job_task::Column::Attempt.eq(who.attempt))
-        .filter(job_task::Column::Status.eq(JobStatus::InProgress))
-        .lock_exclusive()
-        .one(&txn)
-        .await?;
-    if owned.is_none() {
+    let attempt = Attempt {
+        task: who.task_id,
+        number: who.attempt,
+    };
+    if !lifecycle::task::hold(&txn, attempt).await? {
+        txn.rollback().await?;
         return Ok(None);
     }
     let now = Utc::now().fixed_offset();
@@ -388,24 +388,7 @@ pub async fn write_reported<C: ConnectionTrait + TransactionTrait>(
         unchanged: i64::try_from(ids.len()).unwrap_or(i64::MAX) - updated,
         ..Counts::default()
     };
-    job_task::Entity::update_many()
-        .col_expr(
-            job_task::Column::Updated,
-            Expr::col(job_task::Column::Updated).add(counts.updated),
-        )
-        .col_expr(
-            job_task::Column::Unchanged,
-            Expr::col(job_task::Column::Unchanged).add(counts.unchanged),
-        )
-        .filter(job_task::Column::Id.eq(who.task_id.as_uuid()))
-        .exec(&txn)
-        .await?;
-    // The job's progress moved: its event stream follows `updated_at`.
-    job::Entity::update_many()
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .filter(job::Column::Id.eq(who.job_id.as_uuid()))
-        .exec(&txn)
-        .await?;
+    lifecycle::task::add_progress(&txn, attempt, who.job_id, &counts).await?;
     txn.commit().await?;
     Ok(Some(counts))
 }

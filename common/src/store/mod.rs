@@ -79,16 +79,65 @@ pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction, 
     .await
 }
 
-/// Whether a database error is about the connection rather than the statement.
+/// Whether a database error may pass if the same statement is tried again: the connection or
+/// the pool failed, or the database asked to retry (a serialization failure, a deadlock, a busy
+/// SQLite file, a server shutting down). Decided from the error's kind and SQLSTATE, never from
+/// its words; anything else (a value the database refuses, a constraint, a bad query) fails
+/// again the same way.
 #[must_use]
 pub fn is_transient(e: &DbErr) -> bool {
-    matches!(e, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) || {
-        let s = e.to_string();
-        s.contains("connection")
-            || s.contains("database is locked")
-            || s.contains("could not serialize")
-            || s.contains("deadlock detected")
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => is_transient_sqlx(e),
+        // A connection that could not be made, whatever the cause.
+        DbErr::Conn(_) => true,
+        _ => false,
     }
+}
+
+/// [`is_transient`] for an error of sqlx itself (the sinks write through sqlx).
+#[must_use]
+pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            let Some(code) = d.code() else {
+                return false;
+            };
+            if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                transient_sqlite(&code)
+            } else {
+                transient_sqlstate(&code)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL's SQLSTATEs worth a retry: class 08 (connection exception), 40001 (serialization
+/// failure), 40P01 (deadlock), 53 (insufficient resources: too many connections, out of
+/// memory or disk), 57P01–57P03 (the server is shutting down, restarting or starting), and
+/// 55P03 (a lock not available within `lock_timeout`).
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03"
+        )
+}
+
+/// SQLite's result codes worth a retry: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their
+/// extended codes (the primary code is the low byte).
+fn transient_sqlite(code: &str) -> bool {
+    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// Whether `e` is a unique-constraint violation.

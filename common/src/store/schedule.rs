@@ -19,11 +19,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Error, Result, collector as collector_store, is_unique_violation, job as job_store};
+use super::{Error, Result, collector as collector_store, is_unique_violation};
 use crate::calendar::Calendar;
 use crate::entity::{collector, job, schedule, schedule_fire};
-use crate::envelope::{Envelope, JobRequested};
 use crate::id::{CollectorId, DomainId, JobId, ScheduleId};
+use crate::lifecycle::job::{Queued, insert_queued, queued};
 use crate::model::{CollectorState, FireOutcome, JobStatus, Name, ScheduleState, Trigger};
 use crate::plugin::{Catalog, PluginInfo};
 
@@ -454,7 +454,7 @@ pub async fn fire_due(
         plan.fire(s.id, latest, FireOutcome::Queued, Some(job_id), None);
         plan.jobs.insert(
             job_id.as_uuid(),
-            job_store::new_job(
+            queued(
                 DomainId::from_uuid(c.domain_id),
                 job_id,
                 c,
@@ -475,7 +475,7 @@ pub async fn fire_due(
 #[derive(Default)]
 struct Plan {
     fires: Vec<schedule_fire::ActiveModel>,
-    jobs: HashMap<Uuid, (job::ActiveModel, Envelope<JobRequested>)>,
+    jobs: HashMap<Uuid, Queued>,
     next: Vec<(Uuid, Option<DateTime<chrono::FixedOffset>>)>,
 }
 
@@ -503,8 +503,7 @@ impl Plan {
     /// queued one, and moves the schedules on.
     async fn write(self, txn: &DatabaseTransaction, fired: &mut Fired) -> Result<()> {
         let mut jobs = self.jobs;
-        let mut rows = Vec::new();
-        let mut envelopes = Vec::new();
+        let mut queued = Vec::new();
         let mut last_jobs = Vec::new();
         let mut fires = self.fires;
         while !fires.is_empty() {
@@ -531,25 +530,15 @@ impl Plan {
                     FireOutcome::Skipped => fired.skipped += 1,
                     FireOutcome::Missed => fired.missed += 1,
                 }
-                if let Some((row, envelope)) = f.job_id.and_then(|j| jobs.remove(&j)) {
-                    if let (Set(Some(c)), Set(j)) = (&row.collector_id, &row.id) {
+                if let Some(job) = f.job_id.and_then(|j| jobs.remove(&j)) {
+                    if let (Set(Some(c)), Set(j)) = (&job.row.collector_id, &job.row.id) {
                         last_jobs.push((*c, *j));
                     }
-                    rows.push(row);
-                    envelopes.push(envelope);
+                    queued.push(job);
                 }
             }
         }
-        for chunk in rows.chunks(ROWS) {
-            job::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(txn)
-                .await?;
-        }
-        for chunk in envelopes.chunks(ROWS) {
-            super::outbox::insert_many(txn, chunk).await?;
-            let jobs: Vec<Uuid> = chunk.iter().map(|e| e.job_id.as_uuid()).collect();
-            super::job::announce(txn, &jobs).await?;
-        }
+        insert_queued(txn, queued).await?;
         for chunk in last_jobs.chunks(ROWS) {
             collector::Entity::update_many()
                 .col_expr(

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use gleaner_common::billing::Month;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ServiceAccountId, TaskId};
+use gleaner_common::lifecycle::{Attempt, fence};
 use gleaner_common::model::Counts;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -35,6 +36,17 @@ pub struct CostScope {
     pub task_id: TaskId,
     pub attempt: i32,
     pub month: Month,
+}
+
+impl CostScope {
+    /// The attempt the load is fenced by.
+    #[must_use]
+    pub fn attempt(&self) -> Attempt {
+        Attempt {
+            task: self.task_id,
+            number: self.attempt,
+        }
+    }
 }
 
 /// Starts loads.
@@ -92,10 +104,6 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 const DELETE: &str =
     "DELETE FROM costs WHERE collector_id = $1 AND service_account_id = $2 AND month = $3";
-
-/// Fences the commit: locks the task row if this attempt still owns it.
-const FENCE: &str =
-    "SELECT 1 FROM job_tasks WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS' FOR UPDATE";
 
 const ROLLUP_COLUMNS: &str = "domain_id, collector_id, service_account_id, month, provider, billing_account_id, \
     service_name, region_id, currency, billed_cost, effective_cost, list_cost, rows";
@@ -188,19 +196,8 @@ impl Rollup {
     }
 }
 
-/// The counts of a load: `created` the rows written, `deleted` the rows they replaced.
-const PROGRESS: &str = "UPDATE job_tasks SET
-    created = $3, deleted = $4, failed = $5, updated_at = now()
-WHERE id = $1 AND attempt = $2";
-
 fn db(e: sqlx::Error) -> SinkError {
-    // A data exception (SQLSTATE class 22: a value PostgreSQL refuses) fails again on retry.
-    if let sqlx::Error::Database(d) = &e
-        && d.code().is_some_and(|c| c.starts_with("22"))
-    {
-        return SinkError::Corrupt(format!("a record was refused: {d}"));
-    }
-    SinkError::Db(e.to_string())
+    SinkError::from(e)
 }
 
 /// What a [`PgLoad`] asks of the task that owns its transaction.
@@ -303,7 +300,7 @@ async fn own_load(
         Ok(_) => commit(tx, &scope, deleted, (failed, written), *rollup).await,
         Err(e) => Err(e),
     };
-    let failure = result.as_ref().err().map(|e| SinkError::Db(e.to_string()));
+    let failure = result.as_ref().err().cloned();
     reply.send(result).ok();
     failure.map_or(Ok(()), Err)
 }
@@ -316,13 +313,7 @@ async fn commit(
     (failed, written): (i64, i64),
     rollup: Rollup,
 ) -> Result<Option<Counts>, SinkError> {
-    let owned = sqlx::query(FENCE)
-        .bind(s.task_id.as_uuid())
-        .bind(s.attempt)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-    if owned.is_none() {
+    if !fence::pg::hold(&mut tx, s.attempt()).await.map_err(db)? {
         return Ok(None);
     }
     let fixed = format!(
@@ -375,28 +366,20 @@ async fn commit(
         copy.send(buf.as_bytes()).await.map_err(db)?;
         copy.finish().await.map_err(db)?;
     }
-    sqlx::query(PROGRESS)
-        .bind(s.task_id.as_uuid())
-        .bind(s.attempt)
-        .bind(written)
-        .bind(deleted)
-        .bind(failed)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    sqlx::query(gleaner_common::store::job::TOUCH_PG)
-        .bind(s.job_id.as_uuid())
-        .bind(chrono::Utc::now().fixed_offset())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(Some(Counts {
+    let counts = Counts {
         created: written,
         deleted,
         failed,
         ..Counts::default()
-    }))
+    };
+    fence::pg::set_loaded(&mut tx, s.attempt(), &counts)
+        .await
+        .map_err(db)?;
+    fence::pg::touch_jobs(&mut tx, &[s.job_id.as_uuid()])
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(Some(counts))
 }
 
 /// A month being replaced in PostgreSQL, through the task that owns its transaction.

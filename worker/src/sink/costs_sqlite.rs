@@ -9,7 +9,7 @@
 //! decimal type.
 
 use async_trait::async_trait;
-use chrono::Utc;
+use gleaner_common::lifecycle::fence;
 use gleaner_common::model::Counts;
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
 
@@ -36,12 +36,6 @@ const CLEAN: &str = "DELETE FROM cost_staging WHERE (task_id = ?1 AND attempt < 
     OR NOT EXISTS (SELECT 1 FROM job_tasks t
                    WHERE t.id = cost_staging.task_id AND t.status = 'IN_PROGRESS')";
 
-const FENCE: &str = "UPDATE job_tasks SET updated_at = ?1
-WHERE id = ?2 AND attempt = ?3 AND status = 'IN_PROGRESS'";
-
-const PROGRESS: &str = "UPDATE job_tasks SET created = ?3, deleted = ?4, failed = ?5
-WHERE id = ?1 AND attempt = ?2";
-
 /// The SQLite cost sink.
 #[derive(Clone, Debug)]
 pub struct SqliteCostSink {
@@ -57,7 +51,7 @@ impl SqliteCostSink {
 }
 
 fn db(e: sqlx::Error) -> SinkError {
-    SinkError::Db(e.to_string())
+    SinkError::from(e)
 }
 
 #[async_trait]
@@ -165,15 +159,10 @@ impl CostLoad for SqliteLoad {
     async fn commit(mut self: Box<Self>, failed: i64) -> Result<Option<Counts>, SinkError> {
         let s = &self.scope;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        let now = Utc::now().fixed_offset();
-        let owned = sqlx::query(FENCE)
-            .bind(now)
-            .bind(s.task_id.as_uuid())
-            .bind(s.attempt)
-            .execute(&mut *tx)
+        if !fence::sqlite::hold(&mut tx, s.attempt())
             .await
-            .map_err(db)?;
-        if owned.rows_affected() == 0 {
+            .map_err(db)?
+        {
             return Ok(None);
         }
         let (collector, account) = (s.collector_id.as_uuid(), s.service_account_id.as_uuid());
@@ -220,29 +209,20 @@ impl CostLoad for SqliteLoad {
                 insert_rollup(&mut tx, table, s, chunk).await?;
             }
         }
-        let deleted = i64::try_from(deleted).unwrap_or(i64::MAX);
-        sqlx::query(PROGRESS)
-            .bind(s.task_id.as_uuid())
-            .bind(s.attempt)
-            .bind(self.written)
-            .bind(deleted)
-            .bind(failed)
-            .execute(&mut *tx)
+        let counts = Counts {
+            created: self.written,
+            deleted: i64::try_from(deleted).unwrap_or(i64::MAX),
+            failed,
+            ..Counts::default()
+        };
+        fence::sqlite::set_loaded(&mut tx, s.attempt(), &counts)
             .await
             .map_err(db)?;
-        sqlx::query("UPDATE jobs SET updated_at = ?2 WHERE id = ?1")
-            .bind(s.job_id.as_uuid())
-            .bind(now)
-            .execute(&mut *tx)
+        fence::sqlite::touch_job(&mut tx, s.job_id.as_uuid())
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Some(Counts {
-            created: self.written,
-            deleted,
-            failed,
-            ..Counts::default()
-        }))
+        Ok(Some(counts))
     }
 }
 

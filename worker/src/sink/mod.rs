@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
+use gleaner_common::lifecycle::Attempt;
 use gleaner_common::model::Counts;
 use gleaner_common::store::resource;
 
@@ -32,6 +33,17 @@ pub struct Scope {
     pub shared: bool,
 }
 
+impl Scope {
+    /// The attempt the batch is fenced by.
+    #[must_use]
+    pub fn attempt(&self) -> Attempt {
+        Attempt {
+            task: self.task_id,
+            number: self.attempt,
+        }
+    }
+}
+
 /// What writing a batch did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -46,10 +58,15 @@ pub enum Written {
 }
 
 /// Why a batch could not be written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The database could not be reached, or asked to try again: writing again may succeed.
     #[error("database error while writing a batch: {0}")]
     Db(String),
+    /// The database refused what was written (a value it cannot hold, a constraint): writing
+    /// the same again fails the same way.
+    #[error("the database refused the write: {0}")]
+    Refused(String),
     #[error("item `{key}` has data that is not a JSON object")]
     NotAnObject { key: String },
     /// The priority merge of resources several collectors report failed.
@@ -58,6 +75,17 @@ pub enum SinkError {
     /// Stored data cannot be read: writing again will not help.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for SinkError {
+    /// Transient or refused by the error's kind ([`gleaner_common::store::is_transient_sqlx`]).
+    fn from(e: sqlx::Error) -> Self {
+        if gleaner_common::store::is_transient_sqlx(&e) {
+            SinkError::Db(e.to_string())
+        } else {
+            SinkError::Refused(e.to_string())
+        }
+    }
 }
 
 impl SinkError {

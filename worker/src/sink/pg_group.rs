@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
+use gleaner_common::lifecycle::{Attempt, fence};
 use gleaner_common::model::Counts;
 use sqlx::{PgPool, Row};
 use tracing::debug;
@@ -19,25 +20,6 @@ use uuid::Uuid;
 
 use super::postgres::{Arrays, UPSERT};
 use super::{ResourceSink, SinkError, Write, Written};
-
-/// The attempts of the group that still own their task, locked in id order so two groups never
-/// wait on each other's rows in opposite orders.
-const FENCE_MANY: &str = "SELECT t.id FROM job_tasks t
-JOIN unnest($1::uuid[], $2::int4[]) AS u(id, attempt) ON t.id = u.id AND t.attempt = u.attempt
-WHERE t.status = 'IN_PROGRESS'
-ORDER BY t.id
-FOR UPDATE OF t";
-
-const PROGRESS_MANY: &str = "UPDATE job_tasks t SET
-    created = t.created + u.created, updated = t.updated + u.updated,
-    unchanged = t.unchanged + u.unchanged, failed = t.failed + u.failed, updated_at = now()
-FROM unnest($1::uuid[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
-    AS u(id, attempt, created, updated, unchanged, failed)
-WHERE t.id = u.id AND t.attempt = u.attempt";
-
-/// [`gleaner_common::store::job::TOUCH_PG`] for several jobs.
-const TOUCH_JOBS: &str = "UPDATE jobs SET updated_at = $2
-WHERE id IN (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)";
 
 /// [`UPSERT`] where every row brings its own scope (`$2`–`$7`) beside its content, and which
 /// returns each row written, for the counts of its task.
@@ -157,21 +139,13 @@ async fn write_group(
     together: Vec<(usize, Arrays)>,
     owner: &HashMap<Key, usize>,
 ) -> Result<Vec<(usize, Written)>, SinkError> {
-    let db = |e: sqlx::Error| SinkError::Db(e.to_string());
-    let (task_ids, attempts): (Vec<Uuid>, Vec<i32>) = together
+    let db = SinkError::from;
+    let attempts: Vec<Attempt> = together
         .iter()
-        .map(|(n, _)| (writes[*n].scope.task_id.as_uuid(), writes[*n].scope.attempt))
-        .unzip();
-    let mut tx = pool.begin().await.map_err(db)?;
-    let owned: HashSet<Uuid> = sqlx::query(FENCE_MANY)
-        .bind(&task_ids)
-        .bind(&attempts)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|r| r.get::<Uuid, _>(0))
+        .map(|(n, _)| writes[*n].scope.attempt())
         .collect();
+    let mut tx = pool.begin().await.map_err(db)?;
+    let owned: HashSet<Uuid> = fence::pg::hold_many(&mut tx, &attempts).await.map_err(db)?;
     let (live, stale): (Vec<_>, Vec<_>) = together
         .into_iter()
         .partition(|(n, _)| owned.contains(&writes[*n].scope.task_id.as_uuid()));
@@ -217,18 +191,11 @@ async fn write_group(
         c.unchanged =
             i64::try_from(writes[*n].batch.len()).unwrap_or(i64::MAX) - c.created - c.updated;
     }
-    let mut progress = Progress::default();
-    for (n, _) in &live {
-        progress.push(&writes[*n], counts[n]);
-    }
-    sqlx::query(PROGRESS_MANY)
-        .bind(&progress.ids)
-        .bind(&progress.attempts)
-        .bind(&progress.created)
-        .bind(&progress.updated)
-        .bind(&progress.unchanged)
-        .bind(&progress.failed)
-        .execute(&mut *tx)
+    let progress: Vec<(Attempt, Counts)> = live
+        .iter()
+        .map(|(n, _)| (writes[*n].scope.attempt(), counts[n]))
+        .collect();
+    fence::pg::add_progress(&mut tx, &progress)
         .await
         .map_err(db)?;
     let mut jobs: Vec<Uuid> = live
@@ -237,12 +204,7 @@ async fn write_group(
         .collect();
     jobs.sort_unstable();
     jobs.dedup();
-    sqlx::query(TOUCH_JOBS)
-        .bind(&jobs)
-        .bind(chrono::Utc::now().fixed_offset())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    fence::pg::touch_jobs(&mut tx, &jobs).await.map_err(db)?;
     tx.commit().await.map_err(db)?;
     let mut out: Vec<(usize, Written)> = live
         .into_iter()
@@ -310,28 +272,6 @@ fn sort_key<'a>(
         a.types[i].as_str(),
         a.keys[i].as_str(),
     )
-}
-
-/// [`PROGRESS_MANY`]'s arrays.
-#[derive(Default)]
-struct Progress {
-    ids: Vec<Uuid>,
-    attempts: Vec<i32>,
-    created: Vec<i64>,
-    updated: Vec<i64>,
-    unchanged: Vec<i64>,
-    failed: Vec<i64>,
-}
-
-impl Progress {
-    fn push(&mut self, w: &Write, c: Counts) {
-        self.ids.push(w.scope.task_id.as_uuid());
-        self.attempts.push(w.scope.attempt);
-        self.created.push(c.created);
-        self.updated.push(c.updated);
-        self.unchanged.push(c.unchanged);
-        self.failed.push(c.failed);
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! bind parameters; COPY streams the batch in one go.
 
 use async_trait::async_trait;
+use gleaner_common::lifecycle::fence;
 use gleaner_common::model::Counts;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -31,10 +32,6 @@ CREATE TEMP TABLE IF NOT EXISTS gleaner_stage_resources (
 ) ON COMMIT DELETE ROWS";
 
 const COPY_STAGE: &str = "COPY gleaner_stage_resources (id, resource_type, resource_key, name, region, data, content_hash) FROM STDIN (FORMAT binary)";
-
-/// Fences the batch: locks the task row if this attempt still owns it.
-const FENCE: &str =
-    "SELECT 1 FROM job_tasks WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS' FOR UPDATE";
 
 /// `$1` domain, `$2` provider, `$3` project, `$4` service account, `$5` collector, `$6` job.
 ///
@@ -112,15 +109,6 @@ CROSS JOIN LATERAL (
 const UNSTAGE: &str = "DELETE FROM gleaner_stage_resources
 WHERE (resource_type, resource_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 
-const PROGRESS: &str = "UPDATE job_tasks SET
-    created = created + $3, updated = updated + $4, unchanged = unchanged + $5, failed = failed + $6,
-    updated_at = now()
-WHERE id = $1 AND attempt = $2";
-
-/// Moves the job's `updated_at` with its task's progress: a job's counts are summed from its
-/// tasks, and `GET /v1/jobs/events` finds changed jobs by `updated_at` alone.
-const TOUCH_JOB: &str = gleaner_common::store::job::TOUCH_PG;
-
 /// Writes resources to PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PgSink {
@@ -153,15 +141,12 @@ impl ResourceSink for PgSink {
             Staged::Copy(encode(batch)?)
         };
         let encoded = started.elapsed();
-        let db = |e: sqlx::Error| SinkError::Db(e.to_string());
+        let db = SinkError::from;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let owned = sqlx::query(FENCE)
-            .bind(scope.task_id.as_uuid())
-            .bind(scope.attempt)
-            .fetch_optional(&mut *tx)
+        if !fence::pg::hold(&mut tx, scope.attempt())
             .await
-            .map_err(db)?;
-        if owned.is_none() {
+            .map_err(db)?
+        {
             return Ok(Written::Stale);
         }
         let mut counts = Counts {
@@ -228,21 +213,12 @@ impl ResourceSink for PgSink {
                 - counts.created
                 - counts.updated;
         }
-        sqlx::query(PROGRESS)
-            .bind(scope.task_id.as_uuid())
-            .bind(scope.attempt)
-            .bind(counts.created)
-            .bind(counts.updated)
-            .bind(counts.unchanged)
-            .bind(counts.failed)
-            .execute(&mut *tx)
+        // A job's counts are summed from its tasks, and `GET /v1/jobs/events` finds changed
+        // jobs by `updated_at` alone: the job moves with its task's progress.
+        fence::pg::add_progress(&mut tx, &[(scope.attempt(), counts)])
             .await
             .map_err(db)?;
-        // The clock of the process, like every other write of `jobs.updated_at`.
-        sqlx::query(TOUCH_JOB)
-            .bind(scope.job_id.as_uuid())
-            .bind(chrono::Utc::now().fixed_offset())
-            .execute(&mut *tx)
+        fence::pg::touch_jobs(&mut tx, &[scope.job_id.as_uuid()])
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use gleaner_common::lifecycle::fence;
 use gleaner_common::model::Counts;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
@@ -27,17 +28,6 @@ const CHUNK: usize = 1_000;
 
 /// A row of the resource insert: the item's values and the batch's, with 16 parameters.
 const RESOURCE_ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,'ACTIVE',0,?,?,?,?)";
-
-const FENCE: &str = "UPDATE job_tasks SET updated_at = ?1
-WHERE id = ?2 AND attempt = ?3 AND status = 'IN_PROGRESS'";
-
-const PROGRESS: &str = "UPDATE job_tasks SET
-    created = created + ?3, updated = updated + ?4, unchanged = unchanged + ?5, failed = failed + ?6
-WHERE id = ?1 AND attempt = ?2";
-
-/// Moves the job's `updated_at` with its task's progress: a job's counts are summed from its
-/// tasks, and `GET /v1/jobs/events` finds changed jobs by `updated_at` alone.
-const TOUCH_JOB: &str = "UPDATE jobs SET updated_at = ?2 WHERE id = ?1";
 
 const UPDATE: &str = "UPDATE resources SET
     name = ?2, region = ?3, project_id = ?4, service_account_id = ?5, collector_id = ?6,
@@ -81,7 +71,7 @@ struct Existing {
 }
 
 fn db(e: sqlx::Error) -> SinkError {
-    SinkError::Db(e.to_string())
+    SinkError::from(e)
 }
 
 /// `rows` groups of `per_row` anonymous placeholders: `(?,?),(?,?)`.
@@ -111,14 +101,10 @@ impl ResourceSink for SqliteSink {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         // After the lock, which may have been waited for.
         let now = Utc::now().fixed_offset();
-        let owned = sqlx::query(FENCE)
-            .bind(now)
-            .bind(scope.task_id.as_uuid())
-            .bind(scope.attempt)
-            .execute(&mut *tx)
+        if !fence::sqlite::hold(&mut tx, scope.attempt())
             .await
-            .map_err(db)?;
-        if owned.rows_affected() == 0 {
+            .map_err(db)?
+        {
             return Ok(Written::Stale);
         }
         let fenced = started.elapsed();
@@ -284,20 +270,12 @@ impl ResourceSink for SqliteSink {
             failed,
             ..Counts::default()
         };
-        sqlx::query(PROGRESS)
-            .bind(scope.task_id.as_uuid())
-            .bind(scope.attempt)
-            .bind(counts.created)
-            .bind(counts.updated)
-            .bind(counts.unchanged)
-            .bind(counts.failed)
-            .execute(&mut *tx)
+        // A job's counts are summed from its tasks, and `GET /v1/jobs/events` finds changed
+        // jobs by `updated_at` alone: the job moves with its task's progress.
+        fence::sqlite::add_progress(&mut tx, scope.attempt(), &counts)
             .await
             .map_err(db)?;
-        sqlx::query(TOUCH_JOB)
-            .bind(scope.job_id.as_uuid())
-            .bind(now)
-            .execute(&mut *tx)
+        fence::sqlite::touch_job(&mut tx, scope.job_id.as_uuid())
             .await
             .map_err(db)?;
         let recorded = started.elapsed();

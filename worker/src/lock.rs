@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use gleaner_common::lifecycle::Claimed;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::Context;
 
 /// A held lock; dropping it releases the lock.
 pub struct Held {
@@ -106,7 +110,7 @@ impl RedisLocks {
         let client = redis::Client::open(url).map_err(|e| LockError(e.to_string()))?;
         let conn = ConnectionManager::new(client)
             .await
-            .map_err(|e| LockError(format!("{}: {e}", crate::db::redact(url))))?;
+            .map_err(|e| LockError(format!("{}: {e}", gleaner_common::db::redact(url))))?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
@@ -191,6 +195,51 @@ impl Locks for RedisLocks {
 #[must_use]
 pub fn collection_key(collector: &str, service_account: Option<&str>) -> String {
     format!("collect:{collector}:{}", service_account.unwrap_or("-"))
+}
+
+/// How often a task waiting for the collection lock asks again.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until no other collection of the same collector and service account runs, and takes
+/// its lock (the documented rule: the later collection waits, its task claimed and leased, rather
+/// than overlap or be skipped). `None` when the worker stops while waiting.
+pub(crate) async fn wait_for_collection(
+    ctx: &Context,
+    claimed: &Claimed,
+    stop: &CancellationToken,
+) -> Result<Option<Held>, LockError> {
+    let Some(collector) = claimed.collector_id else {
+        return Ok(Some(Held::none()));
+    };
+    let key = collection_key(
+        &collector.to_string(),
+        claimed.service_account_id.map(|s| s.to_string()).as_deref(),
+    );
+    let mut waited = false;
+    loop {
+        let attempt = ctx
+            .db_retry
+            .run(
+                "take the collection lock",
+                |_: &LockError| true,
+                || ctx.locks.try_acquire(&key),
+            )
+            .await?;
+        if let Some(held) = attempt {
+            if waited {
+                info!("the other collection ended; starting");
+            }
+            return Ok(Some(held));
+        }
+        if !waited {
+            info!("another collection of this collector and account is running; waiting for it");
+            waited = true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
 }
 
 #[cfg(test)]
