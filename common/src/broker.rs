@@ -35,13 +35,39 @@ use crate::store::outbox::Pending;
 /// Why a message was not accepted by the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The broker could not be reached, or the connection failed: the message itself may be
+    /// fine.
     #[error("broker unreachable: {0}")]
     Connection(String),
     #[error("broker refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for routing key `{0}`: the message was returned")]
     Unroutable(String),
+    /// The broker closed the channel over what was published (a message larger than its
+    /// `max_message_size`, say): a channel-level error, the connection still up.
+    #[error("the broker closed the channel: {0}")]
+    Refused(String),
 }
+
+impl PublishError {
+    /// Whether the broker refused the message itself (publishing it again is likely to fail the
+    /// same way), rather than being unreachable.
+    #[must_use]
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, PublishError::Connection(_))
+    }
+
+    fn of(e: &lapin::Error) -> Self {
+        if e.is_amqp_soft_error() {
+            PublishError::Refused(e.to_string())
+        } else {
+            PublishError::Connection(e.to_string())
+        }
+    }
+}
+
+/// How long a publish waits for its confirm (and a batch for all of its confirms).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Publishes messages durably. `Ok` for a message means the broker has taken responsibility
 /// for it; only then may its outbox row be deleted.
@@ -365,16 +391,33 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
 /// taken responsibility for the message (acked, and, if `mandatory`, routed to a queue).
 ///
 /// # Errors
-/// The publish or its confirm failed or did not come within 30 s, the broker nacked it, or a
-/// mandatory message was returned unroutable.
+/// The publish or its confirm failed or did not come within [`CONFIRM_TIMEOUT`], the broker
+/// nacked it, or a mandatory message was returned unroutable.
 pub async fn confirmed(
     confirm: lapin::Result<lapin::PublisherConfirm>,
     routing_key: &str,
 ) -> Result<(), PublishError> {
-    let pending = confirm.map_err(|e| PublishError::Connection(e.to_string()))?;
-    match tokio::time::timeout(Duration::from_secs(30), pending).await {
-        Err(_) => Err(PublishError::Connection("no confirm within 30 s".into())),
-        Ok(Err(e)) => Err(PublishError::Connection(e.to_string())),
+    confirmed_by(
+        confirm,
+        routing_key,
+        tokio::time::Instant::now() + CONFIRM_TIMEOUT,
+    )
+    .await
+}
+
+/// [`confirmed`], waiting until `deadline` at most: the confirms of a batch share one.
+///
+/// # Errors
+/// As [`confirmed`].
+pub async fn confirmed_by(
+    confirm: lapin::Result<lapin::PublisherConfirm>,
+    routing_key: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), PublishError> {
+    let pending = confirm.map_err(|e| PublishError::of(&e))?;
+    match tokio::time::timeout_at(deadline, pending).await {
+        Err(_) => Err(PublishError::Connection("no confirm in time".into())),
+        Ok(Err(e)) => Err(PublishError::of(&e)),
         Ok(Ok(c)) if c.is_nack() => Err(PublishError::Nacked),
         Ok(Ok(c)) => match c.take_message() {
             Some(_) => Err(PublishError::Unroutable(routing_key.to_owned())),
@@ -513,14 +556,32 @@ impl Publisher for AmqpPublisher {
             };
             confirms.push(confirm);
         }
+        // One deadline for the whole batch: the confirms come back together, so a broker that
+        // stalls costs the batch one timeout, not one per message.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut results = Vec::with_capacity(batch.len());
-        let mut broken = false;
         for (msg, confirm) in batch.iter().zip(confirms) {
-            let result = confirmed(confirm, &msg.routing_key).await;
-            broken |= matches!(result, Err(PublishError::Connection(_)));
-            results.push(result);
+            results.push(confirmed_by(confirm, &msg.routing_key, deadline).await);
         }
-        if broken {
+        // A channel the broker closed over one message fails every publish after it on that
+        // channel: all of them are suspects, published alone next time.
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(PublishError::Refused(_))))
+        {
+            for r in &mut results {
+                if let Err(PublishError::Connection(e)) = r {
+                    *r = Err(PublishError::Refused(std::mem::take(e)));
+                }
+            }
+        }
+        if results.iter().any(|r| {
+            matches!(
+                r,
+                Err(PublishError::Connection(_) | PublishError::Refused(_))
+            )
+        }) {
+            // The channel may be closed or stuck: open another for the next publish.
             self.reset().await;
         }
         results

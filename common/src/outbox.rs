@@ -14,7 +14,8 @@ use tracing::{debug, warn};
 use crate::broker::Publisher;
 use crate::config::OutboxSettings;
 use crate::retry::RetryPolicy;
-use crate::store::{self, outbox};
+use crate::store;
+use crate::store::outbox::{self, Pending};
 
 /// Wakes the relays of this process when a transaction has written outbox rows.
 #[derive(Clone, Debug, Default)]
@@ -90,52 +91,74 @@ impl Relay {
         }
     }
 
-    /// One round: lock a batch, publish it, delete what was confirmed. Returns how many rows
-    /// were published.
+    /// One round: claim a batch, publish it, delete what the broker confirmed. Returns how many
+    /// rows were published.
+    ///
+    /// No transaction is open while the broker is waited for: the batch is claimed for a while
+    /// (a relay that dies leaves its rows to another one after that), published, its confirms
+    /// awaited together, and the claim settled in one short statement each for what was sent,
+    /// refused and not delivered. A row the broker refused before is published alone, after the
+    /// others: a row that makes the broker close the channel then fails by itself, and after
+    /// [`outbox::REFUSALS_BEFORE_DEAD`] refusals it is marked dead with the reason, so it never
+    /// holds up the rows behind it.
     ///
     /// # Errors
-    /// A database error, or the broker refusing every message of the batch.
+    /// A database error, or the broker taking none of the batch.
     pub async fn publish_once(&self) -> Result<usize, RelayError> {
-        let txn = store::begin_write(&self.db)
-            .await
-            .map_err(store::Error::from)?;
-        let batch = outbox::lock_batch(&txn, self.settings.batch_size).await?;
+        let now = chrono::Utc::now();
+        let until = now + chrono::Duration::from_std(CLAIM).unwrap_or(chrono::Duration::MAX);
+        let batch = outbox::claim_batch(&self.db, self.settings.batch_size, now, until).await?;
         if batch.is_empty() {
-            // Roll back now: a dropped transaction only rolls back when its connection is next
-            // used, and until then it holds a lock on `outbox` that blocks migrations.
-            txn.rollback().await.map_err(store::Error::from)?;
             return Ok(0);
         }
-        let results = self.publisher.publish(&batch).await;
-        let mut sent = Vec::with_capacity(batch.len());
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        for (row, result) in batch.iter().zip(results) {
+        let (suspects, fresh): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|r| r.refusals > 0);
+        let mut results = self.publisher.publish(&fresh).await;
+        for row in &suspects {
+            let alone = self.publisher.publish(std::slice::from_ref(row)).await;
+            results.extend(alone);
+        }
+        let (mut sent, mut refused, mut unreachable) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut refusal, mut failure) = (None, None);
+        for (row, result) in fresh.iter().chain(&suspects).zip(results) {
             match result {
                 Ok(()) => sent.push(row.id),
+                Err(e) if e.is_refusal() => {
+                    warn!(outbox_id = row.id, routing_key = %row.routing_key, refusals = row.refusals + 1, error = %e, "the broker refused a message");
+                    refused.push(row.id);
+                    refusal.get_or_insert(e.to_string());
+                }
                 Err(e) => {
-                    failed.push(row.id);
-                    first_error.get_or_insert(e.to_string());
+                    unreachable.push(row.id);
+                    failure.get_or_insert(e.to_string());
                 }
             }
         }
-        crate::metrics::outbox_publish_failed(failed.len());
-        outbox::delete(&txn, &sent).await?;
-        if let Some(err) = &first_error {
-            outbox::record_failure(&txn, &failed, err).await?;
+        crate::metrics::outbox_publish_failed(refused.len() + unreachable.len());
+        outbox::delete(&self.db, &sent).await?;
+        if let Some(e) = &refusal {
+            outbox::refused(&self.db, &refused, e).await?;
         }
-        txn.commit().await.map_err(store::Error::from)?;
+        if let Some(e) = &failure {
+            outbox::unreachable(&self.db, &unreachable, e).await?;
+        }
         debug!(
             published = sent.len(),
-            failed = failed.len(),
+            refused = refused.len(),
+            unreachable = unreachable.len(),
             "outbox round"
         );
-        match first_error {
+        match failure.or(refusal) {
             Some(e) if sent.is_empty() => Err(RelayError::Broker(e)),
             _ => Ok(sent.len()),
         }
     }
 }
+
+/// How long a relay holds the rows of a round: longer than a round can take (the confirms of a
+/// batch are awaited for [`crate::broker::CONFIRM_TIMEOUT`] at most, and a suspect's for as
+/// long each), after which another relay may publish them.
+const CLAIM: Duration = Duration::from_secs(300);
 
 /// Why a relay round failed.
 #[derive(Debug, thiserror::Error)]

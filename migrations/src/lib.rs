@@ -13,6 +13,7 @@ mod m20261123_000006_schedules;
 mod m20261123_000007_delivery;
 mod m20261201_000008_billing;
 mod m20261201_000009_task_lookups;
+mod m20261202_000010_outbox_claims;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000007_delivery::Migration),
             Box::new(m20261201_000008_billing::Migration),
             Box::new(m20261201_000009_task_lookups::Migration),
+            Box::new(m20261202_000010_outbox_claims::Migration),
         ]
     }
 }

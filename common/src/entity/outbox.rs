@@ -20,6 +20,8 @@ pub struct Model {
     pub not_before: Option<DateTimeWithTimeZone>,
     /// `work`, or `events` for a job event published to integrations.
     pub destination: String,
+    /// A relay is publishing the row until then (`None`: nobody is).
+    pub claimed_until: Option<DateTimeWithTimeZone>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

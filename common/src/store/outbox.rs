@@ -2,7 +2,6 @@
 //! published to the broker by a relay afterwards.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::LockBehavior;
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -124,6 +123,7 @@ async fn write(
         dead_at: Set(None),
         not_before: Set(not_before),
         destination: Set(destination.to_owned()),
+        claimed_until: Set(None),
     });
     outbox::Entity::insert_many(models)
         .exec_without_returning(db)
@@ -192,24 +192,35 @@ pub struct Pending {
     pub not_before: Option<DateTime<Utc>>,
     /// [`WORK`] or [`EVENTS`].
     pub destination: String,
+    /// How many times the broker refused the row so far.
+    pub refusals: i32,
 }
 
-/// Locks up to `limit` unsent rows, oldest first, skipping rows another relay holds, so several
-/// relays can run without waiting on each other. Call inside a transaction.
+/// Claims up to `limit` live rows, oldest first, that no relay is publishing (or whose claim
+/// ran out before `now`), until `until`, in one statement that commits at once: the relay then
+/// publishes them with no transaction open and no row locked while the broker confirms, and
+/// several relays never take the same row. PostgreSQL only (the standalone mode has no relay).
 ///
 /// # Errors
 /// Database errors only.
-pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pending>> {
-    let rows = outbox::Entity::find()
-        .filter(outbox::Column::DeadAt.is_null())
-        .order_by_asc(outbox::Column::Id)
-        .limit(limit)
-        .lock_with_behavior(
-            sea_orm::sea_query::LockType::Update,
-            LockBehavior::SkipLocked,
-        )
-        .all(db)
-        .await?;
+pub async fn claim_batch(
+    db: &impl ConnectionTrait,
+    limit: u64,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<Pending>> {
+    let claim = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        CLAIM_PG,
+        [
+            until.fixed_offset().into(),
+            now.fixed_offset().into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    );
+    let mut rows = outbox::Entity::find().from_raw_sql(claim).all(db).await?;
+    // RETURNING keeps no order.
+    rows.sort_unstable_by_key(|r| r.id);
     Ok(rows
         .into_iter()
         .map(|r| Pending {
@@ -219,8 +230,71 @@ pub async fn lock_batch(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Pen
             body: r.body,
             not_before: r.not_before.map(|t| t.to_utc()),
             destination: r.destination,
+            refusals: r.publish_attempts,
         })
         .collect())
+}
+
+/// [`claim_batch`]: the rows are picked with `SKIP LOCKED`, so two relays claiming at once
+/// take different rows instead of waiting for each other.
+const CLAIM_PG: &str = "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
+     SELECT id FROM outbox WHERE dead_at IS NULL \
+     AND (claimed_until IS NULL OR claimed_until < $2) \
+     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *";
+
+/// Refusals of a row by the broker (in as many rounds) after which the relay marks it dead
+/// instead of offering it again: a message the broker refuses that often will not be taken,
+/// and it must not hold up the rows behind it. Clearing `dead_at` offers it again.
+pub const REFUSALS_BEFORE_DEAD: i32 = 5;
+
+/// Records that the broker refused the rows (`error` says why), and marks dead those refused
+/// [`REFUSALS_BEFORE_DEAD`] times; their claims end.
+///
+/// # Errors
+/// Database errors only.
+pub async fn refused(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let refused = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = $1, \
+         claimed_until = NULL, \
+         dead_at = CASE WHEN publish_attempts + 1 >= $2 THEN $3 ELSE dead_at END \
+         WHERE id = ANY($4)",
+        [
+            error.into(),
+            REFUSALS_BEFORE_DEAD.into(),
+            Utc::now().fixed_offset().into(),
+            ids.to_vec().into(),
+        ],
+    );
+    db.execute_raw(refused).await?;
+    Ok(())
+}
+
+/// Records that the broker could not be reached for the rows (not held against them), and ends
+/// their claims, so the next round offers them again.
+///
+/// # Errors
+/// Database errors only.
+pub async fn unreachable(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::LastError,
+            sea_orm::sea_query::Expr::value(error),
+        )
+        .col_expr(
+            outbox::Column::ClaimedUntil,
+            sea_orm::sea_query::Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+        )
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// Up to `limit` live rows, oldest first, leaving out `busy` (rows being handled or waiting for
@@ -334,32 +408,6 @@ pub async fn delete(db: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
         return Ok(());
     }
     outbox::Entity::delete_many()
-        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-        .exec(db)
-        .await?;
-    Ok(())
-}
-
-/// Records a failed publication on the rows, for operators looking at a stuck outbox.
-///
-/// # Errors
-/// Database errors only.
-pub async fn record_failure(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    outbox::Entity::update_many()
-        .col_expr(
-            outbox::Column::PublishAttempts,
-            sea_orm::sea_query::ExprTrait::add(
-                sea_orm::sea_query::Expr::col(outbox::Column::PublishAttempts),
-                1,
-            ),
-        )
-        .col_expr(
-            outbox::Column::LastError,
-            sea_orm::sea_query::Expr::value(error),
-        )
         .filter(outbox::Column::Id.is_in(ids.iter().copied()))
         .exec(db)
         .await?;
