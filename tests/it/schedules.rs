@@ -1,6 +1,9 @@
 //! Schedules through the API, and the scheduler on a simulated clock: fires at the right
 //! instants, exactly once, SKIPPED on overlap, caught up or MISSED after downtime.
 
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,6 +43,32 @@ async fn fires(
     }
     out.reverse();
     Ok(out)
+}
+
+/// How long a test waits for the scheduler or a worker to act.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Polls `probe` every 50 ms until it breaks with a value; after `within`, fails naming `what`
+/// it waited for and the state the probe last observed.
+async fn eventually<T, S: std::fmt::Debug, F>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> F,
+) -> anyhow::Result<T>
+where
+    F: Future<Output = anyhow::Result<ControlFlow<T, S>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await? {
+            ControlFlow::Break(done) => return Ok(done),
+            ControlFlow::Continue(state) => anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {within:?}; last observed: {state:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn schedule(env: &TestEnv, collector: &str, body: Value) -> anyhow::Result<Value> {
@@ -310,8 +339,15 @@ async fn two_schedulers_fire_each_instant_once(mode: Mode) -> anyhow::Result<()>
         .await?;
     assert_eq!(jobs, queued, "one job per queued fire");
     assert!(queued >= 1);
-    // Let the queued jobs finish before the environment stops.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The queued jobs run, and end before the environment stops.
+    for id in &ids {
+        for (_, outcome, job, _) in fires(&env, id).await? {
+            if outcome == "QUEUED" {
+                let job = env.wait_job(job.as_str().context("job id")?).await?;
+                assert_eq!(job["status"], "SUCCESS", "{job}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -386,23 +422,56 @@ crate::in_both_modes!(
 );
 
 /// A clock the test moves.
-struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
-
-impl gleaner_scheduler::Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+struct ManualClock(Mutex<DateTime<Utc>>);
 
 impl ManualClock {
     fn set(&self, t: DateTime<Utc>) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = t;
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = t;
+    }
+}
+
+/// One scheduler replica's view of the [`ManualClock`], counting its reads.
+///
+/// `gleaner_scheduler::run` reads its clock only while it leads, and twice a pass: for the
+/// pass's instant, then to choose how long to sleep after it. So a read shows that the replica
+/// leads, and three reads after the time moved include a whole pass at the new time (the pass
+/// under way then may account for one of them).
+struct ReplicaClock {
+    time: Arc<ManualClock>,
+    reads: AtomicUsize,
+}
+
+impl gleaner_scheduler::Clock for ReplicaClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        *self.time.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ReplicaClock {
+    fn new(time: &Arc<ManualClock>) -> Arc<Self> {
+        Arc::new(Self {
+            time: time.clone(),
+            reads: AtomicUsize::new(0),
+        })
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the replica has read the clock `more` times from now.
+    async fn read_again(&self, more: usize, what: &str) -> anyhow::Result<()> {
+        let target = self.reads() + more;
+        eventually(what, WAIT, || async {
+            let reads = self.reads();
+            Ok(if reads >= target {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{reads} reads of the clock, waiting for {target}"))
+            })
+        })
+        .await
     }
 }
 
@@ -422,11 +491,11 @@ async fn two_scheduler_replicas_with_the_leader_killed_fire_every_hour_once() ->
     .await?;
     let id = s["id"].as_str().context("id")?.to_owned();
     let first = instant(&s["next_fires"][0])?;
-    let clock = std::sync::Arc::new(ManualClock(std::sync::Mutex::new(
+    let time = Arc::new(ManualClock(Mutex::new(
         first - chrono::Duration::minutes(1),
     )));
     let schema = env.settings.database.schema.clone().context("schema")?;
-    let replica = |clock: std::sync::Arc<ManualClock>| {
+    let replica = |clock: Arc<ReplicaClock>| {
         let (sched, schema) = (scheduler(&env), schema.clone());
         tokio::spawn(async move {
             gleaner_scheduler::run(
@@ -439,30 +508,49 @@ async fn two_scheduler_replicas_with_the_leader_killed_fire_every_hour_once() ->
             .await;
         })
     };
-    let leader = replica(clock.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let follower = replica(clock.clone());
+    let (leader_clock, follower_clock) = (ReplicaClock::new(&time), ReplicaClock::new(&time));
+    let leader = replica(leader_clock.clone());
+    // The first replica leads before the second starts.
+    leader_clock
+        .read_again(1, "the first replica's first pass")
+        .await?;
+    let follower = replica(follower_clock.clone());
     for hour in 0..12 {
         if hour == 6 {
+            assert_eq!(
+                follower_clock.reads(),
+                0,
+                "the second replica made no pass while the first led"
+            );
             leader.abort();
         }
         let fire = first + chrono::Duration::hours(hour);
-        clock.set(fire);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let last = loop {
+        time.set(fire);
+        let fired = usize::try_from(hour)? + 1;
+        let last = eventually(&format!("the fire at {fire}"), WAIT, || async {
             let all = fires(&env, &id).await?;
-            if all.len() > usize::try_from(hour)? {
-                break all.last().cloned().context("fire")?;
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no fire at {fire}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+            Ok(if all.len() >= fired {
+                ControlFlow::Break(all.last().cloned().context("fire")?)
+            } else {
+                ControlFlow::Continue(all)
+            })
+        })
+        .await?;
         assert_eq!((last.0, last.1.as_str()), (fire, "QUEUED"));
         env.wait_job(last.2.as_str().context("job")?).await?;
     }
+    assert!(
+        follower_clock.reads() > 0,
+        "the second replica took over when the first was killed"
+    );
+    // Nothing fires twice: a whole pass of the second replica at the last fire's instant
+    // (seen through its clock) records no fire again.
+    follower_clock
+        .read_again(3, "a whole pass of the second replica after the last fire")
+        .await?;
     follower.abort();
     let all = fires(&env, &id).await?;
-    assert_eq!(all.len(), 12);
+    assert_eq!(all.len(), 12, "{all:?}");
     assert!(all.iter().all(|f| f.1 == "QUEUED"));
     let jobs = env
         .scalar("SELECT count(*) FROM jobs WHERE trigger = 'schedule'")
