@@ -9,15 +9,16 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
-use lapin::types::AMQPValue;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use reqwest::StatusCode;
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
-use crate::support::{Mode, Options, TestEnv, quick_recovery};
+use crate::support::{
+    Mode, Options, TestEnv, channel, dead_letters, quick_recovery, worker_log, worker_process,
+};
 
 fn quick() -> Options {
     Options {
@@ -266,41 +267,6 @@ async fn a_job_past_its_timeout_fails_and_its_tasks_stop(mode: Mode) -> anyhow::
     Ok(())
 }
 
-/// A channel on the test's broker.
-async fn channel(env: &TestEnv) -> anyhow::Result<(lapin::Connection, Channel)> {
-    let conn = gleaner_common::broker::connect(&env.settings.amqp_url, "gleaner-test").await?;
-    let ch = conn.create_channel().await?;
-    Ok((conn, ch))
-}
-
-/// Takes every message of the dead-letter queue: (reason header, body).
-async fn dead_letters(env: &TestEnv, ch: &Channel) -> anyhow::Result<Vec<(String, String)>> {
-    let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(
-            names.dead_letter_queue().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await?
-    {
-        let reason = m.delivery.properties.headers().as_ref().and_then(|h| {
-            h.inner()
-                .get(gleaner_common::broker::REASON_HEADER)
-                .cloned()
-        });
-        let reason = match reason {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            other => format!("{other:?}"),
-        };
-        out.push((
-            reason,
-            String::from_utf8_lossy(&m.delivery.data).into_owned(),
-        ));
-    }
-    Ok(out)
-}
-
 async fn publish(
     env: &TestEnv,
     ch: &Channel,
@@ -423,44 +389,14 @@ async fn the_same_message_delivered_twice_has_one_effect() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Starts `gleaner worker` as a process of its own on the environment's installation.
-fn worker_process(env: &TestEnv, name: &str) -> anyhow::Result<tokio::process::Child> {
-    let s = &env.settings;
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-{name}.log", env.name)))?;
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_gleaner"))
-        .arg("worker")
-        .env("GLEANER_DATABASE_URL", &s.database_url)
-        .env(
-            "GLEANER_DATABASE__SCHEMA",
-            s.database.schema.as_deref().unwrap_or("public"),
-        )
-        .env("GLEANER_DATABASE__MAX_CONNECTIONS", "8")
-        .env("GLEANER_AMQP_URL", &s.amqp_url)
-        .env("GLEANER_AMQP__PREFIX", &s.amqp.prefix)
-        .env("GLEANER_REDIS_URL", &s.redis_url)
-        .env("GLEANER_REDIS__PREFIX", &s.redis.prefix)
-        .env(
-            "GLEANER_SECRET_KEY",
-            s.secret_key.as_deref().unwrap_or_default(),
-        )
-        .env("GLEANER_WORKER__NAME", name)
-        .env("GLEANER_WORKER__BATCH_SIZE", "2000")
-        // Longer than the in-process tests' lease: two debug-built workers writing 100,000
-        // resources on two cores can hold a heartbeat up for more than a second.
-        .env("GLEANER_WORKER__LEASE", "3000")
-        .env(
-            "GLEANER_WORKER__REAP_INTERVAL",
-            s.worker.reap_interval.as_millis().to_string(),
-        )
-        .env("GLEANER_WORKER__SHUTDOWN_GRACE", "2")
-        .env("GLEANER_LOG__FORMAT", "text")
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting gleaner worker")
-}
+/// What the fault tests' worker processes change from the defaults.
+const FAULT_WORKER: &[(&str, &str)] = &[
+    ("GLEANER_WORKER__BATCH_SIZE", "2000"),
+    // Longer than the in-process tests' lease: two debug-built workers writing 100,000
+    // resources on two cores can hold a heartbeat up for more than a second.
+    ("GLEANER_WORKER__LEASE", "3000"),
+    ("GLEANER_WORKER__SHUTDOWN_GRACE", "2"),
+];
 
 /// Fault 1: two worker processes share a 100,000-resource collection; the one running a task
 /// is killed with SIGKILL halfway. Its task's lease expires, the task runs again on the other
@@ -476,8 +412,8 @@ async fn a_worker_killed_mid_collection_loses_nothing() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut a = worker_process(&env, "worker-a")?;
-    let mut b = worker_process(&env, "worker-b")?;
+    let mut a = worker_process(&env, "worker-a", FAULT_WORKER)?;
+    let mut b = worker_process(&env, "worker-b", FAULT_WORKER)?;
     let collector = env.demo_collector(4, json!({"resources": 25_000})).await?;
     let job = env.start_collect(&collector).await?;
 
@@ -545,7 +481,7 @@ async fn a_worker_killed_mid_collection_loses_nothing() -> anyhow::Result<()> {
         .context("the worker did not stop within 20 s of SIGTERM")??;
     assert!(status.success(), "{status}");
     for name in ["worker-a", "worker-b"] {
-        std::fs::remove_file(std::env::temp_dir().join(format!("{}-{name}.log", env.name))).ok();
+        std::fs::remove_file(worker_log(&env, name)).ok();
     }
     Ok(())
 }
@@ -664,8 +600,8 @@ async fn a_worker_stopped_with_sigterm_hands_its_task_to_another() -> anyhow::Re
         },
     )
     .await?;
-    let mut a = worker_process(&env, "worker-a")?;
-    let mut b = worker_process(&env, "worker-b")?;
+    let mut a = worker_process(&env, "worker-a", FAULT_WORKER)?;
+    let mut b = worker_process(&env, "worker-b", FAULT_WORKER)?;
     // About 6 s at 2 ms a resource, in batches of 2,000: longer than the 2 s grace period.
     let collector = env
         .demo_collector(1, json!({"resources": 3_000, "item_delay_ms": 2}))
@@ -713,7 +649,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_task_to_another() -> anyhow::Re
     other.start_kill()?;
     other.wait().await?;
     for name in ["worker-a", "worker-b"] {
-        std::fs::remove_file(std::env::temp_dir().join(format!("{}-{name}.log", env.name))).ok();
+        std::fs::remove_file(worker_log(&env, name)).ok();
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod support;
 mod billing;
 mod collect;
 mod collectors;
+mod consumer_timeout;
 mod errors;
 mod faults;
 mod job_events;

@@ -570,6 +570,105 @@ pub async fn spawn_worker(
     }))
 }
 
+/// Where [`worker_process`] writes the output of the worker named `name`.
+#[must_use]
+pub fn worker_log(env: &TestEnv, name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}.log", env.name))
+}
+
+/// Starts `gleaner worker` as a process of its own on the environment's installation, named
+/// `name`, its stdout and stderr in [`worker_log`]. Its settings are the defaults but for the
+/// environment's reaper interval and `extra` (environment variables, set last). The process is
+/// killed when the handle is dropped.
+///
+/// # Errors
+/// The log file cannot be created or the binary cannot start.
+pub fn worker_process(
+    env: &TestEnv,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<tokio::process::Child> {
+    let s = &env.settings;
+    let log = std::fs::File::create(worker_log(env, name))?;
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_gleaner"))
+        .arg("worker")
+        .env("GLEANER_DATABASE_URL", &s.database_url)
+        .env(
+            "GLEANER_DATABASE__SCHEMA",
+            s.database.schema.as_deref().unwrap_or("public"),
+        )
+        .env("GLEANER_DATABASE__MAX_CONNECTIONS", "8")
+        .env("GLEANER_AMQP_URL", &s.amqp_url)
+        .env("GLEANER_AMQP__PREFIX", &s.amqp.prefix)
+        .env("GLEANER_REDIS_URL", &s.redis_url)
+        .env("GLEANER_REDIS__PREFIX", &s.redis.prefix)
+        .env(
+            "GLEANER_SECRET_KEY",
+            s.secret_key.as_deref().unwrap_or_default(),
+        )
+        .env("GLEANER_WORKER__NAME", name)
+        .env(
+            "GLEANER_WORKER__REAP_INTERVAL",
+            s.worker.reap_interval.as_millis().to_string(),
+        )
+        .env("GLEANER_LOG__FORMAT", "text")
+        // A file, not a terminal: no colour codes in it.
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .envs(extra.iter().copied())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting gleaner worker")
+}
+
+/// A channel on the test's broker.
+///
+/// # Errors
+/// RabbitMQ is unreachable.
+pub async fn channel(env: &TestEnv) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+    let conn = gleaner_common::broker::connect(&env.settings.amqp_url, "gleaner-test").await?;
+    let ch = conn.create_channel().await?;
+    Ok((conn, ch))
+}
+
+/// Takes every message of the dead-letter queue: (reason header, body).
+///
+/// # Errors
+/// RabbitMQ is unreachable, or the queue is not declared yet.
+pub async fn dead_letters(
+    env: &TestEnv,
+    ch: &lapin::Channel,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use lapin::options::BasicGetOptions;
+    use lapin::types::AMQPValue;
+    let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            names.dead_letter_queue().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await?
+    {
+        let reason = m.delivery.properties.headers().as_ref().and_then(|h| {
+            h.inner()
+                .get(gleaner_common::broker::REASON_HEADER)
+                .cloned()
+        });
+        let reason = match reason {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => format!("{other:?}"),
+        };
+        out.push((
+            reason,
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+        ));
+    }
+    Ok(out)
+}
+
 impl Drop for TestEnv {
     /// Stops the components gracefully (so their broker connections close before their queues
     /// are deleted), then drops the test's schema and queues. Tests run on a multi-thread
