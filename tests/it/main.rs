@@ -17,3 +17,4 @@ mod restarts;
 mod schedules;
 mod service_accounts;
 mod standalone;
+mod verify;
