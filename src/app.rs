@@ -117,15 +117,20 @@ pub fn api_state(
     signal: Signal,
     broker: Option<Arc<dyn Publisher>>,
 ) -> anyhow::Result<AppState> {
+    // The API runs plugins' credential checks itself, private plugins too: like registering
+    // them, which runs their `init` here, so the plugin directory is the API host's as well.
+    let registry = Registry::builtin().with_private_dir(settings.plugins.dir.clone());
     Ok(AppState::new(Inner {
         db,
         cipher: Cipher::new(&settings.secret_key()?),
-        catalog: Registry::builtin().catalog(),
+        catalog: registry.catalog(),
         signal,
         broker,
         shutdown: CancellationToken::new(),
         events_poll_interval: settings.api.events_poll_interval,
         plugin_dir: settings.plugins.dir.clone(),
+        verifier: Arc::new(registry),
+        verify_timeout: settings.api.verify_timeout,
     }))
 }
 

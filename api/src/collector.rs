@@ -379,7 +379,11 @@ async fn update(
 ///
 /// # Errors
 /// 409 when the plugin left the catalog.
-async fn plugin_of(state: &AppState, domain: DomainId, c: &Collector) -> ApiResult<PluginInfo> {
+pub(crate) async fn plugin_of(
+    state: &AppState,
+    domain: DomainId,
+    c: &Collector,
+) -> ApiResult<PluginInfo> {
     plugin::find(&state.db, &state.catalog, domain, &c.plugin_id)
         .await?
         .ok_or_else(|| {

@@ -2,7 +2,8 @@
 //!
 //! - [`router`] builds the routes over an [`AppState`].
 //! - One module per resource: [`project`], [`service_account`], [`plugin`], [`collector`],
-//!   [`job`], [`resource`]; [`health`] for probes, [`metrics`] for Prometheus.
+//!   [`job`], [`resource`]; [`verify`] for the credential checks of service accounts and
+//!   collectors; [`health`] for probes, [`metrics`] for Prometheus.
 //! - [`problem`] is the error type and its code table; [`extract`] holds extractors whose
 //!   rejections are problem+json too.
 //! - [`openapi()`] is the OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
@@ -29,7 +30,7 @@ use axum::http::{HeaderName, Request};
 use gleaner_common::broker::Publisher;
 use gleaner_common::crypto::Cipher;
 use gleaner_common::outbox::Signal;
-use gleaner_common::plugin::Catalog;
+use gleaner_common::plugin::{Catalog, Verifier};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -50,6 +51,7 @@ pub mod project;
 pub mod resource;
 pub mod schedule;
 pub mod service_account;
+pub mod verify;
 
 /// What handlers share; cheap to clone.
 #[derive(Clone)]
@@ -71,6 +73,10 @@ pub struct Inner {
     pub events_poll_interval: Duration,
     /// Where private plugins' executables must be; `None` disables registering them.
     pub plugin_dir: Option<std::path::PathBuf>,
+    /// Runs plugins' credential checks in this process (the worker's plugin registry).
+    pub verifier: Arc<dyn Verifier>,
+    /// How long a `verify` request waits for its plugin's checks.
+    pub verify_timeout: Duration,
 }
 
 impl AppState {
@@ -103,6 +109,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(resource::routes())
         .merge(schedule::routes())
         .merge(cost::routes())
+        .merge(verify::routes())
         .merge(openapi::routes())
 }
 

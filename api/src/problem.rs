@@ -5,7 +5,9 @@
 //!   (code → status, title, `type`), so clients can branch on `type` and show `title`.
 //! - Input errors name the offending fields in `errors: [{field, detail}]`; a body that is not
 //!   JSON, or JSON of the wrong shape, is reported the same way (our extractors wrap axum's).
-//! - 5xx bodies stay generic; the cause is logged once, here, inside the request's span.
+//! - 5xx bodies stay generic; the cause is logged once, here, inside the request's span. The
+//!   one exception is 504 `/problems/verification-timed-out`, which names the plugin that did
+//!   not answer: the fault is the plugin's, not the server's, and there is no cause to hide.
 
 use axum::Json;
 use axum::http::{StatusCode, header};
@@ -25,6 +27,12 @@ pub enum Code {
     Conflict,
     /// A plugin being registered failed its `init` call.
     PluginFailed,
+    /// No plugin can check a service account's credentials.
+    NoPlugin,
+    /// A plugin refused a service account's credentials or a collector's options.
+    VerificationFailed,
+    /// A plugin did not finish checking credentials in time.
+    VerificationTimedOut,
     /// The deployment does not allow this.
     Forbidden,
     UnsupportedMediaType,
@@ -62,6 +70,21 @@ impl Code {
                 "The plugin failed",
                 "/problems/plugin-failed",
             ),
+            Code::NoPlugin => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "No plugin for the provider",
+                "/problems/no-plugin",
+            ),
+            Code::VerificationFailed => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Verification failed",
+                "/problems/verification-failed",
+            ),
+            Code::VerificationTimedOut => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "Verification timed out",
+                "/problems/verification-timed-out",
+            ),
             Code::Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "/problems/forbidden"),
             Code::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -85,11 +108,13 @@ impl Code {
 /// The media type of every error response.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-/// One offending field.
+/// One offending field; for a failed verification, one service account
+/// (`service_accounts.<id>`) with the plugin's reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
     /// The field's path in the body or the query parameter's name: `name`, `options.resources`,
-    /// `credentials.aws_access_key_id`, `limit`.
+    /// `credentials.aws_access_key_id`, `limit`; `service_accounts.<id>` for an account a
+    /// plugin did not verify.
     #[schema(example = "name")]
     pub field: String,
     #[schema(example = "must not be empty")]
@@ -150,6 +175,13 @@ impl ApiError {
     #[must_use]
     pub fn with_stderr(mut self, stderr: String) -> Self {
         self.stderr = Some(stderr);
+        self
+    }
+
+    /// Adds entries to the problem's `errors`.
+    #[must_use]
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors.extend(errors);
         self
     }
 

@@ -70,14 +70,21 @@ pub struct ApiSettings {
     /// How often each open `GET /v1/jobs/events` stream asks the database for changed jobs.
     #[serde(with = "millis")]
     pub events_poll_interval: Duration,
+    /// Seconds a `verify` request waits for the plugin's checks before it answers 504.
+    #[serde(with = "secs")]
+    pub verify_timeout: Duration,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        // Quick enough for a dashboard to feel live; each poll of an idle stream is one index
-        // scan that finds nothing, so a hundred open dashboards cost ~200 queries a second.
         Self {
+            // Quick enough for a dashboard to feel live; each poll of an idle stream is one
+            // index scan that finds nothing, so a hundred open dashboards cost ~200 queries a
+            // second.
             events_poll_interval: Duration::from_millis(500),
+            // The limit the plugin protocol gives `init` and `verify` (external::INIT_TIMEOUT),
+            // and well under the minute after which proxies and clients commonly give up.
+            verify_timeout: Duration::from_secs(30),
         }
     }
 }

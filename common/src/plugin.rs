@@ -1,13 +1,18 @@
 //! What the catalog knows of a plugin: its id, kind, provider, versions and options schema.
 //!
 //! The implementations live in the worker; this description is shared so the API can list
-//! plugins and validate a collector's options without depending on the worker crate.
+//! plugins and validate a collector's options without depending on the worker crate, and
+//! [`Verifier`] is the seam through which the API asks a plugin to check credentials.
 
+use async_trait::async_trait;
+use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::id::DomainId;
 use crate::model::{Invalid, JobKind};
+use crate::store;
 
 /// What a plugin produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -138,6 +143,64 @@ impl Catalog {
     pub fn get(&self, id: &str) -> Option<&PluginInfo> {
         self.official.iter().find(|p| p.id == id)
     }
+}
+
+/// What a plugin is asked to check: its options with one account's credentials.
+pub struct VerifyRequest<'a> {
+    pub domain: DomainId,
+    pub plugin_id: &'a str,
+    pub version: &'a str,
+    pub options: &'a Value,
+    /// Decrypted credentials. Never log or return them.
+    pub secret: &'a Map<String, Value>,
+}
+
+impl std::fmt::Debug for VerifyRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("domain", &self.domain)
+            .field("plugin_id", &self.plugin_id)
+            .field("version", &self.version)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a verification did not succeed. The reasons are the plugin's words, which may echo what
+/// it was given: callers redact the credentials from them before showing them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The plugin refused the options or the credentials: checking again will not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The plugin could not tell (an endpoint unreachable, a rate limit): a later check may
+    /// succeed.
+    #[error("{0}")]
+    Transient(String),
+    /// No plugin of that id and version can run here.
+    #[error("plugin `{id}` has no version {version} that can run")]
+    UnknownPlugin { id: String, version: String },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Runs a plugin's credential check. Implemented by the worker's plugin registry, which the
+/// API holds behind this trait: the API crate does not depend on the worker crate.
+#[async_trait]
+pub trait Verifier: Send + Sync {
+    /// Checks that the plugin can collect with these options and credentials, without
+    /// collecting. Callers put their own deadline on it: a built-in plugin's check has none
+    /// (an external plugin's is killed after `external::INIT_TIMEOUT`).
+    ///
+    /// # Errors
+    /// The plugin refused or failed ([`VerifyError::Refused`], [`VerifyError::Transient`]),
+    /// it cannot be found, or the database failed while looking for it.
+    async fn verify(
+        &self,
+        db: &DatabaseConnection,
+        request: VerifyRequest<'_>,
+    ) -> Result<(), VerifyError>;
 }
 
 #[cfg(test)]

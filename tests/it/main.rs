@@ -18,3 +18,4 @@ mod restarts;
 mod schedules;
 mod service_accounts;
 mod standalone;
+mod verify;

@@ -16,7 +16,7 @@ pub(crate) fn example() -> String {
     )
 }
 
-fn misbehaving() -> String {
+pub(crate) fn misbehaving() -> String {
     format!(
         "{}/tests/plugins/misbehaving.sh",
         env!("CARGO_MANIFEST_DIR")
@@ -24,7 +24,7 @@ fn misbehaving() -> String {
 }
 
 /// Registers `misbehaving.sh BEHAVIOUR PROVIDER` as plugin `id`.
-async fn register_misbehaving(
+pub(crate) async fn register_misbehaving(
     api: &Api,
     id: &str,
     behaviour: &str,

@@ -8,6 +8,8 @@
 #   lingering one resource and `done`, then leaves a child holding stdout open for 30 s
 #   slow     appends "start PID" to the file LOG (third argument), sleeps 1 s, appends "end PID"
 #   flaky    exits 75 (temporary failure) on attempts 1 and 2, then reports one resource
+#   picky    verifies only the aws_secret_access_key `right-key`; refuses any other, echoing it
+#            on stderr (a credential in the reason, which Gleaner must redact)
 behaviour=$1
 provider=${2:-demo}
 log=$3
@@ -63,6 +65,18 @@ flaky)
     fi
     resource a 1
     echo '{"type":"done"}'
+    ;;
+picky)
+    case "$request" in
+    *'"aws_secret_access_key":"right-key"'*)
+        echo '{"type":"verified"}'
+        ;;
+    *)
+        key=$(printf '%s' "$request" | sed -n 's/.*"aws_secret_access_key":"\([^"]*\)".*/\1/p')
+        echo "picky: AccessDenied: the key $key was refused" >&2
+        exit 1
+        ;;
+    esac
     ;;
 leaky)
     echo "leaky: got $request" >&2

@@ -45,6 +45,18 @@ pub struct Collector {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Collector {
+    /// The plugin version a collection of it runs now: the plugin's latest while it follows
+    /// the latest (`upgrade_mode` AUTO), else the version pinned.
+    #[must_use]
+    pub fn version_to_run<'a>(&'a self, plugin: &'a PluginInfo) -> &'a str {
+        match self.upgrade_mode {
+            UpgradeMode::Auto => &plugin.latest,
+            UpgradeMode::Manual => &self.version,
+        }
+    }
+}
+
 /// The API paths of what belongs to a collector.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CollectorLinks {

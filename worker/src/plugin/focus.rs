@@ -114,7 +114,10 @@ impl Plugin for Focus {
         let opts = Self::options(options)?;
         if opts.bucket.is_some() {
             let (store, prefix) = bucket(&opts, secret)?;
-            return keys(&store, &prefix).await.map(drop);
+            return keys(&store, &prefix)
+                .await
+                .map(drop)
+                .map_err(without_response_body);
         }
         let path = opts.path.unwrap_or_default();
         tokio::task::spawn_blocking(move || files(&path).map(drop))
@@ -533,6 +536,35 @@ fn store_error(what: &str, e: &object_store::Error) -> PluginError {
     }
 }
 
+/// A bucket error as a verification may show it: what failed and the endpoint's HTTP status,
+/// never the body of its answer. A verification answers its caller at once, and `endpoint_url`
+/// can name any service the process reaches: the body would let a caller read that service's
+/// answers back. (object_store writes a 4xx answer's body into its error's text, and does not
+/// export the type that holds it apart, so the text is cut after the status.)
+fn without_response_body(e: PluginError) -> PluginError {
+    const STATUS: &str = "status code: ";
+    let cut = |message: String| {
+        if let Some(at) = message.find(STATUS) {
+            let rest = &message[at + STATUS.len()..];
+            // The status reads `403 Forbidden`; what follows its colon is the body.
+            let status = rest.split(':').next().unwrap_or_default();
+            format!("{}{STATUS}{status}", &message[..at])
+        } else if let Some(at) = message.find("Server returned error response") {
+            format!("{}Server returned an error response", &message[..at])
+        } else if let Some(at) = message.find("invalid list response") {
+            // A parser's error quotes what it could not parse.
+            format!("{}an answer that is not an S3 listing", &message[..at])
+        } else {
+            message
+        }
+    };
+    match e {
+        PluginError::Permanent(m) => PluginError::Permanent(cut(m)),
+        PluginError::Transient(m) => PluginError::Transient(cut(m)),
+        PluginError::Stopped => PluginError::Stopped,
+    }
+}
+
 /// The export's objects under `prefix`: every `.csv` and `.csv.gz` key, in name order.
 async fn keys(store: &AmazonS3, prefix: &str) -> Result<Vec<ObjectPath>, PluginError> {
     let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
@@ -620,6 +652,57 @@ mod tests {
 
     fn billed(costs: &[CostItem]) -> Decimal {
         costs.iter().map(|c| c.billed_cost).sum()
+    }
+
+    /// Serves every request with `status` and `body` until the test ends.
+    async fn endpoint(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let _ = conn.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_verification_shows_the_endpoints_status_but_never_its_answer() {
+        let cases = [
+            (
+                "403 Forbidden",
+                "<Error>private-body-403</Error>",
+                "403 Forbidden",
+            ),
+            ("400 Bad Request", "private-body-400", "400 Bad Request"),
+            (
+                "200 OK",
+                "<ListBucketResult><Contents><Key>a.csv</Key><Size>private-body-200</Size></Contents></ListBucketResult>",
+                "not an S3 listing",
+            ),
+        ];
+        for (status, body, shown) in cases {
+            let url = endpoint(status, body).await;
+            let options = json!({"bucket": "exports", "endpoint_url": url});
+            let e = Focus::new()
+                .verify(&options, &Map::new())
+                .await
+                .expect_err(status);
+            let (PluginError::Permanent(reason) | PluginError::Transient(reason)) = &e else {
+                panic!("{status}: {e:?}")
+            };
+            assert!(reason.contains(shown), "{status}: {reason}");
+            assert!(!reason.contains("private-body"), "{status}: {reason}");
+        }
     }
 
     #[test]

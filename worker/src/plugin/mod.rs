@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use gleaner_common::billing::Month;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
-use gleaner_common::plugin::{Catalog, PluginInfo};
+use gleaner_common::plugin::{Catalog, PluginInfo, Verifier, VerifyError, VerifyRequest};
 use gleaner_common::store;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -347,6 +347,33 @@ impl Registry {
         let mut infos: Vec<PluginInfo> = self.plugins.values().map(|p| p.info().clone()).collect();
         infos.sort_by(|a, b| a.id.cmp(&b.id));
         Catalog::new(infos)
+    }
+}
+
+/// The API's credential check: the same plugins a worker runs, private ones included (from this
+/// registry's private directory, as on a worker).
+#[async_trait]
+impl Verifier for Registry {
+    async fn verify(
+        &self,
+        db: &DatabaseConnection,
+        request: VerifyRequest<'_>,
+    ) -> Result<(), VerifyError> {
+        let plugin = self
+            .resolve(db, request.domain, request.plugin_id, request.version)
+            .await?
+            .ok_or_else(|| VerifyError::UnknownPlugin {
+                id: request.plugin_id.to_owned(),
+                version: request.version.to_owned(),
+            })?;
+        plugin
+            .verify(request.options, request.secret)
+            .await
+            .map_err(|e| match e {
+                PluginError::Permanent(reason) => VerifyError::Refused(reason),
+                PluginError::Transient(reason) => VerifyError::Transient(reason),
+                PluginError::Stopped => VerifyError::Transient(e.to_string()),
+            })
     }
 }
 
