@@ -10,3 +10,9 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]>=5.1,<6'
 fi
 cargo test --workspace --all-targets "$@"
+# The tests of RabbitMQ's limits lower broker-wide settings for a few minutes (each restores
+# its own): they run alone, one at a time, after the rest. A filtered run (arguments given)
+# leaves them out.
+if [ "$#" -eq 0 ]; then
+  cargo test --test it broker_limits -- --ignored --test-threads=1
+fi

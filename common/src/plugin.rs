@@ -70,6 +70,16 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
+    /// The version a collection runs: the latest while its collector follows the latest
+    /// (`upgrade_mode` AUTO), else the version pinned.
+    #[must_use]
+    pub fn version_for<'a>(&'a self, mode: crate::model::UpgradeMode, pinned: &'a str) -> &'a str {
+        match mode {
+            crate::model::UpgradeMode::Auto => &self.latest,
+            crate::model::UpgradeMode::Manual => pinned,
+        }
+    }
+
     /// Checks that `version` is one of the plugin's versions; the error names the field
     /// `version` and lists the versions there are.
     ///

@@ -3,12 +3,13 @@
 mod support;
 
 mod billing;
+mod broker_limits;
 mod collect;
 mod collectors;
-mod consumer_timeout;
 mod errors;
 mod faults;
 mod job_events;
+mod lifecycle;
 mod merge;
 mod metrics;
 mod openapi;

@@ -324,6 +324,45 @@ async fn garbage_from_a_plugin_fails_the_task_and_keeps_what_was_stored(
     Ok(())
 }
 
+/// NUL characters, which PostgreSQL refuses in text: the task ends in its first attempt,
+/// FAILURE for its item errors, with what the database cannot hold refused as item errors and
+/// the rest kept with the characters replaced. It never runs again and again.
+async fn nul_characters_from_a_plugin_fail_their_items_and_never_loop(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register_misbehaving(&env, "nul", "nul", "demo", 60).await?;
+    let collector = collector_of(&env, "nul", "demo", json!({}), json!({})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let task = only_task(&env, &job).await?;
+    assert_eq!(task["attempt"], 1, "{task}");
+    assert_eq!(task["previous_attempts"], json!([]), "{task}");
+    assert_eq!(task["counts"]["created"], 1, "the clean resource: {task}");
+    assert_eq!(task["counts"]["failed"], 3, "{task}");
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("3 items failed (1 stored)"), "{error}");
+    assert!(
+        error.contains("test.thing/in-data: data contains a NUL character"),
+        "{error}"
+    );
+    assert!(
+        error.contains("test.thing/in-name: name contains a NUL character"),
+        "{error}"
+    );
+    assert!(
+        error.contains("failing: cannot read \u{FFFD} this"),
+        "{error}"
+    );
+    let stderr = task["stderr"].as_str().unwrap_or_default();
+    assert!(stderr.contains("a NUL \u{FFFD} byte on stderr"), "{stderr}");
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}"))
+        .await?;
+    assert_eq!(page.body["total"], 1);
+    Ok(())
+}
+
 async fn a_plugin_past_its_timeout_is_killed(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
     register_misbehaving(&env, "sleepy", "sleepy", "demo", 1).await?;
@@ -409,6 +448,7 @@ crate::in_both_modes!(
     registering_runs_init_and_keeps_versions,
     an_external_plugin_collects_and_item_errors_fail_the_task,
     garbage_from_a_plugin_fails_the_task_and_keeps_what_was_stored,
+    nul_characters_from_a_plugin_fail_their_items_and_never_loop,
     a_plugin_past_its_timeout_is_killed,
     credentials_never_appear_in_task_errors_or_stderr,
 );

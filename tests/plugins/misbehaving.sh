@@ -8,6 +8,8 @@
 #   lingering one resource and `done`, then leaves a child holding stdout open for 30 s
 #   slow     appends "start PID" to the file LOG (third argument), sleeps 1 s, appends "end PID"
 #   flaky    exits 75 (temporary failure) on attempts 1 and 2, then reports one resource
+#   nul      NUL characters everywhere PostgreSQL refuses them: raw in stderr, in an item
+#            error's message, in a resource's data and in another's name; one clean resource
 #   picky    verifies only the aws_secret_access_key `right-key`; refuses any other, echoing it
 #            on stderr (a credential in the reason, which Gleaner must redact)
 behaviour=$1
@@ -64,6 +66,15 @@ flaky)
         exit 75
     fi
     resource a 1
+    echo '{"type":"done"}'
+    ;;
+nul)
+    printf 'nul: a NUL \000 byte on stderr\n' >&2
+    resource clean 1
+    # printf, not echo: dash's echo reads backslashes.
+    printf '%s\n' '{"type":"resource","resource_type":"test.thing","resource_key":"in-data","data":{"n":"a\u0000b"}}'
+    printf '%s\n' '{"type":"resource","resource_type":"test.thing","resource_key":"in-name","name":"x\u0000y","data":{"n":2}}'
+    printf '%s\n' '{"type":"error","resource_key":"failing","message":"cannot read \u0000 this"}'
     echo '{"type":"done"}'
     ;;
 picky)

@@ -37,10 +37,7 @@ pub fn queued(
     trigger: Trigger,
     fire: Option<(ScheduleId, DateTime<Utc>)>,
 ) -> Queued {
-    let version = match c.upgrade_mode {
-        crate::model::UpgradeMode::Auto => plugin.latest.clone(),
-        crate::model::UpgradeMode::Manual => c.version.clone(),
-    };
+    let version = plugin.version_for(c.upgrade_mode, &c.version).to_owned();
     let kind = plugin.kind.job_kind();
     let now = Utc::now().fixed_offset();
     let row = job::ActiveModel {

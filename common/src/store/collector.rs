@@ -50,10 +50,7 @@ impl Collector {
     /// the latest (`upgrade_mode` AUTO), else the version pinned.
     #[must_use]
     pub fn version_to_run<'a>(&'a self, plugin: &'a PluginInfo) -> &'a str {
-        match self.upgrade_mode {
-            UpgradeMode::Auto => &plugin.latest,
-            UpgradeMode::Manual => &self.version,
-        }
+        plugin.version_for(self.upgrade_mode, &self.version)
     }
 }
 

@@ -248,7 +248,10 @@ const CLAIM_PG: &str = "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
 pub const REFUSALS_BEFORE_DEAD: i32 = 5;
 
 /// Records that the broker refused the rows (`error` says why), and marks dead those refused
-/// [`REFUSALS_BEFORE_DEAD`] times; their claims end.
+/// [`REFUSALS_BEFORE_DEAD`] times. The others are not offered again before 1 s, 3 s, 9 s, 27 s
+/// after their first, second, third, fourth refusal: a refusal that passes (a queue being
+/// declared again, say) does not cost a message, and one that lasts sets it aside within a
+/// minute.
 ///
 /// # Errors
 /// Database errors only.
@@ -256,16 +259,18 @@ pub async fn refused(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Res
     if ids.is_empty() {
         return Ok(());
     }
+    let now = Utc::now().fixed_offset();
     let refused = Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = $1, \
-         claimed_until = NULL, \
-         dead_at = CASE WHEN publish_attempts + 1 >= $2 THEN $3 ELSE dead_at END \
+         dead_at = CASE WHEN publish_attempts + 1 >= $2 THEN $3 ELSE dead_at END, \
+         claimed_until = CASE WHEN publish_attempts + 1 >= $2 THEN NULL \
+             ELSE $3 + make_interval(secs => power(3, publish_attempts)) END \
          WHERE id = ANY($4)",
         [
             error.into(),
             REFUSALS_BEFORE_DEAD.into(),
-            Utc::now().fixed_offset().into(),
+            now.into(),
             ids.to_vec().into(),
         ],
     );

@@ -755,3 +755,110 @@ impl std::ops::Deref for TestEnv {
         &self.api
     }
 }
+
+/// A store alone, migrated and empty, with nothing running on it: a PostgreSQL schema of its
+/// own (distributed) or a SQLite file of its own (standalone), removed on drop. For tests of
+/// the store's transitions, which must see every row they write (a relay or a dispatcher
+/// would take the outbox's).
+pub struct TestStore {
+    pub mode: Mode,
+    pub db: DatabaseConnection,
+    name: String,
+    settings: Settings,
+    data_dir: Option<PathBuf>,
+}
+
+impl TestStore {
+    pub async fn open(mode: Mode) -> anyhow::Result<Self> {
+        gleaner_common::telemetry::init_for_tests();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let name = format!("t_{now}_{:08x}", rand::random::<u32>());
+        let mut settings = Settings {
+            database_url: tagged(&database_url(), &name),
+            ..Settings::default()
+        };
+        settings.database.max_connections = 4;
+        let data_dir = match mode {
+            Mode::Distributed => {
+                settings.database.schema = Some(name.clone());
+                gleaner_common::db::ensure_database(&settings.database_url).await?;
+                None
+            }
+            Mode::Standalone => {
+                let root = std::env::temp_dir().join("gleaner-it");
+                sweep_dirs(&root, now);
+                let path = root.join(&name);
+                settings.database_url = gleaner::standalone::DataDir::open(&path)?.database_url();
+                Some(path)
+            }
+        };
+        let db = gleaner::app::database(&settings, true)
+            .await
+            .context("preparing the test store")?;
+        Ok(Self {
+            mode,
+            db,
+            name,
+            settings,
+            data_dir,
+        })
+    }
+
+    /// A single number from SQL.
+    pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                sql.to_owned(),
+            ))
+            .await?
+            .context("no row")?;
+        Ok(row.try_get_by_index::<i64>(0)?)
+    }
+
+    /// Runs SQL (both backends' dialects must accept it).
+    pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        self.db.execute_unprepared(sql).await?;
+        Ok(())
+    }
+
+    /// A UUID as an SQL literal of the store (see [`TestEnv::uuid_sql`]).
+    pub fn uuid_sql(&self, id: impl std::fmt::Display) -> String {
+        match self.mode {
+            Mode::Distributed => format!("'{id}'"),
+            Mode::Standalone => format!("X'{}'", id.to_string().replace('-', "")),
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let (db, name, url) = (
+            self.db.clone(),
+            self.name.clone(),
+            self.settings.database_url.clone(),
+        );
+        let data_dir = self.data_dir.take();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                db.close().await.ok();
+                if let Some(dir) = data_dir {
+                    std::fs::remove_dir_all(&dir).ok();
+                    return;
+                }
+                let dropped = async {
+                    let admin = admin(&url).await?;
+                    admin
+                        .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .await?;
+                    admin.close().await?;
+                    anyhow::Ok(())
+                };
+                if let Err(e) = dropped.await {
+                    eprintln!("cleaning up {name}: {e:#}");
+                }
+            });
+        });
+    }
+}

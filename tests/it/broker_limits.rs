@@ -1,14 +1,18 @@
-//! RabbitMQ's consumer acknowledgement timeout: a channel whose delivery stays unacknowledged
-//! past `consumer_timeout` (30 minutes by default) is closed with `PRECONDITION_FAILED`, and
-//! every unacknowledged delivery of that channel is handed back. A worker must settle a task's
-//! delivery long before: a collection can run for hours, and tasks of the same collector and
-//! service account wait for each other's collection lock.
+//! Limits a RabbitMQ broker enforces on its clients, which Gleaner must live with:
 //!
-//! The test lowers the broker-wide setting to 5 s for its run (its guard puts the previous value
-//! back, also when the test fails), so it is `#[ignore]`d and run alone:
+//! - the consumer acknowledgement timeout: a channel whose delivery stays unacknowledged past
+//!   `consumer_timeout` (30 minutes by default) is closed with `PRECONDITION_FAILED`, and every
+//!   unacknowledged delivery of that channel is handed back. A worker must settle a task's
+//!   delivery long before: a collection can run for hours, and tasks of the same collector and
+//!   service account wait for each other's collection lock;
+//! - the largest message: a publish larger than `max_message_size` makes the broker close the
+//!   publishing channel, failing every publish after it on that channel.
+//!
+//! Each test lowers a broker-wide setting for its run (its guard puts the previous value back,
+//! also when the test fails), so they are `#[ignore]`d and run alone, one at a time:
 //!
 //! ```text
-//! cargo test --test it consumer_timeout -- --ignored --nocapture
+//! cargo test --test it broker_limits -- --ignored --test-threads=1
 //! ```
 //!
 //! `GLEANER_TEST_RABBITMQCTL` replaces the `rabbitmqctl` command (a shell command, given
@@ -53,71 +57,71 @@ fn rabbitmqctl_eval(expression: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The broker's `consumer_timeout`: `Some(ms)`, or `None` when unset.
-fn current_timeout() -> anyhow::Result<Option<u64>> {
-    let printed = rabbitmqctl_eval("application:get_env(rabbit, consumer_timeout).")?;
+/// A setting of the broker (`rabbit` application): `Some(value)`, or `None` when unset.
+fn current(key: &str) -> anyhow::Result<Option<u64>> {
+    let printed = rabbitmqctl_eval(&format!("application:get_env(rabbit, {key})."))?;
     if printed == "undefined" {
         return Ok(None);
     }
-    let ms = printed
+    let value = printed
         .strip_prefix("{ok,")
         .and_then(|r| r.strip_suffix('}'))
         .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("an unexpected consumer_timeout: {printed}"))?;
-    Ok(Some(ms))
+        .with_context(|| format!("an unexpected {key}: {printed}"))?;
+    Ok(Some(value))
 }
 
-fn set_timeout(value: Option<u64>) -> anyhow::Result<()> {
+fn set(key: &str, value: Option<u64>) -> anyhow::Result<()> {
     let expression = match value {
-        Some(ms) => format!("application:set_env(rabbit, consumer_timeout, {ms})."),
-        None => "application:unset_env(rabbit, consumer_timeout).".to_owned(),
+        Some(v) => format!("application:set_env(rabbit, {key}, {v})."),
+        None => format!("application:unset_env(rabbit, {key})."),
     };
     let printed = rabbitmqctl_eval(&expression)?;
     anyhow::ensure!(printed == "ok", "`{expression}` printed {printed}");
-    let now = current_timeout()?;
-    anyhow::ensure!(
-        now == value,
-        "consumer_timeout is {now:?} after `{expression}`"
-    );
+    let now = current(key)?;
+    anyhow::ensure!(now == value, "{key} is {now:?} after `{expression}`");
     Ok(())
 }
 
-/// Lowers the broker's `consumer_timeout` while alive; dropping it restores the previous value.
-/// A channel reads the setting when it opens, so lower it before the consumer connects.
-struct ConsumerTimeout {
+/// Lowers a broker setting while alive; dropping it restores the previous value. A channel
+/// reads these settings when it opens, so lower them before the clients connect.
+struct Lowered {
+    key: &'static str,
     previous: Option<u64>,
 }
 
-impl ConsumerTimeout {
-    fn lower_to(ms: u64) -> anyhow::Result<Self> {
-        let previous = current_timeout()?;
+impl Lowered {
+    fn to(key: &'static str, value: u64) -> anyhow::Result<Self> {
+        let previous = current(key)?;
         // Built before setting: a failed set still restores whatever it may have changed.
-        let guard = Self { previous };
-        set_timeout(Some(ms))?;
-        eprintln!("consumer_timeout lowered from {previous:?} to {ms} ms");
+        let guard = Self { key, previous };
+        set(key, Some(value))?;
+        eprintln!("{key} lowered from {previous:?} to {value}");
         Ok(guard)
     }
 }
 
-impl Drop for ConsumerTimeout {
+impl Drop for Lowered {
     fn drop(&mut self) {
-        match set_timeout(self.previous) {
-            Ok(()) => eprintln!("consumer_timeout restored to {:?}", self.previous),
+        match set(self.key, self.previous) {
+            Ok(()) => eprintln!("{} restored to {:?}", self.key, self.previous),
             Err(e) => eprintln!(
-                "RESTORING consumer_timeout TO {:?} FAILED: {e:#}; set it by hand",
-                self.previous
+                "RESTORING {} TO {:?} FAILED: {e:#}; set it by hand",
+                self.key, self.previous
             ),
         }
     }
 }
 
-/// 51 collections of one collector and service account on one worker: the first runs for
-/// about 130 s, the other 50 wait for its collection lock, then run a second each. With
-/// `consumer_timeout` lowered to 5 s, every delivery is held past it unless the worker settles
-/// it once its task is claimed: no channel may be closed, no task may run twice.
+/// 51 collections of one collector and service account on one worker that runs 8 tasks at
+/// most: the first runs for about 130 s; 7 more are claimed and wait for its collection lock;
+/// the other 43 wait for a free slot of the worker. With `consumer_timeout` lowered to 5 s,
+/// every delivery is held past it unless the worker settles a task's delivery once the task is
+/// claimed, and hands back a delivery that waits for a slot (here after 2 s): no channel may be
+/// closed, no task may run twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "lowers RabbitMQ's broker-wide consumer_timeout and runs ~3 minutes; run alone: \
-            cargo test --test it consumer_timeout -- --ignored --nocapture"]
+#[ignore = "lowers RabbitMQ's broker-wide consumer_timeout and runs ~4 minutes; run alone: \
+            cargo test --test it broker_limits -- --ignored --test-threads=1"]
 async fn tasks_held_past_the_consumer_timeout_keep_the_workers_channel() -> anyhow::Result<()> {
     let env = TestEnv::start_with(
         Mode::Distributed,
@@ -127,7 +131,7 @@ async fn tasks_held_past_the_consumer_timeout_keep_the_workers_channel() -> anyh
         },
     )
     .await?;
-    let timeout = ConsumerTimeout::lower_to(LOWERED_MS)?;
+    let timeout = Lowered::to("consumer_timeout", LOWERED_MS)?;
     let log = worker_log(&env, "worker");
     let started = Instant::now();
     eprintln!(
@@ -135,7 +139,17 @@ async fn tasks_held_past_the_consumer_timeout_keep_the_workers_channel() -> anyh
         chrono::Utc::now(),
         log.display()
     );
-    let mut worker = worker_process(&env, "worker", &[])?;
+    let mut worker = worker_process(
+        &env,
+        "worker",
+        &[
+            ("GLEANER_WORKER__CONCURRENCY", "1"),
+            ("GLEANER_WORKER__MAX_TASKS", "8"),
+            ("GLEANER_WORKER__DELIVERY_HOLD", "2"),
+            // The hand-backs are logged at debug level.
+            ("RUST_LOG", "info,gleaner_worker::consumer=debug"),
+        ],
+    )?;
     let outcome = scenario(&env, started).await;
     let checked = match outcome {
         Ok(problems) => check_log(&log, problems),
@@ -265,6 +279,10 @@ fn check_log(log: &std::path::Path, mut problems: Vec<String>) -> anyhow::Result
             closed.join("\n")
         ));
     }
+    // The deliveries beyond the worker's 8 slots were handed back rather than held.
+    if !text.contains("no free task slot in time; the message was handed back") {
+        problems.push("no delivery waiting for a slot was handed back".into());
+    }
     if problems.is_empty() {
         return Ok(());
     }
@@ -291,4 +309,91 @@ fn print_log(log: &std::path::Path) {
         eprintln!("{line}");
     }
     eprintln!("---");
+}
+
+/// The largest message the broker takes while the next test runs: well above what Gleaner
+/// sends (ids and a job's summary), well below the message it plants.
+const MAX_MESSAGE: u64 = 64 * 1024;
+
+/// An outbox row larger than the broker takes makes it close the relay's channel whenever it is
+/// published. The relay publishes it alone after the others, and marks it dead after its
+/// refusals; the collection accepted after it runs to its end meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "lowers RabbitMQ's broker-wide max_message_size; run alone: \
+            cargo test --test it broker_limits -- --ignored --test-threads=1"]
+async fn a_message_too_large_for_the_broker_is_set_aside_and_the_rest_published()
+-> anyhow::Result<()> {
+    use gleaner_common::envelope::{Envelope, TaskRequested};
+    use gleaner_common::id::{DomainId, JobId, TaskId};
+    use gleaner_common::model::JobKind;
+    use gleaner_common::store::outbox::REFUSALS_BEFORE_DEAD;
+    use sea_orm::ConnectionTrait as _;
+
+    // Before the environment starts: its relay's channel reads the limit when it opens.
+    let limit = Lowered::to("max_message_size", MAX_MESSAGE)?;
+    let env = TestEnv::start(Mode::Distributed).await?;
+    let big = Envelope::new(
+        DomainId::DEFAULT,
+        JobKind::Inventory,
+        JobId::new(),
+        Some(TaskId::new()),
+        1,
+        TaskRequested {},
+    );
+    gleaner_common::store::outbox::insert(&env.db, &big).await?;
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE outbox SET body = body || repeat(' ', {})",
+            2 * MAX_MESSAGE
+        ))
+        .await?;
+    let collector = env.demo_collector(3, json!({"resources": 20})).await?;
+    let job = env.collect(&collector).await?;
+    anyhow::ensure!(
+        job["status"] == "SUCCESS",
+        "published past the big row: {job}"
+    );
+
+    // Refused five times, 1 + 3 + 9 + 27 s apart at least.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (attempts, error) = loop {
+        let dead = env
+            .json_column(
+                "SELECT jsonb_build_array(publish_attempts, last_error) FROM outbox \
+                 WHERE dead_at IS NOT NULL",
+            )
+            .await?;
+        if let Some(row) = dead.first() {
+            break (
+                row[0].as_i64(),
+                row[1].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the big row was never marked dead: {:?}",
+            env.json_column(
+                "SELECT jsonb_build_array(id, publish_attempts, last_error, dead_at) FROM outbox"
+            )
+            .await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    anyhow::ensure!(
+        attempts == Some(i64::from(REFUSALS_BEFORE_DEAD)),
+        "refused {attempts:?} times"
+    );
+    anyhow::ensure!(
+        error.contains("larger than configured max size"),
+        "the broker's reason: {error}"
+    );
+    anyhow::ensure!(
+        env.scalar("SELECT count(*) FROM outbox WHERE dead_at IS NULL")
+            .await?
+            == 0,
+        "rows left unpublished"
+    );
+    drop(env);
+    drop(limit);
+    Ok(())
 }
