@@ -14,9 +14,8 @@ use gleaner_common::model::{
 };
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
-use gleaner_common::store::job::JobPage;
 use gleaner_common::store::resource::{self, TypeCount};
-use gleaner_common::store::{job, plugin, schedule, service_account};
+use gleaner_common::store::{plugin, schedule, service_account};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -25,6 +24,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::extract::{ApiJson, ApiQuery, OptionalJson, Tenant, id_list, page_limit, parse_id};
+use crate::job::view::{self as job_view, JobPage};
 use crate::problem::{self, ApiError, ApiResult, Problem};
 use crate::service_account::ServiceAccountList;
 
@@ -487,7 +487,7 @@ async fn jobs(
     // 404 for an unknown collector rather than an empty history.
     collector::get(&state.db, domain, id).await?;
     Ok(Json(
-        job::list(&state.db, domain, Some(id), q.cursor, limit).await?,
+        job_view::list(&state.db, domain, Some(id), q.cursor, limit).await?,
     ))
 }
 

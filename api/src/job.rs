@@ -1,13 +1,15 @@
 //! `/v1/jobs`, and the stream of their changes at `/v1/jobs/events`.
 
 mod events;
+pub(crate) mod view;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use gleaner_common::id::{CollectorId, JobId};
 use gleaner_common::lifecycle;
-use gleaner_common::store::job::{self, Job};
-use gleaner_common::store::task::{self, Task};
+use gleaner_common::store::job::Job;
+
+use self::view::Task;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -59,7 +61,7 @@ async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<JobList>> {
     let limit = page_limit(q.limit, 50)?;
-    let page = job::list(&state.db, domain, q.collector_id, None, limit).await?;
+    let page = view::list(&state.db, domain, q.collector_id, None, limit).await?;
     Ok(Json(JobList { items: page.items }))
 }
 
@@ -79,7 +81,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
     let id = parse_id("job", &id)?;
-    Ok(Json(job::get(&state.db, domain, id).await?))
+    Ok(Json(view::get(&state.db, domain, id).await?))
 }
 
 /// A job's tasks.
@@ -105,8 +107,8 @@ async fn tasks(
 ) -> ApiResult<Json<TaskList>> {
     let id = parse_id("job", &id)?;
     // 404 for an unknown job rather than an empty list.
-    job::get(&state.db, domain, id).await?;
-    let items = task::list(&state.db, domain, id).await?;
+    view::get(&state.db, domain, id).await?;
+    let items = view::tasks(&state.db, domain, id).await?;
     Ok(Json(TaskList { items }))
 }
 
@@ -135,5 +137,5 @@ async fn cancel(
 ) -> ApiResult<Json<Job>> {
     let id = parse_id("job", &id)?;
     lifecycle::job::cancel(&state.db, domain, id).await?;
-    Ok(Json(job::get(&state.db, domain, id).await?))
+    Ok(Json(view::get(&state.db, domain, id).await?))
 }

@@ -8,8 +8,8 @@
 //! creation, planning, each task's claim, each batch a task commits (its counts are the job's,
 //! summed; the sinks touch the job in the batch's transaction) and each task's end. So a poll is
 //! one range scan of the index `(domain_id, updated_at, id)` for the rows after a cursor
-//! ([`job::changed_after`]), which finds nothing most of the time; only jobs that changed are then
-//! read in full, with their counts ([`job::get_many`]).
+//! ([`view::changed_after`]), which finds nothing most of the time; only jobs that changed are then
+//! read in full, with their counts ([`view::get_many`]).
 //!
 //! A timestamp cursor can miss a change whose transaction commits after a later one: its
 //! `updated_at` is taken before its commit, and processes' clocks differ a little. So each poll
@@ -26,13 +26,13 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
+use super::view::{self, ChangeCursor};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use gleaner_common::id::{CollectorId, DomainId, JobId};
-use gleaner_common::store::job::{self, ChangeCursor};
 use gleaner_common::store::{self, collector};
 use serde::Deserialize;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -212,7 +212,8 @@ impl Poller {
         };
         let mut fresh = Vec::new();
         'pages: loop {
-            let page = job::changed_after(db, self.domain, self.collector, from, SCAN_PAGE).await?;
+            let page =
+                view::changed_after(db, self.domain, self.collector, from, SCAN_PAGE).await?;
             for c in &page {
                 if self.sent.get(&c.id) == Some(&c.at) {
                     continue;
@@ -235,7 +236,7 @@ impl Poller {
         self.started = true;
 
         let ids: Vec<JobId> = fresh.iter().map(|c| c.id).collect();
-        let mut jobs: HashMap<JobId, _> = job::get_many(db, self.domain, &ids)
+        let mut jobs: HashMap<JobId, _> = view::get_many(db, self.domain, &ids)
             .await?
             .into_iter()
             .map(|(read, job)| (job.id, (read, job)))

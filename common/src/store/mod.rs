@@ -14,7 +14,6 @@ pub mod project;
 pub mod resource;
 pub mod schedule;
 pub mod service_account;
-pub mod task;
 
 use sea_orm::{DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 
