@@ -7,17 +7,20 @@
 //!
 //! | Name | Type | Labels | Recorded by |
 //! |---|---|---|---|
-//! | `gleaner_task_duration_seconds` | histogram | `kind`, `status` | worker: a task's run, from claim to recorded outcome |
-//! | `gleaner_queue_lag_seconds` | histogram | `kind` | worker: a message's first delivery, from its creation (the job's commit) to a handler taking it |
-//! | `gleaner_messages_handled_total` | counter | `kind`, `outcome` (`ack`, `retry`, `dead_letter`) | worker: each delivery, by how it was settled |
-//! | `gleaner_task_retries_total` | counter | `kind` | worker: task runs after the first (attempt ≥ 2) |
-//! | `gleaner_dead_letters_total` | counter | `kind`, `reason` (`malformed`, `rejected`, `delivery_limit`) | worker: messages dead-lettered by the worker |
+//! | `gleaner_task_duration_seconds` | histogram | `worker`, `kind`, `status` | worker: a task's run, from claim to recorded outcome |
+//! | `gleaner_queue_lag_seconds` | histogram | `worker`, `kind` | worker: a message's first delivery, from its creation (the job's commit) to a handler taking it |
+//! | `gleaner_messages_handled_total` | counter | `worker`, `kind`, `outcome` (`ack`, `retry`, `dead_letter`) | worker: each delivery, by how it was settled |
+//! | `gleaner_task_retries_total` | counter | `worker`, `kind` | worker: task runs after the first (attempt ≥ 2) |
+//! | `gleaner_dead_letters_total` | counter | `worker`, `kind`, `reason` (`malformed`, `rejected`, `delivery_limit`) | worker: messages dead-lettered by the worker |
 //! | `gleaner_outbox_publish_failures_total` | counter | none | outbox relay (API and worker): messages the broker refused |
 //! | `gleaner_jobs` | gauge | `status` | API, at scrape time: jobs in the store by status |
 //! | `gleaner_outbox_pending` | gauge | none | API, at scrape time: outbox rows not yet published (standalone: not yet handled) |
 //! | `gleaner_outbox_dead` | gauge | none | API, at scrape time: outbox rows marked dead (the standalone mode's dead letters) |
 //!
-//! `kind` is the job kind (`inventory`, `billing`, `metrics`; `unknown` for a message whose
+//! `worker` is the worker's name (`GLEANER_WORKER__NAME`, by default its host and process id), so
+//! the workers of one process (tests run several) keep their own series; a scrape of one
+//! worker's listener shows only its own. `kind` is the job kind (`inventory`, `billing`,
+//! `metrics`; `unknown` for a message whose
 //! envelope cannot be read) and `status` a job status (`SUCCESS`, `FAILURE`, ...). RabbitMQ
 //! dead-letters a message redelivered past the queue's delivery limit by itself: those are in
 //! RabbitMQ's own metrics, not in `gleaner_dead_letters_total`.
@@ -162,21 +165,27 @@ fn describe() {
     describe_counter!(DEAD_LETTERS, "Messages the worker dead-lettered.");
     describe_counter!(
         OUTBOX_PUBLISH_FAILURES,
-        "Outbox messages the broker refused; they stay in the outbox and are published again."
+        "Outbox messages the broker refused or could not take; they stay in the outbox."
     );
-    // Every series of a counter starts at zero, so `rate()` and `increase()` see the first
-    // event instead of a series appearing with its value already counted.
+    ::metrics::counter!(OUTBOX_PUBLISH_FAILURES).increment(0);
+}
+
+/// A worker named `worker` starts: every series of its counters starts at zero, so `rate()`
+/// and `increase()` see the first event instead of a series appearing with its value already
+/// counted.
+pub fn worker_started(worker: &str) {
+    let worker = worker.to_owned();
     for kind in JobKind::ALL.map(JobKind::as_str) {
         for outcome in Outcome::ALL.map(Outcome::as_str) {
-            ::metrics::counter!(MESSAGES_HANDLED, "kind" => kind, "outcome" => outcome)
+            ::metrics::counter!(MESSAGES_HANDLED, "worker" => worker.clone(), "kind" => kind, "outcome" => outcome)
                 .increment(0);
         }
         for reason in DeadLetterReason::ALL.map(DeadLetterReason::as_str) {
-            ::metrics::counter!(DEAD_LETTERS, "kind" => kind, "reason" => reason).increment(0);
+            ::metrics::counter!(DEAD_LETTERS, "worker" => worker.clone(), "kind" => kind, "reason" => reason)
+                .increment(0);
         }
-        ::metrics::counter!(TASK_RETRIES, "kind" => kind).increment(0);
+        ::metrics::counter!(TASK_RETRIES, "worker" => worker.clone(), "kind" => kind).increment(0);
     }
-    ::metrics::counter!(OUTBOX_PUBLISH_FAILURES).increment(0);
 }
 
 fn start_upkeep(handle: PrometheusHandle) {
@@ -199,31 +208,33 @@ fn kind_label(kind: Option<JobKind>) -> &'static str {
     kind.map_or(UNKNOWN_KIND, JobKind::as_str)
 }
 
-/// A task's outcome was recorded after it ran for `elapsed`.
-pub fn task_finished(kind: JobKind, status: JobStatus, elapsed: Duration) {
-    ::metrics::histogram!(TASK_DURATION, "kind" => kind.as_str(), "status" => status.as_str())
+/// A task of worker `worker` ended after it ran for `elapsed`.
+pub fn task_finished(worker: &str, kind: JobKind, status: JobStatus, elapsed: Duration) {
+    ::metrics::histogram!(TASK_DURATION, "worker" => worker.to_owned(), "kind" => kind.as_str(), "status" => status.as_str())
         .record(elapsed.as_secs_f64());
 }
 
 /// A delivery was settled; `kind` is `None` when its envelope could not be read.
-pub fn message_handled(kind: Option<JobKind>, outcome: Outcome) {
-    ::metrics::counter!(MESSAGES_HANDLED, "kind" => kind_label(kind), "outcome" => outcome.as_str())
+pub fn message_handled(worker: &str, kind: Option<JobKind>, outcome: Outcome) {
+    ::metrics::counter!(MESSAGES_HANDLED, "worker" => worker.to_owned(), "kind" => kind_label(kind), "outcome" => outcome.as_str())
         .increment(1);
 }
 
 /// A message's first delivery reached a handler `lag` after the message was created.
-pub fn queue_lag(kind: JobKind, lag: Duration) {
-    ::metrics::histogram!(QUEUE_LAG, "kind" => kind.as_str()).record(lag.as_secs_f64());
+pub fn queue_lag(worker: &str, kind: JobKind, lag: Duration) {
+    ::metrics::histogram!(QUEUE_LAG, "worker" => worker.to_owned(), "kind" => kind.as_str())
+        .record(lag.as_secs_f64());
 }
 
 /// A task started again (attempt 2 or later).
-pub fn task_retried(kind: JobKind) {
-    ::metrics::counter!(TASK_RETRIES, "kind" => kind.as_str()).increment(1);
+pub fn task_retried(worker: &str, kind: JobKind) {
+    ::metrics::counter!(TASK_RETRIES, "worker" => worker.to_owned(), "kind" => kind.as_str())
+        .increment(1);
 }
 
 /// The worker dead-lettered a message; `kind` is `None` when its envelope could not be read.
-pub fn dead_lettered(kind: Option<JobKind>, reason: DeadLetterReason) {
-    ::metrics::counter!(DEAD_LETTERS, "kind" => kind_label(kind), "reason" => reason.as_str())
+pub fn dead_lettered(worker: &str, kind: Option<JobKind>, reason: DeadLetterReason) {
+    ::metrics::counter!(DEAD_LETTERS, "worker" => worker.to_owned(), "kind" => kind_label(kind), "reason" => reason.as_str())
         .increment(1);
 }
 
@@ -286,16 +297,20 @@ mod tests {
 
     #[test]
     fn render_shows_every_metric_with_its_labels() {
+        install();
+        let w = "unit-test";
+        worker_started(w);
         task_finished(
+            w,
             JobKind::Inventory,
             JobStatus::Success,
             Duration::from_millis(1500),
         );
-        queue_lag(JobKind::Billing, Duration::from_millis(20));
-        message_handled(Some(JobKind::Inventory), Outcome::Ack);
-        message_handled(None, Outcome::DeadLetter);
-        task_retried(JobKind::Inventory);
-        dead_lettered(None, DeadLetterReason::Malformed);
+        queue_lag(w, JobKind::Billing, Duration::from_millis(20));
+        message_handled(w, Some(JobKind::Inventory), Outcome::Ack);
+        message_handled(w, None, Outcome::DeadLetter);
+        task_retried(w, JobKind::Inventory);
+        dead_lettered(w, None, DeadLetterReason::Malformed);
         outbox_publish_failed(2);
         let census = Census {
             jobs: vec![(JobStatus::Success, 3), (JobStatus::Failure, 1)],
@@ -305,14 +320,14 @@ mod tests {
         let text = render_with(Some(&census));
         for expected in [
             "# TYPE gleaner_task_duration_seconds histogram",
-            "gleaner_task_duration_seconds_bucket{kind=\"inventory\",status=\"SUCCESS\",le=\"5\"}",
-            "gleaner_task_duration_seconds_bucket{kind=\"inventory\",status=\"SUCCESS\",le=\"14400\"}",
-            "gleaner_queue_lag_seconds_bucket{kind=\"billing\",le=\"0.025\"}",
-            "gleaner_messages_handled_total{kind=\"inventory\",outcome=\"ack\"}",
-            "gleaner_messages_handled_total{kind=\"unknown\",outcome=\"dead_letter\"}",
-            "gleaner_messages_handled_total{kind=\"metrics\",outcome=\"retry\"} 0",
-            "gleaner_task_retries_total{kind=\"inventory\"}",
-            "gleaner_dead_letters_total{kind=\"unknown\",reason=\"malformed\"}",
+            "gleaner_task_duration_seconds_bucket{worker=\"unit-test\",kind=\"inventory\",status=\"SUCCESS\",le=\"5\"} 1\n",
+            "gleaner_task_duration_seconds_bucket{worker=\"unit-test\",kind=\"inventory\",status=\"SUCCESS\",le=\"14400\"} 1\n",
+            "gleaner_queue_lag_seconds_bucket{worker=\"unit-test\",kind=\"billing\",le=\"0.025\"} 1\n",
+            "gleaner_messages_handled_total{worker=\"unit-test\",kind=\"inventory\",outcome=\"ack\"} 1\n",
+            "gleaner_messages_handled_total{worker=\"unit-test\",kind=\"unknown\",outcome=\"dead_letter\"} 1\n",
+            "gleaner_messages_handled_total{worker=\"unit-test\",kind=\"metrics\",outcome=\"retry\"} 0\n",
+            "gleaner_task_retries_total{worker=\"unit-test\",kind=\"inventory\"} 1\n",
+            "gleaner_dead_letters_total{worker=\"unit-test\",kind=\"unknown\",reason=\"malformed\"} 1\n",
             "# TYPE gleaner_outbox_publish_failures_total counter",
             "# TYPE gleaner_jobs gauge",
             "gleaner_jobs{status=\"SUCCESS\"} 3\n",

@@ -206,7 +206,11 @@ async fn process(
         let retries = header_u32(&delivery.properties, RETRIES_HEADER);
         // A retry's copy arrives as a first delivery, after its backoff: not queue lag.
         let received =
-            crate::metrics::Received::new(&delivery.data, !delivery.redelivered && retries == 0);
+            crate::metrics::Received::new(
+            &ctx.name,
+            &delivery.data,
+            !delivery.redelivered && retries == 0,
+        );
         let settlement = match receive(ctx, &delivery.data).await {
             Received::Settle(settlement) => settlement,
             Received::Claimed(claimed) => {

@@ -80,6 +80,7 @@ impl Context {
         signal: Signal,
     ) -> Self {
         let name = settings.name.clone().unwrap_or_else(default_name);
+        gleaner_common::metrics::worker_started(&name);
         let groups = combine::Groups::new(&db, &sink, &name, settings.lease, settings.task_retry());
         Self {
             groups,

@@ -197,7 +197,7 @@ async fn deliver(
                 row.attempts
             );
             error!(reason = %reason, "delivery limit reached; the message is marked dead");
-            crate::metrics::Received::new(row.body.as_bytes(), false).delivery_limit();
+            crate::metrics::Received::new(&ctx.name, row.body.as_bytes(), false).delivery_limit();
             if let Err(e) = outbox::mark_dead(&ctx.db, row.id, &reason).await {
                 warn!(error = %e, "could not mark the message dead");
             }
@@ -208,7 +208,8 @@ async fn deliver(
             warn!(error = %e, "could not count the delivery");
             return;
         }
-        let received = crate::metrics::Received::new(row.body.as_bytes(), row.attempts == 0);
+        let received =
+            crate::metrics::Received::new(&ctx.name, row.body.as_bytes(), row.attempts == 0);
         let settlement = match receive(ctx, row.body.as_bytes()).await {
             Received::Settle(settlement) => settlement,
             Received::Claimed(claimed) => {

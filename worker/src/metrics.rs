@@ -10,23 +10,26 @@ use gleaner_common::model::JobKind;
 
 use crate::Settlement;
 
-/// A delivery being handled, with its header read once on arrival.
-pub(crate) struct Received(Option<Header>);
+/// A delivery being handled by worker `worker`, with its header read once on arrival.
+pub(crate) struct Received<'a> {
+    worker: &'a str,
+    header: Option<Header>,
+}
 
-impl Received {
+impl<'a> Received<'a> {
     /// Reads the delivery's header and, on its first delivery, records how long the message
     /// waited. A redelivery's wait includes its earlier attempts and retry delays, which would
     /// hide the lag of the queue itself.
-    pub(crate) fn new(body: &[u8], first_delivery: bool) -> Self {
+    pub(crate) fn new(worker: &'a str, body: &[u8], first_delivery: bool) -> Self {
         let header = Header::peek(body);
         if let Some(h) = header.filter(|_| first_delivery) {
-            metrics::queue_lag(h.job_kind, h.age());
+            metrics::queue_lag(worker, h.job_kind, h.age());
         }
-        Self(header)
+        Self { worker, header }
     }
 
     fn kind(&self) -> Option<JobKind> {
-        self.0.map(|h| h.job_kind)
+        self.header.map(|h| h.job_kind)
     }
 
     /// Counts how the delivery was settled.
@@ -37,36 +40,36 @@ impl Received {
             Settlement::DeadLetter(_) => {
                 // A readable header means the envelope itself was fine: its type, version or
                 // contents were refused.
-                let reason = if self.0.is_some() {
+                let reason = if self.header.is_some() {
                     DeadLetterReason::Rejected
                 } else {
                     DeadLetterReason::Malformed
                 };
-                metrics::dead_lettered(self.kind(), reason);
+                metrics::dead_lettered(self.worker, self.kind(), reason);
                 Outcome::DeadLetter
             }
         };
-        metrics::message_handled(self.kind(), outcome);
+        metrics::message_handled(self.worker, self.kind(), outcome);
     }
 
     /// Counts a message the standalone dispatcher gave up on after too many deliveries.
     pub(crate) fn delivery_limit(&self) {
-        metrics::dead_lettered(self.kind(), DeadLetterReason::DeliveryLimit);
-        metrics::message_handled(self.kind(), Outcome::DeadLetter);
+        metrics::dead_lettered(self.worker, self.kind(), DeadLetterReason::DeliveryLimit);
+        metrics::message_handled(self.worker, self.kind(), Outcome::DeadLetter);
     }
 }
 
 /// A claimed task starts; attempts after the first count as retries.
-pub(crate) fn task_started(kind: JobKind, attempt: i32) {
+pub(crate) fn task_started(worker: &str, kind: JobKind, attempt: i32) {
     if attempt > 1 {
-        metrics::task_retried(kind);
+        metrics::task_retried(worker, kind);
     }
 }
 
 /// A task's attempt ended after `elapsed`; counted when the task ended with it (a retry, a
 /// hand-back or a stale attempt did not end the task).
-pub(crate) fn task_ended(kind: JobKind, ended: &Ended, elapsed: Duration) {
+pub(crate) fn task_ended(worker: &str, kind: JobKind, ended: &Ended, elapsed: Duration) {
     if let Some(status) = ended.status() {
-        metrics::task_finished(kind, status, elapsed);
+        metrics::task_finished(worker, kind, status, elapsed);
     }
 }

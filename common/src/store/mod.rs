@@ -143,3 +143,117 @@ fn transient_sqlite(code: &str) -> bool {
 pub(crate) fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::error::Error as StdError;
+    use std::sync::Arc;
+
+    use sea_orm::RuntimeErr;
+
+    use super::*;
+
+    /// A PostgreSQL error with a SQLSTATE, as sqlx reports one.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Words that an error's text might hold: they must not decide anything.
+            write!(
+                f,
+                "connection deadlock detected, could not serialize ({})",
+                self.0
+            )
+        }
+    }
+
+    impl StdError for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "a database error"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn exec(e: sqlx::Error) -> DbErr {
+        DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e)))
+    }
+
+    #[test]
+    fn a_database_error_is_transient_by_its_sqlstate_not_its_words() {
+        for (code, transient) in [
+            ("40001", true),
+            ("40P01", true),
+            ("08006", true),
+            ("57P01", true),
+            ("53300", true),
+            ("55P03", true),
+            // A value refused, a constraint, a syntax error, a raised exception.
+            ("22021", false),
+            ("23505", false),
+            ("42601", false),
+            ("P0001", false),
+        ] {
+            let e = exec(sqlx::Error::Database(Box::new(Sqlstate(code))));
+            assert_eq!(is_transient(&e), transient, "{code}");
+        }
+    }
+
+    #[test]
+    fn connection_and_pool_failures_are_transient_and_decoding_is_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_transient(&exec(sqlx::Error::Io(io))));
+        assert!(is_transient(&exec(sqlx::Error::PoolTimedOut)));
+        assert!(is_transient(&DbErr::ConnectionAcquire(
+            sea_orm::ConnAcquireErr::Timeout
+        )));
+        assert!(!is_transient(&exec(sqlx::Error::RowNotFound)));
+        assert!(!is_transient(&DbErr::Type("connection".into())));
+        assert!(!is_transient(&DbErr::Custom("database is locked".into())));
+    }
+
+    #[tokio::test]
+    async fn a_busy_sqlite_file_is_transient() {
+        use sqlx::ConnectOptions as _;
+        let dir = std::env::temp_dir().join(format!("gleaner-busy-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("busy.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = options.connect().await.expect("a connection");
+        let mut other = options.connect().await.expect("another connection");
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .expect("the write lock");
+        let busy = sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .expect_err("the file is locked");
+        assert!(is_transient_sqlx(&busy), "{busy}");
+        let refused = sqlx::raw_sql("SELECT * FROM no_such_table")
+            .execute(&mut holder)
+            .await
+            .expect_err("no such table");
+        assert!(!is_transient_sqlx(&refused), "{refused}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -423,6 +423,8 @@ impl TestEnv {
         settings.api.events_poll_interval = Duration::from_millis(50);
         settings.worker.batch_size = opts.batch_size;
         settings.worker.shutdown_grace = Duration::from_secs(5);
+        // The standalone mode's in-process worker; distributed workers are named per worker.
+        settings.worker.name = Some(name.clone());
         (opts.tune)(&mut settings);
         // Tests run side by side in one process: each worker's metrics listener takes a port of
         // its own.
@@ -503,8 +505,8 @@ impl TestEnv {
                 gleaner::app::serve_api(&settings, db, listener, stop).await
             }));
         }
-        for _ in 0..opts.workers {
-            components.push(spawn_worker(&settings, shutdown.clone()).await?);
+        for n in 0..opts.workers {
+            components.push(spawn_worker(&worker_named(&settings, n), shutdown.clone()).await?);
         }
         let env = Self {
             mode: Mode::Distributed,
@@ -556,6 +558,15 @@ impl TestEnv {
             Mode::Standalone => format!("X'{}'", id.simple()),
         })
     }
+}
+
+/// The settings of the environment's worker `n`, named `<environment>-<n>`: a worker's
+/// name is in its tasks' leases and its metrics' `worker` label.
+#[must_use]
+pub fn worker_named(settings: &Settings, n: usize) -> Settings {
+    let mut s = settings.clone();
+    s.worker.name = Some(format!("{}-{n}", settings.amqp.prefix));
+    s
 }
 
 /// Starts one more worker on the environment's settings.

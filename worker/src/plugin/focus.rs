@@ -518,22 +518,51 @@ fn bucket(
 }
 
 /// A bucket error: permanent when the bucket said no (a missing bucket or key, refused
-/// credentials: any 4xx but 429), transient otherwise (unreachable, throttled, 5xx).
+/// credentials: any 4xx but 429, or an answer that is not S3's), transient otherwise
+/// (unreachable, timed out, throttled, 5xx).
 fn store_error(what: &str, e: &object_store::Error) -> PluginError {
+    use object_store::client::{HttpError, HttpErrorKind};
     let message = format!("{what}: {e}");
     let refused = match e {
         object_store::Error::NotFound { .. }
         | object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. }
         | object_store::Error::InvalidPath { .. } => true,
-        // The S3 client reports list errors as generic ones, with the status in the text.
-        _ => message.contains("status code: 4") && !message.contains("status code: 429"),
+        _ => match source_of::<HttpError>(e) {
+            // No answer at all: the endpoint may come back.
+            Some(http) => matches!(http.kind(), HttpErrorKind::Decode),
+            // An answer with a status. object_store keeps the status of a failed listing in a
+            // type it does not export (its retry error), so its text is all there is to read
+            // it from: the number after "status code: ".
+            None => status_in(&message).is_some_and(|s| (400..500).contains(&s) && s != 429),
+        },
     };
     if refused {
         PluginError::Permanent(message)
     } else {
         PluginError::Transient(message)
     }
+}
+
+/// The first error of type `T` in `e`'s chain of sources.
+fn source_of<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(current) = next {
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// The HTTP status object_store wrote into an error's text (`... status code: 403 Forbidden`).
+fn status_in(message: &str) -> Option<u16> {
+    const STATUS: &str = "status code: ";
+    let at = message.find(STATUS)? + STATUS.len();
+    message[at..].get(..3)?.parse().ok()
 }
 
 /// A bucket error as a verification may show it: what failed and the endpoint's HTTP status,
@@ -625,6 +654,19 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+
+    #[test]
+    fn the_status_of_a_failed_listing_is_read_from_its_text() {
+        let listing = "listing the bucket: Generic S3 error: Error performing GET http://x/ in \
+             1ms - Server returned non-2xx status code: 403 Forbidden: <Error>no</Error>";
+        assert_eq!(status_in(listing), Some(403));
+        assert_eq!(
+            status_in("Server returned non-2xx status code: 503 x"),
+            Some(503)
+        );
+        assert_eq!(status_in("connection refused"), None);
+        assert_eq!(status_in("status code: 4"), None);
+    }
 
     const SAMPLE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),

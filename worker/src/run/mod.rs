@@ -56,7 +56,7 @@ pub async fn run(
         service_account_id = ?claimed.service_account_id.map(|s| s.to_string()));
     async move {
         let started = std::time::Instant::now();
-        crate::metrics::task_started(claimed.kind, claimed.attempt.number);
+        crate::metrics::task_started(&ctx.name, claimed.kind, claimed.attempt.number);
         // Cancelled by the heartbeat when the attempt no longer owns the task; `halt` also on
         // the worker's stop, and is what the run itself watches.
         let fenced = CancellationToken::new();
@@ -98,7 +98,7 @@ pub async fn run(
         drop(lock);
         drop(heartbeat);
         let recorded = recorded?;
-        crate::metrics::task_ended(claimed.kind, &recorded, started.elapsed());
+        crate::metrics::task_ended(&ctx.name, claimed.kind, &recorded, started.elapsed());
         match &recorded {
             Ended::Done(o) => info!(
                 status = o.status.as_str(),
