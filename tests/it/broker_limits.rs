@@ -323,29 +323,12 @@ const MAX_MESSAGE: u64 = 64 * 1024;
             cargo test --test it broker_limits -- --ignored --test-threads=1"]
 async fn a_message_too_large_for_the_broker_is_set_aside_and_the_rest_published()
 -> anyhow::Result<()> {
-    use gleaner_common::envelope::{Envelope, TaskRequested};
-    use gleaner_common::id::{DomainId, JobId, TaskId};
-    use gleaner_common::model::JobKind;
     use gleaner_common::store::outbox::REFUSALS_BEFORE_DEAD;
-    use sea_orm::ConnectionTrait as _;
 
     // Before the environment starts: its relay's channel reads the limit when it opens.
     let limit = Lowered::to("max_message_size", MAX_MESSAGE)?;
     let env = TestEnv::start(Mode::Distributed).await?;
-    let big = Envelope::new(
-        DomainId::DEFAULT,
-        JobKind::Inventory,
-        JobId::new(),
-        Some(TaskId::new()),
-        1,
-        TaskRequested {},
-    );
-    gleaner_common::store::outbox::insert(&env.db, &big).await?;
-    env.db
-        .execute_unprepared(&format!(
-            "UPDATE outbox SET body = body || repeat(' ', {})",
-            2 * MAX_MESSAGE
-        ))
+    env.plant_message(&format!("body = body || repeat(' ', {})", 2 * MAX_MESSAGE))
         .await?;
     let collector = env.demo_collector(3, json!({"resources": 20})).await?;
     let job = env.collect(&collector).await?;
@@ -354,31 +337,7 @@ async fn a_message_too_large_for_the_broker_is_set_aside_and_the_rest_published(
         "published past the big row: {job}"
     );
 
-    // Refused five times, 1 + 3 + 9 + 27 s apart at least.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let (attempts, error) = loop {
-        let dead = env
-            .json_column(
-                "SELECT jsonb_build_array(publish_attempts, last_error) FROM outbox \
-                 WHERE dead_at IS NOT NULL",
-            )
-            .await?;
-        if let Some(row) = dead.first() {
-            break (
-                row[0].as_i64(),
-                row[1].as_str().unwrap_or_default().to_owned(),
-            );
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the big row was never marked dead: {:?}",
-            env.json_column(
-                "SELECT jsonb_build_array(id, publish_attempts, last_error, dead_at) FROM outbox"
-            )
-            .await?
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (attempts, error) = env.dead_outbox_row().await?;
     anyhow::ensure!(
         attempts == Some(i64::from(REFUSALS_BEFORE_DEAD)),
         "refused {attempts:?} times"

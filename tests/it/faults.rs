@@ -760,23 +760,10 @@ async fn a_task_left_running_runs_again_once_whatever_duplicate_messages_say(
 /// it are published meanwhile, and a collection started after it runs to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_publishes_past_a_message_the_broker_refuses() -> anyhow::Result<()> {
-    use gleaner_common::envelope::{Envelope, TaskRequested};
-    use gleaner_common::id::{DomainId, JobId, TaskId};
-    use gleaner_common::model::JobKind;
     use gleaner_common::store::outbox::REFUSALS_BEFORE_DEAD;
 
     let env = TestEnv::start(Mode::Distributed).await?;
-    let refused = Envelope::new(
-        DomainId::DEFAULT,
-        JobKind::Inventory,
-        JobId::new(),
-        Some(TaskId::new()),
-        1,
-        TaskRequested {},
-    );
-    gleaner_common::store::outbox::insert(&env.db, &refused).await?;
-    env.db
-        .execute_unprepared("UPDATE outbox SET routing_key = 'nowhere.requested'")
+    env.plant_message("routing_key = 'nowhere.requested'")
         .await?;
     let collector = env.demo_collector(3, json!({"resources": 20})).await?;
     let job = env.collect(&collector).await?;
@@ -785,28 +772,7 @@ async fn the_relay_publishes_past_a_message_the_broker_refuses() -> anyhow::Resu
         "published past the refused row: {job}"
     );
 
-    // Refused five times, 1 + 3 + 9 + 27 s apart at least.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let (attempts, error) = loop {
-        let dead = env
-            .json_column(
-                "SELECT jsonb_build_array(publish_attempts, last_error) FROM outbox \
-                 WHERE dead_at IS NOT NULL",
-            )
-            .await?;
-        if let Some(row) = dead.first() {
-            break (
-                row[0].as_i64(),
-                row[1].as_str().unwrap_or_default().to_owned(),
-            );
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the refused row was never marked dead: {:?}",
-            env.json_column("SELECT to_jsonb(o) FROM outbox o").await?
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (attempts, error) = env.dead_outbox_row().await?;
     assert_eq!(attempts, Some(i64::from(REFUSALS_BEFORE_DEAD)));
     assert!(
         error.contains("no queue is bound for routing key `nowhere.requested`"),

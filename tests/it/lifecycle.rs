@@ -84,18 +84,28 @@ impl World {
         let input = job_life::plan_input(&self.store.db, id)
             .await?
             .context("the job")?;
-        let units: Vec<Unit> = self
-            .accounts
+        let tasks = job_life::plan(
+            &self.store.db,
+            &input,
+            &self.units(),
+            None,
+            max_attempts,
+            "none",
+        )
+        .await?
+        .context("planned")?;
+        Ok((id, tasks))
+    }
+
+    /// One task per account.
+    fn units(&self) -> Vec<Unit> {
+        self.accounts
             .iter()
             .map(|&account| Unit {
                 account,
                 month: None,
             })
-            .collect();
-        let tasks = job_life::plan(&self.store.db, &input, &units, None, max_attempts, "none")
-            .await?
-            .context("planned")?;
-        Ok((id, tasks))
+            .collect()
     }
 
     async fn enqueue(&self) -> store::Result<JobId> {
@@ -236,14 +246,7 @@ async fn planning_twice_plans_once(mode: Mode) -> anyhow::Result<()> {
     let input = job_life::plan_input(&w.store.db, id)
         .await?
         .context("the job")?;
-    let units: Vec<Unit> = w
-        .accounts
-        .iter()
-        .map(|&account| Unit {
-            account,
-            month: None,
-        })
-        .collect();
+    let units = w.units();
     let tasks = job_life::plan(&w.store.db, &input, &units, None, 3, "none")
         .await?
         .context("planned")?;

@@ -201,16 +201,13 @@ pub mod sqlite {
         attempt: Attempt,
         counts: &Counts,
     ) -> sqlx::Result<()> {
-        sqlx::query(ADD_PROGRESS)
-            .bind(attempt.task.as_uuid())
-            .bind(attempt.number)
-            .bind(counts.created)
-            .bind(counts.updated)
-            .bind(counts.unchanged)
-            .bind(counts.failed)
-            .execute(conn)
-            .await?;
-        Ok(())
+        let values = [
+            counts.created,
+            counts.updated,
+            counts.unchanged,
+            counts.failed,
+        ];
+        write_counts(conn, ADD_PROGRESS, attempt, &values).await
     }
 
     const SET_LOADED: &str = "UPDATE job_tasks SET created = ?3, deleted = ?4, failed = ?5 \
@@ -225,14 +222,24 @@ pub mod sqlite {
         attempt: Attempt,
         counts: &Counts,
     ) -> sqlx::Result<()> {
-        sqlx::query(SET_LOADED)
+        let values = [counts.created, counts.deleted, counts.failed];
+        write_counts(conn, SET_LOADED, attempt, &values).await
+    }
+
+    /// Runs `sql` with the attempt as `?1`, `?2` and `values` after.
+    async fn write_counts(
+        conn: &mut SqliteConnection,
+        sql: &'static str,
+        attempt: Attempt,
+        values: &[i64],
+    ) -> sqlx::Result<()> {
+        let mut q = sqlx::query(sql)
             .bind(attempt.task.as_uuid())
-            .bind(attempt.number)
-            .bind(counts.created)
-            .bind(counts.deleted)
-            .bind(counts.failed)
-            .execute(conn)
-            .await?;
+            .bind(attempt.number);
+        for v in values {
+            q = q.bind(*v);
+        }
+        q.execute(conn).await?;
         Ok(())
     }
 

@@ -107,15 +107,17 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
             txn.commit().await?;
             Ok(claimed)
         }
-        Err(e) => {
-            // Explicitly: a dropped transaction keeps its row locks until its connection is
-            // next used.
-            if let Err(rollback) = txn.rollback().await {
-                warn!(error = %rollback, "rolling back a failed claim");
-            }
-            Err(e)
-        }
+        Err(e) => abandon(txn, e).await,
     }
+}
+
+/// Rolls `txn` back and returns `e`. Explicitly: a dropped transaction keeps its row locks
+/// until its connection is next used.
+async fn abandon<T>(txn: impl TransactionSession, e: Error) -> Result<T> {
+    if let Err(rollback) = txn.rollback().await {
+        warn!(error = %rollback, "rolling back a failed transaction");
+    }
+    Err(e)
 }
 
 async fn claim_in(
@@ -483,12 +485,7 @@ pub async fn end_many<C: ConnectionTrait + TransactionTrait>(
             txn.rollback().await?;
             Ok(vec![false; jobs.len()])
         }
-        Err(e) => {
-            if let Err(rollback) = txn.rollback().await {
-                warn!(error = %rollback, "rolling back failed task ends");
-            }
-            Err(e)
-        }
+        Err(e) => abandon(txn, e).await,
     }
 }
 

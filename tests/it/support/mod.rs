@@ -524,15 +524,63 @@ impl TestEnv {
 
     /// A single number from SQL (`SELECT count(*) ...`) in the test's store.
     pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(
-                self.db.get_database_backend(),
-                sql.to_owned(),
-            ))
-            .await?
-            .context("no row")?;
-        Ok(row.try_get_by_index::<i64>(0)?)
+        scalar(&self.db, sql).await
+    }
+
+    /// Writes a `task.requested` message (of a task that does not exist) into the outbox,
+    /// changed by `set` (the `SET` clause of an `UPDATE outbox`) in the same transaction, so no
+    /// relay sees it before the change.
+    pub async fn plant_message(&self, set: &str) -> anyhow::Result<()> {
+        use gleaner_common::envelope::{Envelope, TaskRequested};
+        use gleaner_common::id::{DomainId, JobId, TaskId};
+        use gleaner_common::model::JobKind;
+        use sea_orm::TransactionTrait as _;
+        let message = Envelope::new(
+            DomainId::DEFAULT,
+            JobKind::Inventory,
+            JobId::new(),
+            Some(TaskId::new()),
+            1,
+            TaskRequested {},
+        );
+        let txn = self.db.begin().await?;
+        gleaner_common::store::outbox::insert(&txn, &message).await?;
+        txn.execute_unprepared(&format!(
+            "UPDATE outbox SET {set} WHERE id = (SELECT max(id) FROM outbox)"
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Waits (2 minutes at most) for the outbox row the broker refused until it was marked
+    /// dead: its refusals and the broker's reason.
+    pub async fn dead_outbox_row(&self) -> anyhow::Result<(Option<i64>, String)> {
+        // Refused five times, 1 + 3 + 9 + 27 s apart at least.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let dead = self
+                .json_column(
+                    "SELECT jsonb_build_array(publish_attempts, last_error) FROM outbox \
+                     WHERE dead_at IS NOT NULL",
+                )
+                .await?;
+            if let Some(row) = dead.first() {
+                return Ok((
+                    row[0].as_i64(),
+                    row[1].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the refused row was never marked dead: {:?}",
+                self.json_column(
+                    "SELECT jsonb_build_array(id, publish_attempts, last_error) FROM outbox"
+                )
+                .await?
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The first column of every row, as JSON (a `jsonb` column, or JSON text in SQLite).
@@ -817,15 +865,7 @@ impl TestStore {
 
     /// A single number from SQL.
     pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(
-                self.db.get_database_backend(),
-                sql.to_owned(),
-            ))
-            .await?
-            .context("no row")?;
-        Ok(row.try_get_by_index::<i64>(0)?)
+        scalar(&self.db, sql).await
     }
 
     /// Runs SQL (both backends' dialects must accept it).
@@ -872,4 +912,16 @@ impl Drop for TestStore {
             });
         });
     }
+}
+
+/// A single number from SQL (`SELECT count(*) ...`) in `db`.
+async fn scalar(db: &DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await?
+        .context("no row")?;
+    Ok(row.try_get_by_index::<i64>(0)?)
 }
