@@ -219,7 +219,10 @@ pub async fn summary(
         ""
     };
     let sql = format!(
-        "SELECT {keys}, sum(r.billed_cost) AS billed_cost, sum(r.effective_cost) AS effective_cost
+        // As text: sqlx reads a `numeric` zero as a plain 0, dropping its scale (`0.00000000000`
+        // would show as `0`).
+        "SELECT {keys}, sum(r.billed_cost)::text AS billed_cost,
+            sum(r.effective_cost)::text AS effective_cost
          FROM {table} r{join}
          WHERE r.domain_id = {d} AND r.{column} >= {s} AND r.{column} < {e}{conditions}
          GROUP BY {groups} ORDER BY {groups}",
@@ -334,15 +337,32 @@ fn decimal_text(r: &QueryResult, column: &str) -> Result<Decimal> {
         .map_err(|e| Error::Corrupt(format!("{column} `{text}` is not a decimal: {e}")))
 }
 
-/// An amount: `numeric` in PostgreSQL, decimal text in SQLite.
-fn amount(r: &QueryResult, backend: DbBackend, column: &str) -> Result<Option<Decimal>> {
-    if backend == DbBackend::Postgres {
-        return Ok(r.try_get("", column)?);
-    }
+/// An amount read as text: SQLite keeps it so, and PostgreSQL's `numeric` is cast to it (sqlx
+/// reads a `numeric` zero as a plain 0, dropping its scale).
+fn amount(r: &QueryResult, column: &str) -> Result<Option<Decimal>> {
     match r.try_get::<Option<String>>("", column)? {
         None => Ok(None),
         Some(_) => decimal_text(r, column).map(Some),
     }
+}
+
+/// The amount columns of a cost row, as text in both backends ([`amount`]).
+fn amount_columns(backend: DbBackend) -> String {
+    let columns = [
+        "billed_cost",
+        "effective_cost",
+        "list_cost",
+        "consumed_quantity",
+        "pricing_quantity",
+    ];
+    let cast: Vec<String> = columns
+        .iter()
+        .map(|c| match backend {
+            DbBackend::Postgres => format!("r.{c}::text AS {c}"),
+            _ => format!("r.{c}"),
+        })
+        .collect();
+    cast.join(", ")
 }
 
 fn item(r: &QueryResult, dims: &[Dim]) -> Result<SummaryItem> {
@@ -356,8 +376,8 @@ fn item(r: &QueryResult, dims: &[Dim]) -> Result<SummaryItem> {
     Ok(SummaryItem {
         keys,
         currency: r.try_get("", "currency")?,
-        billed_cost: r.try_get("", "billed_cost")?,
-        effective_cost: r.try_get("", "effective_cost")?,
+        billed_cost: decimal_text(r, "billed_cost")?,
+        effective_cost: decimal_text(r, "effective_cost")?,
     })
 }
 
@@ -430,12 +450,12 @@ pub async fn list(
         "SELECT r.id, r.service_account_id, r.job_id, r.charge_period_start, r.charge_period_end,
             r.billing_period_start, r.provider, r.billing_account_id, r.billing_account_name,
             r.sub_account_id, r.sub_account_name, r.service_name, r.service_category, r.region_id,
-            r.resource_id, r.charge_category, r.currency, r.billed_cost, r.effective_cost,
-            r.list_cost, r.consumed_quantity, r.consumed_unit, r.pricing_quantity,
+            r.resource_id, r.charge_category, r.currency, {amounts}, r.consumed_unit,
             r.pricing_unit, r.tags
          FROM costs r
          WHERE r.domain_id = {d} AND r.day >= {s} AND r.day < {e} AND r.id > {after}{conditions}
-         ORDER BY r.id LIMIT {n}"
+         ORDER BY r.id LIMIT {n}",
+        amounts = amount_columns(backend),
     );
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(backend, sql, p.values))
@@ -467,12 +487,12 @@ pub async fn list(
             resource_id: r.try_get("", "resource_id")?,
             charge_category: r.try_get("", "charge_category")?,
             currency: r.try_get("", "currency")?,
-            billed_cost: amount(r, backend, "billed_cost")?.unwrap_or_default(),
-            effective_cost: amount(r, backend, "effective_cost")?.unwrap_or_default(),
-            list_cost: amount(r, backend, "list_cost")?.unwrap_or_default(),
-            consumed_quantity: amount(r, backend, "consumed_quantity")?,
+            billed_cost: amount(r, "billed_cost")?.unwrap_or_default(),
+            effective_cost: amount(r, "effective_cost")?.unwrap_or_default(),
+            list_cost: amount(r, "list_cost")?.unwrap_or_default(),
+            consumed_quantity: amount(r, "consumed_quantity")?,
             consumed_unit: r.try_get("", "consumed_unit")?,
-            pricing_quantity: amount(r, backend, "pricing_quantity")?,
+            pricing_quantity: amount(r, "pricing_quantity")?,
             pricing_unit: r.try_get("", "pricing_unit")?,
             tags: if backend == DbBackend::Postgres {
                 r.try_get("", "tags")?
