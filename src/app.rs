@@ -248,7 +248,11 @@ pub async fn run_worker(
         kinds: JobKind::ALL.to_vec(),
         prefetch: settings.amqp.prefetch,
         grace: settings.worker.shutdown_grace,
-        hold: settings.worker.delivery_hold,
+        // At least a second: with none, every delivery would be handed back at once.
+        hold: settings
+            .worker
+            .delivery_hold
+            .max(std::time::Duration::from_secs(1)),
     };
     consumer::run(ctx, consumer_settings, shutdown).await;
     reaper.await.ok();

@@ -43,25 +43,40 @@ pub enum PublishError {
     Nacked,
     #[error("no queue is bound for routing key `{0}`: the message was returned")]
     Unroutable(String),
-    /// The broker closed the channel over what was published (a message larger than its
-    /// `max_message_size`, say): a channel-level error, the connection still up.
+    /// The broker closed the channel over what was published, with `PRECONDITION_FAILED` (a
+    /// message larger than its `max_message_size`, say): a channel-level error, the
+    /// connection still up.
     #[error("the broker closed the channel: {0}")]
     Refused(String),
+    /// The broker closed the channel for another channel-level reason (access refused, an
+    /// exchange not found): about the broker's state, not the message.
+    #[error("the broker closed the channel: {0}")]
+    Denied(String),
 }
 
 impl PublishError {
-    /// Whether the broker refused the message itself (publishing it again is likely to fail the
-    /// same way), rather than being unreachable.
+    /// Whether the broker refused the message itself, so that publishing it again is likely to
+    /// fail the same way: no queue is bound for its routing key (on a channel that declared the
+    /// topology when it opened), or the broker closed the channel over it with
+    /// `PRECONDITION_FAILED`. A nack, another channel-level error or an unreachable broker say
+    /// something of the broker, not of the message.
     #[must_use]
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, PublishError::Connection(_))
+        matches!(self, PublishError::Unroutable(_) | PublishError::Refused(_))
     }
 
+    /// The kind of a lapin error, as what it says of a publish.
     fn of(e: &lapin::Error) -> Self {
-        if e.is_amqp_soft_error() {
-            PublishError::Refused(e.to_string())
-        } else {
-            PublishError::Connection(e.to_string())
+        use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+        match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => {
+                    PublishError::Refused(e.to_string())
+                }
+                AMQPErrorKind::Soft(_) => PublishError::Denied(e.to_string()),
+                AMQPErrorKind::Hard(_) => PublishError::Connection(e.to_string()),
+            },
+            _ => PublishError::Connection(e.to_string()),
         }
     }
 }
@@ -73,8 +88,13 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// for it; only then may its outbox row be deleted.
 #[async_trait]
 pub trait Publisher: Send + Sync {
-    /// Publishes a batch; the result has one entry per message, in order.
-    async fn publish(&self, batch: &[Pending]) -> Vec<Result<(), PublishError>>;
+    /// Publishes a batch, waiting for its confirms until `deadline` at most; the result has one
+    /// entry per message, in order.
+    async fn publish(
+        &self,
+        batch: &[Pending],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<(), PublishError>>;
 
     /// Whether the broker can be reached now, for readiness probes.
     async fn ready(&self) -> bool;
@@ -488,7 +508,11 @@ impl AmqpPublisher {
 
 #[async_trait]
 impl Publisher for AmqpPublisher {
-    async fn publish(&self, batch: &[Pending]) -> Vec<Result<(), PublishError>> {
+    async fn publish(
+        &self,
+        batch: &[Pending],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<(), PublishError>> {
         let channel = match self.channel().await {
             Ok(ch) => ch,
             Err(e) => {
@@ -558,30 +582,13 @@ impl Publisher for AmqpPublisher {
         }
         // One deadline for the whole batch: the confirms come back together, so a broker that
         // stalls costs the batch one timeout, not one per message.
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut results = Vec::with_capacity(batch.len());
         for (msg, confirm) in batch.iter().zip(confirms) {
             results.push(confirmed_by(confirm, &msg.routing_key, deadline).await);
         }
-        // A channel the broker closed over one message fails every publish after it on that
-        // channel: all of them are suspects, published alone next time.
-        if results
-            .iter()
-            .any(|r| matches!(r, Err(PublishError::Refused(_))))
-        {
-            for r in &mut results {
-                if let Err(PublishError::Connection(e)) = r {
-                    *r = Err(PublishError::Refused(std::mem::take(e)));
-                }
-            }
-        }
-        if results.iter().any(|r| {
-            matches!(
-                r,
-                Err(PublishError::Connection(_) | PublishError::Refused(_))
-            )
-        }) {
-            // The channel may be closed or stuck: open another for the next publish.
+        if results.iter().any(Result::is_err) {
+            // The channel may be closed or stuck, or the topology gone (a queue deleted): the
+            // next publish opens another channel and declares the topology again.
             self.reset().await;
         }
         results

@@ -114,8 +114,10 @@ impl Default for DatabaseSettings {
 pub struct AmqpSettings {
     /// Prefix of every exchange and queue name; tests use a random one per test.
     pub prefix: String,
-    /// Unacknowledged deliveries a worker holds at once. RabbitMQ's guidance is 100–300:
-    /// prefetch 1 caps throughput at one broker round trip per message.
+    /// Unacknowledged deliveries a worker holds at once: messages being planned or claimed,
+    /// and those waiting for a free task slot (a task's message is acknowledged once the task
+    /// is claimed, so running tasks hold none). RabbitMQ's guidance is 100–300: prefetch 1
+    /// caps throughput at one broker round trip per message.
     pub prefetch: u16,
 }
 
@@ -150,8 +152,8 @@ pub struct WorkerSettings {
     /// batch of items, a month of costs, or a plugin process. What bounds a worker's memory.
     pub concurrency: usize,
     /// Tasks one worker process runs at the same time in all, small ones included (at least
-    /// `concurrency`; a RabbitMQ worker also at most its prefetch). Small tasks share their
-    /// database round trips, so their throughput grows with this.
+    /// `concurrency`). Small tasks share their database round trips, so their throughput grows
+    /// with this.
     pub max_tasks: usize,
     /// Items written to the database per batch (one COPY and one upsert each).
     pub batch_size: usize,
@@ -227,8 +229,8 @@ impl Default for WorkerSettings {
         // noise, small enough that 16 concurrent tasks stay far below the memory budget.
         Self {
             concurrency: 16,
-            // As many as a worker's default prefetch lets in: small tasks ran fastest at about
-            // this many in flight (BENCHMARKS.md).
+            // Small tasks ran fastest at about this many in flight (BENCHMARKS.md), as many as
+            // the default prefetch.
             max_tasks: 200,
             batch_size: 5_000,
             name: None,
@@ -241,9 +243,10 @@ impl Default for WorkerSettings {
             retry_delay: Duration::from_secs(10),
             retry_max_delay: Duration::from_secs(600),
             reap_interval: Duration::from_secs(10),
-            // A minute: far below RabbitMQ's default consumer timeout of 30 minutes, and long
-            // enough that a busy worker hands back a waiting delivery about once a minute.
-            delivery_hold: Duration::from_secs(60),
+            // Far below RabbitMQ's default consumer timeout of 30 minutes; short enough that a
+            // message a busy worker cannot take soon goes back to the queue for an idle one,
+            // long enough that a saturated worker republishes its prefetch only every 15 s.
+            delivery_hold: Duration::from_secs(15),
             // 9464: the port OpenTelemetry's Prometheus exporters default to, so scrape
             // configurations written for instrumented services find it. Loopback only: the
             // listener has no authentication.

@@ -106,16 +106,26 @@ impl Relay {
     /// A database error, or the broker taking none of the batch.
     pub async fn publish_once(&self) -> Result<usize, RelayError> {
         let now = chrono::Utc::now();
-        let until = now + chrono::Duration::from_std(CLAIM).unwrap_or(chrono::Duration::MAX);
+        // To the microsecond, as PostgreSQL keeps it: the round's settlements match its claim.
+        let until = chrono::DurationRound::duration_trunc(
+            now + chrono::Duration::from_std(CLAIM).unwrap_or(chrono::Duration::MAX),
+            chrono::Duration::microseconds(1),
+        )
+        .map_err(|e| RelayError::Broker(format!("a claim's instant: {e}")))?;
         let batch = outbox::claim_batch(&self.db, self.settings.batch_size, now, until).await?;
         if batch.is_empty() {
             return Ok(0);
         }
         let (suspects, fresh): (Vec<Pending>, Vec<Pending>) =
             batch.into_iter().partition(|r| r.refusals > 0);
-        let mut results = self.publisher.publish(&fresh).await;
+        // One deadline for the round, suspects included: a round never outlasts its claim.
+        let deadline = tokio::time::Instant::now() + crate::broker::CONFIRM_TIMEOUT;
+        let mut results = self.publisher.publish(&fresh, deadline).await;
         for row in &suspects {
-            let alone = self.publisher.publish(std::slice::from_ref(row)).await;
+            let alone = self
+                .publisher
+                .publish(std::slice::from_ref(row), deadline)
+                .await;
             results.extend(alone);
         }
         let (mut sent, mut refused, mut unreachable) = (Vec::new(), Vec::new(), Vec::new());
@@ -135,12 +145,12 @@ impl Relay {
             }
         }
         crate::metrics::outbox_publish_failed(refused.len() + unreachable.len());
-        outbox::delete(&self.db, &sent).await?;
+        outbox::sent(&self.db, &sent, until).await?;
         if let Some(e) = &refusal {
-            outbox::refused(&self.db, &refused, e).await?;
+            outbox::refused(&self.db, &refused, until, e).await?;
         }
         if let Some(e) = &failure {
-            outbox::unreachable(&self.db, &unreachable, e).await?;
+            outbox::unreachable(&self.db, &unreachable, until, e).await?;
         }
         debug!(
             published = sent.len(),
@@ -155,9 +165,8 @@ impl Relay {
     }
 }
 
-/// How long a relay holds the rows of a round: longer than a round can take (the confirms of a
-/// batch are awaited for [`crate::broker::CONFIRM_TIMEOUT`] at most, and a suspect's for as
-/// long each), after which another relay may publish them.
+/// How long a relay holds the rows of a round: well past the round's one deadline for its
+/// confirms ([`crate::broker::CONFIRM_TIMEOUT`]), after which another relay may publish them.
 const CLAIM: Duration = Duration::from_secs(300);
 
 /// Why a relay round failed.

@@ -215,7 +215,7 @@ async fn process(
             Received::Settle(settlement) => settlement,
             Received::Claimed(claimed) => {
                 received.settled(&Settlement::Ack);
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                if let Err(e) = settled(delivery.ack(BasicAckOptions::default()).await) {
                     // The channel is gone: the broker delivers the message again, and that
                     // delivery finds the attempt started and is dropped.
                     warn!(error = %e, "could not acknowledge a claimed task's message");
@@ -261,7 +261,7 @@ async fn process(
                 }
             }
         };
-        if let Err(e) = result {
+        if let Err(e) = settled(result) {
             // The channel is gone; the broker redelivers the message to another consumer.
             warn!(error = %e, ?settlement, "could not settle the message");
         }
@@ -297,8 +297,18 @@ async fn hand_back(publish: &Channel, names: &Names, delivery: Delivery) {
             requeue(&delivery).await
         }
     };
-    if let Err(e) = settled {
+    if let Err(e) = self::settled(settled) {
         warn!(error = %e, "could not settle a message handed back");
+    }
+}
+
+/// Whether settling a delivery took: lapin answers `Ok(false)` for a delivery whose channel
+/// closed since, which was not settled (the broker delivers it again).
+fn settled(result: lapin::Result<bool>) -> Result<(), String> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("its channel closed".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

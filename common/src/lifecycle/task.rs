@@ -111,8 +111,8 @@ pub async fn claim<C: ConnectionTrait + TransactionTrait>(
     }
 }
 
-/// Rolls `txn` back and returns `e`. Explicitly: a dropped transaction keeps its row locks
-/// until its connection is next used.
+/// Rolls `txn` back at once (rather than when its connection goes back to the pool) and
+/// returns `e`.
 async fn abandon<T>(txn: impl TransactionSession, e: Error) -> Result<T> {
     if let Err(rollback) = txn.rollback().await {
         warn!(error = %rollback, "rolling back a failed transaction");
@@ -459,9 +459,9 @@ pub async fn end<C: ConnectionTrait + TransactionTrait>(
 }
 
 /// Records the outcomes of several attempts in one transaction, and then ends each of their
-/// jobs whose last task this was ([`super::job::conclude`]): for each, `true` when recorded,
-/// `false` when the attempt no longer owned its task. Error and stderr are kept with NUL
-/// characters replaced ([`super::clean`]).
+/// jobs whose last task this was ([`super::job::conclude`]; one that fails is left to the
+/// reaper): for each, `true` when recorded, `false` when the attempt no longer owned its task.
+/// Error and stderr are kept with NUL characters replaced ([`super::clean`]).
 ///
 /// # Errors
 /// Database errors only; then nothing was recorded.
@@ -477,7 +477,11 @@ pub async fn end_many<C: ConnectionTrait + TransactionTrait>(
             distinct.sort_unstable();
             distinct.dedup();
             for j in distinct {
-                super::job::conclude(db, j.into()).await?;
+                // The ends are committed: a job that cannot be concluded now is the reaper's
+                // ([`super::job::unconcluded`]), not a reason to report them unrecorded.
+                if let Err(e) = super::job::conclude(db, j.into()).await {
+                    warn!(job_id = %j, error = %e, "ending the job failed; the reaper will");
+                }
             }
             Ok(jobs.iter().map(Option::is_some).collect())
         }
@@ -817,7 +821,9 @@ pub async fn recover<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<Re
     Ok(reaped)
 }
 
-/// Records an abandoned attempt as failed, counting what happened in `reaped`.
+/// Records an abandoned attempt as failed, counting what happened in `reaped`. When that
+/// cannot be done for a reason that will not pass (a corrupt attempt history, say), the task
+/// fails with the reason instead: left running, it would come first in every later pass.
 async fn abandoned<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     t: &job_task::Model,
@@ -828,12 +834,26 @@ async fn abandoned<C: ConnectionTrait + TransactionTrait>(
         task: t.id.into(),
         number: t.attempt,
     };
-    // One row's error (a corrupt attempt history, say) must not stop the rest, nor every later
-    // pass, which would meet the same row first again.
-    match retry(db, attempt, why, None).await {
+    let ended = match retry(db, attempt, why, None).await {
+        Err(e) if !e.is_transient() => {
+            let outcome = Outcome::failure(format!("{why}; it could not run again: {e}"));
+            end_many(db, vec![(attempt, outcome.clone())])
+                .await
+                .map(|recorded| {
+                    if recorded.first() == Some(&true) {
+                        Ended::Done(outcome)
+                    } else {
+                        Ended::Stale
+                    }
+                })
+        }
+        other => other,
+    };
+    match ended {
         Ok(Ended::Retry(_)) => reaped.requeued += 1,
         Ok(Ended::Done(_)) => reaped.failed += 1,
         Ok(_) => {}
+        // Transient: the next pass tries again.
         Err(e) => {
             warn!(task_id = %attempt.task, error = %e, "bringing back an abandoned task failed")
         }

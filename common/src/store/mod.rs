@@ -87,12 +87,11 @@ pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction, 
 pub fn is_transient(e: &DbErr) -> bool {
     use sea_orm::RuntimeErr;
     match e {
-        DbErr::ConnectionAcquire(_) => true,
-        DbErr::Conn(RuntimeErr::SqlxError(e))
-        | DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e)) => is_transient_sqlx(e),
         // A connection that could not be made, whatever the cause.
-        DbErr::Conn(_) => true,
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            is_transient_sqlx(e)
+        }
         _ => false,
     }
 }
@@ -101,8 +100,10 @@ pub fn is_transient(e: &DbErr) -> bool {
 #[must_use]
 pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     match e {
+        // The connection broke, or its protocol state (a proxy cutting it, say).
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
@@ -122,14 +123,15 @@ pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
 
 /// PostgreSQL's SQLSTATEs worth a retry: class 08 (connection exception), 40001 (serialization
 /// failure), 40P01 (deadlock), 53 (insufficient resources: too many connections, out of
-/// memory or disk), 57P01–57P03 (the server is shutting down, restarting or starting), and
-/// 55P03 (a lock not available within `lock_timeout`).
+/// memory or disk), 57014 (canceled: a `statement_timeout`, or an operator's
+/// `pg_cancel_backend`), 57P01–57P03 (the server is shutting down, restarting or starting),
+/// and 55P03 (a lock not available within `lock_timeout`).
 fn transient_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(
             code,
-            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03"
+            "40001" | "40P01" | "57014" | "57P01" | "57P02" | "57P03" | "55P03"
         )
 }
 
@@ -205,6 +207,7 @@ mod tests {
             ("57P01", true),
             ("53300", true),
             ("55P03", true),
+            ("57014", true),
             // A value refused, a constraint, a syntax error, a raised exception.
             ("22021", false),
             ("23505", false),

@@ -244,61 +244,100 @@ const CLAIM_PG: &str = "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
 
 /// Refusals of a row by the broker (in as many rounds) after which the relay marks it dead
 /// instead of offering it again: a message the broker refuses that often will not be taken,
-/// and it must not hold up the rows behind it. Clearing `dead_at` offers it again.
+/// and it must not hold up the rows behind it. Clearing `dead_at` and `publish_attempts`
+/// offers it again.
 pub const REFUSALS_BEFORE_DEAD: i32 = 5;
+
+/// Deletes the rows of a relay's round that the broker took. Like every settlement of a round,
+/// only while the round's claim (`until`) holds them: a relay that outlived its claim leaves
+/// the rows to the one that claimed them since.
+///
+/// # Errors
+/// Database errors only.
+pub async fn sent(db: &impl ConnectionTrait, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+    settle(
+        db,
+        "DELETE FROM outbox WHERE id = ANY($1) AND claimed_until = $2",
+        ids,
+        until,
+        Vec::new(),
+    )
+    .await
+}
 
 /// Records that the broker refused the rows (`error` says why), and marks dead those refused
 /// [`REFUSALS_BEFORE_DEAD`] times. The others are not offered again before 1 s, 3 s, 9 s, 27 s
-/// after their first, second, third, fourth refusal: a refusal that passes (a queue being
-/// declared again, say) does not cost a message, and one that lasts sets it aside within a
-/// minute.
+/// after their first, second, third, fourth refusal: a refusal that passes does not cost a
+/// message, and one that lasts sets it aside within a minute.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn refused(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let now = Utc::now().fixed_offset();
-    let refused = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = $1, \
-         dead_at = CASE WHEN publish_attempts + 1 >= $2 THEN $3 ELSE dead_at END, \
-         claimed_until = CASE WHEN publish_attempts + 1 >= $2 THEN NULL \
-             ELSE $3 + make_interval(secs => power(3, publish_attempts)) END \
-         WHERE id = ANY($4)",
-        [
+pub async fn refused(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+    until: DateTime<Utc>,
+    error: &str,
+) -> Result<()> {
+    settle(
+        db,
+        "UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = $3, \
+         dead_at = CASE WHEN publish_attempts + 1 >= $4 THEN $5 ELSE dead_at END, \
+         claimed_until = CASE WHEN publish_attempts + 1 >= $4 THEN NULL \
+             ELSE $5 + make_interval(secs => power(3, publish_attempts)) END \
+         WHERE id = ANY($1) AND claimed_until = $2",
+        ids,
+        until,
+        vec![
             error.into(),
             REFUSALS_BEFORE_DEAD.into(),
-            now.into(),
-            ids.to_vec().into(),
+            Utc::now().fixed_offset().into(),
         ],
-    );
-    db.execute_raw(refused).await?;
-    Ok(())
+    )
+    .await
 }
 
-/// Records that the broker could not be reached for the rows (not held against them), and ends
-/// their claims, so the next round offers them again.
+/// Records that the broker did not take the rows for a reason of its own (unreachable, a
+/// nack, access refused): not held against them. Their claim ends, so the next round offers
+/// them again.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn unreachable(db: &impl ConnectionTrait, ids: &[i64], error: &str) -> Result<()> {
+pub async fn unreachable(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+    until: DateTime<Utc>,
+    error: &str,
+) -> Result<()> {
+    settle(
+        db,
+        "UPDATE outbox SET last_error = $3, claimed_until = NULL \
+         WHERE id = ANY($1) AND claimed_until = $2",
+        ids,
+        until,
+        vec![error.into()],
+    )
+    .await
+}
+
+/// Runs one settlement of a relay's round: `$1` the rows, `$2` the round's claim, then `more`.
+async fn settle(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    ids: &[i64],
+    until: DateTime<Utc>,
+    more: Vec<sea_orm::Value>,
+) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    outbox::Entity::update_many()
-        .col_expr(
-            outbox::Column::LastError,
-            sea_orm::sea_query::Expr::value(error),
-        )
-        .col_expr(
-            outbox::Column::ClaimedUntil,
-            sea_orm::sea_query::Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
-        )
-        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-        .exec(db)
-        .await?;
+    let mut values: Vec<sea_orm::Value> = vec![ids.to_vec().into(), until.fixed_offset().into()];
+    values.extend(more);
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await?;
     Ok(())
 }
 
