@@ -208,6 +208,8 @@ in_both_modes!(
     recover_brings_back_every_running_task,
     nudge_sends_a_lost_message_again,
     the_fence_holds_only_for_the_attempt_that_owns_the_task,
+    conclude_ends_a_job_once_every_task_has_ended,
+    a_load_shows_its_progress_while_its_attempt_owns_the_task,
 );
 
 async fn enqueue_writes_the_job_its_message_and_its_event_together(
@@ -763,5 +765,52 @@ async fn the_fence_holds_only_for_the_attempt_that_owns_the_task(mode: Mode) -> 
         (2, 1),
         "counted once, for the owner"
     );
+    Ok(())
+}
+
+async fn conclude_ends_a_job_once_every_task_has_ended(mode: Mode) -> anyhow::Result<()> {
+    let w = World::new(mode, 2).await?;
+    let (job, tasks, first) = w.running(3).await?;
+    task_life::end(&w.store.db, first, Ended::Done(success()), None).await?;
+    // One task is left: nothing to conclude.
+    assert_eq!(job_life::conclude(&w.store.db, job).await?, None);
+    assert!(job_life::unconcluded(&w.store.db, 10).await?.is_empty());
+    // The other ends, but its worker dies before concluding the job.
+    let t = w.store.uuid_sql(tasks[1]);
+    w.store
+        .execute(&format!(
+            "UPDATE job_tasks SET status = 'FAILURE' WHERE id = {t}"
+        ))
+        .await?;
+    assert_eq!(w.job(job).await?.status, JobStatus::InProgress);
+    assert_eq!(job_life::unconcluded(&w.store.db, 10).await?, vec![job]);
+    w.clear_outbox().await?;
+    assert_eq!(
+        job_life::conclude(&w.store.db, job).await?,
+        Some(JobStatus::Failure)
+    );
+    let j = w.job(job).await?;
+    assert_eq!((j.tasks_done, j.tasks_failed), (2, 1));
+    assert!(j.finished_at.is_some());
+    assert_eq!(
+        w.messages().await?,
+        vec![("job.failed".to_owned(), 0, false)]
+    );
+    // Once only.
+    assert_eq!(job_life::conclude(&w.store.db, job).await?, None);
+    assert!(job_life::unconcluded(&w.store.db, 10).await?.is_empty());
+    Ok(())
+}
+
+async fn a_load_shows_its_progress_while_its_attempt_owns_the_task(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let w = World::new(mode, 1).await?;
+    let (job, tasks, first) = w.running(3).await?;
+    assert!(task_life::loading(&w.store.db, first, job, 100_000).await?);
+    assert_eq!(w.task(tasks[0]).await?.created, 100_000);
+    let stale = Attempt { number: 2, ..first };
+    assert!(!task_life::loading(&w.store.db, stale, job, 5).await?);
+    assert_eq!(w.task(tasks[0]).await?.created, 100_000);
     Ok(())
 }
