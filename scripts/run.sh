@@ -15,6 +15,9 @@ bash scripts/services.sh
 cargo build --release --bin gleaner
 bin=target/release/gleaner
 "$bin" migrate
+# The default domain's first admin key, on the first run only (owner-only file).
+mkdir -p gleaner-data
+"$bin" domain bootstrap --key-file gleaner-data/admin.key
 pids=()
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }
 trap stop INT TERM EXIT

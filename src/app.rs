@@ -131,6 +131,8 @@ pub fn api_state(
         plugin_dir: settings.plugins.dir.clone(),
         verifier: Arc::new(registry),
         verify_timeout: settings.api.verify_timeout,
+        keys: gleaner_api::auth::Keys::default(),
+        metrics_token: settings.api.metrics_token.clone(),
     }))
 }
 

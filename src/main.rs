@@ -31,6 +31,8 @@ enum Command {
     Scheduler(cmd::scheduler::Args),
     /// Create the database if needed and apply pending migrations.
     Migrate,
+    /// Domains (tenants) and their operators' API keys.
+    Domain(cmd::domain::Args),
 }
 
 #[tokio::main]
@@ -46,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker(args) => cmd::worker::run(args, &settings, shutdown).await,
         Command::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,
         Command::Migrate => cmd::migrate::run(&settings).await,
+        Command::Domain(args) => cmd::domain::run(args, &settings).await,
     }
 }
 
@@ -64,5 +67,13 @@ mod tests {
             Command::Worker(cmd::worker::Args { migrate: true })
         ));
         assert!(Cli::try_parse_from(["gleaner", "explode"]).is_err());
+        let cli = Cli::try_parse_from(["gleaner", "domain", "create", "acme"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Domain(cmd::domain::Args {
+                action: cmd::domain::Action::Create { .. },
+                data_dir: None,
+            })
+        ));
     }
 }

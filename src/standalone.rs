@@ -26,6 +26,46 @@ use tracing::info;
 
 use crate::app;
 
+/// Writes `text` to `file`, readable by its owner only, whole or not at all: under another name
+/// first, then renamed, so a crash leaves no half-written file.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_private(file: &Path, text: &str) -> anyhow::Result<()> {
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    writeln!(f, "{text}").with_context(|| format!("writing {}", partial.display()))?;
+    f.sync_all()?;
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("renaming {} to {}", partial.display(), file.display()))
+}
+
+/// Gives the default domain an admin API key written to `file` (owner-only) when it has no key
+/// that works: the first start of an installation. Returns whether it created one.
+///
+/// # Errors
+/// The database or the file failed.
+pub async fn bootstrap_admin_key(
+    db: &sea_orm::DatabaseConnection,
+    file: &Path,
+) -> anyhow::Result<bool> {
+    let Some(secret) = store::api_key::bootstrap(db, gleaner_common::id::DomainId::DEFAULT).await?
+    else {
+        return Ok(false);
+    };
+    write_private(file, secret.expose())?;
+    info!(file = %file.display(), "created an admin API key of the default domain");
+    Ok(true)
+}
+
 /// A data directory, held exclusively by this process while the value lives: two processes
 /// on one SQLite file would each take the other's running tasks for orphans.
 #[derive(Debug)]
@@ -75,12 +115,25 @@ impl DataDir {
     /// it at `?` or `#`, so those (and `%`) are escaped.
     #[must_use]
     pub fn database_url(&self) -> String {
-        let path = self.path.join("gleaner.db").display().to_string();
+        Self::database_url_of(&self.path)
+    }
+
+    /// [`DataDir::database_url`] of a directory this process does not hold (an operator's
+    /// command beside a running standalone process: SQLite lets both write, one at a time).
+    #[must_use]
+    pub fn database_url_of(dir: &Path) -> String {
+        let path = dir.join("gleaner.db").display().to_string();
         let escaped = path
             .replace('%', "%25")
             .replace('?', "%3F")
             .replace('#', "%23");
         format!("sqlite://{escaped}")
+    }
+
+    /// Where the default domain's first admin API key is written on the first start.
+    #[must_use]
+    pub fn admin_key_file(&self) -> PathBuf {
+        self.path.join("admin.key")
     }
 
     /// The credentials key: `GLEANER_SECRET_KEY` when set, otherwise the one kept in
@@ -120,19 +173,7 @@ impl DataDir {
             );
         }
         let key = SecretKey::generate().to_hex();
-        // Written whole under another name, then renamed: a crash leaves no half-written key.
-        let partial = self.path.join("secret.key.partial");
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options
-            .open(&partial)
-            .with_context(|| format!("creating {}", partial.display()))?;
-        writeln!(f, "{key}").with_context(|| format!("writing {}", partial.display()))?;
-        f.sync_all()?;
-        std::fs::rename(&partial, &file)
-            .with_context(|| format!("renaming {} to {}", partial.display(), file.display()))?;
+        write_private(&file, &key)?;
         info!(file = %file.display(), "created the key that encrypts credentials; back it up with the data");
         Ok(key)
     }
@@ -204,6 +245,18 @@ pub async fn run(
         Arc::new(LocalLocks::default()),
     )?;
     let state = app::api_state(&settings, db.clone(), signal.clone(), None)?;
+    let key_file = dir.admin_key_file();
+    if bootstrap_admin_key(&db, &key_file).await? {
+        println!(
+            "An admin API key is in {0}: export GLEANER_API_KEY=$(cat {0})",
+            key_file.display()
+        );
+    }
+    // On stdout, beside the line that says where it listens.
+    println!(
+        "Try: curl -s -H \"authorization: Bearer $GLEANER_API_KEY\" http://{}/v1/plugins",
+        listener.local_addr()?
+    );
 
     let dispatch = DispatchSettings {
         poll_interval: settings.outbox.poll_interval,

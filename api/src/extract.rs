@@ -7,6 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use gleaner_common::id::DomainId;
+use gleaner_common::store::api_key::Caller;
 use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, Code};
@@ -145,16 +146,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The tenant a request acts for. Single-tenant for now: every request belongs to the default
-/// domain. Authentication (API keys mapped to domains) plugs in here.
+/// The domain a request acts for: its API key's ([`crate::auth`]). Every read and write of a
+/// handler is scoped by it, so another domain's object is not found.
 #[derive(Clone, Copy, Debug)]
 pub struct Tenant(pub DomainId);
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(DomainId::DEFAULT))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Auth(caller) = Auth::from_request_parts(parts, state).await?;
+        Ok(Self(caller.domain))
+    }
+}
+
+/// Who a request comes from: its API key's domain, role and projects, as [`crate::auth`]
+/// checked them.
+#[derive(Clone, Debug)]
+pub struct Auth(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Self)
+            .ok_or_else(|| {
+                // A handler asked for its caller on a route whose rule checks none.
+                ApiError::internal("no caller on a route that needs one")
+            })
     }
 }
 

@@ -4,6 +4,8 @@
 //! - One module per resource: [`project`], [`service_account`], [`plugin`], [`collector`],
 //!   [`job`], [`resource`]; [`verify`] for the credential checks of service accounts and
 //!   collectors; [`health`] for probes, [`metrics`] for Prometheus.
+//! - [`auth`]: who may call what, one rule per route; [`api_key`] and [`audit`] for the
+//!   domain's keys and its log of changes.
 //! - [`problem`] is the error type and its code table; [`extract`] holds extractors whose
 //!   rejections are problem+json too.
 //! - [`openapi()`] is the OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
@@ -20,7 +22,8 @@
 //!    `XList { items }` for a listing: utoipa inlines a generic's item schema).
 //! 2. Register it in its module's `routes()` with `.routes(routes!(handler))`, next to the
 //!    handlers of the same path; never with `.route(..)`, which serves it undescribed.
-//! 3. Add its (method, path) to `ROUTES` in `tests/it/openapi.rs`.
+//! 3. Add its rule to `auth::RULES` (who may call it), and its (method, path) to `ROUTES` in
+//!    `tests/it/openapi.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,9 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
+pub mod api_key;
+pub mod audit;
+pub mod auth;
 pub mod collector;
 pub mod cost;
 pub mod extract;
@@ -77,6 +83,10 @@ pub struct Inner {
     pub verifier: Arc<dyn Verifier>,
     /// How long a `verify` request waits for its plugin's checks.
     pub verify_timeout: Duration,
+    /// API keys checked recently ([`auth`]).
+    pub keys: auth::Keys,
+    /// The bearer token `/metrics` asks for, if any.
+    pub metrics_token: Option<String>,
 }
 
 impl AppState {
@@ -110,6 +120,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(schedule::routes())
         .merge(cost::routes())
         .merge(verify::routes())
+        .merge(api_key::routes())
+        .merge(audit::routes())
         .merge(openapi::routes())
 }
 
@@ -125,6 +137,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (routes, _) = routes().split_for_parts();
     routes
+        // Inside the routing, so the rule is looked up by the matched route's template.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { problem::ApiError::new(problem::Code::NotFound, "no such route") })
         .with_state(state)
         .layer(

@@ -33,8 +33,12 @@ pub enum Code {
     VerificationFailed,
     /// A plugin did not finish checking credentials in time.
     VerificationTimedOut,
-    /// The deployment does not allow this.
+    /// No API key, or one that is unknown, revoked or expired.
+    Unauthorized,
+    /// The key's role, or its projects, do not allow this (or the deployment does not).
     Forbidden,
+    /// The key made too many requests, or holds too many streams open.
+    TooManyRequests,
     UnsupportedMediaType,
     Unavailable,
     Internal,
@@ -85,7 +89,17 @@ impl Code {
                 "Verification timed out",
                 "/problems/verification-timed-out",
             ),
+            Code::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "/problems/unauthorized",
+            ),
             Code::Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "/problems/forbidden"),
+            Code::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                "/problems/too-many-requests",
+            ),
             Code::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported media type",
@@ -300,6 +314,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static(CONTENT_TYPE),
         );
+        if self.code == Code::Unauthorized {
+            // RFC 6750: the scheme a client must use.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"gleaner\""),
+            );
+        }
         response
     }
 }

@@ -73,6 +73,10 @@ pub struct ApiSettings {
     /// Seconds a `verify` request waits for the plugin's checks before it answers 504.
     #[serde(with = "secs")]
     pub verify_timeout: Duration,
+    /// A bearer token `GET /metrics` asks for (`GLEANER_API__METRICS_TOKEN`); unset, it is
+    /// open, as a scraper on the same network expects.
+    #[serde(skip_serializing)]
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -85,6 +89,7 @@ impl Default for ApiSettings {
             // The limit the plugin protocol gives `init` and `verify` (external::INIT_TIMEOUT),
             // and well under the minute after which proxies and clients commonly give up.
             verify_timeout: Duration::from_secs(30),
+            metrics_token: None,
         }
     }
 }
@@ -345,6 +350,15 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("GLEANER_").split("__").ignore(&["config"]));
+        // Secrets stay text: the environment provider reads `000123` as the number 123.
+        for (var, key) in [
+            ("GLEANER_SECRET_KEY", "secret_key"),
+            ("GLEANER_API__METRICS_TOKEN", "api.metrics_token"),
+        ] {
+            if let Ok(raw) = std::env::var(var) {
+                figment = figment.merge(Serialized::default(key, raw));
+            }
+        }
         figment.extract().map_err(|e| Error::Invalid(Box::new(e)))
     }
 
@@ -442,6 +456,20 @@ mod tests {
             jail.set_env("GLEANER_WORKER__MAX_TASKS", "32");
             let s = Settings::load(None).expect("settings");
             assert_eq!(s.worker.max_tasks, 32);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_made_of_digits_stay_text() {
+        figment::Jail::expect_with(|jail| {
+            let key = "0".repeat(64);
+            jail.set_env("GLEANER_SECRET_KEY", &key);
+            jail.set_env("GLEANER_API__METRICS_TOKEN", "000123");
+            let s = Settings::load(None).expect("settings");
+            assert_eq!(s.secret_key.as_deref(), Some(key.as_str()));
+            assert!(s.secret_key().is_ok());
+            assert_eq!(s.api.metrics_token.as_deref(), Some("000123"));
             Ok(())
         });
     }

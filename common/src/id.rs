@@ -114,6 +114,10 @@ uuid_id!(
     /// A collector's schedule: hours of the day in a timezone.
     ScheduleId
 );
+uuid_id!(
+    /// An API key (its id, never its secret).
+    ApiKeyId
+);
 
 impl DomainId {
     /// The domain used when no tenant is named: standalone mode and single-tenant deployments.

@@ -9,6 +9,48 @@ use sea_orm::{DeriveActiveEnum, EnumIter};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// What an API key may do. Each role may do what the ones below it may.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads only.
+    #[sea_orm(string_value = "viewer")]
+    Viewer,
+    /// Projects, service accounts, collectors, schedules, collections, cancels, costs.
+    #[sea_orm(string_value = "member")]
+    Member,
+    /// Everything: API keys, private plugins, the audit log, the domain's settings.
+    #[sea_orm(string_value = "admin")]
+    Admin,
+}
+
+impl Role {
+    /// The name used in JSON and in the database.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// What a job collects. Each kind has its own queue, so a backlog of one never starves another.
 #[derive(
     Clone,

@@ -3,6 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod domain;
 pub mod migrate;
 pub mod scheduler;
 pub mod standalone;

@@ -39,6 +39,5 @@ pub async fn run(
         "Gleaner standalone is listening on http://{addr} (data in {})",
         dir.path().display()
     );
-    println!("Try: curl -s http://{addr}/v1/plugins");
     standalone::run(settings, &dir, listener, shutdown).await
 }

@@ -8,7 +8,7 @@ use gleaner_common::outbox::Signal;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Api, EventReader, Mode, Options, SseEvent, TestEnv};
+use crate::support::{EventReader, Mode, Options, SseEvent, TestEnv};
 
 /// How long a collection may take to show up as finished on a stream.
 const WAIT: Duration = Duration::from_secs(30);
@@ -137,7 +137,9 @@ async fn the_job_stream_follows_a_collection_and_resumes_after_the_last_event(
         ("/v1/jobs/events", Some("nope"), "Last-Event-ID"),
         ("/v1/jobs/events?collector_id=nope", None, "collector_id"),
     ] {
-        let mut req = reqwest::Client::new().get(format!("{}{path}", env.api.base));
+        let mut req = reqwest::Client::new()
+            .get(format!("{}{path}", env.api.base))
+            .bearer_auth(env.api.key().context("the environment's key")?);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -158,7 +160,7 @@ async fn an_open_event_stream_does_not_hold_up_shutdown(mode: Mode) -> anyhow::R
     // A second API on the test's store, whose shutdown this test controls.
     let state = gleaner::app::api_state(&env.settings, env.db.clone(), Signal::new(), None)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api = Api::new(format!("http://{}", listener.local_addr()?));
+    let api = env.api.at(format!("http://{}", listener.local_addr()?));
     let stop = CancellationToken::new();
     let server = tokio::spawn(gleaner::app::serve(state, listener, stop.clone()));
     let mut events = api.events("/v1/jobs/events", None).await?;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod auth;
 mod billing;
 mod broker_limits;
 mod collect;

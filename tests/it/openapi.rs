@@ -55,6 +55,10 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/v1/costs/summary", true),
     ("get", "/v1/dashboards/billing", true),
     ("get", "/v1/projects/{id}/billing", true),
+    ("post", "/v1/api-keys", true),
+    ("get", "/v1/api-keys", false),
+    ("delete", "/v1/api-keys/{id}", true),
+    ("get", "/v1/audit", true),
 ];
 
 async fn openapi_document_describes_every_route(mode: Mode) -> anyhow::Result<()> {

@@ -60,9 +60,13 @@ impl Standalone {
             .to_owned();
         // Keep reading, so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let api = Api::new(base);
+        api.wait_ready().await?;
+        // The first start wrote the default domain's admin key before it served.
+        let key = std::fs::read_to_string(dir.join("admin.key")).context("admin.key")?;
         Ok(Self {
             child,
-            api: Api::new(base),
+            api: api.with_key(key.trim()),
         })
     }
 

@@ -1,6 +1,8 @@
 //! SeaORM entities, one module per table. Store functions convert `Model`s into domain types:
 //! a `Model` never reaches an API handler or a message.
 
+pub mod api_key;
+pub mod audit;
 pub mod collector;
 pub mod domain;
 pub mod job;

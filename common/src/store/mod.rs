@@ -3,6 +3,8 @@
 //! Each takes `&impl ConnectionTrait`, so the caller owns the transaction (a job row and its
 //! outbox row commit together), and returns domain types, never entity `Model`s.
 
+pub mod api_key;
+pub mod audit;
 pub mod census;
 pub mod collector;
 pub mod cost;

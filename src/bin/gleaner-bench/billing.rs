@@ -78,7 +78,7 @@ where
     let worker = spawn(Component::Worker, &settings, port)?.spawn()?;
     let mut children = Children(vec![api, worker]);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = super::client(&settings).await?;
     let result = match wait_ready(&http, &base, &mut children).await {
         Ok(()) => measure(run, http, base, children).await,
         Err(e) => {

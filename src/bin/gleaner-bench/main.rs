@@ -430,7 +430,7 @@ async fn measure_tasks(args: &TasksArgs, run: &Run) -> anyhow::Result<()> {
         children.0.push(worker);
     }
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = client(settings).await?;
     wait_ready(&http, &base, &mut children).await?;
     let estate = demo_estate(&http, &base, args.tasks, args.tasks).await?;
     // As many clients as tasks run at once, within what PostgreSQL's default
@@ -547,6 +547,30 @@ struct Run {
     settings: Settings,
 }
 
+/// A client of the bench's API, with a new admin key of the default domain.
+pub(crate) async fn client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
+    let db = gleaner::app::database(settings, false).await?;
+    let key = gleaner_common::store::api_key::create_admin_key(
+        &db,
+        gleaner_common::id::DomainId::DEFAULT,
+    )
+    .await?;
+    db.close().await.ok();
+    authorized(key.expose())
+}
+
+/// A client sending `key` with every request.
+fn authorized(key: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     ensure!(args.accounts > 0, "--accounts must be at least 1");
     ensure!(
@@ -585,7 +609,7 @@ async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
     let worker = spawn(Component::Worker, settings, port)?.spawn()?;
     let mut children = Children(vec![api, worker]);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = client(settings).await?;
     wait_ready(&http, &base, &mut children).await?;
 
     let estate = demo_estate(&http, &base, args.resources, args.accounts).await?;
@@ -620,8 +644,10 @@ async fn measure_standalone(
         .spawn()?;
     let mut children = Children(vec![child]);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_ready(&http, &base, &mut children).await?;
+    wait_ready(&reqwest::Client::new(), &base, &mut children).await?;
+    // The first start wrote the default domain's admin key before it served.
+    let key = std::fs::read_to_string(dir.join("admin.key"))?;
+    let http = authorized(key.trim())?;
     let estate = demo_estate(&http, &base, args.resources, args.accounts).await?;
     println!(
         "ingest (standalone, SQLite): {} demo resources over {} service accounts, worker batch {}",

@@ -117,15 +117,54 @@ pub struct Answer {
 pub struct Api {
     pub base: String,
     http: reqwest::Client,
+    /// The API key every request carries, if any.
+    key: Option<String>,
 }
 
 impl Api {
-    /// A client of the API at `base` (`http://host:port`).
+    /// A client of the API at `base` (`http://host:port`), with no API key.
     #[must_use]
     pub fn new(base: String) -> Self {
         Self {
             base,
             http: reqwest::Client::new(),
+            key: None,
+        }
+    }
+
+    /// The same client, sending `key` as `Authorization: Bearer <key>`.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The same client with no key.
+    #[must_use]
+    pub fn without_key(mut self) -> Self {
+        self.key = None;
+        self
+    }
+
+    /// A client of another API (at `base`) with this one's key.
+    #[must_use]
+    pub fn at(&self, base: String) -> Self {
+        Self {
+            base,
+            ..self.clone()
+        }
+    }
+
+    /// The key this client sends.
+    #[must_use]
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
         }
     }
 
@@ -146,7 +185,7 @@ impl Api {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
-        let r = req.send().await?;
+        let r = self.authorized(req).send().await?;
         let status = r.status();
         let content_type = r
             .headers()
@@ -213,7 +252,7 @@ impl Api {
         path: &str,
         last_event_id: Option<&str>,
     ) -> anyhow::Result<EventReader> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+        let mut req = self.authorized(self.http.get(format!("{}{path}", self.base)));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -459,8 +498,14 @@ impl TestEnv {
                 .map_err(anyhow::Error::from),
             Err(e) => Err(e),
         };
-        let db = match db {
-            Ok(db) => db,
+        // The first start wrote the default domain's admin key, before it served.
+        let key = db.and_then(|db| {
+            let key = std::fs::read_to_string(path.join("admin.key"))
+                .context("the first start writes admin.key")?;
+            Ok((db, key.trim().to_owned()))
+        });
+        let (db, key) = match key {
+            Ok(found) => found,
             Err(e) => {
                 shutdown.cancel();
                 tokio::time::timeout(Duration::from_secs(15), component)
@@ -475,7 +520,7 @@ impl TestEnv {
             name,
             db,
             settings,
-            api,
+            api: api.with_key(key),
             shutdown,
             components: vec![component],
             data_dir: Some(path),
@@ -508,12 +553,17 @@ impl TestEnv {
         for n in 0..opts.workers {
             components.push(spawn_worker(&worker_named(&settings, n), shutdown.clone()).await?);
         }
+        let key = gleaner_common::store::api_key::create_admin_key(
+            &db,
+            gleaner_common::id::DomainId::DEFAULT,
+        )
+        .await?;
         let env = Self {
             mode: Mode::Distributed,
             name,
             settings,
             db,
-            api: Api::new(base),
+            api: Api::new(base).with_key(key.expose()),
             shutdown,
             components,
             data_dir: None,

@@ -1,0 +1,377 @@
+//! Who may call what: every route's rule in one table ([`RULES`]), checked by one middleware
+//! ([`authorize`]) before any handler runs.
+//!
+//! - A request to a `/v1` route carries `Authorization: Bearer <key>`. A missing, unknown,
+//!   revoked or expired key gets 401 with `WWW-Authenticate: Bearer`.
+//! - The key's role must be at least the route's: `viewer` reads, `member` changes projects,
+//!   service accounts, collectors and schedules, collects and cancels, `admin` does everything
+//!   (API keys, private plugins, the audit log). Too low a role gets 403 naming the role needed.
+//! - A key limited to projects may not use a route that acts on what spans the domain
+//!   (collectors, plugins, schedules, new projects, cancels): 403 saying so.
+//! - Everything a handler reads is scoped by the key's domain ([`crate::extract::Tenant`]):
+//!   another domain's object is 404, never 403, so ids do not leak.
+//! - Open: `/healthz`, `/readyz`, `/openapi.json`, and `/metrics` unless
+//!   `GLEANER_API__METRICS_TOKEN` asks for a bearer token of its own.
+//!
+//! A route without a rule is refused (500, logged): a test walks the router so that it never
+//! ships that way.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gleaner_common::model::Role;
+use gleaner_common::store::api_key::{self, Caller};
+use gleaner_common::store::{self, audit};
+use sea_orm::DatabaseConnection;
+
+use crate::AppState;
+use crate::problem::{ApiError, Code};
+
+/// What a route needs of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: probes and the API's description.
+    Open,
+    /// The metrics token when one is set (`GLEANER_API__METRICS_TOKEN`), else nothing.
+    MetricsToken,
+    /// A key of at least this role.
+    Role(Role),
+}
+
+/// The rule of one route.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub method: &'static str,
+    /// The route's template, as registered: `/v1/collectors/{id}`.
+    pub path: &'static str,
+    pub need: Need,
+    /// The route acts on what spans the domain (collectors, plugins, schedules, new
+    /// projects): a key limited to projects may not use it.
+    pub domain_wide: bool,
+}
+
+const fn rule(method: &'static str, path: &'static str, need: Need, domain_wide: bool) -> Rule {
+    Rule {
+        method,
+        path,
+        need,
+        domain_wide,
+    }
+}
+
+const OPEN: Need = Need::Open;
+const VIEWER: Need = Need::Role(Role::Viewer);
+const MEMBER: Need = Need::Role(Role::Member);
+const ADMIN: Need = Need::Role(Role::Admin);
+
+/// Every route and what it needs. A route missing here is refused; the README's "Who may do
+/// what" table is this one.
+pub const RULES: &[Rule] = &[
+    rule("GET", "/healthz", OPEN, false),
+    rule("GET", "/readyz", OPEN, false),
+    rule("GET", "/openapi.json", OPEN, false),
+    rule("GET", "/metrics", Need::MetricsToken, false),
+    // API keys and the audit log: admins only.
+    rule("POST", "/v1/api-keys", ADMIN, true),
+    rule("GET", "/v1/api-keys", ADMIN, true),
+    rule("DELETE", "/v1/api-keys/{id}", ADMIN, true),
+    rule("GET", "/v1/audit", ADMIN, true),
+    // Projects.
+    rule("GET", "/v1/projects", VIEWER, false),
+    rule("POST", "/v1/projects", MEMBER, true),
+    rule("GET", "/v1/projects/{id}", VIEWER, false),
+    rule("GET", "/v1/projects/{id}/billing", VIEWER, false),
+    // Providers and service accounts.
+    rule("GET", "/v1/providers", VIEWER, false),
+    rule("GET", "/v1/service-accounts", VIEWER, false),
+    rule("POST", "/v1/service-accounts", MEMBER, false),
+    rule("GET", "/v1/service-accounts/{id}", VIEWER, false),
+    rule("PATCH", "/v1/service-accounts/{id}", MEMBER, false),
+    rule("POST", "/v1/service-accounts/{id}/verify", MEMBER, false),
+    // Plugins: registering one runs a program on the API's and the workers' hosts.
+    rule("GET", "/v1/plugins", VIEWER, false),
+    rule("POST", "/v1/plugins", ADMIN, true),
+    rule("GET", "/v1/plugins/{id}", VIEWER, false),
+    // Collectors and their schedules.
+    rule("GET", "/v1/collectors", VIEWER, false),
+    rule("POST", "/v1/collectors", MEMBER, true),
+    rule("GET", "/v1/collectors/{id}", VIEWER, false),
+    rule("PATCH", "/v1/collectors/{id}", MEMBER, true),
+    rule("DELETE", "/v1/collectors/{id}", MEMBER, true),
+    rule("POST", "/v1/collectors/{id}/collect", MEMBER, true),
+    rule("POST", "/v1/collectors/{id}/enable", MEMBER, true),
+    rule("POST", "/v1/collectors/{id}/disable", MEMBER, true),
+    rule("POST", "/v1/collectors/{id}/verify", MEMBER, true),
+    rule("GET", "/v1/collectors/{id}/credentials", VIEWER, false),
+    rule("GET", "/v1/collectors/{id}/jobs", VIEWER, false),
+    rule("GET", "/v1/collectors/{id}/schedules", VIEWER, false),
+    rule("POST", "/v1/collectors/{id}/schedules", MEMBER, true),
+    rule("GET", "/v1/schedules/{id}", VIEWER, false),
+    rule("PATCH", "/v1/schedules/{id}", MEMBER, true),
+    rule("DELETE", "/v1/schedules/{id}", MEMBER, true),
+    rule("GET", "/v1/schedules/{id}/fires", VIEWER, false),
+    // Jobs.
+    rule("GET", "/v1/jobs", VIEWER, false),
+    rule("GET", "/v1/jobs/events", VIEWER, false),
+    rule("GET", "/v1/jobs/{id}", VIEWER, false),
+    rule("GET", "/v1/jobs/{id}/tasks", VIEWER, false),
+    rule("POST", "/v1/jobs/{id}/cancel", MEMBER, true),
+    // Resources and costs.
+    rule("GET", "/v1/resources", VIEWER, false),
+    rule("GET", "/v1/resources/{id}", VIEWER, false),
+    rule("GET", "/v1/resources/{id}/changes", VIEWER, false),
+    rule("GET", "/v1/costs", VIEWER, false),
+    rule("GET", "/v1/costs/summary", VIEWER, false),
+    rule("GET", "/v1/dashboards/billing", VIEWER, false),
+];
+
+/// The rule of a route, by its method and template.
+#[must_use]
+pub fn rule_of(method: &Method, path: &str) -> Option<&'static Rule> {
+    RULES
+        .iter()
+        .find(|r| r.method == method.as_str() && r.path == path)
+}
+
+/// How long a key's check is trusted: a revoked key stops working on every API process within
+/// this, and a process asks the database about a key in use at most this often.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keys this process checked at most [`CHECK_EVERY`] ago, by their hash: most requests of a
+/// busy key are answered without a query.
+#[derive(Default)]
+pub struct Keys {
+    checked: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
+}
+
+/// Checked keys kept at most: a flood of made-up keys must not grow the map without bound.
+const KEPT: usize = 10_000;
+
+impl Keys {
+    /// The caller `key` stands for, from the cache while it is fresh.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn caller(
+        &self,
+        db: &DatabaseConnection,
+        key: &str,
+    ) -> Result<Option<Caller>, store::Error> {
+        if !api_key::well_formed(key) {
+            return Ok(None);
+        }
+        let hash = api_key::hash(key);
+        if let Some((caller, at)) = self.lock().get(&hash)
+            && at.elapsed() < CHECK_EVERY
+        {
+            return Ok(caller.clone());
+        }
+        let caller = api_key::authenticate(db, key).await?;
+        let mut checked = self.lock();
+        if checked.len() >= KEPT {
+            checked.retain(|_, (_, at)| at.elapsed() < CHECK_EVERY);
+            if checked.len() >= KEPT {
+                checked.clear();
+            }
+        }
+        checked.insert(hash, (caller.clone(), Instant::now()));
+        Ok(caller)
+    }
+
+    // The map holds plain values, valid whatever a panicking holder was doing.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<Caller>, Instant)>> {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn unauthorized(detail: &str) -> Response {
+    ApiError::new(Code::Unauthorized, detail).into_response()
+}
+
+/// Checks the request against its route's rule; lets it through with its [`Caller`] in the
+/// request's extensions, and records a change in the audit log once it is answered.
+pub async fn authorize(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = matched.as_ref().map_or("", MatchedPath::as_str).to_owned();
+    let method = req.method().clone();
+    let Some(rule) = rule_of(&method, &path) else {
+        return ApiError::internal(format!("no access rule for {method} {path}")).into_response();
+    };
+    let needed = match rule.need {
+        Need::Open => return next.run(req).await,
+        Need::MetricsToken => {
+            return match &state.metrics_token {
+                Some(token) if bearer(req.headers()) != Some(token.as_str()) => {
+                    unauthorized("/metrics needs its token: Authorization: Bearer <token>")
+                }
+                _ => next.run(req).await,
+            };
+        }
+        Need::Role(role) => role,
+    };
+    let Some(key) = bearer(req.headers()) else {
+        return unauthorized("an API key is needed: Authorization: Bearer <key>");
+    };
+    let caller = match state.keys.caller(&state.db, key).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return unauthorized("the API key is unknown, revoked or expired"),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if caller.role < needed {
+        return ApiError::new(
+            Code::Forbidden,
+            format!(
+                "{method} {path} needs the {} role; this key is {}",
+                needed.as_str(),
+                caller.role.as_str()
+            ),
+        )
+        .into_response();
+    }
+    if rule.domain_wide && caller.projects.is_some() {
+        return ApiError::new(
+            Code::Forbidden,
+            format!(
+                "{method} {path} acts on what spans the domain; this key is limited to projects"
+            ),
+        )
+        .into_response();
+    }
+    let change = (method != Method::GET).then(|| audit::Change {
+        domain: caller.domain,
+        key: Some(caller.key),
+        method: method.to_string(),
+        target_id: path_id(&path, req.uri().path()),
+        route: path.clone(),
+        status: 0,
+    });
+    req.extensions_mut().insert(caller);
+    let response = next.run(req).await;
+    match change {
+        Some(change) => record(&state, change, response).await,
+        None => response,
+    }
+}
+
+/// The `{id}` of `template` in `path`, if the route has one.
+fn path_id(template: &str, path: &str) -> Option<String> {
+    template
+        .split('/')
+        .zip(path.split('/'))
+        .find(|(t, _)| *t == "{id}")
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Largest answer read to find the id of what a POST created.
+const CREATED_BODY: usize = 64 * 1024;
+
+/// Records `change` with the answer's status (and, for a 201, the id it created), and returns
+/// the answer. A failure to record is logged: the change itself is done.
+async fn record(state: &AppState, mut change: audit::Change, response: Response) -> Response {
+    change.status = response.status().as_u16();
+    let response = if change.target_id.is_none() && response.status().as_u16() == 201 {
+        let (parts, body) = response.into_parts();
+        match axum::body::to_bytes(body, CREATED_BODY).await {
+            Ok(bytes) => {
+                change.target_id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned));
+                Response::from_parts(parts, axum::body::Body::from(bytes))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a created object's answer for the audit log");
+                Response::from_parts(parts, axum::body::Body::empty())
+            }
+        }
+    } else {
+        response
+    };
+    if let Err(e) = audit::record(&state.db, change).await {
+        tracing::error!(error = %e, "recording a change in the audit log failed");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_of_the_router_has_a_rule_and_every_rule_a_route() {
+        let doc = crate::openapi();
+        let mut routes = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PATCH", &item.patch),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+            ] {
+                if op.is_some() {
+                    routes.push((method, path.clone()));
+                }
+            }
+        }
+        for (method, path) in &routes {
+            let m: Method = method.parse().expect("a method");
+            assert!(
+                rule_of(&m, path).is_some(),
+                "{method} {path} has no rule in auth::RULES"
+            );
+        }
+        for r in RULES {
+            assert!(
+                routes.iter().any(|(m, p)| *m == r.method && p == r.path),
+                "the rule for {} {} names no route",
+                r.method,
+                r.path
+            );
+        }
+    }
+
+    #[test]
+    fn the_id_of_a_route_is_read_from_its_path() {
+        assert_eq!(
+            path_id("/v1/collectors/{id}/collect", "/v1/collectors/abc/collect"),
+            Some("abc".into())
+        );
+        assert_eq!(path_id("/v1/collectors", "/v1/collectors"), None);
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_whatever_the_scheme_case() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer glk_x".parse().expect("header"),
+        );
+        assert_eq!(bearer(&h), Some("glk_x"));
+        h.insert(
+            header::AUTHORIZATION,
+            "bearer  glk_y ".parse().expect("header"),
+        );
+        assert_eq!(bearer(&h), Some("glk_y"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().expect("header"));
+        assert_eq!(bearer(&h), None);
+    }
+}

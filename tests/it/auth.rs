@@ -1,0 +1,350 @@
+//! Identity and access: every route's rule, enforced; keys created, listed, revoked; one
+//! domain never sees another's objects; the key's secret appears nowhere after its creation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gleaner_api::auth::{Need, RULES};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::in_both_modes;
+use crate::support::{Answer, Api, Mode, TestEnv};
+
+/// A second domain with an admin key, on the environment's store.
+async fn other_domain(env: &TestEnv, name: &str) -> anyhow::Result<Api> {
+    let (_, secret) = gleaner_common::store::api_key::create_domain(
+        &env.db,
+        &gleaner_common::model::Name::parse("name", name)?,
+    )
+    .await?;
+    Ok(env.api.clone().with_key(secret.expose()))
+}
+
+/// A key of `role` made by `admin`: its client, and its id.
+async fn key_of(admin: &Api, name: &str, body: Value) -> anyhow::Result<(Api, String)> {
+    let mut body = body;
+    body["name"] = json!(name);
+    let created = admin.create("/v1/api-keys", body).await?;
+    let secret = created["secret"].as_str().context("secret")?.to_owned();
+    let id = created["id"].as_str().context("id")?.to_owned();
+    Ok((admin.clone().with_key(secret), id))
+}
+
+/// Sends `method path` with `body` (writes) as `api`.
+async fn call(api: &Api, method: &str, path: &str, body: Value) -> anyhow::Result<Answer> {
+    match method {
+        "GET" => api.get(path).await,
+        "POST" => api.post(path, body).await,
+        "PATCH" => api.patch(path, body).await,
+        "DELETE" => api.delete(path).await,
+        other => anyhow::bail!("no client for {other}"),
+    }
+}
+
+/// One object of each kind a route's `{id}` can name, in the domain `api` acts for: the
+/// collection of a demo collector over one account, a schedule, a private plugin, a key.
+async fn objects(api: &Api, tag: &str) -> anyhow::Result<BTreeMap<&'static str, String>> {
+    let collector = api.demo_collector(1, json!({"resources": 2})).await?;
+    let job = api.collect(&collector).await?;
+    anyhow::ensure!(job["status"] == "SUCCESS", "{job}");
+    let projects = api.get("/v1/projects").await?.body;
+    let accounts = api.get("/v1/service-accounts").await?.body;
+    let resources = api.get("/v1/resources?limit=1").await?.body;
+    let schedule = api
+        .create(
+            &format!("/v1/collectors/{collector}/schedules"),
+            json!({"name": "nightly", "timezone": "UTC", "hours": [3]}),
+        )
+        .await?;
+    let plugin =
+        crate::plugins::register_misbehaving(api, &format!("private-{tag}"), "crash", "demo", 60)
+            .await?;
+    let key = api
+        .create(
+            "/v1/api-keys",
+            json!({"name": format!("reader-{tag}"), "role": "viewer"}),
+        )
+        .await?;
+    let id = |v: &Value| v.as_str().map(str::to_owned).context("an id");
+    Ok(BTreeMap::from([
+        ("projects", id(&projects["items"][0]["id"])?),
+        ("service-accounts", id(&accounts["items"][0]["id"])?),
+        ("collectors", collector.clone()),
+        ("jobs", id(&job["id"])?),
+        ("resources", id(&resources["items"][0]["id"])?),
+        ("schedules", id(&schedule["id"])?),
+        ("plugins", id(&plugin["id"])?),
+        ("api-keys", id(&key["id"])?),
+    ]))
+}
+
+/// `template` with its `{id}` replaced by the object of its kind (the segment after `/v1/`).
+fn path_with(template: &str, ids: &BTreeMap<&'static str, String>) -> anyhow::Result<String> {
+    if !template.contains("{id}") {
+        return Ok(template.to_owned());
+    }
+    let kind = template
+        .trim_start_matches("/v1/")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let id = ids
+        .get(kind)
+        .with_context(|| format!("no object for {template}"))?;
+    Ok(template.replace("{id}", id))
+}
+
+/// A body each write accepts up to its lookup of the `{id}`, so that what it answers says
+/// whether the object was found.
+fn body_for(method: &str, template: &str) -> Value {
+    match (method, template) {
+        ("PATCH", "/v1/schedules/{id}") => json!({"hours": [4]}),
+        ("POST", "/v1/collectors/{id}/schedules") => {
+            json!({"name": "other", "timezone": "UTC", "hours": [5]})
+        }
+        ("PATCH", _) => json!({"name": "renamed"}),
+        ("POST", "/v1/service-accounts/{id}/verify" | "/v1/collectors/{id}/verify") => Value::Null,
+        ("POST", "/v1/projects") => json!({"name": "p"}),
+        ("POST", "/v1/api-keys") => json!({"name": "k", "role": "viewer"}),
+        _ => json!({}),
+    }
+}
+
+/// Every (method, route template) the API serves, from its OpenAPI document.
+fn routes() -> Vec<(String, String)> {
+    let doc = gleaner_api::openapi();
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ] {
+            if op.is_some() {
+                out.push((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+in_both_modes!(
+    every_route_needs_its_key_and_role_and_keeps_other_domains_out,
+    keys_are_listed_without_secrets_and_a_revoked_key_fails,
+    two_domains_never_see_each_others_objects,
+);
+
+/// Walks every route of the API: without a key it answers 401 (open routes aside), a viewer's
+/// write 403 naming the role it needs, and a route naming another domain's object 404. A route
+/// without a rule fails the walk.
+async fn every_route_needs_its_key_and_role_and_keeps_other_domains_out(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let other = other_domain(&env, "other").await?;
+    let theirs = objects(&other, "theirs").await?;
+    let (viewer, _) = key_of(&env.api, "viewer", json!({"role": "viewer"})).await?;
+    let anonymous = env.api.clone().without_key();
+    let mut walked = 0;
+    for (method, template) in routes() {
+        let rule = RULES
+            .iter()
+            .find(|r| r.method == method && r.path == template)
+            .with_context(|| format!("{method} {template} has no rule in auth::RULES"))?;
+        let Need::Role(role) = rule.need else {
+            continue;
+        };
+        walked += 1;
+        let path = path_with(&template, &theirs)?;
+        let body = body_for(&method, &template);
+        if template == "/v1/jobs/events" {
+            // A stream: only its refusal is a plain answer.
+            let refused = anonymous.events(&path, None).await;
+            let why = refused.err().context("a stream without a key")?.to_string();
+            assert!(why.contains("401"), "{method} {template}: {why}");
+            continue;
+        }
+        let a = call(&anonymous, &method, &path, body.clone()).await?;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {template}: {a:?}"
+        );
+        assert_eq!(
+            a.body["type"], "/problems/unauthorized",
+            "{method} {template}"
+        );
+        assert!(a.content_type.starts_with("application/problem+json"));
+        if role > gleaner_common::model::Role::Viewer {
+            let a = call(&viewer, &method, &path, body.clone()).await?;
+            assert_eq!(
+                a.status,
+                StatusCode::FORBIDDEN,
+                "{method} {template}: {a:?}"
+            );
+            let detail = a.body["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains(&format!("needs the {} role", role.as_str())),
+                "{method} {template}: {detail}"
+            );
+        }
+        if template.contains("{id}") {
+            let a = call(&env.api, &method, &path, body).await?;
+            assert_eq!(
+                a.status,
+                StatusCode::NOT_FOUND,
+                "{method} {template} reached another domain's object: {a:?}"
+            );
+        }
+    }
+    assert!(walked > 40, "walked only {walked} routes");
+    // Open routes stay open.
+    for open in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+        let a = anonymous.get(open).await?;
+        assert!(a.status.is_success(), "{open}: {a:?}");
+    }
+    Ok(())
+}
+
+async fn keys_are_listed_without_secrets_and_a_revoked_key_fails(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let created = env
+        .create("/v1/api-keys", json!({"name": "ci", "role": "member"}))
+        .await?;
+    let secret = created["secret"].as_str().context("secret")?.to_owned();
+    assert!(
+        secret.starts_with("glk_") && secret.len() == 68,
+        "{created}"
+    );
+    assert_eq!(created["role"], "member");
+    assert_eq!(created["prefix"], secret[..12]);
+    let id = created["id"].as_str().context("id")?;
+    let ci = env.api.clone().with_key(&secret);
+    assert_eq!(ci.get("/v1/projects").await?.status, StatusCode::OK);
+
+    let listed = env.get("/v1/api-keys").await?;
+    assert_eq!(listed.status, StatusCode::OK);
+    let text = listed.body.to_string();
+    assert!(
+        !text.contains(&secret[4..]),
+        "a listing shows no secret: {text}"
+    );
+    let mine = listed.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .find(|k| k["id"] == id)
+        .context("the new key")?;
+    assert!(mine["last_used_at"].is_string(), "{mine}");
+    assert!(mine["secret"].is_null());
+
+    // Names are unique; projects must exist; expiries lie ahead.
+    let dup = env
+        .post("/v1/api-keys", json!({"name": "ci", "role": "viewer"}))
+        .await?;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{dup:?}");
+    let bad = env
+        .post(
+            "/v1/api-keys",
+            json!({"name": "x", "role": "viewer", "project_ids": ["01a207cc-0000-7000-8000-000000000000"]}),
+        )
+        .await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
+    assert_eq!(bad.body["errors"][0]["field"], "project_ids");
+    let past = env
+        .post(
+            "/v1/api-keys",
+            json!({"name": "y", "role": "viewer", "expires_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await?;
+    assert_eq!(past.body["errors"][0]["field"], "expires_at", "{past:?}");
+    let role = env
+        .post("/v1/api-keys", json!({"name": "z", "role": "owner"}))
+        .await?;
+    assert_eq!(role.status, StatusCode::BAD_REQUEST, "{role:?}");
+
+    let revoked = env.delete(&format!("/v1/api-keys/{id}")).await?;
+    assert_eq!(revoked.status, StatusCode::OK, "{revoked:?}");
+    assert!(revoked.body["revoked_at"].is_string());
+    // Within a second on every API process (each checks a key again after that long).
+    tokio::time::sleep(gleaner_api::auth::CHECK_EVERY + Duration::from_millis(200)).await;
+    let refused = ci.get("/v1/projects").await?;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    Ok(())
+}
+
+/// The domain's ids found in a listing.
+fn ids(listing: &Value) -> Vec<String> {
+    listing["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two domains, each with projects, accounts, collectors, schedules, jobs and resources: no
+/// listing, detail or stream of one shows the other's.
+async fn two_domains_never_see_each_others_objects(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let other = other_domain(&env, "other").await?;
+    let mine = objects(&env.api, "mine").await?;
+    let theirs = objects(&other, "theirs").await?;
+    for listing in [
+        "/v1/projects",
+        "/v1/service-accounts",
+        "/v1/collectors",
+        "/v1/jobs",
+        "/v1/resources?limit=1000",
+        "/v1/api-keys",
+        "/v1/plugins",
+    ] {
+        for (api, own, foreign) in [(&env.api, &mine, &theirs), (&other, &theirs, &mine)] {
+            let a = api.get(listing).await?;
+            assert_eq!(a.status, StatusCode::OK, "{listing}: {a:?}");
+            let found = ids(&a.body);
+            for id in foreign.values() {
+                assert!(!found.contains(id), "{listing} shows another domain's {id}");
+            }
+            let kind = listing.trim_start_matches("/v1/").split(['?', '/']).next();
+            if let Some(id) = kind.and_then(|k| own.get(k)) {
+                assert!(
+                    found.contains(id),
+                    "{listing} lacks its own {id}: {}",
+                    a.body
+                );
+            }
+        }
+    }
+    // Each domain's resources are its own collection's.
+    let total = |a: &Value| a["total"].as_i64();
+    assert_eq!(
+        total(&env.get("/v1/resources?limit=1").await?.body),
+        Some(2)
+    );
+    assert_eq!(
+        total(&other.get("/v1/resources?limit=1").await?.body),
+        Some(2)
+    );
+    // The job event stream of one domain replays none of the other's jobs.
+    let mut events = env
+        .api
+        .events(
+            "/v1/jobs/events",
+            Some("0_00000000-0000-0000-0000-000000000000"),
+        )
+        .await?;
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = events.next_within(Duration::from_secs(2)).await {
+        seen.push(e.json()?["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(seen.contains(&mine["jobs"]), "{seen:?}");
+    assert!(!seen.contains(&theirs["jobs"]), "{seen:?}");
+    Ok(())
+}
