@@ -23,7 +23,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, ApiQuery, OptionalJson, Tenant, id_list, page_limit, parse_id};
+use crate::extract::{
+    ApiJson, ApiQuery, Auth, OptionalJson, Tenant, id_list, page_limit, parse_id,
+};
 use crate::job::view::{self as job_view, JobPage};
 use crate::problem::{self, ApiError, ApiResult, Problem};
 use crate::service_account::ServiceAccountList;
@@ -425,10 +427,11 @@ struct CredentialsQuery {
 )]
 async fn credentials(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<CredentialsQuery>,
 ) -> ApiResult<Json<ServiceAccountList>> {
+    let domain = auth.domain();
     let id = parse_id("collector", &id)?;
     let ids: Option<Vec<ServiceAccountId>> = q
         .service_account_ids
@@ -443,6 +446,7 @@ async fn credentials(
         provider: Some(&plugin.provider),
         project_id: q.project_id,
         ids: ids.as_deref(),
+        projects: auth.projects(),
     };
     let items = service_account::list(&state.db, domain, &filter).await?;
     Ok(Json(ServiceAccountList { items }))

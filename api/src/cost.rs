@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{NaiveDate, Utc};
 use gleaner_common::billing::Month;
-use gleaner_common::id::{DomainId, ProjectId, ServiceAccountId};
+use gleaner_common::id::{ProjectId, ServiceAccountId};
 use gleaner_common::model::Invalid;
 use gleaner_common::store::cost::{self, CostPage, Dim, Filter, Summary, SummaryItem};
 use gleaner_common::store::project;
@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Tenant, page_limit, parse_id};
+use crate::extract::{ApiQuery, Auth, page_limit, parse_id};
 use crate::problem::{self, ApiError, ApiResult, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -65,10 +65,12 @@ macro_rules! cost_query {
         }
 
         impl $name {
-            fn filter(&self) -> Filter {
+            /// The query's filters, within the projects `auth`'s key is limited to.
+            fn filter(&self, auth: &Auth) -> Filter {
                 Filter {
                     provider: self.provider.clone(),
                     project_id: self.project_id,
+                    projects: auth.projects().map(<[_]>::to_vec),
                     service_account_id: self.service_account_id,
                     billing_account: self.billing_account.clone(),
                     service: self.service.clone(),
@@ -146,7 +148,7 @@ fn group_by(raw: Option<&str>) -> Result<Vec<Dim>, ApiError> {
 )]
 async fn summary(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     ApiQuery(q): ApiQuery<SummaryQuery>,
 ) -> ApiResult<Json<SummaryList>> {
     let (start, end) = range(q.start, q.end)?;
@@ -154,10 +156,10 @@ async fn summary(
         start,
         end,
         group_by: group_by(q.group_by.as_deref())?,
-        filter: q.filter(),
+        filter: q.filter(&auth),
     };
     Ok(Json(SummaryList {
-        items: cost::summary(&state.db, domain, &query).await?,
+        items: cost::summary(&state.db, auth.domain(), &query).await?,
     }))
 }
 
@@ -189,7 +191,7 @@ cost_query! {
 )]
 async fn list(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<CostPage>> {
     let limit = page_limit(q.limit, DEFAULT_LIMIT)?;
@@ -200,7 +202,15 @@ async fn list(
         .map(|c| parse_id::<i64>("cursor", c))
         .transpose()?;
     Ok(Json(
-        cost::list(&state.db, domain, range, &q.filter(), cursor, limit).await?,
+        cost::list(
+            &state.db,
+            auth.domain(),
+            range,
+            &q.filter(&auth),
+            cursor,
+            limit,
+        )
+        .await?,
     ))
 }
 
@@ -259,12 +269,14 @@ fn totals(items: Vec<SummaryItem>) -> Vec<Total> {
 
 async fn build_dashboard(
     db: &impl ConnectionTrait,
-    domain: DomainId,
+    auth: &Auth,
     month: Month,
     project: Option<ProjectId>,
 ) -> ApiResult<Dashboard> {
+    let domain = auth.domain();
     let filter = Filter {
         project_id: project,
+        projects: auth.projects().map(<[_]>::to_vec),
         ..Filter::default()
     };
     let of = |start: Month, group_by: Vec<Dim>| Summary {
@@ -292,7 +304,7 @@ async fn build_dashboard(
     let (by_project, by_service_account) = match project {
         None => {
             let mut items = cost::summary(db, domain, &of(month, vec![Dim::Project])).await?;
-            let projects = project::list(db, domain).await?;
+            let projects = project::list(db, domain, auth.projects()).await?;
             for item in &mut items {
                 let id = item.keys.get("project").cloned().flatten();
                 let name = projects
@@ -332,13 +344,13 @@ async fn build_dashboard(
 )]
 async fn dashboard(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     ApiQuery(q): ApiQuery<DashboardQuery>,
 ) -> ApiResult<Json<Dashboard>> {
     let month = q
         .month
         .unwrap_or_else(|| Month::of(Utc::now().date_naive()));
-    Ok(Json(build_dashboard(&state.db, domain, month, None).await?))
+    Ok(Json(build_dashboard(&state.db, &auth, month, None).await?))
 }
 
 /// A project's billing dashboard: totals over the billing accounts of the project.
@@ -355,16 +367,15 @@ async fn dashboard(
 )]
 async fn project_billing(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<DashboardQuery>,
 ) -> ApiResult<Json<Dashboard>> {
-    let id: ProjectId = parse_id("project", &id)?;
-    project::get(&state.db, domain, id).await?;
+    let id = crate::project::visible(&state, &auth, &id).await?.id;
     let month = q
         .month
         .unwrap_or_else(|| Month::of(Utc::now().date_naive()));
     Ok(Json(
-        build_dashboard(&state.db, domain, month, Some(id)).await?,
+        build_dashboard(&state.db, &auth, month, Some(id)).await?,
     ))
 }

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
-use gleaner_common::id::DomainId;
+use gleaner_common::id::{DomainId, ProjectId};
 use gleaner_common::store::api_key::Caller;
 use serde::de::DeserializeOwned;
 
@@ -164,6 +164,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
 /// checked them.
 #[derive(Clone, Debug)]
 pub struct Auth(pub Caller);
+
+impl Auth {
+    /// The domain the request acts for.
+    #[must_use]
+    pub fn domain(&self) -> DomainId {
+        self.0.domain
+    }
+
+    /// The projects the key is limited to; `None`: the whole domain.
+    #[must_use]
+    pub fn projects(&self) -> Option<&[ProjectId]> {
+        self.0.projects.as_deref()
+    }
+
+    /// Whether the key sees what belongs to `project`: a key limited to projects sees nothing
+    /// outside them, nor what belongs to no project.
+    #[must_use]
+    pub fn sees(&self, project: Option<ProjectId>) -> bool {
+        match &self.0.projects {
+            None => true,
+            Some(allowed) => project.is_some_and(|p| allowed.contains(&p)),
+        }
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;

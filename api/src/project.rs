@@ -12,8 +12,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, Tenant, parse_id};
-use crate::problem::{self, ApiResult, Problem};
+use crate::extract::{ApiJson, Auth, Tenant, parse_id};
+use crate::problem::{self, ApiError, ApiResult, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -67,12 +67,18 @@ struct ProjectList {
         (status = 200, description = "Every project", body = ProjectList),
     ),
 )]
-async fn list(
-    State(state): State<AppState>,
-    Tenant(domain): Tenant,
-) -> ApiResult<Json<ProjectList>> {
-    let items = project::list(&state.db, domain).await?;
+async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<ProjectList>> {
+    let items = project::list(&state.db, auth.domain(), auth.projects()).await?;
     Ok(Json(ProjectList { items }))
+}
+
+/// A project the key sees: 404 for one outside its projects, as for another domain's.
+pub(crate) async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Project> {
+    let id: ProjectId = parse_id("project", id)?;
+    if !auth.sees(Some(id)) {
+        return Err(ApiError::not_found("project", id));
+    }
+    Ok(project::get(&state.db, auth.domain(), id).await?)
 }
 
 /// One project.
@@ -87,9 +93,8 @@ async fn list(
 )]
 async fn show(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Project>> {
-    let id = parse_id("project", &id)?;
-    Ok(Json(project::get(&state.db, domain, id).await?))
+    Ok(Json(visible(&state, &auth, &id).await?))
 }

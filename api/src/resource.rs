@@ -11,8 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Tenant, page_limit, parse_id};
-use crate::problem::{self, ApiResult, Problem};
+use crate::extract::{ApiQuery, Auth, page_limit, parse_id};
+use crate::problem::{self, ApiError, ApiResult, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -57,7 +57,7 @@ struct ListQuery {
 )]
 async fn list(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page>> {
     let limit = page_limit(q.limit, DEFAULT_LIMIT)?;
@@ -65,12 +65,23 @@ async fn list(
         collector_id: q.collector_id,
         resource_type: q.resource_type,
         project_id: q.project_id,
+        projects: auth.projects().map(<[_]>::to_vec),
         service_account_id: q.service_account_id,
         state: q.state,
     };
     Ok(Json(
-        resource::list(&state.db, domain, &filter, q.cursor, limit).await?,
+        resource::list(&state.db, auth.domain(), &filter, q.cursor, limit).await?,
     ))
+}
+
+/// A resource the key sees: 404 for one outside its projects, as for another domain's.
+async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Resource> {
+    let id = parse_id("resource", id)?;
+    let r = resource::get(&state.db, auth.domain(), id).await?;
+    if !auth.sees(r.project_id) {
+        return Err(ApiError::not_found("resource", id));
+    }
+    Ok(r)
 }
 
 /// One resource.
@@ -85,11 +96,10 @@ async fn list(
 )]
 async fn show(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Resource>> {
-    let id = parse_id("resource", &id)?;
-    Ok(Json(resource::get(&state.db, domain, id).await?))
+    Ok(Json(visible(&state, &auth, &id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -122,13 +132,13 @@ struct ChangesQuery {
 )]
 async fn changes(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> ApiResult<Json<ChangePage>> {
-    let id = parse_id("resource", &id)?;
     let limit = page_limit(q.limit, DEFAULT_LIMIT)?;
+    let r = visible(&state, &auth, &id).await?;
     Ok(Json(
-        resource::changes(&state.db, domain, id, q.cursor, limit).await?,
+        resource::changes(&state.db, auth.domain(), r.id, q.cursor, limit).await?,
     ))
 }

@@ -16,8 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, ApiQuery, Tenant, parse_id};
-use crate::problem::{self, ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery, Auth, parse_id};
+use crate::problem::{self, ApiError, ApiResult, Code, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -122,11 +122,12 @@ impl TryFrom<CreateServiceAccount> for NewServiceAccount {
 )]
 async fn create(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     ApiJson(body): ApiJson<CreateServiceAccount>,
 ) -> ApiResult<(StatusCode, Json<ServiceAccount>)> {
     let new = NewServiceAccount::try_from(body)?;
-    let created = service_account::create(&state.db, &state.cipher, domain, new).await?;
+    within_projects(&auth, new.project_id)?;
+    let created = service_account::create(&state.db, &state.cipher, auth.domain(), new).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -160,14 +161,15 @@ pub(crate) struct ServiceAccountList {
 )]
 async fn list(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ServiceAccountList>> {
     let filter = service_account::Filter {
         provider: q.provider.as_deref(),
+        projects: auth.projects(),
         ..service_account::Filter::default()
     };
-    let items = service_account::list(&state.db, domain, &filter).await?;
+    let items = service_account::list(&state.db, auth.domain(), &filter).await?;
     Ok(Json(ServiceAccountList { items }))
 }
 
@@ -186,11 +188,33 @@ async fn list(
 )]
 async fn show(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ServiceAccount>> {
-    let id = parse_id("service account", &id)?;
-    Ok(Json(service_account::get(&state.db, domain, id).await?))
+    Ok(Json(visible(&state, &auth, &id).await?))
+}
+
+/// A service account the key sees: 404 for one outside its projects, as for another
+/// domain's.
+pub(crate) async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<ServiceAccount> {
+    let id: ServiceAccountId = parse_id("service account", id)?;
+    let account = service_account::get(&state.db, auth.domain(), id).await?;
+    if !auth.sees(account.project_id) {
+        return Err(ApiError::not_found("service account", id));
+    }
+    Ok(account)
+}
+
+/// Refuses to put an account in (or move it to) a project a limited key does not have.
+fn within_projects(auth: &Auth, project: Option<ProjectId>) -> ApiResult<()> {
+    if auth.sees(project) {
+        return Ok(());
+    }
+    Err(ApiError::field(
+        Code::Forbidden,
+        "project_id",
+        "this key is limited to projects: name one of them",
+    ))
 }
 
 /// A change to a service account: any of its fields.
@@ -230,12 +254,16 @@ struct UpdateServiceAccount {
 )]
 async fn update(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateServiceAccount>,
 ) -> ApiResult<Json<ServiceAccount>> {
-    let id: ServiceAccountId = parse_id("service account", &id)?;
-    let current = service_account::get(&state.db, domain, id).await?;
+    let domain = auth.domain();
+    let current = visible(&state, &auth, &id).await?;
+    let id = current.id;
+    if let Some(project) = body.project_id {
+        within_projects(&auth, project)?;
+    }
     let mut errors = Vec::new();
     let name = body
         .name

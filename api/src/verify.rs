@@ -43,7 +43,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::collector::plugin_of;
-use crate::extract::{OptionalJson, Tenant, parse_id};
+use crate::extract::{Auth, OptionalJson, Tenant, parse_id};
 use crate::problem::{self, ApiError, ApiResult, Code, FieldError, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -171,12 +171,12 @@ impl Outcome {
 )]
 async fn service_account(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<VerifyServiceAccount>,
 ) -> ApiResult<Json<Verification>> {
-    let id: ServiceAccountId = parse_id("service account", &id)?;
-    let account = service_account::get(&state.db, domain, id).await?;
+    let domain = auth.domain();
+    let account = crate::service_account::visible(&state, &auth, &id).await?;
     let check = match body.and_then(|b| b.collector_id) {
         Some(c) => named_collector(&state, domain, c, &account.provider).await?,
         None => default_check(&state, domain, &account.provider).await?,

@@ -348,3 +348,164 @@ async fn two_domains_never_see_each_others_objects(mode: Mode) -> anyhow::Result
     assert!(!seen.contains(&theirs["jobs"]), "{seen:?}");
     Ok(())
 }
+
+in_both_modes!(a_key_limited_to_a_project_sees_only_its_accounts_resources_and_costs);
+
+/// Two projects, each with a demo account and billing account, collected: a key limited to
+/// one sees that project's service accounts, resources and costs only, its summary totals are
+/// that project's share of the domain's, and it can change nothing that spans the domain.
+async fn a_key_limited_to_a_project_sees_only_its_accounts_resources_and_costs(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let mut projects = Vec::new();
+    for name in ["alpha", "beta"] {
+        let p = env.create("/v1/projects", json!({"name": name})).await?;
+        let id = p["id"].as_str().context("id")?.to_owned();
+        for i in 0..(if name == "alpha" { 1 } else { 2 }) {
+            env.create(
+                "/v1/service-accounts",
+                json!({"name": format!("{name}-{i}"), "provider": "demo", "project_id": id, "credentials": {}}),
+            )
+            .await?;
+        }
+        projects.push(id);
+    }
+    let (alpha, beta) = (projects[0].clone(), projects[1].clone());
+    let inventory = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "inv", "plugin_id": "demo", "options": {"resources": 3}}),
+        )
+        .await?;
+    let job = env.collect(inventory["id"].as_str().context("id")?).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let billing = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "costs", "plugin_id": "demo-billing", "options": {}}),
+        )
+        .await?;
+    let billing_id = billing["id"].as_str().context("id")?;
+    let accepted = env
+        .post(
+            &format!("/v1/collectors/{billing_id}/collect"),
+            json!({"start_month": "2024-09", "end_month": "2024-09"}),
+        )
+        .await?;
+    let costs_job = env
+        .wait_job(accepted.body["job_id"].as_str().context("job_id")?)
+        .await?;
+    assert_eq!(costs_job["status"], "SUCCESS", "{costs_job}");
+
+    let (limited, _) = key_of(
+        &env.api,
+        "alpha-only",
+        json!({"role": "member", "project_ids": [alpha]}),
+    )
+    .await?;
+    // Projects and service accounts: alpha's only.
+    let seen = ids(&limited.get("/v1/projects").await?.body);
+    assert_eq!(seen, vec![alpha.clone()]);
+    let accounts = limited.get("/v1/service-accounts").await?.body;
+    let items = accounts["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 1, "{accounts}");
+    assert!(items.iter().all(|a| a["project_id"] == alpha.as_str()));
+    let beta_account = env.get("/v1/service-accounts").await?.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .find(|a| a["project_id"] == beta.as_str())
+        .and_then(|a| a["id"].as_str().map(str::to_owned))
+        .context("a beta account")?;
+    for path in [
+        format!("/v1/service-accounts/{beta_account}"),
+        format!("/v1/projects/{beta}"),
+        format!("/v1/projects/{beta}/billing?month=2024-09"),
+    ] {
+        assert_eq!(
+            limited.get(&path).await?.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // Resources: alpha's account's 3 of the 9.
+    let page = limited.get("/v1/resources?limit=1000").await?.body;
+    assert_eq!(page["total"], 3, "{page}");
+    assert_eq!(env.get("/v1/resources?limit=1").await?.body["total"], 9);
+    let beta_resource = env
+        .get(&format!("/v1/resources?limit=1&project_id={beta}"))
+        .await?
+        .body["items"][0]["id"]
+        .as_str()
+        .context("a beta resource")?
+        .to_owned();
+    assert_eq!(
+        limited
+            .get(&format!("/v1/resources/{beta_resource}"))
+            .await?
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // Costs: alpha's share, which is a third of the domain's (one account of three).
+    let summary = |api: &Api| {
+        let api = api.clone();
+        async move {
+            let a = api
+                .get("/v1/costs/summary?start=2024-09-01&end=2024-10-01")
+                .await?;
+            anyhow::ensure!(a.status == StatusCode::OK, "{a:?}");
+            let total: rust_decimal::Decimal = a.body["items"][0]["billed_cost"]
+                .as_str()
+                .context("a total")?
+                .parse()?;
+            anyhow::Ok(total)
+        }
+    };
+    let (mine, all) = (summary(&limited).await?, summary(&env.api).await?);
+    let per_project = env
+        .get(&format!(
+            "/v1/costs/summary?start=2024-09-01&end=2024-10-01&project_id={alpha}"
+        ))
+        .await?;
+    let alpha_total: rust_decimal::Decimal = per_project.body["items"][0]["billed_cost"]
+        .as_str()
+        .context("alpha's total")?
+        .parse()?;
+    assert_eq!(mine, alpha_total);
+    assert_eq!(mine * rust_decimal::Decimal::from(3), all);
+    let rows = limited
+        .get("/v1/costs?start=2024-09-01&end=2024-10-01&limit=1000")
+        .await?;
+    let allowed: Vec<&str> = items.iter().filter_map(|a| a["id"].as_str()).collect();
+    for r in rows.body["items"].as_array().context("items")? {
+        assert!(
+            allowed.contains(&r["service_account_id"].as_str().unwrap_or_default()),
+            "{r}"
+        );
+    }
+    // Nothing that spans the domain, and no account outside its project.
+    let refused = limited
+        .post(
+            "/v1/collectors",
+            json!({"name": "mine", "plugin_id": "demo", "options": {}}),
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    let elsewhere = limited
+        .post(
+            "/v1/service-accounts",
+            json!({"name": "sneaky", "provider": "demo", "project_id": beta, "credentials": {}}),
+        )
+        .await?;
+    assert_eq!(elsewhere.status, StatusCode::FORBIDDEN, "{elsewhere:?}");
+    assert_eq!(elsewhere.body["errors"][0]["field"], "project_id");
+    let inside = limited
+        .post(
+            "/v1/service-accounts",
+            json!({"name": "fine", "provider": "demo", "project_id": alpha, "credentials": {}}),
+        )
+        .await?;
+    assert_eq!(inside.status, StatusCode::CREATED, "{inside:?}");
+    Ok(())
+}

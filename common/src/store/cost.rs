@@ -103,6 +103,8 @@ impl FromStr for Dim {
 pub struct Filter {
     pub provider: Option<String>,
     pub project_id: Option<ProjectId>,
+    /// Only the costs of these projects' accounts (an API key limited to them).
+    pub projects: Option<Vec<ProjectId>>,
     pub service_account_id: Option<ServiceAccountId>,
     pub billing_account: Option<String>,
     pub service: Option<String>,
@@ -182,6 +184,19 @@ fn conditions(filter: &Filter, p: &mut Params) -> String {
         let n = p.push(project.as_uuid());
         sql.push_str(&format!(
             " AND r.service_account_id IN (SELECT id FROM service_accounts WHERE project_id = {n})"
+        ));
+    }
+    if let Some(projects) = &filter.projects {
+        // One parameter per project: a key is limited to a few.
+        let list: Vec<String> = projects.iter().map(|pr| p.push(pr.as_uuid())).collect();
+        let list = if list.is_empty() {
+            "NULL".to_owned()
+        } else {
+            list.join(", ")
+        };
+        sql.push_str(&format!(
+            " AND r.service_account_id IN \
+             (SELECT id FROM service_accounts WHERE project_id IN ({list}))"
         ));
     }
     sql

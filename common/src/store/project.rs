@@ -53,16 +53,21 @@ pub async fn create(db: &impl ConnectionTrait, domain: DomainId, name: Name) -> 
     }
 }
 
-/// Every project of the domain, oldest first.
+/// Every project of the domain, oldest first; only `limit`'s when given (an API key limited to
+/// projects).
 ///
 /// # Errors
 /// Database errors only.
-pub async fn list(db: &impl ConnectionTrait, domain: DomainId) -> Result<Vec<Project>> {
-    let rows = project::Entity::find()
-        .filter(project::Column::DomainId.eq(domain.as_uuid()))
-        .order_by_asc(project::Column::Id)
-        .all(db)
-        .await?;
+pub async fn list(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    limit: Option<&[ProjectId]>,
+) -> Result<Vec<Project>> {
+    let mut q = project::Entity::find().filter(project::Column::DomainId.eq(domain.as_uuid()));
+    if let Some(ids) = limit {
+        q = q.filter(project::Column::Id.is_in(ids.iter().map(|p| p.as_uuid())));
+    }
+    let rows = q.order_by_asc(project::Column::Id).all(db).await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 

@@ -66,6 +66,8 @@ pub struct Filter {
     pub collector_id: Option<CollectorId>,
     pub resource_type: Option<String>,
     pub project_id: Option<ProjectId>,
+    /// Only these projects' resources (an API key limited to them).
+    pub projects: Option<Vec<ProjectId>>,
     pub service_account_id: Option<ServiceAccountId>,
     pub state: Option<ResourceState>,
 }
@@ -101,6 +103,9 @@ pub async fn list(
     }
     if let Some(p) = filter.project_id {
         q = q.filter(resource::Column::ProjectId.eq(p.as_uuid()));
+    }
+    if let Some(projects) = &filter.projects {
+        q = q.filter(resource::Column::ProjectId.is_in(projects.iter().map(|p| p.as_uuid())));
     }
     if let Some(s) = filter.service_account_id {
         q = q.filter(resource::Column::ServiceAccountId.eq(s.as_uuid()));

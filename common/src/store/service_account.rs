@@ -247,6 +247,8 @@ pub struct Filter<'a> {
     pub project_id: Option<ProjectId>,
     /// Only these accounts.
     pub ids: Option<&'a [ServiceAccountId]>,
+    /// Only these projects' accounts (an API key limited to them).
+    pub projects: Option<&'a [ProjectId]>,
 }
 
 /// The service accounts of the domain that match `filter`, oldest first.
@@ -268,6 +270,10 @@ pub async fn list(
     }
     if let Some(ids) = filter.ids {
         q = q.filter(service_account::Column::Id.is_in(ids.iter().map(ServiceAccountId::as_uuid)));
+    }
+    if let Some(projects) = filter.projects {
+        q = q
+            .filter(service_account::Column::ProjectId.is_in(projects.iter().map(|p| p.as_uuid())));
     }
     let rows = q.order_by_asc(service_account::Column::Id).all(db).await?;
     Ok(rows.into_iter().map(Into::into).collect())
