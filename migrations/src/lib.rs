@@ -14,6 +14,7 @@ mod m20261123_000007_delivery;
 mod m20261201_000008_billing;
 mod m20261201_000009_task_lookups;
 mod m20261202_000010_outbox_claims;
+mod m20261202_000011_secret_key_ids;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_billing::Migration),
             Box::new(m20261201_000009_task_lookups::Migration),
             Box::new(m20261202_000010_outbox_claims::Migration),
+            Box::new(m20261202_000011_secret_key_ids::Migration),
         ]
     }
 }

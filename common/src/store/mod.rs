@@ -13,6 +13,7 @@ pub mod plugin;
 pub mod project;
 pub mod resource;
 pub mod schedule;
+pub mod secret;
 pub mod service_account;
 
 use sea_orm::{DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait};
