@@ -10,7 +10,6 @@ use axum::routing::get;
 use gleaner_api::{AppState, Inner};
 use gleaner_common::broker::{self, AmqpPublisher, Names, Publisher};
 use gleaner_common::config::{DatabaseSettings, Settings};
-use gleaner_common::crypto::Cipher;
 use gleaner_common::model::JobKind;
 use gleaner_common::outbox::{Relay, Signal};
 use gleaner_migrations::{Migrator, MigratorTrait};
@@ -110,7 +109,7 @@ pub async fn serve_api(
 /// The API's state; `broker` is `None` in the standalone mode.
 ///
 /// # Errors
-/// The credentials key is missing or malformed.
+/// The credentials key is missing, or it or the previous one is malformed.
 pub fn api_state(
     settings: &Settings,
     db: DatabaseConnection,
@@ -122,7 +121,7 @@ pub fn api_state(
     let registry = Registry::builtin().with_private_dir(settings.plugins.dir.clone());
     Ok(AppState::new(Inner {
         db,
-        cipher: Cipher::new(&settings.secret_key()?),
+        cipher: settings.cipher()?,
         catalog: registry.catalog(),
         signal,
         broker,
@@ -184,7 +183,7 @@ pub fn worker_context(
     };
     let ctx = Context::new(
         db,
-        Cipher::new(&settings.secret_key()?),
+        settings.cipher()?,
         Registry::builtin().with_private_dir(settings.plugins.dir.clone()),
         sink,
         settings.worker.clone(),

@@ -33,6 +33,9 @@ enum Command {
     Migrate,
     /// Domains (tenants) and their operators' API keys.
     Domain(cmd::domain::Args),
+    /// Re-encrypt every stored credential from GLEANER_SECRET_KEY_PREVIOUS to
+    /// GLEANER_SECRET_KEY (or, with --data-dir, to a new key kept in the data directory).
+    RotateSecretKey(cmd::rotate_secret_key::Args),
 }
 
 #[tokio::main]
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,
         Command::Migrate => cmd::migrate::run(&settings).await,
         Command::Domain(args) => cmd::domain::run(args, &settings).await,
+        Command::RotateSecretKey(args) => cmd::rotate_secret_key::run(args, &settings).await,
     }
 }
 
@@ -65,6 +69,28 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Worker(cmd::worker::Args { migrate: true })
+        ));
+        let cli = Cli::try_parse_from(["gleaner", "rotate-secret-key"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::RotateSecretKey(cmd::rotate_secret_key::Args {
+                data_dir: None,
+                batch: cmd::rotate_secret_key::BATCH,
+            })
+        ));
+        let cli = Cli::try_parse_from([
+            "gleaner",
+            "rotate-secret-key",
+            "--data-dir",
+            "/var/lib/gleaner",
+            "--batch",
+            "50",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::RotateSecretKey(cmd::rotate_secret_key::Args { data_dir: Some(ref d), batch: 50 })
+                if d == std::path::Path::new("/var/lib/gleaner")
         ));
         assert!(Cli::try_parse_from(["gleaner", "explode"]).is_err());
         let cli = Cli::try_parse_from(["gleaner", "domain", "create", "acme"]).expect("parses");

@@ -136,46 +136,173 @@ impl DataDir {
         self.path.join("admin.key")
     }
 
-    /// The credentials key: `GLEANER_SECRET_KEY` when set, otherwise the one kept in
-    /// `secret.key`, created (readable by the owner only) on the first start. `has_secrets`:
-    /// credentials are already stored, so a new key would make them unreadable and is refused.
+    fn key_file(&self) -> PathBuf {
+        self.path.join("secret.key")
+    }
+
+    fn previous_key_file(&self) -> PathBuf {
+        self.path.join("secret.key.previous")
+    }
+
+    /// The credentials keys: `GLEANER_SECRET_KEY` (and `GLEANER_SECRET_KEY_PREVIOUS`) when set,
+    /// otherwise the one kept in `secret.key`, created (readable by the owner only) on the
+    /// first start, with the one kept in `secret.key.previous` while a rotation is unfinished
+    /// (or else `GLEANER_SECRET_KEY_PREVIOUS`).
+    /// `has_secrets`: credentials are already stored, so a new key would make them unreadable
+    /// and is refused.
     ///
     /// # Errors
-    /// The key file cannot be read or written, holds no valid key, or is missing while
-    /// credentials are stored.
-    pub fn secret_key(&self, settings: &Settings, has_secrets: bool) -> anyhow::Result<String> {
-        let file = self.path.join("secret.key");
-        let stored = match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let key = text.trim().to_owned();
-                key.parse::<SecretKey>()
-                    .with_context(|| format!("{} does not hold a valid key", file.display()))?;
-                Some(key)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-        };
+    /// A key file cannot be read or written, holds no valid key, or `secret.key` is missing
+    /// while credentials are stored.
+    pub fn secret_keys(&self, settings: &Settings, has_secrets: bool) -> anyhow::Result<Keys> {
+        let file = self.key_file();
+        let stored = read_key(&file)?;
         if let Some(key) = &settings.secret_key {
-            if stored.as_ref().is_some_and(|s| s != key) {
+            let given = key.parse::<SecretKey>().ok().map(|k| k.id());
+            if stored.as_ref().is_some_and(|s| Some(s.id()) != given) {
                 tracing::warn!(file = %file.display(), "GLEANER_SECRET_KEY differs from the key file; using GLEANER_SECRET_KEY");
             }
-            return Ok(key.clone());
+            return Ok(Keys {
+                current: key.clone(),
+                previous: settings.secret_key_previous.clone(),
+            });
         }
-        if let Some(key) = stored {
-            return Ok(key);
+        if let Some(current) = stored {
+            // An unfinished rotation's previous key is the one the data needs.
+            let previous = match read_key(&self.previous_key_file())? {
+                Some(p) => Some(p.to_hex()),
+                None => settings.secret_key_previous.clone(),
+            };
+            return Ok(Keys {
+                current: current.to_hex(),
+                previous,
+            });
         }
         if has_secrets {
-            bail!(
-                "credentials are stored in {} but {} is missing: restore it, or set \
-                 GLEANER_SECRET_KEY to the key they were stored with",
-                self.path.display(),
-                file.display()
-            );
+            return Err(self.missing_key());
         }
         let key = SecretKey::generate().to_hex();
-        write_private(&file, &key)?;
+        self.write_key(&file, &key)?;
         info!(file = %file.display(), "created the key that encrypts credentials; back it up with the data");
-        Ok(key)
+        Ok(Keys {
+            current: key,
+            previous: settings.secret_key_previous.clone(),
+        })
+    }
+
+    fn missing_key(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "credentials are stored in {} but {} is missing: restore it, or set \
+             GLEANER_SECRET_KEY to the key they were stored with",
+            self.path.display(),
+            self.key_file().display()
+        )
+    }
+
+    /// Writes `key` to `file` whole ([`write_private`]), the directory synced too, so the
+    /// rename itself survives a power loss.
+    fn write_key(&self, file: &Path, key: &str) -> anyhow::Result<()> {
+        write_private(file, key)?;
+        self.sync()
+    }
+
+    fn sync(&self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// The rotation of the key kept in `secret.key` to make: from that key to a new one, or,
+    /// when `secret.key.previous` holds another key, the rotation an earlier run started and did
+    /// not finish (its process died), from that key to the one in `secret.key`. Writes nothing:
+    /// re-encrypt inside a transaction, then [`DataDir::keep_rotated_key`] before committing it,
+    /// and [`DataDir::finish_key_rotation`] once it is durable.
+    ///
+    /// # Errors
+    /// `secret.key` is missing while credentials are stored (without them, `None`: there is
+    /// nothing to rotate), or a key file cannot be read.
+    pub fn key_rotation(&self, has_secrets: bool) -> anyhow::Result<Option<KeyRotation>> {
+        let Some(kept) = read_key(&self.key_file())? else {
+            if has_secrets {
+                return Err(self.missing_key());
+            }
+            return Ok(None);
+        };
+        if let Some(previous) = read_key(&self.previous_key_file())?
+            && previous.id() != kept.id()
+        {
+            return Ok(Some(KeyRotation {
+                current: kept,
+                previous,
+                resumed: true,
+            }));
+        }
+        // (A `secret.key.previous` equal to `secret.key` was left by a run that died before it
+        // replaced the key: that run changed nothing, and this one starts over.)
+        Ok(Some(KeyRotation {
+            current: SecretKey::generate(),
+            previous: kept,
+            resumed: false,
+        }))
+    }
+
+    /// Keeps a new rotation's keys: the old key in `secret.key.previous` first, then the new one
+    /// in `secret.key`, each written whole. A resumed rotation's keys are kept already. Call it
+    /// after re-encrypting and before committing: at every point of the way, the two files hold
+    /// every key a stored secret may need, and the standalone mode opens secrets with both.
+    ///
+    /// # Errors
+    /// A key file cannot be written.
+    pub fn keep_rotated_key(&self, rotation: &KeyRotation) -> anyhow::Result<()> {
+        if rotation.resumed {
+            return Ok(());
+        }
+        self.write_key(&self.previous_key_file(), &rotation.previous.to_hex())?;
+        self.write_key(&self.key_file(), &rotation.current.to_hex())
+    }
+
+    /// Ends a rotation: removes `secret.key.previous`. Call it only once every secret is
+    /// durably under the key in `secret.key`.
+    ///
+    /// # Errors
+    /// The file cannot be removed.
+    pub fn finish_key_rotation(&self) -> anyhow::Result<()> {
+        let file = self.previous_key_file();
+        match std::fs::remove_file(&file) {
+            Ok(()) => self.sync(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", file.display())),
+        }
+    }
+}
+
+/// The keys a process of a data directory uses, as text (see [`Settings::cipher`]).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+/// A rotation of the key kept in a data directory: re-encrypt from `previous` to `current`.
+#[derive(Debug)]
+pub struct KeyRotation {
+    pub current: SecretKey,
+    pub previous: SecretKey,
+    /// An earlier rotation's, which had stopped before its end.
+    pub resumed: bool,
+}
+
+/// The key kept in `file`; `None` when there is no such file.
+fn read_key(file: &Path) -> anyhow::Result<Option<SecretKey>> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => text
+            .parse::<SecretKey>()
+            .map(Some)
+            .with_context(|| format!("{} does not hold a valid key", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
     }
 }
 
@@ -205,7 +332,9 @@ pub async fn run(
     settings.database.max_connections = settings.database.max_connections.min(STANDALONE_POOL);
     let db = app::database(&settings, true).await?;
     let has_secrets = store::service_account::secrets_stored(&db).await?;
-    settings.secret_key = Some(dir.secret_key(&settings, has_secrets)?);
+    let keys = dir.secret_keys(&settings, has_secrets)?;
+    settings.secret_key = Some(keys.current);
+    settings.secret_key_previous = keys.previous;
 
     let signal = Signal::new();
     // Whatever the outbox holds from the previous run is dispatched at once.
@@ -357,9 +486,13 @@ mod tests {
         let path = temp_dir();
         let dir = DataDir::open(&path).expect("open");
         let settings = Settings::default();
-        let created = dir.secret_key(&settings, false).expect("created");
-        assert!(created.parse::<SecretKey>().is_ok());
-        assert_eq!(dir.secret_key(&settings, true).expect("read back"), created);
+        let created = dir.secret_keys(&settings, false).expect("created");
+        assert!(created.current.parse::<SecretKey>().is_ok());
+        assert_eq!(created.previous, None);
+        assert_eq!(
+            dir.secret_keys(&settings, true).expect("read back").current,
+            created.current
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -374,17 +507,104 @@ mod tests {
             secret_key: Some(given.clone()),
             ..Settings::default()
         };
-        assert_eq!(dir.secret_key(&from_env, true).expect("given"), given);
+        assert_eq!(
+            dir.secret_keys(&from_env, true).expect("given").current,
+            given
+        );
         std::fs::write(path.join("secret.key"), "not a key").expect("overwrite");
         assert!(
-            dir.secret_key(&settings, false).is_err(),
+            dir.secret_keys(&settings, false).is_err(),
             "a corrupt key file is an error"
         );
         std::fs::remove_file(path.join("secret.key")).expect("remove");
         let refused = dir
-            .secret_key(&settings, true)
+            .secret_keys(&settings, true)
             .expect_err("no new key over stored credentials");
         assert!(refused.to_string().contains("is missing"), "{refused:#}");
+        std::fs::remove_dir_all(&path).ok();
+    }
+
+    fn keys_of(dir: &DataDir) -> (String, Option<String>) {
+        let keys = dir.secret_keys(&Settings::default(), true).expect("keys");
+        (keys.current, keys.previous)
+    }
+
+    /// Each state a rotation can be stopped in leaves files from which a start reads both keys
+    /// the data may need, and from which the next rotation resumes.
+    #[test]
+    fn a_rotation_of_the_kept_key_can_stop_anywhere() {
+        let path = temp_dir();
+        let dir = DataDir::open(&path).expect("open");
+        assert!(
+            dir.key_rotation(false).expect("no key yet").is_none(),
+            "nothing to rotate before the first start"
+        );
+        assert!(
+            dir.key_rotation(true).is_err(),
+            "a missing key over stored credentials is an error"
+        );
+        let old = dir
+            .secret_keys(&Settings::default(), false)
+            .expect("created")
+            .current;
+
+        // Planned only: nothing written, so stopping here changes nothing.
+        let rotation = dir.key_rotation(true).expect("plans").expect("a key");
+        assert!(!rotation.resumed);
+        assert_eq!(rotation.previous.to_hex(), old);
+        let new = rotation.current.to_hex();
+        assert_ne!(new, old);
+        assert_eq!(keys_of(&dir), (old.clone(), None));
+        assert_ne!(
+            dir.key_rotation(true)
+                .expect("plans")
+                .expect("a key")
+                .current
+                .to_hex(),
+            new,
+            "each plan makes a key of its own"
+        );
+
+        // Kept: the new key in `secret.key`, the old one beside it.
+        dir.keep_rotated_key(&rotation).expect("kept");
+        assert_eq!(keys_of(&dir), (new.clone(), Some(old.clone())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path.join("secret.key.previous"))
+                .expect("previous key file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "readable by its owner only: {mode:o}");
+        }
+
+        // Stopped before the transaction committed (or before the old key was removed):
+        // resumed with the same keys, which are kept already.
+        let resumed = dir.key_rotation(true).expect("resumes").expect("a key");
+        assert!(resumed.resumed);
+        assert_eq!(
+            (resumed.current.to_hex(), resumed.previous.to_hex()),
+            (new.clone(), old.clone())
+        );
+        dir.keep_rotated_key(&resumed).expect("kept");
+        assert_eq!(keys_of(&dir), (new.clone(), Some(old.clone())));
+        dir.finish_key_rotation().expect("finishes");
+        assert_eq!(keys_of(&dir), (new.clone(), None));
+        dir.finish_key_rotation()
+            .expect("finishing twice is harmless");
+
+        // Stopped after the old key was copied but before the new one replaced it: that run
+        // changed nothing, and the next one starts over with a key of its own.
+        std::fs::write(path.join("secret.key.previous"), format!("{new}\n")).expect("copy");
+        let again = dir.key_rotation(true).expect("plans").expect("a key");
+        assert!(!again.resumed);
+        assert_eq!(again.previous.to_hex(), new);
+        assert_ne!(again.current.to_hex(), new);
+        dir.keep_rotated_key(&again).expect("kept");
+        assert!(
+            !path.join("secret.key.partial").exists(),
+            "no partial file is left"
+        );
         std::fs::remove_dir_all(&path).ok();
     }
 }

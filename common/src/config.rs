@@ -13,7 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::SecretKey;
+use crate::crypto::{Cipher, SecretKey};
 
 /// Every setting of every component. Each component receives only its own section.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -32,6 +32,11 @@ pub struct Settings {
     /// touch credentials (`migrate`) do not demand it.
     #[serde(skip_serializing)]
     pub secret_key: Option<String>,
+    /// The key `secret_key` replaces, during a rollover (`GLEANER_SECRET_KEY_PREVIOUS`): secrets
+    /// it sealed are still opened, until `gleaner rotate-secret-key` has re-encrypted them.
+    /// Parsed by [`Settings::cipher`]; empty is unset.
+    #[serde(skip_serializing)]
+    pub secret_key_previous: Option<String>,
     pub api: ApiSettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -51,6 +56,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             secret_key: None,
+            secret_key_previous: None,
             api: ApiSettings::default(),
             database: DatabaseSettings::default(),
             amqp: AmqpSettings::default(),
@@ -337,7 +343,18 @@ pub enum Error {
     MissingSecretKey,
     #[error("GLEANER_SECRET_KEY is malformed: {0}")]
     MalformedSecretKey(crate::crypto::KeyError),
+    #[error("GLEANER_SECRET_KEY_PREVIOUS is malformed: {0}")]
+    MalformedPreviousSecretKey(crate::crypto::KeyError),
 }
+
+/// Settings taken from the environment as text, whatever they look like (the variable after
+/// `GLEANER_`, and the setting's path): figment reads an environment value for its type, and a
+/// key made only of digits would become a number.
+const TEXT_KEYS: [(&str, &str); 3] = [
+    ("secret_key", "secret_key"),
+    ("secret_key_previous", "secret_key_previous"),
+    ("api__metrics_token", "api.metrics_token"),
+];
 
 impl Settings {
     /// Loads defaults, then the TOML file if one is given, then `GLEANER_*` variables.
@@ -349,14 +366,16 @@ impl Settings {
         if let Some(path) = config_file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("GLEANER_").split("__").ignore(&["config"]));
-        // Secrets stay text: the environment provider reads `000123` as the number 123.
-        for (var, key) in [
-            ("GLEANER_SECRET_KEY", "secret_key"),
-            ("GLEANER_API__METRICS_TOKEN", "api.metrics_token"),
-        ] {
-            if let Ok(raw) = std::env::var(var) {
-                figment = figment.merge(Serialized::default(key, raw));
+        let text_vars: Vec<&str> = TEXT_KEYS.iter().map(|(var, _)| *var).collect();
+        figment = figment.merge(
+            Env::prefixed("GLEANER_")
+                .split("__")
+                .ignore(&["config"])
+                .ignore(&text_vars),
+        );
+        for (var, key) in TEXT_KEYS {
+            if let Some(value) = Env::var(&format!("GLEANER_{var}")) {
+                figment = figment.merge(Serialized::default(key, value));
             }
         }
         figment.extract().map_err(|e| Error::Invalid(Box::new(e)))
@@ -367,8 +386,37 @@ impl Settings {
     /// # Errors
     /// The key is missing or is not 64 hex characters.
     pub fn secret_key(&self) -> Result<SecretKey, Error> {
-        let raw = self.secret_key.as_deref().ok_or(Error::MissingSecretKey)?;
+        let raw = self
+            .secret_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .ok_or(Error::MissingSecretKey)?;
         raw.parse().map_err(Error::MalformedSecretKey)
+    }
+
+    /// The key being replaced, during a rollover; `None` when unset or empty.
+    ///
+    /// # Errors
+    /// The key is not 64 hex characters.
+    pub fn secret_key_previous(&self) -> Result<Option<SecretKey>, Error> {
+        self.secret_key_previous
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| k.parse().map_err(Error::MalformedPreviousSecretKey))
+            .transpose()
+    }
+
+    /// The cipher of a process that reads or writes credentials: it seals with `secret_key`,
+    /// and opens what `secret_key` or `secret_key_previous` sealed.
+    ///
+    /// # Errors
+    /// `secret_key` is missing, or either key is malformed.
+    pub fn cipher(&self) -> Result<Cipher, Error> {
+        let cipher = Cipher::new(&self.secret_key()?);
+        Ok(match self.secret_key_previous()? {
+            Some(previous) => cipher.with_previous(&previous),
+            None => cipher,
+        })
     }
 }
 
@@ -539,5 +587,60 @@ mod tests {
         };
         let err = s.secret_key().expect_err("short key").to_string();
         assert!(err.contains("64 hex"), "{err}");
+    }
+
+    #[test]
+    fn keys_made_of_digits_stay_text_and_the_previous_key_is_optional() {
+        let digits = "0".repeat(64);
+        let other = "1234".repeat(16);
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).expect("loads");
+            assert!(s.secret_key_previous().expect("unset is fine").is_none());
+            jail.set_env("GLEANER_SECRET_KEY", &digits);
+            jail.set_env("GLEANER_SECRET_KEY_PREVIOUS", &other);
+            let s = Settings::load(None).expect("digits are a key, not a number");
+            assert_eq!(s.secret_key.as_deref(), Some(digits.as_str()));
+            assert_eq!(s.secret_key_previous.as_deref(), Some(other.as_str()));
+            let cipher = s.cipher().expect("both keys parse");
+            assert_eq!(
+                cipher.key_id(),
+                digits.parse::<SecretKey>().expect("key").id()
+            );
+            assert_eq!(
+                cipher.previous_key_id(),
+                Some(other.parse::<SecretKey>().expect("key").id())
+            );
+            // Dropping the previous key by emptying the variable.
+            jail.set_env("GLEANER_SECRET_KEY_PREVIOUS", "");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(s.cipher().expect("one key").previous_key_id(), None);
+            jail.set_env("GLEANER_SECRET_KEY_PREVIOUS", "12");
+            let err = Settings::load(None)
+                .expect("loads")
+                .cipher()
+                .expect_err("short")
+                .to_string();
+            assert!(err.contains("GLEANER_SECRET_KEY_PREVIOUS"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_previous_key_can_be_in_the_file() {
+        figment::Jail::expect_with(|jail| {
+            let previous = SecretKey::generate().to_hex();
+            jail.create_file(
+                "gleaner.toml",
+                &format!("secret_key_previous = \"{previous}\"\n"),
+            )?;
+            let s = Settings::load(Some(Path::new("gleaner.toml"))).expect("loads");
+            assert_eq!(s.secret_key_previous.as_deref(), Some(previous.as_str()));
+            // The environment still wins over the file.
+            let newer = SecretKey::generate().to_hex();
+            jail.set_env("GLEANER_SECRET_KEY_PREVIOUS", &newer);
+            let s = Settings::load(Some(Path::new("gleaner.toml"))).expect("loads");
+            assert_eq!(s.secret_key_previous.as_deref(), Some(newer.as_str()));
+            Ok(())
+        });
     }
 }

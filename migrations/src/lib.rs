@@ -14,6 +14,7 @@ mod m20261123_000007_delivery;
 mod m20261201_000008_billing;
 mod m20261201_000009_task_lookups;
 mod m20261202_000010_outbox_claims;
+mod m20261202_000011_secret_key_ids;
 mod m20261202_000012_api_keys;
 mod util;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_billing::Migration),
             Box::new(m20261201_000009_task_lookups::Migration),
             Box::new(m20261202_000010_outbox_claims::Migration),
+            Box::new(m20261202_000011_secret_key_ids::Migration),
             Box::new(m20261202_000012_api_keys::Migration),
         ]
     }

@@ -23,7 +23,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Fail before binding the port when the key is missing or malformed.
-    settings.secret_key()?;
+    settings.cipher()?;
     let db = app::database(settings, args.migrate).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod domain;
 pub mod migrate;
+pub mod rotate_secret_key;
 pub mod scheduler;
 pub mod standalone;
 pub mod worker;

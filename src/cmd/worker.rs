@@ -21,7 +21,7 @@ pub async fn run(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    settings.secret_key()?;
+    settings.cipher()?;
     let db = app::database(settings, args.migrate).await?;
     app::run_worker(settings, db, shutdown).await
 }

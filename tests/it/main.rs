@@ -10,6 +10,7 @@ mod collectors;
 mod errors;
 mod faults;
 mod job_events;
+mod key_rotation;
 mod lifecycle;
 mod merge;
 mod metrics;

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use crate::support::{Api, Mode, TestEnv};
 
 /// One run of the binary on a data directory; its API client's methods are its own.
-struct Standalone {
+pub(crate) struct Standalone {
     child: Child,
     api: Api,
 }
@@ -29,7 +29,11 @@ impl std::ops::Deref for Standalone {
 
 impl Standalone {
     /// Starts the binary and waits for the line that says where it listens.
-    async fn start(dir: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        dir: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,7 +101,7 @@ impl Standalone {
     }
 
     /// SIGKILL: no shutdown code runs.
-    async fn kill(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
         Ok(())
     }
@@ -164,7 +168,7 @@ async fn assert_finished_exactly_once(
 
 /// Runs `scenario` on a fresh data directory and log file, printing the log's tail if it
 /// fails.
-async fn on_fresh_dir(
+pub(crate) async fn on_fresh_dir(
     tag: &str,
     scenario: impl AsyncFnOnce(&Path, &Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {

@@ -10,6 +10,9 @@ pub struct Model {
     pub domain_id: Uuid,
     pub nonce: Vec<u8>,
     pub ciphertext: Vec<u8>,
+    /// The [`crate::crypto::KeyId`] of the key that sealed it; `None` for rows stored before
+    /// key ids were.
+    pub key_id: Option<String>,
     pub created_at: DateTimeWithTimeZone,
 }
 

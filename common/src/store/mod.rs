@@ -15,6 +15,7 @@ pub mod plugin;
 pub mod project;
 pub mod resource;
 pub mod schedule;
+pub mod secret;
 pub mod service_account;
 
 use sea_orm::{DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait};
@@ -38,6 +39,14 @@ pub enum Error {
     Invalid(Vec<Invalid>),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// A stored secret that none of the configured keys opens; `owner` names the service
+    /// accounts that use it.
+    #[error("secret {secret} of {owner} cannot be decrypted: {cause}")]
+    Undecryptable {
+        secret: crate::id::SecretId,
+        owner: String,
+        cause: CryptoError,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{Error, Result, is_unique_violation};
-use crate::crypto::{Cipher, Sealed};
+use crate::crypto::Cipher;
 use crate::entity::{project, secret, service_account};
 use crate::id::{DomainId, ProjectId, SecretId, ServiceAccountId};
 use crate::model::{Invalid, Name};
@@ -159,6 +159,7 @@ async fn seal(
         domain_id: Set(domain.into()),
         nonce: Set(sealed.nonce),
         ciphertext: Set(sealed.ciphertext),
+        key_id: Set(sealed.key_id.map(|k| k.to_string())),
         created_at: Set(Utc::now().fixed_offset()),
     })
     .exec_without_returning(txn)
@@ -306,8 +307,8 @@ async fn find(
 /// The decrypted credentials of an account, for a plugin run. Never log or return them.
 ///
 /// # Errors
-/// [`Error::NotFound`] for an unknown account; [`Error::Crypto`] when the configured key is not
-/// the one that sealed them.
+/// [`Error::NotFound`] for an unknown account; [`Error::Crypto`] when neither configured key
+/// (current or previous) is the one that sealed them.
 pub async fn credentials(
     db: &impl ConnectionTrait,
     cipher: &Cipher,
@@ -333,10 +334,7 @@ pub async fn credentials(
     let plaintext = cipher.open(
         domain,
         SecretId::from_uuid(secret_id),
-        &Sealed {
-            nonce: row.nonce,
-            ciphertext: row.ciphertext,
-        },
+        &super::secret::sealed(row)?,
     )?;
     serde_json::from_slice(&plaintext)
         .map_err(|e| Error::Corrupt(format!("secret of service account {id}: {e}")))

@@ -433,6 +433,48 @@ pub struct TestEnv {
     components: Vec<JoinHandle<anyhow::Result<()>>>,
     /// The standalone mode's data directory.
     data_dir: Option<PathBuf>,
+    /// Distributed workers started.
+    workers: usize,
+}
+
+/// Starts the API and `workers` workers on `db`: the components and the API's base URL.
+async fn spawn_distributed(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    workers: usize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Vec<JoinHandle<anyhow::Result<()>>>, String)> {
+    let mut components = Vec::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    {
+        let (settings, db, stop) = (settings.clone(), db.clone(), shutdown.clone());
+        components.push(tokio::spawn(async move {
+            gleaner::app::serve_api(&settings, db, listener, stop).await
+        }));
+    }
+    for n in 0..workers {
+        components.push(spawn_worker(&worker_named(settings, n), shutdown.clone()).await?);
+    }
+    Ok((components, base))
+}
+
+/// Starts the standalone runtime on the data directory `path`: the component, the API's base
+/// URL and the database's URL.
+async fn spawn_standalone(
+    settings: &Settings,
+    path: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(JoinHandle<anyhow::Result<()>>, String, String)> {
+    let dir = gleaner::standalone::DataDir::open(path)?;
+    let db_url = dir.database_url();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let component = {
+        let (settings, stop) = (settings.clone(), shutdown.clone());
+        tokio::spawn(async move { gleaner::standalone::run(&settings, &dir, listener, stop).await })
+    };
+    Ok((component, base, db_url))
 }
 
 impl TestEnv {
@@ -478,17 +520,8 @@ impl TestEnv {
         let root = std::env::temp_dir().join("gleaner-it");
         sweep_dirs(&root, now);
         let path = root.join(&name);
-        let dir = gleaner::standalone::DataDir::open(&path)?;
-        let db_url = dir.database_url();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
-        let component = {
-            let (settings, stop) = (settings.clone(), shutdown.clone());
-            tokio::spawn(
-                async move { gleaner::standalone::run(&settings, &dir, listener, stop).await },
-            )
-        };
+        let (component, base, db_url) = spawn_standalone(&settings, &path, &shutdown).await?;
         let api = Api::new(base);
         // Connect only once the runtime has created and migrated the database: a connection
         // opened while the file is being created can find it locked.
@@ -524,6 +557,7 @@ impl TestEnv {
             shutdown,
             components: vec![component],
             data_dir: Some(path),
+            workers: 1,
         };
         Ok(env)
     }
@@ -541,18 +575,7 @@ impl TestEnv {
             .context("preparing the test schema")?;
 
         let shutdown = CancellationToken::new();
-        let mut components = Vec::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        {
-            let (settings, db, stop) = (settings.clone(), db.clone(), shutdown.clone());
-            components.push(tokio::spawn(async move {
-                gleaner::app::serve_api(&settings, db, listener, stop).await
-            }));
-        }
-        for n in 0..opts.workers {
-            components.push(spawn_worker(&worker_named(&settings, n), shutdown.clone()).await?);
-        }
+        let (components, base) = spawn_distributed(&settings, &db, opts.workers, &shutdown).await?;
         let key = gleaner_common::store::api_key::create_admin_key(
             &db,
             gleaner_common::id::DomainId::DEFAULT,
@@ -567,9 +590,56 @@ impl TestEnv {
             shutdown,
             components,
             data_dir: None,
+            workers: opts.workers,
         };
         env.wait_ready().await?;
         Ok(env)
+    }
+
+    /// The standalone mode's data directory (`None` in the distributed mode).
+    #[must_use]
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// Stops the components as dropping the environment does, keeping the store: the store
+    /// can then be worked on with nothing running (the standalone mode's data directory is
+    /// free), and [`TestEnv::start_again`] starts them again.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        stop_components(&self.name, std::mem::take(&mut self.components)).await;
+    }
+
+    /// Starts the components again on the same store after [`TestEnv::stop`], with the settings
+    /// changed by `change`; the API gets a new address.
+    pub async fn start_again(&mut self, change: impl FnOnce(&mut Settings)) -> anyhow::Result<()> {
+        anyhow::ensure!(self.components.is_empty(), "stop the environment first");
+        change(&mut self.settings);
+        self.shutdown = CancellationToken::new();
+        let base = match &self.data_dir {
+            Some(path) => {
+                let (component, base, _) =
+                    spawn_standalone(&self.settings, path, &self.shutdown).await?;
+                self.components.push(component);
+                base
+            }
+            None => {
+                let (components, base) =
+                    spawn_distributed(&self.settings, &self.db, self.workers, &self.shutdown)
+                        .await?;
+                self.components = components;
+                base
+            }
+        };
+        // The same key: it is in the store.
+        self.api = self.api.at(base);
+        self.api.wait_ready().await
+    }
+
+    /// Stops the environment and starts it again with the settings changed by `change`.
+    pub async fn restart(&mut self, change: impl FnOnce(&mut Settings)) -> anyhow::Result<()> {
+        self.stop().await;
+        self.start_again(change).await
     }
 
     /// A single number from SQL (`SELECT count(*) ...`) in the test's store.
@@ -791,16 +861,7 @@ impl Drop for TestEnv {
         let data_dir = self.data_dir.take();
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
-                for c in components {
-                    let abort = c.abort_handle();
-                    if tokio::time::timeout(Duration::from_secs(15), c)
-                        .await
-                        .is_err()
-                    {
-                        eprintln!("{name}: a component did not stop within 15 s; aborting it");
-                        abort.abort();
-                    }
-                }
+                stop_components(&name, components).await;
                 db.close().await.ok();
                 if let Some(dir) = data_dir {
                     std::fs::remove_dir_all(&dir).ok();
@@ -809,6 +870,20 @@ impl Drop for TestEnv {
                 }
             });
         });
+    }
+}
+
+/// Waits for each component to stop (15 s at most, then aborts it).
+async fn stop_components(name: &str, components: Vec<JoinHandle<anyhow::Result<()>>>) {
+    for c in components {
+        let abort = c.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .is_err()
+        {
+            eprintln!("{name}: a component did not stop within 15 s; aborting it");
+            abort.abort();
+        }
     }
 }
 
