@@ -46,6 +46,8 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub scheduler: SchedulerSettings,
     pub log: LogSettings,
+    pub files: FileSettings,
+    pub network: NetworkSettings,
 }
 
 impl Default for Settings {
@@ -66,6 +68,8 @@ impl Default for Settings {
             outbox: OutboxSettings::default(),
             scheduler: SchedulerSettings::default(),
             log: LogSettings::default(),
+            files: FileSettings::default(),
+            network: NetworkSettings::default(),
         }
     }
 }
@@ -296,6 +300,27 @@ pub struct PluginSettings {
     pub dir: Option<std::path::PathBuf>,
 }
 
+/// The files on a worker's disk that plugin options may name ([`crate::access`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileSettings {
+    /// Absolute directories a file option (the `focus` plugin's `path`) may lie in, links
+    /// followed (`GLEANER_FILES__ALLOW`, comma-separated). Empty: file options are refused.
+    #[serde(with = "list")]
+    pub allow: Vec<std::path::PathBuf>,
+}
+
+/// The URLs plugin options may make a worker call ([`crate::access`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkSettings {
+    /// Endpoints, as `scheme://host[:port]` with `*` for any one host label or any port, that
+    /// an endpoint option (the `focus` plugin's `endpoint_url`) may name besides the provider's
+    /// public ones (`GLEANER_NETWORK__ALLOW_ENDPOINTS`, comma-separated).
+    #[serde(with = "list")]
+    pub allow_endpoints: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SchedulerSettings {
@@ -394,6 +419,14 @@ impl Settings {
         raw.parse().map_err(Error::MalformedSecretKey)
     }
 
+    /// What callers' plugin options may reach.
+    ///
+    /// # Errors
+    /// An allowlist entry is malformed.
+    pub fn access(&self) -> Result<crate::access::Access, crate::access::Error> {
+        crate::access::Access::new(&self.files.allow, &self.network.allow_endpoints)
+    }
+
     /// The key being replaced, during a rollover; `None` when unset or empty.
     ///
     /// # Errors
@@ -416,6 +449,38 @@ impl Settings {
         Ok(match self.secret_key_previous()? {
             Some(previous) => cipher.with_previous(&previous),
             None => cipher,
+        })
+    }
+}
+
+/// A list, or one comma-separated text (as an environment variable gives it).
+mod list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Text(String),
+        List(Vec<T>),
+    }
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + From<String>,
+    {
+        Ok(match Raw::<T>::deserialize(d)? {
+            Raw::Text(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| T::from(p.to_owned()))
+                .collect(),
+            Raw::List(v) => v,
         })
     }
 }
@@ -518,6 +583,36 @@ mod tests {
             assert_eq!(s.secret_key.as_deref(), Some(key.as_str()));
             assert!(s.secret_key().is_ok());
             assert_eq!(s.api.metrics_token.as_deref(), Some("000123"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn allowlists_are_lists_in_a_file_and_comma_separated_in_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gleaner.toml",
+                "[files]\nallow = [\"/srv/focus\"]\n[network]\nallow_endpoints = [\"http://127.0.0.1:9000\"]\n",
+            )?;
+            let s = Settings::load(Some(Path::new("gleaner.toml"))).expect("loads");
+            assert_eq!(s.files.allow, vec![std::path::PathBuf::from("/srv/focus")]);
+            assert_eq!(s.network.allow_endpoints, vec!["http://127.0.0.1:9000"]);
+            jail.set_env("GLEANER_FILES__ALLOW", "/a, /b/c");
+            jail.set_env(
+                "GLEANER_NETWORK__ALLOW_ENDPOINTS",
+                "http://127.0.0.1:9000,https://*.example.com",
+            );
+            let s = Settings::load(Some(Path::new("gleaner.toml"))).expect("loads");
+            assert_eq!(s.files.allow.len(), 2);
+            assert_eq!(s.files.allow[1], std::path::PathBuf::from("/b/c"));
+            assert_eq!(s.network.allow_endpoints.len(), 2);
+            assert!(s.access().is_ok());
+            jail.set_env("GLEANER_NETWORK__ALLOW_ENDPOINTS", "127.0.0.1:5432");
+            let err = Settings::load(None).expect("loads").access().unwrap_err();
+            assert!(
+                err.to_string().contains("GLEANER_NETWORK__ALLOW_ENDPOINTS"),
+                "{err}"
+            );
             Ok(())
         });
     }

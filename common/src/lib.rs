@@ -9,6 +9,7 @@
 //! - [`config`], [`telemetry`], [`retry`], [`crypto`], [`db`], [`provider`], [`plugin`].
 //! - [`metrics`]: the Prometheus recorder and the names and helpers of every metric.
 
+pub mod access;
 pub mod billing;
 pub mod broker;
 pub mod calendar;
