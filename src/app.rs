@@ -118,7 +118,8 @@ pub fn api_state(
 ) -> anyhow::Result<AppState> {
     // The API runs plugins' credential checks itself, private plugins too: like registering
     // them, which runs their `init` here, so the plugin directory is the API host's as well.
-    let registry = Registry::builtin().with_private_dir(settings.plugins.dir.clone());
+    let registry = registry(settings)?;
+    let access = registry.access().clone();
     Ok(AppState::new(Inner {
         db,
         cipher: settings.cipher()?,
@@ -132,7 +133,18 @@ pub fn api_state(
         verify_timeout: settings.api.verify_timeout,
         keys: gleaner_api::auth::Keys::default(),
         metrics_token: settings.api.metrics_token.clone(),
+        access: Arc::new(access),
     }))
+}
+
+/// The plugins a process runs: the built-in ones, private ones from the plugin directory, all
+/// reaching only what the operator's allowlists let them.
+///
+/// # Errors
+/// An allowlist entry is malformed.
+pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
+    let access = settings.access().context("the access allowlists")?;
+    Ok(Registry::builtin(Arc::new(access)).with_private_dir(settings.plugins.dir.clone()))
 }
 
 /// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
@@ -184,7 +196,7 @@ pub fn worker_context(
     let ctx = Context::new(
         db,
         settings.cipher()?,
-        Registry::builtin().with_private_dir(settings.plugins.dir.clone()),
+        registry(settings)?,
         sink,
         settings.worker.clone(),
         signal,
@@ -200,7 +212,8 @@ pub fn worker_context(
 pub fn scheduler(settings: &Settings, db: DatabaseConnection) -> gleaner_scheduler::Scheduler {
     gleaner_scheduler::Scheduler::new(
         db,
-        Registry::builtin().catalog(),
+        // The catalog only: its plugins never run here.
+        Registry::builtin(Arc::default()).catalog(),
         settings.scheduler.clone(),
     )
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use gleaner_common::access::Access;
 use gleaner_common::billing::{Month, Window};
 use gleaner_common::calendar::Calendar;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
@@ -109,6 +110,7 @@ fn validate<'a>(
     body: CreateCollector,
     plugin: Option<&'a PluginInfo>,
     known: &[String],
+    access: &Access,
 ) -> Result<NewCollector<'a>, ApiError> {
     let mut errors = Vec::new();
     let name = Name::parse("name", &body.name)
@@ -145,6 +147,9 @@ fn validate<'a>(
             errors.push(e);
         }
         if let Err(e) = p.validate_options(&options) {
+            errors.extend(e);
+        }
+        if let Err(e) = access.check(&p.options_schema, &options) {
             errors.extend(e);
         }
     }
@@ -209,7 +214,7 @@ async fn create(
             .map(|p| p.id)
             .collect(),
     };
-    let new = validate(body, plugin.as_ref(), &known)?;
+    let new = validate(body, plugin.as_ref(), &known, &state.access)?;
     let billing = new.plugin.kind == PluginKind::CostDataSource;
     let txn = gleaner_common::store::begin_write(&state.db)
         .await
@@ -353,10 +358,13 @@ async fn update(
     {
         errors.push(e);
     }
-    if let Some(options) = &body.options
-        && let Err(e) = plugin.validate_options(options)
-    {
-        errors.extend(e);
+    if let Some(options) = &body.options {
+        if let Err(e) = plugin.validate_options(options) {
+            errors.extend(e);
+        }
+        if let Err(e) = state.access.check(&plugin.options_schema, options) {
+            errors.extend(e);
+        }
     }
     if let Some(tags) = &body.tags {
         check_tags(tags, &mut errors);
@@ -569,6 +577,7 @@ async fn collect(
     let job_id = lifecycle::job::enqueue(
         &state.db,
         &state.catalog,
+        &state.access,
         domain,
         id,
         Trigger::Manual,

@@ -87,6 +87,8 @@ pub struct Inner {
     pub keys: auth::Keys,
     /// The bearer token `/metrics` asks for, if any.
     pub metrics_token: Option<String>,
+    /// What collectors' options may make a worker reach.
+    pub access: Arc<gleaner_common::access::Access>,
 }
 
 impl AppState {

@@ -104,14 +104,19 @@ struct Check {
 }
 
 impl Check {
-    /// What a collection of `c` would run now.
-    fn of(c: &Collector, plugin: &PluginInfo) -> Self {
-        Self {
+    /// What a collection of `c` would run now: 400 naming the option when its options reach
+    /// past the operator's allowlists, as a collection would be refused.
+    fn of(state: &AppState, c: &Collector, plugin: &PluginInfo) -> ApiResult<Self> {
+        state
+            .access
+            .check(&plugin.options_schema, &c.options)
+            .map_err(ApiError::invalid)?;
+        Ok(Self {
             plugin_id: plugin.id.clone(),
             version: c.version_to_run(plugin).to_owned(),
             options: c.options.clone(),
             collector_id: Some(c.id),
-        }
+        })
     }
 }
 
@@ -232,7 +237,7 @@ async fn collector(
             ),
         ));
     }
-    verify(&state, domain, &Check::of(&c, &plugin), accounts).await
+    verify(&state, domain, &Check::of(&state, &c, &plugin)?, accounts).await
 }
 
 /// The check of a collector the request named: an input error naming `collector_id` when it
@@ -261,7 +266,7 @@ async fn named_collector(
         )
         .into());
     }
-    Ok(Check::of(&c, &plugin))
+    Check::of(state, &c, &plugin)
 }
 
 /// The check of an account of `provider` when the request names no collector: see the
@@ -286,7 +291,7 @@ async fn default_check(state: &AppState, domain: DomainId, provider: &str) -> Ap
             },
         };
         if plugin.provider == provider {
-            return Ok(Check::of(c, &plugin));
+            return Check::of(state, c, &plugin);
         }
     }
     let candidates: Vec<PluginInfo> = plugin::list(&state.db, &state.catalog, domain)

@@ -36,7 +36,7 @@ const DOMAIN: DomainId = DomainId::DEFAULT;
 impl World {
     async fn new(mode: Mode, accounts: usize) -> anyhow::Result<Self> {
         let store = TestStore::open(mode).await?;
-        let catalog = gleaner_worker::Registry::builtin().catalog();
+        let catalog = gleaner_worker::Registry::builtin(std::sync::Arc::default()).catalog();
         let cipher = Cipher::new(&SecretKey::generate());
         let p = project::create(&store.db, DOMAIN, Name::parse("name", "p")?).await?;
         let mut ids = Vec::new();
@@ -112,6 +112,7 @@ impl World {
         job_life::enqueue(
             &self.store.db,
             &self.catalog,
+            &gleaner_common::access::Access::default(),
             DOMAIN,
             self.collector,
             Trigger::Manual,

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod access;
 mod auth;
 mod billing;
 mod broker_limits;

@@ -310,7 +310,11 @@ async fn verify_picks_a_collector_of_the_accounts_provider_else_a_catalog_plugin
     );
 
     // A collector named in the body must exist and serve the account's provider.
-    let missing = "/nonexistent/export.csv";
+    // (Inside a directory the tests allow, which it does not exist in.)
+    let missing = std::env::temp_dir()
+        .join(format!("{}-nonexistent/export.csv", env.name))
+        .display()
+        .to_string();
     let focus_collector = collector(&env, "focus", "focus", json!({"path": missing})).await?;
     let unknown = uuid::Uuid::now_v7().to_string();
     for (id, why) in [

@@ -105,10 +105,11 @@ pub async fn insert_queued(db: &impl ConnectionTrait, jobs: Vec<Queued>) -> Resu
 /// # Errors
 /// [`Error::NotFound`] for an unknown collector; [`Error::State`] for a disabled one or one whose
 /// plugin left the catalog; [`Error::Invalid`] for a month window given to a plugin that is not
-/// a cost data source.
+/// a cost data source, or options reaching past `access`.
 pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     catalog: &Catalog,
+    access: &crate::access::Access,
     domain: DomainId,
     collector_id: CollectorId,
     trigger: Trigger,
@@ -140,6 +141,10 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
             ),
         )]));
     }
+    // The operator may have narrowed the allowlists since the options were set.
+    access
+        .check(&plugin.options_schema, &c.options)
+        .map_err(Error::Invalid)?;
     let id = JobId::new();
     let mut job = queued(domain, id, &c, &plugin, trigger, None);
     if let Some(w) = window {

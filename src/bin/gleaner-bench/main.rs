@@ -1027,6 +1027,8 @@ fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result
             settings.database.schema.as_deref().unwrap_or_default(),
         )
         .env("GLEANER_AMQP__PREFIX", &settings.amqp.prefix)
+        // The billing benchmark's FOCUS export is written there.
+        .env("GLEANER_FILES__ALLOW", std::env::temp_dir())
         .env(
             "GLEANER_WORKER__BATCH_SIZE",
             settings.worker.batch_size.to_string(),

@@ -95,6 +95,33 @@ impl Default for Options {
 
 /// Leases, retries and the reaper on a test's time scale: a lost worker's task runs again
 /// within about a second and a half, a retry waits 200 ms.
+/// What the tests' collectors read and call: the FOCUS sample, files written under the
+/// system's temporary directory, and local S3 servers on any port.
+pub fn allow_test_files_and_endpoints(s: &mut Settings) {
+    s.files.allow = vec![
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data").into(),
+        std::env::temp_dir(),
+    ];
+    s.network.allow_endpoints = vec!["http://127.0.0.1:*".into()];
+}
+
+/// The allowlists of `s` as the environment gives them to a process.
+pub fn allowlist_vars(s: &Settings) -> [(&'static str, String); 2] {
+    let dirs: Vec<String> = s
+        .files
+        .allow
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    [
+        ("GLEANER_FILES__ALLOW", dirs.join(",")),
+        (
+            "GLEANER_NETWORK__ALLOW_ENDPOINTS",
+            s.network.allow_endpoints.join(","),
+        ),
+    ]
+}
+
 pub fn quick_recovery(s: &mut Settings) {
     s.worker.lease = Duration::from_secs(1);
     s.worker.retry_delay = Duration::from_millis(200);
@@ -499,6 +526,7 @@ impl TestEnv {
         // The example plugin and the tests' misbehaving one are under the repository.
         settings.plugins.dir = Some(env!("CARGO_MANIFEST_DIR").into());
         settings.secret_key = Some(SecretKey::generate().to_hex());
+        allow_test_files_and_endpoints(&mut settings);
         settings.outbox.poll_interval = Duration::from_millis(100);
         // Event streams see a job's intermediate states even when it runs for a second only.
         settings.api.events_poll_interval = Duration::from_millis(50);
@@ -786,6 +814,7 @@ pub fn worker_process(
             s.secret_key.as_deref().unwrap_or_default(),
         )
         .env("GLEANER_WORKER__NAME", name)
+        .envs(allowlist_vars(s))
         .env(
             "GLEANER_WORKER__REAP_INTERVAL",
             s.worker.reap_interval.as_millis().to_string(),

@@ -17,10 +17,12 @@
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use futures::TryStreamExt as _;
+use gleaner_common::access::Access;
 use gleaner_common::billing::Month;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use object_store::ObjectStore as _;
@@ -50,18 +52,16 @@ pub struct FocusOptions {
 /// The `focus` plugin.
 pub struct Focus {
     info: PluginInfo,
-}
-
-impl Default for Focus {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// What the operator lets `path` and `endpoint_url` reach.
+    access: Arc<Access>,
 }
 
 impl Focus {
+    /// The plugin, reaching the files and endpoints `access` allows.
     #[must_use]
-    pub fn new() -> Self {
+    pub fn new(access: Arc<Access>) -> Self {
         Self {
+            access,
             info: PluginInfo {
                 id: "focus".into(),
                 name: "FOCUS cost export".into(),
@@ -75,10 +75,13 @@ impl Focus {
                 options_schema: json!({
                     "type": "object",
                     "properties": {
-                        "path": {"type": "string", "minLength": 1, "description": "a FOCUS CSV file (.csv or .csv.gz) or a folder of them, on the worker's disk"},
+                        "path": {"type": "string", "minLength": 1, "x-gleaner-access": "file",
+                            "description": "a FOCUS CSV file (.csv or .csv.gz) or a folder of them, on the worker's disk, inside a directory of GLEANER_FILES__ALLOW"},
                         "bucket": {"type": "string", "minLength": 1, "description": "an S3-compatible bucket holding the export"},
                         "prefix": {"type": "string", "description": "the export's key prefix in the bucket"},
-                        "endpoint_url": {"type": "string", "minLength": 1, "description": "the S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS); addressed path-style"},
+                        "endpoint_url": {"type": "string", "minLength": 1, "x-gleaner-access": "endpoint",
+                            "x-gleaner-public-endpoints": AWS_S3,
+                            "description": "the S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS); addressed path-style; AWS's or one of GLEANER_NETWORK__ALLOW_ENDPOINTS"},
                         "region": {"type": "string", "minLength": 1, "description": "the bucket's region (default us-east-1)"}
                     },
                     "oneOf": [{"required": ["path"]}, {"required": ["bucket"]}],
@@ -88,17 +91,38 @@ impl Focus {
         }
     }
 
-    fn options(options: &Value) -> Result<FocusOptions, PluginError> {
-        let opts: FocusOptions = serde_json::from_value(options.clone())
+    /// The options, once the operator's allowlists accept them; `path` is resolved.
+    fn options(&self, options: &Value) -> Result<FocusOptions, PluginError> {
+        let mut opts: FocusOptions = serde_json::from_value(options.clone())
             .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))?;
+        if let Err(refused) = self.access.check(&self.info.options_schema, options) {
+            let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            return Err(PluginError::Permanent(words.join("; ")));
+        }
         match (&opts.path, &opts.bucket) {
-            (Some(_), None) | (None, Some(_)) => Ok(opts),
+            (Some(path), None) => {
+                let resolved = self
+                    .access
+                    .file("options.path", &path.to_string_lossy())
+                    .map_err(|e| PluginError::Permanent(e.to_string()))?;
+                opts.path = Some(resolved);
+                Ok(opts)
+            }
+            (None, Some(_)) => Ok(opts),
             _ => Err(PluginError::Permanent(
                 "set exactly one of `path` and `bucket`".into(),
             )),
         }
     }
 }
+
+/// AWS's S3 endpoints, which `endpoint_url` may name without the operator's allowlist.
+const AWS_S3: [&str; 4] = [
+    "https://s3.amazonaws.com",
+    "https://s3.*.amazonaws.com",
+    "https://s3-*.amazonaws.com",
+    "https://s3.dualstack.*.amazonaws.com",
+];
 
 #[async_trait]
 impl Plugin for Focus {
@@ -111,22 +135,20 @@ impl Plugin for Focus {
         options: &Value,
         secret: &Map<String, Value>,
     ) -> Result<(), PluginError> {
-        let opts = Self::options(options)?;
+        let opts = self.options(options)?;
         if opts.bucket.is_some() {
             let (store, prefix) = bucket(&opts, secret)?;
-            return keys(&store, &prefix)
-                .await
-                .map(drop)
-                .map_err(without_response_body);
+            return keys(&store, &prefix).await.map(drop);
         }
         let path = opts.path.unwrap_or_default();
-        tokio::task::spawn_blocking(move || files(&path).map(drop))
+        let access = self.access.clone();
+        tokio::task::spawn_blocking(move || files(&path, &access).map(drop))
             .await
             .map_err(|e| PluginError::Permanent(format!("listing the export failed: {e}")))?
     }
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
-        let opts = Self::options(&request.options)?;
+        let opts = self.options(&request.options)?;
         let month = request.task.billing_month()?;
         let account = request
             .secret
@@ -141,8 +163,9 @@ impl Plugin for Focus {
         }
         let path = opts.path.unwrap_or_default();
         let cancel = request.cancel.clone();
+        let access = self.access.clone();
         tokio::task::spawn_blocking(move || {
-            for file in files(&path)? {
+            for file in files(&path, &access)? {
                 read_file(&file, &filter, &out, &cancel)?;
             }
             Ok(())
@@ -160,17 +183,24 @@ pub struct Filter {
 }
 
 /// The export's files: `path` itself, or every `.csv` and `.csv.gz` under it, in name order.
+/// Each must resolve inside a directory `access` allows: a link in an allowed folder can lead
+/// anywhere.
 ///
 /// # Errors
-/// The path does not exist or cannot be read, or a folder holds no export file.
-pub fn files(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
+/// The path does not exist or cannot be read, a folder holds no export file, or a file leads
+/// outside the allowed directories.
+pub fn files(path: &Path, access: &Access) -> Result<Vec<PathBuf>, PluginError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| PluginError::Permanent(format!("`{}` cannot be read: {e}", path.display())))?;
-    if meta.is_file() {
-        return Ok(vec![path.to_owned()]);
-    }
     let mut out = Vec::new();
-    let mut dirs = vec![path.to_owned()];
+    if meta.is_file() {
+        out.push(path.to_owned());
+    }
+    let mut dirs = if meta.is_dir() {
+        vec![path.to_owned()]
+    } else {
+        Vec::new()
+    };
     while let Some(dir) = dirs.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| {
             PluginError::Permanent(format!("`{}` cannot be listed: {e}", dir.display()))
@@ -190,6 +220,12 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
         }
     }
     out.sort();
+    if let Some(out_of_bounds) = out.iter().find(|f| !access.file_inside(f)) {
+        return Err(PluginError::Permanent(format!(
+            "`{}` leads outside the directories the operator allows (GLEANER_FILES__ALLOW)",
+            out_of_bounds.display()
+        )));
+    }
     if out.is_empty() {
         return Err(PluginError::Permanent(format!(
             "`{}` holds no .csv or .csv.gz file",
@@ -537,11 +573,11 @@ fn store_error(what: &str, e: &object_store::Error) -> PluginError {
             None => status_in(&message).is_some_and(|s| (400..500).contains(&s) && s != 429),
         },
     };
-    if refused {
+    without_response_body(if refused {
         PluginError::Permanent(message)
     } else {
         PluginError::Transient(message)
-    }
+    })
 }
 
 /// The first error of type `T` in `e`'s chain of sources.
@@ -565,10 +601,9 @@ fn status_in(message: &str) -> Option<u16> {
     message[at..].get(..3)?.parse().ok()
 }
 
-/// A bucket error as a verification may show it: what failed and the endpoint's HTTP status,
-/// never the body of its answer. A verification answers its caller at once, and `endpoint_url`
-/// can name any service the process reaches: the body would let a caller read that service's
-/// answers back. (object_store writes a 4xx answer's body into its error's text, and does not
+/// A bucket error as a caller may see it (a verification's reason, a task's error): what failed
+/// and the endpoint's HTTP status, never the body of its answer, which would let a caller read
+/// back the answers of whatever service `endpoint_url` names. (object_store writes a 4xx answer's body into its error's text, and does not
 /// export the type that holds it apart, so the text is cut after the status.)
 fn without_response_body(e: PluginError) -> PluginError {
     const STATUS: &str = "status code: ";
@@ -718,6 +753,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn options_reaching_outside_the_allowlists_are_refused_before_any_call() {
+        let focus = Focus::new(Arc::new(Access::default()));
+        for options in [
+            json!({"path": SAMPLE}),
+            json!({"bucket": "b", "endpoint_url": "http://169.254.169.254"}),
+            json!({"bucket": "b", "endpoint_url": "http://127.0.0.1:5432"}),
+        ] {
+            let e = focus
+                .verify(&options, &Map::new())
+                .await
+                .expect_err("refused");
+            let PluginError::Permanent(reason) = &e else {
+                panic!("{options}: {e:?}")
+            };
+            assert!(reason.starts_with("options."), "{reason}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_verification_shows_the_endpoints_status_but_never_its_answer() {
         let cases = [
             (
@@ -735,7 +789,8 @@ mod tests {
         for (status, body, shown) in cases {
             let url = endpoint(status, body).await;
             let options = json!({"bucket": "exports", "endpoint_url": url});
-            let e = Focus::new()
+            let local = Access::new(&[], &["http://127.0.0.1:*".into()]).expect("allowlist");
+            let e = Focus::new(Arc::new(local))
                 .verify(&options, &Map::new())
                 .await
                 .expect_err(status);

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use gleaner_common::access::Access;
 use gleaner_common::billing::Month;
 use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo, Verifier, VerifyError, VerifyRequest};
@@ -284,17 +285,29 @@ pub struct Registry {
     plugins: HashMap<String, Arc<dyn Plugin>>,
     /// Where private plugins' executables must be; `None` refuses to run them.
     private_dir: Option<std::path::PathBuf>,
+    /// What plugin options may reach.
+    access: Arc<Access>,
 }
 
 impl Registry {
-    /// The official plugins built into Gleaner.
+    /// The official plugins built into Gleaner, reaching the files and endpoints `access`
+    /// allows.
     #[must_use]
-    pub fn builtin() -> Self {
-        let mut r = Self::default();
+    pub fn builtin(access: Arc<Access>) -> Self {
+        let mut r = Self {
+            access: access.clone(),
+            ..Self::default()
+        };
         r.add(Arc::new(demo::Demo::new()));
         r.add(Arc::new(demo_billing::DemoBilling::new()));
-        r.add(Arc::new(focus::Focus::new()));
+        r.add(Arc::new(focus::Focus::new(access)));
         r
+    }
+
+    /// What plugin options may reach: checked before every run.
+    #[must_use]
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The same registry, running private plugins from `dir`.

@@ -199,6 +199,16 @@ pub(super) async fn prepare(
     if let Err(e) = plugin.info().validate_version(&claimed.plugin_version) {
         return Err(failure(e.detail));
     }
+    // The API checked the options when they were set and when the job was queued; the
+    // operator may have narrowed the allowlists since, and a schedule queues without the API.
+    if let Err(refused) = ctx
+        .registry
+        .access()
+        .check(&plugin.info().options_schema, &claimed.options)
+    {
+        let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        return Err(failure(words.join("; ")));
+    }
     let secret = match claimed.service_account_id {
         // The claim read the account a moment ago: it has no credentials to read.
         Some(_) if claimed.secret == Some(None) => serde_json::Map::new(),
