@@ -134,6 +134,12 @@ pub fn api_state(
         keys: gleaner_api::auth::Keys::default(),
         metrics_token: settings.api.metrics_token.clone(),
         access: Arc::new(access),
+        limits: gleaner_api::auth::Limits::new(
+            settings.api.rate_limit_per_second,
+            settings.api.rate_limit_burst,
+            settings.api.event_streams_per_key,
+        ),
+        max_body_bytes: settings.api.max_body_bytes,
     }))
 }
 

@@ -17,16 +17,20 @@
 //! ships that way.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use gleaner_common::id::ApiKeyId;
 use gleaner_common::model::Role;
 use gleaner_common::store::api_key::{self, Caller};
 use gleaner_common::store::{self, audit};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use sea_orm::DatabaseConnection;
 
 use crate::AppState;
@@ -191,6 +195,90 @@ impl Keys {
     }
 }
 
+/// What one API key may use: requests per second, and event streams open at once.
+pub struct Limits {
+    /// `None`: no rate limit.
+    rate: Option<DefaultKeyedRateLimiter<ApiKeyId>>,
+    clock: DefaultClock,
+    streams_per_key: usize,
+    streams: Mutex<HashMap<ApiKeyId, usize>>,
+}
+
+impl Limits {
+    /// `per_second` requests on average (0: unlimited), `burst` at once above it, and
+    /// `streams_per_key` event streams.
+    #[must_use]
+    pub fn new(per_second: u32, burst: u32, streams_per_key: usize) -> Arc<Self> {
+        let rate = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+            DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Arc::new(Self {
+            rate,
+            clock: DefaultClock::default(),
+            streams_per_key,
+            streams: Mutex::default(),
+        })
+    }
+
+    /// Counts a request of `key`: how long to wait when it is over its rate.
+    fn admit(&self, key: ApiKeyId) -> Result<(), Duration> {
+        match &self.rate {
+            Some(limiter) => limiter
+                .check_key(&key)
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+            None => Ok(()),
+        }
+    }
+
+    /// A slot for one more event stream of `key`, held until the stream ends; `None` when the
+    /// key holds its maximum already.
+    #[must_use]
+    pub fn open_stream(self: &Arc<Self>, key: ApiKeyId) -> Option<StreamSlot> {
+        let mut open = self.lock_streams();
+        let n = open.entry(key).or_default();
+        if *n >= self.streams_per_key {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            limits: self.clone(),
+            key,
+        })
+    }
+
+    /// The most event streams one key may hold.
+    #[must_use]
+    pub fn streams_per_key(&self) -> usize {
+        self.streams_per_key
+    }
+
+    // The map holds plain counts, valid whatever a panicking holder was doing.
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, usize>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One open event stream of a key; dropping it (the stream ended) frees the slot.
+pub struct StreamSlot {
+    limits: Arc<Limits>,
+    key: ApiKeyId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.lock_streams();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The bearer token of a request, if it has one.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -235,6 +323,14 @@ pub async fn authorize(
         Ok(None) => return unauthorized("the API key is unknown, revoked or expired"),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Err(wait) = state.limits.admit(caller.key) {
+        return ApiError::new(
+            Code::TooManyRequests,
+            "this API key made more requests than its rate allows (GLEANER_API__RATE_LIMIT_PER_SECOND); retry after the time in Retry-After",
+        )
+        .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        .into_response();
+    }
     if caller.role < needed {
         return ApiError::new(
             Code::Forbidden,

@@ -136,13 +136,21 @@ fn group_by(raw: Option<&str>) -> Result<Vec<Dim>, ApiError> {
     Ok(dims)
 }
 
-/// Sums costs from `start` to `end` per `group_by` and currency.
+/// The longest range a summary adds up: its work grows with the days it reads.
+const MAX_SUMMARY_DAYS: i64 = 1_096;
+/// The most groups a summary answers with: past this it is an export, which `GET /v1/costs`
+/// pages through.
+const MAX_SUMMARY_GROUPS: u64 = 10_000;
+
+/// Sums costs from `start` to `end` per `group_by` and currency. A range of at most 1,096 days
+/// (three years) and at most 10,000 groups; beyond either, 400 naming `end` or `group_by`.
 #[utoipa::path(
     get, path = "/v1/costs/summary", operation_id = "cost_summary", tag = "billing",
     params(SummaryQuery),
     responses(
         (status = 200, description = "Sums per group and currency", body = SummaryList),
-        (status = 400, description = "A bad date, range or dimension",
+        (status = 400, description = "A bad date, range or dimension; a range over 1,096 days \
+            (`end`) or more than 10,000 groups (`group_by`)",
             body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
@@ -152,15 +160,34 @@ async fn summary(
     ApiQuery(q): ApiQuery<SummaryQuery>,
 ) -> ApiResult<Json<SummaryList>> {
     let (start, end) = range(q.start, q.end)?;
+    if (end - start).num_days() > MAX_SUMMARY_DAYS {
+        return Err(Invalid::new(
+            "end",
+            format!(
+                "a summary spans at most {MAX_SUMMARY_DAYS} days (three years): ask for several"
+            ),
+        )
+        .into());
+    }
     let query = Summary {
         start,
         end,
         group_by: group_by(q.group_by.as_deref())?,
         filter: q.filter(&auth),
+        // One more than shown, to tell a full answer from a cut one.
+        max_groups: Some(MAX_SUMMARY_GROUPS + 1),
     };
-    Ok(Json(SummaryList {
-        items: cost::summary(&state.db, auth.domain(), &query).await?,
-    }))
+    let items = cost::summary(&state.db, auth.domain(), &query).await?;
+    if items.len() as u64 > MAX_SUMMARY_GROUPS {
+        return Err(Invalid::new(
+            "group_by",
+            format!(
+                "more than {MAX_SUMMARY_GROUPS} groups: group by fewer dimensions, filter, or narrow start and end (or page through GET /v1/costs)"
+            ),
+        )
+        .into());
+    }
+    Ok(Json(SummaryList { items }))
 }
 
 cost_query! {
@@ -284,6 +311,7 @@ async fn build_dashboard(
         end: start.next().first_day(),
         group_by,
         filter: filter.clone(),
+        max_groups: None,
     };
     let this_month = cost::summary(db, domain, &of(month, vec![])).await?;
     let last_month = cost::summary(db, domain, &of(month.previous(), vec![])).await?;

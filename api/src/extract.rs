@@ -35,9 +35,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(Code::MalformedBody, e.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(unread_body)?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| body_error(&e))?;
         // Trailing bytes after the JSON value make the body malformed, not silently ignored.
@@ -62,7 +60,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         let (parts, body) = req.into_parts();
         let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
             .await
-            .map_err(|e| ApiError::new(Code::MalformedBody, e.body_text()))?;
+            .map_err(unread_body)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
@@ -70,6 +68,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         // `null` is no body too.
         let ApiJson(value) = ApiJson::<Option<T>>::from_request(req, state).await?;
         Ok(Self(value))
+    }
+}
+
+/// A body that could not be read: too large (413), or cut off.
+fn unread_body(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            Code::BodyTooLarge,
+            "the body is larger than this API accepts (GLEANER_API__MAX_BODY_BYTES)",
+        )
+    } else {
+        ApiError::new(Code::MalformedBody, e.body_text())
     }
 }
 

@@ -87,6 +87,10 @@ pub struct Inner {
     pub keys: auth::Keys,
     /// The bearer token `/metrics` asks for, if any.
     pub metrics_token: Option<String>,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Requests and event streams per API key.
+    pub limits: Arc<auth::Limits>,
     /// What collectors' options may make a worker reach.
     pub access: Arc<gleaner_common::access::Access>,
 }
@@ -131,13 +135,14 @@ fn routes() -> OpenApiRouter<AppState> {
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = routes().into_openapi();
-    openapi::add_server_errors(&mut doc);
+    openapi::add_common_responses(&mut doc);
     doc
 }
 
 /// Every route, with request ids and a tracing span per request.
 pub fn router(state: AppState) -> Router {
     let (routes, _) = routes().split_for_parts();
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.max_body_bytes);
     routes
         // Inside the routing, so the rule is looked up by the matched route's template.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -146,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(|| async { problem::ApiError::new(problem::Code::NotFound, "no such route") })
         .with_state(state)
+        .layer(body_limit)
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");

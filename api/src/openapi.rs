@@ -9,12 +9,13 @@
 use std::sync::LazyLock;
 
 use axum::Json;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::{self, Need};
 use crate::problem::{self, FieldError, Problem};
 
 /// What the derive contributes: info, tags and the shared error schema; paths come from the
@@ -61,9 +62,10 @@ async fn document() -> Json<&'static OpenApi> {
     Json(&DOCUMENT)
 }
 
-/// Adds the server errors every `/v1` operation can answer, so handlers list only their own
-/// 4xx: 500 for a bug, 503 while the database is unreachable.
-pub(crate) fn add_server_errors(doc: &mut OpenApi) {
+/// Adds what the access rules ([`crate::auth::RULES`]) and the server say of every operation,
+/// so handlers list only their own 4xx: the bearer scheme a route asks for with its 401, 403
+/// and 429; 413 for a body; 500 for a bug, 503 while the database is unreachable.
+pub(crate) fn add_common_responses(doc: &mut OpenApi) {
     let problem = |description: &str| {
         ResponseBuilder::new()
             .description(description)
@@ -75,31 +77,97 @@ pub(crate) fn add_server_errors(doc: &mut OpenApi) {
             )
             .build()
     };
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("glk_ followed by 64 hex characters")
+                    .description(Some(
+                        "An API key: `Authorization: Bearer glk_…`. For `/metrics`, the token of \
+                     GLEANER_API__METRICS_TOKEN when one is set.",
+                    ))
+                    .build(),
+            ),
+        );
     for (path, item) in &mut doc.paths.paths {
-        if !path.starts_with("/v1/") {
-            continue;
-        }
         let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
+            ("GET", &mut item.get),
+            ("PUT", &mut item.put),
+            ("POST", &mut item.post),
+            ("DELETE", &mut item.delete),
+            ("PATCH", &mut item.patch),
         ];
-        for operation in operations.into_iter().flatten() {
-            let Operation { responses, .. } = operation;
-            for (status, description) in [
-                ("500", "The server failed; the cause is logged, not sent"),
-                ("503", "The database is unavailable; retry shortly"),
-            ] {
-                responses
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let need = method
+                .parse()
+                .ok()
+                .and_then(|m| auth::rule_of(&m, path))
+                .map(|r| (r.need, r.domain_wide));
+            let mut add = |status: &str, description: String| {
+                operation
+                    .responses
                     .responses
                     .entry(status.to_owned())
-                    .or_insert_with(|| problem(description).into());
+                    .or_insert_with(|| problem(&description).into());
+            };
+            match need {
+                Some((Need::Role(role), domain_wide)) => {
+                    add("401", "No API key, or one that is unknown, revoked or expired (with `WWW-Authenticate: Bearer`)".into());
+                    let limited = if domain_wide {
+                        ", or a key limited to projects (this acts on what spans the domain)"
+                    } else {
+                        ""
+                    };
+                    add(
+                        "403",
+                        format!("The key's role is below `{}`{limited}", role.as_str()),
+                    );
+                    add(
+                        "429",
+                        "The key is over its request rate; wait for `Retry-After` seconds".into(),
+                    );
+                    operation.security =
+                        Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+                }
+                Some((Need::MetricsToken, _)) => {
+                    add(
+                        "401",
+                        "GLEANER_API__METRICS_TOKEN is set and the request does not carry it"
+                            .into(),
+                    );
+                    // Open unless the operator set a token.
+                    operation.security = Some(vec![
+                        SecurityRequirement::default(),
+                        SecurityRequirement::new(BEARER, Vec::<String>::new()),
+                    ]);
+                }
+                Some((Need::Open, _)) | None => {
+                    operation.security = Some(vec![SecurityRequirement::default()]);
+                }
+            }
+            if operation.request_body.is_some() {
+                add(
+                    "413",
+                    "The body is larger than GLEANER_API__MAX_BODY_BYTES".into(),
+                );
+            }
+            if path.starts_with("/v1/") {
+                add(
+                    "500",
+                    "The server failed; the cause is logged, not sent".into(),
+                );
+                add("503", "The database is unavailable; retry shortly".into());
             }
         }
     }
 }
+
+/// The name of the bearer scheme in the document.
+const BEARER: &str = "bearer";
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,8 @@ pub enum Code {
     Forbidden,
     /// The key made too many requests, or holds too many streams open.
     TooManyRequests,
+    /// The request's body is larger than `GLEANER_API__MAX_BODY_BYTES`.
+    BodyTooLarge,
     UnsupportedMediaType,
     Unavailable,
     Internal,
@@ -99,6 +101,11 @@ impl Code {
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests",
                 "/problems/too-many-requests",
+            ),
+            Code::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large",
+                "/problems/body-too-large",
             ),
             Code::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -169,6 +176,8 @@ pub struct ApiError {
     stderr: Option<String>,
     /// Logged for 5xx, never sent.
     cause: Option<String>,
+    /// Seconds to wait before trying again (`Retry-After`), for a 429 or 503.
+    retry_after: Option<u64>,
 }
 
 /// `Result` of a handler.
@@ -182,7 +191,15 @@ impl ApiError {
             errors: Vec::new(),
             stderr: None,
             cause: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client how many seconds to wait before trying again (`Retry-After`).
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// Adds a plugin's stderr to the problem.
@@ -209,6 +226,7 @@ impl ApiError {
             errors: vec![FieldError { field, detail }],
             stderr: None,
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -233,6 +251,7 @@ impl ApiError {
             errors,
             stderr: None,
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -253,6 +272,7 @@ impl ApiError {
             errors: Vec::new(),
             stderr: None,
             cause: Some(cause.to_string()),
+            retry_after: None,
         }
     }
 }
@@ -280,6 +300,7 @@ impl From<store::Error> for ApiError {
                 }],
                 stderr: None,
                 cause: None,
+                retry_after: None,
             },
             store::Error::State(detail) => Self::new(Code::Conflict, detail),
             store::Error::Invalid(errors) => Self::invalid(errors),
@@ -289,6 +310,7 @@ impl From<store::Error> for ApiError {
                 errors: Vec::new(),
                 stderr: None,
                 cause: Some(e.to_string()),
+                retry_after: Some(1),
             },
             e => Self::internal(e),
         }
@@ -320,6 +342,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"gleaner\""),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }

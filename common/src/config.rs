@@ -87,6 +87,15 @@ pub struct ApiSettings {
     /// open, as a scraper on the same network expects.
     #[serde(skip_serializing)]
     pub metrics_token: Option<String>,
+    /// Requests per second one API key may make on average (`0`: no limit); beyond its burst,
+    /// a request gets 429 with `Retry-After`.
+    pub rate_limit_per_second: u32,
+    /// Requests one API key may make at once above its average rate.
+    pub rate_limit_burst: u32,
+    /// `GET /v1/jobs/events` streams one API key may hold open at once; one more gets 429.
+    pub event_streams_per_key: usize,
+    /// The largest request body accepted, in bytes; a larger one gets 413.
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApiSettings {
@@ -100,6 +109,14 @@ impl Default for ApiSettings {
             // and well under the minute after which proxies and clients commonly give up.
             verify_timeout: Duration::from_secs(30),
             metrics_token: None,
+            // A console polls a few routes a second and a script loops as fast as it can: the
+            // first is far below this, the second is slowed to it rather than starving others.
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            // A few consoles open at once per key; each stream polls the database.
+            event_streams_per_key: 10,
+            // Bodies are small JSON documents (credentials, options, a plugin's registration).
+            max_body_bytes: 1 << 20,
         }
     }
 }

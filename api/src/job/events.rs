@@ -41,7 +41,8 @@ use tracing::Instrument as _;
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Tenant};
+use crate::auth::StreamSlot;
+use crate::extract::{ApiQuery, Auth};
 use crate::problem::{self, ApiError, ApiResult, Code, Problem};
 
 /// How far behind the highest cursor each poll looks again: longer than a job write's
@@ -64,6 +65,10 @@ const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The header a reconnecting `EventSource` sends.
 const LAST_EVENT_ID: &str = "last-event-id";
+
+/// Seconds a key at its stream limit is told to wait: streams end when clients go away, which
+/// a server sees only at its next write (a keep-alive at the latest).
+const STREAM_RETRY_AFTER: u64 = 15;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -94,14 +99,28 @@ pub(super) struct EventsQuery {
             unknown query parameter", body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No collector with that `collector_id`",
             body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 429, description = "The key holds its maximum of open streams \
+            (`GLEANER_API__EVENT_STREAMS_PER_KEY`), or is over its rate",
+            body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
 pub(super) async fn events(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let domain = auth.domain();
+    let Some(slot) = state.limits.open_stream(auth.0.key) else {
+        return Err(ApiError::new(
+            Code::TooManyRequests,
+            format!(
+                "this API key holds {} event streams open already (GLEANER_API__EVENT_STREAMS_PER_KEY): close one first",
+                state.limits.streams_per_key()
+            ),
+        )
+        .with_retry_after(STREAM_RETRY_AFTER));
+    };
     let resume = match headers.get(LAST_EVENT_ID) {
         Some(v) => Some(
             v.to_str()
@@ -121,7 +140,7 @@ pub(super) async fn events(
         // 404 for an unknown collector rather than a stream that stays silent.
         collector::get(&state.db, domain, c).await?;
     }
-    let poller = Poller::new(state, domain, q.collector_id, resume);
+    let poller = Poller::new(state, domain, q.collector_id, resume, slot);
     let span = tracing::Span::current();
     let stream = futures::stream::unfold(poller, move |mut p| {
         let span = span.clone();
@@ -132,6 +151,8 @@ pub(super) async fn events(
 
 /// One stream's polling state.
 struct Poller {
+    /// The key's stream slot, freed when the stream is dropped (the client went away).
+    _slot: StreamSlot,
     state: AppState,
     shutdown: CancellationToken,
     domain: DomainId,
@@ -155,6 +176,7 @@ impl Poller {
         domain: DomainId,
         collector: Option<CollectorId>,
         resume: Option<ChangeCursor>,
+        slot: StreamSlot,
     ) -> Self {
         let high = resume.unwrap_or_else(|| ChangeCursor {
             at: Utc::now(),
@@ -165,6 +187,7 @@ impl Poller {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
+            _slot: slot,
             shutdown: state.shutdown.clone(),
             state,
             domain,

@@ -120,6 +120,8 @@ pub struct Summary {
     pub end: NaiveDate,
     pub group_by: Vec<Dim>,
     pub filter: Filter,
+    /// Groups returned at most (the first ones in order); `None`: all.
+    pub max_groups: Option<u64>,
 }
 
 /// One group's sums. The group's keys are named after the dimensions.
@@ -240,7 +242,11 @@ pub async fn summary(
             sum(r.effective_cost)::text AS effective_cost
          FROM {table} r{join}
          WHERE r.domain_id = {d} AND r.{column} >= {s} AND r.{column} < {e}{conditions}
-         GROUP BY {groups} ORDER BY {groups}",
+         GROUP BY {groups} ORDER BY {groups}{limit}",
+        limit = q
+            .max_groups
+            .map(|n| format!(" LIMIT {n}"))
+            .unwrap_or_default(),
         keys = keys.join(", "),
         groups = groups.join(", "),
         conditions = conditions(&q.filter, &mut p),
@@ -329,8 +335,13 @@ async fn summary_sqlite(
         sums.0 += decimal_text(r, "billed_cost")?;
         sums.1 += decimal_text(r, "effective_cost")?;
     }
+    let kept = q
+        .max_groups
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX);
     Ok(groups
         .into_iter()
+        .take(kept)
         .map(|((keys, currency), (billed, effective))| SummaryItem {
             keys: q
                 .group_by
