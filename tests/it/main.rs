@@ -13,6 +13,7 @@ mod faults;
 mod job_events;
 mod key_rotation;
 mod lifecycle;
+mod limits;
 mod merge;
 mod metrics;
 mod openapi;

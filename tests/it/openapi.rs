@@ -110,6 +110,56 @@ async fn openapi_document_describes_every_route(mode: Mode) -> anyhow::Result<()
             );
         }
     }
+    // The bearer scheme, and what each route asks for: every /v1 route a key (and answers 401
+    // and 403 as documented), the probes and the document nothing.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["type"], "http",
+        "{}",
+        doc["components"]
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let anonymous = env.api.clone().without_key();
+    for (method, path, _) in ROUTES {
+        let op = &doc["paths"][path][method];
+        if path.starts_with("/v1/") {
+            assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+            for status in ["401", "403", "429"] {
+                assert_eq!(
+                    op["responses"][status]["content"]["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{method} {path} documents no {status}"
+                );
+            }
+            if *path == "/v1/jobs/events" {
+                continue;
+            }
+            let url = path.replace("{id}", "01a207cc-0000-7000-8000-000000000000");
+            let a = match *method {
+                "get" => anonymous.get(&url).await?,
+                "post" => anonymous.post(&url, json!({})).await?,
+                "patch" => anonymous.patch(&url, json!({})).await?,
+                "delete" => anonymous.delete(&url).await?,
+                other => anyhow::bail!("no client method for {other}"),
+            };
+            assert_eq!(a.status, 401, "{method} {path} without a key: {}", a.body);
+        } else if *path != "/metrics" {
+            assert_eq!(op["security"], json!([{}]), "{method} {path} is open");
+            assert!(op["responses"]["401"].is_null(), "{method} {path} is open");
+        }
+    }
+    for (method, path) in [
+        ("post", "/v1/collectors"),
+        ("patch", "/v1/service-accounts/{id}"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["responses"]["413"].is_object(),
+            "{method} {path} documents no 413"
+        );
+    }
+
     let problem = &doc["components"]["schemas"]["Problem"];
     for field in ["type", "title", "status", "detail", "errors"] {
         assert!(

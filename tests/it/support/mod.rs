@@ -136,6 +136,7 @@ pub struct Answer {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 /// An HTTP client of one Gleaner's API, shared by the in-process environments and the tests
@@ -214,6 +215,7 @@ impl Api {
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
         let r = self.authorized(req).send().await?;
         let status = r.status();
+        let headers = r.headers().clone();
         let content_type = r
             .headers()
             .get("content-type")
@@ -233,6 +235,7 @@ impl Api {
             status,
             content_type,
             body,
+            headers,
         })
     }
 
