@@ -117,5 +117,8 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ApiKey>> {
     let id = parse_id("API key", &id)?;
-    Ok(Json(api_key::revoke(&state.db, domain, id).await?))
+    let revoked = api_key::revoke(&state.db, domain, id).await?;
+    // This process stops honouring it now; the others within `auth::CHECK_EVERY`.
+    state.keys.forget(id);
+    Ok(Json(revoked))
 }

@@ -187,6 +187,12 @@ impl Keys {
         Ok(caller)
     }
 
+    /// Drops what this process knows of key `id`: its next request is checked in the store.
+    pub fn forget(&self, id: ApiKeyId) {
+        self.lock()
+            .retain(|_, (caller, _)| caller.as_ref().is_none_or(|c| c.key != id));
+    }
+
     // The map holds plain values, valid whatever a panicking holder was doing.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<Caller>, Instant)>> {
         self.checked
@@ -331,26 +337,6 @@ pub async fn authorize(
         .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
         .into_response();
     }
-    if caller.role < needed {
-        return ApiError::new(
-            Code::Forbidden,
-            format!(
-                "{method} {path} needs the {} role; this key is {}",
-                needed.as_str(),
-                caller.role.as_str()
-            ),
-        )
-        .into_response();
-    }
-    if rule.domain_wide && caller.projects.is_some() {
-        return ApiError::new(
-            Code::Forbidden,
-            format!(
-                "{method} {path} acts on what spans the domain; this key is limited to projects"
-            ),
-        )
-        .into_response();
-    }
     let change = (method != Method::GET).then(|| audit::Change {
         domain: caller.domain,
         key: Some(caller.key),
@@ -359,6 +345,27 @@ pub async fn authorize(
         route: path.clone(),
         status: 0,
     });
+    let refused = if caller.role < needed {
+        Some(format!(
+            "{method} {path} needs the {} role; this key is {}",
+            needed.as_str(),
+            caller.role.as_str()
+        ))
+    } else if rule.domain_wide && caller.projects.is_some() {
+        Some(format!(
+            "{method} {path} acts on what spans the domain; this key is limited to projects"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        // A refused change is recorded too: who tried what is what an audit is for.
+        let response = ApiError::new(Code::Forbidden, why).into_response();
+        return match change {
+            Some(change) => record(&state, change, response).await,
+            None => response,
+        };
+    }
     req.extensions_mut().insert(caller);
     let response = next.run(req).await;
     match change {

@@ -108,7 +108,7 @@ impl Standalone {
 }
 
 /// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -123,7 +123,7 @@ fn log_tail(log: &Path) -> String {
 }
 
 /// A fresh directory for one test's data and log, removed afterwards.
-fn test_dir(tag: &str) -> anyhow::Result<TempDir> {
+pub(crate) fn test_dir(tag: &str) -> anyhow::Result<TempDir> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let root = TempDir(
         std::env::temp_dir()

@@ -798,10 +798,36 @@ pub fn worker_process(
     name: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<tokio::process::Child> {
+    gleaner_process(env, "worker", name, extra)
+}
+
+/// Starts `gleaner api` as a process of its own on the environment's store, listening on
+/// `port`; its output goes to [`worker_log`] under `name`. Killed when the handle is dropped.
+///
+/// # Errors
+/// The log file cannot be created or the binary cannot start.
+pub fn api_process(
+    env: &TestEnv,
+    name: &str,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<tokio::process::Child> {
+    let listen = format!("127.0.0.1:{port}");
+    let mut vars = vec![("GLEANER_LISTEN", listen.as_str())];
+    vars.extend_from_slice(extra);
+    gleaner_process(env, "api", name, &vars)
+}
+
+fn gleaner_process(
+    env: &TestEnv,
+    component: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<tokio::process::Child> {
     let s = &env.settings;
     let log = std::fs::File::create(worker_log(env, name))?;
     tokio::process::Command::new(env!("CARGO_BIN_EXE_gleaner"))
-        .arg("worker")
+        .arg(component)
         .env("GLEANER_DATABASE_URL", &s.database_url)
         .env(
             "GLEANER_DATABASE__SCHEMA",
@@ -831,7 +857,7 @@ pub fn worker_process(
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .context("starting gleaner worker")
+        .with_context(|| format!("starting gleaner {component}"))
 }
 
 /// A channel on the test's broker.
