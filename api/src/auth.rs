@@ -452,6 +452,39 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_says_what_each_route_needs() {
+        // Its "Who may do what" table: one row per role, naming each route once.
+        let readme = include_str!("../../README.md");
+        let row_of = |route: &str| {
+            readme
+                .lines()
+                .filter(|l| {
+                    ["| anyone", "| viewer", "| member", "| admin"]
+                        .iter()
+                        .any(|p| l.starts_with(p))
+                })
+                .find(|l| l.contains(&format!("`{route}`")))
+                .map(str::to_owned)
+        };
+        for r in RULES {
+            let route = format!("{} {}", r.method, r.path);
+            let row = row_of(&route).unwrap_or_else(|| panic!("README: no row names `{route}`"));
+            let role = match r.need {
+                Need::Open => "| anyone |",
+                Need::MetricsToken => "| anyone, or the metrics token",
+                Need::Role(role) if r.domain_wide => {
+                    &format!("| {} (not a project-limited key)", role.as_str())
+                }
+                Need::Role(role) => &format!("| {} |", role.as_str()),
+            };
+            assert!(
+                row.starts_with(role),
+                "README: `{route}` is in `{row}`, expected {role}"
+            );
+        }
+    }
+
+    #[test]
     fn the_id_of_a_route_is_read_from_its_path() {
         assert_eq!(
             path_id("/v1/collectors/{id}/collect", "/v1/collectors/abc/collect"),
