@@ -142,13 +142,35 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Every route, with request ids and a tracing span per request.
 pub fn router(state: AppState) -> Router {
     let (routes, _) = routes().split_for_parts();
+    // Inside the routing, so the rule is looked up by the matched route's template.
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authorize,
+    ));
+    finish(routes, state)
+}
+
+/// Every route with no key asked: each request acts as `caller`. Only for the benchmark of
+/// what checking keys costs (`gleaner-bench api`); never serve it.
+#[doc(hidden)]
+pub fn router_without_keys(
+    state: AppState,
+    caller: gleaner_common::store::api_key::Caller,
+) -> Router {
+    let (routes, _) = routes().split_for_parts();
+    let routes = routes.route_layer(axum::middleware::from_fn(
+        move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+            req.extensions_mut().insert(caller.clone());
+            next.run(req)
+        },
+    ));
+    finish(routes, state)
+}
+
+/// The layers around the routes: the body limit, the request's span and id, the fallback.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_body_bytes);
     routes
-        // Inside the routing, so the rule is looked up by the matched route's template.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
         .fallback(|| async { problem::ApiError::new(problem::Code::NotFound, "no such route") })
         .with_state(state)
         .layer(body_limit)

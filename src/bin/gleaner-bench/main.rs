@@ -11,6 +11,9 @@
 //! `focus` and `summary` measure billing: a FOCUS import beside a raw `COPY` of the same rows,
 //! and the cost summary's latency over millions of cost rows (see `billing.rs`).
 //!
+//! `api` measures what API keys cost: the API's throughput with a key on every request,
+//! beside the same requests with no key asked (see `api.rs`).
+//!
 //! `tasks` measures the throughput of small tasks end to end: one job over `--tasks` demo
 //! service accounts of one resource each, run by `--workers` worker processes, from `collect`
 //! to job SUCCESS; beside it, `pgbench`'s built-in simple-update transaction (one UPDATE, one
@@ -37,6 +40,7 @@ use tokio::process::{Child, Command as Process};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod api;
 mod billing;
 
 #[derive(Debug, Parser)]
@@ -61,6 +65,8 @@ enum Command {
     Focus(billing::FocusArgs),
     /// The cost summary's latency over millions of cost rows.
     Summary(billing::SummaryArgs),
+    /// The API's throughput with API keys, beside the same requests with no key asked.
+    Api(api::ApiArgs),
     /// Runs one component with settings from the environment (used by `ingest`).
     #[command(hide = true)]
     Serve { component: Component },
@@ -183,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             gleaner_common::telemetry::init_for_tests();
             billing::summary(args).await
         }
+        Command::Api(args) => api::api(args).await,
         Command::Serve { component } => serve(component).await,
     }
 }
