@@ -7,17 +7,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use gleaner_common::config::Settings;
-use gleaner_common::crypto::SecretKey;
 use gleaner_common::id::DomainId;
 use gleaner_common::outbox::Signal;
 use gleaner_common::store::api_key;
-use sea_orm::ConnectionTrait as _;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
@@ -40,14 +37,7 @@ pub struct ApiArgs {
 }
 
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let name = format!("bench_{now}_{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let mut settings = Settings {
-        database_url: args.database_url.clone(),
-        secret_key: Some(SecretKey::generate().to_hex()),
-        ..Settings::default()
-    };
-    settings.database.schema = Some(name.clone());
+    let (name, mut settings) = crate::fresh_schema(&args.database_url)?;
     // The rate limiter runs, as it does by default, but never refuses: its cost is counted,
     // its 429s would not be throughput.
     settings.api.rate_limit_per_second = 1_000_000;
@@ -55,17 +45,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let db = gleaner::app::database(&settings, true).await?;
     let result = measure(&args, &settings, &db).await;
     db.close().await.ok();
-    let admin = gleaner_common::db::connect(
-        &settings.database_url,
-        &gleaner_common::config::DatabaseSettings {
-            max_connections: 1,
-            schema: None,
-        },
-    )
-    .await?;
-    admin
-        .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-        .await?;
+    crate::drop_schema(&settings.database_url, &name).await?;
     result
 }
 

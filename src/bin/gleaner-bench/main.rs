@@ -207,19 +207,32 @@ fn cpu_time() -> anyhow::Result<Duration> {
 
 async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
     let collectors = (args.count / 24).max(1);
+    let (name, settings) = fresh_schema(&args.database_url)?;
+    let db = gleaner::app::database(&settings, true).await?;
+    let result = measure_schedules(&args, &settings, &db, collectors).await;
+    db.close().await.ok();
+    drop_schema(&settings.database_url, &name).await?;
+    result
+}
+
+/// Settings on a schema of its own in `database_url`, with a new credentials key; the
+/// schema's name.
+pub(crate) fn fresh_schema(database_url: &str) -> anyhow::Result<(String, Settings)> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let name = format!("bench_{now}_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut settings = Settings {
-        database_url: args.database_url.clone(),
+        database_url: database_url.to_owned(),
         secret_key: Some(SecretKey::generate().to_hex()),
         ..Settings::default()
     };
     settings.database.schema = Some(name.clone());
-    let db = gleaner::app::database(&settings, true).await?;
-    let result = measure_schedules(&args, &settings, &db, collectors).await;
-    db.close().await.ok();
+    Ok((name, settings))
+}
+
+/// Drops a run's schema.
+pub(crate) async fn drop_schema(database_url: &str, name: &str) -> anyhow::Result<()> {
     let admin = gleaner_common::db::connect(
-        &settings.database_url,
+        database_url,
         &gleaner_common::config::DatabaseSettings {
             max_connections: 1,
             schema: None,
@@ -229,7 +242,7 @@ async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
     admin
         .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
         .await?;
-    result
+    Ok(())
 }
 
 async fn measure_schedules(
