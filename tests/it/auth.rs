@@ -735,3 +735,46 @@ async fn every_change_is_in_the_audit_log_for_admins_only(mode: Mode) -> anyhow:
 }
 
 in_both_modes!(every_change_is_in_the_audit_log_for_admins_only);
+
+/// With `GLEANER_API__METRICS_TOKEN`, `/metrics` asks for that token, and an API key is not it;
+/// the probes stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_ask_for_their_own_token_when_one_is_set() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        crate::support::Options {
+            tune: |s| s.api.metrics_token = Some("scrape-me-0123".into()),
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    let anonymous = env.api.clone().without_key();
+    let refused = anonymous.get("/metrics").await?;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    assert!(refused.headers.contains_key("www-authenticate"));
+    for wrong in [
+        "scrape-me-0124",
+        "scrape-me-012",
+        env.api.key().context("key")?,
+    ] {
+        let a = anonymous.clone().with_key(wrong).get("/metrics").await?;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{wrong}: {a:?}");
+    }
+    let scraped = anonymous
+        .clone()
+        .with_key("scrape-me-0123")
+        .get("/metrics")
+        .await?;
+    assert_eq!(scraped.status, StatusCode::OK, "{scraped:?}");
+    assert!(
+        scraped
+            .body
+            .as_str()
+            .is_some_and(|t| t.contains("gleaner_")),
+        "{scraped:?}"
+    );
+    for open in ["/healthz", "/readyz", "/openapi.json"] {
+        assert_eq!(anonymous.get(open).await?.status, StatusCode::OK, "{open}");
+    }
+    Ok(())
+}
