@@ -243,7 +243,60 @@ async fn duplicate_name_problem_has_the_documented_shape(mode: Mode) -> anyhow::
     Ok(())
 }
 
+async fn a_method_a_route_does_not_take_is_405_naming_those_it_does(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let env = TestEnv::start(mode).await?;
+    let anonymous = env.api.clone().without_key();
+    // (client, method, path, allowed, why): the 405 comes before the key is asked for.
+    let cases = [
+        (
+            &env.api,
+            Method::TRACE,
+            "/v1/collectors",
+            "GET, POST, HEAD",
+            "a listing",
+        ),
+        (
+            &env.api,
+            Method::PUT,
+            "/v1/projects/x",
+            "GET, HEAD",
+            "an object",
+        ),
+        (
+            &anonymous,
+            Method::OPTIONS,
+            "/v1/jobs/x/cancel",
+            "POST",
+            "no key",
+        ),
+        (
+            &anonymous,
+            Method::DELETE,
+            "/healthz",
+            "GET, HEAD",
+            "an open route",
+        ),
+    ];
+    for (client, method, path, allowed, why) in cases {
+        let a = client.request(method.clone(), path).await?;
+        assert_eq!(a.status, 405, "{why}: {method} {path}: {}", a.body);
+        assert_eq!(a.content_type, "application/problem+json", "{why}");
+        assert_eq!(a.body["type"], "/problems/method-not-allowed", "{why}");
+        assert_eq!(a.headers["allow"], allowed, "{why}");
+    }
+    // HEAD is GET without the body, under GET's rule.
+    let a = env.api.request(Method::HEAD, "/v1/projects").await?;
+    assert_eq!((a.status.as_u16(), a.body), (200, Value::Null));
+    let a = anonymous.request(Method::HEAD, "/v1/projects").await?;
+    assert_eq!(a.status, 401);
+    Ok(())
+}
+
 crate::in_both_modes!(
+    a_method_a_route_does_not_take_is_405_naming_those_it_does,
     bad_input_is_refused_naming_the_field_and_writes_nothing,
     malformed_json_and_wrong_media_type_are_problems_too,
     duplicate_name_problem_has_the_documented_shape,
