@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, Code};
 
-/// A JSON body, deserialized with the path of any offending field.
+/// A JSON object body, deserialized with the path of any offending field.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -36,6 +36,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(unread_body)?;
+        // Every body of this API is an object, but serde's derived `Deserialize` also reads a
+        // struct from an array of its fields in order: `[null, null]` would be a PATCH with
+        // nothing in it, answered 200.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::field(
+                Code::InvalidInput,
+                "body",
+                "invalid type: array, expected a JSON object",
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| body_error(&e))?;
         // Trailing bytes after the JSON value make the body malformed, not silently ignored.

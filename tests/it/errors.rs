@@ -210,6 +210,12 @@ async fn malformed_json_and_wrong_media_type_are_problems_too(mode: Mode) -> any
         )
         .await?;
     assert_eq!(a.status, 400);
+    // serde would read a struct from an array of its fields; a body is an object.
+    let a = env
+        .post_raw("/v1/projects", "application/json", "[\"x\"]")
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["errors"][0]["field"], "body");
     let a = env.get("/v1/nowhere").await?;
     assert_eq!(a.status, 404);
     assert_eq!(a.content_type, "application/problem+json");
