@@ -301,8 +301,56 @@ async fn a_method_a_route_does_not_take_is_405_naming_those_it_does(
     Ok(())
 }
 
+async fn a_nul_character_is_refused_naming_where_it_is(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    // PostgreSQL cannot store U+0000: each of these was a 500 from the database there.
+    // (path, status, field, why)
+    let gets = [
+        (
+            "/v1/resources?resource_type=a%00",
+            400,
+            Some("resource_type"),
+            "a query filter",
+        ),
+        (
+            "/v1/service-accounts?provider=%00",
+            400,
+            Some("provider"),
+            "a provider filter",
+        ),
+        (
+            "/v1/audit?target_id=%00",
+            400,
+            Some("target_id"),
+            "an audit filter",
+        ),
+        ("/v1/plugins/demo%00", 404, None, "a plugin id"),
+    ];
+    for (path, status, field, why) in gets {
+        let a = env.get(path).await?;
+        assert_eq!(a.status.as_u16(), status, "{why}: {}", a.body);
+        if let Some(field) = field {
+            assert_eq!(a.body["errors"][0]["field"], field, "{why}");
+        }
+    }
+    let a = env
+        .post(
+            "/v1/collectors",
+            json!({"name": "c", "plugin_id": "demo", "tags": {"team": "a\u{0}"}}),
+        )
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(
+        a.body["errors"],
+        json!([{"field": "tags.team", "detail": "must not contain the NUL character (U+0000)"}])
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM collectors").await?, 0);
+    Ok(())
+}
+
 crate::in_both_modes!(
     a_method_a_route_does_not_take_is_405_naming_those_it_does,
+    a_nul_character_is_refused_naming_where_it_is,
     bad_input_is_refused_naming_the_field_and_writes_nothing,
     malformed_json_and_wrong_media_type_are_problems_too,
     duplicate_name_problem_has_the_documented_shape,
