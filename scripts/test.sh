@@ -9,6 +9,13 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "installing moto[server] for the S3 test ..." >&2
   python3 -m pip install --quiet 'moto[server]>=5.1,<6'
 fi
+# The contract test runs schemathesis (from PyPI) against the API's OpenAPI document; 4.x reads
+# OpenAPI 3.1, and its flags and the requests a seed makes change little within a minor.
+if ! python3 -c 'import schemathesis, sys; sys.exit(not schemathesis.__version__.startswith("4.32."))' \
+  >/dev/null 2>&1; then
+  echo "installing schemathesis for the contract test ..." >&2
+  python3 -m pip install --quiet 'schemathesis>=4.32,<4.33'
+fi
 cargo test --workspace --all-targets "$@"
 # The tests of RabbitMQ's limits lower broker-wide settings for a few minutes (each restores
 # its own): they run alone, one at a time, after the rest. A filtered run (arguments given)

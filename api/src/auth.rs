@@ -13,6 +13,7 @@
 //! - Open: `/healthz`, `/readyz`, `/openapi.json`, and `/metrics` unless
 //!   `GLEANER_API__METRICS_TOKEN` asks for a bearer token of its own.
 //!
+//! A method a route does not take is 405 with `Allow` (HEAD goes with GET, under its rule).
 //! A route without a rule is refused (500, logged): a test walks the router so that it never
 //! ships that way.
 
@@ -140,6 +141,20 @@ pub fn rule_of(method: &Method, path: &str) -> Option<&'static Rule> {
     RULES
         .iter()
         .find(|r| r.method == method.as_str() && r.path == path)
+}
+
+/// The methods the route `path` (a template) takes, by its rules; HEAD with GET.
+#[must_use]
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let mut methods: Vec<&'static str> = RULES
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
+        .collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods
 }
 
 /// How long a key's check is trusted: a revoked key stops working on every API process within
@@ -306,8 +321,32 @@ pub async fn authorize(
 ) -> Response {
     let path = matched.as_ref().map_or("", MatchedPath::as_str).to_owned();
     let method = req.method().clone();
-    let Some(rule) = rule_of(&method, &path) else {
-        return ApiError::internal(format!("no access rule for {method} {path}")).into_response();
+    // axum answers HEAD with the GET handler, its body left out: the same read, the same rule.
+    let ruled = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    let Some(rule) = rule_of(&ruled, &path) else {
+        // A method the route does not take still gets here: the route matched by its path, and
+        // axum's 405 comes from inside it. Answer that 405 as a problem, before asking for a key
+        // as a router does; only a route with no rule at all is a bug.
+        let allowed = allowed_methods(&path);
+        if allowed.is_empty() {
+            return ApiError::internal(format!("no access rule for {method} {path}"))
+                .into_response();
+        }
+        let allow = allowed.join(", ");
+        let mut response = ApiError::new(
+            Code::MethodNotAllowed,
+            format!("{path} takes {allow}, not {method}"),
+        )
+        .into_response();
+        // RFC 9110 asks a 405 to name what the route takes. The methods are ASCII names.
+        if let Ok(allow) = header::HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return response;
     };
     let needed = match rule.need {
         Need::Open => return next.run(req).await,
@@ -339,7 +378,7 @@ pub async fn authorize(
         .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
         .into_response();
     }
-    let change = (method != Method::GET).then(|| audit::Change {
+    let change = (ruled != Method::GET).then(|| audit::Change {
         domain: caller.domain,
         key: Some(caller.key),
         method: method.to_string(),
@@ -484,6 +523,16 @@ mod tests {
                 "README: `{route}` is in `{row}`, expected {role}"
             );
         }
+    }
+
+    #[test]
+    fn a_route_takes_the_methods_of_its_rules_and_head_with_get() {
+        assert_eq!(
+            allowed_methods("/v1/collectors/{id}"),
+            vec!["GET", "PATCH", "DELETE", "HEAD"]
+        );
+        assert_eq!(allowed_methods("/v1/collectors/{id}/collect"), vec!["POST"]);
+        assert!(allowed_methods("/v1/nothing").is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Auth, page_limit, parse_id};
+use crate::extract::{ApiQuery, Auth, page_limit};
 use crate::problem::{self, ApiError, ApiResult, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -223,10 +223,16 @@ async fn list(
 ) -> ApiResult<Json<CostPage>> {
     let limit = page_limit(q.limit, DEFAULT_LIMIT)?;
     let range = range(q.start, q.end)?;
+    // A cursor is input, like a date: one that is not a previous page's is a 400 naming it, as
+    // documented, not a 404 of some object.
     let cursor = q
         .cursor
         .as_deref()
-        .map(|c| parse_id::<i64>("cursor", c))
+        .map(|c| {
+            c.trim()
+                .parse::<i64>()
+                .map_err(|_| Invalid::new("cursor", "is not a `next_cursor` of this listing"))
+        })
         .transpose()?;
     Ok(Json(
         cost::list(

@@ -12,7 +12,56 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, Code};
 
-/// A JSON body, deserialized with the path of any offending field.
+/// PostgreSQL's `text` and `jsonb` cannot hold U+0000, so no string the API takes may: one
+/// carrying it is refused at the edge, naming where it is, the same in both modes, rather than
+/// failing in PostgreSQL as a 500 (SQLite, in the standalone mode, would store it).
+const NUL_DETAIL: &str = "must not contain the NUL character (U+0000)";
+
+/// Where the body's first string (or key) holding U+0000 is, as a field path; `None` when it has
+/// none, or is not JSON (which deserializing then reports).
+fn nul_in_body(bytes: &[u8]) -> Option<String> {
+    // JSON writes U+0000 as an escape only; most bodies have none, and are not parsed twice.
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let field = nul_in(&value, String::new())?;
+    Some(if field.is_empty() {
+        "body".into()
+    } else {
+        field
+    })
+}
+
+/// The path of the first string in `value` holding U+0000, written as serde_path_to_error
+/// writes paths (`tags.env`, `args[0]`); a key holding it is reported at its object.
+fn nul_in(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then_some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(at.clone());
+            }
+            nul_in(
+                v,
+                if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                },
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// A JSON object body, deserialized with the path of any offending field; a string holding
+/// U+0000 is refused ([`NUL_DETAIL`]).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -36,6 +85,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(unread_body)?;
+        // Every body of this API is an object, but serde's derived `Deserialize` also reads a
+        // struct from an array of its fields in order: `[null, null]` would be a PATCH with
+        // nothing in it, answered 200.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::field(
+                Code::InvalidInput,
+                "body",
+                "invalid type: array, expected a JSON object",
+            ));
+        }
+        if let Some(field) = nul_in_body(&bytes) {
+            return Err(ApiError::field(Code::InvalidInput, field, NUL_DETAIL));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| body_error(&e))?;
         // Trailing bytes after the JSON value make the body malformed, not silently ignored.
@@ -139,7 +201,8 @@ fn field_of(path: &str, message: &str) -> (String, String) {
     )
 }
 
-/// Query parameters, deserialized with the name of any offending parameter.
+/// Query parameters, deserialized with the name of any offending parameter; a value holding
+/// U+0000 is refused ([`NUL_DETAIL`]).
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
 
@@ -148,6 +211,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
+        if let Some((name, _)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(_, value)| value.contains('\0'))
+        {
+            return Err(ApiError::field(Code::InvalidInput, name, NUL_DETAIL));
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
             let (field, detail) = field_of(&e.path().to_string(), &e.inner().to_string());
@@ -299,6 +367,27 @@ mod tests {
             field_of(".", "unknown field `nmae`, expected `name`"),
             ("nmae".into(), "unknown field".into())
         );
+    }
+
+    #[test]
+    fn a_nul_in_a_body_is_found_naming_its_field() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"name": "a"}"#, None),
+            // An escaped backslash, then the characters `u0000`: no NUL.
+            (r#"{"name": "a\\u0000"}"#, None),
+            (r#"{"name": "a\u0000"}"#, Some("name")),
+            (
+                r#"{"tags": {"env": "x", "team": "\u0000"}}"#,
+                Some("tags.team"),
+            ),
+            (r#"{"tags": {"\u0000": "x"}}"#, Some("tags")),
+            (r#"{"args": ["a", "b\u0000"]}"#, Some("args[1]")),
+            (r#""\u0000""#, Some("body")),
+            (r#"{"name": "\u0000"#, None),
+        ];
+        for (body, field) in cases {
+            assert_eq!(nul_in_body(body.as_bytes()).as_deref(), *field, "{body}");
+        }
     }
 
     #[test]

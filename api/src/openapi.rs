@@ -64,7 +64,7 @@ async fn document() -> Json<&'static OpenApi> {
 
 /// Adds what the access rules ([`crate::auth::RULES`]) and the server say of every operation,
 /// so handlers list only their own 4xx: the bearer scheme a route asks for with its 401, 403
-/// and 429; 413 for a body; 500 for a bug, 503 while the database is unreachable.
+/// and 429; 413 and 415 for a body; 500 for a bug, 503 while the database is unreachable.
 pub(crate) fn add_common_responses(doc: &mut OpenApi) {
     let problem = |description: &str| {
         ResponseBuilder::new()
@@ -153,6 +153,10 @@ pub(crate) fn add_common_responses(doc: &mut OpenApi) {
                 add(
                     "413",
                     "The body is larger than GLEANER_API__MAX_BODY_BYTES".into(),
+                );
+                add(
+                    "415",
+                    "The body is not sent as `Content-Type: application/json`".into(),
                 );
             }
             if path.starts_with("/v1/") {

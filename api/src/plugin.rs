@@ -59,6 +59,11 @@ async fn show(
     Tenant(domain): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PluginInfo>> {
+    // No plugin has an id it could not be registered with; one the database cannot even hold
+    // (a NUL) would fail there.
+    if !valid_id(&id) {
+        return Err(ApiError::not_found("plugin", id));
+    }
     plugin::find(&state.db, &state.catalog, domain, &id)
         .await?
         .map(Json)

@@ -39,6 +39,8 @@ pub enum Code {
     Forbidden,
     /// The key made too many requests, or holds too many streams open.
     TooManyRequests,
+    /// The route does not take the request's method; `Allow` lists those it does.
+    MethodNotAllowed,
     /// The request's body is larger than `GLEANER_API__MAX_BODY_BYTES`.
     BodyTooLarge,
     UnsupportedMediaType,
@@ -101,6 +103,11 @@ impl Code {
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests",
                 "/problems/too-many-requests",
+            ),
+            Code::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "/problems/method-not-allowed",
             ),
             Code::BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -919,6 +919,12 @@ async fn billing_input_is_checked(mode: Mode) -> anyhow::Result<()> {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {a:?}");
         assert_eq!(a.body["errors"][0]["field"], field, "{query}: {a:?}");
     }
+    // A cursor that no page gave is bad input, not a missing object.
+    for cursor in ["", "x"] {
+        let a = env.get(&format!("/v1/costs?cursor={cursor}")).await?;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{cursor}: {a:?}");
+        assert_eq!(a.body["errors"][0]["field"], "cursor", "{a:?}");
+    }
     let reversed = env
         .get("/v1/costs/summary?start=2024-10-01&end=2024-09-01")
         .await?;

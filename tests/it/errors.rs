@@ -210,6 +210,12 @@ async fn malformed_json_and_wrong_media_type_are_problems_too(mode: Mode) -> any
         )
         .await?;
     assert_eq!(a.status, 400);
+    // serde would read a struct from an array of its fields; a body is an object.
+    let a = env
+        .post_raw("/v1/projects", "application/json", "[\"x\"]")
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["errors"][0]["field"], "body");
     let a = env.get("/v1/nowhere").await?;
     assert_eq!(a.status, 404);
     assert_eq!(a.content_type, "application/problem+json");
@@ -243,7 +249,108 @@ async fn duplicate_name_problem_has_the_documented_shape(mode: Mode) -> anyhow::
     Ok(())
 }
 
+async fn a_method_a_route_does_not_take_is_405_naming_those_it_does(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let env = TestEnv::start(mode).await?;
+    let anonymous = env.api.clone().without_key();
+    // (client, method, path, allowed, why): the 405 comes before the key is asked for.
+    let cases = [
+        (
+            &env.api,
+            Method::TRACE,
+            "/v1/collectors",
+            "GET, POST, HEAD",
+            "a listing",
+        ),
+        (
+            &env.api,
+            Method::PUT,
+            "/v1/projects/x",
+            "GET, HEAD",
+            "an object",
+        ),
+        (
+            &anonymous,
+            Method::OPTIONS,
+            "/v1/jobs/x/cancel",
+            "POST",
+            "no key",
+        ),
+        (
+            &anonymous,
+            Method::DELETE,
+            "/healthz",
+            "GET, HEAD",
+            "an open route",
+        ),
+    ];
+    for (client, method, path, allowed, why) in cases {
+        let a = client.request(method.clone(), path).await?;
+        assert_eq!(a.status, 405, "{why}: {method} {path}: {}", a.body);
+        assert_eq!(a.content_type, "application/problem+json", "{why}");
+        assert_eq!(a.body["type"], "/problems/method-not-allowed", "{why}");
+        assert_eq!(a.headers["allow"], allowed, "{why}");
+    }
+    // HEAD is GET without the body, under GET's rule.
+    let a = env.api.request(Method::HEAD, "/v1/projects").await?;
+    assert_eq!((a.status.as_u16(), a.body), (200, Value::Null));
+    let a = anonymous.request(Method::HEAD, "/v1/projects").await?;
+    assert_eq!(a.status, 401);
+    Ok(())
+}
+
+async fn a_nul_character_is_refused_naming_where_it_is(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    // PostgreSQL cannot store U+0000: each of these was a 500 from the database there.
+    // (path, status, field, why)
+    let gets = [
+        (
+            "/v1/resources?resource_type=a%00",
+            400,
+            Some("resource_type"),
+            "a query filter",
+        ),
+        (
+            "/v1/service-accounts?provider=%00",
+            400,
+            Some("provider"),
+            "a provider filter",
+        ),
+        (
+            "/v1/audit?target_id=%00",
+            400,
+            Some("target_id"),
+            "an audit filter",
+        ),
+        ("/v1/plugins/demo%00", 404, None, "a plugin id"),
+    ];
+    for (path, status, field, why) in gets {
+        let a = env.get(path).await?;
+        assert_eq!(a.status.as_u16(), status, "{why}: {}", a.body);
+        if let Some(field) = field {
+            assert_eq!(a.body["errors"][0]["field"], field, "{why}");
+        }
+    }
+    let a = env
+        .post(
+            "/v1/collectors",
+            json!({"name": "c", "plugin_id": "demo", "tags": {"team": "a\u{0}"}}),
+        )
+        .await?;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(
+        a.body["errors"],
+        json!([{"field": "tags.team", "detail": "must not contain the NUL character (U+0000)"}])
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM collectors").await?, 0);
+    Ok(())
+}
+
 crate::in_both_modes!(
+    a_method_a_route_does_not_take_is_405_naming_those_it_does,
+    a_nul_character_is_refused_naming_where_it_is,
     bad_input_is_refused_naming_the_field_and_writes_nothing,
     malformed_json_and_wrong_media_type_are_problems_too,
     duplicate_name_problem_has_the_documented_shape,

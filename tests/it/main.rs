@@ -8,6 +8,7 @@ mod billing;
 mod broker_limits;
 mod collect;
 mod collectors;
+mod contract;
 mod errors;
 mod faults;
 mod job_events;

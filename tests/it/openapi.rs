@@ -154,10 +154,12 @@ async fn openapi_document_describes_every_route(mode: Mode) -> anyhow::Result<()
         ("post", "/v1/collectors"),
         ("patch", "/v1/service-accounts/{id}"),
     ] {
-        assert!(
-            doc["paths"][path][method]["responses"]["413"].is_object(),
-            "{method} {path} documents no 413"
-        );
+        for status in ["413", "415"] {
+            assert!(
+                doc["paths"][path][method]["responses"][status].is_object(),
+                "{method} {path} documents no {status}"
+            );
+        }
     }
 
     let problem = &doc["components"]["schemas"]["Problem"];

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::StreamSlot;
@@ -78,6 +78,30 @@ pub(super) struct EventsQuery {
     collector_id: Option<CollectorId>,
 }
 
+// The 200's schema is that of each event: OpenAPI 3.1 has no other way to describe a stream's
+// items (3.2's `itemSchema` says the same), and `string` there would say each event is a
+// JSON string. The events sent are built from this type, so they cannot drift from it.
+/// One event of `GET /v1/jobs/events`, by its fields.
+#[derive(Debug, ToSchema)]
+pub(super) struct JobEvent {
+    /// Always `job`.
+    #[schema(pattern = "^job$", example = "job")]
+    event: &'static str,
+    /// The event's cursor, `<unix nanoseconds>_<job id>`: send the last one received back as
+    /// `Last-Event-ID` to resume after it.
+    #[schema(example = "1727740800000000000_01922f4c-0000-7000-8000-000000000000")]
+    id: String,
+    /// The job as `GET /v1/jobs/{id}` shows it (a `Job`), as JSON text.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+impl From<JobEvent> for Event {
+    fn from(e: JobEvent) -> Self {
+        Event::default().event(e.event).id(e.id).data(e.data)
+    }
+}
+
 /// A live stream of job changes, as server-sent events.
 ///
 /// Each event is `event: job`, `id: <cursor>` and `data: <the job as GET /v1/jobs/{id} shows
@@ -90,11 +114,12 @@ pub(super) struct EventsQuery {
     params(
         EventsQuery,
         ("Last-Event-ID" = Option<String>, Header,
-            description = "The id of the last event received: resume after it"),
+            description = "The id of the last event received: resume after it",
+            example = "1727740800000000000_01922f4c-0000-7000-8000-000000000000"),
     ),
     responses(
         (status = 200, description = "The stream: `text/event-stream`, each event's `data` a \
-            `Job`", content_type = "text/event-stream", body = String),
+            `Job`", content_type = "text/event-stream", body = JobEvent),
         (status = 400, description = "A malformed `collector_id` or `Last-Event-ID`, or an \
             unknown query parameter", body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No collector with that `collector_id`",
@@ -273,12 +298,15 @@ impl Poller {
             self.high = self.high.max(c);
             // What was sent is the job as read, which may be newer than the scan found it.
             self.sent.insert(c.id, read.at);
-            match Event::default()
-                .event("job")
-                .id(self.high.to_string())
-                .json_data(&job)
-            {
-                Ok(e) => self.pending.push_back(e),
+            match serde_json::to_string(&job) {
+                Ok(data) => self.pending.push_back(
+                    JobEvent {
+                        event: "job",
+                        id: self.high.to_string(),
+                        data,
+                    }
+                    .into(),
+                ),
                 Err(e) => tracing::error!(error = %e, job_id = %job.id, "a job did not serialize"),
             }
         }

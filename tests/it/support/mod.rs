@@ -259,6 +259,12 @@ impl Api {
             .await
     }
 
+    /// A request with any method and no body.
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Answer> {
+        self.send(self.http.request(method, format!("{}{path}", self.base)))
+            .await
+    }
+
     /// POSTs a raw body with a content type.
     pub async fn post_raw(
         &self,
