@@ -132,7 +132,12 @@ pub fn api_state(
         verifier: Arc::new(registry),
         verify_timeout: settings.api.verify_timeout,
         keys: gleaner_api::auth::Keys::default(),
-        metrics_token: settings.api.metrics_token.clone(),
+        // Empty is unset, as for the other secrets: an empty token could never be presented.
+        metrics_token: settings
+            .api
+            .metrics_token
+            .clone()
+            .filter(|t| !t.trim().is_empty()),
         access: Arc::new(access),
         limits: gleaner_api::auth::Limits::new(
             settings.api.rate_limit_per_second,

@@ -193,7 +193,8 @@ impl Keys {
         let caller = api_key::authenticate(db, key).await?;
         let mut checked = self.lock();
         if checked.len() >= KEPT {
-            checked.retain(|_, (_, at)| at.elapsed() < CHECK_EVERY);
+            // Made-up keys go first: a flood of them must not push out the keys in use.
+            checked.retain(|_, (caller, at)| caller.is_some() && at.elapsed() < CHECK_EVERY);
             if checked.len() >= KEPT {
                 checked.clear();
             }
@@ -301,7 +302,7 @@ impl Drop for StreamSlot {
 }
 
 /// The bearer token of a request, if it has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -424,20 +425,22 @@ fn path_id(template: &str, path: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Largest answer read to find the id of what a POST created.
-const CREATED_BODY: usize = 64 * 1024;
-
 /// Records `change` with the answer's status (and, for a 201, the id it created), and returns
 /// the answer. A failure to record is logged: the change itself is done.
 async fn record(state: &AppState, mut change: audit::Change, response: Response) -> Response {
     change.status = response.status().as_u16();
-    let response = if change.target_id.is_none() && response.status().as_u16() == 201 {
+    // What a POST created is its target (a schedule, not the collector in its path).
+    let response = if response.status().as_u16() == 201 {
         let (parts, body) = response.into_parts();
-        match axum::body::to_bytes(body, CREATED_BODY).await {
+        // The answer is one JSON document already in memory: reading it whole costs nothing.
+        match axum::body::to_bytes(body, usize::MAX).await {
             Ok(bytes) => {
-                change.target_id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                if let Some(id) = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_owned));
+                    .and_then(|v| v["id"].as_str().map(str::to_owned))
+                {
+                    change.target_id = Some(id);
+                }
                 Response::from_parts(parts, axum::body::Body::from(bytes))
             }
             Err(e) => {

@@ -3,11 +3,14 @@
 mod events;
 pub(crate) mod view;
 
+use std::collections::HashSet;
+
 use axum::Json;
 use axum::extract::{Path, State};
-use gleaner_common::id::{CollectorId, JobId};
+use gleaner_common::id::{CollectorId, JobId, ServiceAccountId};
 use gleaner_common::lifecycle;
 use gleaner_common::store::job::Job;
+use gleaner_common::store::service_account;
 
 use self::view::Task;
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Tenant, page_limit, parse_id};
+use crate::extract::{ApiQuery, Auth, Tenant, page_limit, parse_id};
 use crate::problem::{self, ApiResult, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -102,13 +105,28 @@ struct TaskList {
 )]
 async fn tasks(
     State(state): State<AppState>,
-    Tenant(domain): Tenant,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TaskList>> {
+    let domain = auth.domain();
     let id = parse_id("job", &id)?;
     // 404 for an unknown job rather than an empty list.
     view::get(&state.db, domain, id).await?;
-    let items = view::tasks(&state.db, domain, id).await?;
+    let mut items = view::tasks(&state.db, domain, id).await?;
+    // A key limited to projects sees the tasks of its projects' accounts only: another
+    // account's task tells its errors and its plugin's output.
+    if let Some(projects) = auth.projects() {
+        let filter = service_account::Filter {
+            projects: Some(projects),
+            ..service_account::Filter::default()
+        };
+        let visible: HashSet<ServiceAccountId> = service_account::list(&state.db, domain, &filter)
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        items.retain(|t| t.service_account_id.is_some_and(|a| visible.contains(&a)));
+    }
     Ok(Json(TaskList { items }))
 }
 

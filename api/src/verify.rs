@@ -201,6 +201,8 @@ async fn service_account(
     responses(
         (status = 200, description = "The plugin accepted the options with every account",
             body = Verification),
+        (status = 400, description = "The collector's options reach past the operator's \
+            allowlists (`options.<name>`)", body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No collector with that id",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 409, description = "The collector's plugin left the catalog",

@@ -160,7 +160,16 @@ impl Access {
             Ok(real) if self.file_inside(&real) => Ok(real),
             Ok(_) => Err(outside()),
             // Missing, or a dangling link: nothing to read now; a reader checks what it opens.
-            Err(_) => Ok(path),
+            // Its nearest existing folder must be inside, or a link out of an allowed folder
+            // would tell a missing file (accepted) from an existing one (refused).
+            Err(_) => {
+                let inside = path
+                    .ancestors()
+                    .skip(1)
+                    .find_map(|a| std::fs::canonicalize(a).ok())
+                    .is_some_and(|real| self.canonical_dirs().iter().any(|d| real.starts_with(d)));
+                if inside { Ok(path) } else { Err(outside()) }
+            }
         }
     }
 
@@ -396,6 +405,12 @@ mod tests {
         assert!(at(&allowed.join("sub/../../secret.csv")).is_err());
         assert!(at(&allowed.join("out.csv")).is_err());
         assert!(at(&allowed.join("up/secret.csv")).is_err());
+        // Through a link that leads out, a missing file is refused in the same words.
+        assert_eq!(at(&allowed.join("up/missing.csv")).unwrap_err(), outside);
+        assert_eq!(
+            at(&allowed.join("up/no/such/dir.csv")).unwrap_err(),
+            outside
+        );
         assert!(a.file("options.path", "sub/a.csv").is_err());
         assert!(a.file_inside(&allowed.join("sub/a.csv")));
         assert!(!a.file_inside(&allowed.join("out.csv")));

@@ -108,8 +108,26 @@ async fn options_reaching_past_the_allowlists_get_400_and_start_no_job(
         details.push(body["errors"][0]["detail"].clone());
     }
     // A missing file outside is refused in the same words as an existing one.
-    let (_, missing) = create(&env, "m", json!({"path": "/etc/no-such-file"})).await?;
-    assert_eq!(missing["errors"][0]["detail"], details[1], "{missing}");
+    for p in [
+        "/etc/no-such-file".to_owned(),
+        path(&dir.join("etc/no-such-file"))?.to_owned(),
+    ] {
+        let (_, missing) = create(&env, "m", json!({"path": p})).await?;
+        assert_eq!(missing["errors"][0]["detail"], details[1], "{p}: {missing}");
+    }
+    // The bucket's name and region are written into the URL called: nothing that moves its
+    // host gets through.
+    for (field, options) in [
+        (
+            "options.region",
+            json!({"bucket": "exports", "region": "x@10.0.0.7:8443/"}),
+        ),
+        ("options.bucket", json!({"bucket": "v1/secrets"})),
+    ] {
+        let (status, body) = create(&env, "r", options).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(fields(&body), [field], "{body}");
+    }
     for url in [
         "http://127.0.0.1:5432",
         "http://169.254.169.254/latest/meta-data/",
@@ -118,7 +136,12 @@ async fn options_reaching_past_the_allowlists_get_400_and_start_no_job(
         "https://127.0.0.1:9",
         "file:///etc/passwd",
     ] {
-        let (status, body) = create(&env, "e", json!({"bucket": "b", "endpoint_url": url})).await?;
+        let (status, body) = create(
+            &env,
+            "e",
+            json!({"bucket": "bucket-b", "endpoint_url": url}),
+        )
+        .await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert_eq!(fields(&body), ["options.endpoint_url"], "{url}: {body}");
     }
@@ -133,14 +156,14 @@ async fn options_reaching_past_the_allowlists_get_400_and_start_no_job(
     let (status, body) = create(
         &env,
         "endpoint",
-        json!({"bucket": "b", "endpoint_url": ALLOWED_ENDPOINT}),
+        json!({"bucket": "bucket-b", "endpoint_url": ALLOWED_ENDPOINT}),
     )
     .await?;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = create(
         &env,
         "aws",
-        json!({"bucket": "b", "endpoint_url": "https://s3.eu-west-1.amazonaws.com"}),
+        json!({"bucket": "bucket-b", "endpoint_url": "https://s3.eu-west-1.amazonaws.com"}),
     )
     .await?;
     assert_eq!(

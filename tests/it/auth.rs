@@ -266,9 +266,15 @@ async fn keys_are_listed_without_secrets_and_a_revoked_key_fails(mode: Mode) -> 
         .await?;
     assert_eq!(role.status, StatusCode::BAD_REQUEST, "{role:?}");
 
+    let mut stream = ci.events("/v1/jobs/events", None).await?;
     let revoked = env.delete(&format!("/v1/api-keys/{id}")).await?;
     assert_eq!(revoked.status, StatusCode::OK, "{revoked:?}");
     assert!(revoked.body["revoked_at"].is_string());
+    // A stream opened with the key ends (no event comes in the meantime: nothing runs).
+    let ended = stream
+        .next_within(gleaner_api::auth::CHECK_EVERY + Duration::from_secs(2))
+        .await?;
+    assert!(ended.is_none(), "{ended:?}");
     // At once on the process that revoked it, though the key was used a moment ago.
     let refused = ci.get("/v1/projects").await?;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
@@ -433,6 +439,15 @@ async fn a_key_limited_to_a_project_sees_only_its_accounts_resources_and_costs(
             "{path}"
         );
     }
+    // The collection's tasks: alpha's account's one of the three (another account's task tells
+    // its errors and its plugin's output).
+    let job_id = job["id"].as_str().context("job id")?;
+    let tasks = limited.get(&format!("/v1/jobs/{job_id}/tasks")).await?.body;
+    let own_tasks = tasks["items"].as_array().context("items")?;
+    assert_eq!(own_tasks.len(), 1, "{tasks}");
+    assert_ne!(own_tasks[0]["service_account_id"], beta_account.as_str());
+    let all = env.get(&format!("/v1/jobs/{job_id}/tasks")).await?.body;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3), "{all}");
     // Resources: alpha's account's 3 of the 9.
     let page = limited.get("/v1/resources?limit=1000").await?.body;
     assert_eq!(page["total"], 3, "{page}");
@@ -727,6 +742,21 @@ async fn every_change_is_in_the_audit_log_for_admins_only(mode: Mode) -> anyhow:
     );
     // The two keys' creation, the demo's project and account, and the five above.
     assert!(all.len() >= 9, "{}", all.len());
+
+    // What a POST under another object created is its target: the schedule, not the collector.
+    let schedule = member
+        .create(
+            &format!("{at}/schedules"),
+            json!({"name": "nightly", "timezone": "UTC", "hours": [2]}),
+        )
+        .await?;
+    let schedule = schedule["id"].as_str().context("id")?;
+    let its = env
+        .get(&format!("/v1/audit?target_id={schedule}"))
+        .await?
+        .body;
+    assert_eq!(its["items"].as_array().map(Vec::len), Some(1), "{its}");
+    assert_eq!(its["items"][0]["route"], "/v1/collectors/{id}/schedules");
 
     let other = other_domain(&env, "other").await?;
     let theirs = other.get("/v1/audit").await?;

@@ -48,7 +48,8 @@ async fn a_key_over_its_rate_waits_and_other_keys_go_on(mode: Mode) -> anyhow::R
         assert_eq!(a.status, StatusCode::OK, "{a:?}");
     }
     let (n, a) = refused.context("20 requests at once were never refused")?;
-    assert!(n >= 4, "refused after {n} requests, within the burst of 5");
+    // The burst is 5, and the key spent one on making the other key.
+    assert!(n >= 4, "refused after {n} requests, within the burst");
     assert!(is_problem(&a, StatusCode::TOO_MANY_REQUESTS), "{a:?}");
     let wait: u64 = a
         .headers

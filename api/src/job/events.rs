@@ -165,7 +165,9 @@ pub(super) async fn events(
         // 404 for an unknown collector rather than a stream that stays silent.
         collector::get(&state.db, domain, c).await?;
     }
-    let poller = Poller::new(state, domain, q.collector_id, resume, slot);
+    // The key is checked again as the stream goes on: revoked or expired, the stream ends.
+    let key = crate::auth::bearer(&headers).unwrap_or_default().to_owned();
+    let poller = Poller::new(state, domain, q.collector_id, resume, (slot, key));
     let span = tracing::Span::current();
     let stream = futures::stream::unfold(poller, move |mut p| {
         let span = span.clone();
@@ -178,6 +180,8 @@ pub(super) async fn events(
 struct Poller {
     /// The key's stream slot, freed when the stream is dropped (the client went away).
     _slot: StreamSlot,
+    /// The API key the stream was opened with.
+    key: String,
     state: AppState,
     shutdown: CancellationToken,
     domain: DomainId,
@@ -201,7 +205,7 @@ impl Poller {
         domain: DomainId,
         collector: Option<CollectorId>,
         resume: Option<ChangeCursor>,
-        slot: StreamSlot,
+        (slot, key): (StreamSlot, String),
     ) -> Self {
         let high = resume.unwrap_or_else(|| ChangeCursor {
             at: Utc::now(),
@@ -213,6 +217,7 @@ impl Poller {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             _slot: slot,
+            key,
             shutdown: state.shutdown.clone(),
             state,
             domain,
@@ -225,7 +230,7 @@ impl Poller {
         }
     }
 
-    /// The next event; `None` once the server shuts down.
+    /// The next event; `None` once the server shuts down or the stream's key stops working.
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -236,6 +241,14 @@ impl Poller {
                 biased;
                 () = shutdown.cancelled() => return None,
                 _ = self.ticker.tick() => {}
+            }
+            // As for a request: this process's check of the key is trusted for
+            // `auth::CHECK_EVERY`, so a revocation ends the stream within that.
+            match self.state.keys.caller(&self.state.db, &self.key).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                // The database is away: the scan fails the same way and is retried.
+                Err(_) => {}
             }
             tokio::select! {
                 biased;

@@ -77,12 +77,12 @@ impl Focus {
                     "properties": {
                         "path": {"type": "string", "minLength": 1, "x-gleaner-access": "file",
                             "description": "a FOCUS CSV file (.csv or .csv.gz) or a folder of them, on the worker's disk, inside a directory of GLEANER_FILES__ALLOW"},
-                        "bucket": {"type": "string", "minLength": 1, "description": "an S3-compatible bucket holding the export"},
+                        "bucket": {"type": "string", "pattern": BUCKET, "description": "an S3-compatible bucket holding the export"},
                         "prefix": {"type": "string", "description": "the export's key prefix in the bucket"},
                         "endpoint_url": {"type": "string", "minLength": 1, "x-gleaner-access": "endpoint",
                             "x-gleaner-public-endpoints": AWS_S3,
                             "description": "the S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS); addressed path-style; AWS's or one of GLEANER_NETWORK__ALLOW_ENDPOINTS"},
-                        "region": {"type": "string", "minLength": 1, "description": "the bucket's region (default us-east-1)"}
+                        "region": {"type": "string", "pattern": REGION, "description": "the bucket's region (default us-east-1)"}
                     },
                     "oneOf": [{"required": ["path"]}, {"required": ["bucket"]}],
                     "additionalProperties": false
@@ -95,6 +95,12 @@ impl Focus {
     fn options(&self, options: &Value) -> Result<FocusOptions, PluginError> {
         let mut opts: FocusOptions = serde_json::from_value(options.clone())
             .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))?;
+        // The schema's patterns, again: the API checked them, but a worker is not to trust that
+        // (a collector made before they existed, a caller of this plugin other than the API).
+        if let Err(refused) = self.info.validate_options(options) {
+            let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            return Err(PluginError::Permanent(words.join("; ")));
+        }
         if let Err(refused) = self.access.check(&self.info.options_schema, options) {
             let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
             return Err(PluginError::Permanent(words.join("; ")));
@@ -120,9 +126,16 @@ impl Focus {
 const AWS_S3: [&str; 4] = [
     "https://s3.amazonaws.com",
     "https://s3.*.amazonaws.com",
-    "https://s3-*.amazonaws.com",
+    "https://s3-external-1.amazonaws.com",
     "https://s3.dualstack.*.amazonaws.com",
 ];
+
+/// A bucket's name as S3 allows it. The name and the region are written into the URL the
+/// worker calls (`https://s3.{region}.amazonaws.com/{bucket}`): anything else there (`@`,
+/// `/`, `#`) could point that URL at another host.
+const BUCKET: &str = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
+/// A region's name, as AWS and S3-compatible stores spell them (`eu-west-1`).
+const REGION: &str = "^[a-z0-9-]{1,32}$";
 
 #[async_trait]
 impl Plugin for Focus {
@@ -548,9 +561,42 @@ fn bucket(
         _ => b.with_skip_signature(true),
     };
     let store = b
+        .with_http_connector(NoRedirects {
+            allow_http: opts
+                .endpoint_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("http://")),
+        })
         .build()
         .map_err(|e| PluginError::Permanent(format!("bucket `{name}`: {e}")))?;
     Ok((store, opts.prefix.clone().unwrap_or_default()))
+}
+
+/// The bucket's HTTP client, built as object_store builds its own (its default timeouts, plain
+/// HTTP only for an `http://` endpoint) but following no redirect: a redirect would take the
+/// worker to a host the operator's allowlist never saw. A 3xx is then an error, with its status.
+#[derive(Debug)]
+struct NoRedirects {
+    allow_http: bool,
+}
+
+impl object_store::client::HttpConnector for NoRedirects {
+    fn connect(
+        &self,
+        _: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .https_only(!self.allow_http)
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        Ok(object_store::client::HttpClient::new(client))
+    }
 }
 
 /// A bucket error: permanent when the bucket said no (a missing bucket or key, refused
@@ -757,8 +803,8 @@ mod tests {
         let focus = Focus::new(Arc::new(Access::default()));
         for options in [
             json!({"path": SAMPLE}),
-            json!({"bucket": "b", "endpoint_url": "http://169.254.169.254"}),
-            json!({"bucket": "b", "endpoint_url": "http://127.0.0.1:5432"}),
+            json!({"bucket": "bucket-b", "endpoint_url": "http://169.254.169.254"}),
+            json!({"bucket": "bucket-b", "endpoint_url": "http://127.0.0.1:5432"}),
         ] {
             let e = focus
                 .verify(&options, &Map::new())
@@ -769,6 +815,76 @@ mod tests {
             };
             assert!(reason.starts_with("options."), "{reason}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_region_or_bucket_that_would_change_the_host_is_refused() {
+        let focus = Focus::new(Arc::new(Access::default()));
+        for options in [
+            json!({"bucket": "exports", "region": "x@10.0.0.7:8443/"}),
+            json!({"bucket": "exports", "region": "evil.example#"}),
+            json!({"bucket": "v1/secrets"}),
+            json!({"bucket": "a@b"}),
+        ] {
+            let e = focus
+                .verify(&options, &Map::new())
+                .await
+                .expect_err("refused");
+            let PluginError::Permanent(reason) = &e else {
+                panic!("{options}: {e:?}")
+            };
+            assert!(reason.starts_with("options."), "{options}: {reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        use tokio::io::AsyncWriteExt as _;
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let target_addr = target.local_addr().expect("address");
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = target.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let redirector = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", redirector.local_addr().expect("address"));
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = redirector.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nlocation: http://{target_addr}/latest/meta-data/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let local = Access::new(&[], &["http://127.0.0.1:*".into()]).expect("allowlist");
+        let e = Focus::new(Arc::new(local))
+            .verify(
+                &json!({"bucket": "exports", "endpoint_url": url}),
+                &Map::new(),
+            )
+            .await
+            .expect_err("a redirect is an error");
+        let (PluginError::Permanent(reason) | PluginError::Transient(reason)) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(reason.contains("302"), "{reason}");
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 
     #[tokio::test]
