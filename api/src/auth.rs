@@ -166,6 +166,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Keys {
     checked: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
+    /// Keys revoked by this process, and when: a check that began before is not kept.
+    forgotten: Mutex<HashMap<ApiKeyId, Instant>>,
 }
 
 /// Checked keys kept at most: a flood of made-up keys must not grow the map without bound.
@@ -190,7 +192,14 @@ impl Keys {
         {
             return Ok(caller.clone());
         }
+        let asked = Instant::now();
         let caller = api_key::authenticate(db, key).await?;
+        if let Some(c) = &caller
+            && self.forgotten().get(&c.key).is_some_and(|at| *at >= asked)
+        {
+            // Revoked while it was being read: good for the request that asked, not for more.
+            return Ok(caller);
+        }
         let mut checked = self.lock();
         if checked.len() >= KEPT {
             // Made-up keys go first: a flood of them must not push out the keys in use.
@@ -205,8 +214,19 @@ impl Keys {
 
     /// Drops what this process knows of key `id`: its next request is checked in the store.
     pub fn forget(&self, id: ApiKeyId) {
+        let mut forgotten = self.forgotten();
+        // Those older than a check are of no use any more.
+        forgotten.retain(|_, at| at.elapsed() < CHECK_EVERY * 10);
+        forgotten.insert(id, Instant::now());
+        drop(forgotten);
         self.lock()
             .retain(|_, (caller, _)| caller.as_ref().is_none_or(|c| c.key != id));
+    }
+
+    fn forgotten(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, Instant>> {
+        self.forgotten
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     // The map holds plain values, valid whatever a panicking holder was doing.

@@ -342,6 +342,67 @@ async fn two_domains_never_see_each_others_objects(mode: Mode) -> anyhow::Result
         total(&other.get("/v1/resources?limit=1").await?.body),
         Some(2)
     );
+    // Costs: the other domain has one more demo account, so twice the costs; no summary, cost
+    // row or dashboard of one counts the other's.
+    let project = other.get("/v1/projects").await?.body["items"][0]["id"].clone();
+    other
+        .create(
+            "/v1/service-accounts",
+            json!({"name": "theirs-2", "provider": "demo", "project_id": project, "credentials": {}}),
+        )
+        .await?;
+    let mut totals = Vec::new();
+    for api in [&env.api, &other] {
+        let c = api
+            .create(
+                "/v1/collectors",
+                json!({"name": "costs", "plugin_id": "demo-billing", "options": {}}),
+            )
+            .await?;
+        let a = api
+            .post(
+                &format!("/v1/collectors/{}/collect", c["id"].as_str().context("id")?),
+                json!({"start_month": "2024-09", "end_month": "2024-09"}),
+            )
+            .await?;
+        let job = api
+            .wait_job(a.body["job_id"].as_str().context("job_id")?)
+            .await?;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+    }
+    for api in [&env.api, &other] {
+        let summary = api
+            .get("/v1/costs/summary?start=2024-09-01&end=2024-10-01")
+            .await?
+            .body;
+        let total: rust_decimal::Decimal = summary["items"][0]["billed_cost"]
+            .as_str()
+            .context("a total")?
+            .parse()?;
+        let dashboard = api.get("/v1/dashboards/billing?month=2024-09").await?.body;
+        assert_eq!(
+            dashboard["this_month"][0]["billed_cost"], summary["items"][0]["billed_cost"],
+            "{dashboard}"
+        );
+        let own: Vec<String> = ids(&api.get("/v1/service-accounts").await?.body);
+        let rows = api
+            .get("/v1/costs?start=2024-09-01&end=2024-10-01&limit=1000")
+            .await?
+            .body;
+        for r in rows["items"].as_array().context("items")? {
+            let account = r["service_account_id"].as_str().unwrap_or_default();
+            assert!(
+                own.iter().any(|a| a == account),
+                "another domain's cost: {r}"
+            );
+        }
+        totals.push(total);
+    }
+    assert_eq!(
+        totals[0] * rust_decimal::Decimal::from(2),
+        totals[1],
+        "{totals:?}"
+    );
     // The job event stream of one domain replays none of the other's jobs.
     let mut events = env
         .api
