@@ -19,7 +19,8 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -138,9 +139,10 @@ pub const RULES: &[Rule] = &[
 /// The rule of a route, by its method and template.
 #[must_use]
 pub fn rule_of(method: &Method, path: &str) -> Option<&'static Rule> {
-    RULES
-        .iter()
-        .find(|r| r.method == method.as_str() && r.path == path)
+    // Asked on every request: a map rather than a walk through the table.
+    static BY_ROUTE: std::sync::LazyLock<HashMap<(&'static str, &'static str), &'static Rule>> =
+        std::sync::LazyLock::new(|| RULES.iter().map(|r| ((r.method, r.path), r)).collect());
+    BY_ROUTE.get(&(method.as_str(), path)).copied()
 }
 
 /// The methods the route `path` (a template) takes, by its rules; HEAD with GET.
@@ -161,13 +163,30 @@ pub fn allowed_methods(path: &str) -> Vec<&'static str> {
 /// this, and a process asks the database about a key in use at most this often.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Keys this process checked at most [`CHECK_EVERY`] ago, by their hash: most requests of a
-/// busy key are answered without a query.
+/// Keys this process checked at most [`CHECK_EVERY`] ago: most requests of a busy key are
+/// answered without a query. Held in memory by the key as presented (a request holds it
+/// anyway), so a lookup is one map probe; the store only ever sees the digest.
+///
+/// A check in use for half its life is renewed in the background by one request while the
+/// others go on with it: when every request of a busy key waited for the check at once, each
+/// second, the API lost a tenth of its throughput (BENCHMARKS.md).
+#[derive(Clone, Default)]
+pub struct Keys(Arc<KeysInner>);
+
 #[derive(Default)]
-pub struct Keys {
-    checked: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
+struct KeysInner {
+    checked: RwLock<HashMap<String, Checked>>,
     /// Keys revoked by this process, and when: a check that began before is not kept.
     forgotten: Mutex<HashMap<ApiKeyId, Instant>>,
+}
+
+/// One check of a key.
+struct Checked {
+    caller: Option<Caller>,
+    /// When the check asked the store: it is trusted until [`CHECK_EVERY`] after.
+    asked: Instant,
+    /// A request has started renewing it.
+    renewing: AtomicBool,
 }
 
 /// Checked keys kept at most: a flood of made-up keys must not grow the map without bound.
@@ -186,12 +205,26 @@ impl Keys {
         if !api_key::well_formed(key) {
             return Ok(None);
         }
-        let hash = api_key::hash(key);
-        if let Some((caller, at)) = self.lock().get(&hash)
-            && at.elapsed() < CHECK_EVERY
-        {
-            return Ok(caller.clone());
+        if let Some(c) = self.read().get(key) {
+            let age = c.asked.elapsed();
+            if age < CHECK_EVERY {
+                if age >= CHECK_EVERY / 2 && !c.renewing.swap(true, Ordering::AcqRel) {
+                    self.renew(db.clone(), key.to_owned());
+                }
+                return Ok(c.caller.clone());
+            }
         }
+        // Boxed: the query's future is large, and every request's future would carry its room
+        // inline, cached or not.
+        Box::pin(self.check(db, key)).await
+    }
+
+    /// Asks the store about `key` and keeps the answer.
+    async fn check(
+        &self,
+        db: &DatabaseConnection,
+        key: &str,
+    ) -> Result<Option<Caller>, store::Error> {
         let asked = Instant::now();
         let caller = api_key::authenticate(db, key).await?;
         if let Some(c) = &caller
@@ -200,16 +233,34 @@ impl Keys {
             // Revoked while it was being read: good for the request that asked, not for more.
             return Ok(caller);
         }
-        let mut checked = self.lock();
+        let mut checked = self.write();
         if checked.len() >= KEPT {
             // Made-up keys go first: a flood of them must not push out the keys in use.
-            checked.retain(|_, (caller, at)| caller.is_some() && at.elapsed() < CHECK_EVERY);
+            checked.retain(|_, c| c.caller.is_some() && c.asked.elapsed() < CHECK_EVERY);
             if checked.len() >= KEPT {
                 checked.clear();
             }
         }
-        checked.insert(hash, (caller.clone(), Instant::now()));
+        checked.insert(
+            key.to_owned(),
+            Checked {
+                caller: caller.clone(),
+                asked,
+                renewing: AtomicBool::new(false),
+            },
+        );
         Ok(caller)
+    }
+
+    /// Checks `key` again in the background; on failure the old check runs out and the next
+    /// request checks for itself.
+    fn renew(&self, db: DatabaseConnection, key: String) {
+        let keys = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = keys.check(&db, &key).await {
+                tracing::warn!(error = %e, "renewing an API key's check failed");
+            }
+        });
     }
 
     /// Drops what this process knows of key `id`: its next request is checked in the store.
@@ -219,20 +270,29 @@ impl Keys {
         forgotten.retain(|_, at| at.elapsed() < CHECK_EVERY * 10);
         forgotten.insert(id, Instant::now());
         drop(forgotten);
-        self.lock()
-            .retain(|_, (caller, _)| caller.as_ref().is_none_or(|c| c.key != id));
+        self.write()
+            .retain(|_, c| c.caller.as_ref().is_none_or(|c| c.key != id));
     }
 
+    // The maps hold plain values, valid whatever a panicking holder was doing.
     fn forgotten(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, Instant>> {
-        self.forgotten
+        self.0
+            .forgotten
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    // The map holds plain values, valid whatever a panicking holder was doing.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<Caller>, Instant)>> {
-        self.checked
-            .lock()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Checked>> {
+        self.0
+            .checked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Checked>> {
+        self.0
+            .checked
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -424,14 +484,15 @@ pub async fn authorize(
         // A refused change is recorded too: who tried what is what an audit is for.
         let response = ApiError::new(Code::Forbidden, why).into_response();
         return match change {
-            Some(change) => record(&state, change, response).await,
+            Some(change) => Box::pin(record(&state, change, response)).await,
             None => response,
         };
     }
     req.extensions_mut().insert(caller);
     let response = next.run(req).await;
     match change {
-        Some(change) => record(&state, change, response).await,
+        // Boxed, as the check of a key: reads, most requests, do not carry its room.
+        Some(change) => Box::pin(record(&state, change, response)).await,
         None => response,
     }
 }

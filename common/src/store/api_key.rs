@@ -79,8 +79,8 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
-    /// When a request last used it (to within a few seconds: an API process notes it at most
-    /// once per check of the key).
+    /// When a request last used it, to the minute (a use is noted when the last note is a
+    /// minute old).
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -238,7 +238,7 @@ pub struct Caller {
 }
 
 /// The caller a presented key stands for: `None` when the key is unknown, revoked or expired.
-/// Notes the key's use (`last_used_at`).
+/// Notes the key's use (`last_used_at`, to the minute).
 ///
 /// # Errors
 /// Database errors only.
@@ -260,11 +260,21 @@ pub async fn authenticate(db: &impl ConnectionTrait, key: &str) -> Result<Option
     else {
         return Ok(None);
     };
-    api_key::Entity::update_many()
-        .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
-        .filter(api_key::Column::Id.eq(m.id))
-        .exec(db)
-        .await?;
+    // To the minute: a busy key is checked every second by every API process, and each write
+    // of the same row waits for the one before.
+    let stale = now - chrono::Duration::minutes(1);
+    if m.last_used_at.is_none_or(|t| t < stale) {
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(m.id))
+            .filter(
+                Condition::any()
+                    .add(api_key::Column::LastUsedAt.is_null())
+                    .add(api_key::Column::LastUsedAt.lt(stale)),
+            )
+            .exec(db)
+            .await?;
+    }
     Ok(Some(Caller {
         key: m.id.into(),
         domain: m.domain_id.into(),

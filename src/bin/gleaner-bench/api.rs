@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
     /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Measurements of each server per route, alternating.
-    #[arg(long, default_value_t = 3)]
+    /// Measurements of each server per route, alternating: the machine's noise between two
+    /// measurements is as large as what is measured, so the medians of many are compared.
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
     #[arg(
