@@ -143,6 +143,7 @@ pub fn api_state(
             settings.api.rate_limit_per_second,
             settings.api.rate_limit_burst,
             settings.api.event_streams_per_key,
+            settings.api.failed_auth_per_second,
         ),
         max_body_bytes: settings.api.max_body_bytes,
     }))
@@ -174,6 +175,8 @@ pub async fn serve(
     let streams = state.shutdown.clone();
     let app = gleaner_api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "API listening");
+    // The peer's address limits failed authentications per address (`auth::Limits`).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;

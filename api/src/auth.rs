@@ -18,6 +18,7 @@
 //! ships that way.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -252,6 +253,13 @@ impl Keys {
         Ok(caller)
     }
 
+    /// Whether `key` worked at its check, less than [`CHECK_EVERY`] ago.
+    fn works(&self, key: &str) -> bool {
+        self.read()
+            .get(key)
+            .is_some_and(|c| c.caller.is_some() && c.asked.elapsed() < CHECK_EVERY)
+    }
+
     /// Checks `key` again in the background; on failure the old check runs out and the next
     /// request checks for itself.
     fn renew(&self, db: DatabaseConnection, key: String) {
@@ -297,22 +305,39 @@ impl Keys {
     }
 }
 
-/// What one API key may use: requests per second, and event streams open at once.
+/// What one API key may use: requests per second, and event streams open at once; and what
+/// one client address may try without a working key.
 pub struct Limits {
     /// `None`: no rate limit.
     rate: Option<DefaultKeyedRateLimiter<ApiKeyId>>,
     clock: DefaultClock,
     streams_per_key: usize,
     streams: Mutex<HashMap<ApiKeyId, usize>>,
+    /// Failed authentications per address; `None`: no limit.
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses over it, and until when.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// Addresses remembered at most, blocked or counted, before the stale ones are dropped.
+const ADDRESSES_KEPT: usize = 10_000;
 
 impl Limits {
     /// `per_second` requests on average (0: unlimited), `burst` at once above it, and
     /// `streams_per_key` event streams.
     #[must_use]
-    pub fn new(per_second: u32, burst: u32, streams_per_key: usize) -> Arc<Self> {
+    pub fn new(
+        per_second: u32,
+        burst: u32,
+        streams_per_key: usize,
+        failures_per_second: u32,
+    ) -> Arc<Self> {
         let rate = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+            DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        let failures = NonZeroU32::new(failures_per_second).map(|rate| {
+            let burst = NonZeroU32::new(failures_per_second.saturating_mul(5)).unwrap_or(rate);
             DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         Arc::new(Self {
@@ -320,7 +345,40 @@ impl Limits {
             clock: DefaultClock::default(),
             streams_per_key,
             streams: Mutex::default(),
+            failures,
+            blocked: Mutex::default(),
         })
+    }
+
+    /// How long `ip` stays refused for its failed authentications, if it is.
+    fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        let blocked = self.lock_blocked();
+        let until = *blocked.get(&ip)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a failed authentication of `ip`: how long it is refused when it is over its
+    /// limit.
+    fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let limiter = self.failures.as_ref()?;
+        let wait = limiter
+            .check_key(&ip)
+            .err()?
+            .wait_time_from(self.clock.now());
+        let mut blocked = self.lock_blocked();
+        if blocked.len() >= ADDRESSES_KEPT {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+            limiter.retain_recent();
+        }
+        blocked.insert(ip, Instant::now() + wait);
+        Some(wait)
+    }
+
+    fn lock_blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a request of `key`: how long to wait when it is over its rate.
@@ -392,6 +450,31 @@ fn unauthorized(detail: &str) -> Response {
     ApiError::new(Code::Unauthorized, detail).into_response()
 }
 
+/// A request without a working key: 401, counted against its address, and 429 once the
+/// address is over its limit.
+fn refused(state: &AppState, peer: Option<IpAddr>, detail: &str) -> Response {
+    match peer.and_then(|ip| state.limits.failed(ip)) {
+        Some(wait) => too_many_failures(wait),
+        None => unauthorized(detail),
+    }
+}
+
+fn too_many_failures(wait: Duration) -> Response {
+    ApiError::new(
+        Code::TooManyRequests,
+        "too many requests without a working API key from this address \
+         (GLEANER_API__FAILED_AUTH_PER_SECOND); retry after the time in Retry-After",
+    )
+    .with_retry_after(seconds(wait))
+    .into_response()
+}
+
+/// Whole seconds to wait, at least one (`Retry-After` has no fractions).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 /// Checks the request against its route's rule; lets it through with its [`Caller`] in the
 /// request's extensions, and records a change in the audit log once it is answered.
 pub async fn authorize(
@@ -443,12 +526,27 @@ pub async fn authorize(
         }
         Need::Role(role) => role,
     };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let Some(key) = bearer(req.headers()) else {
-        return unauthorized("an API key is needed: Authorization: Bearer <key>");
+        return refused(
+            &state,
+            peer,
+            "an API key is needed: Authorization: Bearer <key>",
+        );
     };
+    // An address over its failures is not looked up in the store, but for a key that worked.
+    if let Some(ip) = peer
+        && !state.keys.works(key)
+        && let Some(wait) = state.limits.blocked(ip)
+    {
+        return too_many_failures(wait);
+    }
     let caller = match state.keys.caller(&state.db, key).await {
         Ok(Some(c)) => c,
-        Ok(None) => return unauthorized("the API key is unknown, revoked or expired"),
+        Ok(None) => return refused(&state, peer, "the API key is unknown, revoked or expired"),
         Err(e) => return ApiError::from(e).into_response(),
     };
     if let Err(wait) = state.limits.admit(caller.key) {
@@ -456,7 +554,7 @@ pub async fn authorize(
             Code::TooManyRequests,
             "this API key made more requests than its rate allows (GLEANER_API__RATE_LIMIT_PER_SECOND); retry after the time in Retry-After",
         )
-        .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        .with_retry_after(seconds(wait))
         .into_response();
     }
     let change = (ruled != Method::GET).then(|| audit::Change {

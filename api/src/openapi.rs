@@ -128,7 +128,8 @@ pub(crate) fn add_common_responses(doc: &mut OpenApi) {
                     );
                     add(
                         "429",
-                        "The key is over its request rate; wait for `Retry-After` seconds".into(),
+                        "The key is over its request rate, or the client's address over its failed \
+                         authentications; wait for `Retry-After` seconds".into(),
                     );
                     operation.security =
                         Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);

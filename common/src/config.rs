@@ -94,6 +94,11 @@ pub struct ApiSettings {
     pub rate_limit_burst: u32,
     /// `GET /v1/jobs/events` streams one API key may hold open at once; one more gets 429.
     pub event_streams_per_key: usize,
+    /// Requests without a working key one client address may make per second on average, in
+    /// bursts of five times that (`0`: no limit); past it, the address gets 429 with
+    /// `Retry-After`, and its requests are not looked up until then, but for keys that
+    /// worked in the last second.
+    pub failed_auth_per_second: u32,
     /// The largest request body accepted, in bytes; a larger one gets 413.
     pub max_body_bytes: usize,
 }
@@ -115,6 +120,9 @@ impl Default for ApiSettings {
             rate_limit_burst: 200,
             // A few consoles open at once per key; each stream polls the database.
             event_streams_per_key: 10,
+            // A client with a mistyped key retries a few times; a guesser sends thousands, each
+            // a query of the keys table.
+            failed_auth_per_second: 10,
             // Bodies are small JSON documents (credentials, options, a plugin's registration).
             max_body_bytes: 1 << 20,
         }

@@ -145,7 +145,53 @@ async fn streams_bodies_and_summaries_are_bounded(mode: Mode) -> anyhow::Result<
     Ok(())
 }
 
+/// An address that keeps failing to authenticate gets 429 and is no longer looked up, while a
+/// key that works goes on; it is let in again after `Retry-After`.
+async fn an_address_failing_to_authenticate_waits(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        Options {
+            tune: |s| s.api.failed_auth_per_second = 1,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let guesser = env.api.clone().with_key(format!("glk_{}", "0".repeat(64)));
+    let anonymous = env.api.clone().without_key();
+    // The admin's key works (and was checked a moment ago).
+    assert_eq!(env.get("/v1/projects").await?.status, StatusCode::OK);
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        let who = if n % 2 == 0 { &guesser } else { &anonymous };
+        statuses.push(who.get("/v1/projects").await?);
+    }
+    let unauthorized = statuses
+        .iter()
+        .take_while(|a| a.status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        (4..=6).contains(&unauthorized),
+        "a burst of 5 failures, then 429: {:?}",
+        statuses.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let last = statuses.last().context("answers")?;
+    assert!(is_problem(last, StatusCode::TOO_MANY_REQUESTS), "{last:?}");
+    let wait: u64 = last
+        .headers
+        .get("retry-after")
+        .context("Retry-After")?
+        .to_str()?
+        .parse()?;
+    // A key that works is not held back by its address's failures.
+    assert_eq!(env.get("/v1/projects").await?.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let again = guesser.get("/v1/projects").await?;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{again:?}");
+    Ok(())
+}
+
 in_both_modes!(
+    an_address_failing_to_authenticate_waits,
     a_key_over_its_rate_waits_and_other_keys_go_on,
     streams_bodies_and_summaries_are_bounded,
 );

@@ -539,6 +539,9 @@ impl TestEnv {
         settings.outbox.poll_interval = Duration::from_millis(100);
         // Event streams see a job's intermediate states even when it runs for a second only.
         settings.api.events_poll_interval = Duration::from_millis(50);
+        // Tests walk every route without a key from one address, far past what a client may
+        // fail in a second; the limit of failures has a test of its own (limits.rs).
+        settings.api.failed_auth_per_second = 0;
         settings.worker.batch_size = opts.batch_size;
         settings.worker.shutdown_grace = Duration::from_secs(5);
         // The standalone mode's in-process worker; distributed workers are named per worker.
