@@ -565,7 +565,7 @@ pub async fn authorize(
         route: path.clone(),
         status: 0,
     });
-    let refused = if caller.role < needed {
+    let denied = if caller.role < needed {
         Some(format!(
             "{method} {path} needs the {} role; this key is {}",
             needed.as_str(),
@@ -578,7 +578,7 @@ pub async fn authorize(
     } else {
         None
     };
-    if let Some(why) = refused {
+    if let Some(why) = denied {
         // A refused change is recorded too: who tried what is what an audit is for.
         let response = ApiError::new(Code::Forbidden, why).into_response();
         return match change {
