@@ -203,21 +203,31 @@ impl Keys {
         db: &DatabaseConnection,
         key: &str,
     ) -> Result<Option<Caller>, store::Error> {
+        match self.known(db, key) {
+            Some(caller) => Ok(caller),
+            // Boxed: the query's future is large, and every request's future would carry its
+            // room inline, cached or not.
+            None => Box::pin(self.check(db, key)).await,
+        }
+    }
+
+    /// What is known of `key` without asking the store: `Some(None)` for a malformed key or
+    /// one refused less than [`CHECK_EVERY`] ago, `Some(caller)` for one that worked then (its
+    /// check renewed in the background at half its life), `None` when the store must be asked.
+    fn known(&self, db: &DatabaseConnection, key: &str) -> Option<Option<Caller>> {
         if !api_key::well_formed(key) {
-            return Ok(None);
+            return Some(None);
         }
-        if let Some(c) = self.read().get(key) {
-            let age = c.asked.elapsed();
-            if age < CHECK_EVERY {
-                if age >= CHECK_EVERY / 2 && !c.renewing.swap(true, Ordering::AcqRel) {
-                    self.renew(db.clone(), key.to_owned());
-                }
-                return Ok(c.caller.clone());
-            }
+        let checked = self.read();
+        let c = checked.get(key)?;
+        let age = c.asked.elapsed();
+        if age >= CHECK_EVERY {
+            return None;
         }
-        // Boxed: the query's future is large, and every request's future would carry its room
-        // inline, cached or not.
-        Box::pin(self.check(db, key)).await
+        if age >= CHECK_EVERY / 2 && !c.renewing.swap(true, Ordering::AcqRel) {
+            self.renew(db.clone(), key.to_owned());
+        }
+        Some(c.caller.clone())
     }
 
     /// Asks the store about `key` and keeps the answer.
@@ -229,7 +239,9 @@ impl Keys {
         let asked = Instant::now();
         let caller = api_key::authenticate(db, key).await?;
         if let Some(c) = &caller
-            && self.forgotten().get(&c.key).is_some_and(|at| *at >= asked)
+            && locked(&self.0.forgotten)
+                .get(&c.key)
+                .is_some_and(|at| *at >= asked)
         {
             // Revoked while it was being read: good for the request that asked, not for more.
             return Ok(caller);
@@ -253,13 +265,6 @@ impl Keys {
         Ok(caller)
     }
 
-    /// Whether `key` worked at its check, less than [`CHECK_EVERY`] ago.
-    fn works(&self, key: &str) -> bool {
-        self.read()
-            .get(key)
-            .is_some_and(|c| c.caller.is_some() && c.asked.elapsed() < CHECK_EVERY)
-    }
-
     /// Checks `key` again in the background; on failure the old check runs out and the next
     /// request checks for itself.
     fn renew(&self, db: DatabaseConnection, key: String) {
@@ -273,7 +278,7 @@ impl Keys {
 
     /// Drops what this process knows of key `id`: its next request is checked in the store.
     pub fn forget(&self, id: ApiKeyId) {
-        let mut forgotten = self.forgotten();
+        let mut forgotten = locked(&self.0.forgotten);
         // Those older than a check are of no use any more.
         forgotten.retain(|_, at| at.elapsed() < CHECK_EVERY * 10);
         forgotten.insert(id, Instant::now());
@@ -283,13 +288,6 @@ impl Keys {
     }
 
     // The maps hold plain values, valid whatever a panicking holder was doing.
-    fn forgotten(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, Instant>> {
-        self.0
-            .forgotten
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Checked>> {
         self.0
             .checked
@@ -352,7 +350,7 @@ impl Limits {
 
     /// How long `ip` stays refused for its failed authentications, if it is.
     fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let blocked = self.lock_blocked();
+        let blocked = locked(&self.blocked);
         let until = *blocked.get(&ip)?;
         until.checked_duration_since(Instant::now())
     }
@@ -365,7 +363,7 @@ impl Limits {
             .check_key(&ip)
             .err()?
             .wait_time_from(self.clock.now());
-        let mut blocked = self.lock_blocked();
+        let mut blocked = locked(&self.blocked);
         if blocked.len() >= ADDRESSES_KEPT {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
@@ -373,12 +371,6 @@ impl Limits {
         }
         blocked.insert(ip, Instant::now() + wait);
         Some(wait)
-    }
-
-    fn lock_blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
-        self.blocked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a request of `key`: how long to wait when it is over its rate.
@@ -395,7 +387,7 @@ impl Limits {
     /// key holds its maximum already.
     #[must_use]
     pub fn open_stream(self: &Arc<Self>, key: ApiKeyId) -> Option<StreamSlot> {
-        let mut open = self.lock_streams();
+        let mut open = locked(&self.streams);
         let n = open.entry(key).or_default();
         if *n >= self.streams_per_key {
             return None;
@@ -412,13 +404,6 @@ impl Limits {
     pub fn streams_per_key(&self) -> usize {
         self.streams_per_key
     }
-
-    // The map holds plain counts, valid whatever a panicking holder was doing.
-    fn lock_streams(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyId, usize>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// One open event stream of a key; dropping it (the stream ended) frees the slot.
@@ -429,7 +414,7 @@ pub struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.limits.lock_streams();
+        let mut open = locked(&self.limits.streams);
         if let Some(n) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -437,6 +422,11 @@ impl Drop for StreamSlot {
             }
         }
     }
+}
+
+/// `m`, locked. Its maps hold plain values, valid whatever a panicking holder was doing.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The bearer token of a request, if it has one.
@@ -537,14 +527,18 @@ pub async fn authorize(
             "an API key is needed: Authorization: Bearer <key>",
         );
     };
-    // An address over its failures is not looked up in the store, but for a key that worked.
-    if let Some(ip) = peer
-        && !state.keys.works(key)
-        && let Some(wait) = state.limits.blocked(ip)
+    let known = state.keys.known(&state.db, key);
+    // An address over its failures is not looked up in the store: only keys known are let on.
+    if known.is_none()
+        && let Some(wait) = peer.and_then(|ip| state.limits.blocked(ip))
     {
         return too_many_failures(wait);
     }
-    let caller = match state.keys.caller(&state.db, key).await {
+    let checked = match known {
+        Some(caller) => Ok(caller),
+        None => Box::pin(state.keys.check(&state.db, key)).await,
+    };
+    let caller = match checked {
         Ok(Some(c)) => c,
         Ok(None) => return refused(&state, peer, "the API key is unknown, revoked or expired"),
         Err(e) => return ApiError::from(e).into_response(),

@@ -151,24 +151,27 @@ impl Access {
             return Err(outside());
         }
         let path = lexical(path);
-        let lexically_inside = self.dirs.iter().any(|d| path.starts_with(d))
-            || self.canonical_dirs().iter().any(|d| path.starts_with(d));
-        if !lexically_inside {
+        let real_dirs = self.canonical_dirs();
+        let inside = |p: &Path| real_dirs.iter().any(|d| p.starts_with(d));
+        if !self.dirs.iter().any(|d| path.starts_with(d)) && !inside(&path) {
             return Err(outside());
         }
         match std::fs::canonicalize(&path) {
-            Ok(real) if self.file_inside(&real) => Ok(real),
+            Ok(real) if inside(&real) => Ok(real),
             Ok(_) => Err(outside()),
             // Missing, or a dangling link: nothing to read now; a reader checks what it opens.
             // Its nearest existing folder must be inside, or a link out of an allowed folder
             // would tell a missing file (accepted) from an existing one (refused).
             Err(_) => {
-                let inside = path
+                let nearest = path
                     .ancestors()
                     .skip(1)
-                    .find_map(|a| std::fs::canonicalize(a).ok())
-                    .is_some_and(|real| self.canonical_dirs().iter().any(|d| real.starts_with(d)));
-                if inside { Ok(path) } else { Err(outside()) }
+                    .find_map(|a| std::fs::canonicalize(a).ok());
+                if nearest.is_some_and(|real| inside(&real)) {
+                    Ok(path)
+                } else {
+                    Err(outside())
+                }
             }
         }
     }
