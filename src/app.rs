@@ -156,7 +156,17 @@ pub fn api_state(
 /// An allowlist entry is malformed.
 pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     let access = settings.access().context("the access allowlists")?;
-    Ok(Registry::builtin(Arc::new(access)).with_private_dir(settings.plugins.dir.clone()))
+    Ok(official(Arc::new(access), settings).with_private_dir(settings.plugins.dir.clone()))
+}
+
+/// The official plugins: the worker's own and the AWS ones, reaching what `access` allows.
+#[must_use]
+pub fn official(access: Arc<gleaner_common::access::Access>, settings: &Settings) -> Registry {
+    let mut registry = Registry::builtin(access.clone());
+    for plugin in gleaner_aws::plugins(&access, &settings.aws) {
+        registry.add(plugin);
+    }
+    registry
 }
 
 /// Serves the API on `listener` until `shutdown`, letting requests in progress finish.
@@ -227,7 +237,7 @@ pub fn scheduler(settings: &Settings, db: DatabaseConnection) -> gleaner_schedul
     gleaner_scheduler::Scheduler::new(
         db,
         // The catalog only: its plugins never run here.
-        Registry::builtin(Arc::default()).catalog(),
+        official(Arc::default(), settings).catalog(),
         settings.scheduler.clone(),
     )
 }

@@ -48,6 +48,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub files: FileSettings,
     pub network: NetworkSettings,
+    pub aws: AwsSettings,
 }
 
 impl Default for Settings {
@@ -70,6 +71,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             files: FileSettings::default(),
             network: NetworkSettings::default(),
+            aws: AwsSettings::default(),
         }
     }
 }
@@ -344,6 +346,45 @@ pub struct NetworkSettings {
     /// public ones (`GLEANER_NETWORK__ALLOW_ENDPOINTS`, comma-separated).
     #[serde(with = "list")]
     pub allow_endpoints: Vec<String>,
+}
+
+/// How the official AWS plugins call AWS.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AwsSettings {
+    /// Whether a service account with a `role_arn` and no key pair may assume its role from the
+    /// worker's own credentials (its environment, profile, or instance or task role)
+    /// (`GLEANER_AWS__WORKER_CREDENTIALS`). Off by default: anyone who may create a service
+    /// account could otherwise act as the worker's identity toward every role that trusts it.
+    pub worker_credentials: bool,
+    /// AWS API calls one collection has in flight at once, over all its regions and services
+    /// (`GLEANER_AWS__CALLS_IN_FLIGHT`).
+    pub calls_in_flight: usize,
+    /// Attempts of one AWS call, the first included, when it is throttled or meets a 5xx or a
+    /// network error (`GLEANER_AWS__MAX_ATTEMPTS`). Once they are spent the task fails
+    /// transiently and is retried as a whole, within `worker.task_attempts`.
+    pub max_attempts: u32,
+    /// Milliseconds of the first retry's backoff ceiling; each later one doubles it, up to 20
+    /// seconds, and the wait is drawn at random below the ceiling (full jitter)
+    /// (`GLEANER_AWS__INITIAL_BACKOFF`).
+    #[serde(with = "millis")]
+    pub initial_backoff: Duration,
+    /// Milliseconds between two Cost Explorer requests of one task: AWS limits the request
+    /// rate of an account, and charges for each request (`GLEANER_AWS__COST_EXPLORER_INTERVAL`).
+    #[serde(with = "millis")]
+    pub cost_explorer_interval: Duration,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        Self {
+            worker_credentials: false,
+            calls_in_flight: 8,
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(500),
+            cost_explorer_interval: Duration::from_millis(250),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -61,9 +61,25 @@ pub const PROVIDERS: &[Provider] = &[
         name: "Amazon Web Services",
         billing_only: false,
         credentials: &[
-            field("aws_access_key_id", true, false, "Access key id"),
-            field("aws_secret_access_key", true, true, "Secret access key"),
-            field("region_name", false, false, "Default region"),
+            field(
+                "aws_access_key_id",
+                false,
+                false,
+                "Access key id (without a key pair, `role_arn` is assumed from the worker's own credentials, where the operator allows it)",
+            ),
+            field("aws_secret_access_key", false, true, "Secret access key"),
+            field(
+                "aws_session_token",
+                false,
+                true,
+                "Session token, for temporary credentials",
+            ),
+            field(
+                "region_name",
+                false,
+                false,
+                "Home region: where regions are discovered (default us-east-1)",
+            ),
             field("role_arn", false, false, "Role to assume"),
             field(
                 "external_id",
@@ -195,12 +211,58 @@ impl Provider {
                 )),
             }
         }
+        if self.id == "aws" {
+            errors.extend(aws_pairs(map));
+        }
         if errors.is_empty() {
             Ok(map.clone())
         } else {
             Err(errors)
         }
     }
+}
+
+/// AWS credentials are a key pair (with an optional session token), a role, or both.
+fn aws_pairs(map: &Map<String, Value>) -> Vec<Invalid> {
+    let given = |name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.trim().is_empty())
+    };
+    let key = given("aws_access_key_id");
+    let secret = given("aws_secret_access_key");
+    let mut errors = Vec::new();
+    if key && !secret {
+        errors.push(Invalid::new(
+            "credentials.aws_secret_access_key",
+            "is required with aws_access_key_id",
+        ));
+    }
+    if secret && !key {
+        errors.push(Invalid::new(
+            "credentials.aws_access_key_id",
+            "is required with aws_secret_access_key",
+        ));
+    }
+    if given("aws_session_token") && !key {
+        errors.push(Invalid::new(
+            "credentials.aws_session_token",
+            "goes with a key pair (aws_access_key_id and aws_secret_access_key)",
+        ));
+    }
+    if !key && !secret && !given("role_arn") {
+        errors.push(Invalid::new(
+            "credentials.aws_access_key_id",
+            "is required, unless role_arn names a role to assume from the worker's own credentials",
+        ));
+    }
+    if given("external_id") && !given("role_arn") {
+        errors.push(Invalid::new(
+            "credentials.external_id",
+            "goes with role_arn",
+        ));
+    }
+    errors
 }
 
 fn looks_like_email(s: &str) -> bool {
@@ -256,6 +318,29 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(fields(hb.validate(&input).unwrap_err()), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn aws_takes_a_key_pair_a_role_or_both() {
+        let aws = find("aws").expect("aws exists");
+        for ok in [
+            json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s"}),
+            json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "aws_session_token": "t"}),
+            json!({"role_arn": "arn:aws:iam::1:role/r", "external_id": "x"}),
+            json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "role_arn": "arn:aws:iam::1:role/r"}),
+        ] {
+            assert!(aws.validate(&ok).is_ok(), "{ok}");
+        }
+        let cases = [
+            (json!({}), vec!["credentials.aws_access_key_id"]),
+            (json!({"aws_access_key_id": "AKIA"}), vec!["credentials.aws_secret_access_key"]),
+            (json!({"aws_secret_access_key": "s", "role_arn": "arn:aws:iam::1:role/r"}), vec!["credentials.aws_access_key_id"]),
+            (json!({"aws_session_token": "t", "role_arn": "arn:aws:iam::1:role/r"}), vec!["credentials.aws_session_token"]),
+            (json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "external_id": "x"}), vec!["credentials.external_id"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(fields(aws.validate(&input).unwrap_err()), want, "{input}");
         }
     }
 

@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
+use crate::support::aws::Moto;
 use crate::support::{Mode, TestEnv};
 
 const SAMPLE: &str = concat!(
@@ -737,58 +738,6 @@ async fn a_collector_replaces_only_its_rows_and_a_failed_sync_keeps_them(
     .await;
     std::fs::remove_dir_all(&dir).ok();
     result
-}
-
-/// A moto S3 server on a free local port, stopped when dropped.
-struct Moto {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-impl Moto {
-    async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = tokio::process::Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting moto (scripts/test.sh installs it: pip install 'moto[server]')")?;
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        for _ in 0..100 {
-            if http.get(format!("{url}/moto-api/")).send().await.is_ok() {
-                return Ok(Self { url, _child: child });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("moto did not answer on {url} within 10 s (is `moto[server]` installed?)")
-    }
-
-    /// Creates `bucket` and puts `body` at `key` (moto takes unsigned requests).
-    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
-        http.put(format!("{}/{bucket}", self.url))
-            .send()
-            .await?
-            .error_for_status()?;
-        http.put(format!("{}/{bucket}/{key}", self.url))
-            .body(body)
-            .send()
-            .await?
-            .error_for_status()?;
-        Ok(())
-    }
 }
 
 async fn a_focus_export_in_a_bucket_is_imported(mode: Mode) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 mod support;
 
 mod access;
+mod aws;
 mod auth;
 mod billing;
 mod broker_limits;

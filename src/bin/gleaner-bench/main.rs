@@ -14,6 +14,9 @@
 //! `api` measures what API keys cost: the API's throughput with a key on every request,
 //! beside the same requests with no key asked (see `api.rs`).
 //!
+//! `aws` measures the `aws` collector over a moto estate, beside a plain SDK loop listing the
+//! same instances (see `aws.rs`).
+//!
 //! `tasks` measures the throughput of small tasks end to end: one job over `--tasks` demo
 //! service accounts of one resource each, run by `--workers` worker processes, from `collect`
 //! to job SUCCESS; beside it, `pgbench`'s built-in simple-update transaction (one UPDATE, one
@@ -41,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod api;
+mod aws;
 mod billing;
 
 #[derive(Debug, Parser)]
@@ -67,6 +71,8 @@ enum Command {
     Summary(billing::SummaryArgs),
     /// The API's throughput with API keys, beside the same requests with no key asked.
     Api(api::ApiArgs),
+    /// The `aws` collector over a moto estate, beside a plain SDK loop listing it.
+    Aws(aws::AwsArgs),
     /// Runs one component with settings from the environment (used by `ingest`).
     #[command(hide = true)]
     Serve { component: Component },
@@ -190,6 +196,10 @@ async fn main() -> anyhow::Result<()> {
             billing::summary(args).await
         }
         Command::Api(args) => api::api(args).await,
+        Command::Aws(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            aws::aws(args).await
+        }
         Command::Serve { component } => serve(component).await,
     }
 }
@@ -1049,6 +1059,8 @@ fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result
         .env("GLEANER_AMQP__PREFIX", &settings.amqp.prefix)
         // The billing benchmark's FOCUS export is written there.
         .env("GLEANER_FILES__ALLOW", std::env::temp_dir())
+        // The AWS benchmark's moto server.
+        .env("GLEANER_NETWORK__ALLOW_ENDPOINTS", "http://127.0.0.1:*")
         .env(
             "GLEANER_WORKER__BATCH_SIZE",
             settings.worker.batch_size.to_string(),

@@ -12,6 +12,8 @@
 //!
 //! [`in_both_modes!`] turns one test function into a test per mode.
 
+pub mod aws;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,88 @@
+//! S3 buckets: global, each in its own region.
+
+use aws_sdk_s3::types::Bucket;
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde_json::Value;
+
+use super::{Kind, Scope, Stop};
+use crate::error::Failure;
+use crate::json::Obj;
+
+/// Buckets whose location and tags are asked for at once; the session bounds the calls.
+const BUCKETS_AT_ONCE: usize = 16;
+
+pub(super) async fn buckets(scope: &Scope<'_>) -> Result<(), Stop> {
+    let s3 = scope.session.s3(scope.region);
+    let mut all = Vec::new();
+    each_page!(
+        scope,
+        "s3:ListBuckets",
+        s3.list_buckets().max_buckets(1000).into_paginator().send(),
+        |page| {
+            all.extend(page.buckets().iter().cloned());
+        }
+    );
+    futures::stream::iter(all)
+        .map(|b| bucket(scope, b))
+        .buffer_unordered(BUCKETS_AT_ONCE)
+        .try_collect::<()>()
+        .await
+}
+
+async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
+    let name = b.name().unwrap_or_default().to_owned();
+    let region = match b.bucket_region() {
+        Some(region) => region.to_owned(),
+        None => {
+            let s3 = scope.session.s3(scope.region);
+            let at = scope
+                .send("s3:GetBucketLocation", s3.get_bucket_location().bucket(&name).send())
+                .await?;
+            // No constraint is us-east-1; `EU` is the old name of eu-west-1.
+            match at.location_constraint().map(AsRef::as_ref) {
+                None | Some("") => "us-east-1".to_owned(),
+                Some("EU") => "eu-west-1".to_owned(),
+                Some(r) => r.to_owned(),
+            }
+        }
+    };
+    if !scope.wants_region(&region) {
+        return Ok(());
+    }
+    let s3 = scope.session.s3(&region);
+    let tagging = scope
+        .send("s3:GetBucketTagging", s3.get_bucket_tagging().bucket(&name).send())
+        .await;
+    let tags: Vec<(String, String)> = match tagging {
+        Ok(t) => t
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect(),
+        // A bucket without tags answers with this error.
+        Err(Stop::Call { ref failure, .. }) if failure.words().starts_with("NoSuchTagSet") => {
+            Vec::new()
+        }
+        Err(Stop::Call { failure: Failure::Transient(w), call }) => {
+            return Err(Stop::Call { call, failure: Failure::Transient(w) });
+        }
+        Err(e @ Stop::Call { .. }) => {
+            // The bucket is listed; its tags are not readable: say so, and keep the bucket.
+            scope.report(Kind::S3Bucket, e).await?;
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let data = data(&b, &region, &tags);
+    let key = format!("arn:{}:s3:::{name}", scope.me.partition);
+    scope.emit_in(Kind::S3Bucket, key, &name, &region, data).await
+}
+
+fn data(b: &Bucket, region: &str, tags: &[(String, String)]) -> Value {
+    Obj::new()
+        .set("name", b.name())
+        .set("creation_date", b.creation_date())
+        .set("bucket_region", region)
+        .tags(tags.iter().map(|(k, v)| (Some(k.as_str()), Some(v.as_str()))))
+        .done()
+}
