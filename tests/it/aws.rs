@@ -72,7 +72,7 @@ async fn stored(env: &TestEnv, expected: &Value) -> anyhow::Result<Value> {
             };
             let n = env
                 .scalar(&format!(
-                    "SELECT count(*) FROM resource WHERE resource_type = '{kind}' AND {at} AND state = 'ACTIVE'"
+                    "SELECT count(*) FROM resources WHERE resource_type = '{kind}' AND {at} AND state = 'ACTIVE'"
                 ))
                 .await?;
             per.insert(region.clone(), json!(n));
@@ -80,7 +80,7 @@ async fn stored(env: &TestEnv, expected: &Value) -> anyhow::Result<Value> {
         out.insert(kind.clone(), Value::Object(per));
     }
     let all = env
-        .scalar("SELECT count(*) FROM resource WHERE state = 'ACTIVE'")
+        .scalar("SELECT count(*) FROM resources WHERE state = 'ACTIVE'")
         .await?;
     let want: i64 = types
         .values()
@@ -147,7 +147,7 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
     let arn = format!("arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{first}");
     let data = env
         .json_column(&format!(
-            "SELECT data FROM resource WHERE resource_key = '{arn}' AND name = 'first' AND region = 'us-east-1'"
+            "SELECT data FROM resources WHERE resource_key = '{arn}' AND name = 'first' AND region = 'us-east-1'"
         ))
         .await?;
     assert_eq!(data.len(), 1, "{arn} stored once, named by its Name tag");
@@ -155,7 +155,7 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
     assert_eq!(data[0]["tags"], json!({"Name": "first", "team": "seeded"}));
     let bucket = env
         .json_column(
-            "SELECT data FROM resource WHERE resource_key = 'arn:aws:s3:::bucket-eu-west-1-0' AND region = 'eu-west-1'",
+            "SELECT data FROM resources WHERE resource_key = 'arn:aws:s3:::bucket-eu-west-1-0' AND region = 'eu-west-1'",
         )
         .await?;
     assert_eq!(bucket.len(), 1, "the bucket is in its own region");
@@ -318,9 +318,10 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
                "DimensionValueAttributes": []}),
     ])
     .await?;
+    let project = env.create("/v1/projects", json!({"name": "finance"})).await?;
     env.create(
         "/v1/service-accounts",
-        json!({"name": "payer", "provider": "aws", "credentials": keys()}),
+        json!({"name": "payer", "provider": "aws", "project_id": project["id"], "credentials": keys()}),
     )
     .await?;
     let c = env
@@ -337,7 +338,7 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
             .await?;
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
         let job = env.wait_job(a.body["job_id"].as_str().context("job")?).await?;
-        assert_eq!(job["status"], "SUCCESS", "sync {sync}: {job}");
+        assert_eq!(job["status"], "SUCCESS", "sync {sync}: {job} {}", task_errors(&env, &job).await?);
         assert_eq!(job["counts"]["created"], 4, "sync {sync}: {job}");
         let by_service = env
             .get("/v1/costs/summary?start=2024-09-01&end=2024-10-01&group_by=service")

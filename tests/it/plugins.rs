@@ -123,7 +123,10 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
     assert_eq!(shown.body["latest"], "1.10.0");
     let list = env.get("/v1/plugins").await?;
     let ids = crate::support::strs(&list.body["items"], "id");
-    assert_eq!(ids, ["demo", "demo-billing", "focus", "json-inventory"]);
+    assert_eq!(
+        ids,
+        ["aws", "aws-cost-explorer", "demo", "demo-billing", "focus", "json-inventory"]
+    );
 
     // init fails: 422 with what the plugin said on stderr.
     let failed = env

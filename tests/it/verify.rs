@@ -284,19 +284,19 @@ async fn verify_picks_a_collector_of_the_accounts_provider_else_a_catalog_plugin
     assert_eq!(a.body["plugin_id"], "demo-billing", "{}", a.body);
 
     // No plugin serves the provider.
-    let aws = account(
+    let azure = account(
         &env,
-        "aws",
-        "aws",
-        json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "secret"}),
+        "azure",
+        "azure",
+        json!({"tenant_id": "t", "client_id": "c", "client_secret": "secret", "subscription_id": "s"}),
     )
     .await?;
-    let a = verify_account(&env, &aws, json!(null)).await?;
+    let a = verify_account(&env, &azure, json!(null)).await?;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     assert_eq!(
         a.body,
         json!({"type": "/problems/no-plugin", "title": "No plugin for the provider", "status": 422,
-               "detail": "no plugin serves provider `aws`, so nothing can check its accounts: register a private plugin of that provider"})
+               "detail": "no plugin serves provider `azure`, so nothing can check its accounts: register a private plugin of that provider"})
     );
 
     // The provider's plugins need options, which only a collector has.

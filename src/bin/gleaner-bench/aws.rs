@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
-use futures::StreamExt as _;
 use gleaner_aws::session::{AwsCredentials, Session};
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt as _;
