@@ -117,7 +117,8 @@ async fn task_errors(env: &TestEnv, job: &Value) -> anyhow::Result<String> {
 /// Over a thousand instances in one region (in over a thousand reservations, which is what moto
 /// pages by), other types in three regions, buckets in two, IAM users and roles: every one
 /// stored once, per type and region; a second collection changes nothing; terminated instances
-/// and a deleted bucket are marked DELETED after three collections, and nothing else.
+/// (with their root volumes) and a deleted bucket are marked DELETED after three collections,
+/// and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> anyhow::Result<()> {
     let env = start(Mode::Distributed).await?;
@@ -161,7 +162,7 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
     assert_eq!(bucket.len(), 1, "the bucket is in its own region");
     assert_eq!(bucket[0]["tags"], json!({"team": "data"}));
 
-    let total: i64 = env.scalar("SELECT count(*) FROM resource").await?;
+    let total: i64 = env.scalar("SELECT count(*) FROM resources").await?;
     let again = env.wait_job_within(&env.start_collect(&collector).await?, Duration::from_secs(300)).await?;
     assert_eq!(
         again["counts"],
@@ -173,8 +174,11 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
         .iter()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
-    moto.run(json!({"do": "terminate", "region": "us-east-1", "ids": gone}))
+    let terminated = moto
+        .run(json!({"do": "terminate", "region": "us-east-1", "ids": gone}))
         .await?;
+    let volumes_gone = terminated["volumes_gone"].as_array().context("volumes")?;
+    assert_eq!(volumes_gone.len(), gone.len(), "each instance had a root volume: {terminated}");
     moto.run(json!({"do": "delete_bucket", "name": "bucket-eu-west-1-0"}))
         .await?;
     for run in 1..=3 {
@@ -188,6 +192,9 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
         .iter()
         .map(|id| format!("arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{id}"))
         .collect();
+    want.extend(volumes_gone.iter().filter_map(Value::as_str).map(|id| {
+        format!("arn:aws:ec2:us-east-1:{ACCOUNT}:volume/{id}")
+    }));
     want.push("arn:aws:s3:::bucket-eu-west-1-0".into());
     want.sort();
     assert_eq!(deleted_keys(&env).await?, want);

@@ -7,7 +7,7 @@ Reads one JSON command on stdin and prints one JSON answer on stdout:
      "services": true}}, "users": N, "roles": N}
     -> {"instances": {REGION: [id, ...]}, "buckets": {REGION: [name, ...]},
         "counts": {TYPE: {REGION or "": n}}}
-  {"do": "terminate", "endpoint": URL, "region": R, "ids": [...]}
+  {"do": "terminate", "endpoint": URL, "region": R, "ids": [...]}  -> {"volumes_gone": [...]}
   {"do": "delete_bucket", "endpoint": URL, "name": NAME}
   {"do": "counts", "endpoint": URL, "regions": [...]}   -> {"counts": ...}
 
@@ -211,8 +211,12 @@ def main():
     if cmd["do"] == "seed":
         out = seed(cmd)
     elif cmd["do"] == "terminate":
-        client(endpoint, "ec2", cmd["region"]).terminate_instances(InstanceIds=cmd["ids"])
-        out = {}
+        ec2 = client(endpoint, "ec2", cmd["region"])
+        volumes = lambda: {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+        before = volumes()
+        ec2.terminate_instances(InstanceIds=cmd["ids"])
+        # Their root volumes go with them (DeleteOnTermination).
+        out = {"volumes_gone": sorted(before - volumes())}
     elif cmd["do"] == "delete_bucket":
         s3 = client(endpoint, "s3", "us-east-1")
         s3.delete_bucket_tagging(Bucket=cmd["name"])
