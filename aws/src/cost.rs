@@ -321,7 +321,13 @@ mod tests {
             partition: "aws".into(),
         };
         let day = ResultByTime::builder()
-            .time_period(DateInterval::builder().start("2024-09-03").end("2024-09-04").build().unwrap())
+            .time_period(
+                DateInterval::builder()
+                    .start("2024-09-03")
+                    .end("2024-09-04")
+                    .build()
+                    .unwrap(),
+            )
             .groups(
                 Group::builder()
                     .keys("Amazon Elastic Compute Cloud - Compute")
@@ -339,13 +345,27 @@ mod tests {
             )
             .build();
         let items = items(&me, GroupBy::Region, &day);
-        let Item::Cost(cost) = &items[0] else { panic!("{items:?}") };
-        assert_eq!(cost.billed_cost, Decimal::from_str("12.3456789012").unwrap());
+        let Item::Cost(cost) = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(
+            cost.billed_cost,
+            Decimal::from_str("12.3456789012").unwrap()
+        );
         assert_eq!(cost.effective_cost, Decimal::from_str("0.0012").unwrap());
         assert_eq!(cost.region_id.as_deref(), Some("us-east-1"));
         assert_eq!(cost.sub_account_id.as_deref(), Some("123456789012"));
-        assert_eq!(cost.charge_period_start.to_rfc3339(), "2024-09-03T00:00:00+00:00");
-        assert_eq!(cost.billing_period_start.unwrap().to_rfc3339(), "2024-09-01T00:00:00+00:00");
-        assert!(matches!(&items[1], Item::Error(e) if e.message.contains("not a number")), "{items:?}");
+        assert_eq!(
+            cost.charge_period_start.to_rfc3339(),
+            "2024-09-03T00:00:00+00:00"
+        );
+        assert_eq!(
+            cost.billing_period_start.unwrap().to_rfc3339(),
+            "2024-09-01T00:00:00+00:00"
+        );
+        assert!(
+            matches!(&items[1], Item::Error(e) if e.message.contains("not a number")),
+            "{items:?}"
+        );
     }
 }

@@ -137,8 +137,12 @@ impl Obj {
 
     /// Sets `tags` to the map of the tags given (always present, `{}` when there are none).
     #[must_use]
-    pub fn tags<'a>(mut self, tags: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>) -> Self {
-        self.0.insert("tags".to_owned(), Value::Object(tag_map(tags)));
+    pub fn tags<'a>(
+        mut self,
+        tags: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+    ) -> Self {
+        self.0
+            .insert("tags".to_owned(), Value::Object(tag_map(tags)));
         self
     }
 
@@ -184,7 +188,11 @@ mod tests {
             .set("when", Some(&DateTime::from_secs(0)))
             .strings("empty", &[])
             .set("nested", Obj::new())
-            .tags([(Some("Name"), Some("web")), (Some("bare"), None), (None, Some("x"))])
+            .tags([
+                (Some("Name"), Some("web")),
+                (Some("bare"), None),
+                (None, Some("x")),
+            ])
             .done();
         assert_eq!(
             v,

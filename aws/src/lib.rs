@@ -20,7 +20,10 @@ pub mod session;
 #[must_use]
 pub fn plugins(access: &Arc<Access>, settings: &AwsSettings) -> Vec<Arc<dyn Plugin>> {
     vec![
-        Arc::new(inventory::AwsInventory::new(access.clone(), settings.clone())),
+        Arc::new(inventory::AwsInventory::new(
+            access.clone(),
+            settings.clone(),
+        )),
         Arc::new(cost::CostExplorer::new(access.clone(), settings.clone())),
     ]
 }

@@ -334,10 +334,22 @@ mod tests {
         }
         let cases = [
             (json!({}), vec!["credentials.aws_access_key_id"]),
-            (json!({"aws_access_key_id": "AKIA"}), vec!["credentials.aws_secret_access_key"]),
-            (json!({"aws_secret_access_key": "s", "role_arn": "arn:aws:iam::1:role/r"}), vec!["credentials.aws_access_key_id"]),
-            (json!({"aws_session_token": "t", "role_arn": "arn:aws:iam::1:role/r"}), vec!["credentials.aws_session_token"]),
-            (json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "external_id": "x"}), vec!["credentials.external_id"]),
+            (
+                json!({"aws_access_key_id": "AKIA"}),
+                vec!["credentials.aws_secret_access_key"],
+            ),
+            (
+                json!({"aws_secret_access_key": "s", "role_arn": "arn:aws:iam::1:role/r"}),
+                vec!["credentials.aws_access_key_id"],
+            ),
+            (
+                json!({"aws_session_token": "t", "role_arn": "arn:aws:iam::1:role/r"}),
+                vec!["credentials.aws_session_token"],
+            ),
+            (
+                json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "external_id": "x"}),
+                vec!["credentials.external_id"],
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(fields(aws.validate(&input).unwrap_err()), want, "{input}");

@@ -87,7 +87,10 @@ async fn stored(env: &TestEnv, expected: &Value) -> anyhow::Result<Value> {
         .flat_map(|r| r.as_object().into_iter().flat_map(|m| m.values()))
         .filter_map(Value::as_i64)
         .sum();
-    anyhow::ensure!(all == want, "{all} resources stored, {want} expected: {out:?}");
+    anyhow::ensure!(
+        all == want,
+        "{all} resources stored, {want} expected: {out:?}"
+    );
     Ok(Value::Object(out))
 }
 
@@ -103,7 +106,10 @@ async fn deleted_keys(env: &TestEnv) -> anyhow::Result<Vec<String>> {
 
 async fn task_errors(env: &TestEnv, job: &Value) -> anyhow::Result<String> {
     let tasks = env
-        .get(&format!("/v1/jobs/{}/tasks", job["id"].as_str().context("job id")?))
+        .get(&format!(
+            "/v1/jobs/{}/tasks",
+            job["id"].as_str().context("job id")?
+        ))
         .await?;
     Ok(tasks.body["items"]
         .as_array()
@@ -133,18 +139,33 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
         }}))
         .await?;
     let expected = seeded["counts"].clone();
-    assert_eq!(expected["aws.ec2.instance"]["us-east-1"], 1005, "{expected}");
+    assert_eq!(
+        expected["aws.ec2.instance"]["us-east-1"], 1005,
+        "{expected}"
+    );
     let collector = aws_collector(
         &env,
         keys(),
         json!({"regions": ["us-east-1", "eu-west-1", "ap-northeast-2"], "endpoint_url": moto.url}),
     )
     .await?;
-    let job = env.wait_job_within(&env.start_collect(&collector).await?, Duration::from_secs(300)).await?;
-    assert_eq!(job["status"], "SUCCESS", "{job} {}", task_errors(&env, &job).await?);
+    let job = env
+        .wait_job_within(
+            &env.start_collect(&collector).await?,
+            Duration::from_secs(300),
+        )
+        .await?;
+    assert_eq!(
+        job["status"],
+        "SUCCESS",
+        "{job} {}",
+        task_errors(&env, &job).await?
+    );
     assert_eq!(stored(&env, &expected).await?, expected);
     // Keys are ARNs, names come from the Name tag, data carries the SDK's fields and the tags.
-    let first = seeded["instances"]["us-east-1"][0].as_str().context("an instance")?;
+    let first = seeded["instances"]["us-east-1"][0]
+        .as_str()
+        .context("an instance")?;
     let arn = format!("arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{first}");
     let data = env
         .json_column(&format!(
@@ -163,7 +184,12 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
     assert_eq!(bucket[0]["tags"], json!({"team": "data"}));
 
     let total: i64 = env.scalar("SELECT count(*) FROM resources").await?;
-    let again = env.wait_job_within(&env.start_collect(&collector).await?, Duration::from_secs(300)).await?;
+    let again = env
+        .wait_job_within(
+            &env.start_collect(&collector).await?,
+            Duration::from_secs(300),
+        )
+        .await?;
     assert_eq!(
         again["counts"],
         json!({"created": 0, "updated": 0, "unchanged": total, "deleted": 0, "failed": 0}),
@@ -178,11 +204,20 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
         .run(json!({"do": "terminate", "region": "us-east-1", "ids": gone}))
         .await?;
     let volumes_gone = terminated["volumes_gone"].as_array().context("volumes")?;
-    assert_eq!(volumes_gone.len(), gone.len(), "each instance had a root volume: {terminated}");
+    assert_eq!(
+        volumes_gone.len(),
+        gone.len(),
+        "each instance had a root volume: {terminated}"
+    );
     moto.run(json!({"do": "delete_bucket", "name": "bucket-eu-west-1-0"}))
         .await?;
     for run in 1..=3 {
-        let job = env.wait_job_within(&env.start_collect(&collector).await?, Duration::from_secs(300)).await?;
+        let job = env
+            .wait_job_within(
+                &env.start_collect(&collector).await?,
+                Duration::from_secs(300),
+            )
+            .await?;
         assert_eq!(job["status"], "SUCCESS", "run {run}: {job}");
         if run < 3 {
             assert!(deleted_keys(&env).await?.is_empty(), "run {run}");
@@ -192,9 +227,12 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
         .iter()
         .map(|id| format!("arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{id}"))
         .collect();
-    want.extend(volumes_gone.iter().filter_map(Value::as_str).map(|id| {
-        format!("arn:aws:ec2:us-east-1:{ACCOUNT}:volume/{id}")
-    }));
+    want.extend(
+        volumes_gone
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|id| format!("arn:aws:ec2:us-east-1:{ACCOUNT}:volume/{id}")),
+    );
     want.push("arn:aws:s3:::bucket-eu-west-1-0".into());
     want.sort();
     assert_eq!(deleted_keys(&env).await?, want);
@@ -229,19 +267,36 @@ async fn throttling_is_retried_and_a_denied_region_deletes_nothing(
         json!({"regions": ["us-east-1", "eu-west-1"], "endpoint_url": proxy.url}),
     )
     .await?;
-    let job = env.wait_job_within(&env.start_collect(&collector).await?, Duration::from_secs(180)).await?;
-    assert_eq!(job["status"], "SUCCESS", "{job} {}", task_errors(&env, &job).await?);
+    let job = env
+        .wait_job_within(
+            &env.start_collect(&collector).await?,
+            Duration::from_secs(180),
+        )
+        .await?;
+    assert_eq!(
+        job["status"],
+        "SUCCESS",
+        "{job} {}",
+        task_errors(&env, &job).await?
+    );
     assert_eq!(stored(&env, &expected).await?, expected);
     let throttled = proxy.faults.injected.load(Ordering::Relaxed);
     assert!(throttled >= 10, "only {throttled} requests were throttled");
 
     proxy.faults.throttle_every.store(0, Ordering::Relaxed);
     *proxy.faults.denied_region.lock().unwrap() = Some("eu-west-1".into());
-    let gone = seeded["instances"]["us-east-1"][0].as_str().context("an instance")?;
+    let gone = seeded["instances"]["us-east-1"][0]
+        .as_str()
+        .context("an instance")?;
     moto.run(json!({"do": "terminate", "region": "us-east-1", "ids": [gone]}))
         .await?;
     for run in 1..=3 {
-        let job = env.wait_job_within(&env.start_collect(&collector).await?, Duration::from_secs(180)).await?;
+        let job = env
+            .wait_job_within(
+                &env.start_collect(&collector).await?,
+                Duration::from_secs(180),
+            )
+            .await?;
         assert_eq!(job["status"], "FAILURE", "run {run}: {job}");
         let errors = task_errors(&env, &job).await?;
         assert!(
@@ -277,13 +332,25 @@ async fn credentials_are_verified_and_endpoints_allowlisted(mode: Mode) -> anyho
     let refused = env
         .post(&format!("/v1/collectors/{collector}/verify"), json!(null))
         .await?;
-    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
-    assert!(
-        refused.body.to_string().contains("GLEANER_AWS__WORKER_CREDENTIALS"),
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
         "{}",
         refused.body
     );
-    for endpoint in ["http://169.254.169.254", "https://attacker.example:443", "file:///etc/passwd"] {
+    assert!(
+        refused
+            .body
+            .to_string()
+            .contains("GLEANER_AWS__WORKER_CREDENTIALS"),
+        "{}",
+        refused.body
+    );
+    for endpoint in [
+        "http://169.254.169.254",
+        "https://attacker.example:443",
+        "file:///etc/passwd",
+    ] {
         let a = env
             .post(
                 "/v1/collectors",
@@ -291,7 +358,11 @@ async fn credentials_are_verified_and_endpoints_allowlisted(mode: Mode) -> anyho
             )
             .await?;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{endpoint}: {}", a.body);
-        assert_eq!(a.body["errors"][0]["field"], "options.endpoint_url", "{}", a.body);
+        assert_eq!(
+            a.body["errors"][0]["field"], "options.endpoint_url",
+            "{}",
+            a.body
+        );
     }
     Ok(())
 }
@@ -307,9 +378,7 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
             "UnblendedCost": {"Amount": billed, "Unit": "USD"},
             "AmortizedCost": {"Amount": amortized, "Unit": "USD"}}})
     };
-    let day = |d: &str, next: &str, groups: Vec<Value>| {
-        json!({"TimePeriod": {"Start": d, "End": next}, "Total": {}, "Groups": groups, "Estimated": false})
-    };
+    let day = |d: &str, next: &str, groups: Vec<Value>| json!({"TimePeriod": {"Start": d, "End": next}, "Total": {}, "Groups": groups, "Estimated": false});
     moto.queue_costs(vec![
         json!({"ResultsByTime": [
                 day("2024-09-01", "2024-09-02", vec![
@@ -325,7 +394,9 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
                "DimensionValueAttributes": []}),
     ])
     .await?;
-    let project = env.create("/v1/projects", json!({"name": "finance"})).await?;
+    let project = env
+        .create("/v1/projects", json!({"name": "finance"}))
+        .await?;
     env.create(
         "/v1/service-accounts",
         json!({"name": "payer", "provider": "aws", "project_id": project["id"], "credentials": keys()}),
@@ -341,11 +412,21 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
     let window = json!({"start_month": "2024-09", "end_month": "2024-09"});
     for sync in 1..=2 {
         let a = env
-            .post(&format!("/v1/collectors/{collector}/collect"), window.clone())
+            .post(
+                &format!("/v1/collectors/{collector}/collect"),
+                window.clone(),
+            )
             .await?;
         assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
-        let job = env.wait_job(a.body["job_id"].as_str().context("job")?).await?;
-        assert_eq!(job["status"], "SUCCESS", "sync {sync}: {job} {}", task_errors(&env, &job).await?);
+        let job = env
+            .wait_job(a.body["job_id"].as_str().context("job")?)
+            .await?;
+        assert_eq!(
+            job["status"],
+            "SUCCESS",
+            "sync {sync}: {job} {}",
+            task_errors(&env, &job).await?
+        );
         assert_eq!(job["counts"]["created"], 4, "sync {sync}: {job}");
         let by_service = env
             .get("/v1/costs/summary?start=2024-09-01&end=2024-10-01&group_by=service")
@@ -368,8 +449,14 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
         assert_eq!(
             sums,
             BTreeMap::from([
-                ("Amazon Elastic Compute Cloud - Compute".to_owned(), pair("12.6234567891", "11.75")),
-                ("Amazon Simple Storage Service".to_owned(), pair("0.0000000123", "0.0000000123")),
+                (
+                    "Amazon Elastic Compute Cloud - Compute".to_owned(),
+                    pair("12.6234567891", "11.75")
+                ),
+                (
+                    "Amazon Simple Storage Service".to_owned(),
+                    pair("0.0000000123", "0.0000000123")
+                ),
                 ("Tax".to_owned(), pair("0.012", "0.012")),
             ]),
             "sync {sync}: {}",
@@ -378,7 +465,11 @@ async fn cost_explorer_costs_are_imported_exactly_and_replaced(mode: Mode) -> an
         let total = env
             .get("/v1/costs/summary?start=2024-09-01&end=2024-10-01&group_by=month")
             .await?;
-        assert_eq!(total.body["items"][0]["billed_cost"], "12.6354568014", "{}", total.body);
+        assert_eq!(
+            total.body["items"][0]["billed_cost"], "12.6354568014",
+            "{}",
+            total.body
+        );
     }
     let accounts = env
         .get("/v1/costs/summary?start=2024-09-01&end=2024-10-01&group_by=billing_account")

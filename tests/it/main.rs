@@ -3,8 +3,8 @@
 mod support;
 
 mod access;
-mod aws;
 mod auth;
+mod aws;
 mod billing;
 mod broker_limits;
 mod collect;

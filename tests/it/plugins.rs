@@ -125,7 +125,14 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
     let ids = crate::support::strs(&list.body["items"], "id");
     assert_eq!(
         ids,
-        ["aws", "aws-cost-explorer", "demo", "demo-billing", "focus", "json-inventory"]
+        [
+            "aws",
+            "aws-cost-explorer",
+            "demo",
+            "demo-billing",
+            "focus",
+            "json-inventory"
+        ]
     );
 
     // init fails: 422 with what the plugin said on stderr.

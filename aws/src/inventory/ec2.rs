@@ -1,6 +1,8 @@
 //! EC2: instances, EBS volumes, VPCs, subnets and security groups of one region.
 
-use aws_sdk_ec2::types::{Instance, InstanceStateName, Reservation, SecurityGroup, Subnet, Volume, Vpc};
+use aws_sdk_ec2::types::{
+    Instance, InstanceStateName, Reservation, SecurityGroup, Subnet, Volume, Vpc,
+};
 use serde_json::Value;
 
 use super::{Kind, Scope, Stop};
@@ -11,7 +13,10 @@ pub(super) async fn instances(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "ec2:DescribeInstances",
-        ec2.describe_instances().max_results(1000).into_paginator().send(),
+        ec2.describe_instances()
+            .max_results(1000)
+            .into_paginator()
+            .send(),
         |page| {
             for reservation in page.reservations() {
                 for i in reservation.instances() {
@@ -22,7 +27,9 @@ pub(super) async fn instances(scope: &Scope<'_>) -> Result<(), Stop> {
                     }
                     let id = i.instance_id().unwrap_or_default();
                     let key = scope.arn("ec2", &format!("instance/{id}"));
-                    scope.emit(Kind::Ec2Instance, key, id, instance(reservation, i)).await?;
+                    scope
+                        .emit(Kind::Ec2Instance, key, id, instance(reservation, i))
+                        .await?;
                 }
             }
         }
@@ -51,7 +58,8 @@ fn instance(r: &Reservation, i: &Instance) -> Value {
         )
         .set(
             "state",
-            i.state().map(|s| Obj::new().set("code", s.code()).name("name", s.name())),
+            i.state()
+                .map(|s| Obj::new().set("code", s.code()).name("name", s.name())),
         )
         .set("state_transition_reason", i.state_transition_reason())
         .name("monitoring", i.monitoring().and_then(|m| m.state()))
@@ -72,7 +80,10 @@ fn instance(r: &Reservation, i: &Instance) -> Value {
         .set("ebs_optimized", i.ebs_optimized())
         .set("ena_support", i.ena_support())
         .set("source_dest_check", i.source_dest_check())
-        .set("iam_instance_profile", i.iam_instance_profile().and_then(|p| p.arn()))
+        .set(
+            "iam_instance_profile",
+            i.iam_instance_profile().and_then(|p| p.arn()),
+        )
         .set(
             "cpu_options",
             i.cpu_options().map(|c| {
@@ -81,7 +92,10 @@ fn instance(r: &Reservation, i: &Instance) -> Value {
                     .set("threads_per_core", c.threads_per_core())
             }),
         )
-        .name("http_tokens", i.metadata_options().and_then(|m| m.http_tokens()))
+        .name(
+            "http_tokens",
+            i.metadata_options().and_then(|m| m.http_tokens()),
+        )
         .list("security_groups", i.security_groups(), |g| {
             Obj::new()
                 .set("group_id", g.group_id())
@@ -95,7 +109,10 @@ fn instance(r: &Reservation, i: &Instance) -> Value {
                 .set("volume_id", ebs.and_then(|e| e.volume_id()))
                 .name("status", ebs.and_then(|e| e.status()))
                 .set("attach_time", ebs.and_then(|e| e.attach_time()))
-                .set("delete_on_termination", ebs.and_then(|e| e.delete_on_termination()))
+                .set(
+                    "delete_on_termination",
+                    ebs.and_then(|e| e.delete_on_termination()),
+                )
                 .done()
         })
         .list("network_interfaces", i.network_interfaces(), |n| {
@@ -117,7 +134,10 @@ pub(super) async fn volumes(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "ec2:DescribeVolumes",
-        ec2.describe_volumes().max_results(500).into_paginator().send(),
+        ec2.describe_volumes()
+            .max_results(500)
+            .into_paginator()
+            .send(),
         |page| {
             for v in page.volumes() {
                 let id = v.volume_id().unwrap_or_default();
@@ -161,7 +181,10 @@ pub(super) async fn vpcs(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "ec2:DescribeVpcs",
-        ec2.describe_vpcs().max_results(1000).into_paginator().send(),
+        ec2.describe_vpcs()
+            .max_results(1000)
+            .into_paginator()
+            .send(),
         |page| {
             for v in page.vpcs() {
                 let id = v.vpc_id().unwrap_or_default();
@@ -182,12 +205,16 @@ fn vpc(v: &Vpc) -> Value {
         .set("is_default", v.is_default())
         .name("instance_tenancy", v.instance_tenancy())
         .set("dhcp_options_id", v.dhcp_options_id())
-        .list("cidr_block_association_set", v.cidr_block_association_set(), |c| {
-            Obj::new()
-                .set("association_id", c.association_id())
-                .set("cidr_block", c.cidr_block())
-                .done()
-        })
+        .list(
+            "cidr_block_association_set",
+            v.cidr_block_association_set(),
+            |c| {
+                Obj::new()
+                    .set("association_id", c.association_id())
+                    .set("cidr_block", c.cidr_block())
+                    .done()
+            },
+        )
         .tags(v.tags().iter().map(|t| (t.key(), t.value())))
         .done()
 }
@@ -197,7 +224,10 @@ pub(super) async fn subnets(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "ec2:DescribeSubnets",
-        ec2.describe_subnets().max_results(1000).into_paginator().send(),
+        ec2.describe_subnets()
+            .max_results(1000)
+            .into_paginator()
+            .send(),
         |page| {
             for s in page.subnets() {
                 let id = s.subnet_id().unwrap_or_default();
@@ -233,15 +263,21 @@ pub(super) async fn security_groups(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "ec2:DescribeSecurityGroups",
-        ec2.describe_security_groups().max_results(1000).into_paginator().send(),
+        ec2.describe_security_groups()
+            .max_results(1000)
+            .into_paginator()
+            .send(),
         |page| {
             for g in page.security_groups() {
                 let id = g.group_id().unwrap_or_default();
-                let key = g
-                    .security_group_arn()
-                    .map_or_else(|| scope.arn("ec2", &format!("security-group/{id}")), str::to_owned);
+                let key = g.security_group_arn().map_or_else(
+                    || scope.arn("ec2", &format!("security-group/{id}")),
+                    str::to_owned,
+                );
                 let name = g.group_name().unwrap_or(id).to_owned();
-                scope.emit(Kind::SecurityGroup, key, &name, security_group(g)).await?;
+                scope
+                    .emit(Kind::SecurityGroup, key, &name, security_group(g))
+                    .await?;
             }
         }
     );

@@ -23,7 +23,8 @@ pub(super) async fn users(scope: &Scope<'_>) -> Result<(), Stop> {
                     .set("password_last_used", u.password_last_used())
                     .set(
                         "permissions_boundary",
-                        u.permissions_boundary().and_then(|b| b.permissions_boundary_arn()),
+                        u.permissions_boundary()
+                            .and_then(|b| b.permissions_boundary_arn()),
                     )
                     .tags(u.tags().iter().map(|t| (Some(t.key()), Some(t.value()))))
                     .done();

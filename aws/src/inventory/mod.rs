@@ -348,7 +348,10 @@ pub async fn regions(
             failure => {
                 // Without the list, what was asked for (or the home region) is collected, and
                 // the task says what it could not do.
-                let fallback = opts.regions.clone().unwrap_or_else(|| vec![home.to_owned()]);
+                let fallback = opts
+                    .regions
+                    .clone()
+                    .unwrap_or_else(|| vec![home.to_owned()]);
                 out.send(Item::Error(ItemError {
                     resource_type: None,
                     resource_key: None,
@@ -480,7 +483,8 @@ impl Scope<'_> {
         region: &str,
         data: Value,
     ) -> Result<(), Stop> {
-        self.send_item(kind, key, own_name, Some(region), data).await
+        self.send_item(kind, key, own_name, Some(region), data)
+            .await
     }
 
     /// Sends a resource of no region (IAM).

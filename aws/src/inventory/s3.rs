@@ -36,7 +36,10 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
         None => {
             let s3 = scope.session.s3(scope.region);
             let at = scope
-                .send("s3:GetBucketLocation", s3.get_bucket_location().bucket(&name).send())
+                .send(
+                    "s3:GetBucketLocation",
+                    s3.get_bucket_location().bucket(&name).send(),
+                )
                 .await?;
             // No constraint is us-east-1; `EU` is the old name of eu-west-1.
             match at.location_constraint().map(AsRef::as_ref) {
@@ -51,7 +54,10 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
     }
     let s3 = scope.session.s3(&region);
     let tagging = scope
-        .send("s3:GetBucketTagging", s3.get_bucket_tagging().bucket(&name).send())
+        .send(
+            "s3:GetBucketTagging",
+            s3.get_bucket_tagging().bucket(&name).send(),
+        )
         .await;
     let tags: Vec<(String, String)> = match tagging {
         Ok(t) => t
@@ -63,8 +69,14 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
         Err(Stop::Call { ref failure, .. }) if failure.words().starts_with("NoSuchTagSet") => {
             Vec::new()
         }
-        Err(Stop::Call { failure: Failure::Transient(w), call }) => {
-            return Err(Stop::Call { call, failure: Failure::Transient(w) });
+        Err(Stop::Call {
+            failure: Failure::Transient(w),
+            call,
+        }) => {
+            return Err(Stop::Call {
+                call,
+                failure: Failure::Transient(w),
+            });
         }
         Err(e @ Stop::Call { .. }) => {
             // The bucket is listed; its tags are not readable: say so, and keep the bucket.
@@ -75,7 +87,9 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
     };
     let data = data(&b, &region, &tags);
     let key = format!("arn:{}:s3:::{name}", scope.me.partition);
-    scope.emit_in(Kind::S3Bucket, key, &name, &region, data).await
+    scope
+        .emit_in(Kind::S3Bucket, key, &name, &region, data)
+        .await
 }
 
 fn data(b: &Bucket, region: &str, tags: &[(String, String)]) -> Value {
@@ -83,6 +97,9 @@ fn data(b: &Bucket, region: &str, tags: &[(String, String)]) -> Value {
         .set("name", b.name())
         .set("creation_date", b.creation_date())
         .set("bucket_region", region)
-        .tags(tags.iter().map(|(k, v)| (Some(k.as_str()), Some(v.as_str()))))
+        .tags(
+            tags.iter()
+                .map(|(k, v)| (Some(k.as_str()), Some(v.as_str()))),
+        )
         .done()
 }

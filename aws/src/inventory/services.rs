@@ -11,7 +11,10 @@ pub(super) async fn db_instances(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "rds:DescribeDBInstances",
-        rds.describe_db_instances().max_records(100).into_paginator().send(),
+        rds.describe_db_instances()
+            .max_records(100)
+            .into_paginator()
+            .send(),
         |page| {
             for d in page.db_instances() {
                 let id = d.db_instance_identifier().unwrap_or_default();
@@ -36,9 +39,8 @@ pub(super) async fn db_instances(scope: &Scope<'_>) -> Result<(), Stop> {
                     .set("master_username", d.master_username())
                     .set(
                         "endpoint",
-                        d.endpoint().map(|e| {
-                            Obj::new().set("address", e.address()).set("port", e.port())
-                        }),
+                        d.endpoint()
+                            .map(|e| Obj::new().set("address", e.address()).set("port", e.port())),
                     )
                     .set("vpc_id", d.db_subnet_group().and_then(|g| g.vpc_id()))
                     .list("vpc_security_groups", d.vpc_security_groups(), |g| {
@@ -58,13 +60,18 @@ pub(super) async fn functions(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "lambda:ListFunctions",
-        lambda.list_functions().max_items(50).into_paginator().send(),
+        lambda
+            .list_functions()
+            .max_items(50)
+            .into_paginator()
+            .send(),
         |page| {
             for f in page.functions() {
                 let name = f.function_name().unwrap_or_default();
-                let key = f
-                    .function_arn()
-                    .map_or_else(|| scope.arn("lambda", &format!("function:{name}")), str::to_owned);
+                let key = f.function_arn().map_or_else(
+                    || scope.arn("lambda", &format!("function:{name}")),
+                    str::to_owned,
+                );
                 let data = Obj::new()
                     .set("function_name", f.function_name())
                     .set("function_arn", f.function_arn())
@@ -79,10 +86,14 @@ pub(super) async fn functions(scope: &Scope<'_>) -> Result<(), Stop> {
                     .set("version", f.version())
                     .name("package_type", f.package_type())
                     .name("state", f.state())
-                    .list("architectures", f.architectures(), |a| Value::from(a.as_str()))
+                    .list("architectures", f.architectures(), |a| {
+                        Value::from(a.as_str())
+                    })
                     .set(
                         "vpc_id",
-                        f.vpc_config().and_then(|v| v.vpc_id()).filter(|v| !v.is_empty()),
+                        f.vpc_config()
+                            .and_then(|v| v.vpc_id())
+                            .filter(|v| !v.is_empty()),
                     )
                     // ListFunctions carries no tags; the function's own tags need a call each.
                     .tags([])
@@ -99,7 +110,10 @@ pub(super) async fn load_balancers(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "elasticloadbalancing:DescribeLoadBalancers",
-        elb.describe_load_balancers().page_size(400).into_paginator().send(),
+        elb.describe_load_balancers()
+            .page_size(400)
+            .into_paginator()
+            .send(),
         |page| {
             for lb in page.load_balancers() {
                 let name = lb.load_balancer_name().unwrap_or_default();
@@ -138,7 +152,10 @@ pub(super) async fn auto_scaling_groups(scope: &Scope<'_>) -> Result<(), Stop> {
     each_page!(
         scope,
         "autoscaling:DescribeAutoScalingGroups",
-        asg.describe_auto_scaling_groups().max_records(100).into_paginator().send(),
+        asg.describe_auto_scaling_groups()
+            .max_records(100)
+            .into_paginator()
+            .send(),
         |page| {
             for g in page.auto_scaling_groups() {
                 let name = g.auto_scaling_group_name().unwrap_or_default();
@@ -197,12 +214,16 @@ pub(super) async fn tables(scope: &Scope<'_>) -> Result<(), Stop> {
     );
     for name in names {
         let described = scope
-            .send("dynamodb:DescribeTable", ddb.describe_table().table_name(&name).send())
+            .send(
+                "dynamodb:DescribeTable",
+                ddb.describe_table().table_name(&name).send(),
+            )
             .await?;
         let Some(t) = described.table() else { continue };
-        let key = t
-            .table_arn()
-            .map_or_else(|| scope.arn("dynamodb", &format!("table/{name}")), str::to_owned);
+        let key = t.table_arn().map_or_else(
+            || scope.arn("dynamodb", &format!("table/{name}")),
+            str::to_owned,
+        );
         let data = Obj::new()
             .set("table_name", t.table_name())
             .set("table_arn", t.table_arn())
@@ -229,9 +250,11 @@ pub(super) async fn tables(scope: &Scope<'_>) -> Result<(), Stop> {
                     .name("key_type", Some(k.key_type()))
                     .done()
             })
-            .list("global_secondary_indexes", t.global_secondary_indexes(), |i| {
-                Value::from(i.index_name().unwrap_or_default())
-            })
+            .list(
+                "global_secondary_indexes",
+                t.global_secondary_indexes(),
+                |i| Value::from(i.index_name().unwrap_or_default()),
+            )
             // DescribeTable carries no tags; ListTagsOfResource would take a call per table.
             .tags([])
             .done();
@@ -253,12 +276,18 @@ pub(super) async fn clusters(scope: &Scope<'_>) -> Result<(), Stop> {
     );
     for name in names {
         let described = scope
-            .send("eks:DescribeCluster", eks.describe_cluster().name(&name).send())
+            .send(
+                "eks:DescribeCluster",
+                eks.describe_cluster().name(&name).send(),
+            )
             .await?;
-        let Some(c) = described.cluster() else { continue };
-        let key = c
-            .arn()
-            .map_or_else(|| scope.arn("eks", &format!("cluster/{name}")), str::to_owned);
+        let Some(c) = described.cluster() else {
+            continue;
+        };
+        let key = c.arn().map_or_else(
+            || scope.arn("eks", &format!("cluster/{name}")),
+            str::to_owned,
+        );
         let tags: Map<String, Value> = c
             .tags()
             .map(|t| tag_map(t.iter().map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))))
@@ -344,7 +373,11 @@ pub(super) async fn topics(scope: &Scope<'_>) -> Result<(), Stop> {
         "sns:ListTopics",
         sns.list_topics().into_paginator().send(),
         |page| {
-            arns.extend(page.topics().iter().filter_map(|t| t.topic_arn().map(str::to_owned)));
+            arns.extend(
+                page.topics()
+                    .iter()
+                    .filter_map(|t| t.topic_arn().map(str::to_owned)),
+            );
         }
     );
     for arn in arns {

@@ -47,7 +47,14 @@ pub async fn aws(args: AwsArgs) -> anyhow::Result<()> {
     );
     let port = free_port()?;
     let _moto = tokio::process::Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -86,7 +93,9 @@ pub async fn aws(args: AwsArgs) -> anyhow::Result<()> {
     with_run(
         &args.services.database_url,
         &args.services.amqp_url,
-        |run, http, base, children| measure(run, http, base, children, url.clone(), regions, instances),
+        |run, http, base, children| {
+            measure(run, http, base, children, url.clone(), regions, instances)
+        },
     )
     .await
 }
@@ -130,7 +139,11 @@ async fn measure(
         let ec2 = session.ec2(region);
         async move {
             let mut n = 0u64;
-            let mut pages = ec2.describe_instances().max_results(1000).into_paginator().send();
+            let mut pages = ec2
+                .describe_instances()
+                .max_results(1000)
+                .into_paginator()
+                .send();
             while let Some(page) = pages.next().await {
                 for r in page?.reservations() {
                     n += r.instances().len() as u64;

@@ -61,7 +61,11 @@ pub struct SummaryArgs {
 }
 
 /// Runs `measure` on a fresh schema with an API and a worker process, and removes it after.
-pub(crate) async fn with_run<F, Fut>(database_url: &str, amqp_url: &str, measure: F) -> anyhow::Result<()>
+pub(crate) async fn with_run<F, Fut>(
+    database_url: &str,
+    amqp_url: &str,
+    measure: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(Run, reqwest::Client, String, Children) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Children>>,

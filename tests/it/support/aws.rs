@@ -27,7 +27,14 @@ impl Moto {
             .local_addr()?
             .port();
         let child = tokio::process::Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -86,7 +93,10 @@ impl Moto {
     /// (moto ignores the query, and answers a request it saw before as it did then).
     pub async fn queue_costs(&self, results: Vec<Value>) -> anyhow::Result<()> {
         reqwest::Client::new()
-            .post(format!("{}/moto-api/static/ce/cost-and-usage-results", self.url))
+            .post(format!(
+                "{}/moto-api/static/ce/cost-and-usage-results",
+                self.url
+            ))
             .json(&serde_json::json!({"results": results}))
             .send()
             .await?
@@ -172,11 +182,24 @@ fn error(headers: &HeaderMap, service: &str, status: StatusCode, code: &str) -> 
             serde_json::json!({"__type": code, "message": message}).to_string(),
         )
     } else if service == "ec2" {
-        ("text/xml", format!("<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>"))
+        (
+            "text/xml",
+            format!(
+                "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy</RequestID></Response>"
+            ),
+        )
     } else if service == "s3" {
-        ("application/xml", format!("<Error><Code>{code}</Code><Message>{message}</Message></Error>"))
+        (
+            "application/xml",
+            format!("<Error><Code>{code}</Code><Message>{message}</Message></Error>"),
+        )
     } else {
-        ("text/xml", format!("<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>proxy</RequestId></ErrorResponse>"))
+        (
+            "text/xml",
+            format!(
+                "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>proxy</RequestId></ErrorResponse>"
+            ),
+        )
     };
     (
         status,
@@ -203,19 +226,36 @@ async fn pass(
         .clone();
     if denied.as_deref() == Some(region.as_str()) {
         faults.injected.fetch_add(1, Ordering::Relaxed);
-        let code = if service == "ec2" { "UnauthorizedOperation" } else { "AccessDenied" };
+        let code = if service == "ec2" {
+            "UnauthorizedOperation"
+        } else {
+            "AccessDenied"
+        };
         return error(&headers, &service, StatusCode::FORBIDDEN, code);
     }
     let every = faults.throttle_every.load(Ordering::Relaxed);
     let n = faults.seen.fetch_add(1, Ordering::Relaxed);
     if every > 0 && n % every == every - 1 {
         let injected = faults.injected.fetch_add(1, Ordering::Relaxed);
-        return if injected % 2 == 0 {
-            let code = if service == "s3" { "SlowDown" } else { "ThrottlingException" };
-            let status = if service == "s3" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_REQUEST };
+        return if injected.is_multiple_of(2) {
+            let code = if service == "s3" {
+                "SlowDown"
+            } else {
+                "ThrottlingException"
+            };
+            let status = if service == "s3" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             error(&headers, &service, status, code)
         } else {
-            error(&headers, &service, StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            error(
+                &headers,
+                &service,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+            )
         };
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
