@@ -191,7 +191,7 @@ async fn page(
         .await
         .map_err(|e| match classify(e) {
             Failure::Transient(w) => PluginError::Transient(format!("ce:GetCostAndUsage: {w}")),
-            Failure::Denied(w) | Failure::Other(w) => {
+            Failure::Denied(w) | Failure::Gone(w) | Failure::Other(w) => {
                 PluginError::Permanent(format!("ce:GetCostAndUsage: {w}"))
             }
         })

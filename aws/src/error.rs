@@ -17,6 +17,9 @@ pub enum Failure {
     Denied(String),
     /// Still throttled, unavailable or unreachable after the SDK's retries.
     Transient(String),
+    /// What was listed a moment ago no longer exists (deleted between the list and the
+    /// describe call).
+    Gone(String),
     /// Anything else: a bad request, a service this endpoint lacks.
     Other(String),
 }
@@ -32,6 +35,16 @@ const DENIED: &[&str] = &[
     "UnrecognizedClientException",
     "InvalidClientTokenId",
     "SubscriptionRequiredException",
+];
+
+/// Error codes of a resource that no longer exists, in the describe calls made after a list.
+const GONE: &[&str] = &[
+    "NoSuchBucket",
+    "ResourceNotFoundException",
+    "NotFoundException",
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+    "NotFound",
 ];
 
 /// Error codes of throttling and of a service that is not answering for now.
@@ -80,6 +93,7 @@ where
     match code.as_deref() {
         Some(c) if DENIED.contains(&c) => Failure::Denied(words),
         Some(c) if TRANSIENT.contains(&c) => Failure::Transient(words),
+        Some(c) if GONE.contains(&c) => Failure::Gone(words),
         _ if status == Some(403) => Failure::Denied(words),
         _ if status.is_some_and(|s| s >= 500 || s == 429) => Failure::Transient(words),
         _ => Failure::Other(words),
@@ -91,7 +105,52 @@ impl Failure {
     #[must_use]
     pub fn words(&self) -> &str {
         match self {
-            Failure::Denied(w) | Failure::Transient(w) | Failure::Other(w) => w,
+            Failure::Denied(w) | Failure::Transient(w) | Failure::Gone(w) | Failure::Other(w) => w,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::config::http::HttpResponse;
+    use aws_sdk_ec2::error::{ErrorMetadata, SdkError};
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn answered(status: u16, code: &str) -> SdkError<DescribeInstancesError, HttpResponse> {
+        let raw = HttpResponse::new(status.try_into().expect("a status"), SdkBody::empty());
+        let error = ErrorMetadata::builder()
+            .code(code)
+            .message("said AWS")
+            .build();
+        SdkError::service_error(DescribeInstancesError::generic(error), raw)
+    }
+
+    #[test]
+    fn errors_are_sorted_by_code_then_by_status() {
+        let cases = [
+            (400, "ThrottlingException", "transient"),
+            (503, "RequestLimitExceeded", "transient"),
+            (500, "SomethingNew", "transient"),
+            (429, "SomethingNew", "transient"),
+            (403, "UnauthorizedOperation", "denied"),
+            (400, "OptInRequired", "denied"),
+            (403, "SomethingNew", "denied"),
+            (404, "ResourceNotFoundException", "gone"),
+            (400, "InvalidParameterValue", "other"),
+        ];
+        for (status, code, want) in cases {
+            let got = classify(answered(status, code));
+            let kind = match &got {
+                Failure::Transient(_) => "transient",
+                Failure::Denied(_) => "denied",
+                Failure::Gone(_) => "gone",
+                Failure::Other(_) => "other",
+            };
+            assert_eq!(kind, want, "{status} {code}");
+            assert_eq!(got.words(), format!("{code}: said AWS"));
         }
     }
 }

@@ -223,9 +223,11 @@ impl Session {
                 Failure::Transient(e) => {
                     PluginError::Transient(format!("sts:GetCallerIdentity: {e}"))
                 }
-                Failure::Denied(e) | Failure::Other(e) => PluginError::Permanent(format!(
-                    "the credentials were refused (sts:GetCallerIdentity): {e}"
-                )),
+                Failure::Denied(e) | Failure::Gone(e) | Failure::Other(e) => {
+                    PluginError::Permanent(format!(
+                        "the credentials were refused (sts:GetCallerIdentity): {e}"
+                    ))
+                }
             })?;
         let account = me.account().unwrap_or_default().to_owned();
         let partition = me

@@ -590,13 +590,6 @@ async fn a_key_limited_to_a_project_sees_only_its_accounts_resources_and_costs(
     Ok(())
 }
 
-/// A free port on the loopback interface.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Whether `haystack` holds the random part of `secret` (what follows `glk_`).
 fn leaks(haystack: &[u8], secret: &str) -> bool {
     let needle = secret.trim_start_matches("glk_").as_bytes();
@@ -610,7 +603,7 @@ fn leaks(haystack: &[u8], secret: &str) -> bool {
 async fn a_revocation_reaches_a_second_api_process_and_the_secret_is_stored_nowhere()
 -> anyhow::Result<()> {
     let env = TestEnv::start(Mode::Distributed).await?;
-    let port = free_port()?;
+    let port = crate::support::free_port()?;
     let _second = crate::support::api_process(&env, "api-2", port, &[("RUST_LOG", "debug")])?;
     let second = env.api.at(format!("http://127.0.0.1:{port}"));
     second.wait_ready().await?;

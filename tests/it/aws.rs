@@ -16,10 +16,14 @@ use crate::support::{Mode, Options, TestEnv};
 /// moto's account.
 const ACCOUNT: &str = "123456789012";
 
-/// AWS retries on a test's time scale.
+/// Calls in flight per collection, in these tests.
+const CALLS_IN_FLIGHT: u64 = 3;
+
+/// AWS retries on a test's time scale, and few calls in flight.
 fn quick_aws(s: &mut gleaner_common::config::Settings) {
     s.aws.initial_backoff = Duration::from_millis(10);
     s.aws.max_attempts = 10;
+    s.aws.calls_in_flight = CALLS_IN_FLIGHT as usize;
 }
 
 async fn start(mode: Mode) -> anyhow::Result<TestEnv> {
@@ -240,7 +244,8 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
 }
 
 /// Through a proxy that throttles one request in four (400 ThrottlingException and 503 in
-/// turn), a collection by an assumed role still ends SUCCESS with exact counts. Then a region
+/// turn), a collection by an assumed role still ends SUCCESS with exact counts, with never more
+/// calls in flight than the setting allows. Then a region
 /// that answers AccessDenied fails the task, naming the region and the call, while the other
 /// region is stored, and nothing is deleted, however many times it runs.
 async fn throttling_is_retried_and_a_denied_region_deletes_nothing(
@@ -282,6 +287,12 @@ async fn throttling_is_retried_and_a_denied_region_deletes_nothing(
     assert_eq!(stored(&env, &expected).await?, expected);
     let throttled = proxy.faults.injected.load(Ordering::Relaxed);
     assert!(throttled >= 10, "only {throttled} requests were throttled");
+    // Regions and types are collected at once, within the bound.
+    let most = proxy.faults.most_in_flight.load(Ordering::SeqCst);
+    assert!(
+        (2..=CALLS_IN_FLIGHT).contains(&most),
+        "{most} calls were in flight at most"
+    );
 
     proxy.faults.throttle_every.store(0, Ordering::Relaxed);
     *proxy.faults.denied_region.lock().unwrap() = Some("eu-west-1".into());
@@ -364,6 +375,53 @@ async fn credentials_are_verified_and_endpoints_allowlisted(mode: Mode) -> anyho
             a.body
         );
     }
+    Ok(())
+}
+
+/// A role without keys is assumed from the worker's own credentials (here its environment's
+/// key pair) by a process whose operator allows it, and refused by one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_is_assumed_with_the_workers_own_credentials_only_where_allowed()
+-> anyhow::Result<()> {
+    let env = start(Mode::Distributed).await?;
+    let moto = Moto::start().await?;
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "role-only", "provider": "aws",
+               "credentials": {"role_arn": format!("arn:aws:iam::{ACCOUNT}:role/auditor"),
+                               "external_id": "gleaner-test"}}),
+    )
+    .await?;
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "aws", "plugin_id": "aws", "options": {"endpoint_url": moto.url}}),
+        )
+        .await?;
+    let verify = format!("/v1/collectors/{}/verify", c["id"].as_str().context("id")?);
+    let refused = env.post(&verify, json!(null)).await?;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    let port = crate::support::free_port()?;
+    let _allowing = crate::support::api_process(
+        &env,
+        "api-aws",
+        port,
+        &[
+            ("GLEANER_AWS__WORKER_CREDENTIALS", "true"),
+            ("AWS_ACCESS_KEY_ID", "worker-key"),
+            ("AWS_SECRET_ACCESS_KEY", "worker-secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )?;
+    let allowing = env.api.at(format!("http://127.0.0.1:{port}"));
+    allowing.wait_ready().await?;
+    let ok = allowing.post(&verify, json!(null)).await?;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     Ok(())
 }
 

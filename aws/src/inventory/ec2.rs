@@ -5,7 +5,7 @@ use aws_sdk_ec2::types::{
 };
 use serde_json::Value;
 
-use super::{Kind, Scope, Stop};
+use super::{Scope, Stop};
 use crate::json::Obj;
 
 pub(super) async fn instances(scope: &Scope<'_>) -> Result<(), Stop> {
@@ -27,9 +27,7 @@ pub(super) async fn instances(scope: &Scope<'_>) -> Result<(), Stop> {
                     }
                     let id = i.instance_id().unwrap_or_default();
                     let key = scope.arn("ec2", &format!("instance/{id}"));
-                    scope
-                        .emit(Kind::Ec2Instance, key, id, instance(reservation, i))
-                        .await?;
+                    scope.emit(key, id, instance(reservation, i)).await?;
                 }
             }
         }
@@ -142,7 +140,7 @@ pub(super) async fn volumes(scope: &Scope<'_>) -> Result<(), Stop> {
             for v in page.volumes() {
                 let id = v.volume_id().unwrap_or_default();
                 let key = scope.arn("ec2", &format!("volume/{id}"));
-                scope.emit(Kind::Ec2Volume, key, id, volume(v)).await?;
+                scope.emit(key, id, volume(v)).await?;
             }
         }
     );
@@ -189,7 +187,7 @@ pub(super) async fn vpcs(scope: &Scope<'_>) -> Result<(), Stop> {
             for v in page.vpcs() {
                 let id = v.vpc_id().unwrap_or_default();
                 let key = scope.arn("ec2", &format!("vpc/{id}"));
-                scope.emit(Kind::Vpc, key, id, vpc(v)).await?;
+                scope.emit(key, id, vpc(v)).await?;
             }
         }
     );
@@ -234,7 +232,7 @@ pub(super) async fn subnets(scope: &Scope<'_>) -> Result<(), Stop> {
                 let key = s
                     .subnet_arn()
                     .map_or_else(|| scope.arn("ec2", &format!("subnet/{id}")), str::to_owned);
-                scope.emit(Kind::Subnet, key, id, subnet(s)).await?;
+                scope.emit(key, id, subnet(s)).await?;
             }
         }
     );
@@ -275,9 +273,7 @@ pub(super) async fn security_groups(scope: &Scope<'_>) -> Result<(), Stop> {
                     str::to_owned,
                 );
                 let name = g.group_name().unwrap_or(id).to_owned();
-                scope
-                    .emit(Kind::SecurityGroup, key, &name, security_group(g))
-                    .await?;
+                scope.emit(key, &name, security_group(g)).await?;
             }
         }
     );

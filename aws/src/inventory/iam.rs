@@ -3,7 +3,7 @@
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-use super::{Kind, Scope, Stop};
+use super::{Scope, Stop};
 use crate::json::Obj;
 
 pub(super) async fn users(scope: &Scope<'_>) -> Result<(), Stop> {
@@ -29,7 +29,7 @@ pub(super) async fn users(scope: &Scope<'_>) -> Result<(), Stop> {
                     .tags(u.tags().iter().map(|t| (Some(t.key()), Some(t.value()))))
                     .done();
                 scope
-                    .emit_global(Kind::IamUser, u.arn().to_owned(), u.user_name(), data)
+                    .emit_global(u.arn().to_owned(), u.user_name(), data)
                     .await?;
             }
         }
@@ -69,7 +69,7 @@ pub(super) async fn roles(scope: &Scope<'_>) -> Result<(), Stop> {
                     .tags(r.tags().iter().map(|t| (Some(t.key()), Some(t.value()))))
                     .done();
                 scope
-                    .emit_global(Kind::IamRole, r.arn().to_owned(), r.role_name(), data)
+                    .emit_global(r.arn().to_owned(), r.role_name(), data)
                     .await?;
             }
         }

@@ -278,7 +278,7 @@ impl Plugin for AwsInventory {
                             scope.region
                         )));
                     }
-                    Err(e @ Stop::Call { .. }) => scope.report(scope.kind, e).await?,
+                    Err(e @ Stop::Call { .. }) => scope.report(None, e).await?,
                 }
             }
             Ok(())
@@ -454,53 +454,67 @@ impl Scope<'_> {
         request.await.map_err(|e| self.failed(call, e))
     }
 
-    /// Reports a failed call as an item error naming the region and the call.
-    async fn report(&self, kind: Kind, stop: Stop) -> Result<(), PluginError> {
+    /// A call that failed for a reason retrying cannot fix, for one resource, reported (or, if
+    /// the resource is gone, skipped), so that the unit goes on with the others; anything else
+    /// is passed on.
+    async fn tolerate<T>(&self, about: &str, done: Result<T, Stop>) -> Result<Option<T>, Stop> {
+        match done {
+            Ok(v) => Ok(Some(v)),
+            Err(Stop::Call {
+                failure: Failure::Gone(_),
+                ..
+            }) => Ok(None),
+            Err(
+                e @ Stop::Call {
+                    failure: Failure::Denied(_) | Failure::Other(_),
+                    ..
+                },
+            ) => {
+                self.report(Some(about), e).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reports a failed call as an item error naming the region and the call (and the
+    /// resource, when the call was about one).
+    async fn report(&self, about: Option<&str>, stop: Stop) -> Result<(), PluginError> {
         let Stop::Call { call, failure } = stop else {
             return Ok(());
         };
         self.out
             .send(Item::Error(ItemError {
-                resource_type: Some(kind.name().to_owned()),
-                resource_key: None,
+                resource_type: Some(self.kind.name().to_owned()),
+                resource_key: about.map(str::to_owned),
                 message: format!("{}: {call}: {}", self.region, failure.words()),
             }))
             .await
     }
 
     /// Sends a resource of this region; its name is its `Name` tag, else `own_name`.
-    async fn emit(&self, kind: Kind, key: String, own_name: &str, data: Value) -> Result<(), Stop> {
-        self.send_item(kind, key, own_name, Some(self.region), data)
-            .await
+    async fn emit(&self, key: String, own_name: &str, data: Value) -> Result<(), Stop> {
+        self.send_item(key, own_name, Some(self.region), data).await
     }
 
     /// Sends a resource of another region than the call's (a bucket).
     async fn emit_in(
         &self,
-        kind: Kind,
         key: String,
         own_name: &str,
         region: &str,
         data: Value,
     ) -> Result<(), Stop> {
-        self.send_item(kind, key, own_name, Some(region), data)
-            .await
+        self.send_item(key, own_name, Some(region), data).await
     }
 
     /// Sends a resource of no region (IAM).
-    async fn emit_global(
-        &self,
-        kind: Kind,
-        key: String,
-        own_name: &str,
-        data: Value,
-    ) -> Result<(), Stop> {
-        self.send_item(kind, key, own_name, None, data).await
+    async fn emit_global(&self, key: String, own_name: &str, data: Value) -> Result<(), Stop> {
+        self.send_item(key, own_name, None, data).await
     }
 
     async fn send_item(
         &self,
-        kind: Kind,
         key: String,
         own_name: &str,
         region: Option<&str>,
@@ -509,7 +523,7 @@ impl Scope<'_> {
         let name = name_tag(&data).or_else(|| (!own_name.is_empty()).then(|| own_name.to_owned()));
         self.out
             .send(Item::Resource(ResourceItem {
-                resource_type: kind.name().to_owned(),
+                resource_type: self.kind.name().to_owned(),
                 resource_key: key,
                 name,
                 region: region.map(str::to_owned),

@@ -4,8 +4,7 @@ use aws_sdk_s3::types::Bucket;
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
-use super::{Kind, Scope, Stop};
-use crate::error::Failure;
+use super::{Scope, Stop};
 use crate::json::Obj;
 
 /// Buckets whose location and tags are asked for at once; the session bounds the calls.
@@ -40,7 +39,10 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
                     "s3:GetBucketLocation",
                     s3.get_bucket_location().bucket(&name).send(),
                 )
-                .await?;
+                .await;
+            let Some(at) = scope.tolerate(&name, at).await? else {
+                return Ok(());
+            };
             // No constraint is us-east-1; `EU` is the old name of eu-west-1.
             match at.location_constraint().map(AsRef::as_ref) {
                 None | Some("") => "us-east-1".to_owned(),
@@ -60,36 +62,25 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
         )
         .await;
     let tags: Vec<(String, String)> = match tagging {
-        Ok(t) => t
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_owned(), t.value().to_owned()))
-            .collect(),
         // A bucket without tags answers with this error.
         Err(Stop::Call { ref failure, .. }) if failure.words().starts_with("NoSuchTagSet") => {
             Vec::new()
         }
-        Err(Stop::Call {
-            failure: Failure::Transient(w),
-            call,
-        }) => {
-            return Err(Stop::Call {
-                call,
-                failure: Failure::Transient(w),
-            });
-        }
-        Err(e @ Stop::Call { .. }) => {
-            // The bucket is listed; its tags are not readable: say so, and keep the bucket.
-            scope.report(Kind::S3Bucket, e).await?;
-            Vec::new()
-        }
-        Err(e) => return Err(e),
+        // Tags that may not be read are reported, and the bucket is kept without them.
+        tagging => scope
+            .tolerate(&name, tagging)
+            .await?
+            .map(|t| {
+                t.tag_set()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let data = data(&b, &region, &tags);
     let key = format!("arn:{}:s3:::{name}", scope.me.partition);
-    scope
-        .emit_in(Kind::S3Bucket, key, &name, &region, data)
-        .await
+    scope.emit_in(key, &name, &region, data).await
 }
 
 fn data(b: &Bucket, region: &str, tags: &[(String, String)]) -> Value {

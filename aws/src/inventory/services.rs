@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Kind, Scope, Stop};
+use super::{Scope, Stop};
 use crate::json::{Obj, tag_map};
 
 pub(super) async fn db_instances(scope: &Scope<'_>) -> Result<(), Stop> {
@@ -48,7 +48,7 @@ pub(super) async fn db_instances(scope: &Scope<'_>) -> Result<(), Stop> {
                     })
                     .tags(d.tag_list().iter().map(|t| (t.key(), t.value())))
                     .done();
-                scope.emit(Kind::DbInstance, key, id, data).await?;
+                scope.emit(key, id, data).await?;
             }
         }
     );
@@ -98,7 +98,7 @@ pub(super) async fn functions(scope: &Scope<'_>) -> Result<(), Stop> {
                     // ListFunctions carries no tags; the function's own tags need a call each.
                     .tags([])
                     .done();
-                scope.emit(Kind::LambdaFunction, key, name, data).await?;
+                scope.emit(key, name, data).await?;
             }
         }
     );
@@ -140,7 +140,7 @@ pub(super) async fn load_balancers(scope: &Scope<'_>) -> Result<(), Stop> {
                     // per 20 load balancers.
                     .tags([])
                     .done();
-                scope.emit(Kind::LoadBalancer, key, name, data).await?;
+                scope.emit(key, name, data).await?;
             }
         }
     );
@@ -194,7 +194,7 @@ pub(super) async fn auto_scaling_groups(scope: &Scope<'_>) -> Result<(), Stop> {
                     })
                     .tags(g.tags().iter().map(|t| (t.key(), t.value())))
                     .done();
-                scope.emit(Kind::AutoScalingGroup, key, name, data).await?;
+                scope.emit(key, name, data).await?;
             }
         }
     );
@@ -218,7 +218,10 @@ pub(super) async fn tables(scope: &Scope<'_>) -> Result<(), Stop> {
                 "dynamodb:DescribeTable",
                 ddb.describe_table().table_name(&name).send(),
             )
-            .await?;
+            .await;
+        let Some(described) = scope.tolerate(&name, described).await? else {
+            continue;
+        };
         let Some(t) = described.table() else { continue };
         let key = t.table_arn().map_or_else(
             || scope.arn("dynamodb", &format!("table/{name}")),
@@ -258,7 +261,7 @@ pub(super) async fn tables(scope: &Scope<'_>) -> Result<(), Stop> {
             // DescribeTable carries no tags; ListTagsOfResource would take a call per table.
             .tags([])
             .done();
-        scope.emit(Kind::DynamoTable, key, &name, data).await?;
+        scope.emit(key, &name, data).await?;
     }
     Ok(())
 }
@@ -280,7 +283,10 @@ pub(super) async fn clusters(scope: &Scope<'_>) -> Result<(), Stop> {
                 "eks:DescribeCluster",
                 eks.describe_cluster().name(&name).send(),
             )
-            .await?;
+            .await;
+        let Some(described) = scope.tolerate(&name, described).await? else {
+            continue;
+        };
         let Some(c) = described.cluster() else {
             continue;
         };
@@ -314,7 +320,7 @@ pub(super) async fn clusters(scope: &Scope<'_>) -> Result<(), Stop> {
             )
             .set("tags", Value::Object(tags))
             .done();
-        scope.emit(Kind::EksCluster, key, &name, data).await?;
+        scope.emit(key, &name, data).await?;
     }
     Ok(())
 }
@@ -340,7 +346,10 @@ pub(super) async fn queues(scope: &Scope<'_>) -> Result<(), Stop> {
                     .attribute_names(QueueAttributeName::All)
                     .send(),
             )
-            .await?;
+            .await;
+        let Some(attributes) = scope.tolerate(&url, attributes).await? else {
+            continue;
+        };
         let attrs: Map<String, Value> = attributes
             .attributes()
             .map(|a| {
@@ -360,7 +369,7 @@ pub(super) async fn queues(scope: &Scope<'_>) -> Result<(), Stop> {
             // ListQueueTags would take a call per queue.
             .tags([])
             .done();
-        scope.emit(Kind::SqsQueue, key, &name, data).await?;
+        scope.emit(key, &name, data).await?;
     }
     Ok(())
 }
@@ -386,7 +395,10 @@ pub(super) async fn topics(scope: &Scope<'_>) -> Result<(), Stop> {
                 "sns:GetTopicAttributes",
                 sns.get_topic_attributes().topic_arn(&arn).send(),
             )
-            .await?;
+            .await;
+        let Some(attributes) = scope.tolerate(&arn, attributes).await? else {
+            continue;
+        };
         let attrs: Map<String, Value> = attributes
             .attributes()
             .map(|a| {
@@ -408,7 +420,7 @@ pub(super) async fn topics(scope: &Scope<'_>) -> Result<(), Stop> {
             .set("attributes", Value::Object(attrs))
             .tags([])
             .done();
-        scope.emit(Kind::SnsTopic, arn, &name, data).await?;
+        scope.emit(arn, &name, data).await?;
     }
     Ok(())
 }

@@ -116,6 +116,26 @@ pub struct Faults {
     seen: AtomicU64,
     /// Requests answered with a fault.
     pub injected: AtomicU64,
+    in_flight: AtomicU64,
+    /// The most requests that were in flight at once.
+    pub most_in_flight: AtomicU64,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight<'a>(&'a Faults);
+
+impl<'a> InFlight<'a> {
+    fn new(faults: &'a Faults) -> Self {
+        let now = faults.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        faults.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(faults)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A proxy in front of moto, stopped when dropped.
@@ -218,6 +238,7 @@ async fn pass(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _counted = InFlight::new(faults);
     let (region, service) = scope(&headers);
     let denied = faults
         .denied_region

@@ -812,6 +812,13 @@ pub fn worker_process(
     gleaner_process(env, "worker", name, extra)
 }
 
+/// A free port on the loopback interface.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Starts `gleaner api` as a process of its own on the environment's store, listening on
 /// `port`; its output goes to [`worker_log`] under `name`. Killed when the handle is dropped.
 ///
