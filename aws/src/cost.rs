@@ -18,13 +18,15 @@ use gleaner_common::access::Access;
 use gleaner_common::billing::CostItem;
 use gleaner_common::config::AwsSettings;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
-use gleaner_worker::plugin::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError};
+use gleaner_worker::plugin::{
+    CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, checked_options,
+};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Failure, classify};
-use crate::inventory::{checked_options, endpoint_schema};
+use crate::inventory::endpoint_schema;
 use crate::session::{AwsCredentials, Identity, Session};
 
 const UNBLENDED: &str = "UnblendedCost";

@@ -108,6 +108,23 @@ async fn deleted_keys(env: &TestEnv) -> anyhow::Result<Vec<String>> {
     Ok(keys)
 }
 
+/// Collects and waits (an AWS collection is longer than the demo's).
+async fn collect(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
+    let job = env.start_collect(collector).await?;
+    env.wait_job_within(&job, Duration::from_secs(300)).await
+}
+
+/// Collects, insisting on SUCCESS (showing the tasks' errors otherwise).
+async fn collect_ok(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
+    let job = collect(env, collector).await?;
+    anyhow::ensure!(
+        job["status"] == "SUCCESS",
+        "{job} {}",
+        task_errors(env, &job).await?
+    );
+    Ok(job)
+}
+
 async fn task_errors(env: &TestEnv, job: &Value) -> anyhow::Result<String> {
     let tasks = env
         .get(&format!(
@@ -153,18 +170,7 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
         json!({"regions": ["us-east-1", "eu-west-1", "ap-northeast-2"], "endpoint_url": moto.url}),
     )
     .await?;
-    let job = env
-        .wait_job_within(
-            &env.start_collect(&collector).await?,
-            Duration::from_secs(300),
-        )
-        .await?;
-    assert_eq!(
-        job["status"],
-        "SUCCESS",
-        "{job} {}",
-        task_errors(&env, &job).await?
-    );
+    collect_ok(&env, &collector).await?;
     assert_eq!(stored(&env, &expected).await?, expected);
     // Keys are ARNs, names come from the Name tag, data carries the SDK's fields and the tags.
     let first = seeded["instances"]["us-east-1"][0]
@@ -188,12 +194,7 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
     assert_eq!(bucket[0]["tags"], json!({"team": "data"}));
 
     let total: i64 = env.scalar("SELECT count(*) FROM resources").await?;
-    let again = env
-        .wait_job_within(
-            &env.start_collect(&collector).await?,
-            Duration::from_secs(300),
-        )
-        .await?;
+    let again = collect_ok(&env, &collector).await?;
     assert_eq!(
         again["counts"],
         json!({"created": 0, "updated": 0, "unchanged": total, "deleted": 0, "failed": 0}),
@@ -216,13 +217,7 @@ async fn a_large_estate_is_collected_exactly_and_what_is_gone_is_deleted() -> an
     moto.run(json!({"do": "delete_bucket", "name": "bucket-eu-west-1-0"}))
         .await?;
     for run in 1..=3 {
-        let job = env
-            .wait_job_within(
-                &env.start_collect(&collector).await?,
-                Duration::from_secs(300),
-            )
-            .await?;
-        assert_eq!(job["status"], "SUCCESS", "run {run}: {job}");
+        collect_ok(&env, &collector).await?;
         if run < 3 {
             assert!(deleted_keys(&env).await?.is_empty(), "run {run}");
         }
@@ -272,18 +267,7 @@ async fn throttling_is_retried_and_a_denied_region_deletes_nothing(
         json!({"regions": ["us-east-1", "eu-west-1"], "endpoint_url": proxy.url}),
     )
     .await?;
-    let job = env
-        .wait_job_within(
-            &env.start_collect(&collector).await?,
-            Duration::from_secs(180),
-        )
-        .await?;
-    assert_eq!(
-        job["status"],
-        "SUCCESS",
-        "{job} {}",
-        task_errors(&env, &job).await?
-    );
+    collect_ok(&env, &collector).await?;
     assert_eq!(stored(&env, &expected).await?, expected);
     let throttled = proxy.faults.injected.load(Ordering::Relaxed);
     assert!(throttled >= 10, "only {throttled} requests were throttled");
@@ -302,12 +286,7 @@ async fn throttling_is_retried_and_a_denied_region_deletes_nothing(
     moto.run(json!({"do": "terminate", "region": "us-east-1", "ids": [gone]}))
         .await?;
     for run in 1..=3 {
-        let job = env
-            .wait_job_within(
-                &env.start_collect(&collector).await?,
-                Duration::from_secs(180),
-            )
-            .await?;
+        let job = collect(&env, &collector).await?;
         assert_eq!(job["status"], "FAILURE", "run {run}: {job}");
         let errors = task_errors(&env, &job).await?;
         assert!(

@@ -18,7 +18,7 @@ use gleaner_common::access::Access;
 use gleaner_common::config::AwsSettings;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_worker::plugin::{
-    CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem,
+    CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem, checked_options,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -189,25 +189,6 @@ impl AwsInventory {
     fn options(&self, options: &Value) -> Result<InventoryOptions, PluginError> {
         checked_options(&self.info, &self.access, options)
     }
-}
-
-/// Options parsed, checked against the plugin's schema (again: a worker does not trust that the
-/// API did) and against the operator's allowlists.
-pub(crate) fn checked_options<T: serde::de::DeserializeOwned>(
-    info: &PluginInfo,
-    access: &Access,
-    options: &Value,
-) -> Result<T, PluginError> {
-    if let Err(refused) = info.validate_options(options) {
-        let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
-        return Err(PluginError::Permanent(words.join("; ")));
-    }
-    if let Err(refused) = access.check(&info.options_schema, options) {
-        let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
-        return Err(PluginError::Permanent(words.join("; ")));
-    }
-    serde_json::from_value(options.clone())
-        .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))
 }
 
 #[async_trait]

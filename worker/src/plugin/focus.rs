@@ -93,18 +93,7 @@ impl Focus {
 
     /// The options, once the operator's allowlists accept them; `path` is resolved.
     fn options(&self, options: &Value) -> Result<FocusOptions, PluginError> {
-        let mut opts: FocusOptions = serde_json::from_value(options.clone())
-            .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))?;
-        // The schema's patterns, again: the API checked them, but a worker is not to trust that
-        // (a collector made before they existed, a caller of this plugin other than the API).
-        if let Err(refused) = self.info.validate_options(options) {
-            let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
-            return Err(PluginError::Permanent(words.join("; ")));
-        }
-        if let Err(refused) = self.access.check(&self.info.options_schema, options) {
-            let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
-            return Err(PluginError::Permanent(words.join("; ")));
-        }
+        let mut opts: FocusOptions = super::checked_options(&self.info, &self.access, options)?;
         match (&opts.path, &opts.bucket) {
             (Some(path), None) => {
                 let resolved = self

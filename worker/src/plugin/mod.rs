@@ -252,6 +252,29 @@ impl std::fmt::Debug for CollectRequest {
     }
 }
 
+/// A plugin's options, checked against its schema (again: a worker trusts neither that the API
+/// did, nor that a collector made before a pattern existed follows it) and against the
+/// operator's allowlists, then parsed.
+///
+/// # Errors
+/// Every refusal, in one permanent error.
+pub fn checked_options<T: serde::de::DeserializeOwned>(
+    info: &PluginInfo,
+    access: &Access,
+    options: &Value,
+) -> Result<T, PluginError> {
+    if let Err(refused) = info.validate_options(options) {
+        let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        return Err(PluginError::Permanent(words.join("; ")));
+    }
+    if let Err(refused) = access.check(&info.options_schema, options) {
+        let words: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        return Err(PluginError::Permanent(words.join("; ")));
+    }
+    serde_json::from_value(options.clone())
+        .map_err(|e| PluginError::Permanent(format!("invalid options: {e}")))
+}
+
 /// A plugin: describes itself, checks credentials, and collects.
 #[async_trait]
 pub trait Plugin: Send + Sync {
