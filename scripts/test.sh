@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-# The S3 test reads a bucket served by moto (an AWS mock, from PyPI) on a local port.
+# The S3 and AWS plugin tests run against moto (a local AWS, from PyPI, with boto3 for seeding).
 if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "installing moto[server] for the S3 test ..." >&2
   python3 -m pip install --quiet 'moto[server]>=5.1,<6'
