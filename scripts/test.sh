@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 # The S3 and AWS plugin tests run against moto (a local AWS, from PyPI, with boto3 for seeding).
 if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
-  echo "installing moto[server] for the S3 test ..." >&2
+  echo "installing moto[server] for the S3 and AWS tests ..." >&2
   python3 -m pip install --quiet 'moto[server]>=5.1,<6'
 fi
 # The contract test runs schemathesis (from PyPI) against the API's OpenAPI document; 4.x reads
