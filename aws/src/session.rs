@@ -18,6 +18,7 @@ use aws_sdk_ec2::config::SharedHttpClient;
 use aws_sdk_ec2::config::retry::{RetryPartition, TokenBucket};
 use aws_smithy_http_client::tls;
 use gleaner_common::config::AwsSettings;
+use gleaner_common::provider::is_aws_region;
 use gleaner_worker::plugin::PluginError;
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -71,6 +72,11 @@ impl AwsCredentials {
             role_arn: text("role_arn"),
             external_id: text("external_id"),
         };
+        if let Some(region) = creds.region.as_deref().filter(|r| !is_aws_region(r)) {
+            return Err(PluginError::Permanent(format!(
+                "region_name `{region}` is not an AWS region name (like eu-west-1)"
+            )));
+        }
         match (&creds.access_key_id, &creds.secret_access_key, &creds.role_arn) {
             (Some(_), Some(_), _) | (None, None, Some(_)) => Ok(creds),
             _ => Err(PluginError::Permanent(
@@ -310,5 +316,23 @@ impl Identity {
             "arn:{}:{service}:{region}:{}:{resource}",
             self.partition, self.account
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_region_that_is_not_a_region_name_is_refused() {
+        let secret = json!({"aws_access_key_id": "a", "aws_secret_access_key": "s",
+                            "region_name": "evil.example/x"});
+        let refused = AwsCredentials::from_secret(secret.as_object().unwrap()).unwrap_err();
+        assert!(
+            refused.to_string().contains("not an AWS region name"),
+            "{refused}"
+        );
     }
 }

@@ -256,6 +256,15 @@ fn aws_pairs(map: &Map<String, Value>) -> Vec<Invalid> {
             "is required, unless role_arn names a role to assume from the worker's own credentials",
         ));
     }
+    if let Some(region) = map.get("region_name").and_then(Value::as_str)
+        && !region.is_empty()
+        && !is_aws_region(region)
+    {
+        errors.push(Invalid::new(
+            "credentials.region_name",
+            "must be an AWS region name, like eu-west-1",
+        ));
+    }
     if given("external_id") && !given("role_arn") {
         errors.push(Invalid::new(
             "credentials.external_id",
@@ -263,6 +272,25 @@ fn aws_pairs(map: &Map<String, Value>) -> Vec<Invalid> {
         ));
     }
     errors
+}
+
+/// Whether `s` is spelled like an AWS region (`eu-west-1`, `us-gov-west-1`): letters in
+/// dash-separated parts, then a number. A region becomes part of the host name each call goes to
+/// (`ec2.{region}.amazonaws.com`), so nothing else may pass: not a dot, a slash or an `@`.
+#[must_use]
+pub fn is_aws_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let Some((number, words)) = parts.split_last() else {
+        return false;
+    };
+    s.len() <= 32
+        && words.len() >= 2
+        && words[0].len() == 2
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && (1..=2).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn looks_like_email(s: &str) -> bool {
@@ -353,6 +381,33 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(fields(aws.validate(&input).unwrap_err()), want, "{input}");
+        }
+        let keys = |region: &str| json!({"aws_access_key_id": "AKIA", "aws_secret_access_key": "s", "region_name": region});
+        for ok in [
+            "us-east-1",
+            "eu-west-1",
+            "us-gov-west-1",
+            "ap-southeast-12",
+            "cn-north-1",
+        ] {
+            assert!(aws.validate(&keys(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "us",
+            "us-east",
+            "useast-1",
+            "us-east-1.evil.example",
+            "us-east-1/",
+            "attacker.example#",
+            "us@east-1",
+            "US-EAST-1",
+            "us--1",
+        ] {
+            assert_eq!(
+                fields(aws.validate(&keys(bad)).unwrap_err()),
+                ["credentials.region_name"],
+                "{bad}"
+            );
         }
     }
 

@@ -17,6 +17,7 @@ use futures::stream::FuturesUnordered;
 use gleaner_common::access::Access;
 use gleaner_common::config::AwsSettings;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
+use gleaner_common::provider::is_aws_region;
 use gleaner_worker::plugin::{
     CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem, checked_options,
 };
@@ -318,7 +319,11 @@ pub async fn regions(
             .regions()
             .iter()
             .filter(|r| r.opt_in_status() != Some("not-opted-in"))
-            .filter_map(|r| r.region_name().map(str::to_owned))
+            .filter_map(|r| {
+                r.region_name()
+                    .filter(|n| is_aws_region(n))
+                    .map(str::to_owned)
+            })
             .collect(),
         Err(e) => match classify(e) {
             Failure::Transient(words) => {

@@ -2,9 +2,11 @@
 
 use aws_sdk_s3::types::Bucket;
 use futures::{StreamExt as _, TryStreamExt as _};
+use gleaner_common::provider::is_aws_region;
 use serde_json::Value;
 
 use super::{Scope, Stop};
+use crate::error::Failure;
 use crate::json::Obj;
 
 /// Buckets whose location and tags are asked for at once; the session bounds the calls.
@@ -51,6 +53,22 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
             }
         }
     };
+    // The region becomes the host name of the calls below.
+    if !is_aws_region(&region) {
+        let odd = Failure::Other(format!(
+            "the bucket's region `{region}` is not a region name"
+        ));
+        return scope
+            .report(
+                Some(&name),
+                Stop::Call {
+                    call: "s3:GetBucketLocation",
+                    failure: odd,
+                },
+            )
+            .await
+            .map_err(Stop::Plugin);
+    }
     if !scope.wants_region(&region) {
         return Ok(());
     }
@@ -66,6 +84,11 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
         Err(Stop::Call { ref failure, .. }) if failure.words().starts_with("NoSuchTagSet") => {
             Vec::new()
         }
+        // Deleted since it was listed.
+        Err(Stop::Call {
+            failure: Failure::Gone(_),
+            ..
+        }) => return Ok(()),
         // Tags that may not be read are reported, and the bucket is kept without them.
         tagging => scope
             .tolerate(&name, tagging)
