@@ -5,7 +5,7 @@
 //! policy of [`AwsSettings`], and a retry budget of its own, so that one throttled account does
 //! not spend the retries of another collection running on the same worker.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -115,8 +115,7 @@ pub struct Session {
     /// Whether calls go to an endpoint of the user's (S3 is then addressed path-style).
     custom_endpoint: bool,
     /// Bounds the calls in flight over every region and service.
-    calls: Arc<Semaphore>,
-    home: String,
+    calls: Semaphore,
 }
 
 impl Session {
@@ -131,7 +130,6 @@ impl Session {
         endpoint_url: Option<&str>,
         settings: &AwsSettings,
     ) -> Result<Self, PluginError> {
-        let home = creds.home().to_owned();
         let retry = RetryConfig::standard()
             .with_max_attempts(settings.max_attempts.max(1))
             .with_initial_backoff(settings.initial_backoff)
@@ -141,7 +139,7 @@ impl Session {
             .operation_attempt_timeout(Duration::from_secs(60))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(home.clone()))
+            .region(Region::new(creds.home().to_owned()))
             .http_client(http_client())
             .retry_config(retry)
             .timeout_config(timeouts);
@@ -193,15 +191,14 @@ impl Session {
                 .token_bucket(TokenBucket::default())
                 .build(),
             custom_endpoint: endpoint_url.is_some(),
-            calls: Arc::new(Semaphore::new(settings.calls_in_flight.max(1))),
-            home,
+            calls: Semaphore::new(settings.calls_in_flight.max(1)),
         })
     }
 
     /// The home region.
     #[must_use]
     pub fn home(&self) -> &str {
-        &self.home
+        self.config.region().map_or(DEFAULT_REGION, AsRef::as_ref)
     }
 
     /// A permit for one call; held while the call (with its retries) is in flight.

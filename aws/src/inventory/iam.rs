@@ -29,7 +29,7 @@ pub(super) async fn users(scope: &Scope<'_>) -> Result<(), Stop> {
                     .tags(u.tags().iter().map(|t| (Some(t.key()), Some(t.value()))))
                     .done();
                 scope
-                    .emit_global(u.arn().to_owned(), u.user_name(), data)
+                    .emit_at(u.arn().to_owned(), u.user_name(), None, data)
                     .await?;
             }
         }
@@ -69,7 +69,7 @@ pub(super) async fn roles(scope: &Scope<'_>) -> Result<(), Stop> {
                     .tags(r.tags().iter().map(|t| (Some(t.key()), Some(t.value()))))
                     .done();
                 scope
-                    .emit_global(r.arn().to_owned(), r.role_name(), data)
+                    .emit_at(r.arn().to_owned(), r.role_name(), None, data)
                     .await?;
             }
         }

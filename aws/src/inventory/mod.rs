@@ -480,26 +480,12 @@ impl Scope<'_> {
 
     /// Sends a resource of this region; its name is its `Name` tag, else `own_name`.
     async fn emit(&self, key: String, own_name: &str, data: Value) -> Result<(), Stop> {
-        self.send_item(key, own_name, Some(self.region), data).await
+        self.emit_at(key, own_name, Some(self.region), data).await
     }
 
-    /// Sends a resource of another region than the call's (a bucket).
-    async fn emit_in(
-        &self,
-        key: String,
-        own_name: &str,
-        region: &str,
-        data: Value,
-    ) -> Result<(), Stop> {
-        self.send_item(key, own_name, Some(region), data).await
-    }
-
-    /// Sends a resource of no region (IAM).
-    async fn emit_global(&self, key: String, own_name: &str, data: Value) -> Result<(), Stop> {
-        self.send_item(key, own_name, None, data).await
-    }
-
-    async fn send_item(
+    /// [`Scope::emit`] for a resource of another region than the call's (a bucket), or of
+    /// none (IAM).
+    async fn emit_at(
         &self,
         key: String,
         own_name: &str,

@@ -103,7 +103,7 @@ async fn bucket(scope: &Scope<'_>, b: Bucket) -> Result<(), Stop> {
     };
     let data = data(&b, &region, &tags);
     let key = format!("arn:{}:s3:::{name}", scope.me.partition);
-    scope.emit_in(key, &name, &region, data).await
+    scope.emit_at(key, &name, Some(&region), data).await
 }
 
 fn data(b: &Bucket, region: &str, tags: &[(String, String)]) -> Value {

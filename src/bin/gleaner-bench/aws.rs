@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt as _;
 
 use super::billing::with_run;
-use super::{Children, Run, Services, collect_with, free_port, peak_rss_kib, post, rate};
+use super::{Children, Run, Services, free_port, post};
 
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/aws_seed.py");
 const REGIONS: [&str; 8] = [
@@ -158,12 +158,6 @@ async fn measure(
         counts.iter().sum::<u64>() == instances,
         "the loop listed {counts:?}, not {instances}"
     );
-    println!(
-        "  {:<47} {:>8.2} s  {:>9.0} instances/s",
-        "plain SDK loop listing the instances:",
-        baseline.as_secs_f64(),
-        rate(instances, baseline)
-    );
     post(
         &http,
         &base,
@@ -180,27 +174,14 @@ async fn measure(
     )
     .await?;
     let collector = collector["id"].as_str().context("collector id")?.to_owned();
-    for (label, count) in [
-        ("collect → SUCCESS (all new):", "created"),
-        ("collect again → SUCCESS (all unchanged):", "unchanged"),
-    ] {
-        let (took, job) = collect_with(&http, &base, &collector, Value::Null).await?;
-        ensure!(
-            job["status"] == "SUCCESS" && job["counts"][count].as_u64() == Some(instances),
-            "expected {instances} {count}: {job}"
-        );
-        println!(
-            "  {label:<47} {:>8.2} s  {:>9.0} instances/s  {:.2}× baseline",
-            took.as_secs_f64(),
-            rate(instances, took),
-            took.as_secs_f64() / baseline.as_secs_f64()
-        );
-    }
-    let pid = children.0[1].id().context("worker pid")?;
-    println!(
-        "  {:<47} {:>8.1} MB",
-        "worker peak RSS (VmHWM):",
-        peak_rss_kib(pid)? as f64 / 1024.0
-    );
+    super::report(
+        instances,
+        &http,
+        &base,
+        &collector,
+        ("plain SDK loop listing the instances:", baseline),
+        (&children, 1, "worker peak RSS (VmHWM):"),
+    )
+    .await?;
     Ok(children)
 }

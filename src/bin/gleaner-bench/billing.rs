@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Children, Component, Run, Services, collect_with, free_port, isolated, peak_rss_kib, post,
+    Children, Component, Run, Services, collect_with, free_port, isolated, post, print_peak_rss,
     rate, spawn, wait_ready,
 };
 
@@ -288,12 +288,7 @@ async fn measure_focus(
             took.as_secs_f64() / baseline.as_secs_f64()
         );
     }
-    let pid = children.0[1].id().context("worker pid")?;
-    println!(
-        "  {:<47} {:>8.1} MB",
-        "worker peak RSS (VmHWM):",
-        peak_rss_kib(pid)? as f64 / 1024.0
-    );
+    print_peak_rss(&children, 1, "worker peak RSS (VmHWM):")?;
     Ok(children)
 }
 

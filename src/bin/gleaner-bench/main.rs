@@ -650,7 +650,7 @@ async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
     );
     let copy = raw_copy(&db, &estate.accounts, &estate.options).await?;
     report(
-        args,
+        args.resources,
         &http,
         &base,
         &estate.collector,
@@ -686,7 +686,7 @@ async fn measure_standalone(
     let url = format!("sqlite://{}", dir.join("gleaner.db").display());
     let insert = raw_insert_sqlite(&url, &estate).await?;
     report(
-        args,
+        args.resources,
         &http,
         &base,
         &estate.collector,
@@ -744,10 +744,10 @@ async fn demo_estate(
     })
 }
 
-/// Prints the baseline, collects twice (all created, then all unchanged) beside it, and the
-/// peak memory of the child at `rss.1`.
+/// Prints the baseline, collects twice (all created, then all unchanged: `rows` each) beside
+/// it, and the peak memory of the child at `rss.1`.
 async fn report(
-    args: &IngestArgs,
+    rows: u64,
     http: &reqwest::Client,
     base: &str,
     collector_id: &str,
@@ -757,14 +757,19 @@ async fn report(
     println!(
         "  {label:<47} {:>8.2} s  {:>9.0} rows/s",
         baseline.as_secs_f64(),
-        rate(args.resources, baseline)
+        rate(rows, baseline)
     );
     for count in ["created", "unchanged"] {
-        timed_collect(http, base, collector_id, count, args.resources, baseline).await?;
+        timed_collect(http, base, collector_id, count, rows, baseline).await?;
     }
-    let pid = rss.0.0[rss.1].id().context("child pid")?;
+    print_peak_rss(rss.0, rss.1, rss.2)
+}
+
+/// Prints the peak memory of the child at `index`.
+fn print_peak_rss(children: &Children, index: usize, label: &str) -> anyhow::Result<()> {
+    let pid = children.0[index].id().context("child pid")?;
     let peak = peak_rss_kib(pid)?;
-    println!("  {:<47} {:>8.1} MB", rss.2, peak as f64 / 1024.0);
+    println!("  {label:<47} {:>8.1} MB", peak as f64 / 1024.0);
     Ok(())
 }
 
@@ -950,8 +955,8 @@ async fn timed_collect(
     let (took, job) = collect(http, base, collector).await?;
     let got = job["counts"][count].as_u64().unwrap_or(0);
     ensure!(
-        got == expected,
-        "expected {expected} {count}, the job says {job}"
+        got == expected && job["status"] == "SUCCESS",
+        "expected SUCCESS with {expected} {count}, the job says {job}"
     );
     let label = format!("collect → SUCCESS, all {count}:");
     println!(
