@@ -217,6 +217,15 @@ pub fn worker_context(
             db.get_postgres_connection_pool().clone(),
         )),
     };
+    let metrics: Arc<dyn gleaner_worker::sink::metrics::MetricSink> =
+        match db.get_database_backend() {
+            sea_orm::DbBackend::Sqlite => Arc::new(
+                gleaner_worker::sink::metrics_sqlite::SqliteMetricSink::new(
+                    db.get_sqlite_connection_pool().clone(),
+                ),
+            ),
+            _ => Arc::new(gleaner_worker::sink::metrics::PgMetricSink::new(db.clone())),
+        };
     let ctx = Context::new(
         db,
         settings.cipher()?,
@@ -226,7 +235,8 @@ pub fn worker_context(
         signal,
     )
     .with_locks(locks)
-    .with_costs(costs);
+    .with_costs(costs)
+    .with_metrics(metrics, settings.metrics);
     Ok(Arc::new(ctx))
 }
 
@@ -240,6 +250,7 @@ pub fn scheduler(settings: &Settings, db: DatabaseConnection) -> gleaner_schedul
         official(Arc::default(), settings).catalog(),
         settings.scheduler.clone(),
     )
+    .with_metrics(settings.metrics)
 }
 
 /// Runs a worker (consumer and outbox relay) until `shutdown`.

@@ -135,6 +135,12 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/v1/costs", VIEWER, false),
     rule("GET", "/v1/costs/summary", VIEWER, false),
     rule("GET", "/v1/dashboards/billing", VIEWER, false),
+    // Metrics: a query of many series is a read, sent as a body for its length.
+    rule("GET", "/v1/metrics", VIEWER, false),
+    rule("POST", "/v1/metrics/query", VIEWER, false),
+    rule("GET", "/v1/metrics/top", VIEWER, false),
+    rule("GET", "/v1/resources/{id}/metrics", VIEWER, false),
+    rule("GET", "/v1/resources/{id}/metrics/{metric}", VIEWER, false),
 ];
 
 /// The rule of a route, by its method and template.

@@ -279,6 +279,9 @@ struct CollectorDetail {
     collector: Collector,
     /// What it collected, by resource type.
     resources: Vec<TypeCount>,
+    /// The newest metric sample it stored, over all its series: where a metric collector's
+    /// next collection starts. Null until it stored one (and for other collectors).
+    metrics_watermark: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One collector, with the resources it collected by type.
@@ -299,9 +302,12 @@ async fn show(
     let id = parse_id("collector", &id)?;
     let collector = collector::get(&state.db, domain, id).await?;
     let resources = resource::count_by_type(&state.db, domain, id).await?;
+    let metrics_watermark =
+        gleaner_common::store::metric::collector_watermark(&state.db, domain, id).await?;
     Ok(Json(CollectorDetail {
         collector,
         resources,
+        metrics_watermark,
     }))
 }
 

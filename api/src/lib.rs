@@ -49,6 +49,7 @@ pub mod cost;
 pub mod extract;
 pub mod health;
 pub mod job;
+pub mod metric;
 pub mod metrics;
 mod openapi;
 pub mod plugin;
@@ -123,6 +124,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(collector::routes())
         .merge(job::routes())
         .merge(resource::routes())
+        .merge(metric::routes())
         .merge(schedule::routes())
         .merge(cost::routes())
         .merge(verify::routes())

@@ -39,6 +39,7 @@ use crate::problem::{self, FieldError, Problem};
         (name = "collectors", description = "Configured uses of a plugin, and collecting"),
         (name = "jobs", description = "Collections and their tasks"),
         (name = "resources", description = "Collected resources and their history"),
+        (name = "monitoring", description = "Collected metric samples: series, queries and top-N"),
         (name = "openapi", description = "This document"),
     )
 )]

@@ -49,6 +49,7 @@ pub struct Settings {
     pub files: FileSettings,
     pub network: NetworkSettings,
     pub aws: AwsSettings,
+    pub metrics: MetricsSettings,
 }
 
 impl Default for Settings {
@@ -72,6 +73,7 @@ impl Default for Settings {
             files: FileSettings::default(),
             network: NetworkSettings::default(),
             aws: AwsSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -384,6 +386,42 @@ impl Default for AwsSettings {
             initial_backoff: Duration::from_millis(500),
             cost_explorer_interval: Duration::from_millis(250),
         }
+    }
+}
+
+/// How metric samples are collected and kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsSettings {
+    /// Hours of history the first collection of a series reaches back
+    /// (`GLEANER_METRICS__BACKFILL_HOURS`); later ones start at the series' watermark.
+    pub backfill_hours: u32,
+    /// Days samples and rollups are kept (`GLEANER_METRICS__RETENTION_DAYS`): older days'
+    /// partitions are dropped (rows deleted in the standalone mode), and nothing older is
+    /// collected.
+    pub retention_days: u32,
+    /// Days of partitions created ahead of today (`GLEANER_METRICS__PARTITIONS_AHEAD_DAYS`), so
+    /// that writes never wait for one to be made.
+    pub partitions_ahead_days: u32,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            backfill_hours: 24,
+            retention_days: 30,
+            partitions_ahead_days: 3,
+        }
+    }
+}
+
+impl MetricsSettings {
+    /// How far back a collection may reach: the backfill, never past the retention.
+    #[must_use]
+    pub fn reach(&self) -> chrono::Duration {
+        let backfill = chrono::Duration::hours(i64::from(self.backfill_hours));
+        let kept = chrono::Duration::days(i64::from(self.retention_days.max(1)));
+        backfill.min(kept)
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Metadata {
     /// A JSON Schema for the collector's `options`; any object when absent.
     #[serde(default = "any_object")]
     pub options_schema: Value,
+    /// The metrics a metric data source collects, per resource type.
+    #[serde(default)]
+    pub metrics: Vec<crate::metric::MetricInfo>,
 }
 
 fn any_object() -> Value {

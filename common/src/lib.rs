@@ -22,6 +22,7 @@ pub mod events;
 pub mod external;
 pub mod id;
 pub mod lifecycle;
+pub mod metric;
 pub mod metrics;
 pub mod model;
 pub mod outbox;

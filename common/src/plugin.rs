@@ -62,11 +62,15 @@ pub struct PluginInfo {
     pub latest: String,
     /// Built into Gleaner (official) or registered by a user (private).
     pub official: bool,
-    /// Resource types the plugin reports (collectors only).
+    /// Resource types the plugin reports (collectors), or collects metrics for (metric data
+    /// sources).
     #[serde(default)]
     pub resource_types: Vec<String>,
     /// A JSON Schema (draft 2020-12) for the collector's `options`.
     pub options_schema: Value,
+    /// Metrics it collects, per resource type (metric data sources only).
+    #[serde(default)]
+    pub metrics: Vec<crate::metric::MetricInfo>,
 }
 
 impl PluginInfo {
@@ -230,6 +234,7 @@ mod tests {
             latest: "1.0.0".into(),
             official: true,
             resource_types: vec![],
+            metrics: vec![],
             options_schema: json!({
                 "type": "object",
                 "properties": {"resources": {"type": "integer", "minimum": 0}},

@@ -11,12 +11,14 @@
 //!   schedulers ever act at once. The standalone mode's SQLite store has one process.
 //! - Jobs are written with their outbox row, the same path as the API's `collect`.
 //! - The clock is injectable ([`Clock`]) so tests run simulated days.
+//! - The leader also keeps the metric tables: each hour it makes the day partitions ahead and
+//!   drops the days past the retention ([`Scheduler::maintain_metrics`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use gleaner_common::config::SchedulerSettings;
+use gleaner_common::config::{MetricsSettings, SchedulerSettings};
 use gleaner_common::outbox::Signal;
 use gleaner_common::plugin::Catalog;
 use gleaner_common::store::{self, schedule::Fired};
@@ -29,6 +31,8 @@ use tracing::{info, warn};
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How often a replica that is not the leader tries to become it.
 const FOLLOWER_RETRY: Duration = Duration::from_secs(2);
+/// How often the leader keeps the metric tables (partitions ahead, retention).
+const MAINTAIN_EVERY: chrono::Duration = chrono::Duration::hours(1);
 
 /// Where the scheduler reads the time.
 pub trait Clock: Send + Sync {
@@ -51,6 +55,7 @@ pub struct Scheduler {
     db: DatabaseConnection,
     catalog: Catalog,
     settings: SchedulerSettings,
+    metrics: MetricsSettings,
 }
 
 impl Scheduler {
@@ -60,7 +65,27 @@ impl Scheduler {
             db,
             catalog,
             settings,
+            metrics: MetricsSettings::default(),
         }
+    }
+
+    /// The same scheduler, keeping the metric tables by `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: MetricsSettings) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Makes the metric partitions of today and the days ahead, and drops the days past the
+    /// retention.
+    ///
+    /// # Errors
+    /// Database errors; the next pass tries again.
+    pub async fn maintain_metrics(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<store::metric::Maintained, store::Error> {
+        store::metric::maintain(&self.db, now, &self.metrics).await
     }
 
     /// Records every fire due by `now`.
@@ -180,6 +205,7 @@ pub async fn run(
 ) {
     info!("scheduler started");
     let mut leadership = Leadership::for_store(&scheduler.db, &schema);
+    let mut maintained: Option<DateTime<Utc>> = None;
     while !shutdown.is_cancelled() {
         if !leadership.lead().await {
             tokio::select! {
@@ -200,6 +226,20 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "a scheduler pass failed; retrying"),
+        }
+        if maintained.is_none_or(|t| now - t >= MAINTAIN_EVERY) {
+            match scheduler.maintain_metrics(now).await {
+                Ok(m) => {
+                    if m.created > 0 || !m.dropped.is_empty() || m.deleted > 0 {
+                        info!(partitions_made = m.created, days_dropped = m.dropped.len(), rows_deleted = m.deleted, "metric tables kept");
+                    }
+                    maintained = Some(now);
+                }
+                Err(e) => {
+                    warn!(error = %e, "keeping the metric tables failed; retrying in a minute");
+                    maintained = Some(now - MAINTAIN_EVERY + chrono::Duration::minutes(1));
+                }
+            }
         }
         let sleep = scheduler.idle(clock.now()).await;
         tokio::select! {

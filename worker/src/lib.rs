@@ -62,6 +62,10 @@ pub struct Context {
     pub locks: Arc<dyn Locks>,
     /// Where billing tasks write costs; `None` fails them, saying why.
     pub costs: Option<Arc<dyn sink::costs::CostSink>>,
+    /// Where metrics tasks write samples; `None` fails them, saying why.
+    pub metrics: Option<Arc<dyn sink::metrics::MetricSink>>,
+    /// How far back metrics tasks reach.
+    pub metric_settings: gleaner_common::config::MetricsSettings,
     /// Claims, small writes and ends of concurrent tasks, each kind combined into groups.
     pub groups: combine::Groups,
     /// The `concurrency` slots big tasks hold.
@@ -95,7 +99,21 @@ impl Context {
             db_retry: RetryPolicy::default(),
             locks: Arc::new(LocalLocks::default()),
             costs: None,
+            metrics: None,
+            metric_settings: gleaner_common::config::MetricsSettings::default(),
         }
+    }
+
+    /// The same context, writing metrics tasks' samples to `sink`.
+    #[must_use]
+    pub fn with_metrics(
+        mut self,
+        sink: Arc<dyn sink::metrics::MetricSink>,
+        settings: gleaner_common::config::MetricsSettings,
+    ) -> Self {
+        self.metrics = Some(sink);
+        self.metric_settings = settings;
+        self
     }
 
     /// The same context, writing billing tasks' costs to `sink`.

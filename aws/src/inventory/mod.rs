@@ -171,6 +171,7 @@ impl AwsInventory {
                 latest: "1.0.0".into(),
                 official: true,
                 resource_types: types.iter().map(|t| (*t).to_owned()).collect(),
+                metrics: Vec::new(),
                 options_schema: json!({
                     "type": "object",
                     "properties": {

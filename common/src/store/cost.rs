@@ -12,12 +12,12 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value as DbValue};
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Error, Result};
+use super::{Error, Params, Result};
 use crate::id::{DomainId, ProjectId, ServiceAccountId};
 
 /// A dimension costs are grouped by; its name is the key in each summary item.
@@ -138,30 +138,6 @@ pub struct SummaryItem {
     pub billed_cost: Decimal,
     #[schema(value_type = String, example = "1.80063469386")]
     pub effective_cost: Decimal,
-}
-
-/// Binds values as `$n` (PostgreSQL) or `?n` (SQLite) in the order they are pushed.
-struct Params {
-    values: Vec<DbValue>,
-    mark: char,
-}
-
-impl Params {
-    fn new(backend: DbBackend) -> Self {
-        Self {
-            values: Vec::new(),
-            mark: if backend == DbBackend::Postgres {
-                '$'
-            } else {
-                '?'
-            },
-        }
-    }
-
-    fn push(&mut self, v: impl Into<DbValue>) -> String {
-        self.values.push(v.into());
-        format!("{}{}", self.mark, self.values.len())
-    }
 }
 
 /// The conditions of `filter` on a rollup row `r`, each starting with ` AND`.

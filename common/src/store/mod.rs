@@ -10,6 +10,7 @@ pub mod collector;
 pub mod cost;
 pub mod job;
 pub mod merge;
+pub mod metric;
 pub mod outbox;
 pub mod plugin;
 pub mod project;
@@ -155,6 +156,34 @@ fn transient_sqlite(code: &str) -> bool {
 /// Whether `e` is a unique-constraint violation.
 pub(crate) fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Binds values as `$n` (PostgreSQL) or `?n` (SQLite) in the order they are pushed.
+pub(crate) struct Params {
+    pub(crate) values: Vec<sea_orm::Value>,
+    mark: char,
+}
+
+impl Params {
+    pub(crate) fn new(backend: sea_orm::DbBackend) -> Self {
+        Self {
+            values: Vec::new(),
+            mark: if backend == sea_orm::DbBackend::Postgres {
+                '$'
+            } else {
+                '?'
+            },
+        }
+    }
+
+    pub(crate) fn is_postgres(&self) -> bool {
+        self.mark == '$'
+    }
+
+    pub(crate) fn push(&mut self, v: impl Into<sea_orm::Value>) -> String {
+        self.values.push(v.into());
+        format!("{}{}", self.mark, self.values.len())
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ fn info(id: &str, versions: &[PrivateVersion], shown: &PrivateVersion) -> Plugin
         official: false,
         resource_types: meta.resource_types.clone(),
         options_schema: meta.options_schema.clone(),
+        metrics: meta.metrics.clone(),
     }
 }
 

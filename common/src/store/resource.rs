@@ -35,6 +35,25 @@ pub struct Resource {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Where its history and its metrics are.
+    pub links: ResourceLinks,
+}
+
+/// The API paths of what belongs to a resource.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ResourceLinks {
+    pub changes: String,
+    /// The metric series stored for it; each is at `metrics/{metric}` below.
+    pub metrics: String,
+}
+
+impl ResourceLinks {
+    fn of(id: uuid::Uuid) -> Self {
+        Self {
+            changes: format!("/v1/resources/{id}/changes"),
+            metrics: format!("/v1/resources/{id}/metrics"),
+        }
+    }
 }
 
 impl From<resource::Model> for Resource {
@@ -56,6 +75,7 @@ impl From<resource::Model> for Resource {
             created_at: m.created_at.to_utc(),
             updated_at: m.updated_at.to_utc(),
             deleted_at: m.deleted_at.map(|t| t.to_utc()),
+            links: ResourceLinks::of(m.id),
         }
     }
 }

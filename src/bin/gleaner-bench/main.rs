@@ -802,6 +802,7 @@ fn demo_rows(
                     attempt: 1,
                     service_account_id: Some(ServiceAccountId::from_uuid(sa)),
                     month: None,
+                    metrics: None,
                 },
                 cancel: CancellationToken::new(),
                 diagnostics: plugin::Diagnostics::default(),

@@ -107,6 +107,7 @@ impl Demo {
                 latest: "1.0.0".into(),
                 official: true,
                 resource_types: DEFAULT_TYPES.map(String::from).to_vec(),
+                metrics: Vec::new(),
                 options_schema: json!({
                     "type": "object",
                     "properties": {

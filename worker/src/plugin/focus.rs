@@ -72,6 +72,7 @@ impl Focus {
                 latest: "1.0.0".into(),
                 official: true,
                 resource_types: Vec::new(),
+                metrics: Vec::new(),
                 options_schema: json!({
                     "type": "object",
                     "properties": {

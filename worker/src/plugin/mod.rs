@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use gleaner_common::access::Access;
 use gleaner_common::billing::Month;
-use gleaner_common::id::{DomainId, JobId, ServiceAccountId, TaskId};
+use chrono::{DateTime, Utc};
+use gleaner_common::id::{DomainId, JobId, ResourceId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo, Verifier, VerifyError, VerifyRequest};
 use gleaner_common::store;
+pub use gleaner_common::store::metric::Target;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod demo;
 pub mod demo_billing;
+pub mod demo_metrics;
 pub mod external;
 pub mod focus;
 
@@ -76,12 +79,48 @@ pub(crate) fn test_cost(billed_cost: rust_decimal::Decimal) -> CostItem {
     }
 }
 
+/// Samples of one series (a resource's metric), reported by a metric data source, oldest
+/// first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Samples {
+    /// One of the task's [`MetricRequest::targets`].
+    pub resource_id: ResourceId,
+    pub metric: String,
+    pub points: Vec<Point>,
+}
+
+/// One sample's time and value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub time: DateTime<Utc>,
+    pub value: f64,
+}
+
 /// What a plugin emits.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     Resource(ResourceItem),
     Cost(Box<CostItem>),
+    Samples(Samples),
     Error(ItemError),
+}
+
+/// What a metrics task asks a metric data source for: samples of these resources after each
+/// one's `since`, up to `end`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRequest {
+    pub targets: Vec<MetricTarget>,
+    /// The newest time asked for: the task's start.
+    pub end: DateTime<Utc>,
+}
+
+/// A resource to collect metrics of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricTarget {
+    pub resource: Target,
+    /// Samples at or before it are stored already (the oldest watermark of the resource's
+    /// series, or the first backfill's start): a source asks for what comes after it.
+    pub since: DateTime<Utc>,
 }
 
 /// Why a plugin run failed as a whole.
@@ -198,6 +237,8 @@ pub struct TaskInfo {
     pub service_account_id: Option<ServiceAccountId>,
     /// Billing: the month whose costs to report (rows charged in other months are not wanted).
     pub month: Option<Month>,
+    /// Metrics: the resources and times to collect.
+    pub metrics: Option<Arc<MetricRequest>>,
 }
 
 impl TaskInfo {
@@ -209,6 +250,16 @@ impl TaskInfo {
         self.month.ok_or_else(|| {
             PluginError::Permanent("a cost data source runs in billing jobs, for a month".into())
         })
+    }
+
+    /// The resources and times a metric data source collects.
+    ///
+    /// # Errors
+    /// The task is not a metrics task's, which always has them.
+    pub fn metric_request(&self) -> Result<Arc<MetricRequest>, PluginError> {
+        self.metrics
+            .clone()
+            .ok_or_else(|| PluginError::Permanent("a metric data source runs in metrics jobs".into()))
     }
 }
 
@@ -323,6 +374,7 @@ impl Registry {
         };
         r.add(Arc::new(demo::Demo::new()));
         r.add(Arc::new(demo_billing::DemoBilling::new()));
+        r.add(Arc::new(demo_metrics::DemoMetrics::new()));
         r.add(Arc::new(focus::Focus::new(access)));
         r
     }

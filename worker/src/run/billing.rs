@@ -73,7 +73,7 @@ pub(super) async fn collect(
         Err(e) => return cost_write_failed(&e),
     };
     let secrets = secret.clone();
-    let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, big_room(ctx));
+    let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, big_room(ctx), None);
     let loaded = load_costs(ctx, claimed, load.as_mut(), month, rx).await;
     let (plugin_result, diagnostics) = running.stop().await;
     if stop.is_cancelled() {
@@ -209,6 +209,13 @@ async fn load_costs(
                 format!(
                     "{}/{}: a cost data source reported a resource",
                     r.resource_type, r.resource_key
+                ),
+            ),
+            Item::Samples(s) => reject(
+                &mut summary,
+                format!(
+                    "{}/{}: a cost data source reported metric samples",
+                    s.resource_id, s.metric
                 ),
             ),
         }

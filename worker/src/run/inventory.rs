@@ -63,7 +63,7 @@ pub(super) async fn collect(
         slots::SMALL.min(big_room(ctx))
     };
     let secrets = secret.clone();
-    let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, room);
+    let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, room, None);
     // The plugin's token: cancelled by a stop and by the loss of the collection lock, either of
     // which ends a wait for a full slot.
     let written = consume(ctx, &scope, rx, &mut full, &running.cancel).await;
@@ -221,6 +221,14 @@ async fn consume(
                     message:
                         "a collector reported a cost record; cost data sources run in billing jobs"
                             .into(),
+                });
+            }
+            Item::Samples(s) => {
+                pending_failed += 1;
+                summary.keep(ItemError {
+                    resource_type: None,
+                    resource_key: Some(s.resource_id.to_string()),
+                    message: "a collector reported metric samples; metric data sources run in metrics jobs".into(),
                 });
             }
         }

@@ -3,6 +3,7 @@
 //!
 //! - [`inventory`]: a collector's run; resources in batches, the priority merge, the sweep.
 //! - [`billing`]: a cost data source's run; a month of costs replaced in one transaction.
+//! - [`metrics`]: a metric data source's run; samples appended after each series' watermark.
 //! - This module: what both share (the lease's heartbeat, the collection lock, the plugin
 //!   process and its stderr, recording the end).
 //!
@@ -21,6 +22,7 @@
 
 mod billing;
 mod inventory;
+mod metrics;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,7 +38,8 @@ use tracing::{Instrument, info, info_span};
 use crate::Context;
 use crate::lock::Held;
 use crate::plugin::{
-    CollectRequest, Diagnostics, ItemError, ItemReceiver, Plugin, PluginError, TaskInfo,
+    CollectRequest, Diagnostics, ItemError, ItemReceiver, MetricRequest, Plugin, PluginError,
+    TaskInfo,
 };
 
 /// Item errors kept for the task's error message; the count covers all of them.
@@ -78,10 +81,10 @@ pub async fn run(
         // the next collection of the same collector and account.
         let (ended, lock) = match crate::lock::wait_for_collection(ctx, &claimed, &halt).await {
             Ok(Some(held)) => {
-                let ended = if claimed.kind == JobKind::Billing {
-                    billing::collect(ctx, &claimed, &halt, &held).await
-                } else {
-                    inventory::collect(ctx, &claimed, &halt, &held).await
+                let ended = match claimed.kind {
+                    JobKind::Billing => billing::collect(ctx, &claimed, &halt, &held).await,
+                    JobKind::Metrics => metrics::collect(ctx, &claimed, &halt, &held).await,
+                    JobKind::Inventory => inventory::collect(ctx, &claimed, &halt, &held).await,
                 };
                 (ended, Some(held))
             }
@@ -249,6 +252,7 @@ impl Running {
         stop: &CancellationToken,
         lock: &Held,
         room: usize,
+        metrics: Option<Arc<MetricRequest>>,
     ) -> (Self, ItemReceiver) {
         let cancel = stop.child_token();
         // A lock lost while held (expired in Redis) stops the plugin: another collection may run.
@@ -270,6 +274,7 @@ impl Running {
                 attempt: claimed.attempt.number,
                 service_account_id: claimed.service_account_id,
                 month: claimed.month,
+                metrics,
             },
             cancel: cancel.clone(),
             diagnostics: diagnostics.clone(),

@@ -13,6 +13,8 @@ use crate::plugin::ResourceItem;
 
 pub mod costs;
 pub mod costs_sqlite;
+pub mod metrics;
+pub mod metrics_sqlite;
 mod pg_group;
 pub mod postgres;
 pub mod sqlite;
