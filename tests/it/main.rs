@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod merge;
 mod metrics;
+mod monitoring;
 mod openapi;
 mod plugins;
 mod probes;

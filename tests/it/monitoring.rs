@@ -1,0 +1,326 @@
+//! Metric collection: demo-metrics samples through metrics jobs, checked against the plugin's
+//! formula; re-collection, watermarks, retention, and the query API's answers and refusals.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::in_both_modes;
+use crate::support::{Mode, TestEnv};
+
+/// The demo's formula (docs/metrics.md): `scale × ((h + a·k) mod n)`, `k` the sample's minute.
+fn formula(metric: &str, key: &str, minute: i64) -> f64 {
+    let (a, n, scale) = match metric {
+        "cpu.utilization" => (1, 101, 1),
+        "network.in_bytes" => (11, 997, 1000),
+        other => panic!("no formula for {other}"),
+    };
+    let h = key.bytes().map(i64::from).sum::<i64>() % 1000;
+    (scale * (h + a * minute).rem_euclid(n)) as f64
+}
+
+const METRICS: [&str; 2] = ["cpu.utilization", "network.in_bytes"];
+const SERVERS: usize = 100;
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+/// A demo estate of `SERVERS` instances, collected, and a demo-metrics collector of two metrics.
+/// Returns (metrics collector id, instance key by resource id).
+async fn estate(env: &TestEnv) -> anyhow::Result<(String, HashMap<String, String>)> {
+    let inventory = env
+        .demo_collector(
+            1,
+            json!({"resources": SERVERS, "resource_types": ["compute.instance"]}),
+        )
+        .await?;
+    let job = env.collect(&inventory).await?;
+    anyhow::ensure!(job["status"] == "SUCCESS", "inventory: {job}");
+    let page = env
+        .get("/v1/resources?resource_type=compute.instance&limit=1000")
+        .await?;
+    let keys: HashMap<String, String> = page.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_owned(),
+                r["resource_key"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    anyhow::ensure!(keys.len() == SERVERS, "{} instances", keys.len());
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "metrics", "plugin_id": "demo-metrics", "options": {"metrics": METRICS}}),
+        )
+        .await?;
+    Ok((c["id"].as_str().context("id")?.to_owned(), keys))
+}
+
+fn time(v: &Value) -> anyhow::Result<DateTime<Utc>> {
+    Ok(v.as_str().context("a time")?.parse()?)
+}
+
+/// The newest sample stored of a resource's series.
+async fn watermark(env: &TestEnv, resource: &str, metric: &str) -> anyhow::Result<i64> {
+    let a = env.get(&format!("/v1/resources/{resource}/metrics")).await?;
+    anyhow::ensure!(a.status == StatusCode::OK, "{a:?}");
+    let series = a.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .find(|s| s["metric"] == metric)
+        .with_context(|| format!("no {metric} series: {}", a.body))?;
+    Ok(time(&series["last_time"])?.timestamp_millis())
+}
+
+async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let (collector, keys) = estate(&env).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["kind"], "metrics");
+    let per_series = 1440;
+    let expected = (SERVERS * METRICS.len() * per_series) as i64;
+    assert_eq!(job["counts"]["created"], expected, "{job}");
+    assert_eq!(env.scalar("SELECT count(*) FROM metric_samples").await?, expected);
+    // Every series holds the day's minutes, each once.
+    let distinct = env
+        .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples) s")
+        .await?;
+    assert_eq!(distinct, expected);
+
+    // The day's whole hours, averaged from the hourly rollup, against the formula.
+    let (first_id, _) = keys.iter().next().context("a server")?;
+    let last = watermark(&env, first_id, "cpu.utilization").await?;
+    let first = last - (per_series as i64 - 1) * MINUTE;
+    let start = first.div_euclid(HOUR) * HOUR + HOUR;
+    let end = (last + MINUTE).div_euclid(HOUR) * HOUR;
+    let ids: Vec<&String> = keys.keys().collect();
+    let body = json!({
+        "resource_ids": ids, "metric": "cpu.utilization", "period": 3600, "stat": "avg",
+        "start": chrono::DateTime::from_timestamp_millis(start).context("start")?.to_rfc3339(),
+        "end": chrono::DateTime::from_timestamp_millis(end).context("end")?.to_rfc3339(),
+    });
+    let a = env.post("/v1/metrics/query", body).await?;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let labels = a.body["labels"].as_array().context("labels")?;
+    assert_eq!(labels.len() as i64, (end - start) / HOUR);
+    assert_eq!(a.body["unit"], "Percent");
+    for (id, key) in &keys {
+        let values = a.body["values"][id].as_array().context("values")?;
+        for (label, value) in labels.iter().zip(values) {
+            let hour = time(label)?.timestamp_millis() / MINUTE;
+            let want = (hour..hour + 60).map(|m| formula("cpu.utilization", key, m)).sum::<f64>() / 60.0;
+            assert_eq!(value.as_f64(), Some(want), "{id} at {label}");
+        }
+    }
+    // One series by minutes, with max, from the raw samples: each minute's value.
+    let (id, key) = keys.iter().nth(1).context("a second server")?;
+    let path = format!(
+        "/v1/resources/{id}/metrics/network.in_bytes?start={}&end={}&period=60&stat=max",
+        chrono::DateTime::from_timestamp_millis(start).context("start")?.to_rfc3339().replace('+', "%2B"),
+        chrono::DateTime::from_timestamp_millis(start + HOUR).context("end")?.to_rfc3339().replace('+', "%2B"),
+    );
+    let a = env.get(&path).await?;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let values = a.body["values"].as_array().context("values")?;
+    assert_eq!(values.len(), 60);
+    for (i, v) in values.iter().enumerate() {
+        let minute = start / MINUTE + i as i64;
+        assert_eq!(v.as_f64(), Some(formula("network.in_bytes", key, minute)));
+    }
+    // Top 3 by the day's average: the same order as the formula gives.
+    let top = env
+        .get(&format!(
+            "/v1/metrics/top?metric=cpu.utilization&resource_type=compute.instance&limit=3&start={}&end={}",
+            chrono::DateTime::from_timestamp_millis(start).context("start")?.to_rfc3339().replace('+', "%2B"),
+            chrono::DateTime::from_timestamp_millis(end).context("end")?.to_rfc3339().replace('+', "%2B"),
+        ))
+        .await?;
+    assert_eq!(top.status, StatusCode::OK, "{top:?}");
+    let mut want: Vec<(f64, &String)> = keys
+        .iter()
+        .map(|(id, key)| {
+            let sum: f64 = (start / MINUTE..end / MINUTE).map(|m| formula("cpu.utilization", key, m)).sum();
+            (sum / ((end - start) / MINUTE) as f64, id)
+        })
+        .collect();
+    want.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let items = top.body["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 3);
+    for (item, (value, id)) in items.iter().zip(&want) {
+        assert_eq!(item["resource_id"], **id, "{}", top.body);
+        assert_eq!(item["value"].as_f64(), Some(*value));
+    }
+
+    // Once a minute has passed, the next collection adds that minute only: the watermark moves
+    // and nothing is stored twice.
+    let wait = MINUTE - Utc::now().timestamp_millis().rem_euclid(MINUTE) + 1_000;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait)?)).await;
+    let again = env.collect(&collector).await?;
+    assert_eq!(again["status"], "SUCCESS", "{again}");
+    let moved = watermark(&env, first_id, "cpu.utilization").await?;
+    assert!(moved > last, "the watermark moved from {last} to {moved}");
+    let new_minutes = (moved - last) / MINUTE;
+    let added = (SERVERS * METRICS.len()) as i64 * new_minutes;
+    assert_eq!(again["counts"]["created"], added, "{again}");
+    let total = env.scalar("SELECT count(*) FROM metric_samples").await?;
+    assert_eq!(total, expected + added);
+    let distinct = env
+        .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples) s")
+        .await?;
+    assert_eq!(distinct, total, "no sample is stored twice");
+    // Rollup rows are partial sums: grouped, they count every sample once.
+    assert_eq!(env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m").await?, total);
+    assert_eq!(env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h").await?, total);
+    // The collector shows where it stands.
+    let detail = env.get(&format!("/v1/collectors/{collector}")).await?;
+    assert_eq!(time(&detail.body["metrics_watermark"])?.timestamp_millis(), moved);
+    Ok(())
+}
+
+async fn retention_drops_the_expired_days_and_nothing_else(mode: Mode) -> anyhow::Result<()> {
+    use gleaner_common::config::MetricsSettings;
+    use gleaner_common::store::metric;
+    let env = TestEnv::start(mode).await?;
+    let (collector, _) = estate(&env).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let today = Utc::now().date_naive();
+    let midnight = today.and_hms_opt(0, 0, 0).context("midnight")?.and_utc();
+    let since_midnight = match mode {
+        Mode::Distributed => format!("time >= '{}'", midnight.to_rfc3339()),
+        Mode::Standalone => format!("time >= {}", midnight.timestamp_millis()),
+    };
+    let total = env.scalar("SELECT count(*) FROM metric_samples").await?;
+    let kept = env
+        .scalar(&format!("SELECT count(*) FROM metric_samples WHERE {since_midnight}"))
+        .await?;
+    assert!(kept > 0 && kept < total, "a day back from now spans two days: {kept} of {total}");
+    let hours_kept = env
+        .scalar(&format!(
+            "SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h WHERE {}",
+            since_midnight.replace("time", "bucket")
+        ))
+        .await?;
+    // Thirty days on, a retention of 30 days keeps today and drops yesterday.
+    let settings = MetricsSettings { retention_days: 30, ..MetricsSettings::default() };
+    let later = Utc::now() + chrono::Duration::days(30);
+    let done = metric::maintain(&env.db, later, &settings).await?;
+    assert_eq!(env.scalar("SELECT count(*) FROM metric_samples").await?, kept);
+    assert_eq!(
+        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h").await?,
+        hours_kept
+    );
+    assert_eq!(
+        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m").await?,
+        kept
+    );
+    if mode == Mode::Distributed {
+        let yesterday = today.pred_opt().context("yesterday")?;
+        assert_eq!(done.dropped, [yesterday], "{done:?}");
+        for tier in [
+            gleaner_common::metric::Tier::Raw,
+            gleaner_common::metric::Tier::FiveMinutes,
+            gleaner_common::metric::Tier::Hour,
+        ] {
+            let days = metric::partitions(&env.db, tier).await?;
+            assert!(!days.contains(&yesterday), "{tier:?}: {days:?}");
+            assert!(days.contains(&today), "{tier:?}: {days:?}");
+            let ahead = later.date_naive() + chrono::Days::new(3);
+            assert!(days.contains(&ahead), "made ahead of the later day: {days:?}");
+        }
+    } else {
+        assert!(done.deleted > 0, "{done:?}");
+    }
+    Ok(())
+}
+
+async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let (_, keys) = estate(&env).await?;
+    let id = keys.keys().next().context("a server")?;
+    let cases = [
+        (
+            format!("/v1/resources/{id}/metrics/no.such.metric"),
+            "metric",
+        ),
+        (
+            format!("/v1/resources/{id}/metrics/cpu.utilization?start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z"),
+            "end",
+        ),
+        (
+            format!("/v1/resources/{id}/metrics/cpu.utilization?period=1.5"),
+            "period",
+        ),
+        (
+            format!("/v1/resources/{id}/metrics/cpu.utilization?period=0"),
+            "period",
+        ),
+        (
+            format!("/v1/resources/{id}/metrics/cpu.utilization?stat=p99"),
+            "stat",
+        ),
+        ("/v1/metrics/top?metric=nope".to_owned(), "metric"),
+        ("/v1/metrics/top?metric=cpu.utilization&limit=0".to_owned(), "limit"),
+    ];
+    for (path, field) in cases {
+        let a = env.get(&path).await?;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {a:?}");
+        let fields: Vec<&str> = a.body["errors"]
+            .as_array()
+            .context("errors")?
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(fields, [field], "{path}: {}", a.body);
+    }
+    let many: Vec<String> = (0..201).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let bodies = [
+        (json!({"resource_ids": many, "metric": "cpu.utilization"}), "resource_ids"),
+        (json!({"resource_ids": [id], "metric": "cpu.utilization", "period": 1.5}), "period"),
+        (json!({"resource_ids": [id], "metric": "nope"}), "metric"),
+        (json!({"resource_ids": [uuid::Uuid::now_v7()], "metric": "cpu.utilization"}), "resource_ids"),
+        (json!({"resource_ids": [id], "metric": "cpu.utilization", "start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}), "end"),
+    ];
+    for (body, field) in bodies {
+        let a = env.post("/v1/metrics/query", body.clone()).await?;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {a:?}");
+        let fields: Vec<&str> = a.body["errors"]
+            .as_array()
+            .context("errors")?
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(fields, [field], "{body}: {}", a.body);
+    }
+    // The catalog lists the demo's metrics with their unit and source.
+    let list = env.get("/v1/metrics?resource_type=compute.instance&provider=demo").await?;
+    let cpu = list.body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .find(|m| m["name"] == "cpu.utilization")
+        .context("cpu.utilization is listed")?
+        .clone();
+    assert_eq!(cpu["unit"], "Percent");
+    assert_eq!(cpu["source"], "demo-metrics");
+    let none = env.get("/v1/metrics?provider=aws&resource_type=compute.instance").await?;
+    assert_eq!(none.body["items"], json!([]));
+    Ok(())
+}
+
+in_both_modes!(
+    a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly,
+    retention_drops_the_expired_days_and_nothing_else,
+    bad_queries_name_the_field,
+);
