@@ -219,11 +219,11 @@ pub fn worker_context(
     };
     let metrics: Arc<dyn gleaner_worker::sink::metrics::MetricSink> =
         match db.get_database_backend() {
-            sea_orm::DbBackend::Sqlite => Arc::new(
-                gleaner_worker::sink::metrics_sqlite::SqliteMetricSink::new(
+            sea_orm::DbBackend::Sqlite => {
+                Arc::new(gleaner_worker::sink::metrics_sqlite::SqliteMetricSink::new(
                     db.get_sqlite_connection_pool().clone(),
-                ),
-            ),
+                ))
+            }
             _ => Arc::new(gleaner_worker::sink::metrics::PgMetricSink::new(db.clone())),
         };
     let ctx = Context::new(

@@ -110,7 +110,11 @@ async fn list(
     let items = catalog(&state, &auth)
         .await?
         .into_iter()
-        .filter(|m| q.resource_type.as_ref().is_none_or(|t| *t == m.resource_type))
+        .filter(|m| {
+            q.resource_type
+                .as_ref()
+                .is_none_or(|t| *t == m.resource_type)
+        })
         .filter(|m| q.provider.as_ref().is_none_or(|p| *p == m.provider))
         .collect();
     Ok(Json(AvailableList { items }))
@@ -149,7 +153,7 @@ struct SeriesQuery {
     /// RFC 3339, exclusive; rounded up to a whole period. Default: now.
     end: Option<DateTime<Utc>>,
     /// Seconds per point, a whole number from 1 to 2,678,400. Default: the finest of 60, 300,
-    /// 3600 and 86400 that gives at most 1,440 points.
+    /// 3600 and 86400 that fits at most 1,440 times in the range.
     period: Option<i64>,
     /// avg (default), max, min or sum of the samples in each period.
     stat: Option<Stat>,
@@ -180,7 +184,11 @@ async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<resource:
 }
 
 /// The values of `window`'s periods from the bins of one resource.
-fn values(window: &Window, bins: Option<&HashMap<i64, metric::Agg>>, stat: Stat) -> Vec<Option<f64>> {
+fn values(
+    window: &Window,
+    bins: Option<&HashMap<i64, metric::Agg>>,
+    stat: Stat,
+) -> Vec<Option<f64>> {
     let step = usize::try_from(window.period_ms).unwrap_or(usize::MAX);
     (window.start..window.end)
         .step_by(step)
@@ -401,7 +409,8 @@ async fn top(
         resource_type: q.resource_type,
         projects: auth.projects().map(<[_]>::to_vec),
     };
-    let ranked = store::aggregate(&state.db, auth.domain(), &q.metric, (start, end), &filter).await?;
+    let ranked =
+        store::aggregate(&state.db, auth.domain(), &q.metric, (start, end), &filter).await?;
     let mut items: Vec<TopItem> = ranked
         .into_iter()
         .filter_map(|r| {

@@ -197,13 +197,20 @@ pub fn cover(start: i64, end: i64) -> Vec<Piece> {
             return;
         };
         let w = tier.width_ms();
-        let (a, b) = (start.div_euclid(w) * w + if start % w == 0 { 0 } else { w }, end.div_euclid(w) * w);
+        let (a, b) = (
+            start.div_euclid(w) * w + if start % w == 0 { 0 } else { w },
+            end.div_euclid(w) * w,
+        );
         if a >= b {
             split(start, end, finer, out);
             return;
         }
         split(start, a, finer, out);
-        out.push(Piece { tier, start: a, end: b });
+        out.push(Piece {
+            tier,
+            start: a,
+            end: b,
+        });
         split(b, end, finer, out);
     }
     let mut out = Vec::new();
@@ -242,7 +249,7 @@ pub struct Window {
 impl Window {
     /// Checks a query's `start`, `end` and `period` (seconds). `end` defaults to now, `start`
     /// to a day before `end`, `period` to the finest of a minute, 5 minutes, an hour and a day
-    /// that answers in at most 1,440 points.
+    /// whose periods fit 1,440 times in the range (one more once rounded out to whole periods).
     ///
     /// # Errors
     /// `end` not after `start`, a period below 1 s or over 31 days, or more than
@@ -269,7 +276,7 @@ impl Window {
             Some(p) => p,
             None => DEFAULT_PERIODS
                 .into_iter()
-                .find(|p| span / (p * 1000) < 1440)
+                .find(|p| span / (p * 1000) <= 1440)
                 .unwrap_or(86_400),
         };
         let period_ms = period * 1000;
@@ -373,18 +380,52 @@ mod tests {
         let tiers: Vec<Tier> = pieces.iter().map(|p| p.tier).collect();
         assert_eq!(
             tiers,
-            [Tier::Raw, Tier::FiveMinutes, Tier::Hour, Tier::FiveMinutes, Tier::Raw]
+            [
+                Tier::Raw,
+                Tier::FiveMinutes,
+                Tier::Hour,
+                Tier::FiveMinutes,
+                Tier::Raw
+            ]
         );
-        assert_eq!(pieces[0], Piece { tier: Tier::Raw, start, end: M5 });
-        assert_eq!(pieces[2], Piece { tier: Tier::Hour, start: H, end: 3 * H });
+        assert_eq!(
+            pieces[0],
+            Piece {
+                tier: Tier::Raw,
+                start,
+                end: M5
+            }
+        );
+        assert_eq!(
+            pieces[2],
+            Piece {
+                tier: Tier::Hour,
+                start: H,
+                end: 3 * H
+            }
+        );
         // The pieces tile the range.
         for w in pieces.windows(2) {
             assert_eq!(w[0].end, w[1].start);
         }
         assert_eq!(pieces.last().map(|p| p.end), Some(end));
         // Aligned ranges are one piece; a short one is raw only.
-        assert_eq!(cover(0, 24 * H), [Piece { tier: Tier::Hour, start: 0, end: 24 * H }]);
-        assert_eq!(cover(1, 1000), [Piece { tier: Tier::Raw, start: 1, end: 1000 }]);
+        assert_eq!(
+            cover(0, 24 * H),
+            [Piece {
+                tier: Tier::Hour,
+                start: 0,
+                end: 24 * H
+            }]
+        );
+        assert_eq!(
+            cover(1, 1000),
+            [Piece {
+                tier: Tier::Raw,
+                start: 1,
+                end: 1000
+            }]
+        );
     }
 
     #[test]
@@ -398,8 +439,13 @@ mod tests {
     #[test]
     fn windows_are_whole_periods_and_bad_input_names_the_field() {
         let now = instant(10 * H + 1234);
-        let w = Window::new(Some(instant(H + 5)), Some(instant(3 * H + 1)), Some(3600), now)
-            .expect("valid");
+        let w = Window::new(
+            Some(instant(H + 5)),
+            Some(instant(3 * H + 1)),
+            Some(3600),
+            now,
+        )
+        .expect("valid");
         assert_eq!((w.start, w.end), (H, 4 * H));
         assert_eq!(w.labels(), [instant(H), instant(2 * H), instant(3 * H)]);
         let d = Window::new(None, None, None, now).expect("defaults");

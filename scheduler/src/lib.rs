@@ -231,7 +231,12 @@ pub async fn run(
             match scheduler.maintain_metrics(now).await {
                 Ok(m) => {
                     if m.created > 0 || !m.dropped.is_empty() || m.deleted > 0 {
-                        info!(partitions_made = m.created, days_dropped = m.dropped.len(), rows_deleted = m.deleted, "metric tables kept");
+                        info!(
+                            partitions_made = m.created,
+                            days_dropped = m.dropped.len(),
+                            rows_deleted = m.deleted,
+                            "metric tables kept"
+                        );
                     }
                     maintained = Some(now);
                 }

@@ -69,7 +69,9 @@ fn time(v: &Value) -> anyhow::Result<DateTime<Utc>> {
 
 /// The newest sample stored of a resource's series.
 async fn watermark(env: &TestEnv, resource: &str, metric: &str) -> anyhow::Result<i64> {
-    let a = env.get(&format!("/v1/resources/{resource}/metrics")).await?;
+    let a = env
+        .get(&format!("/v1/resources/{resource}/metrics"))
+        .await?;
     anyhow::ensure!(a.status == StatusCode::OK, "{a:?}");
     let series = a.body["items"]
         .as_array()
@@ -91,7 +93,10 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
     let per_series = 1440;
     let expected = (SERVERS * METRICS.len() * per_series) as i64;
     assert_eq!(job["counts"]["created"], expected, "{job}");
-    assert_eq!(env.scalar("SELECT count(*) FROM metric_samples").await?, expected);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM metric_samples").await?,
+        expected
+    );
     // Every series holds the day's minutes, each once.
     let distinct = env
         .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples) s")
@@ -119,7 +124,10 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
         let values = a.body["values"][id].as_array().context("values")?;
         for (label, value) in labels.iter().zip(values) {
             let hour = time(label)?.timestamp_millis() / MINUTE;
-            let want = (hour..hour + 60).map(|m| formula("cpu.utilization", key, m)).sum::<f64>() / 60.0;
+            let want = (hour..hour + 60)
+                .map(|m| formula("cpu.utilization", key, m))
+                .sum::<f64>()
+                / 60.0;
             assert_eq!(value.as_f64(), Some(want), "{id} at {label}");
         }
     }
@@ -127,8 +135,14 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
     let (id, key) = keys.iter().nth(1).context("a second server")?;
     let path = format!(
         "/v1/resources/{id}/metrics/network.in_bytes?start={}&end={}&period=60&stat=max",
-        chrono::DateTime::from_timestamp_millis(start).context("start")?.to_rfc3339().replace('+', "%2B"),
-        chrono::DateTime::from_timestamp_millis(start + HOUR).context("end")?.to_rfc3339().replace('+', "%2B"),
+        chrono::DateTime::from_timestamp_millis(start)
+            .context("start")?
+            .to_rfc3339()
+            .replace('+', "%2B"),
+        chrono::DateTime::from_timestamp_millis(start + HOUR)
+            .context("end")?
+            .to_rfc3339()
+            .replace('+', "%2B"),
     );
     let a = env.get(&path).await?;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
@@ -150,7 +164,9 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
     let mut want: Vec<(f64, &String)> = keys
         .iter()
         .map(|(id, key)| {
-            let sum: f64 = (start / MINUTE..end / MINUTE).map(|m| formula("cpu.utilization", key, m)).sum();
+            let sum: f64 = (start / MINUTE..end / MINUTE)
+                .map(|m| formula("cpu.utilization", key, m))
+                .sum();
             (sum / ((end - start) / MINUTE) as f64, id)
         })
         .collect();
@@ -180,11 +196,22 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
         .await?;
     assert_eq!(distinct, total, "no sample is stored twice");
     // Rollup rows are partial sums: grouped, they count every sample once.
-    assert_eq!(env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m").await?, total);
-    assert_eq!(env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h").await?, total);
+    assert_eq!(
+        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m")
+            .await?,
+        total
+    );
+    assert_eq!(
+        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h")
+            .await?,
+        total
+    );
     // The collector shows where it stands.
     let detail = env.get(&format!("/v1/collectors/{collector}")).await?;
-    assert_eq!(time(&detail.body["metrics_watermark"])?.timestamp_millis(), moved);
+    assert_eq!(
+        time(&detail.body["metrics_watermark"])?.timestamp_millis(),
+        moved
+    );
     Ok(())
 }
 
@@ -203,9 +230,14 @@ async fn retention_drops_the_expired_days_and_nothing_else(mode: Mode) -> anyhow
     };
     let total = env.scalar("SELECT count(*) FROM metric_samples").await?;
     let kept = env
-        .scalar(&format!("SELECT count(*) FROM metric_samples WHERE {since_midnight}"))
+        .scalar(&format!(
+            "SELECT count(*) FROM metric_samples WHERE {since_midnight}"
+        ))
         .await?;
-    assert!(kept > 0 && kept < total, "a day back from now spans two days: {kept} of {total}");
+    assert!(
+        kept > 0 && kept < total,
+        "a day back from now spans two days: {kept} of {total}"
+    );
     let hours_kept = env
         .scalar(&format!(
             "SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h WHERE {}",
@@ -213,16 +245,24 @@ async fn retention_drops_the_expired_days_and_nothing_else(mode: Mode) -> anyhow
         ))
         .await?;
     // Thirty days on, a retention of 30 days keeps today and drops yesterday.
-    let settings = MetricsSettings { retention_days: 30, ..MetricsSettings::default() };
+    let settings = MetricsSettings {
+        retention_days: 30,
+        ..MetricsSettings::default()
+    };
     let later = Utc::now() + chrono::Duration::days(30);
     let done = metric::maintain(&env.db, later, &settings).await?;
-    assert_eq!(env.scalar("SELECT count(*) FROM metric_samples").await?, kept);
     assert_eq!(
-        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h").await?,
+        env.scalar("SELECT count(*) FROM metric_samples").await?,
+        kept
+    );
+    assert_eq!(
+        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h")
+            .await?,
         hours_kept
     );
     assert_eq!(
-        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m").await?,
+        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m")
+            .await?,
         kept
     );
     if mode == Mode::Distributed {
@@ -237,7 +277,10 @@ async fn retention_drops_the_expired_days_and_nothing_else(mode: Mode) -> anyhow
             assert!(!days.contains(&yesterday), "{tier:?}: {days:?}");
             assert!(days.contains(&today), "{tier:?}: {days:?}");
             let ahead = later.date_naive() + chrono::Days::new(3);
-            assert!(days.contains(&ahead), "made ahead of the later day: {days:?}");
+            assert!(
+                days.contains(&ahead),
+                "made ahead of the later day: {days:?}"
+            );
         }
     } else {
         assert!(done.deleted > 0, "{done:?}");
@@ -255,7 +298,9 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
             "metric",
         ),
         (
-            format!("/v1/resources/{id}/metrics/cpu.utilization?start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z"),
+            format!(
+                "/v1/resources/{id}/metrics/cpu.utilization?start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z"
+            ),
             "end",
         ),
         (
@@ -271,7 +316,10 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
             "stat",
         ),
         ("/v1/metrics/top?metric=nope".to_owned(), "metric"),
-        ("/v1/metrics/top?metric=cpu.utilization&limit=0".to_owned(), "limit"),
+        (
+            "/v1/metrics/top?metric=cpu.utilization&limit=0".to_owned(),
+            "limit",
+        ),
     ];
     for (path, field) in cases {
         let a = env.get(&path).await?;
@@ -286,11 +334,23 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
     }
     let many: Vec<String> = (0..201).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let bodies = [
-        (json!({"resource_ids": many, "metric": "cpu.utilization"}), "resource_ids"),
-        (json!({"resource_ids": [id], "metric": "cpu.utilization", "period": 1.5}), "period"),
+        (
+            json!({"resource_ids": many, "metric": "cpu.utilization"}),
+            "resource_ids",
+        ),
+        (
+            json!({"resource_ids": [id], "metric": "cpu.utilization", "period": 1.5}),
+            "period",
+        ),
         (json!({"resource_ids": [id], "metric": "nope"}), "metric"),
-        (json!({"resource_ids": [uuid::Uuid::now_v7()], "metric": "cpu.utilization"}), "resource_ids"),
-        (json!({"resource_ids": [id], "metric": "cpu.utilization", "start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}), "end"),
+        (
+            json!({"resource_ids": [uuid::Uuid::now_v7()], "metric": "cpu.utilization"}),
+            "resource_ids",
+        ),
+        (
+            json!({"resource_ids": [id], "metric": "cpu.utilization", "start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"}),
+            "end",
+        ),
     ];
     for (body, field) in bodies {
         let a = env.post("/v1/metrics/query", body.clone()).await?;
@@ -304,7 +364,9 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
         assert_eq!(fields, [field], "{body}: {}", a.body);
     }
     // The catalog lists the demo's metrics with their unit and source.
-    let list = env.get("/v1/metrics?resource_type=compute.instance&provider=demo").await?;
+    let list = env
+        .get("/v1/metrics?resource_type=compute.instance&provider=demo")
+        .await?;
     let cpu = list.body["items"]
         .as_array()
         .context("items")?
@@ -314,7 +376,9 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
         .clone();
     assert_eq!(cpu["unit"], "Percent");
     assert_eq!(cpu["source"], "demo-metrics");
-    let none = env.get("/v1/metrics?provider=aws&resource_type=compute.instance").await?;
+    let none = env
+        .get("/v1/metrics?provider=aws&resource_type=compute.instance")
+        .await?;
     assert_eq!(none.body["items"], json!([]));
     Ok(())
 }

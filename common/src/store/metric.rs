@@ -376,7 +376,11 @@ pub async fn maintain(
         for tier in PARTITIONED {
             let sql = format!("DELETE FROM {} WHERE {} < ?", tier.table(), column(tier));
             deleted += db
-                .execute_raw(Statement::from_sql_and_values(backend, sql, [cutoff.into()]))
+                .execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    sql,
+                    [cutoff.into()],
+                ))
                 .await?
                 .rows_affected();
         }

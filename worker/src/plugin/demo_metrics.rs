@@ -35,12 +35,48 @@ pub struct Series {
 
 /// The demo's metrics.
 pub const SERIES: [Series; 6] = [
-    Series { metric: "cpu.utilization", unit: "Percent", a: 1, n: 101, scale: 1 },
-    Series { metric: "memory.utilization", unit: "Percent", a: 3, n: 97, scale: 1 },
-    Series { metric: "disk.read_bytes", unit: "Bytes", a: 5, n: 1000, scale: 1024 },
-    Series { metric: "disk.write_bytes", unit: "Bytes", a: 7, n: 1000, scale: 512 },
-    Series { metric: "network.in_bytes", unit: "Bytes", a: 11, n: 997, scale: 1000 },
-    Series { metric: "network.out_bytes", unit: "Bytes", a: 13, n: 991, scale: 1000 },
+    Series {
+        metric: "cpu.utilization",
+        unit: "Percent",
+        a: 1,
+        n: 101,
+        scale: 1,
+    },
+    Series {
+        metric: "memory.utilization",
+        unit: "Percent",
+        a: 3,
+        n: 97,
+        scale: 1,
+    },
+    Series {
+        metric: "disk.read_bytes",
+        unit: "Bytes",
+        a: 5,
+        n: 1000,
+        scale: 1024,
+    },
+    Series {
+        metric: "disk.write_bytes",
+        unit: "Bytes",
+        a: 7,
+        n: 1000,
+        scale: 512,
+    },
+    Series {
+        metric: "network.in_bytes",
+        unit: "Bytes",
+        a: 11,
+        n: 997,
+        scale: 1000,
+    },
+    Series {
+        metric: "network.out_bytes",
+        unit: "Bytes",
+        a: 13,
+        n: 991,
+        scale: 1000,
+    },
 ];
 
 /// Points per item: a day of minutes.
@@ -158,7 +194,11 @@ impl Plugin for DemoMetrics {
             .filter(|s| opts.metrics.is_empty() || opts.metrics.iter().any(|m| m == s.metric))
             .collect();
         let end = millis(asked.end);
-        for target in asked.targets.iter().filter(|t| t.resource.resource_type == RESOURCE_TYPE) {
+        for target in asked
+            .targets
+            .iter()
+            .filter(|t| t.resource.resource_type == RESOURCE_TYPE)
+        {
             let h = key_hash(&target.resource.resource_key);
             // The first sample after `since`.
             let first = millis(target.since).div_euclid(step) + 1;
@@ -190,14 +230,14 @@ impl Plugin for DemoMetrics {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_formula_is_as_documented() {
-        assert_eq!(key_hash("i-0"), (105 + 45 + 48) % 1000);
+        assert_eq!(key_hash("i-0"), 105 + 45 + 48);
+        assert_eq!(key_hash(&"z".repeat(10)), 1220 - 1000);
         let cpu = &SERIES[0];
         assert!((cpu.value(5, 10) - 15.0).abs() < f64::EPSILON);
         assert!((cpu.value(5, 100) - 4.0).abs() < f64::EPSILON);
@@ -209,8 +249,20 @@ mod tests {
     fn every_metric_is_declared_for_the_instances() {
         let p = DemoMetrics::new();
         assert_eq!(p.info().metrics.len(), SERIES.len());
-        assert!(p.info().validate_options(&json!({"interval_seconds": 5})).is_err());
-        assert!(p.info().validate_options(&json!({"metrics": ["cpu.utilization"]})).is_ok());
-        assert!(p.info().validate_options(&json!({"metrics": ["nope"]})).is_err());
+        assert!(
+            p.info()
+                .validate_options(&json!({"interval_seconds": 5}))
+                .is_err()
+        );
+        assert!(
+            p.info()
+                .validate_options(&json!({"metrics": ["cpu.utilization"]}))
+                .is_ok()
+        );
+        assert!(
+            p.info()
+                .validate_options(&json!({"metrics": ["nope"]}))
+                .is_err()
+        );
     }
 }

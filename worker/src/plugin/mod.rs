@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use gleaner_common::access::Access;
 use gleaner_common::billing::Month;
-use chrono::{DateTime, Utc};
 use gleaner_common::id::{DomainId, JobId, ResourceId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo, Verifier, VerifyError, VerifyRequest};
 use gleaner_common::store;
@@ -257,9 +257,9 @@ impl TaskInfo {
     /// # Errors
     /// The task is not a metrics task's, which always has them.
     pub fn metric_request(&self) -> Result<Arc<MetricRequest>, PluginError> {
-        self.metrics
-            .clone()
-            .ok_or_else(|| PluginError::Permanent("a metric data source runs in metrics jobs".into()))
+        self.metrics.clone().ok_or_else(|| {
+            PluginError::Permanent("a metric data source runs in metrics jobs".into())
+        })
     }
 }
 

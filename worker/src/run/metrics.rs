@@ -70,8 +70,7 @@ pub(super) async fn collect(
     let found = ctx
         .db_retry
         .run("find the resources", store::Error::is_transient, || async {
-            let targets =
-                store::metric::targets(&ctx.db, claimed.domain, account, &types).await?;
+            let targets = store::metric::targets(&ctx.db, claimed.domain, account, &types).await?;
             let ids: Vec<_> = targets.iter().map(|t| t.id).collect();
             let marks = store::metric::watermarks(&ctx.db, &ids).await?;
             Ok::<_, store::Error>((targets, marks))
@@ -79,7 +78,9 @@ pub(super) async fn collect(
         .await;
     let (targets, marks) = match found {
         Ok(f) => f,
-        Err(e) if e.is_transient() => return Ended::Retry(format!("reading resources failed: {e}")),
+        Err(e) if e.is_transient() => {
+            return Ended::Retry(format!("reading resources failed: {e}"));
+        }
         Err(e) => return failure(format!("reading resources failed: {e}")),
     };
     let request = Arc::new(MetricRequest {
@@ -267,14 +268,19 @@ impl Series {
         if !self
             .declared
             .get(kind)
-            .is_some_and(|ms| ms.iter().any(|m| *m == key.1))
+            .is_some_and(|ms| ms.contains(&key.1))
         {
             return Err(format!(
                 "metric `{}` is not one the plugin declares for {kind}",
                 key.1
             ));
         }
-        let high = self.marks.get(&key).copied().unwrap_or(i64::MIN).max(self.floor);
+        let high = self
+            .marks
+            .get(&key)
+            .copied()
+            .unwrap_or(i64::MIN)
+            .max(self.floor);
         let i = self.states.len();
         self.states.push(State {
             key: Arc::new(SeriesKey {
@@ -492,10 +498,7 @@ mod tests {
     #[test]
     fn samples_are_taken_once_and_summed_into_whole_buckets() {
         let id = ResourceId::new();
-        let declared = HashMap::from([(
-            "compute.instance".to_owned(),
-            vec!["cpu".to_owned()],
-        )]);
+        let declared = HashMap::from([("compute.instance".to_owned(), vec!["cpu".to_owned()])]);
         let marks = HashMap::from([((id, "cpu".to_owned()), 120_000)]);
         let mut s = Series::new(&[target(id)], &declared, marks, 0, 10 * 3_600_000);
         let i = s.state(id, "cpu".into()).expect("declared");
@@ -503,13 +506,28 @@ mod tests {
         assert!(s.state(ResourceId::new(), "cpu".into()).is_err());
         let mut batch = MetricBatch::default();
         // At the watermark: stored already. Then minutes 3 to 11, then 11 again.
-        assert!(matches!(s.take(i, 120_000, 1.0, &mut batch), Verdict::Stored));
+        assert!(matches!(
+            s.take(i, 120_000, 1.0, &mut batch),
+            Verdict::Stored
+        ));
         for m in 3..=11 {
-            assert!(matches!(s.take(i, m * 60_000, m as f64, &mut batch), Verdict::Accepted));
+            assert!(matches!(
+                s.take(i, m * 60_000, m as f64, &mut batch),
+                Verdict::Accepted
+            ));
         }
-        assert!(matches!(s.take(i, 11 * 60_000, 0.0, &mut batch), Verdict::Stored));
-        assert!(matches!(s.take(i, 11 * 3_600_000, 0.0, &mut batch), Verdict::Refused(_)));
-        assert!(matches!(s.take(i, 12 * 60_000, f64::NAN, &mut batch), Verdict::Refused(_)));
+        assert!(matches!(
+            s.take(i, 11 * 60_000, 0.0, &mut batch),
+            Verdict::Stored
+        ));
+        assert!(matches!(
+            s.take(i, 11 * 3_600_000, 0.0, &mut batch),
+            Verdict::Refused(_)
+        ));
+        assert!(matches!(
+            s.take(i, 12 * 60_000, f64::NAN, &mut batch),
+            Verdict::Refused(_)
+        ));
         s.close(&mut batch);
         assert_eq!(batch.samples.len(), 9);
         assert_eq!(batch.watermarks.len(), 1);
@@ -526,12 +544,19 @@ mod tests {
         assert_eq!(five[1].1.sum, 35.0);
         assert_eq!(five[1].1.count, 5);
         assert_eq!((five[2].1.min, five[2].1.max), (10.0, 11.0));
-        let hour: Vec<&RollupRow> = batch.rollups.iter().filter(|r| r.tier == Tier::Hour).collect();
+        let hour: Vec<&RollupRow> = batch
+            .rollups
+            .iter()
+            .filter(|r| r.tier == Tier::Hour)
+            .collect();
         assert_eq!(hour.len(), 1);
         assert_eq!(hour[0].agg.count, 9);
         // A later batch starts the open buckets again, as partial sums of their own.
         let mut next = MetricBatch::default();
-        assert!(matches!(s.take(i, 12 * 60_000, 12.0, &mut next), Verdict::Accepted));
+        assert!(matches!(
+            s.take(i, 12 * 60_000, 12.0, &mut next),
+            Verdict::Accepted
+        ));
         s.close(&mut next);
         assert_eq!(next.rollups.len(), 2);
         assert_eq!(next.rollups[0].bucket, 600_000);

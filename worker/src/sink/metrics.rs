@@ -158,7 +158,10 @@ impl MetricSink for PgMetricSink {
     async fn write(&self, scope: &MetricScope, batch: &MetricBatch) -> Result<bool, SinkError> {
         let domain = scope.domain.as_uuid();
         let mut tx = self.pool.begin().await.map_err(db)?;
-        if !fence::pg::hold(&mut tx, scope.attempt()).await.map_err(db)? {
+        if !fence::pg::hold(&mut tx, scope.attempt())
+            .await
+            .map_err(db)?
+        {
             return Ok(false);
         }
         if !batch.samples.is_empty() {
@@ -199,8 +202,11 @@ impl MetricSink for PgMetricSink {
         }
         if !batch.watermarks.is_empty() {
             let n = batch.watermarks.len();
-            let (mut ids, mut metrics, mut times) =
-                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut ids, mut metrics, mut times) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
             for (series, last) in &batch.watermarks {
                 ids.push(series.resource.as_uuid());
                 metrics.push(series.metric.to_string());
@@ -232,10 +238,7 @@ async fn copy(
     sql: &str,
     rows: Vec<u8>,
 ) -> Result<(), SinkError> {
-    let mut sink = tx
-        .copy_in_raw(sql)
-        .await
-        .map_err(db)?;
+    let mut sink = tx.copy_in_raw(sql).await.map_err(db)?;
     sink.send(rows).await.map_err(db)?;
     sink.finish().await.map_err(db)?;
     Ok(())
