@@ -24,7 +24,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fires))
 }
 
-/// A new schedule.
+/// A new schedule: at `hours` of the day, or `every_minutes` from local midnight (exactly one
+/// of the two).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSchedule {
@@ -34,9 +35,16 @@ struct CreateSchedule {
     /// An IANA timezone.
     #[schema(example = "Asia/Seoul")]
     timezone: String,
-    /// Hours of the day, 0–23, in `timezone`.
+    /// Hours of the day, 0–23, in `timezone`. Required unless `every_minutes` is given.
+    #[serde(default)]
     #[schema(example = json!([0, 6, 12, 18]))]
-    hours: Vec<i64>,
+    hours: Option<Vec<i64>>,
+    /// Fires at local midnight in `timezone`, then every this many minutes until the next
+    /// midnight (1–1440; the day's last gap is shorter when it does not divide 1440). Instead
+    /// of `hours`.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1440)]
+    every_minutes: Option<i64>,
     /// ENABLED (default) or PAUSED.
     #[serde(default)]
     state: Option<ScheduleState>,
@@ -50,8 +58,13 @@ struct UpdateSchedule {
     name: Option<String>,
     #[serde(default)]
     timezone: Option<String>,
+    /// Makes it an hours schedule, if it was an interval one.
     #[serde(default)]
     hours: Option<Vec<i64>>,
+    /// Makes it an interval schedule, if it was an hours one; not with `hours`.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1440)]
+    every_minutes: Option<i64>,
     #[serde(default)]
     state: Option<ScheduleState>,
 }
@@ -86,7 +99,8 @@ struct FiresQuery {
     responses(
         (status = 201, description = "The new schedule, with its next fires", body = Schedule),
         (status = 400, description = "A malformed body, or invalid fields: `name`, \
-            `timezone`, `hours`", body = Problem, content_type = problem::CONTENT_TYPE),
+            `timezone`, `hours`, `every_minutes` (both or neither of the last two too)",
+            body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No collector with that id",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 409, description = "The collector has a schedule of that name",
@@ -106,7 +120,7 @@ async fn create(
     let name = Name::parse("name", &body.name)
         .map_err(|e| errors.push(e))
         .ok();
-    let cal = Calendar::new(&body.timezone, &body.hours)
+    let cal = Calendar::parse(&body.timezone, body.hours.as_deref(), body.every_minutes)
         .map_err(|e| errors.extend(e))
         .ok();
     let (Some(name), Some(cal)) = (name, cal) else {
@@ -167,16 +181,18 @@ async fn show(
     ))
 }
 
-/// Changes a schedule's name, timezone, hours or state. New hours, a new timezone, or a paused
-/// schedule enabled again fire from the next matching hour: fires that fell while it was
-/// paused are neither run nor recorded as missed.
+/// Changes a schedule's name, timezone, hours, interval or state. `hours` makes it an hours
+/// schedule and `every_minutes` an interval one, whichever it was. New times, a new timezone,
+/// or a paused schedule enabled again fire from the next matching time: fires that fell while
+/// it was paused are neither run nor recorded as missed.
 #[utoipa::path(
     patch, path = "/v1/schedules/{id}", operation_id = "update_schedule", tag = "schedules",
     params(("id" = ScheduleId, Path, description = "The schedule's id")),
     request_body = UpdateSchedule,
     responses(
         (status = 200, description = "The changed schedule", body = Schedule),
-        (status = 400, description = "A malformed body, or invalid fields",
+        (status = 400, description = "A malformed body, or invalid fields: `name`, \
+            `timezone`, `hours`, `every_minutes` (both of the last two too)",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No schedule with that id",
             body = Problem, content_type = problem::CONTENT_TYPE),
@@ -202,15 +218,14 @@ async fn update(
         .ok()
         .flatten();
     let mut cal = None;
-    if body.timezone.is_some() || body.hours.is_some() {
+    if body.timezone.is_some() || body.hours.is_some() || body.every_minutes.is_some() {
         let current = schedule::current_calendar(&state.db, domain, id).await?;
-        let hours = body
-            .hours
-            .unwrap_or_else(|| current.hours().into_iter().map(i64::from).collect());
-        let timezone = body
-            .timezone
-            .unwrap_or_else(|| current.timezone().to_owned());
-        cal = Calendar::new(&timezone, &hours)
+        cal = current
+            .changed(
+                body.timezone.as_deref(),
+                body.hours.as_deref(),
+                body.every_minutes,
+            )
             .map_err(|e| errors.extend(e))
             .ok();
     }

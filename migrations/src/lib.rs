@@ -16,6 +16,7 @@ mod m20261201_000009_task_lookups;
 mod m20261202_000010_outbox_claims;
 mod m20261202_000011_secret_key_ids;
 mod m20261202_000012_api_keys;
+mod m20261202_000013_schedule_intervals;
 mod m20261202_000014_metrics;
 mod util;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000010_outbox_claims::Migration),
             Box::new(m20261202_000011_secret_key_ids::Migration),
             Box::new(m20261202_000012_api_keys::Migration),
+            Box::new(m20261202_000013_schedule_intervals::Migration),
             Box::new(m20261202_000014_metrics::Migration),
         ]
     }

@@ -1,5 +1,6 @@
 //! Schedules through the API, and the scheduler on a simulated clock: fires at the right
-//! instants, exactly once, SKIPPED on overlap, caught up or MISSED after downtime.
+//! instants (at hours of the day, or every N minutes), exactly once, SKIPPED on overlap, caught
+//! up or MISSED after downtime.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike as _, Utc};
 use gleaner_scheduler::Scheduler;
 use reqwest::StatusCode;
 use sea_orm::ConnectionTrait as _;
@@ -107,6 +108,7 @@ async fn the_schedule_api_checks_its_input_and_shows_the_next_fires(
     )
     .await?;
     assert_eq!(s["hours"], json!([0, 6, 12, 18]));
+    assert_eq!(s.get("every_minutes"), Some(&Value::Null), "{s}");
     assert_eq!(s["state"], "ENABLED");
     let next: Vec<DateTime<Utc>> = s["next_fires"]
         .as_array()
@@ -413,7 +415,263 @@ async fn new_york_fires_right_across_both_dst_changes(mode: Mode) -> anyhow::Res
     Ok(())
 }
 
+/// Minutes since midnight UTC.
+fn minute_of_day(t: &DateTime<Utc>) -> u32 {
+    t.hour() * 60 + t.minute()
+}
+
+/// The fire instants a schedule shows.
+fn next_fires(s: &Value) -> anyhow::Result<Vec<DateTime<Utc>>> {
+    s["next_fires"]
+        .as_array()
+        .context("next_fires")?
+        .iter()
+        .map(instant)
+        .collect()
+}
+
+async fn interval_schedules_are_checked_and_switch_kinds(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    let path = format!("/v1/collectors/{collector}/schedules");
+    let both = env
+        .post(
+            &path,
+            json!({"name": "x", "timezone": "UTC", "hours": [1], "every_minutes": 5}),
+        )
+        .await?;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST);
+    assert_eq!(both.content_type, "application/problem+json");
+    assert_eq!(
+        both.body,
+        json!({
+            "type": "/problems/invalid-input",
+            "title": "Invalid input",
+            "status": 400,
+            "detail": "every_minutes: cannot be given with `hours`: a schedule fires at hours of \
+                the day or every N minutes, not both",
+            "errors": [{
+                "field": "every_minutes",
+                "detail": "cannot be given with `hours`: a schedule fires at hours of the day \
+                    or every N minutes, not both",
+            }],
+        })
+    );
+    // (body, the field named, why)
+    let cases = [
+        (json!({}), "hours", "neither hours nor every_minutes"),
+        (json!({"every_minutes": 0}), "every_minutes", "zero"),
+        (json!({"every_minutes": -5}), "every_minutes", "negative"),
+        (
+            json!({"every_minutes": 1441}),
+            "every_minutes",
+            "longer than a day",
+        ),
+        (
+            json!({"every_minutes": 7.5}),
+            "every_minutes",
+            "not an integer",
+        ),
+        (json!({"every_minutes": "5"}), "every_minutes", "a string"),
+        (
+            json!({"hours": [], "every_minutes": 5}),
+            "every_minutes",
+            "both, hours empty",
+        ),
+    ];
+    for (fields, field, why) in cases {
+        let mut body = json!({"name": "x", "timezone": "UTC"});
+        for (k, v) in fields.as_object().context("fields")? {
+            body[k] = v.clone();
+        }
+        let bad = env.post(&path, body).await?;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{why}: {}", bad.body);
+        assert_eq!(bad.body["type"], "/problems/invalid-input", "{why}");
+        assert_eq!(
+            crate::support::strs(&bad.body["errors"], "field"),
+            [field],
+            "{why}: {}",
+            bad.body
+        );
+    }
+    assert_eq!(env.scalar("SELECT count(*) FROM schedules").await?, 0);
+
+    let s = schedule(
+        &env,
+        &collector,
+        json!({"name": "quarter", "timezone": "UTC", "every_minutes": 15}),
+    )
+    .await?;
+    assert_eq!((&s["every_minutes"], &s["hours"]), (&json!(15), &json!([])));
+    let next = next_fires(&s)?;
+    assert_eq!(next.len(), 5);
+    let now = Utc::now();
+    assert!(
+        next[0] > now - chrono::Duration::seconds(5)
+            && next[0] - now <= chrono::Duration::minutes(15)
+    );
+    assert!(
+        next.windows(2)
+            .all(|w| w[1] - w[0] == chrono::Duration::minutes(15))
+    );
+    for t in &next {
+        assert!(
+            ["00:00", "15:00", "30:00", "45:00"].contains(&t.format("%M:%S").to_string().as_str()),
+            "{t}"
+        );
+    }
+    let id = s["id"].as_str().context("id")?.to_owned();
+    let shown = env.get(&format!("/v1/schedules/{id}")).await?;
+    assert_eq!(shown.body["every_minutes"], 15);
+    assert_eq!(next_fires(&shown.body)?, next);
+    let c = env.get(&format!("/v1/collectors/{collector}")).await?;
+    assert_eq!(instant(&c.body["next_scheduled_at"])?, next[0]);
+
+    // Both kinds in one change are refused, and change nothing.
+    let at = format!("/v1/schedules/{id}");
+    for (change, field, why) in [
+        (
+            json!({"hours": [7], "every_minutes": 5}),
+            "every_minutes",
+            "both kinds",
+        ),
+        (
+            json!({"every_minutes": 1441}),
+            "every_minutes",
+            "longer than a day",
+        ),
+        (
+            json!({"every_minutes": 0.5}),
+            "every_minutes",
+            "not an integer",
+        ),
+        (json!({"hours": []}), "hours", "no hours"),
+    ] {
+        let bad = env.patch(&at, change).await?;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{why}: {}", bad.body);
+        assert_eq!(
+            crate::support::strs(&bad.body["errors"], "field"),
+            [field],
+            "{why}: {}",
+            bad.body
+        );
+    }
+    assert_eq!(env.get(&at).await?.body["every_minutes"], 15);
+
+    // `hours` makes it an hours schedule...
+    let hourly = env.patch(&at, json!({"hours": [7]})).await?;
+    assert_eq!(hourly.status, StatusCode::OK, "{}", hourly.body);
+    assert_eq!(hourly.body["every_minutes"], Value::Null);
+    assert_eq!(hourly.body["hours"], json!([7]));
+    let next = next_fires(&hourly.body)?;
+    assert!(
+        next.iter()
+            .all(|t| t.format("%H:%M:%S").to_string() == "07:00:00")
+    );
+    // ... and `every_minutes` an interval one again, in the timezone it keeps or is given:
+    // every 90 minutes from midnight in Kolkata (UTC+05:30) is 18:30, 20:00, ... UTC.
+    let again = env
+        .patch(
+            &at,
+            json!({"every_minutes": 90, "timezone": "Asia/Kolkata"}),
+        )
+        .await?;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(
+        (&again.body["every_minutes"], &again.body["hours"]),
+        (&json!(90), &json!([]))
+    );
+    assert_eq!(again.body["timezone"], "Asia/Kolkata");
+    let next = next_fires(&again.body)?;
+    assert!(
+        next.windows(2)
+            .all(|w| w[1] - w[0] == chrono::Duration::minutes(90))
+    );
+    for t in &next {
+        assert_eq!(minute_of_day(t) % 90, (18 * 60 + 30) % 90, "{t}");
+    }
+    // A timezone alone keeps the interval.
+    let moved = env.patch(&at, json!({"timezone": "UTC"})).await?;
+    assert_eq!(moved.body["every_minutes"], 90);
+    for t in &next_fires(&moved.body)? {
+        assert_eq!(minute_of_day(t) % 90, 0, "{t}");
+    }
+    let paused = env.patch(&at, json!({"state": "PAUSED"})).await?;
+    assert_eq!(
+        (&paused.body["every_minutes"], &paused.body["next_fires"]),
+        (&json!(90), &json!([]))
+    );
+    Ok(())
+}
+
+/// Every 5 minutes, on a simulated clock moved minute by minute through an hour, with two
+/// schedulers passing at each instant: twelve fires, each once, each with its job.
+async fn a_five_minute_schedule_fires_twelve_times_an_hour_once_each(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let collector = env.demo_collector(1, json!({"resources": 3})).await?;
+    // Kolkata is UTC+05:30: its midnight is on a 5-minute step of UTC too.
+    let s = schedule(
+        &env,
+        &collector,
+        json!({"name": "five", "timezone": "Asia/Kolkata", "every_minutes": 5}),
+    )
+    .await?;
+    let id = s["id"].as_str().context("id")?.to_owned();
+    let first = instant(&s["next_fires"][0])?;
+    assert_eq!(first.timestamp() % 300, 0, "{first}");
+    let (a, b) = (scheduler(&env), scheduler(&env));
+    let mut queued_at = Vec::new();
+    for minute in 0..60 {
+        let now = first + chrono::Duration::minutes(minute);
+        let (ra, rb) = tokio::join!(a.tick(now), b.tick(now));
+        let (ra, rb) = (ra?, rb?);
+        assert_eq!(
+            ra.skipped + rb.skipped + ra.missed + rb.missed,
+            0,
+            "{ra:?} {rb:?}"
+        );
+        let queued = ra.queued + rb.queued;
+        if minute % 5 == 0 {
+            assert_eq!(queued, 1, "one job at {now}: {ra:?} {rb:?}");
+            queued_at.push(now);
+            let (fire, outcome, job, _) =
+                fires(&env, &id).await?.last().cloned().context("fire")?;
+            assert_eq!((fire, outcome.as_str()), (now, "QUEUED"));
+            let job = env.wait_job(job.as_str().context("job id")?).await?;
+            assert_eq!(job["status"], "SUCCESS", "{job}");
+            assert_eq!(instant(&job["fire_time"])?, now);
+        } else {
+            assert_eq!(queued, 0, "nothing is due at {now}");
+        }
+        // Half a minute on, the same fire does not queue again.
+        let later = now + chrono::Duration::seconds(30);
+        let (ra, rb) = tokio::join!(a.tick(later), b.tick(later));
+        assert_eq!(ra?.queued + rb?.queued, 0, "at {later}");
+    }
+    assert_eq!(queued_at.len(), 12);
+    let all = fires(&env, &id).await?;
+    let got: Vec<DateTime<Utc>> = all.iter().map(|f| f.0).collect();
+    assert_eq!(got, queued_at);
+    assert!(all.iter().all(|f| f.1 == "QUEUED"), "{all:?}");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM jobs WHERE trigger = 'schedule'")
+            .await?,
+        12
+    );
+    // The schedule shows the thirteenth, an hour after the first.
+    let shown = env.get(&format!("/v1/schedules/{id}")).await?;
+    assert_eq!(
+        instant(&shown.body["next_fires"][0])?,
+        first + chrono::Duration::hours(1)
+    );
+    Ok(())
+}
+
 crate::in_both_modes!(
+    interval_schedules_are_checked_and_switch_kinds,
+    a_five_minute_schedule_fires_twelve_times_an_hour_once_each,
     new_york_fires_right_across_both_dst_changes,
     the_schedule_api_checks_its_input_and_shows_the_next_fires,
     a_seoul_schedule_fires_at_its_instants_for_three_days,

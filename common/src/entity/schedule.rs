@@ -12,8 +12,10 @@ pub struct Model {
     pub collector_id: Uuid,
     pub name: String,
     pub timezone: String,
-    /// A JSON array of hours 0–23.
+    /// A JSON array of hours 0–23; empty for an interval schedule.
     pub hours: Json,
+    /// Fires every this many minutes (1–1440) from local midnight; null for an hours schedule.
+    pub every_minutes: Option<i32>,
     pub state: ScheduleState,
     /// The next instant it fires; null while paused.
     pub next_fire_at: Option<DateTimeWithTimeZone>,

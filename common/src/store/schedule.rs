@@ -36,11 +36,15 @@ pub struct Schedule {
     pub id: ScheduleId,
     pub collector_id: CollectorId,
     pub name: String,
-    /// IANA timezone the hours are in.
+    /// IANA timezone the hours, or the days of an interval, are in.
     #[schema(example = "Asia/Seoul")]
     pub timezone: String,
-    /// Hours of the day (0–23), ascending.
+    /// Hours of the day (0–23), ascending; empty for an interval schedule.
     pub hours: Vec<u8>,
+    /// Fires at local midnight, then every this many minutes until the next midnight; null
+    /// for an hours schedule.
+    #[schema(required = true, minimum = 1, maximum = 1440)]
+    pub every_minutes: Option<u16>,
     pub state: ScheduleState,
     /// The next fires (RFC 3339, UTC); empty while paused.
     pub next_fires: Vec<DateTime<Utc>>,
@@ -61,10 +65,16 @@ pub struct Fire {
 }
 
 fn calendar_of(m: &schedule::Model) -> Result<Calendar> {
-    let hours: Vec<i64> = serde_json::from_value(m.hours.clone())
-        .map_err(|e| Error::Corrupt(format!("hours of schedule {}: {e}", m.id)))?;
-    Calendar::new(&m.timezone, &hours)
-        .map_err(|e| Error::Corrupt(format!("schedule {}: {}", m.id, e[0])))
+    let calendar = match m.every_minutes {
+        // An interval schedule's `hours` is an empty array, kept for the column's NOT NULL.
+        Some(n) => Calendar::every(&m.timezone, i64::from(n)),
+        None => {
+            let hours: Vec<i64> = serde_json::from_value(m.hours.clone())
+                .map_err(|e| Error::Corrupt(format!("hours of schedule {}: {e}", m.id)))?;
+            Calendar::new(&m.timezone, &hours)
+        }
+    };
+    calendar.map_err(|e| Error::Corrupt(format!("schedule {}: {}", m.id, e[0])))
 }
 
 fn view(m: schedule::Model, now: DateTime<Utc>) -> Result<Schedule> {
@@ -85,6 +95,7 @@ fn view(m: schedule::Model, now: DateTime<Utc>) -> Result<Schedule> {
         name: m.name,
         timezone: calendar.timezone().to_owned(),
         hours: calendar.hours(),
+        every_minutes: calendar.every_minutes(),
         state: m.state,
         next_fires,
         created_at: m.created_at.with_timezone(&Utc),
@@ -94,6 +105,10 @@ fn view(m: schedule::Model, now: DateTime<Utc>) -> Result<Schedule> {
 
 fn hours_json(calendar: &Calendar) -> serde_json::Value {
     serde_json::Value::from(calendar.hours())
+}
+
+fn every_minutes_column(calendar: &Calendar) -> Option<i32> {
+    calendar.every_minutes().map(i32::from)
 }
 
 fn next_fire(
@@ -114,7 +129,7 @@ fn name_taken(name: &str) -> Error {
     }
 }
 
-/// Adds a schedule to a collector; it fires from the next of its hours after `now`.
+/// Adds a schedule to a collector; it fires from the next of its times after `now`.
 ///
 /// # Errors
 /// [`Error::NotFound`] for an unknown collector; [`Error::Conflict`] naming `name`.
@@ -136,6 +151,7 @@ pub async fn create(
         name: Set(name.to_string()),
         timezone: Set(calendar.timezone().to_owned()),
         hours: Set(hours_json(calendar)),
+        every_minutes: Set(every_minutes_column(calendar)),
         state: Set(state),
         next_fire_at: Set(next_fire(calendar, state, now)),
         created_at: Set(at),
@@ -195,7 +211,7 @@ pub async fn get(
     view(find(db, domain, id).await?, now)
 }
 
-/// The stored timezone and hours of a schedule, for an update that changes one of them.
+/// The stored calendar of a schedule, for an update that changes part of it.
 ///
 /// # Errors
 /// [`Error::NotFound`].
@@ -216,7 +232,7 @@ pub struct ScheduleUpdate {
 }
 
 /// Applies an update. A new calendar, or a paused schedule enabled again, fires from the next
-/// of its hours after `now`: fires that fell while it was paused are neither run nor missed.
+/// of its times after `now`: fires that fell while it was paused are neither run nor missed.
 ///
 /// # Errors
 /// [`Error::NotFound`]; [`Error::Conflict`] naming `name`.
@@ -241,6 +257,7 @@ pub async fn update(
     if change.calendar.is_some() {
         row.timezone = Set(calendar.timezone().to_owned());
         row.hours = Set(hours_json(&calendar));
+        row.every_minutes = Set(every_minutes_column(&calendar));
     }
     row.state = Set(state);
     if refire {
