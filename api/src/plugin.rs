@@ -146,14 +146,32 @@ fn validate(body: RegisterPlugin) -> Result<(String, semver::Version, Spec), Api
 /// What `init` answered must describe a plugin Gleaner can run.
 fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
     let mut errors = Vec::new();
-    if meta.kind == PluginKind::MetricDataSource {
-        errors.push(Invalid::new(
-            "metadata.kind",
-            format!(
-                "private plugins of kind `{}` are not supported yet; only `collector` and `cost_data_source`",
-                meta.kind.as_str()
-            ),
-        ));
+    match (meta.kind, meta.metrics.is_empty()) {
+        (PluginKind::MetricDataSource, true) => errors.push(Invalid::new(
+            "metadata.metrics",
+            "a metric data source declares the metrics it collects: [{name, resource_type, unit}]",
+        )),
+        (PluginKind::MetricDataSource, false) => {
+            for (i, m) in meta.metrics.iter().enumerate() {
+                if let Err(e) = gleaner_common::metric::check_name("name", &m.name) {
+                    errors.push(Invalid::new(
+                        format!("metadata.metrics[{i}].name"),
+                        e.detail,
+                    ));
+                }
+                if m.resource_type.trim().is_empty() {
+                    errors.push(Invalid::new(
+                        format!("metadata.metrics[{i}].resource_type"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        (_, false) => errors.push(Invalid::new(
+            "metadata.metrics",
+            "only a metric data source declares metrics",
+        )),
+        (_, true) => {}
     }
     if provider::find(&meta.provider).is_none() {
         let known: Vec<_> = provider::PROVIDERS.iter().map(|p| p.id).collect();

@@ -129,6 +129,13 @@ pub enum Message {
     },
     /// One cost record (`collect` of a cost data source), in FOCUS's terms.
     Cost(Box<crate::billing::CostItem>),
+    /// One metric sample (`collect` of a metric data source) of one of the task's resources.
+    Sample {
+        resource_id: crate::id::ResourceId,
+        metric: String,
+        time: chrono::DateTime<chrono::Utc>,
+        value: f64,
+    },
     /// One item that could not be collected; the collection goes on.
     Error {
         message: String,

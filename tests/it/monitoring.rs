@@ -388,3 +388,93 @@ in_both_modes!(
     retention_drops_the_expired_days_and_nothing_else,
     bad_queries_name_the_field,
 );
+
+/// A private metric data source over the JSON-lines protocol (tests/plugins/metrics.py): its
+/// `sample` lines are stored for the task's resources, and a metric it did not declare is
+/// refused by name.
+async fn a_private_plugin_reports_samples_line_by_line(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let (_, keys) = estate(&env).await?;
+    let plugin = env
+        .create(
+            "/v1/plugins",
+            json!({"id": "test-metrics", "version": "1.0.0",
+                   "command": format!("{}/tests/plugins/metrics.py", env!("CARGO_MANIFEST_DIR"))}),
+        )
+        .await?;
+    assert_eq!(plugin["kind"], "metric_data_source");
+    assert_eq!(plugin["metrics"][0]["name"], "load");
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "private", "plugin_id": "test-metrics"}),
+        )
+        .await?;
+    let collector = c["id"].as_str().context("id")?;
+    let job = env.collect(collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], (SERVERS * 3) as i64, "{job}");
+    let (id, _) = keys.iter().next().context("a server")?;
+    let last = watermark(&env, id, "load").await?;
+    let minute = last / MINUTE;
+    let rows = env
+        .scalar(&format!(
+            "SELECT count(*) FROM metric_samples WHERE metric = 'load' AND resource_id = {}",
+            env.uuid_sql(id)?
+        ))
+        .await?;
+    assert_eq!(rows, 3);
+    let a = env
+        .get(&format!(
+            "/v1/resources/{id}/metrics/load?start={}&end={}&period=60",
+            chrono::DateTime::from_timestamp_millis((minute - 2) * MINUTE)
+                .context("start")?
+                .to_rfc3339()
+                .replace('+', "%2B"),
+            chrono::DateTime::from_timestamp_millis((minute + 1) * MINUTE)
+                .context("end")?
+                .to_rfc3339()
+                .replace('+', "%2B"),
+        ))
+        .await?;
+    let values: Vec<Option<f64>> = a.body["values"]
+        .as_array()
+        .context("values")?
+        .iter()
+        .map(Value::as_f64)
+        .collect();
+    let want: Vec<Option<f64>> = (minute - 2..=minute)
+        .map(|m| Some((m % 7) as f64 + 0.5))
+        .collect();
+    assert_eq!(values, want, "{}", a.body);
+    // A metric it never declared fails the task, naming it; what it reported before is kept,
+    // and nothing twice.
+    let patched = env
+        .patch(
+            &format!("/v1/collectors/{collector}"),
+            json!({"options": {"undeclared": true}}),
+        )
+        .await?;
+    assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
+    let failed = env.collect(collector).await?;
+    assert_eq!(failed["status"], "FAILURE", "{failed}");
+    let tasks = env
+        .get(&format!(
+            "/v1/jobs/{}/tasks",
+            failed["id"].as_str().unwrap_or_default()
+        ))
+        .await?;
+    let error = tasks.body["items"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("`undeclared`"), "{}", tasks.body);
+    let distinct = env
+        .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples WHERE metric = 'load') s")
+        .await?;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM metric_samples WHERE metric = 'load'")
+            .await?,
+        distinct
+    );
+    Ok(())
+}
+
+in_both_modes!(a_private_plugin_reports_samples_line_by_line);

@@ -9,7 +9,10 @@ use gleaner_common::external::{self, Message, ProtocolError, Session, Spec};
 use gleaner_common::plugin::PluginInfo;
 use serde_json::{Map, Value, json};
 
-use super::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem};
+use super::{
+    CollectRequest, Item, ItemError, ItemSender, MetricRequest, Plugin, PluginError, Point,
+    ResourceItem, Samples,
+};
 
 /// A registered version of a private plugin.
 pub struct External {
@@ -70,7 +73,7 @@ impl Plugin for External {
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
         let task = &request.task;
-        let params = json!({
+        let mut params = json!({
             "version": request.version,
             "options": request.options,
             "secret": request.secret,
@@ -82,6 +85,9 @@ impl Plugin for External {
                 "month": task.month,
             },
         });
+        if let Some(m) = &task.metrics {
+            params["metrics"] = metric_params(m);
+        }
         let spec = self.runnable()?;
         let timeout = Duration::from_secs(spec.timeout_seconds);
         let mut session = Session::start(&spec, "collect", params, timeout)
@@ -101,11 +107,73 @@ impl Plugin for External {
     }
 }
 
+/// What a metric data source is asked for: each resource with the time its samples are wanted
+/// after, and the newest time wanted.
+fn metric_params(m: &MetricRequest) -> Value {
+    let targets: Vec<Value> = m
+        .targets
+        .iter()
+        .map(|t| {
+            json!({
+                "resource_id": t.resource.id,
+                "resource_type": t.resource.resource_type,
+                "resource_key": t.resource.resource_key,
+                "name": t.resource.name,
+                "region": t.resource.region,
+                "data": t.resource.data,
+                "since": t.since,
+            })
+        })
+        .collect();
+    json!({"end": m.end, "targets": targets})
+}
+
+/// Points of one series gathered from consecutive `sample` lines before they are sent: an item
+/// per line would cost a channel round trip per sample.
+const SAMPLES_PER_ITEM: usize = 1_000;
+
 /// Forwards the plugin's messages until `done`, then waits for a clean exit. Reading stops at
 /// `done`: a child the plugin left behind holding its stdout does not hold up the task.
 async fn pump(session: &mut Session, out: &ItemSender) -> Result<(), PluginError> {
+    let mut series: Option<Samples> = None;
     loop {
-        let Some(message) = session.next().await.map_err(|e| failed(&e))? else {
+        let message = match session.next().await.map_err(|e| failed(&e))? {
+            Some(Message::Sample {
+                resource_id,
+                metric,
+                time,
+                value,
+            }) => {
+                let point = Point { time, value };
+                match &mut series {
+                    Some(s) if s.resource_id == resource_id && s.metric == metric => {
+                        s.points.push(point);
+                    }
+                    open => {
+                        if let Some(s) = open.replace(Samples {
+                            resource_id,
+                            metric,
+                            points: vec![point],
+                        }) {
+                            out.send(Item::Samples(s)).await?;
+                        }
+                    }
+                }
+                if series
+                    .as_ref()
+                    .is_some_and(|s| s.points.len() >= SAMPLES_PER_ITEM)
+                    && let Some(s) = series.take()
+                {
+                    out.send(Item::Samples(s)).await?;
+                }
+                continue;
+            }
+            other => other,
+        };
+        if let Some(s) = series.take() {
+            out.send(Item::Samples(s)).await?;
+        }
+        let Some(message) = message else {
             session.finish().await.map_err(|e| failed(&e))?;
             return Err(failed(&ProtocolError::Incomplete {
                 expected: "`done` (its output ended early)",
@@ -142,7 +210,8 @@ async fn pump(session: &mut Session, out: &ItemSender) -> Result<(), PluginError
                 resource_key,
                 message,
             }),
-            Message::Metadata(_) | Message::Verified => {
+            // Gathered above; none reaches here.
+            Message::Sample { .. } | Message::Metadata(_) | Message::Verified => {
                 return Err(PluginError::Permanent(
                     "it answered `collect` with a message of another call".to_owned(),
                 ));
