@@ -70,7 +70,22 @@ where
     F: FnOnce(Run, reqwest::Client, String, Children) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Children>>,
 {
-    let (name, settings) = isolated(database_url, amqp_url)?;
+    with_run_tuned(database_url, amqp_url, |_| {}, measure).await
+}
+
+/// [`with_run`] with the processes' settings changed by `tune`.
+pub(crate) async fn with_run_tuned<F, Fut>(
+    database_url: &str,
+    amqp_url: &str,
+    tune: impl FnOnce(&mut gleaner_common::config::Settings),
+    measure: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Run, reqwest::Client, String, Children) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Children>>,
+{
+    let (name, mut settings) = isolated(database_url, amqp_url)?;
+    tune(&mut settings);
     let run = Run {
         name: name.clone(),
         settings: settings.clone(),

@@ -46,6 +46,7 @@ use uuid::Uuid;
 mod api;
 mod aws;
 mod billing;
+mod metrics;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +74,8 @@ enum Command {
     Api(api::ApiArgs),
     /// The `aws` collector over a moto estate, beside a plain SDK loop listing it.
     Aws(aws::AwsArgs),
+    /// Ten million demo samples through a metrics job beside a raw COPY, then query latency.
+    Metrics(metrics::MetricsArgs),
     /// Runs one component with settings from the environment (used by `ingest`).
     #[command(hide = true)]
     Serve { component: Component },
@@ -199,6 +202,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Aws(args) => {
             gleaner_common::telemetry::init_for_tests();
             aws::aws(args).await
+        }
+        Command::Metrics(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            metrics::metrics(args).await
         }
         Command::Serve { component } => serve(component).await,
     }
@@ -1070,6 +1077,10 @@ fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result
         .env(
             "GLEANER_WORKER__BATCH_SIZE",
             settings.worker.batch_size.to_string(),
+        )
+        .env(
+            "GLEANER_METRICS__BACKFILL_HOURS",
+            settings.metrics.backfill_hours.to_string(),
         )
         .env(
             "RUST_LOG",

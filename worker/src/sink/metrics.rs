@@ -118,8 +118,26 @@ impl PgMetricSink {
     }
 }
 
+/// The columns [`encode_samples`] writes, in its order.
+pub const SAMPLE_COLUMNS: &str = "domain_id, resource_id, metric, time, value";
+
 const COPY_SAMPLES: &str =
     "COPY metric_samples (domain_id, resource_id, metric, time, value) FROM STDIN (FORMAT binary)";
+
+/// Samples in binary COPY format, columns [`SAMPLE_COLUMNS`].
+#[must_use]
+pub fn encode_samples(domain: uuid::Uuid, samples: &[SampleRow]) -> Vec<u8> {
+    let mut out = BinaryCopy::with_capacity(samples.len() * 80);
+    for s in samples {
+        out.row(5);
+        out.uuid(domain);
+        out.uuid(s.series.resource.as_uuid());
+        out.text(&s.series.metric);
+        timestamptz(&mut out, s.time);
+        float8(&mut out, s.value);
+    }
+    out.finish()
+}
 
 /// Moves watermarks forward only: two tasks of one series cannot run at once (the collection
 /// lock), but a stale attempt's batch must never move one back.
@@ -165,16 +183,12 @@ impl MetricSink for PgMetricSink {
             return Ok(false);
         }
         if !batch.samples.is_empty() {
-            let mut out = BinaryCopy::with_capacity(batch.samples.len() * 80);
-            for s in &batch.samples {
-                out.row(5);
-                out.uuid(domain);
-                out.uuid(s.series.resource.as_uuid());
-                out.text(&s.series.metric);
-                timestamptz(&mut out, s.time);
-                float8(&mut out, s.value);
-            }
-            copy(&mut tx, COPY_SAMPLES, out.finish()).await?;
+            copy(
+                &mut tx,
+                COPY_SAMPLES,
+                encode_samples(domain, &batch.samples),
+            )
+            .await?;
         }
         for tier in Tier::ROLLUPS {
             let mut out = BinaryCopy::with_capacity(batch.rollups.len() * 96);
