@@ -478,3 +478,36 @@ async fn a_private_plugin_reports_samples_line_by_line(mode: Mode) -> anyhow::Re
 }
 
 in_both_modes!(a_private_plugin_reports_samples_line_by_line);
+
+/// Two metric collectors of one account write the same series: they take turns, so the second
+/// starts after the first's watermarks and nothing is stored twice.
+async fn two_metric_collectors_of_one_account_store_each_sample_once(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let (first, _) = estate(&env).await?;
+    let second = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "metrics again", "plugin_id": "demo-metrics", "options": {"metrics": ["cpu.utilization"]}}),
+        )
+        .await?;
+    let second = second["id"].as_str().context("id")?;
+    let (a, b) = (
+        env.start_collect(&first).await?,
+        env.start_collect(second).await?,
+    );
+    let (a, b) = (env.wait_job(&a).await?, env.wait_job(&b).await?);
+    assert_eq!(a["status"], "SUCCESS", "{a}");
+    assert_eq!(b["status"], "SUCCESS", "{b}");
+    let cpu = "SELECT count(*) FROM metric_samples WHERE metric = 'cpu.utilization'";
+    let stored = env.scalar(cpu).await?;
+    let distinct = env
+        .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, time FROM metric_samples WHERE metric = 'cpu.utilization') s")
+        .await?;
+    assert_eq!(stored, distinct, "no cpu sample twice");
+    assert!(stored >= (SERVERS * 1440) as i64, "{stored}");
+    Ok(())
+}
+
+in_both_modes!(two_metric_collectors_of_one_account_store_each_sample_once);

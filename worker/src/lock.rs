@@ -211,8 +211,15 @@ pub(crate) async fn wait_for_collection(
     let Some(collector) = claimed.collector_id else {
         return Ok(Some(Held::none()));
     };
+    // A metric series belongs to a resource, not to a collector: two metric collectors of one
+    // account would both append after the same watermarks, so they take turns.
+    let owner = if claimed.kind == gleaner_common::model::JobKind::Metrics {
+        "metrics".to_owned()
+    } else {
+        collector.to_string()
+    };
     let key = collection_key(
-        &collector.to_string(),
+        &owner,
         claimed.service_account_id.map(|s| s.to_string()).as_deref(),
     );
     let mut waited = false;
