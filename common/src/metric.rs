@@ -230,6 +230,12 @@ pub fn instant(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// A day before `t`, or the earliest instant there is (an `end` given as the year −262143).
+fn day_before(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.checked_sub_signed(chrono::Duration::days(1))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// The periods a default picks from, finest first.
 const DEFAULT_PERIODS: [i64; 4] = [60, 300, 3600, 86_400];
 
@@ -261,7 +267,7 @@ impl Window {
         now: DateTime<Utc>,
     ) -> Result<Self, Invalid> {
         let end = end.unwrap_or(now);
-        let start = start.unwrap_or(end - chrono::Duration::days(1));
+        let start = start.unwrap_or_else(|| day_before(end));
         if end <= start {
             return Err(Invalid::new("end", "must be after start"));
         }
@@ -329,7 +335,7 @@ pub fn range(
     now: DateTime<Utc>,
 ) -> Result<(i64, i64), Invalid> {
     let end = end.unwrap_or(now);
-    let start = start.unwrap_or(end - chrono::Duration::days(1));
+    let start = start.unwrap_or_else(|| day_before(end));
     if end <= start {
         return Err(Invalid::new("end", "must be after start"));
     }
@@ -453,6 +459,9 @@ mod tests {
         assert_eq!(d.len(), 1441, "rounded out to whole minutes");
         let bad = [
             (Window::new(Some(now), Some(now), None, now), "end"),
+            // The earliest `end` there is leaves no room for the default start: refused, not a
+            // panic.
+            (Window::new(None, Some(DateTime::<Utc>::MIN_UTC), None, now), "end"),
             (Window::new(None, None, Some(0), now), "period"),
             (
                 Window::new(Some(instant(0)), Some(now), Some(1), now),
