@@ -59,6 +59,11 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/v1/api-keys", false),
     ("delete", "/v1/api-keys/{id}", true),
     ("get", "/v1/audit", true),
+    ("get", "/v1/metrics", true),
+    ("post", "/v1/metrics/query", true),
+    ("get", "/v1/metrics/top", true),
+    ("get", "/v1/resources/{id}/metrics", true),
+    ("get", "/v1/resources/{id}/metrics/{metric}", true),
 ];
 
 async fn openapi_document_describes_every_route(mode: Mode) -> anyhow::Result<()> {
