@@ -461,7 +461,10 @@ mod tests {
             (Window::new(Some(now), Some(now), None, now), "end"),
             // The earliest `end` there is leaves no room for the default start: refused, not a
             // panic.
-            (Window::new(None, Some(DateTime::<Utc>::MIN_UTC), None, now), "end"),
+            (
+                Window::new(None, Some(DateTime::<Utc>::MIN_UTC), None, now),
+                "end",
+            ),
             (Window::new(None, None, Some(0), now), "period"),
             (
                 Window::new(Some(instant(0)), Some(now), Some(1), now),

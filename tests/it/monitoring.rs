@@ -511,3 +511,59 @@ async fn two_metric_collectors_of_one_account_store_each_sample_once(
 }
 
 in_both_modes!(two_metric_collectors_of_one_account_store_each_sample_once);
+
+/// A key limited to projects sees the metrics of its projects' resources only.
+async fn a_project_limited_key_sees_its_projects_metrics_only(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let (collector, keys) = estate(&env).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let (id, _) = keys.iter().next().context("a server")?;
+    let resource = env.get(&format!("/v1/resources/{id}")).await?;
+    let theirs = resource.body["project_id"]
+        .as_str()
+        .context("project")?
+        .to_owned();
+    let other = env
+        .create("/v1/projects", json!({"name": "elsewhere"}))
+        .await?;
+    let limited_to = |project: Value| {
+        let env = &env;
+        async move {
+            let key = env
+                .create(
+                    "/v1/api-keys",
+                    json!({"name": format!("k-{}", rand::random::<u32>()), "role": "viewer", "project_ids": [project]}),
+                )
+                .await?;
+            Ok::<_, anyhow::Error>(
+                env.api
+                    .clone()
+                    .with_key(key["secret"].as_str().context("secret")?),
+            )
+        }
+    };
+    let outsider = limited_to(other["id"].clone()).await?;
+    let insider = limited_to(json!(theirs)).await?;
+    let series = format!("/v1/resources/{id}/metrics/cpu.utilization?period=3600");
+    assert_eq!(outsider.get(&series).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(insider.get(&series).await?.status, StatusCode::OK);
+    let query = json!({"resource_ids": [id], "metric": "cpu.utilization", "period": 3600});
+    let refused = outsider.post("/v1/metrics/query", query.clone()).await?;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert_eq!(refused.body["errors"][0]["field"], "resource_ids");
+    assert_eq!(
+        insider.post("/v1/metrics/query", query).await?.status,
+        StatusCode::OK
+    );
+    let top = "/v1/metrics/top?metric=cpu.utilization&limit=100";
+    assert_eq!(outsider.get(top).await?.body["items"], json!([]));
+    let seen = insider.get(top).await?.body["items"]
+        .as_array()
+        .context("items")?
+        .len();
+    assert_eq!(seen, SERVERS.min(100));
+    Ok(())
+}
+
+in_both_modes!(a_project_limited_key_sees_its_projects_metrics_only);
