@@ -112,7 +112,8 @@ impl TryFrom<CreateServiceAccount> for NewServiceAccount {
     responses(
         (status = 201, description = "The new service account", body = ServiceAccount),
         (status = 400, description = "A malformed body, or invalid fields: `name`, `provider`, \
-            `project_id`, `credentials.<field>`",
+            `project_id`, `credentials.<field>` (a URL field naming an endpoint the operator \
+            does not allow, too)",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 409, description = "The provider has an account of that name",
             body = Problem, content_type = problem::CONTENT_TYPE),
@@ -126,6 +127,9 @@ async fn create(
     ApiJson(body): ApiJson<CreateServiceAccount>,
 ) -> ApiResult<(StatusCode, Json<ServiceAccount>)> {
     let new = NewServiceAccount::try_from(body)?;
+    new.provider
+        .check_access(&state.access, &new.credentials)
+        .map_err(ApiError::invalid)?;
     within_projects(&auth, new.project_id)?;
     let created = service_account::create(&state.db, &state.cipher, auth.domain(), new).await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -270,7 +274,11 @@ async fn update(
         .map(|n| Name::parse("name", &n).map_err(|e| errors.push(e)).ok())
         .unwrap_or_default();
     let credentials = match (body.credentials, provider::find(&current.provider)) {
-        (Some(c), Some(p)) => p.validate(&c).map_err(|e| errors.extend(e)).ok(),
+        (Some(c), Some(p)) => p
+            .validate(&c)
+            .and_then(|c| p.check_access(&state.access, &c).map(|()| c))
+            .map_err(|e| errors.extend(e))
+            .ok(),
         _ => None,
     };
     if !errors.is_empty() {

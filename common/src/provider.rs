@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::access::Access;
 use crate::model::Invalid;
 
 /// One credential field.
@@ -21,6 +22,9 @@ pub struct Field {
     /// Secret fields are shown as password inputs and never echoed back.
     pub secret: bool,
     pub description: &'static str,
+    /// A URL a worker calls: it must be one the operator allows ([`Provider::check_access`]).
+    #[serde(skip)]
+    pub endpoint: bool,
 }
 
 const fn field(
@@ -35,6 +39,15 @@ const fn field(
         required,
         secret,
         description,
+        endpoint: false,
+    }
+}
+
+/// A field holding a URL a worker calls.
+const fn endpoint(name: &'static str, required: bool, description: &'static str) -> Field {
+    Field {
+        endpoint: true,
+        ..field(name, required, false, description)
     }
 }
 
@@ -150,6 +163,26 @@ pub const PROVIDERS: &[Provider] = &[
             ),
         ],
     },
+    Provider {
+        id: "prometheus",
+        name: "Prometheus server (node_exporter metrics)",
+        billing_only: false,
+        credentials: &[
+            endpoint(
+                "url",
+                true,
+                "The Prometheus server's base URL, e.g. http://prometheus.internal:9090 (one of GLEANER_NETWORK__ALLOW_ENDPOINTS)",
+            ),
+            field(
+                "bearer_token",
+                false,
+                true,
+                "A bearer token sent with every request",
+            ),
+            field("username", false, false, "Basic authentication user"),
+            field("password", false, true, "Basic authentication password"),
+        ],
+    },
 ];
 
 /// Looks a provider up by id.
@@ -214,12 +247,105 @@ impl Provider {
         if self.id == "aws" {
             errors.extend(aws_pairs(map));
         }
+        if self.id == "prometheus" {
+            errors.extend(prometheus_auth(map));
+        }
         if errors.is_empty() {
             Ok(map.clone())
         } else {
             Err(errors)
         }
     }
+}
+
+impl Provider {
+    /// Checks that every URL field of `credentials` names an endpoint `access` allows; errors
+    /// name `credentials.<field>`. A field that is missing or not a string is [`Self::validate`]'s
+    /// to report.
+    ///
+    /// # Errors
+    /// Every URL the operator does not allow.
+    pub fn check_access(
+        &self,
+        access: &Access,
+        credentials: &Map<String, Value>,
+    ) -> Result<(), Vec<Invalid>> {
+        let errors: Vec<Invalid> = self
+            .credentials
+            .iter()
+            .filter(|f| f.endpoint)
+            .filter_map(|f| {
+                let raw = credentials.get(f.name)?.as_str()?;
+                access
+                    .endpoint(&format!("credentials.{}", f.name), raw, &[])
+                    .err()
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A Prometheus server's URL is a base to join API paths to, and it authenticates with a bearer
+/// token or a user and password, not both: the credentials never ride in the URL, which is not
+/// a secret field.
+fn prometheus_auth(map: &Map<String, Value>) -> Vec<Invalid> {
+    let given = |name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    let mut errors = Vec::new();
+    if let Some(raw) = map.get("url").and_then(Value::as_str)
+        && !raw.trim().is_empty()
+    {
+        match url::Url::parse(raw) {
+            Err(e) => errors.push(Invalid::new(
+                "credentials.url",
+                format!("is not a URL: {e}"),
+            )),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => {
+                errors.push(Invalid::new(
+                    "credentials.url",
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                errors.push(Invalid::new(
+                    "credentials.url",
+                    "must not carry a user or password: give them as username and password",
+                ));
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                errors.push(Invalid::new(
+                    "credentials.url",
+                    "must not have a query or a fragment: it is the base the API's paths are joined to",
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    if given("bearer_token") && (given("username") || given("password")) {
+        errors.push(Invalid::new(
+            "credentials.bearer_token",
+            "give either bearer_token or username and password, not both",
+        ));
+    }
+    if given("username") != given("password") {
+        let missing = if given("username") {
+            "password"
+        } else {
+            "username"
+        };
+        errors.push(Invalid::new(
+            format!("credentials.{missing}"),
+            "username and password go together",
+        ));
+    }
+    errors
 }
 
 /// AWS credentials are a key pair (with an optional session token), a role, or both.
@@ -407,6 +533,63 @@ mod tests {
                 fields(aws.validate(&keys(bad)).unwrap_err()),
                 ["credentials.region_name"],
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn prometheus_takes_a_base_url_and_one_way_to_authenticate() {
+        let p = find("prometheus").expect("prometheus exists");
+        for ok in [
+            json!({"url": "http://127.0.0.1:9090"}),
+            json!({"url": "https://prom.example.com/prometheus/", "bearer_token": "t"}),
+            json!({"url": "http://prom:9090", "username": "u", "password": "p"}),
+        ] {
+            assert!(p.validate(&ok).is_ok(), "{ok}");
+        }
+        let cases = [
+            (json!({}), vec!["credentials.url"]),
+            (json!({"url": "prom:9090"}), vec!["credentials.url"]),
+            (json!({"url": "ftp://prom"}), vec!["credentials.url"]),
+            (
+                json!({"url": "http://u:p@prom:9090"}),
+                vec!["credentials.url"],
+            ),
+            (
+                json!({"url": "http://prom:9090/?x=1"}),
+                vec!["credentials.url"],
+            ),
+            (
+                json!({"url": "http://prom", "bearer_token": "t", "username": "u", "password": "p"}),
+                vec!["credentials.bearer_token"],
+            ),
+            (
+                json!({"url": "http://prom", "username": "u"}),
+                vec!["credentials.password"],
+            ),
+            (
+                json!({"url": "http://prom", "password": "p"}),
+                vec!["credentials.username"],
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(fields(p.validate(&input).unwrap_err()), want, "{input}");
+        }
+        let access = Access::new(&[], &["http://127.0.0.1:*".into()]).expect("a pattern");
+        let creds = |url: &str| p.validate(&json!({"url": url})).expect("well formed");
+        assert!(
+            p.check_access(&access, &creds("http://127.0.0.1:9090"))
+                .is_ok()
+        );
+        for outside in [
+            "http://169.254.169.254/",
+            "http://localhost:9090",
+            "https://127.0.0.1:9090",
+        ] {
+            assert_eq!(
+                fields(p.check_access(&access, &creds(outside)).unwrap_err()),
+                ["credentials.url"],
+                "{outside}"
             );
         }
     }
