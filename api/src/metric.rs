@@ -44,6 +44,7 @@ const MAX_TOP: u64 = 100;
 #[derive(Debug, Serialize, ToSchema)]
 struct Available {
     name: String,
+    /// `*` for a metric its source collects for resources of any type.
     resource_type: String,
     unit: String,
     description: String,
@@ -62,7 +63,8 @@ struct AvailableList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    /// Only metrics of this resource type, e.g. `compute.instance`.
+    /// Only metrics of this resource type, e.g. `compute.instance` (those of any type, `*`,
+    /// included).
     resource_type: Option<String>,
     /// Only metrics of data sources of this provider, e.g. `aws`.
     provider: Option<String>,
@@ -113,7 +115,7 @@ async fn list(
         .filter(|m| {
             q.resource_type
                 .as_ref()
-                .is_none_or(|t| *t == m.resource_type)
+                .is_none_or(|t| m.resource_type == metric::ANY_TYPE || *t == m.resource_type)
         })
         .filter(|m| q.provider.as_ref().is_none_or(|p| *p == m.provider))
         .collect();
@@ -132,7 +134,11 @@ async fn known(
     catalog(state, auth)
         .await?
         .into_iter()
-        .find(|m| m.name == name && resource_type.is_none_or(|t| t == m.resource_type))
+        .find(|m| {
+            m.name == name
+                && resource_type
+                    .is_none_or(|t| m.resource_type == metric::ANY_TYPE || t == m.resource_type)
+        })
         .map(|m| m.unit)
         .ok_or_else(|| {
             let of = resource_type.map_or_else(String::new, |t| format!(" for {t}"));

@@ -23,12 +23,24 @@ use crate::model::Invalid;
 pub struct MetricInfo {
     /// The metric's name, unique per resource type: `cpu.utilization`, `CPUUtilization`.
     pub name: String,
-    /// The resource type it is collected for.
+    /// The resource type it is collected for; [`ANY_TYPE`] for a source that collects it for
+    /// whatever resources its collector maps series to.
     pub resource_type: String,
     /// `Percent`, `Bytes`, `Count`, `Bytes/Second`, ...
     pub unit: String,
     #[serde(default)]
     pub description: String,
+}
+
+/// The `resource_type` of a metric declared for every type.
+pub const ANY_TYPE: &str = "*";
+
+impl MetricInfo {
+    /// Whether the metric is collected for resources of `resource_type`.
+    #[must_use]
+    pub fn applies_to(&self, resource_type: &str) -> bool {
+        self.resource_type == ANY_TYPE || self.resource_type == resource_type
+    }
 }
 
 /// The longest metric name: names are keys of every sample row.

@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryResult, QuerySelect,
-    Statement,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryResult,
+    QuerySelect, Statement,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -21,7 +21,7 @@ use super::{Error, Params, Result};
 use crate::config::MetricsSettings;
 use crate::entity::resource;
 use crate::id::{CollectorId, DomainId, ProjectId, ResourceId, ServiceAccountId};
-use crate::metric::{Agg, Piece, Tier, Window, instant};
+use crate::metric::{ANY_TYPE, Agg, Piece, Tier, Window, instant};
 use crate::model::ResourceState;
 
 /// A resource a metrics task collects for.
@@ -37,7 +37,8 @@ pub struct Target {
     pub data: Value,
 }
 
-/// The active resources of `types` found with the service account, in id order.
+/// The active resources of `types` found with the service account, in id order; a type of
+/// [`ANY_TYPE`] stands for every type.
 ///
 /// # Errors
 /// Database errors only.
@@ -47,17 +48,48 @@ pub async fn targets(
     account: ServiceAccountId,
     types: &[String],
 ) -> Result<Vec<Target>> {
+    let owned = Condition::all().add(resource::Column::ServiceAccountId.eq(account.as_uuid()));
+    active(db, domain, owned, types).await
+}
+
+/// The active resources of `types` in `project`, whoever found them, in id order; the whole
+/// domain's without a project. A type of [`ANY_TYPE`] stands for every type. For a source that
+/// watches resources other accounts collect (a Prometheus server).
+///
+/// # Errors
+/// Database errors only.
+pub async fn project_targets(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    project: Option<ProjectId>,
+    types: &[String],
+) -> Result<Vec<Target>> {
+    let within = match project {
+        Some(p) => Condition::all().add(resource::Column::ProjectId.eq(p.as_uuid())),
+        None => Condition::all(),
+    };
+    active(db, domain, within, types).await
+}
+
+async fn active(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    within: Condition,
+    types: &[String],
+) -> Result<Vec<Target>> {
     if types.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = resource::Entity::find()
+    let mut find = resource::Entity::find()
         .filter(resource::Column::DomainId.eq(domain.as_uuid()))
-        .filter(resource::Column::ServiceAccountId.eq(account.as_uuid()))
-        .filter(resource::Column::ResourceType.is_in(types.iter().cloned()))
-        .filter(resource::Column::State.eq(ResourceState::Active))
+        .filter(within)
+        .filter(resource::Column::State.eq(ResourceState::Active));
+    if !types.iter().any(|t| t == ANY_TYPE) {
+        find = find.filter(resource::Column::ResourceType.is_in(types.iter().cloned()));
+    }
+    let mut targets: Vec<Target> = find
         .all(db)
-        .await?;
-    let mut targets: Vec<Target> = rows
+        .await?
         .into_iter()
         .map(|m| Target {
             id: m.id.into(),

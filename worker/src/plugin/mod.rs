@@ -25,6 +25,7 @@ pub mod demo_billing;
 pub mod demo_metrics;
 pub mod external;
 pub mod focus;
+pub mod prometheus;
 
 /// One resource reported by a collector plugin. Its match key is (provider, `resource_type`,
 /// `resource_key`): the same key from two runs or two collectors is the same resource.
@@ -121,6 +122,18 @@ pub struct MetricTarget {
     /// Samples at or before it are stored already (the oldest watermark of the resource's
     /// series, or the first backfill's start): a source asks for what comes after it.
     pub since: DateTime<Utc>,
+}
+
+/// Which resources a metric data source's tasks collect for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetScope {
+    /// The active resources of these types found with the task's service account: a cloud's
+    /// monitoring API sees what the account owns.
+    Account(Vec<String>),
+    /// The active resources of these types in the service account's project (the whole
+    /// domain's when it has none), whoever found them: a source that watches resources other
+    /// accounts collect, such as a Prometheus server.
+    Project(Vec<String>),
 }
 
 /// Why a plugin run failed as a whole.
@@ -339,6 +352,24 @@ pub trait Plugin: Send + Sync {
         false
     }
 
+    /// The resources a metrics task of this plugin collects for, with these options: by
+    /// default the service account's own, of every type the plugin declares metrics for.
+    ///
+    /// # Errors
+    /// The options cannot be used.
+    fn metric_targets(&self, options: &Value) -> Result<TargetScope, PluginError> {
+        let _ = options;
+        let mut types: Vec<String> = self
+            .info()
+            .metrics
+            .iter()
+            .map(|m| m.resource_type.clone())
+            .collect();
+        types.sort();
+        types.dedup();
+        Ok(TargetScope::Account(types))
+    }
+
     /// Checks that options and credentials work, without collecting.
     ///
     /// # Errors
@@ -375,7 +406,8 @@ impl Registry {
         r.add(Arc::new(demo::Demo::new()));
         r.add(Arc::new(demo_billing::DemoBilling::new()));
         r.add(Arc::new(demo_metrics::DemoMetrics::new()));
-        r.add(Arc::new(focus::Focus::new(access)));
+        r.add(Arc::new(focus::Focus::new(access.clone())));
+        r.add(Arc::new(prometheus::Prometheus::new(access)));
         r
     }
 

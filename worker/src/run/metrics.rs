@@ -1,6 +1,6 @@
-//! A metric data source's run: the service account's resources of the types the plugin
-//! supports, collected from each series' watermark (or the first backfill's start) up to the
-//! task's start.
+//! A metric data source's run: the resources the plugin asks for ([`TargetScope`]: by default
+//! the service account's, of the types it declares metrics for), collected from each series'
+//! watermark (or the first backfill's start) up to the task's start.
 //!
 //! The run keeps each series' high-water mark: a sample at or before it is dropped as stored
 //! already (counted `unchanged`), so a source must report each series oldest first, and
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::{Days, Utc};
 use gleaner_common::external::redact;
 use gleaner_common::lifecycle::{Claimed, Ended, Outcome};
-use gleaner_common::metric::{Agg, Tier, instant, millis};
+use gleaner_common::metric::{ANY_TYPE, Agg, Tier, instant, millis};
 use gleaner_common::model::JobStatus;
 use gleaner_common::store::{self, metric::Target};
 use tokio::sync::mpsc;
@@ -25,7 +25,9 @@ use tracing::info;
 use super::{Running, Summary, failure, prepare, stderr_of};
 use crate::Context;
 use crate::lock::Held;
-use crate::plugin::{Item, ItemError, ItemReceiver, MetricRequest, MetricTarget, PluginError};
+use crate::plugin::{
+    Item, ItemError, ItemReceiver, MetricRequest, MetricTarget, PluginError, TargetScope,
+};
 use crate::sink::SinkError;
 use crate::sink::metrics::{MetricBatch, MetricScope, MetricSink, RollupRow, SampleRow, SeriesKey};
 
@@ -64,13 +66,29 @@ pub(super) async fn collect(
             .or_default()
             .push(m.name.clone());
     }
-    let types: Vec<String> = declared.keys().cloned().collect();
+    let scope = match plugin.metric_targets(&claimed.options) {
+        Ok(scope) => scope,
+        Err(e) => return failure(redact(&e.to_string(), &secret)),
+    };
     let end = millis(Utc::now());
     let floor = end - ctx.metric_settings.reach().num_milliseconds();
     let found = ctx
         .db_retry
         .run("find the resources", store::Error::is_transient, || async {
-            let targets = store::metric::targets(&ctx.db, claimed.domain, account, &types).await?;
+            let targets = match &scope {
+                TargetScope::Account(types) => {
+                    store::metric::targets(&ctx.db, claimed.domain, account, types).await?
+                }
+                TargetScope::Project(types) => {
+                    store::metric::project_targets(
+                        &ctx.db,
+                        claimed.domain,
+                        claimed.project_id,
+                        types,
+                    )
+                    .await?
+                }
+            };
             let ids: Vec<_> = targets.iter().map(|t| t.id).collect();
             let marks = store::metric::watermarks(&ctx.db, &ids).await?;
             Ok::<_, store::Error>((targets, marks))
@@ -171,10 +189,7 @@ fn since(
     marks: &HashMap<(gleaner_common::id::ResourceId, String), i64>,
     floor: i64,
 ) -> i64 {
-    declared
-        .get(&target.resource_type)
-        .into_iter()
-        .flatten()
+    declared_for(declared, &target.resource_type)
         .map(|m| {
             marks
                 .get(&(target.id, m.clone()))
@@ -184,6 +199,17 @@ fn since(
         })
         .min()
         .unwrap_or(floor)
+}
+
+/// The metrics declared for a resource type: its own and those of any type.
+fn declared_for<'a>(
+    declared: &'a HashMap<String, Vec<String>>,
+    resource_type: &str,
+) -> impl Iterator<Item = &'a String> {
+    [resource_type, ANY_TYPE]
+        .into_iter()
+        .filter_map(|t| declared.get(t))
+        .flatten()
 }
 
 fn write_failed(e: &SinkError) -> Ended {
@@ -265,11 +291,7 @@ impl Series {
                 "resource {resource} is not one this task collects for"
             ));
         };
-        if !self
-            .declared
-            .get(kind)
-            .is_some_and(|ms| ms.contains(&key.1))
-        {
+        if !declared_for(&self.declared, kind).any(|m| *m == key.1) {
             return Err(format!(
                 "metric `{}` is not one the plugin declares for {kind}",
                 key.1
