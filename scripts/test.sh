@@ -9,6 +9,14 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "installing moto[server] for the S3 and AWS tests ..." >&2
   python3 -m pip install --quiet 'moto[server]>=5.1,<6'
 fi
+# The prometheus plugin's tests start a Prometheus and a node_exporter of their own (Debian's
+# packages; the tests run as root in CI and in the dev container).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-node-exporter >/dev/null 2>&1; then
+  echo "installing prometheus and prometheus-node-exporter for the prometheus tests ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq prometheus prometheus-node-exporter >/dev/null
+fi
 # The contract test runs schemathesis (from PyPI) against the API's OpenAPI document; 4.x reads
 # OpenAPI 3.1, and its flags and the requests a seed makes change little within a minor.
 if ! python3 -c 'import schemathesis, sys; sys.exit(not schemathesis.__version__.startswith("4.32."))' \

@@ -22,6 +22,7 @@ mod monitoring;
 mod openapi;
 mod plugins;
 mod probes;
+mod prometheus;
 mod restarts;
 mod schedules;
 mod service_accounts;
