@@ -329,6 +329,15 @@ async fn node_exporter_series_are_stored_as_prometheus_answers_them(
                "credentials": {"url": prom.url}}),
     )
     .await?;
+    // A second server of the same project (an HA pair scraping the same targets): its tasks
+    // collect the same series, and must take turns with the first's rather than both append
+    // after the same watermarks.
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "prom-replica", "provider": "prometheus", "project_id": project,
+               "credentials": {"url": prom.url}}),
+    )
+    .await?;
     // An account of another project sees none of the estate.
     let elsewhere = env
         .create("/v1/projects", json!({"name": "elsewhere"}))
@@ -430,6 +439,7 @@ async fn node_exporter_series_are_stored_as_prometheus_answers_them(
         .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples) s")
         .await?;
     assert_eq!(distinct, total, "no sample is stored twice");
+    assert_eq!(again["tasks_total"], 3, "{again}");
     Ok(())
 }
 

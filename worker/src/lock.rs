@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Context;
+use crate::plugin::TargetScope;
 
 /// A held lock; dropping it releases the lock.
 pub struct Held {
@@ -212,16 +213,30 @@ pub(crate) async fn wait_for_collection(
         return Ok(Some(Held::none()));
     };
     // A metric series belongs to a resource, not to a collector: two metric collectors of one
-    // account would both append after the same watermarks, so they take turns.
-    let owner = if claimed.kind == gleaner_common::model::JobKind::Metrics {
-        "metrics".to_owned()
+    // account would both append after the same watermarks, so they take turns. A source that
+    // collects for its project's resources (`prometheus`) shares them with every account of
+    // its kind in the domain (two servers of one project, or one without a project): those
+    // tasks take turns domain-wide.
+    let key = if claimed.kind == gleaner_common::model::JobKind::Metrics {
+        let shared = ctx
+            .registry
+            .get(&claimed.plugin_id)
+            .and_then(|p| p.metric_targets(&claimed.options).ok())
+            .is_some_and(|scope| matches!(scope, TargetScope::Project(_)));
+        if shared {
+            collection_key("metrics", Some(&format!("domain-{}", claimed.domain)))
+        } else {
+            collection_key(
+                "metrics",
+                claimed.service_account_id.map(|s| s.to_string()).as_deref(),
+            )
+        }
     } else {
-        collector.to_string()
+        collection_key(
+            &collector.to_string(),
+            claimed.service_account_id.map(|s| s.to_string()).as_deref(),
+        )
     };
-    let key = collection_key(
-        &owner,
-        claimed.service_account_id.map(|s| s.to_string()).as_deref(),
-    );
     let mut waited = false;
     loop {
         let attempt = ctx
