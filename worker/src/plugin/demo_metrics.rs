@@ -200,11 +200,10 @@ impl Plugin for DemoMetrics {
             .filter(|t| t.resource.resource_type == RESOURCE_TYPE)
         {
             let h = key_hash(&target.resource.resource_key);
-            // The first sample after `since`.
-            let first = millis(target.since).div_euclid(step) + 1;
             let last = end.div_euclid(step);
             for s in &series {
-                let mut k = first;
+                // The first sample after the series' watermark.
+                let mut k = millis(target.since_of(s.metric)).div_euclid(step) + 1;
                 while k <= last {
                     if request.cancel.is_cancelled() {
                         return Err(PluginError::Stopped);

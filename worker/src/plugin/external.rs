@@ -122,6 +122,8 @@ fn metric_params(m: &MetricRequest) -> Value {
                 "region": t.resource.region,
                 "data": t.resource.data,
                 "since": t.since,
+                "watermarks": t.watermarks,
+                "floor": t.floor,
             })
         })
         .collect();

@@ -122,6 +122,25 @@ pub struct MetricTarget {
     /// Samples at or before it are stored already (the oldest watermark of the resource's
     /// series, or the first backfill's start): a source asks for what comes after it.
     pub since: DateTime<Utc>,
+    /// The watermark of each series of the resource stored before, by metric (none before
+    /// the first backfill's start).
+    pub watermarks: HashMap<String, DateTime<Utc>>,
+    /// The first backfill's start: where a series not stored before starts.
+    pub floor: DateTime<Utc>,
+}
+
+impl MetricTarget {
+    /// Where one series of the resource starts: samples of `metric` at or before it are
+    /// stored already. A source that collects some of its metrics only (an option) asks from
+    /// here, not from [`MetricTarget::since`], which the metrics it skips hold back.
+    #[must_use]
+    pub fn since_of(&self, metric: &str) -> DateTime<Utc> {
+        self.watermarks
+            .get(metric)
+            .copied()
+            .unwrap_or(self.floor)
+            .max(self.floor)
+    }
 }
 
 /// Which resources a metric data source's tasks collect for.

@@ -469,15 +469,20 @@ impl Plugin for Prometheus {
         let opts = self.options(&request.options)?;
         let server = self.server(&request.secret)?;
         let asked = request.task.metric_request()?;
-        let Some(since) = asked.targets.iter().map(|t| millis(t.since)).min() else {
-            return Ok(());
-        };
         let by_value = index(&asked.targets, &opts.field);
         let step = opts.step_ms;
-        // Whole steps since the epoch, the first after every target's `since`.
-        let start = since.div_euclid(step) * step + step;
         let last = millis(asked.end).div_euclid(step) * step;
         for query in &opts.queries {
+            let Some(since) = asked
+                .targets
+                .iter()
+                .map(|t| millis(t.since_of(query.metric)))
+                .min()
+            else {
+                return Ok(());
+            };
+            // Whole steps since the epoch, the first after every target's watermark.
+            let start = since.div_euclid(step) * step + step;
             let expression = query.expression(&opts.label, opts.rate_window_seconds);
             let mut unmatched = 0usize;
             for (from, to) in chunks(start, last, step) {
@@ -500,7 +505,7 @@ impl Plugin for Prometheus {
                     for t in targets {
                         let after: Vec<Point> = points
                             .iter()
-                            .filter(|p| p.time > t.since)
+                            .filter(|p| p.time > t.since_of(query.metric))
                             .copied()
                             .collect();
                         if after.is_empty() {
@@ -846,7 +851,12 @@ mod tests {
             target("d", None, json!({})),
         ]
         .into_iter()
-        .map(|resource| MetricTarget { resource, since })
+        .map(|resource| MetricTarget {
+            resource,
+            since,
+            watermarks: std::collections::HashMap::new(),
+            floor: since,
+        })
         .collect();
         let by = index(&targets, &MatchField::Name);
         let keys = |v: &str| -> Vec<&str> {

@@ -106,6 +106,13 @@ pub(super) async fn collect(
             .iter()
             .map(|t| MetricTarget {
                 since: instant(since(t, &declared, &marks, floor)),
+                watermarks: declared_for(&declared, &t.resource_type)
+                    .filter_map(|m| {
+                        let mark = marks.get(&(t.id, m.clone()))?;
+                        Some((m.clone(), instant(*mark)))
+                    })
+                    .collect(),
+                floor: instant(floor),
                 resource: t.clone(),
             })
             .collect(),
