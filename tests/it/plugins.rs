@@ -131,6 +131,7 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
             "aws-cost-explorer",
             "demo",
             "demo-billing",
+            "demo-metrics",
             "focus",
             "json-inventory"
         ]
