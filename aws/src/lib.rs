@@ -1,5 +1,6 @@
 //! Gleaner's official AWS plugins, on the AWS SDK for Rust: `aws`, the inventory collector,
-//! and `aws-cost-explorer`, the cost data source.
+//! `aws-cost-explorer`, the cost data source, and `aws-cloudwatch`, the metric data source of
+//! the collector's EC2 instances and EBS volumes.
 //!
 //! They are a crate of their own so that the SDK's crates, the biggest of the build, are
 //! compiled once and not again with every change to the worker.
@@ -10,13 +11,14 @@ use gleaner_common::access::Access;
 use gleaner_common::config::AwsSettings;
 use gleaner_worker::plugin::Plugin;
 
+pub mod cloudwatch;
 pub mod cost;
 pub mod error;
 pub mod inventory;
 pub mod json;
 pub mod session;
 
-/// Both plugins, calling only the endpoints `access` allows.
+/// The three plugins, calling only the endpoints `access` allows.
 #[must_use]
 pub fn plugins(access: &Arc<Access>, settings: &AwsSettings) -> Vec<Arc<dyn Plugin>> {
     vec![
@@ -25,5 +27,9 @@ pub fn plugins(access: &Arc<Access>, settings: &AwsSettings) -> Vec<Arc<dyn Plug
             settings.clone(),
         )),
         Arc::new(cost::CostExplorer::new(access.clone(), settings.clone())),
+        Arc::new(cloudwatch::CloudWatch::new(
+            access.clone(),
+            settings.clone(),
+        )),
     ]
 }

@@ -296,6 +296,7 @@ clients! {
     sqs => aws_sdk_sqs,
     sns => aws_sdk_sns,
     cost_explorer => aws_sdk_costexplorer,
+    cloudwatch => aws_sdk_cloudwatch,
 }
 
 /// Who the credentials are.

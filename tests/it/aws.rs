@@ -14,19 +14,19 @@ use crate::support::aws::{FaultProxy, Moto};
 use crate::support::{Mode, Options, TestEnv};
 
 /// moto's account.
-const ACCOUNT: &str = "123456789012";
+pub(crate) const ACCOUNT: &str = "123456789012";
 
 /// Calls in flight per collection, in these tests.
 const CALLS_IN_FLIGHT: u64 = 3;
 
 /// AWS retries on a test's time scale, and few calls in flight.
-fn quick_aws(s: &mut gleaner_common::config::Settings) {
+pub(crate) fn quick_aws(s: &mut gleaner_common::config::Settings) {
     s.aws.initial_backoff = Duration::from_millis(10);
     s.aws.max_attempts = 10;
     s.aws.calls_in_flight = CALLS_IN_FLIGHT as usize;
 }
 
-async fn start(mode: Mode) -> anyhow::Result<TestEnv> {
+pub(crate) async fn start(mode: Mode) -> anyhow::Result<TestEnv> {
     TestEnv::start_with(
         mode,
         Options {
@@ -38,7 +38,7 @@ async fn start(mode: Mode) -> anyhow::Result<TestEnv> {
 }
 
 /// An `aws` service account and collector over `endpoint`; returns the collector's id.
-async fn aws_collector(
+pub(crate) async fn aws_collector(
     env: &TestEnv,
     credentials: Value,
     options: Value,
@@ -57,7 +57,7 @@ async fn aws_collector(
     Ok(c["id"].as_str().context("collector id")?.to_owned())
 }
 
-fn keys() -> Value {
+pub(crate) fn keys() -> Value {
     json!({"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
 }
 
@@ -109,13 +109,13 @@ async fn deleted_keys(env: &TestEnv) -> anyhow::Result<Vec<String>> {
 }
 
 /// Collects and waits (an AWS collection is longer than the demo's).
-async fn collect(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
+pub(crate) async fn collect(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
     let job = env.start_collect(collector).await?;
     env.wait_job_within(&job, Duration::from_secs(300)).await
 }
 
 /// Collects, insisting on SUCCESS (showing the tasks' errors otherwise).
-async fn collect_ok(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
+pub(crate) async fn collect_ok(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
     let job = collect(env, collector).await?;
     anyhow::ensure!(
         job["status"] == "SUCCESS",
@@ -125,7 +125,7 @@ async fn collect_ok(env: &TestEnv, collector: &str) -> anyhow::Result<Value> {
     Ok(job)
 }
 
-async fn task_errors(env: &TestEnv, job: &Value) -> anyhow::Result<String> {
+pub(crate) async fn task_errors(env: &TestEnv, job: &Value) -> anyhow::Result<String> {
     let tasks = env
         .get(&format!(
             "/v1/jobs/{}/tasks",

@@ -127,6 +127,7 @@ async fn registering_runs_init_and_keeps_versions(mode: Mode) -> anyhow::Result<
         ids,
         [
             "aws",
+            "aws-cloudwatch",
             "aws-cost-explorer",
             "demo",
             "demo-billing",

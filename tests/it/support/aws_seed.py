@@ -10,6 +10,9 @@ Reads one JSON command on stdin and prints one JSON answer on stdout:
   {"do": "terminate", "endpoint": URL, "region": R, "ids": [...]}  -> {"volumes_gone": [...]}
   {"do": "delete_bucket", "endpoint": URL, "name": NAME}
   {"do": "counts", "endpoint": URL, "regions": [...]}   -> {"counts": ...}
+  {"do": "put_metrics", "endpoint": URL, "region": R, "series": [{"namespace": NS,
+     "metric": NAME, "dimension": DIM, "id": VALUE, "points": [[EPOCH_SECONDS, VALUE], ...]}]}
+    -> {"put": n}
 
 `counts` is what moto itself lists, per Gleaner resource type and region: moto adds a
 default VPC, subnets and security group to every region it serves, which the collector sees
@@ -205,6 +208,29 @@ def counts(endpoint, regions):
     return c
 
 
+def put_metrics(cmd):
+    """CloudWatch datapoints, one datum each, as PutMetricData takes them."""
+    from datetime import datetime, timezone
+
+    cw = client(cmd["endpoint"], "cloudwatch", cmd["region"])
+    by_namespace = {}
+    for s in cmd["series"]:
+        for t, v in s["points"]:
+            by_namespace.setdefault(s["namespace"], []).append({
+                "MetricName": s["metric"],
+                "Dimensions": [{"Name": s["dimension"], "Value": s["id"]}],
+                "Timestamp": datetime.fromtimestamp(t, tz=timezone.utc),
+                "Value": v,
+            })
+    n = 0
+    for namespace, data in by_namespace.items():
+        # PutMetricData takes up to 1,000 data a call.
+        for i in range(0, len(data), 1000):
+            cw.put_metric_data(Namespace=namespace, MetricData=data[i:i + 1000])
+            n += len(data[i:i + 1000])
+    return {"put": n}
+
+
 def main():
     cmd = json.load(sys.stdin)
     endpoint = cmd["endpoint"]
@@ -222,6 +248,8 @@ def main():
         s3.delete_bucket_tagging(Bucket=cmd["name"])
         s3.delete_bucket(Bucket=cmd["name"])
         out = {}
+    elif cmd["do"] == "put_metrics":
+        out = put_metrics(cmd)
     elif cmd["do"] == "counts":
         out = {"counts": counts(endpoint, cmd["regions"])}
     else:
