@@ -15,7 +15,7 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-node-expor
   echo "installing prometheus and prometheus-node-exporter for the prometheus tests ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq prometheus prometheus-node-exporter >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus prometheus-node-exporter >/dev/null
 fi
 # The contract test runs schemathesis (from PyPI) against the API's OpenAPI document; 4.x reads
 # OpenAPI 3.1, and its flags and the requests a seed makes change little within a minor.
