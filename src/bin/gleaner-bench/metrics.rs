@@ -154,7 +154,7 @@ async fn measure(
          WHERE metric = 'cpu.utilization' AND time >= '{start}' AND time < '{stop}' GROUP BY 1, 2"
     );
     report_latency(
-        "POST /v1/metrics/query (100 × 168 hours):",
+        &format!("POST /v1/metrics/query ({} × 168 hours):", servers.len()),
         args.queries,
         query,
         &db,
