@@ -32,14 +32,13 @@ use gleaner_common::metric::{MetricInfo, instant, millis};
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_worker::plugin::{
     CollectRequest, Item, ItemError, ItemSender, MetricTarget, Plugin, PluginError, Point, Samples,
-    checked_options,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Failure, classify};
 use crate::inventory::{REGION, endpoint_schema};
-use crate::session::{AwsCredentials, Session};
+use crate::session::{Endpoint, Session, open_checked};
 
 /// GetMetricData's most queries per call.
 pub const MAX_QUERIES: usize = 500;
@@ -184,10 +183,7 @@ impl CloudWatch {
         options: &Value,
         secret: &Map<String, Value>,
     ) -> Result<(CloudWatchOptions, Session), PluginError> {
-        let opts: CloudWatchOptions = checked_options(&self.info, &self.access, options)?;
-        let creds = AwsCredentials::from_secret(secret)?;
-        let session = Session::open(&creds, opts.endpoint_url.as_deref(), &self.settings).await?;
-        Ok((opts, session))
+        open_checked(&self.info, &self.access, &self.settings, options, secret).await
     }
 }
 
@@ -595,6 +591,12 @@ fn in_order(mut points: Vec<Point>) -> Vec<Point> {
     points.sort_by_key(|p| p.time);
     points.dedup_by_key(|p| p.time);
     points
+}
+
+impl Endpoint for CloudWatchOptions {
+    fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint_url.as_deref()
+    }
 }
 
 #[cfg(test)]

@@ -18,16 +18,14 @@ use gleaner_common::access::Access;
 use gleaner_common::billing::CostItem;
 use gleaner_common::config::AwsSettings;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
-use gleaner_worker::plugin::{
-    CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, checked_options,
-};
+use gleaner_worker::plugin::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Failure, classify};
 use crate::inventory::endpoint_schema;
-use crate::session::{AwsCredentials, Identity, Session};
+use crate::session::{Endpoint, Identity, Session, open_checked};
 
 const UNBLENDED: &str = "UnblendedCost";
 const AMORTIZED: &str = "AmortizedCost";
@@ -93,10 +91,7 @@ impl CostExplorer {
         options: &Value,
         secret: &Map<String, Value>,
     ) -> Result<(CostOptions, Session), PluginError> {
-        let opts: CostOptions = checked_options(&self.info, &self.access, options)?;
-        let creds = AwsCredentials::from_secret(secret)?;
-        let session = Session::open(&creds, opts.endpoint_url.as_deref(), &self.settings).await?;
-        Ok((opts, session))
+        open_checked(&self.info, &self.access, &self.settings, options, secret).await
     }
 }
 
@@ -304,6 +299,12 @@ fn parse(m: &MetricValue) -> Result<Amount, String> {
         .or_else(|_| Decimal::from_scientific(text))
         .map_err(|e| format!("`{text}`: {e}"))?;
     Ok(Amount(amount, m.unit().unwrap_or("USD").to_owned()))
+}
+
+impl Endpoint for CostOptions {
+    fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint_url.as_deref()
+    }
 }
 
 #[cfg(test)]

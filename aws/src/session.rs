@@ -118,6 +118,30 @@ pub struct Session {
     calls: Semaphore,
 }
 
+/// The options of an AWS plugin: they may name the endpoint its calls go to.
+pub(crate) trait Endpoint {
+    fn endpoint_url(&self) -> Option<&str>;
+}
+
+/// A plugin's options, checked against its schema and the operator's allowlists, and a
+/// session with the account's credentials at the endpoint they name: how every AWS plugin
+/// starts a call.
+///
+/// # Errors
+/// Options or credentials refused ([`Session::open`]'s errors too).
+pub(crate) async fn open_checked<T: serde::de::DeserializeOwned + Endpoint>(
+    info: &gleaner_common::plugin::PluginInfo,
+    access: &gleaner_common::access::Access,
+    settings: &AwsSettings,
+    options: &Value,
+    secret: &Map<String, Value>,
+) -> Result<(T, Session), PluginError> {
+    let opts: T = gleaner_worker::plugin::checked_options(info, access, options)?;
+    let creds = AwsCredentials::from_secret(secret)?;
+    let session = Session::open(&creds, opts.endpoint_url(), settings).await?;
+    Ok((opts, session))
+}
+
 impl Session {
     /// Configures the clients; with a role, they call AWS with the role's credentials, which
     /// STS issues (and renews) on the first call.

@@ -19,14 +19,14 @@ use gleaner_common::config::AwsSettings;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::provider::is_aws_region;
 use gleaner_worker::plugin::{
-    CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem, checked_options,
+    CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Failure, classify};
 use crate::json::name_tag;
-use crate::session::{AwsCredentials, Identity, Session};
+use crate::session::{Endpoint, Identity, Session, open_checked};
 
 /// Runs a paginated call to its end, holding a call permit while each page is fetched, and
 /// runs `$body` on each page. (Defined before the modules below, which use it.)
@@ -186,11 +186,6 @@ impl AwsInventory {
             },
         }
     }
-
-    /// The options, once the schema and the operator's allowlists accept them.
-    fn options(&self, options: &Value) -> Result<InventoryOptions, PluginError> {
-        checked_options(&self.info, &self.access, options)
-    }
 }
 
 #[async_trait]
@@ -204,16 +199,20 @@ impl Plugin for AwsInventory {
         options: &Value,
         secret: &Map<String, Value>,
     ) -> Result<(), PluginError> {
-        let opts = self.options(options)?;
-        let creds = AwsCredentials::from_secret(secret)?;
-        let session = Session::open(&creds, opts.endpoint_url.as_deref(), &self.settings).await?;
+        let (_, session): (InventoryOptions, _) =
+            open_checked(&self.info, &self.access, &self.settings, options, secret).await?;
         session.identity().await.map(drop)
     }
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
-        let opts = self.options(&request.options)?;
-        let creds = AwsCredentials::from_secret(&request.secret)?;
-        let session = Session::open(&creds, opts.endpoint_url.as_deref(), &self.settings).await?;
+        let (opts, session): (InventoryOptions, _) = open_checked(
+            &self.info,
+            &self.access,
+            &self.settings,
+            &request.options,
+            &request.secret,
+        )
+        .await?;
         let work = async {
             let me = session.identity().await?;
             let regions = regions(&session, &opts, &out).await?;
@@ -504,5 +503,11 @@ impl Scope<'_> {
             }))
             .await
             .map_err(Stop::Plugin)
+    }
+}
+
+impl Endpoint for InventoryOptions {
+    fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint_url.as_deref()
     }
 }
