@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
-use crate::support::{Mode, Options, TestEnv};
+use crate::support::{Mode, Options, TestEnv, fields};
 
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -51,15 +51,6 @@ async fn create(env: &TestEnv, name: &str, options: Value) -> anyhow::Result<(St
         )
         .await?;
     Ok((a.status, a.body))
-}
-
-fn fields(problem: &Value) -> Vec<&str> {
-    problem["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["field"].as_str())
-        .collect()
 }
 
 async fn options_reaching_past_the_allowlists_get_400_and_start_no_job(

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
-use crate::support::{Mode, TestEnv};
+use crate::support::{Mode, TestEnv, fields};
 
 /// The demo's formula (docs/metrics.md): `scale × ((h + a·k) mod n)`, `k` the sample's minute.
 fn formula(metric: &str, key: &str, minute: i64) -> f64 {
@@ -61,6 +61,14 @@ async fn estate(env: &TestEnv) -> anyhow::Result<(String, HashMap<String, String
         )
         .await?;
     Ok((c["id"].as_str().context("id")?.to_owned(), keys))
+}
+
+/// An instant (milliseconds) as a query parameter: RFC 3339, its `+` escaped.
+fn param(ms: i64) -> anyhow::Result<String> {
+    Ok(DateTime::from_timestamp_millis(ms)
+        .context("a time")?
+        .to_rfc3339()
+        .replace('+', "%2B"))
 }
 
 fn time(v: &Value) -> anyhow::Result<DateTime<Utc>> {
@@ -135,14 +143,8 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
     let (id, key) = keys.iter().nth(1).context("a second server")?;
     let path = format!(
         "/v1/resources/{id}/metrics/network.in_bytes?start={}&end={}&period=60&stat=max",
-        chrono::DateTime::from_timestamp_millis(start)
-            .context("start")?
-            .to_rfc3339()
-            .replace('+', "%2B"),
-        chrono::DateTime::from_timestamp_millis(start + HOUR)
-            .context("end")?
-            .to_rfc3339()
-            .replace('+', "%2B"),
+        param(start)?,
+        param(start + HOUR)?,
     );
     let a = env.get(&path).await?;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
@@ -156,8 +158,8 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
     let top = env
         .get(&format!(
             "/v1/metrics/top?metric=cpu.utilization&resource_type=compute.instance&limit=3&start={}&end={}",
-            chrono::DateTime::from_timestamp_millis(start).context("start")?.to_rfc3339().replace('+', "%2B"),
-            chrono::DateTime::from_timestamp_millis(end).context("end")?.to_rfc3339().replace('+', "%2B"),
+            param(start)?,
+            param(end)?,
         ))
         .await?;
     assert_eq!(top.status, StatusCode::OK, "{top:?}");
@@ -324,13 +326,7 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
     for (path, field) in cases {
         let a = env.get(&path).await?;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {a:?}");
-        let fields: Vec<&str> = a.body["errors"]
-            .as_array()
-            .context("errors")?
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
-        assert_eq!(fields, [field], "{path}: {}", a.body);
+        assert_eq!(fields(&a.body), [field], "{path}: {}", a.body);
     }
     let many: Vec<String> = (0..201).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let bodies = [
@@ -355,13 +351,7 @@ async fn bad_queries_name_the_field(mode: Mode) -> anyhow::Result<()> {
     for (body, field) in bodies {
         let a = env.post("/v1/metrics/query", body.clone()).await?;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {a:?}");
-        let fields: Vec<&str> = a.body["errors"]
-            .as_array()
-            .context("errors")?
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
-        assert_eq!(fields, [field], "{body}: {}", a.body);
+        assert_eq!(fields(&a.body), [field], "{body}: {}", a.body);
     }
     // The catalog lists the demo's metrics with their unit and source.
     let list = env
@@ -427,14 +417,8 @@ async fn a_private_plugin_reports_samples_line_by_line(mode: Mode) -> anyhow::Re
     let a = env
         .get(&format!(
             "/v1/resources/{id}/metrics/load?start={}&end={}&period=60",
-            chrono::DateTime::from_timestamp_millis((minute - 2) * MINUTE)
-                .context("start")?
-                .to_rfc3339()
-                .replace('+', "%2B"),
-            chrono::DateTime::from_timestamp_millis((minute + 1) * MINUTE)
-                .context("end")?
-                .to_rfc3339()
-                .replace('+', "%2B"),
+            param((minute - 2) * MINUTE)?,
+            param((minute + 1) * MINUTE)?,
         ))
         .await?;
     let values: Vec<Option<f64>> = a.body["values"]
@@ -458,14 +442,8 @@ async fn a_private_plugin_reports_samples_line_by_line(mode: Mode) -> anyhow::Re
     assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
     let failed = env.collect(collector).await?;
     assert_eq!(failed["status"], "FAILURE", "{failed}");
-    let tasks = env
-        .get(&format!(
-            "/v1/jobs/{}/tasks",
-            failed["id"].as_str().unwrap_or_default()
-        ))
-        .await?;
-    let error = tasks.body["items"][0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("`undeclared`"), "{}", tasks.body);
+    let error = env.first_task_error(&failed).await?;
+    assert!(error.contains("`undeclared`"), "{error}");
     let distinct = env
         .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples WHERE metric = 'load') s")
         .await?;

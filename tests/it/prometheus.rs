@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
-use crate::support::{Mode, TestEnv, free_port};
+use crate::support::{Mode, TestEnv, fields, free_port};
 
 /// Seconds between two scrapes, and between two samples Gleaner asks for.
 const SCRAPE_SECONDS: i64 = 1;
@@ -458,15 +458,6 @@ async fn newest(env: &TestEnv, resource: &str, metric: &str) -> anyhow::Result<i
     Ok(t.timestamp_millis())
 }
 
-fn fields(problem: &Value) -> Vec<&str> {
-    problem["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["field"].as_str())
-        .collect()
-}
-
 async fn urls_outside_the_allowlist_and_labels_that_change_the_query_are_refused(
     mode: Mode,
 ) -> anyhow::Result<()> {
@@ -601,13 +592,7 @@ async fn urls_outside_the_allowlist_and_labels_that_change_the_query_are_refused
     );
     let job = env.collect(&c).await?;
     assert_eq!(job["status"], "FAILURE", "{job}");
-    let tasks = env
-        .get(&format!(
-            "/v1/jobs/{}/tasks",
-            job["id"].as_str().unwrap_or_default()
-        ))
-        .await?;
-    let error = tasks.body["items"][0]["error"].as_str().unwrap_or_default();
+    let error = env.first_task_error(&job).await?;
     assert!(
         error.contains("credentials.url") && error.contains("GLEANER_NETWORK__ALLOW_ENDPOINTS"),
         "{error}"

@@ -358,6 +358,16 @@ impl Api {
         self.wait_job(&job).await
     }
 
+    /// The error of a job's first task (a job of one task says why it failed there).
+    pub async fn first_task_error(&self, job: &Value) -> anyhow::Result<String> {
+        let id = job["id"].as_str().context("job id")?;
+        let tasks = self.get(&format!("/v1/jobs/{id}/tasks")).await?;
+        Ok(tasks.body["items"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// Polls a job until it is terminal (60 s at most).
     pub async fn wait_job(&self, job: &str) -> anyhow::Result<Value> {
         self.wait_job_within(job, Duration::from_secs(60)).await
@@ -458,6 +468,16 @@ pub fn strs<'a>(items: &'a Value, key: &str) -> Vec<&'a str> {
         .as_array()
         .map(|a| a.iter().filter_map(|i| i[key].as_str()).collect())
         .unwrap_or_default()
+}
+
+/// The fields a problem+json answer names in `errors`.
+pub fn fields(problem: &Value) -> Vec<&str> {
+    problem["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["field"].as_str())
+        .collect()
 }
 
 /// One test's isolated Gleaner; its API client's methods are the environment's own.
