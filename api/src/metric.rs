@@ -16,15 +16,15 @@ use gleaner_common::metric::{self, MetricInfo, Stat, Window};
 use gleaner_common::model::Invalid;
 use gleaner_common::plugin::PluginKind;
 use gleaner_common::store::metric::{self as store, StoredSeries, TopFilter};
-use gleaner_common::store::{plugin, resource};
+use gleaner_common::store::plugin;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extract::{ApiJson, ApiQuery, Auth, parse_id};
-use crate::problem::{self, ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery, Auth};
+use crate::problem::{self, ApiResult, Problem};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -179,16 +179,6 @@ struct Series {
     values: Vec<Option<f64>>,
 }
 
-/// A resource the key sees: 404 for one outside its projects, as for another domain's.
-async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<resource::Resource> {
-    let id = parse_id("resource", id)?;
-    let r = resource::get(&state.db, auth.domain(), id).await?;
-    if !auth.sees(r.project_id) {
-        return Err(ApiError::not_found("resource", id));
-    }
-    Ok(r)
-}
-
 /// The values of `window`'s periods from the bins of one resource.
 fn values(
     window: &Window,
@@ -217,7 +207,7 @@ async fn stored(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<StoredList>> {
-    let r = visible(&state, &auth, &id).await?;
+    let r = crate::resource::visible(&state, &auth, &id).await?;
     let items = store::stored(&state.db, auth.domain(), r.id).await?;
     Ok(Json(StoredList { items }))
 }
@@ -249,7 +239,7 @@ async fn series(
     Path((id, name)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> ApiResult<Json<Series>> {
-    let r = visible(&state, &auth, &id).await?;
+    let r = crate::resource::visible(&state, &auth, &id).await?;
     let unit = known(&state, &auth, &name, Some(&r.resource_type)).await?;
     let window = Window::new(q.start, q.end, q.period, Utc::now())?;
     let stat = q.stat.unwrap_or_default();

@@ -75,7 +75,7 @@ async fn list(
 }
 
 /// A resource the key sees: 404 for one outside its projects, as for another domain's.
-async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Resource> {
+pub(crate) async fn visible(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Resource> {
     let id = parse_id("resource", id)?;
     let r = resource::get(&state.db, auth.domain(), id).await?;
     if !auth.sees(r.project_id) {

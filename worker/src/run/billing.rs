@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{Running, Summary, big_room, failure, has_nul, prepare, stderr_of};
+use super::{Running, Summary, big_room, failure, has_nul, prepare, stderr_of, write_failed};
 use crate::Context;
 use crate::lock::Held;
 use crate::plugin::{CostItem, Item, ItemError, ItemReceiver, PluginError};
@@ -70,7 +70,7 @@ pub(super) async fn collect(
         .await;
     let mut load = match load {
         Ok(l) => l,
-        Err(e) => return cost_write_failed(&e),
+        Err(e) => return write_failed("costs", &e),
     };
     let secrets = secret.clone();
     let (running, rx) = Running::start(claimed, plugin, secret, stop, lock, big_room(ctx), None);
@@ -81,7 +81,7 @@ pub(super) async fn collect(
     }
     let mut summary = match loaded {
         Ok(s) => s,
-        Err(e) => return cost_write_failed(&e),
+        Err(e) => return write_failed("costs", &e),
     };
     match plugin_result {
         Ok(()) => {}
@@ -124,7 +124,7 @@ pub(super) async fn collect(
     let counts = match committed {
         Ok(Some(c)) => c,
         Ok(None) => return Ended::Stale,
-        Err(e) => return cost_write_failed(&e),
+        Err(e) => return write_failed("costs", &e),
     };
     info!(%month, records = counts.created, replaced = counts.deleted, malformed = counts.failed, "month of costs replaced");
     // Malformed records are reported, not a failure: the rest of the month is in, and the
@@ -137,17 +137,6 @@ pub(super) async fn collect(
         stderr: stderr_of(&diagnostics, &secrets),
         sweep: None,
     })
-}
-
-/// How a task ends when its load failed: the month is loaded again from the start by the next
-/// attempt when the failure may pass (the transaction is gone either way).
-fn cost_write_failed(e: &SinkError) -> Ended {
-    let error = format!("writing costs failed: {e}");
-    if e.is_transient() {
-        Ended::Retry(error)
-    } else {
-        failure(error)
-    }
 }
 
 /// Copies the plugin's records into the load in batches; a record of another month, or a

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{Running, Summary, failure, prepare, stderr_of};
+use super::{Running, Summary, failure, prepare, stderr_of, write_failed};
 use crate::Context;
 use crate::lock::Held;
 use crate::plugin::{
@@ -129,7 +129,7 @@ pub(super) async fn collect(
         })
         .await;
     if let Err(e) = prepared {
-        return write_failed(&e);
+        return write_failed("samples", &e);
     }
     let scope = MetricScope {
         domain: claimed.domain,
@@ -149,7 +149,7 @@ pub(super) async fn collect(
     let summary = match written {
         Ok(Some(s)) => s,
         Ok(None) => return Ended::Stale,
-        Err(e) => return write_failed(&e),
+        Err(e) => return write_failed("samples", &e),
     };
     let (status, error) = match plugin_result {
         Err(PluginError::Stopped) if stop.is_cancelled() => return Ended::Released,
@@ -217,15 +217,6 @@ fn declared_for<'a>(
         .into_iter()
         .filter_map(|t| declared.get(t))
         .flatten()
-}
-
-fn write_failed(e: &SinkError) -> Ended {
-    let error = format!("writing samples failed: {e}");
-    if e.is_transient() {
-        Ended::Retry(error)
-    } else {
-        failure(error)
-    }
 }
 
 /// One series' state in a run.

@@ -163,6 +163,17 @@ async fn heartbeat(
     }
 }
 
+/// How a task ends when writing `what` failed: run again from the start by a later attempt
+/// when the failure may pass (what was committed stays, what was not is gone either way).
+fn write_failed(what: &str, e: &crate::sink::SinkError) -> Ended {
+    let error = format!("writing {what} failed: {e}");
+    if e.is_transient() {
+        Ended::Retry(error)
+    } else {
+        failure(error)
+    }
+}
+
 /// A run that ends FAILURE with `error`.
 fn failure(error: impl Into<String>) -> Ended {
     Ended::Done(Outcome::failure(error))
