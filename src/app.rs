@@ -128,7 +128,7 @@ pub fn api_state(
         broker,
         shutdown: CancellationToken::new(),
         events_poll_interval: settings.api.events_poll_interval,
-        plugin_dir: settings.plugins.dir.clone(),
+        plugins: settings.plugins.clone(),
         verifier: Arc::new(registry),
         verify_timeout: settings.api.verify_timeout,
         keys: gleaner_api::auth::Keys::default(),
@@ -156,7 +156,12 @@ pub fn api_state(
 /// An allowlist entry is malformed.
 pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     let access = settings.access().context("the access allowlists")?;
-    Ok(official(Arc::new(access), settings).with_private_dir(settings.plugins.dir.clone()))
+    let host = gleaner_cloudforet::Host::new(std::time::Duration::from_secs(
+        settings.plugins.idle_seconds.max(1),
+    ));
+    Ok(official(Arc::new(access), settings)
+        .with_private_dir(settings.plugins.dir.clone())
+        .with_cloudforet_host(host))
 }
 
 /// The official plugins: the worker's own and the AWS ones, reaching what `access` allows.
@@ -303,7 +308,9 @@ pub async fn run_worker(
             .delivery_hold
             .max(std::time::Duration::from_secs(1)),
     };
+    let plugin_processes = ctx.registry.cloudforet_host().clone();
     consumer::run(ctx, consumer_settings, shutdown).await;
+    plugin_processes.shutdown().await;
     reaper.await.ok();
     relay_stop.cancel();
     relay.await.ok();

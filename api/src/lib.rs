@@ -78,8 +78,9 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// How often an open `GET /v1/jobs/events` stream polls the database.
     pub events_poll_interval: Duration,
-    /// Where private plugins' executables must be; `None` disables registering them.
-    pub plugin_dir: Option<std::path::PathBuf>,
+    /// Private plugins: where their executables must be (`None` disables registering them
+    /// as commands), and what a Cloudforet plugin's environment may set.
+    pub plugins: gleaner_common::config::PluginSettings,
     /// Runs plugins' credential checks in this process (the worker's plugin registry).
     pub verifier: Arc<dyn Verifier>,
     /// How long a `verify` request waits for its plugin's checks.

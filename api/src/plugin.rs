@@ -3,12 +3,19 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gleaner_common::external::{self, DEFAULT_TIMEOUT_SECONDS, Spec};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gleaner_common::access::Access;
+use gleaner_common::config::PluginSettings;
+use gleaner_common::external::{self, DEFAULT_TIMEOUT_SECONDS, Runtime, Spec};
+use gleaner_common::id::DomainId;
 use gleaner_common::model::Invalid;
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::provider;
 use gleaner_common::store::plugin::{self, Registration};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -70,7 +77,9 @@ async fn show(
         .ok_or_else(|| ApiError::not_found("plugin", id))
 }
 
-/// A private plugin to register: an executable speaking the plugin protocol (docs/plugins.md).
+/// A private plugin to register: an executable speaking the JSON-lines plugin protocol
+/// (docs/plugins.md), or an unmodified Cloudforet plugin (`runtime: cloudforet`,
+/// docs/cloudforet.md).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterPlugin {
@@ -80,15 +89,46 @@ struct RegisterPlugin {
     /// A semantic version; a new version of a registered id adds that version.
     #[schema(example = "1.0.0")]
     version: String,
+    /// The protocol the plugin speaks (default `json_lines`).
+    #[serde(default)]
+    runtime: Runtime,
     /// The executable, inside the operator's plugin directory (`GLEANER_PLUGINS__DIR`) on the
-    /// API host and every worker; a relative path is taken relative to it.
+    /// API host and every worker; a relative path is taken relative to it. A Cloudforet plugin
+    /// has either this or `endpoint`.
+    #[serde(default)]
     #[schema(example = "json_inventory.py")]
     command: String,
+    /// The command's arguments; for a Cloudforet plugin, `{port}` becomes the port it serves
+    /// on.
     #[serde(default)]
     args: Vec<String>,
     /// A collection running longer is killed and fails (default 3600).
     #[serde(default)]
     timeout_seconds: Option<u64>,
+    /// Cloudforet: what the plugin is.
+    #[serde(default)]
+    kind: Option<PluginKind>,
+    /// Cloudforet: environment variables of the process, among those the operator allows
+    /// (`GLEANER_PLUGINS__ENV`). Never credentials: they go in each request.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Cloudforet: the port the process serves on, for a plugin that cannot be told one;
+    /// otherwise Gleaner picks a free one (`SPACEONE_PORT`, `{port}` in `args`).
+    #[serde(default)]
+    port: Option<u16>,
+    /// Cloudforet: `http://host:port` of a plugin already serving, instead of a command; it
+    /// must be an endpoint the operator allows (`GLEANER_NETWORK__ALLOW_ENDPOINTS`).
+    #[serde(default)]
+    #[schema(example = "http://127.0.0.1:50051")]
+    endpoint: Option<String>,
+    /// Cloudforet: the provider whose service accounts the plugin collects with (default: the
+    /// provider its metadata names).
+    #[serde(default)]
+    #[schema(example = "aws")]
+    provider: Option<String>,
+    /// Cloudforet: a display name (default: the id).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
@@ -103,7 +143,11 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Checks the request; every problem at once.
-fn validate(body: RegisterPlugin) -> Result<(String, semver::Version, Spec), ApiError> {
+fn validate(
+    body: RegisterPlugin,
+    plugins: &PluginSettings,
+    access: &Access,
+) -> Result<Validated, ApiError> {
     let mut errors = Vec::new();
     if !valid_id(&body.id) {
         errors.push(Invalid::new(
@@ -119,8 +163,29 @@ fn validate(body: RegisterPlugin) -> Result<(String, semver::Version, Spec), Api
             ));
         })
         .ok();
-    if body.command.trim().is_empty() {
-        errors.push(Invalid::new("command", "must not be empty"));
+    match body.runtime {
+        Runtime::JsonLines => {
+            if body.command.trim().is_empty() {
+                errors.push(Invalid::new("command", "must not be empty"));
+            }
+            let cloudforet_only = [
+                ("kind", body.kind.is_some()),
+                ("env", !body.env.is_empty()),
+                ("port", body.port.is_some()),
+                ("endpoint", body.endpoint.is_some()),
+                ("provider", body.provider.is_some()),
+                ("name", body.name.is_some()),
+            ];
+            for (field, given) in cloudforet_only {
+                if given {
+                    errors.push(Invalid::new(
+                        field,
+                        "is for `runtime: cloudforet` plugins only (a JSON-lines plugin says it in its init)",
+                    ));
+                }
+            }
+        }
+        Runtime::Cloudforet => check_cloudforet(&body, plugins, access, &mut errors),
     }
     let timeout_seconds = body.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
     if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
@@ -130,16 +195,110 @@ fn validate(body: RegisterPlugin) -> Result<(String, semver::Version, Spec), Api
         ));
     }
     match version {
-        Some(version) if errors.is_empty() => Ok((
-            body.id,
+        Some(version) if errors.is_empty() => Ok(Validated {
+            id: body.id,
             version,
-            Spec {
+            kind: body.kind,
+            provider: body.provider,
+            name: body.name,
+            spec: Spec {
                 command: body.command,
                 args: body.args,
                 timeout_seconds,
+                runtime: body.runtime,
+                env: body.env,
+                port: body.port,
+                endpoint: body.endpoint,
             },
-        )),
+        }),
         _ => Err(ApiError::invalid(errors)),
+    }
+}
+
+/// A checked registration.
+struct Validated {
+    id: String,
+    version: semver::Version,
+    kind: Option<PluginKind>,
+    provider: Option<String>,
+    name: Option<String>,
+    spec: Spec,
+}
+
+/// The fields of a Cloudforet plugin: a kind Gleaner runs, a command or an allowed endpoint,
+/// and only allowed environment variables, whose URLs are allowed endpoints too (they are
+/// where the plugin sends what it is given, such as `AWS_ENDPOINT_URL`).
+fn check_cloudforet(
+    body: &RegisterPlugin,
+    plugins: &PluginSettings,
+    access: &Access,
+    errors: &mut Vec<Invalid>,
+) {
+    match body.kind {
+        None => errors.push(Invalid::new(
+            "kind",
+            "is required for a Cloudforet plugin: collector, cost_data_source or metric_data_source",
+        )),
+        Some(PluginKind::Collector) => {}
+        Some(other) => errors.push(Invalid::new(
+            "kind",
+            format!(
+                "the cloudforet runtime runs inventory collectors in this version; `{}` plugins are not supported yet",
+                other.as_str()
+            ),
+        )),
+    }
+    match (&body.endpoint, body.command.trim().is_empty()) {
+        (Some(_), false) => errors.push(Invalid::new(
+            "endpoint",
+            "give either `command` (Gleaner runs the plugin) or `endpoint` (it runs already), not both",
+        )),
+        (None, true) => errors.push(Invalid::new(
+            "command",
+            "give `command` (Gleaner runs the plugin) or `endpoint` (it runs already)",
+        )),
+        (Some(endpoint), true) => {
+            if !endpoint.starts_with("http://") {
+                errors.push(Invalid::new(
+                    "endpoint",
+                    "must be http://host:port: Cloudforet plugins serve gRPC without TLS",
+                ));
+            } else if let Err(e) = access.endpoint("endpoint", endpoint, &[]) {
+                errors.push(e);
+            }
+            for (field, given) in [
+                ("args", !body.args.is_empty()),
+                ("env", !body.env.is_empty()),
+                ("port", body.port.is_some()),
+            ] {
+                if given {
+                    errors.push(Invalid::new(
+                        field,
+                        "is for a plugin Gleaner runs (`command`), not one at an `endpoint`",
+                    ));
+                }
+            }
+        }
+        (None, false) => {}
+    }
+    if body.port == Some(0) {
+        errors.push(Invalid::new(
+            "port",
+            "must be 1–65535; leave it out and Gleaner picks a free port",
+        ));
+    }
+    for (name, value) in &body.env {
+        let field = format!("env.{name}");
+        if !plugins.env_allowed(name) {
+            errors.push(Invalid::new(
+                field,
+                "is not a variable the operator lets plugins set (GLEANER_PLUGINS__ENV)",
+            ));
+        } else if value.contains("://")
+            && let Err(e) = access.endpoint(&field, value, &[])
+        {
+            errors.push(e);
+        }
     }
 }
 
@@ -208,7 +367,8 @@ fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "The plugin, as the catalog shows it", body = PluginInfo),
         (status = 400, description = "A malformed body, or invalid fields: `id`, `version`, \
-            `command`, `timeout_seconds`, or `metadata.kind`, `metadata.provider`, \
+            `command`, `timeout_seconds`, the Cloudforet fields `kind`, `endpoint`, `env.<name>`, \
+            `port`, `provider`, or `metadata.kind`, `metadata.provider`, \
             `metadata.options_schema` from what `init` answered",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 403, description = "Private plugins are disabled (no GLEANER_PLUGINS__DIR)",
@@ -217,7 +377,8 @@ fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 415, description = "The body is not JSON",
             body = Problem, content_type = problem::CONTENT_TYPE),
-        (status = 422, description = "The plugin's `init` failed; `stderr` has what it wrote",
+        (status = 422, description = "The plugin could not be started or its `init` failed; \
+            `stderr` has what it wrote",
             body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
@@ -226,40 +387,118 @@ async fn register(
     Tenant(domain): Tenant,
     ApiJson(body): ApiJson<RegisterPlugin>,
 ) -> ApiResult<(StatusCode, Json<PluginInfo>)> {
-    let (id, version, spec) = validate(body)?;
-    let command =
-        external::resolve_command(state.plugin_dir.as_deref(), &spec.command).map_err(|e| {
-            match state.plugin_dir {
+    let v = validate(body, &state.plugins, &state.access)?;
+    let run = if v.spec.endpoint.is_some() {
+        v.spec.clone()
+    } else {
+        let command = external::resolve_command(state.plugins.dir.as_deref(), &v.spec.command)
+            .map_err(|e| match state.plugins.dir {
                 None => ApiError::new(Code::Forbidden, e),
                 Some(_) => ApiError::from(Invalid::new("command", e)),
-            }
-        })?;
-    plugin::ensure_new_version(&state.db, domain, &id, &version.to_string()).await?;
-    let run = Spec {
-        command: command.to_string_lossy().into_owned(),
-        ..spec.clone()
+            })?;
+        Spec {
+            command: command.to_string_lossy().into_owned(),
+            ..v.spec.clone()
+        }
     };
-    let metadata = external::init(&run).await.map_err(|e| {
-        ApiError::new(
-            Code::PluginFailed,
-            format!("`{}` failed its init call: {}", spec.command, e.error),
-        )
-        .with_stderr(e.stderr)
-    })?;
+    plugin::ensure_new_version(&state.db, domain, &v.id, &v.version.to_string()).await?;
+    let metadata = match v.spec.runtime {
+        Runtime::JsonLines => external::init(&run).await.map_err(|e| {
+            ApiError::new(
+                Code::PluginFailed,
+                format!("`{}` failed its init call: {}", v.spec.command, e.error),
+            )
+            .with_stderr(e.stderr)
+        })?,
+        Runtime::Cloudforet => cloudforet_init(domain, &v, &run).await?,
+    };
     check_metadata(&metadata)?;
     let info = plugin::register(
         &state.db,
         &state.catalog,
         domain,
         Registration {
-            id,
-            version,
-            spec,
+            id: v.id,
+            version: v.version,
+            spec: v.spec,
             metadata,
         },
     )
     .await?;
     Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Starts a Cloudforet plugin (or reaches its endpoint), asks its `init`, and makes its
+/// catalog entry of the answer. The process is stopped afterwards: workers start their own.
+async fn cloudforet_init(
+    domain: DomainId,
+    v: &Validated,
+    run: &Spec,
+) -> Result<external::Metadata, ApiError> {
+    let kind = v.kind.unwrap_or(PluginKind::Collector);
+    let what = v.spec.endpoint.as_deref().unwrap_or(&v.spec.command);
+    let host = gleaner_cloudforet::Host::new(Duration::from_secs(60));
+    let answer = match host
+        .lease(&format!("register/{}", v.id), run, &serde_json::Map::new())
+        .await
+    {
+        Err(e) => Err(ApiError::new(
+            Code::PluginFailed,
+            format!("`{what}` could not be started: {e}"),
+        )
+        .with_stderr(e.output().to_owned())),
+        Ok(lease) => {
+            let answer = lease
+                .client()
+                .init(
+                    kind,
+                    &json!({}),
+                    &domain.to_string(),
+                    external::INIT_TIMEOUT,
+                )
+                .await;
+            let output = lease.output();
+            answer.map_err(|e| {
+                ApiError::new(
+                    Code::PluginFailed,
+                    format!("`{what}` failed its init call: {e}"),
+                )
+                .with_stderr(output)
+            })
+        }
+    };
+    host.shutdown().await;
+    let meta = answer?;
+    let named = meta
+        .get("provider")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            meta.get("supported_providers")
+                .and_then(Value::as_array)
+                .and_then(|p| p.first())
+                .and_then(Value::as_str)
+        })
+        .map(str::to_owned);
+    let Some(provider) = v.provider.clone().or(named) else {
+        return Err(ApiError::from(Invalid::new(
+            "provider",
+            "the plugin's metadata names no provider: give the provider whose service accounts it collects with",
+        )));
+    };
+    let options_schema = match meta.get("options_schema") {
+        Some(s @ Value::Object(o)) if !o.is_empty() => s.clone(),
+        _ => json!({"type": "object"}),
+    };
+    Ok(external::Metadata {
+        name: v.name.clone().unwrap_or_else(|| v.id.clone()),
+        description: format!("Cloudforet {} plugin", kind.as_str()),
+        kind,
+        provider,
+        resource_types: Vec::new(),
+        options_schema,
+        metrics: Vec::new(),
+        plugin_metadata: Some(Value::Object(meta)),
+    })
 }
 
 #[cfg(test)]

@@ -320,13 +320,43 @@ impl Default for OutboxSettings {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PluginSettings {
     /// The directory private plugins' executables must be in. Unset: private plugins can be
     /// neither registered nor run, since registering one runs its command on the API host and
     /// every worker.
     pub dir: Option<std::path::PathBuf>,
+    /// Environment variables a Cloudforet plugin's registration may set
+    /// (`GLEANER_PLUGINS__ENV`, comma-separated names; a trailing `*` matches a prefix, as in
+    /// `AWS_ENDPOINT_URL*`). Empty: none. A value that is a URL must also be an endpoint the
+    /// operator allows (`GLEANER_NETWORK__ALLOW_ENDPOINTS`).
+    #[serde(with = "list")]
+    pub env: Vec<String>,
+    /// A Cloudforet plugin process no task has used for this long is stopped
+    /// (`GLEANER_PLUGINS__IDLE_SECONDS`); the next task starts it again.
+    pub idle_seconds: u64,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            env: Vec::new(),
+            idle_seconds: 300,
+        }
+    }
+}
+
+impl PluginSettings {
+    /// Whether a plugin's registration may set the environment variable `name`.
+    #[must_use]
+    pub fn env_allowed(&self, name: &str) -> bool {
+        self.env.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    }
 }
 
 /// The files on a worker's disk that plugin options may name ([`crate::access`]).

@@ -39,15 +39,48 @@ pub const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPD
 /// A plugin's default time limit for one collection.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 3600;
 
+/// The protocol a private plugin speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// JSON lines on stdin and stdout, one process per call (this module).
+    #[default]
+    JsonLines,
+    /// An unmodified Cloudforet (SpaceONE) plugin over gRPC: a process Gleaner keeps running,
+    /// or an endpoint already serving (the `gleaner-cloudforet` crate).
+    Cloudforet,
+}
+
+impl Runtime {
+    fn is_json_lines(&self) -> bool {
+        *self == Runtime::JsonLines
+    }
+}
+
 /// How to run a plugin: its executable, arguments and time limit. Stored per version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
-    /// An executable: an absolute path, or a name looked up in `PATH`.
+    /// An executable: an absolute path, or a name looked up in `PATH`. Empty for a Cloudforet
+    /// plugin reached at an [`Spec::endpoint`].
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
     /// A collection still running after this long is killed and fails.
     pub timeout_seconds: u64,
+    /// Rows stored before there was a choice have none: JSON lines.
+    #[serde(default, skip_serializing_if = "Runtime::is_json_lines")]
+    pub runtime: Runtime,
+    /// Cloudforet: environment variables for the process, among the names the operator
+    /// allows (`GLEANER_PLUGINS__ENV`). Never credentials: those go in each request.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Cloudforet: the port the process serves on, when it cannot be told one; otherwise
+    /// Gleaner picks a free one and passes it (`SPACEONE_PORT`, `{port}` in `args`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Cloudforet: the `http://host:port` of a plugin already serving, instead of a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// The executable `command` names, if it is inside the operator's plugin directory `dir`: a
@@ -100,6 +133,10 @@ pub struct Metadata {
     /// A JSON Schema for the collector's `options`; any object when absent.
     #[serde(default = "any_object")]
     pub options_schema: Value,
+    /// What a Cloudforet plugin's `init` answered (its supported resource types, features,
+    /// schedules and options schema), kept as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_metadata: Option<Value>,
     /// The metrics a metric data source collects, per resource type.
     #[serde(default)]
     pub metrics: Vec<crate::metric::MetricInfo>,
@@ -597,6 +634,15 @@ impl Redactor {
         Self { patterns }
     }
 
+    /// Also redacts the values of `secret`: a process serving many requests may echo any of
+    /// their credentials.
+    pub fn add(&mut self, secret: &Map<String, Value>) {
+        let more = Self::new(secret);
+        self.patterns.extend(more.patterns);
+        self.patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        self.patterns.dedup();
+    }
+
     /// Longest pattern, in bytes: a cut of the text must keep this much before what it shows.
     fn longest(&self) -> usize {
         self.patterns.first().map_or(0, String::len)
@@ -638,6 +684,7 @@ mod tests {
             command: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             timeout_seconds,
+            ..Spec::default()
         }
     }
 
@@ -805,8 +852,8 @@ echo '{"type":"done"}'"#,
         assert!(stderr.starts_with("starting"));
         let missing = Spec {
             command: "/nonexistent/plugin".into(),
-            args: vec![],
             timeout_seconds: 1,
+            ..Spec::default()
         };
         let e = init(&missing).await.expect_err("missing");
         assert!(

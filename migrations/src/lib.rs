@@ -18,6 +18,7 @@ mod m20261202_000011_secret_key_ids;
 mod m20261202_000012_api_keys;
 mod m20261202_000013_schedule_intervals;
 mod m20261202_000014_metrics;
+mod m20261202_000015_catalog_entries;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_api_keys::Migration),
             Box::new(m20261202_000013_schedule_intervals::Migration),
             Box::new(m20261202_000014_metrics::Migration),
+            Box::new(m20261202_000015_catalog_entries::Migration),
         ]
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod catalog_entry;
 pub mod collector;
 pub mod domain;
 pub mod job;

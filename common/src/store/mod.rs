@@ -5,6 +5,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod catalog;
 pub mod census;
 pub mod collector;
 pub mod cost;

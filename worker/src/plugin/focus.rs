@@ -757,7 +757,9 @@ mod tests {
             match item {
                 Item::Cost(c) => costs.push(*c),
                 Item::Error(e) => errors.push(e.message),
-                Item::Resource(_) | Item::Samples(_) => panic!("not a cost from a cost export"),
+                Item::Resource(_) | Item::Samples(_) | Item::Catalog(_) => {
+                    panic!("not a cost from a cost export")
+                }
             }
         }
         (costs, errors)

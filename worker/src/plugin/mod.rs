@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gleaner_common::access::Access;
 use gleaner_common::billing::Month;
+use gleaner_common::external::{Runtime, Spec};
 use gleaner_common::id::{DomainId, JobId, ResourceId, ServiceAccountId, TaskId};
 use gleaner_common::plugin::{Catalog, PluginInfo, Verifier, VerifyError, VerifyRequest};
 use gleaner_common::store;
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub mod cloudforet;
 pub mod demo;
 pub mod demo_billing;
 pub mod demo_metrics;
@@ -103,6 +105,9 @@ pub enum Item {
     Resource(ResourceItem),
     Cost(Box<CostItem>),
     Samples(Samples),
+    /// Catalog data a collector reports besides resources (a Cloudforet plugin's cloud
+    /// service types and regions): kept and listable, not counted as resources.
+    Catalog(gleaner_common::store::catalog::Entry),
     Error(ItemError),
 }
 
@@ -411,6 +416,8 @@ pub struct Registry {
     private_dir: Option<std::path::PathBuf>,
     /// What plugin options may reach.
     access: Arc<Access>,
+    /// The Cloudforet plugin processes this worker runs.
+    cloudforet: Arc<gleaner_cloudforet::Host>,
 }
 
 impl Registry {
@@ -443,6 +450,19 @@ impl Registry {
         self
     }
 
+    /// The same registry, keeping Cloudforet plugin processes in `host`.
+    #[must_use]
+    pub fn with_cloudforet_host(mut self, host: Arc<gleaner_cloudforet::Host>) -> Self {
+        self.cloudforet = host;
+        self
+    }
+
+    /// The Cloudforet plugin processes (for a worker's shutdown).
+    #[must_use]
+    pub fn cloudforet_host(&self) -> &Arc<gleaner_cloudforet::Host> {
+        &self.cloudforet
+    }
+
     /// Adds (or replaces) a plugin.
     pub fn add(&mut self, plugin: Arc<dyn Plugin>) {
         self.plugins.insert(plugin.info().id.clone(), plugin);
@@ -469,15 +489,42 @@ impl Registry {
         if let Some(p) = self.get(id) {
             return Ok(Some(p));
         }
-        Ok(store::plugin::runnable(db, domain, id, version)
-            .await?
-            .map(|(info, spec)| {
-                Arc::new(external::External::new(
+        let Some((info, spec)) = store::plugin::runnable(db, domain, id, version).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match spec.runtime {
+            Runtime::JsonLines => Arc::new(external::External::new(
+                info,
+                spec,
+                self.private_dir.clone(),
+            )),
+            Runtime::Cloudforet => match self.cloudforet_spec(spec) {
+                Ok(spec) => Arc::new(cloudforet::Cloudforet::new(
                     info,
+                    version,
                     spec,
-                    self.private_dir.clone(),
-                )) as Arc<dyn Plugin>
-            }))
+                    domain,
+                    self.cloudforet.clone(),
+                )),
+                Err(why) => Arc::new(Unrunnable { info, why }),
+            },
+        }))
+    }
+
+    /// A Cloudforet plugin's spec as this worker runs it: the command resolved inside its
+    /// plugin directory, the environment and the endpoint checked against the operator's
+    /// allowlists again (they may have narrowed since the registration).
+    fn cloudforet_spec(&self, mut spec: Spec) -> Result<Spec, String> {
+        if let Some(endpoint) = &spec.endpoint {
+            self.access
+                .endpoint("endpoint", endpoint, &[])
+                .map_err(|e| e.to_string())?;
+            return Ok(spec);
+        }
+        let command =
+            gleaner_common::external::resolve_command(self.private_dir.as_deref(), &spec.command)?;
+        spec.command = command.to_string_lossy().into_owned();
+        Ok(spec)
     }
 
     /// The catalog of these plugins, sorted by id, for the API.
@@ -486,6 +533,28 @@ impl Registry {
         let mut infos: Vec<PluginInfo> = self.plugins.values().map(|p| p.info().clone()).collect();
         infos.sort_by(|a, b| a.id.cmp(&b.id));
         Catalog::new(infos)
+    }
+}
+
+/// A registered plugin this worker cannot run (its command is outside the plugin directory,
+/// its endpoint no longer allowed): every call fails with the reason.
+struct Unrunnable {
+    info: PluginInfo,
+    why: String,
+}
+
+#[async_trait]
+impl Plugin for Unrunnable {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    async fn verify(&self, _: &Value, _: &Map<String, Value>) -> Result<(), PluginError> {
+        Err(PluginError::Permanent(self.why.clone()))
+    }
+
+    async fn collect(&self, _: CollectRequest, _: ItemSender) -> Result<(), PluginError> {
+        Err(PluginError::Permanent(self.why.clone()))
     }
 }
 

@@ -207,6 +207,13 @@ async fn load_costs(
                     s.resource_id, s.metric
                 ),
             ),
+            Item::Catalog(e) => reject(
+                &mut summary,
+                format!(
+                    "{}: a cost data source reported catalog data ({})",
+                    e.key, e.kind
+                ),
+            ),
         }
     }
     load.write(&batch).await?;

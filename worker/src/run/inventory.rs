@@ -174,6 +174,7 @@ async fn consume(
     let mut keys: HashSet<(String, String)> = HashSet::with_capacity(room);
     let mut pending_failed = 0i64;
     let mut received = 0usize;
+    let mut catalog: Vec<store::catalog::Entry> = Vec::new();
     while let Some(item) = rx.recv().await {
         received += 1;
         if full.is_none() && received > slots::SMALL && !rx.plugin_done() {
@@ -223,6 +224,18 @@ async fn consume(
                             .into(),
                 });
             }
+            Item::Catalog(e) if catalog.len() >= MAX_CATALOG => {
+                pending_failed += 1;
+                summary.keep(ItemError {
+                    resource_type: None,
+                    resource_key: Some(e.key),
+                    message: format!(
+                        "more than {MAX_CATALOG} catalog entries ({}) in one collection; the rest are not kept",
+                        e.kind
+                    ),
+                });
+            }
+            Item::Catalog(e) => catalog.push(e),
             Item::Samples(s) => {
                 pending_failed += 1;
                 summary.keep(ItemError {
@@ -244,8 +257,28 @@ async fn consume(
     {
         return Ok(None);
     }
+    if !catalog.is_empty() {
+        // Idempotent upserts of the newest report: a stale attempt's write does no harm.
+        ctx.db_retry
+            .run(
+                "store the catalog entries",
+                store::Error::is_transient,
+                || store::catalog::upsert(&ctx.db, scope.domain, scope.collector_id, &catalog),
+            )
+            .await
+            .map_err(|e| {
+                if e.is_transient() {
+                    SinkError::Db(e.to_string())
+                } else {
+                    SinkError::Refused(e.to_string())
+                }
+            })?;
+    }
     Ok(Some(summary))
 }
+
+/// Catalog entries one collection may report: types and regions number hundreds at most.
+const MAX_CATALOG: usize = 10_000;
 
 /// Whether another collector of the domain reports resources of the task's provider, so a
 /// batch may hold resources it owns. Asked before each batch until true: one query for the

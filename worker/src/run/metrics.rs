@@ -453,6 +453,16 @@ async fn consume(
                     resource_key: None,
                 },
             ),
+            Item::Catalog(e) => refuse(
+                &mut summary,
+                &mut batch,
+                1,
+                ItemError {
+                    message: format!("a metric data source reported catalog data ({})", e.kind),
+                    resource_type: None,
+                    resource_key: Some(e.key),
+                },
+            ),
         }
         if batch.samples.len() >= BATCH {
             series.close(&mut batch);

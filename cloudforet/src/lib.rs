@@ -1,0 +1,19 @@
+//! Cloudforet (SpaceONE) plugins, unchanged: Gleaner as the host of their gRPC protocol
+//! (`../shared/reference/cloudforet-plugin-protocol.md` has the facts; docs/cloudforet.md the
+//! user's side).
+//!
+//! - [`host`] starts and keeps the plugin processes, or reaches a plugin already serving;
+//! - [`client`] calls their services with JSON in and out ([`value`] converts Structs);
+//! - [`status`] reads their errors;
+//! - [`inventory`] turns what a collector streams into Gleaner's items.
+
+pub mod client;
+pub mod host;
+pub mod inventory;
+pub mod pb;
+pub mod status;
+pub mod value;
+
+pub use client::Client;
+pub use host::{Host, Lease, StartError};
+pub use status::CallError;
