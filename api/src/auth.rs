@@ -132,6 +132,7 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/v1/resources", VIEWER, false),
     rule("GET", "/v1/resources/{id}", VIEWER, false),
     rule("GET", "/v1/resources/{id}/changes", VIEWER, false),
+    rule("GET", "/v1/catalog", VIEWER, false),
     rule("GET", "/v1/costs", VIEWER, false),
     rule("GET", "/v1/costs/summary", VIEWER, false),
     rule("GET", "/v1/dashboards/billing", VIEWER, false),

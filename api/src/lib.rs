@@ -44,6 +44,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod api_key;
 pub mod audit;
 pub mod auth;
+mod catalog;
 pub mod collector;
 pub mod cost;
 pub mod extract;
@@ -125,6 +126,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(collector::routes())
         .merge(job::routes())
         .merge(resource::routes())
+        .merge(catalog::routes())
         .merge(metric::routes())
         .merge(schedule::routes())
         .merge(cost::routes())

@@ -274,6 +274,13 @@ impl Lease {
             .unwrap_or_default()
     }
 
+    /// How the process ended, if it did while in use (a crash): a call that broke then is
+    /// worth another attempt, on a new process.
+    #[must_use]
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.proc.as_ref().and_then(|p| p.exited())
+    }
+
     /// Kills the process (it stopped answering): the next lease starts a new one.
     pub fn kill(&self) {
         if let Some(p) = &self.proc {

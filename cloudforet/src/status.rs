@@ -64,7 +64,9 @@ impl CallError {
         if unsupported {
             return Self::Unsupported { method };
         }
-        if status.code() == Code::Unavailable && error_code.is_none() {
+        // spaceone answers every failure with an ERROR_ code; UNKNOWN without one is tonic's
+        // word for a connection that broke mid-call (the process died).
+        if matches!(status.code(), Code::Unavailable | Code::Unknown) && error_code.is_none() {
             return Self::Unreachable {
                 method,
                 reason: details.to_owned(),

@@ -13,6 +13,7 @@
 //! [`in_both_modes!`] turns one test function into a test per mode.
 
 pub mod aws;
+pub mod cloudforet;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -156,10 +156,15 @@ async fn collect(
             .await
             .map_err(|e| failed(&e))?;
         loop {
-            let message = stream
-                .message()
-                .await
-                .map_err(|s| failed(&CallError::from_status("Collector/collect", &s)))?;
+            let message = match stream.message().await {
+                Ok(m) => m,
+                Err(_) if let Some(status) = lease.exited() => {
+                    return Err(PluginError::Transient(format!(
+                        "the plugin process ended ({status}) during Collector/collect"
+                    )));
+                }
+                Err(s) => return Err(failed(&CallError::from_status("Collector/collect", &s))),
+            };
             let Some(info) = message else { break };
             out.send(item(inventory::map(info))).await?;
         }

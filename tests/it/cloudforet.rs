@@ -1,0 +1,393 @@
+//! Unmodified Cloudforet plugins (`runtime: cloudforet`): the test collector of
+//! `tests/plugins/cloudforet`, served by spaceone-core's own `spaceone run grpc-server`.
+
+use anyhow::Context as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Api, Mode, Options, TestEnv, cloudforet, fields, quick_recovery};
+
+const ACCESS_KEY: &str = "AKIAGLEANERCFTEST001";
+const SECRET_KEY: &str = "gleaner-cloudforet-secret-value-0001";
+
+/// Registers the test collector as `id`, with `extra` fields.
+async fn register(api: &Api, id: &str, extra: Value) -> anyhow::Result<Value> {
+    let mut body = json!({
+        "id": id, "version": "1.0.0", "runtime": "cloudforet", "kind": "collector",
+        "command": cloudforet::inventory().await?, "provider": "aws",
+    });
+    for (k, v) in extra.as_object().context("extra fields")? {
+        body[k] = v.clone();
+    }
+    api.create("/v1/plugins", body).await
+}
+
+/// A project with an AWS service account, and a collector of `plugin` with `options`.
+async fn collector(api: &Api, plugin: &str, options: Value) -> anyhow::Result<String> {
+    let project = api
+        .create("/v1/projects", json!({"name": format!("p-{plugin}")}))
+        .await?;
+    api.create(
+        "/v1/service-accounts",
+        json!({"name": format!("sa-{plugin}"), "provider": "aws", "project_id": project["id"],
+               "credentials": {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY}}),
+    )
+    .await?;
+    let c = api
+        .create(
+            "/v1/collectors",
+            json!({"name": format!("c-{plugin}"), "plugin_id": plugin, "options": options}),
+        )
+        .await?;
+    Ok(c["id"].as_str().context("collector id")?.to_owned())
+}
+
+async fn tasks(api: &Api, job: &Value) -> anyhow::Result<Vec<Value>> {
+    let id = job["id"].as_str().context("job id")?;
+    let tasks = api.get(&format!("/v1/jobs/{id}/tasks")).await?;
+    Ok(tasks.body["items"].as_array().context("tasks")?.clone())
+}
+
+/// The collector's resources, by key.
+async fn resources(api: &Api, collector: &str) -> anyhow::Result<Vec<Value>> {
+    let page = api
+        .get(&format!("/v1/resources?collector_id={collector}&limit=500"))
+        .await?;
+    let mut items = page.body["items"].as_array().context("items")?.clone();
+    items.sort_by(|a, b| a["resource_key"].as_str().cmp(&b["resource_key"].as_str()));
+    Ok(items)
+}
+
+/// The keys the test collector's match rules give its resources `0..count`.
+fn expected_keys(count: usize) -> Vec<String> {
+    let mut keys: Vec<String> = (0..count)
+        .map(|i| {
+            if i % 5 == 4 {
+                format!("server-{i}/123456789012")
+            } else {
+                format!("i-{i:08x}/123456789012")
+            }
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn keys(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|r| r["resource_key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn a_cloudforet_collector_registers_collects_and_resyncs(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let plugin = register(&env, "cf-inven", json!({})).await?;
+    assert_eq!(plugin["provider"], "aws");
+    assert_eq!(plugin["kind"], "collector");
+    // The options schema is the plugin's own, from its init.
+    assert_eq!(
+        plugin["options_schema"]["properties"]["count"]["type"],
+        "integer"
+    );
+    let c = collector(&env, "cf-inven", json!({"count": 10, "failures": 1})).await?;
+    let verified = env
+        .post(&format!("/v1/collectors/{c}/verify"), json!(null))
+        .await?;
+    assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
+
+    let job = env.collect(&c).await?;
+    // The FAILURE item is an item error: the task fails, the resources are stored.
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    assert_eq!(job["counts"]["created"], 10, "{job}");
+    assert_eq!(job["counts"]["failed"], 1, "{job}");
+    let task = &tasks(&env, &job).await?[0];
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("AccessDenied: ec2:DescribeVolumes in ap-south-0"),
+        "{task}"
+    );
+    // The plugin logs its requests, secret_data included; the task keeps them redacted.
+    let stderr = task["stderr"]
+        .as_str()
+        .context("the plugin's output is kept")?;
+    assert!(stderr.contains("collect params"), "{stderr}");
+    assert!(stderr.contains("[REDACTED]"), "{stderr}");
+    assert!(
+        !stderr.contains(SECRET_KEY) && !stderr.contains(ACCESS_KEY),
+        "{stderr}"
+    );
+
+    let items = resources(&env, &c).await?;
+    assert_eq!(keys(&items), expected_keys(10));
+    for r in &items {
+        assert_eq!(r["resource_type"], "aws.ec2.instance", "{r}");
+        assert!(
+            r["data"].get("metadata").is_none(),
+            "view layouts are not kept: {r}"
+        );
+    }
+    let third = items
+        .iter()
+        .find(|r| r["resource_key"] == "i-00000003/123456789012")
+        .context("server-3")?;
+    assert_eq!(third["name"], "server-3");
+    assert_eq!(third["region"], "eu-west-1");
+    let data = &third["data"];
+    // Struct numbers are doubles on the wire: integral ones are integers again.
+    assert!(data["data"]["hardware"]["core"].is_i64(), "{data}");
+    assert_eq!(data["data"]["hardware"]["core"], 2);
+    assert_eq!(data["data"]["disks"][0]["size"], 32);
+    assert_eq!(data["data"]["big"], json!((1_i64 << 40) + 3));
+    assert_eq!(data["data"]["hardware"]["memory"], 4.5);
+    assert_eq!(data["tags"]["index"], "3");
+    assert_eq!(data["reference"]["resource_id"], "i-00000003");
+    assert_eq!(data["account"], "123456789012");
+
+    // Types and regions are catalog data, not resources.
+    let regions = env.get("/v1/catalog?kind=region").await?;
+    assert_eq!(
+        crate::support::strs(&regions.body["items"], "key"),
+        ["eu-west-1/aws", "us-east-1/aws"]
+    );
+    let types = env
+        .get("/v1/catalog?kind=cloud_service_type&provider=aws")
+        .await?;
+    assert_eq!(
+        crate::support::strs(&types.body["items"], "key"),
+        ["Instance/EC2/aws"]
+    );
+    let bad = env.get("/v1/catalog?kind=server").await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&bad.body), ["kind"]);
+
+    // Fixed, the same collection succeeds and counts nothing twice.
+    let patched = env
+        .patch(
+            &format!("/v1/collectors/{c}"),
+            json!({"options": {"count": 10, "failures": 0}}),
+        )
+        .await?;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["unchanged"], 10, "{job}");
+    assert_eq!(job["counts"]["created"], 0, "{job}");
+    assert_eq!(keys(&resources(&env, &c).await?), expected_keys(10));
+    Ok(())
+}
+
+async fn sub_tasks_from_get_tasks_collect_every_resource_once(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register(&env, "cf-tasks", json!({})).await?;
+    let c = collector(
+        &env,
+        "cf-tasks",
+        json!({"count": 12, "tasks": 3, "failures": 0}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 12, "{job}");
+    assert_eq!(keys(&resources(&env, &c).await?), expected_keys(12));
+    Ok(())
+}
+
+async fn error_codes_and_hangs_fail_the_task_clearly(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register(&env, "cf-faults", json!({"timeout_seconds": 3})).await?;
+    let c = collector(
+        &env,
+        "cf-faults",
+        json!({"error_code": "ERROR_AUTHENTICATE_FAILURE"}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let error = env.first_task_error(&job).await?;
+    assert!(
+        error.contains("ERROR_AUTHENTICATE_FAILURE") && error.contains("the test plugin refuses"),
+        "{error}"
+    );
+
+    // A plugin that never answers is killed at its time limit.
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"hang": 600}}),
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let error = env.first_task_error(&job).await?;
+    assert!(error.contains("timeout_seconds"), "{error}");
+    assert!(started.elapsed().as_secs() < 30, "killed at its limit");
+
+    // The next collection gets a new process.
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"count": 2, "failures": 0}}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 2, "{job}");
+    Ok(())
+}
+
+crate::in_both_modes!(
+    a_cloudforet_collector_registers_collects_and_resyncs,
+    sub_tasks_from_get_tasks_collect_every_resource_once,
+    error_codes_and_hangs_fail_the_task_clearly,
+);
+
+/// The plugin process killed in the middle of its stream: the task's next attempt starts it
+/// again, and every resource is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_killed_mid_stream_is_restarted_and_nothing_is_lost_or_doubled()
+-> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            tune: quick_recovery,
+            ..Options::default()
+        },
+    )
+    .await?;
+    register(&env, "cf-dies", json!({})).await?;
+    let marker = std::env::temp_dir().join(format!("gleaner-cf-dies-{}", rand::random::<u64>()));
+    let c = collector(
+        &env,
+        "cf-dies",
+        json!({"count": 20, "failures": 0, "die_after": 7, "marker": marker}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    std::fs::remove_file(&marker).ok();
+    assert!(marker.to_string_lossy().len() > 1);
+    let task = &tasks(&env, &job).await?[0];
+    assert_eq!(job["status"], "SUCCESS", "{job} {task}");
+    assert!(task["attempt"].as_i64().unwrap_or(0) >= 2, "{task}");
+    assert_eq!(keys(&resources(&env, &c).await?), expected_keys(20));
+    Ok(())
+}
+
+/// A plugin already serving is reached at its endpoint; Gleaner starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_at_an_endpoint_collects() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Distributed).await?;
+    let command = cloudforet::inventory().await?;
+    let port = crate::support::free_port()?;
+    let _served = tokio::process::Command::new(&command)
+        .env("SPACEONE_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // It may take a few seconds to serve: registration calls init, so retry it.
+    let body = json!({"id": "cf-endpoint", "version": "1.0.0", "runtime": "cloudforet",
+                      "kind": "collector", "endpoint": endpoint, "provider": "aws"});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let a = env.post("/v1/plugins", body.clone()).await?;
+        if a.status == StatusCode::CREATED {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "registration kept failing: {}",
+            a.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let c = collector(&env, "cf-endpoint", json!({"count": 4, "failures": 0})).await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(keys(&resources(&env, &c).await?), expected_keys(4));
+    Ok(())
+}
+
+/// What a registration may make the API host and the workers run or reach is the operator's
+/// to allow: the plugin directory, the endpoint allowlist, the environment allowlist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_what_the_operator_did_not_allow() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Distributed).await?;
+    let command = cloudforet::inventory().await?;
+    let base = json!({"id": "cf-bad", "version": "1.0.0", "runtime": "cloudforet",
+                      "kind": "collector", "command": command, "provider": "aws"});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        for (k, v) in extra.as_object().expect("object") {
+            if v.is_null() {
+                b.as_object_mut().expect("object").remove(k);
+            } else {
+                b[k] = v.clone();
+            }
+        }
+        b
+    };
+    let cases = [
+        // A variable that would make the process load a library of the caller's.
+        (
+            with(json!({"env": {"LD_PRELOAD": "/tmp/evil.so"}})),
+            vec!["env.LD_PRELOAD"],
+        ),
+        // An endpoint the operator's allowlist lacks (the tests allow 127.0.0.1 only).
+        (
+            with(json!({"command": null, "endpoint": "http://169.254.169.254:80"})),
+            vec!["endpoint"],
+        ),
+        (
+            with(json!({"command": null, "endpoint": "https://127.0.0.1:50051"})),
+            vec!["endpoint"],
+        ),
+        (with(json!({"command": "/bin/sh"})), vec!["command"]),
+        (
+            with(json!({"command": "../../../../bin/sh"})),
+            vec!["command"],
+        ),
+        (with(json!({"kind": null})), vec!["kind"]),
+        (with(json!({"port": 0})), vec!["port"]),
+        // JSON-lines plugins have none of the Cloudforet fields.
+        (
+            with(json!({"runtime": "json_lines"})),
+            vec!["kind", "provider"],
+        ),
+    ];
+    for (body, expected) in cases {
+        let a = env.post("/v1/plugins", body.clone()).await?;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+        assert_eq!(fields(&a.body), expected, "{body}: {}", a.body);
+    }
+    let plugins = env.get("/v1/plugins").await?;
+    assert!(
+        !crate::support::strs(&plugins.body["items"], "id").contains(&"cf-bad"),
+        "nothing was registered"
+    );
+    Ok(())
+}
+
+/// A fixed `port` something else listens on: the registration fails naming it, before the
+/// plugin could share the port with the other listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_the_registration() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Distributed).await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let a = env
+        .post(
+            "/v1/plugins",
+            json!({"id": "cf-port", "version": "1.0.0", "runtime": "cloudforet",
+                   "kind": "collector", "command": cloudforet::inventory().await?,
+                   "provider": "aws", "port": port}),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    let detail = a.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("port {port} is already in use")),
+        "{detail}"
+    );
+    Ok(())
+}
