@@ -51,6 +51,7 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("delete", "/v1/schedules/{id}", true),
     ("get", "/v1/schedules/{id}/fires", true),
     ("get", "/v1/resources/{id}/changes", true),
+    ("get", "/v1/catalog", true),
     ("get", "/v1/costs", true),
     ("get", "/v1/costs/summary", true),
     ("get", "/v1/dashboards/billing", true),

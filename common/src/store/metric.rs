@@ -242,33 +242,78 @@ pub async fn series(
     let tier = Tier::serving(window.period_ms);
     let mut p = Params::new(backend);
     let column = column(tier);
-    let bin = format!(
-        "{} / {}",
-        time_ms(backend, column),
-        p.push(window.period_ms)
-    );
-    let sql = format!(
-        "SELECT resource_id, {bin} AS bin, {aggs} FROM {table} \
-         WHERE domain_id = {domain} AND metric = {metric} AND resource_id {ids} \
-           AND {column} >= {start} AND {column} < {end} \
-         GROUP BY resource_id, bin",
-        aggs = aggregates(tier),
-        table = tier.table(),
+    let mut out: HashMap<ResourceId, HashMap<i64, Agg>> = HashMap::new();
+    // The ids as a table to join (PostgreSQL): `= ANY(array)` compares each row with every id.
+    let (join, only) = match backend {
+        DbBackend::Postgres => (
+            format!(
+                "JOIN unnest(CAST({} AS uuid[])) AS q(id) ON q.id = t.resource_id",
+                p.push(ids.iter().map(ResourceId::as_uuid).collect::<Vec<_>>())
+            ),
+            String::new(),
+        ),
+        _ => (
+            String::new(),
+            format!("AND t.resource_id {}", in_list(&mut p, ids)),
+        ),
+    };
+    let filter = format!(
+        "t.domain_id = {domain} AND t.metric = {metric} {only} \
+         AND t.{column} >= {start} AND t.{column} < {end}",
         domain = p.push(domain.as_uuid()),
         metric = p.push(metric),
-        ids = in_list(&mut p, ids),
         start = push_time(&mut p, backend, window.start),
         end = push_time(&mut p, backend, window.end),
     );
-    let mut out: HashMap<ResourceId, HashMap<i64, Agg>> = HashMap::new();
+    if tier == Tier::Raw {
+        let bin = format!(
+            "{} / {}",
+            time_ms(backend, &format!("t.{column}")),
+            p.push(window.period_ms)
+        );
+        let sql = format!(
+            "SELECT t.resource_id, {bin} AS bin, {aggs} FROM {table} t {join} WHERE {filter} \
+             GROUP BY t.resource_id, bin",
+            aggs = aggregates(tier).replace("value", "t.value"),
+            table = tier.table(),
+        );
+        for r in query(db, backend, sql, p).await? {
+            let id: Uuid = r.try_get("", "resource_id")?;
+            let bin: i64 = r.try_get("", "bin")?;
+            out.entry(id.into())
+                .or_default()
+                .insert(bin * window.period_ms, agg(&r)?);
+        }
+        return Ok(out);
+    }
+    // A rollup's rows are binned here rather than grouped by the database: a bucket has few
+    // partial rows, and merging them costs less than the database's hashing of
+    // (resource, bucket) and its date arithmetic.
+    let sql = format!(
+        "SELECT t.resource_id, t.{column} AS at, t.min AS mn, t.max AS mx, t.sum AS sm, \
+         t.count AS n FROM {table} t {join} WHERE {filter}",
+        table = tier.table(),
+    );
     for r in query(db, backend, sql, p).await? {
         let id: Uuid = r.try_get("", "resource_id")?;
-        let bin: i64 = r.try_get("", "bin")?;
+        let at = read_ms(&r, backend, "at")?;
         out.entry(id.into())
             .or_default()
-            .insert(bin * window.period_ms, agg(&r)?);
+            .entry(at - at.rem_euclid(window.period_ms))
+            .or_default()
+            .merge(&agg(&r)?);
     }
     Ok(out)
+}
+
+/// A time column as milliseconds since the epoch: a `timestamptz` (PostgreSQL) or the integer
+/// SQLite stores.
+fn read_ms(r: &QueryResult, backend: DbBackend, column: &str) -> Result<i64> {
+    Ok(if backend == DbBackend::Postgres {
+        r.try_get::<DateTime<Utc>>("", column)?.timestamp_millis()
+    } else {
+        r.try_get::<i64>("", column)?
+    })
 }
 
 /// Which resources a top-N ranks.
