@@ -79,9 +79,13 @@ fn last_line(output: &str) -> String {
         .unwrap_or_default()
 }
 
+/// One plugin's process, if running: locked while it starts, so that two tasks asking at once
+/// start one.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Proc>>>>;
+
 /// The plugin processes of one worker (or of one registration on the API host).
 pub struct Host {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Arc<Proc>>>>>>,
+    slots: Mutex<HashMap<String, Slot>>,
     idle: Duration,
     reaper: std::sync::Once,
 }

@@ -1,7 +1,7 @@
 //! `google.protobuf.Struct` to JSON and back.
 //!
 //! Every number in a Struct is a double: a plugin's integers arrive as `2.0`. They are made
-//! integers again where they are integral and exactly representable (|n| ≤ 2⁵³), so that a
+//! integers again where they are integral and unambiguous (|n| < 2⁵³), so that a
 //! disk's `size: 8` stays `8` in Gleaner's data and in its filters. Past 2⁵³ a double no longer
 //! tells which integer it was; such numbers stay floats.
 
@@ -9,7 +9,7 @@ use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value as PbValue};
 use serde_json::{Map, Number, Value};
 
-/// The largest integer every smaller one of which a double holds exactly.
+/// 2⁵³: below it a double holds every integer exactly; 2⁵³ itself may be a rounded 2⁵³ + 1.
 const EXACT: f64 = 9_007_199_254_740_992.0;
 
 /// A Struct as a JSON object.
@@ -48,8 +48,8 @@ pub fn list_to_json(l: ListValue) -> Value {
 
 #[allow(clippy::cast_possible_truncation)]
 fn number(n: f64) -> Value {
-    if n.fract() == 0.0 && n.abs() <= EXACT {
-        // Exact: integral and within ±2⁵³, so the cast loses nothing.
+    if n.fract() == 0.0 && n.abs() < EXACT {
+        // Integral and within ±(2⁵³ − 1): the integer sent, and the cast loses nothing.
         return Value::Number(Number::from(n as i64));
     }
     // NaN and the infinities have no JSON form.
@@ -117,9 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn exactly_two_to_the_53_is_still_an_integer() {
-        assert_eq!(number(EXACT), json!(9_007_199_254_740_992_i64));
-        assert!(number(EXACT * 2.0).is_f64());
+    fn the_largest_safe_integer_is_the_last_one_restored() {
+        assert_eq!(number(EXACT - 1.0), json!(9_007_199_254_740_991_i64));
+        assert!(number(EXACT).is_f64());
         assert_eq!(number(f64::NAN), Value::Null);
     }
 
