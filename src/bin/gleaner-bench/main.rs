@@ -46,6 +46,7 @@ use uuid::Uuid;
 mod api;
 mod aws;
 mod billing;
+mod cloudforet;
 mod metrics;
 
 #[derive(Debug, Parser)]
@@ -76,6 +77,8 @@ enum Command {
     Aws(aws::AwsArgs),
     /// Ten million demo samples through a metrics job beside a raw COPY, then query latency.
     Metrics(metrics::MetricsArgs),
+    /// A Cloudforet plugin's stream through the cloudforet runtime, beside a bare gRPC client.
+    Cloudforet(cloudforet::CloudforetArgs),
     /// Runs one component with settings from the environment (used by `ingest`).
     #[command(hide = true)]
     Serve { component: Component },
@@ -206,6 +209,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Metrics(args) => {
             gleaner_common::telemetry::init_for_tests();
             metrics::metrics(args).await
+        }
+        Command::Cloudforet(args) => {
+            gleaner_common::telemetry::init_for_tests();
+            cloudforet::cloudforet(args).await
         }
         Command::Serve { component } => serve(component).await,
     }
@@ -1088,6 +1095,10 @@ fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result
         )
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    // The Cloudforet benchmark's plugin.
+    if let Some(dir) = &settings.plugins.dir {
+        cmd.env("GLEANER_PLUGINS__DIR", dir);
+    }
     Ok(cmd)
 }
 
