@@ -328,7 +328,16 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Value>>,
 {
-    let mut answer = request().await?;
+    // The API's pool hands connections out in turn, and the first query of the partitioned
+    // tables on a connection loads their catalog entries and plans cold: the warm-up passes
+    // every pooled connection (20 by default) twice, and is reported apart.
+    let mut answer = Value::Null;
+    let mut cold = Duration::ZERO;
+    for _ in 0..WARM_UP {
+        let started = Instant::now();
+        answer = request().await?;
+        cold = cold.max(started.elapsed());
+    }
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -346,14 +355,18 @@ where
     }
     scans.sort();
     println!(
-        "  {label:<47} p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  (scanning the samples: {:.0} ms)",
+        "  {label:<47} p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  (scanning the samples: {:.0} ms; slowest of the {WARM_UP} warm-up requests: {:.0} ms)",
         ms(at(0.50)),
         ms(at(0.95)),
         ms(at(0.99)),
-        ms(scans[1])
+        ms(scans[1]),
+        ms(cold)
     );
     Ok(answer)
 }
+
+/// Untimed requests before the timed ones.
+const WARM_UP: usize = 40;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
