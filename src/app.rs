@@ -161,6 +161,7 @@ pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     ));
     Ok(official(Arc::new(access), settings)
         .with_private_dir(settings.plugins.dir.clone())
+        .with_plugin_settings(settings.plugins.clone())
         .with_cloudforet_host(host))
 }
 

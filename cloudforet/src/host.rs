@@ -139,11 +139,13 @@ impl Host {
             .or_default()
             .clone();
         let mut running = slot.lock().await;
-        if let Some(p) = running.as_ref()
-            && let Some(status) = p.exited()
-        {
-            tracing::warn!(plugin = key, %status, "the plugin process exited; starting it again");
-            running.take();
+        if let Some(p) = running.as_ref() {
+            if p.killed.load(Ordering::SeqCst) {
+                running.take();
+            } else if let Some(status) = p.exited() {
+                tracing::warn!(plugin = key, %status, "the plugin process exited; starting it again");
+                running.take();
+            }
         }
         let proc = match running.as_ref() {
             Some(p) => p.clone(),
@@ -313,6 +315,8 @@ struct Proc {
     redactor: Mutex<Redactor>,
     leases: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// Killed by Gleaner: gone, even before the kernel has reaped it.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl Proc {
@@ -372,6 +376,7 @@ impl Proc {
             redactor: Mutex::default(),
             leases: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            killed: std::sync::atomic::AtomicBool::new(false),
         };
         let client = Client::new(channel);
         let started = Instant::now();
@@ -437,6 +442,7 @@ impl Proc {
     }
 
     fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
         self.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self
             .child

@@ -24,22 +24,14 @@ async fn register(api: &Api, id: &str, extra: Value) -> anyhow::Result<Value> {
 
 /// A project with an AWS service account, and a collector of `plugin` with `options`.
 async fn collector(api: &Api, plugin: &str, options: Value) -> anyhow::Result<String> {
-    let project = api
-        .create("/v1/projects", json!({"name": format!("p-{plugin}")}))
-        .await?;
-    api.create(
-        "/v1/service-accounts",
-        json!({"name": format!("sa-{plugin}"), "provider": "aws", "project_id": project["id"],
-               "credentials": {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY}}),
+    crate::plugins::collector_of(
+        api,
+        plugin,
+        "aws",
+        json!({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY}),
+        options,
     )
-    .await?;
-    let c = api
-        .create(
-            "/v1/collectors",
-            json!({"name": format!("c-{plugin}"), "plugin_id": plugin, "options": options}),
-        )
-        .await?;
-    Ok(c["id"].as_str().context("collector id")?.to_owned())
+    .await
 }
 
 async fn tasks(api: &Api, job: &Value) -> anyhow::Result<Vec<Value>> {
@@ -389,5 +381,74 @@ async fn a_taken_port_fails_the_registration() -> anyhow::Result<()> {
         detail.contains(&format!("port {port} is already in use")),
         "{detail}"
     );
+    Ok(())
+}
+
+/// The process manager itself: a plugin process is started on the first lease, shared by the
+/// next, stopped once idle, and started again after a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_processes_are_shared_stopped_when_idle_and_restarted_after_a_crash()
+-> anyhow::Result<()> {
+    use gleaner_cloudforet::Host;
+    use gleaner_common::external::{Runtime, Spec};
+
+    let spec = Spec {
+        command: cloudforet::inventory().await?,
+        runtime: Runtime::Cloudforet,
+        timeout_seconds: 60,
+        ..Spec::default()
+    };
+    let secret: serde_json::Map<String, Value> =
+        serde_json::from_value(json!({"aws_access_key_id": ACCESS_KEY}))?;
+    let host = Host::new(std::time::Duration::from_secs(1));
+    let first = host.lease("p", &spec, &secret).await?;
+    let second = host.lease("p", &spec, &secret).await?;
+    assert_eq!(host.running().await, 1, "one process serves both leases");
+    let verify = |lease: &gleaner_cloudforet::Lease| {
+        let client = lease.client().clone();
+        let secret = secret.clone();
+        async move {
+            client
+                .verify(
+                    gleaner_common::plugin::PluginKind::Collector,
+                    &json!({}),
+                    &secret,
+                    "domain",
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+        }
+    };
+    verify(&first).await?;
+    // While leased it is never idle.
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(host.running().await, 1, "still leased");
+    // The plugin logged the request; the lease shows it with the credential redacted.
+    let output = second.output();
+    assert!(output.contains("verify params"), "{output}");
+    assert!(
+        !output.contains(ACCESS_KEY) && output.contains("[REDACTED]"),
+        "{output}"
+    );
+    drop(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while host.running().await > 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the idle process was not stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Started again on demand; killed, it is replaced by the next lease.
+    let again = host.lease("p", &spec, &secret).await?;
+    assert_eq!(host.running().await, 1);
+    again.kill();
+    drop(again);
+    let after = host.lease("p", &spec, &secret).await?;
+    verify(&after).await?;
+    drop(after);
+    host.shutdown().await;
+    assert_eq!(host.running().await, 0);
     Ok(())
 }

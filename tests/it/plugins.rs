@@ -40,7 +40,7 @@ pub(crate) async fn register_misbehaving(
 }
 
 /// A project with one service account of `provider`, and a collector of `plugin`.
-async fn collector_of(
+pub(crate) async fn collector_of(
     api: &Api,
     plugin: &str,
     provider: &str,

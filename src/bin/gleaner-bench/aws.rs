@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt as _;
 
 use super::billing::with_run;
-use super::{Children, Run, Services, free_port, post};
+use super::{Children, Run, Services, free_port};
 
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/aws_seed.py");
 const REGIONS: [&str; 8] = [
@@ -158,29 +158,17 @@ async fn measure(
         counts.iter().sum::<u64>() == instances,
         "the loop listed {counts:?}, not {instances}"
     );
-    post(
+    super::account_collector_report(
         &http,
         &base,
-        "/v1/service-accounts",
-        json!({"name": "aws", "provider": "aws", "credentials": secret}),
-    )
-    .await?;
-    let collector = post(
-        &http,
-        &base,
-        "/v1/collectors",
-        json!({"name": "aws", "plugin_id": "aws", "options": {
-            "regions": regions, "resource_types": ["aws.ec2.instance"], "endpoint_url": url}}),
-    )
-    .await?;
-    let collector = collector["id"].as_str().context("collector id")?.to_owned();
-    super::report(
+        &children,
+        ("aws", &secret),
+        (
+            "aws",
+            json!({"regions": regions, "resource_types": ["aws.ec2.instance"], "endpoint_url": url}),
+        ),
         instances,
-        &http,
-        &base,
-        &collector,
         ("plain SDK loop listing the instances:", baseline),
-        (&children, 1, "worker peak RSS (VmHWM):"),
     )
     .await?;
     Ok(children)

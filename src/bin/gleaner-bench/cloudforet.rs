@@ -112,28 +112,14 @@ async fn measure(
                "kind": "collector", "command": "inventory.sh", "provider": "aws"}),
     )
     .await?;
-    post(
+    super::account_collector_report(
         &http,
         &base,
-        "/v1/service-accounts",
-        json!({"name": "aws", "provider": "aws", "credentials": secret}),
-    )
-    .await?;
-    let collector = post(
-        &http,
-        &base,
-        "/v1/collectors",
-        json!({"name": "cloudforet", "plugin_id": "bench-cloudforet", "options": options}),
-    )
-    .await?;
-    let collector = collector["id"].as_str().context("collector id")?.to_owned();
-    super::report(
+        &children,
+        ("aws", &secret),
+        ("bench-cloudforet", options),
         resources,
-        &http,
-        &base,
-        &collector,
         ("bare gRPC client draining the stream:", baseline),
-        (&children, 1, "worker peak RSS (VmHWM):"),
     )
     .await?;
     Ok(children)

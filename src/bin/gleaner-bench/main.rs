@@ -758,6 +758,43 @@ async fn demo_estate(
     })
 }
 
+/// A service account of `provider` with `credentials` and a collector of `plugin` with
+/// `options`, then [`report`] on them, against the worker (the second child).
+async fn account_collector_report(
+    http: &reqwest::Client,
+    base: &str,
+    children: &Children,
+    (provider, credentials): (&str, &serde_json::Map<String, Value>),
+    (plugin, options): (&str, Value),
+    rows: u64,
+    baseline: (&str, Duration),
+) -> anyhow::Result<()> {
+    post(
+        http,
+        base,
+        "/v1/service-accounts",
+        json!({"name": provider, "provider": provider, "credentials": credentials}),
+    )
+    .await?;
+    let collector = post(
+        http,
+        base,
+        "/v1/collectors",
+        json!({"name": plugin, "plugin_id": plugin, "options": options}),
+    )
+    .await?;
+    let collector = collector["id"].as_str().context("collector id")?;
+    report(
+        rows,
+        http,
+        base,
+        collector,
+        baseline,
+        (children, 1, "worker peak RSS (VmHWM):"),
+    )
+    .await
+}
+
 /// Prints the baseline, collects twice (all created, then all unchanged: `rows` each) beside
 /// it, and the peak memory of the child at `rss.1`.
 async fn report(

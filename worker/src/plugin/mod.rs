@@ -418,6 +418,8 @@ pub struct Registry {
     access: Arc<Access>,
     /// The Cloudforet plugin processes this worker runs.
     cloudforet: Arc<gleaner_cloudforet::Host>,
+    /// The environment variables a Cloudforet plugin may be given (`GLEANER_PLUGINS__ENV`).
+    plugin_env: gleaner_common::config::PluginSettings,
 }
 
 impl Registry {
@@ -447,6 +449,14 @@ impl Registry {
     #[must_use]
     pub fn with_private_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
         self.private_dir = dir;
+        self
+    }
+
+    /// The same registry, giving Cloudforet plugins only the environment variables `plugins`
+    /// allows.
+    #[must_use]
+    pub fn with_plugin_settings(mut self, plugins: gleaner_common::config::PluginSettings) -> Self {
+        self.plugin_env = plugins;
         self
     }
 
@@ -520,6 +530,18 @@ impl Registry {
                 .endpoint("endpoint", endpoint, &[])
                 .map_err(|e| e.to_string())?;
             return Ok(spec);
+        }
+        for (name, value) in &spec.env {
+            if !self.plugin_env.env_allowed(name) {
+                return Err(format!(
+                    "the plugin's environment variable {name} is no longer one the operator allows (GLEANER_PLUGINS__ENV)"
+                ));
+            }
+            if value.contains("://") {
+                self.access
+                    .endpoint(&format!("env.{name}"), value, &[])
+                    .map_err(|e| e.to_string())?;
+            }
         }
         let command =
             gleaner_common::external::resolve_command(self.private_dir.as_deref(), &spec.command)?;
