@@ -23,6 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(false)
         .build_transport(false)
+        // Decoded by hand: older plugins send its amounts as floats (src/cost.rs).
+        .extern_path(
+            ".spaceone.api.cost_analysis.plugin.CostInfo",
+            "crate::cost::CostInfo",
+        )
         .compile_fds(files)?;
     Ok(())
 }

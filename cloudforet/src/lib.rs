@@ -5,9 +5,11 @@
 //! - [`host`] starts and keeps the plugin processes, or reaches a plugin already serving;
 //! - [`client`] calls their services with JSON in and out ([`value`] converts Structs);
 //! - [`status`] reads their errors;
-//! - [`inventory`] turns what a collector streams into Gleaner's items.
+//! - [`inventory`] turns what a collector streams into Gleaner's items;
+//! - [`cost`] decodes a cost data source's records, floats or doubles, into exact amounts.
 
 pub mod client;
+pub mod cost;
 pub mod host;
 pub mod inventory;
 pub mod pb;
