@@ -288,15 +288,7 @@ fn check_cloudforet(
         ));
     }
     for (name, value) in &body.env {
-        let field = format!("env.{name}");
-        if !plugins.env_allowed(name) {
-            errors.push(Invalid::new(
-                field,
-                "is not a variable the operator lets plugins set (GLEANER_PLUGINS__ENV)",
-            ));
-        } else if value.contains("://")
-            && let Err(e) = access.endpoint(&field, value, &[])
-        {
+        if let Err(e) = external::check_env(plugins, access, name, value) {
             errors.push(e);
         }
     }
@@ -389,6 +381,13 @@ async fn register(
 ) -> ApiResult<(StatusCode, Json<PluginInfo>)> {
     let v = validate(body, &state.plugins, &state.access)?;
     let run = if v.spec.endpoint.is_some() {
+        // Private plugins are the operator's to enable, wherever they run.
+        if state.plugins.dir.is_none() {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                "private plugins are disabled: the operator sets GLEANER_PLUGINS__DIR to enable them",
+            ));
+        }
         v.spec.clone()
     } else {
         let command = external::resolve_command(state.plugins.dir.as_deref(), &v.spec.command)

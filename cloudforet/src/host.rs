@@ -33,6 +33,14 @@ use crate::client::Client;
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process asked to stop may take before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A running process must answer its health check within this to serve another task.
+const REUSE_CHECK: Duration = Duration::from_secs(10);
+
+/// Fixed ports (a registration's `port`) this process's plugins serve on: a second plugin is
+/// refused one, since the Python server shares a port it binds with SO_REUSEPORT and either
+/// process could then answer the other's calls.
+static FIXED_PORTS: std::sync::LazyLock<Mutex<std::collections::HashSet<u16>>> =
+    std::sync::LazyLock::new(Mutex::default);
 
 /// Why a plugin could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +152,13 @@ impl Host {
                 running.take();
             } else if let Some(status) = p.exited() {
                 tracing::warn!(plugin = key, %status, "the plugin process exited; starting it again");
+                running.take();
+            } else if !Client::new(p.channel.clone()).serving(REUSE_CHECK).await {
+                tracing::warn!(
+                    plugin = key,
+                    "the plugin process stopped answering; starting another"
+                );
+                p.kill();
                 running.take();
             }
         }
@@ -317,16 +332,40 @@ struct Proc {
     idle_since: Mutex<Instant>,
     /// Killed by Gleaner: gone, even before the kernel has reaped it.
     killed: std::sync::atomic::AtomicBool,
+    /// Its registration's fixed port, held in [`FIXED_PORTS`] while it lives.
+    _fixed: Option<FixedPort>,
+}
+
+/// A fixed port held in [`FIXED_PORTS`], given back when dropped.
+struct FixedPort(u16);
+
+impl Drop for FixedPort {
+    fn drop(&mut self) {
+        FIXED_PORTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+    }
 }
 
 impl Proc {
     async fn start(spec: &Spec) -> Result<Self, StartError> {
-        let port = match spec.port {
+        // A fixed port is held from here: given back if the start fails, or when the process
+        // it started is dropped.
+        let (port, held) = match spec.port {
             Some(p) => {
+                if !FIXED_PORTS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(p)
+                {
+                    return Err(StartError::PortTaken(p));
+                }
+                let held = FixedPort(p);
                 ensure_free(p)?;
-                p
+                (p, Some(held))
             }
-            None => free_port()?,
+            None => (free_port()?, None),
         };
         let args = spec
             .args
@@ -370,6 +409,7 @@ impl Proc {
             child: Mutex::new(child),
             pgid,
             port,
+            _fixed: held,
             channel: channel.clone(),
             version: String::new(),
             output,
@@ -417,7 +457,15 @@ impl Proc {
     }
 
     fn output_since(&self, from: u64) -> String {
-        let bytes = self.output.since(from);
+        let (mut bytes, cut) = self.output.since(from);
+        if cut {
+            // The front was dropped mid-line: a value there may be cut past redaction.
+            let start = bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |i| i + 1);
+            bytes.drain(..start);
+        }
         let text = self
             .redactor
             .lock()
@@ -468,16 +516,32 @@ impl Drop for Proc {
     }
 }
 
-/// Copies a pipe into the tail until it closes.
+/// Copies a pipe into the tail until it closes, whole lines at a time: stdout and stderr share
+/// the tail, and a credential split between two chunks with the other pipe's text between
+/// them would match no redaction.
 async fn pump(mut pipe: impl AsyncRead + Unpin, tail: Tail) {
     let mut buf = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
     while let Ok(n) = pipe.read(&mut buf).await {
         if n == 0 {
             break;
         }
-        tail.push(&buf[..n]);
+        line.extend_from_slice(&buf[..n]);
+        if let Some(end) = line.iter().rposition(|&b| b == b'\n') {
+            tail.push(&line[..=end]);
+            line.drain(..=end);
+        } else if line.len() > LONGEST_LINE {
+            tail.push(&line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        tail.push(&line);
     }
 }
+
+/// A line longer than this is kept in pieces.
+const LONGEST_LINE: usize = 64 << 10;
 
 /// The end of a process's output, with a count of every byte written.
 #[derive(Clone, Default)]
@@ -509,12 +573,16 @@ impl Tail {
             .written
     }
 
-    /// What was written after the first `from` bytes, as far as it is still kept.
-    fn since(&self, from: u64) -> Vec<u8> {
+    /// What was written after the first `from` bytes, as far as it is still kept, and whether
+    /// some of it is no longer kept.
+    fn since(&self, from: u64) -> (Vec<u8>, bool) {
         let t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let kept_from = t.written - t.bytes.len() as u64;
         let skip = usize::try_from(from.saturating_sub(kept_from)).unwrap_or(usize::MAX);
-        t.bytes.iter().skip(skip).copied().collect()
+        (
+            t.bytes.iter().skip(skip).copied().collect(),
+            from < kept_from,
+        )
     }
 }
 
@@ -553,11 +621,13 @@ mod tests {
         t.push(b"before\n");
         let from = t.written();
         t.push(b"during\n");
-        assert_eq!(t.since(from), b"during\n");
-        assert_eq!(t.since(0), b"before\nduring\n");
-        // Past what is kept, the lease gets the newest bytes.
+        assert_eq!(t.since(from), (b"during\n".to_vec(), false));
+        assert_eq!(t.since(0), (b"before\nduring\n".to_vec(), false));
+        // Past what is kept, the lease gets the newest bytes, and knows the front is gone.
         t.push(&vec![b'x'; TAIL_KEPT + 10]);
-        assert_eq!(t.since(from).len(), TAIL_KEPT);
+        let (bytes, cut) = t.since(from);
+        assert_eq!(bytes.len(), TAIL_KEPT);
+        assert!(cut);
     }
 
     #[test]

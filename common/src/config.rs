@@ -349,7 +349,8 @@ impl Default for PluginSettings {
 }
 
 impl PluginSettings {
-    /// Whether a plugin's registration may set the environment variable `name`.
+    /// Whether the operator's patterns allow the environment variable `name` (see
+    /// [`crate::external::check_env`] for everything a registration's variable must pass).
     #[must_use]
     pub fn env_allowed(&self, name: &str) -> bool {
         self.env.iter().any(|p| match p.strip_suffix('*') {

@@ -115,8 +115,85 @@ pub fn resolve_command(dir: Option<&Path>, command: &str) -> Result<std::path::P
             root.display()
         ));
     }
+    // A plugin's own environment (a Python `.venv` with its `pip`) may sit beside its launcher:
+    // what is hidden there is not for registrations to run.
+    if real.strip_prefix(&root).is_ok_and(|rel| {
+        rel.components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    }) {
+        return Err(format!(
+            "`{command}` is in a hidden file or folder of the plugin directory, which plugins may not run"
+        ));
+    }
     Ok(real)
 }
+
+/// Checks one environment variable a Cloudforet plugin's registration sets: a plain name the
+/// operator allows (`GLEANER_PLUGINS__ENV`), never one that changes how programs load or what
+/// they run, and, for a URL or a proxy, a value that is an endpoint the operator allows.
+///
+/// # Errors
+/// What is wrong, for the field `env.<name>`.
+pub fn check_env(
+    plugins: &crate::config::PluginSettings,
+    access: &crate::access::Access,
+    name: &str,
+    value: &str,
+) -> Result<(), crate::model::Invalid> {
+    let field = format!("env.{name}");
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain {
+        return Err(crate::model::Invalid::new(
+            field,
+            "must be a name of letters, digits and `_`, not starting with a digit",
+        ));
+    }
+    let upper = name.to_ascii_uppercase();
+    if NEVER_ENV.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => upper.starts_with(prefix),
+        None => upper == *p,
+    }) {
+        return Err(crate::model::Invalid::new(
+            field,
+            "changes how the plugin's programs load or run, or what Gleaner sets itself: never allowed",
+        ));
+    }
+    if !plugins.env_allowed(name) {
+        return Err(crate::model::Invalid::new(
+            field,
+            "is not a variable the operator lets plugins set (GLEANER_PLUGINS__ENV)",
+        ));
+    }
+    if upper.contains("URL")
+        || upper.contains("PROXY")
+        || upper.contains("ENDPOINT")
+        || value.contains("://")
+    {
+        access.endpoint(&field, value, &[])?;
+    }
+    Ok(())
+}
+
+/// Variables no registration sets, whatever the operator's patterns: the loader's, the
+/// interpreters' start-up hooks, the search paths, and what Gleaner sets itself.
+const NEVER_ENV: [&str; 12] = [
+    "LD_*",
+    "PYTHON*",
+    "PATH",
+    "HOME",
+    "SPACEONE_*",
+    "PERL5*",
+    "RUBY*",
+    "NODE_OPTIONS",
+    "BASH_ENV",
+    "ENV",
+    "IFS",
+    "GLEANER_*",
+];
 
 /// What `init` answers: the catalog entry of the plugin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -639,7 +716,9 @@ impl Redactor {
     pub fn add(&mut self, secret: &Map<String, Value>) {
         let more = Self::new(secret);
         self.patterns.extend(more.patterns);
-        self.patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        // By length then text, so that equal patterns meet and go.
+        self.patterns
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         self.patterns.dedup();
     }
 
@@ -929,6 +1008,52 @@ printf '%0130d tok-1234567890\n' 0"#;
         let all = format!("{e} {}", s.stderr());
         assert!(!all.contains("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"), "{all}");
         assert!(all.contains("[REDACTED]"), "{all}");
+    }
+
+    #[test]
+    fn plugin_environments_are_the_operators_to_allow() {
+        let plugins = crate::config::PluginSettings {
+            env: vec!["AWS_ENDPOINT_URL*".into(), "REGION".into(), "*".into()],
+            ..crate::config::PluginSettings::default()
+        };
+        let access = crate::access::Access::new(&[], &["http://127.0.0.1:*".to_owned()]).unwrap();
+        let check = |name: &str, value: &str| check_env(&plugins, &access, name, value);
+        assert!(check("AWS_ENDPOINT_URL", "http://127.0.0.1:5000").is_ok());
+        assert!(check("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:5000").is_ok());
+        assert!(check("REGION", "us-east-1").is_ok());
+        // Not an allowed endpoint, or not a URL where one is expected.
+        assert!(check("AWS_ENDPOINT_URL", "http://169.254.169.254").is_err());
+        assert!(check("HTTPS_PROXY", "evil:3128").is_err());
+        // A name that smuggles a value, and names no pattern may allow ("*" included).
+        assert!(check("AWS_ENDPOINT_URL=http://evil/#", "").is_err());
+        for name in [
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "pythonstartup",
+            "PATH",
+            "SPACEONE_PORT",
+            "GLEANER_SECRET_KEY",
+        ] {
+            let e = check(name, "x").expect_err(name);
+            assert_eq!(e.field, format!("env.{name}"));
+        }
+        let none = crate::config::PluginSettings::default();
+        assert!(
+            check_env(&none, &access, "REGION", "x").is_err(),
+            "nothing is allowed by default"
+        );
+    }
+
+    #[test]
+    fn hidden_files_of_the_plugin_directory_are_not_runnable() {
+        let dir = std::env::temp_dir().join(format!("gleaner-hidden-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".venv/bin")).unwrap();
+        std::fs::write(dir.join(".venv/bin/pip"), "#!/bin/sh\n").unwrap();
+        std::fs::write(dir.join("run.sh"), "#!/bin/sh\n").unwrap();
+        assert!(resolve_command(Some(&dir), "run.sh").is_ok());
+        let e = resolve_command(Some(&dir), ".venv/bin/pip").unwrap_err();
+        assert!(e.contains("hidden"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -243,6 +243,11 @@ pub async fn series(
     let mut p = Params::new(backend);
     let column = column(tier);
     let mut out: HashMap<ResourceId, HashMap<i64, Agg>> = HashMap::new();
+    // A join counts an id given twice twice.
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids = &ids[..];
     // The ids as a table to join (PostgreSQL): `= ANY(array)` compares each row with every id.
     let (join, only) = match backend {
         DbBackend::Postgres => (

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use gleaner_cloudforet::inventory::{self, Collected};
 use gleaner_cloudforet::{CallError, Host, Lease, StartError};
 use gleaner_common::external::{INIT_TIMEOUT, Spec};
-use gleaner_common::id::DomainId;
+use gleaner_common::id::{DomainId, ServiceAccountId};
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::store::catalog::Entry;
 use serde_json::{Map, Value};
@@ -24,7 +24,7 @@ pub struct Cloudforet {
     info: PluginInfo,
     /// With its command resolved inside the worker's plugin directory.
     spec: Spec,
-    /// The host's name for the process: one per domain, plugin and version.
+    /// The host's name for the plugin version's processes: domain, plugin and version.
     key: String,
     domain: DomainId,
     host: Arc<Host>,
@@ -51,21 +51,31 @@ impl Cloudforet {
         }
     }
 
-    async fn lease(&self, secret: &Map<String, Value>) -> Result<Lease, PluginError> {
+    /// A lease on the process serving `account` (the one for credential checks when `None`):
+    /// one process per service account, so that what a task keeps of the process's output is
+    /// that account's only.
+    async fn lease(
+        &self,
+        account: Option<ServiceAccountId>,
+        secret: &Map<String, Value>,
+    ) -> Result<Lease, PluginError> {
+        let key = match account {
+            Some(a) => format!("{}/{a}", self.key),
+            None => format!("{}/verify", self.key),
+        };
         self.host
-            .lease(&self.key, &self.spec, secret)
+            .lease(&key, &self.spec, secret)
             .await
             .map_err(|e| started(&e))
     }
 }
 
-/// A plugin that could not be started may start next time (a port taken for a moment, a slow
-/// start); one that cannot be run at all (no such command) fails the same way again.
+/// A plugin that could not be started may start next time (its fixed port still held by a
+/// process being killed, a slow start); one that cannot be run at all (no such command, a bad
+/// endpoint) fails the same way again.
 fn started(e: &StartError) -> PluginError {
     match e {
-        StartError::Spawn { .. } | StartError::Endpoint(_) | StartError::PortTaken(_) => {
-            PluginError::Permanent(e.to_string())
-        }
+        StartError::Spawn { .. } | StartError::Endpoint(_) => PluginError::Permanent(e.to_string()),
         _ => PluginError::Transient(e.to_string()),
     }
 }
@@ -93,7 +103,7 @@ impl Plugin for Cloudforet {
         options: &Value,
         secret: &Map<String, Value>,
     ) -> Result<(), PluginError> {
-        let lease = self.lease(secret).await?;
+        let lease = self.lease(None, secret).await?;
         lease
             .client()
             .verify(
@@ -114,7 +124,9 @@ impl Plugin for Cloudforet {
                 self.info.kind.as_str()
             )));
         }
-        let lease = self.lease(&request.secret).await?;
+        let lease = self
+            .lease(request.task.service_account_id, &request.secret)
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(self.spec.timeout_seconds);
         let result = tokio::select! {
             r = collect(&lease, &request, &out) => r,

@@ -532,16 +532,8 @@ impl Registry {
             return Ok(spec);
         }
         for (name, value) in &spec.env {
-            if !self.plugin_env.env_allowed(name) {
-                return Err(format!(
-                    "the plugin's environment variable {name} is no longer one the operator allows (GLEANER_PLUGINS__ENV)"
-                ));
-            }
-            if value.contains("://") {
-                self.access
-                    .endpoint(&format!("env.{name}"), value, &[])
-                    .map_err(|e| e.to_string())?;
-            }
+            gleaner_common::external::check_env(&self.plugin_env, &self.access, name, value)
+                .map_err(|e| format!("the plugin's environment is no longer allowed: {e}"))?;
         }
         let command =
             gleaner_common::external::resolve_command(self.private_dir.as_deref(), &spec.command)?;

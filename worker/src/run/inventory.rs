@@ -235,6 +235,21 @@ async fn consume(
                     ),
                 });
             }
+            Item::Catalog(e)
+                if has_nul(&e.data)
+                    || [&e.key, &e.provider].iter().any(|s| s.contains('\0'))
+                    || e.name.as_deref().is_some_and(|n| n.contains('\0')) =>
+            {
+                pending_failed += 1;
+                summary.keep(ItemError {
+                    resource_type: None,
+                    resource_key: Some(e.key.replace('\0', "\\0")),
+                    message: format!(
+                        "a catalog entry ({}) contains a NUL character, which cannot be stored",
+                        e.kind
+                    ),
+                });
+            }
             Item::Catalog(e) => catalog.push(e),
             Item::Samples(s) => {
                 pending_failed += 1;
