@@ -380,21 +380,15 @@ async fn register(
     ApiJson(body): ApiJson<RegisterPlugin>,
 ) -> ApiResult<(StatusCode, Json<PluginInfo>)> {
     let v = validate(body, &state.plugins, &state.access)?;
+    // Private plugins are the operator's to enable, wherever they run.
+    if state.plugins.dir.is_none() {
+        return Err(ApiError::new(Code::Forbidden, external::PRIVATE_DISABLED));
+    }
     let run = if v.spec.endpoint.is_some() {
-        // Private plugins are the operator's to enable, wherever they run.
-        if state.plugins.dir.is_none() {
-            return Err(ApiError::new(
-                Code::Forbidden,
-                "private plugins are disabled: the operator sets GLEANER_PLUGINS__DIR to enable them",
-            ));
-        }
         v.spec.clone()
     } else {
         let command = external::resolve_command(state.plugins.dir.as_deref(), &v.spec.command)
-            .map_err(|e| match state.plugins.dir {
-                None => ApiError::new(Code::Forbidden, e),
-                Some(_) => ApiError::from(Invalid::new("command", e)),
-            })?;
+            .map_err(|e| ApiError::from(Invalid::new("command", e)))?;
         Spec {
             command: command.to_string_lossy().into_owned(),
             ..v.spec.clone()

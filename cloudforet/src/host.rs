@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use gleaner_common::external::{PASSED_ENV, Redactor, STDERR_KEPT, Spec};
+use gleaner_common::external::{Redactor, STDERR_KEPT, Spec, last_line, plugin_command, shown_end};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -78,15 +78,6 @@ impl StartError {
     }
 }
 
-fn last_line(output: &str) -> String {
-    output
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| format!(": {}", l.trim()))
-        .unwrap_or_default()
-}
-
 /// One plugin's process, if running: locked while it starts, so that two tasks asking at once
 /// start one.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Proc>>>>;
@@ -114,9 +105,8 @@ impl Host {
     #[must_use]
     pub fn new(idle: Duration) -> Arc<Self> {
         Arc::new(Self {
-            slots: Mutex::default(),
             idle,
-            reaper: std::sync::Once::new(),
+            ..Self::default()
         })
     }
 
@@ -371,27 +361,13 @@ impl Proc {
             .args
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()));
-        let mut cmd = Command::new(&spec.command);
+        let mut cmd = plugin_command(&spec.command);
         cmd.args(args)
-            .env_clear()
-            .envs(
-                PASSED_ENV
-                    .iter()
-                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
-            )
             .envs(&spec.env)
             .env("SPACEONE_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = std::path::Path::new(&spec.command)
-            .parent()
-            .filter(|d| d.is_absolute())
-        {
-            cmd.current_dir(dir);
-        }
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| StartError::Spawn {
             command: spec.command.clone(),
             source,
@@ -471,16 +447,8 @@ impl Proc {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .apply(&String::from_utf8_lossy(&bytes));
-        if text.len() <= STDERR_KEPT {
-            return text;
-        }
-        let mut start = text.len() - STDERR_KEPT;
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        // Drop the front line: it may hold the end of a value cut off before redaction.
-        let t = &text[start..];
-        t.split_once('\n').map_or(t, |(_, rest)| rest).to_owned()
+        // Its cut front line is gone already.
+        shown_end(text, false)
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {

@@ -83,6 +83,9 @@ pub struct Spec {
     pub endpoint: Option<String>,
 }
 
+/// Why no private plugin can be registered or run: no plugin directory.
+pub const PRIVATE_DISABLED: &str = "private plugins are disabled: the operator sets GLEANER_PLUGINS__DIR to the directory their executables are installed in";
+
 /// The executable `command` names, if it is inside the operator's plugin directory `dir`: a
 /// relative command is taken relative to `dir`, and links are followed before the check, so
 /// nothing outside `dir` can be run.
@@ -92,10 +95,7 @@ pub struct Spec {
 /// message says which, for the `command` field.
 pub fn resolve_command(dir: Option<&Path>, command: &str) -> Result<std::path::PathBuf, String> {
     let Some(dir) = dir else {
-        return Err(
-            "private plugins are disabled: the operator sets GLEANER_PLUGINS__DIR to the directory their executables are installed in"
-                .to_owned(),
-        );
+        return Err(PRIVATE_DISABLED.to_owned());
     };
     let root = dir
         .canonicalize()
@@ -293,7 +293,30 @@ pub enum ProtocolError {
     Io(std::io::Error),
 }
 
-fn last_line(stderr: &str) -> String {
+/// A plugin program as every runtime starts it: a cleared environment but for
+/// [`PASSED_ENV`], its own process group (so that a stop reaches what it spawned), killed when
+/// its handle is dropped, and run from its own directory. Arguments and pipes are the caller's.
+#[must_use]
+pub fn plugin_command(command: &str) -> Command {
+    let mut cmd = Command::new(command);
+    cmd.env_clear()
+        .envs(
+            PASSED_ENV
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = Path::new(command).parent().filter(|d| d.is_absolute()) {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+/// `": <the last non-blank line>"` of a plugin's output, for an error message; empty when it
+/// wrote nothing.
+#[must_use]
+pub fn last_line(stderr: &str) -> String {
     stderr
         .lines()
         .rev()
@@ -336,13 +359,7 @@ impl StderrTail {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let redacted = self.redactor.apply(&String::from_utf8_lossy(&buf));
-        if buf.len() > STDERR_KEPT {
-            // Drop the front line too: it may hold the end of a value cut off with the margin.
-            let t = tail(&redacted, STDERR_KEPT);
-            t.split_once('\n').map_or(t, |(_, rest)| rest).to_owned()
-        } else {
-            redacted
-        }
+        shown_end(redacted, buf.len() > STDERR_KEPT)
     }
 }
 
@@ -371,25 +388,11 @@ impl Session {
         params: Value,
         timeout: Duration,
     ) -> Result<Self, ProtocolError> {
-        let mut cmd = Command::new(&spec.command);
+        let mut cmd = plugin_command(&spec.command);
         cmd.args(&spec.args)
-            .env_clear()
-            .envs(
-                PASSED_ENV
-                    .iter()
-                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
-            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = Path::new(&spec.command)
-            .parent()
-            .filter(|d| d.is_absolute())
-        {
-            cmd.current_dir(dir);
-        }
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ProtocolError::Spawn {
             command: spec.command.clone(),
             source,
@@ -743,6 +746,18 @@ impl Redactor {
 #[must_use]
 pub fn redact(text: &str, secret: &Map<String, Value>) -> String {
     Redactor::new(secret).apply(text)
+}
+
+/// What is shown of a plugin's redacted output: its last [`STDERR_KEPT`] bytes. When the
+/// text was cut (here, or before it was redacted: `cut`), its front line goes too: it may hold
+/// the end of a value cut off before redaction could match it.
+#[must_use]
+pub fn shown_end(redacted: String, cut: bool) -> String {
+    if !cut && redacted.len() <= STDERR_KEPT {
+        return redacted;
+    }
+    let t = tail(&redacted, STDERR_KEPT);
+    t.split_once('\n').map_or(t, |(_, rest)| rest).to_owned()
 }
 
 /// The last `n` bytes of `text`, cut at a character boundary.

@@ -81,11 +81,7 @@ fn started(e: &StartError) -> PluginError {
 }
 
 fn failed(e: &CallError) -> PluginError {
-    if e.is_temporary() {
-        PluginError::Transient(e.to_string())
-    } else {
-        PluginError::Permanent(e.to_string())
-    }
+    PluginError::classified(e.is_temporary(), e.to_string())
 }
 
 #[async_trait]

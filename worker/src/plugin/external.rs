@@ -44,11 +44,7 @@ impl External {
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 fn failed(e: &ProtocolError) -> PluginError {
-    if e.is_temporary() {
-        PluginError::Transient(e.to_string())
-    } else {
-        PluginError::Permanent(e.to_string())
-    }
+    PluginError::classified(e.is_temporary(), e.to_string())
 }
 
 #[async_trait]

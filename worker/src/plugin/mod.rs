@@ -174,6 +174,18 @@ pub enum PluginError {
     Stopped,
 }
 
+impl PluginError {
+    /// A failure the runtime calls temporary (an attempt later may succeed) or not.
+    #[must_use]
+    pub fn classified(temporary: bool, message: String) -> Self {
+        if temporary {
+            Self::Transient(message)
+        } else {
+            Self::Permanent(message)
+        }
+    }
+}
+
 /// The sending half of a plugin's item stream.
 #[derive(Clone, Debug)]
 pub struct ItemSender {
