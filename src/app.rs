@@ -160,8 +160,7 @@ pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
         settings.plugins.idle_seconds.max(1),
     ));
     Ok(official(Arc::new(access), settings)
-        .with_private_dir(settings.plugins.dir.clone())
-        .with_plugin_settings(settings.plugins.clone())
+        .with_private(settings.plugins.clone())
         .with_cloudforet_host(host))
 }
 

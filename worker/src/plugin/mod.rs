@@ -424,14 +424,13 @@ pub trait Plugin: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: HashMap<String, Arc<dyn Plugin>>,
-    /// Where private plugins' executables must be; `None` refuses to run them.
-    private_dir: Option<std::path::PathBuf>,
+    /// Private plugins: the directory their executables must be in (`None` refuses to run
+    /// them), and the environment variables a Cloudforet plugin may be given.
+    private: gleaner_common::config::PluginSettings,
     /// What plugin options may reach.
     access: Arc<Access>,
     /// The Cloudforet plugin processes this worker runs.
     cloudforet: Arc<gleaner_cloudforet::Host>,
-    /// The environment variables a Cloudforet plugin may be given (`GLEANER_PLUGINS__ENV`).
-    plugin_env: gleaner_common::config::PluginSettings,
 }
 
 impl Registry {
@@ -457,18 +456,11 @@ impl Registry {
         &self.access
     }
 
-    /// The same registry, running private plugins from `dir`.
+    /// The same registry, running private plugins as `plugins` says: from its directory, and
+    /// Cloudforet plugins with only the environment variables it allows.
     #[must_use]
-    pub fn with_private_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
-        self.private_dir = dir;
-        self
-    }
-
-    /// The same registry, giving Cloudforet plugins only the environment variables `plugins`
-    /// allows.
-    #[must_use]
-    pub fn with_plugin_settings(mut self, plugins: gleaner_common::config::PluginSettings) -> Self {
-        self.plugin_env = plugins;
+    pub fn with_private(mut self, plugins: gleaner_common::config::PluginSettings) -> Self {
+        self.private = plugins;
         self
     }
 
@@ -518,7 +510,7 @@ impl Registry {
             Runtime::JsonLines => Arc::new(external::External::new(
                 info,
                 spec,
-                self.private_dir.clone(),
+                self.private.dir.clone(),
             )),
             Runtime::Cloudforet => match self.cloudforet_spec(spec) {
                 Ok(spec) => Arc::new(cloudforet::Cloudforet::new(
@@ -544,11 +536,11 @@ impl Registry {
             return Ok(spec);
         }
         for (name, value) in &spec.env {
-            gleaner_common::external::check_env(&self.plugin_env, &self.access, name, value)
+            gleaner_common::external::check_env(&self.private, &self.access, name, value)
                 .map_err(|e| format!("the plugin's environment is no longer allowed: {e}"))?;
         }
         let command =
-            gleaner_common::external::resolve_command(self.private_dir.as_deref(), &spec.command)?;
+            gleaner_common::external::resolve_command(self.private.dir.as_deref(), &spec.command)?;
         spec.command = command.to_string_lossy().into_owned();
         Ok(spec)
     }
