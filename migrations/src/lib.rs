@@ -19,6 +19,7 @@ mod m20261202_000012_api_keys;
 mod m20261202_000013_schedule_intervals;
 mod m20261202_000014_metrics;
 mod m20261202_000015_catalog_entries;
+mod m20261202_000016_packed_rollups;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000013_schedule_intervals::Migration),
             Box::new(m20261202_000014_metrics::Migration),
             Box::new(m20261202_000015_catalog_entries::Migration),
+            Box::new(m20261202_000016_packed_rollups::Migration),
         ]
     }
 }

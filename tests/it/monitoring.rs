@@ -64,6 +64,16 @@ async fn estate(env: &TestEnv) -> anyhow::Result<(String, HashMap<String, String
 }
 
 /// An instant (milliseconds) as a query parameter: RFC 3339, its `+` escaped.
+/// Samples counted by the 5-minute rollup, whose counts PostgreSQL packs by hour.
+fn five_minute_count(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Distributed => {
+            "SELECT CAST(sum(c) AS bigint) FROM metric_rollups_5m CROSS JOIN LATERAL unnest(count) AS c"
+        }
+        Mode::Standalone => "SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m",
+    }
+}
+
 fn param(ms: i64) -> anyhow::Result<String> {
     Ok(DateTime::from_timestamp_millis(ms)
         .context("a time")?
@@ -154,30 +164,57 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
         let minute = start / MINUTE + i as i64;
         assert_eq!(v.as_f64(), Some(formula("network.in_bytes", key, minute)));
     }
-    // Top 3 by the day's average: the same order as the formula gives.
-    let top = env
-        .get(&format!(
-            "/v1/metrics/top?metric=cpu.utilization&resource_type=compute.instance&limit=3&start={}&end={}",
-            param(start)?,
-            param(end)?,
-        ))
-        .await?;
-    assert_eq!(top.status, StatusCode::OK, "{top:?}");
-    let mut want: Vec<(f64, &String)> = keys
-        .iter()
-        .map(|(id, key)| {
-            let sum: f64 = (start / MINUTE..end / MINUTE)
-                .map(|m| formula("cpu.utilization", key, m))
-                .sum();
-            (sum / ((end - start) / MINUTE) as f64, id)
-        })
-        .collect();
-    want.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let items = top.body["items"].as_array().context("items")?;
-    assert_eq!(items.len(), 3);
-    for (item, (value, id)) in items.iter().zip(&want) {
-        assert_eq!(item["resource_id"], **id, "{}", top.body);
-        assert_eq!(item["value"].as_f64(), Some(*value));
+    // Five-minute buckets with max, across hour boundaries: the 5-minute rollup (packed by
+    // hour in PostgreSQL), against the formula.
+    let (from, to) = (start + 25 * MINUTE, start + 145 * MINUTE);
+    let path = format!(
+        "/v1/resources/{id}/metrics/network.in_bytes?start={}&end={}&period=300&stat=max",
+        param(from)?,
+        param(to)?,
+    );
+    let a = env.get(&path).await?;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let values = a.body["values"].as_array().context("values")?;
+    assert_eq!(values.len(), 24, "{}", a.body);
+    for (i, v) in values.iter().enumerate() {
+        let first = from / MINUTE + 5 * i as i64;
+        let want = (first..first + 5)
+            .map(|m| formula("network.in_bytes", key, m))
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(v.as_f64(), Some(want), "bucket {i}");
+    }
+    // Top 3 by the average, over whole hours (the hourly rollup) and over a range with
+    // 10-minute edges (5-minute and hourly pieces): the same order and values as the formula.
+    for (from, to) in [(start, end), (start + 10 * MINUTE, end - 10 * MINUTE)] {
+        let top = env
+            .get(&format!(
+                "/v1/metrics/top?metric=cpu.utilization&resource_type=compute.instance&limit=3&start={}&end={}",
+                param(from)?,
+                param(to)?,
+            ))
+            .await?;
+        assert_eq!(top.status, StatusCode::OK, "{top:?}");
+        let mut want: Vec<(f64, &String)> = keys
+            .iter()
+            .map(|(id, key)| {
+                let sum: f64 = (from / MINUTE..to / MINUTE)
+                    .map(|m| formula("cpu.utilization", key, m))
+                    .sum();
+                (sum / ((to - from) / MINUTE) as f64, id)
+            })
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let items = top.body["items"].as_array().context("items")?;
+        assert_eq!(items.len(), 3);
+        for (item, (value, id)) in items.iter().zip(&want) {
+            assert_eq!(item["resource_id"], **id, "{}", top.body);
+            // Partial sums add in another order than the formula's.
+            let got = item["value"].as_f64().context("value")?;
+            assert!(
+                (got - value).abs() <= 1e-9 * value.abs(),
+                "{got} against {value}"
+            );
+        }
     }
 
     // Once a minute has passed, the next collection adds that minute only: the watermark moves
@@ -198,11 +235,7 @@ async fn a_day_of_demo_samples_is_stored_once_and_rolled_up_exactly(
         .await?;
     assert_eq!(distinct, total, "no sample is stored twice");
     // Rollup rows are partial sums: grouped, they count every sample once.
-    assert_eq!(
-        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m")
-            .await?,
-        total
-    );
+    assert_eq!(env.scalar(five_minute_count(mode)).await?, total);
     assert_eq!(
         env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_1h")
             .await?,
@@ -262,11 +295,7 @@ async fn retention_drops_the_expired_days_and_nothing_else(mode: Mode) -> anyhow
             .await?,
         hours_kept
     );
-    assert_eq!(
-        env.scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m")
-            .await?,
-        kept
-    );
+    assert_eq!(env.scalar(five_minute_count(mode)).await?, kept);
     if mode == Mode::Distributed {
         let yesterday = today.pred_opt().context("yesterday")?;
         assert_eq!(done.dropped, [yesterday], "{done:?}");
@@ -545,3 +574,109 @@ async fn a_project_limited_key_sees_its_projects_metrics_only(mode: Mode) -> any
 }
 
 in_both_modes!(a_project_limited_key_sees_its_projects_metrics_only);
+
+/// Migration 16 packs the stored 5-minute buckets by hour (PostgreSQL), and undoing it
+/// unpacks them: partial rows of a bucket and buckets of two hours read the same after both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packing_the_five_minute_rollup_keeps_what_was_stored() -> anyhow::Result<()> {
+    use gleaner_common::metric::{Agg, Window};
+    use gleaner_common::store::metric;
+    use gleaner_migrations::{Migrator, MigratorTrait};
+    let store = crate::support::TestStore::open(Mode::Distributed).await?;
+    Migrator::down(&store.db, Some(1)).await?;
+    let day = Utc::now().date_naive();
+    metric::ensure_partitions(&store.db, day, day).await?;
+    let one = day.and_hms_opt(1, 0, 0).context("01:00")?.and_utc();
+    let (domain, resource) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let at = |minutes: i64| (one + chrono::Duration::minutes(minutes)).to_rfc3339();
+    // Two partial rows of 01:05, one of 01:55, and one of 02:00 in the next hour.
+    for (minutes, min, max, sum, count) in [
+        (5, 1.0, 3.0, 4.0, 2),
+        (5, 0.5, 2.0, 2.5, 2),
+        (55, 7.0, 7.0, 7.0, 1),
+        (60, 9.0, 9.0, 9.0, 1),
+    ] {
+        store
+            .execute(&format!(
+                "INSERT INTO metric_rollups_5m VALUES ('{domain}', '{resource}', 'm', '{}', {min}, {max}, {sum}, {count})",
+                at(minutes)
+            ))
+            .await?;
+    }
+    let window = Window {
+        start: one.timestamp_millis(),
+        end: one.timestamp_millis() + 2 * HOUR,
+        period_ms: 5 * MINUTE,
+    };
+    let want: HashMap<i64, Agg> = [
+        (
+            5,
+            Agg {
+                min: 0.5,
+                max: 3.0,
+                sum: 6.5,
+                count: 4,
+            },
+        ),
+        (
+            55,
+            Agg {
+                min: 7.0,
+                max: 7.0,
+                sum: 7.0,
+                count: 1,
+            },
+        ),
+        (
+            60,
+            Agg {
+                min: 9.0,
+                max: 9.0,
+                sum: 9.0,
+                count: 1,
+            },
+        ),
+    ]
+    .into_iter()
+    .map(|(minutes, agg)| (window.start + minutes * MINUTE, agg))
+    .collect();
+    let read = || async {
+        let got =
+            metric::series(&store.db, domain.into(), &[resource.into()], "m", &window).await?;
+        anyhow::Ok(got.get(&resource.into()).cloned().unwrap_or_default())
+    };
+
+    Migrator::up(&store.db, None).await?;
+    assert_eq!(
+        store
+            .scalar("SELECT count(*) FROM metric_rollups_5m")
+            .await?,
+        2
+    );
+    assert_eq!(store.scalar(five_minute_count(Mode::Distributed)).await?, 6);
+    assert_eq!(read().await?, want);
+
+    Migrator::down(&store.db, Some(1)).await?;
+    assert_eq!(
+        store
+            .scalar("SELECT count(*) FROM metric_rollups_5m")
+            .await?,
+        3
+    );
+    assert_eq!(
+        store
+            .scalar("SELECT CAST(sum(count) AS bigint) FROM metric_rollups_5m")
+            .await?,
+        6
+    );
+    // The rows read back once packed again (this code reads the packed shape only).
+    Migrator::up(&store.db, None).await?;
+    assert_eq!(read().await?, want);
+    assert_eq!(
+        metric::partitions(&store.db, gleaner_common::metric::Tier::FiveMinutes)
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}

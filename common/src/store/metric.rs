@@ -264,11 +264,12 @@ pub async fn series(
     };
     let filter = format!(
         "t.domain_id = {domain} AND t.metric = {metric} {only} \
-         AND t.{column} >= {start} AND t.{column} < {end}",
+         AND t.{column} >= {start} AND t.{column} < {end}{hours}",
         domain = p.push(domain.as_uuid()),
         metric = p.push(metric),
         start = push_time(&mut p, backend, window.start),
         end = push_time(&mut p, backend, window.end),
+        hours = packed_hours(&mut p, backend, tier, (window.start, window.end)),
     );
     if tier == Tier::Raw {
         let bin = format!(
@@ -297,7 +298,7 @@ pub async fn series(
     let sql = format!(
         "SELECT t.resource_id, t.{column} AS at, t.min AS mn, t.max AS mx, t.sum AS sm, \
          t.count AS n FROM {table} t {join} WHERE {filter}",
-        table = tier.table(),
+        table = source(tier, backend),
     );
     for r in query(db, backend, sql, p).await? {
         let id: Uuid = r.try_get("", "resource_id")?;
@@ -359,13 +360,14 @@ pub async fn aggregate(
             "SELECT t.resource_id, r.name, r.resource_type, {aggs} FROM {table} t \
              JOIN resources r ON r.id = t.resource_id \
              WHERE t.domain_id = {domain} AND r.domain_id = {domain} AND t.metric = {metric} \
-               AND {column} >= {start} AND {column} < {end}",
+               AND {column} >= {start_at} AND {column} < {end_at}{hours}",
             aggs = aggregates(tier).replace("value", "t.value"),
-            table = tier.table(),
+            table = source(tier, backend),
             domain = p.push(domain.as_uuid()),
             metric = p.push(metric),
-            start = push_time(&mut p, backend, start),
-            end = push_time(&mut p, backend, end),
+            start_at = push_time(&mut p, backend, start),
+            end_at = push_time(&mut p, backend, end),
+            hours = packed_hours(&mut p, backend, tier, (start, end)),
         );
         if let Some(t) = &filter.resource_type {
             sql.push_str(&format!(" AND r.resource_type = {}", p.push(t.as_str())));
@@ -546,6 +548,42 @@ async fn create_partition(db: &impl ConnectionTrait, tier: Tier, day: NaiveDate)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a tier's rows are read from, as `t`. PostgreSQL packs the 5-minute rollup by hour
+/// (migration 16): its arrays are unnested to a row per bucket, with the rows' `hour_start`
+/// kept for [`packed_hours`].
+fn source(tier: Tier, backend: DbBackend) -> &'static str {
+    match (tier, backend) {
+        (Tier::FiveMinutes, DbBackend::Postgres) => {
+            "(SELECT p.domain_id, p.resource_id, p.metric, p.hour_start, \
+                     p.hour_start + (s.i - 1) * interval '5 minutes' AS bucket, \
+                     s.min, s.max, s.sum, s.count \
+              FROM metric_rollups_5m p \
+              CROSS JOIN LATERAL unnest(p.min, p.max, p.sum, p.count) \
+                  WITH ORDINALITY AS s(min, max, sum, count, i) \
+              WHERE s.count > 0)"
+        }
+        _ => tier.table(),
+    }
+}
+
+/// The packed rows' hours that can hold buckets of `[start, end)`, so that the index on
+/// `hour_start` narrows the read: a bucket's time says nothing to it.
+fn packed_hours(
+    p: &mut Params,
+    backend: DbBackend,
+    tier: Tier,
+    (start, end): (i64, i64),
+) -> String {
+    if (tier, backend) != (Tier::FiveMinutes, DbBackend::Postgres) {
+        return String::new();
+    }
+    format!(
+        " AND t.hour_start > {} AND t.hour_start < {}",
+        push_time(p, backend, start - Tier::Hour.width_ms()),
+        push_time(p, backend, end),
+    )
 }
 
 /// The time column of a tier's table.

@@ -6,6 +6,7 @@
 //! committed is never written again and one that did not left nothing: re-collecting a window
 //! stores nothing twice, and a failed task keeps what it stored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -139,6 +140,69 @@ pub fn encode_samples(domain: uuid::Uuid, samples: &[SampleRow]) -> Vec<u8> {
     out.finish()
 }
 
+const COPY_ROLLUPS_1H: &str = "COPY metric_rollups_1h \
+    (domain_id, resource_id, metric, bucket, min, max, sum, count) FROM STDIN (FORMAT binary)";
+
+const COPY_ROLLUPS_5M: &str = "COPY metric_rollups_5m \
+    (domain_id, resource_id, metric, hour_start, min, max, sum, count) FROM STDIN (FORMAT binary)";
+
+/// Slots of the packed 5-minute rollup: an hour's buckets.
+const SLOTS: usize = 12;
+
+/// A batch's rollup rows in binary COPY format: the hourly rows as they are, and the 5-minute
+/// rows packed by series and hour (twelve slots of `min`, `max`, `sum` and `count` arrays, an
+/// empty slot counting 0); `None` for a tier without rows.
+#[must_use]
+pub fn encode_rollups(
+    domain: uuid::Uuid,
+    rollups: &[RollupRow],
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let mut hourly = None::<BinaryCopy>;
+    let mut hours: HashMap<(&SeriesKey, i64), [Agg; SLOTS]> = HashMap::new();
+    for r in rollups {
+        match r.tier {
+            Tier::Hour => {
+                let out =
+                    hourly.get_or_insert_with(|| BinaryCopy::with_capacity(rollups.len() * 96));
+                out.row(8);
+                out.uuid(domain);
+                out.uuid(r.series.resource.as_uuid());
+                out.text(&r.series.metric);
+                timestamptz(out, r.bucket);
+                float8(out, r.agg.min);
+                float8(out, r.agg.max);
+                float8(out, r.agg.sum);
+                out.int8(r.agg.count);
+            }
+            Tier::FiveMinutes => {
+                let hour = r.bucket - r.bucket.rem_euclid(Tier::Hour.width_ms());
+                let slot = usize::try_from((r.bucket - hour) / Tier::FiveMinutes.width_ms())
+                    .unwrap_or(0)
+                    .min(SLOTS - 1);
+                hours.entry((&r.series, hour)).or_default()[slot].merge(&r.agg);
+            }
+            Tier::Raw => {}
+        }
+    }
+    let packed = (!hours.is_empty()).then(|| {
+        let mut out = BinaryCopy::with_capacity(hours.len() * 720);
+        for ((series, hour), slots) in &hours {
+            let filled = |f: fn(&Agg) -> f64| slots.map(|a| if a.count > 0 { f(&a) } else { 0.0 });
+            out.row(8);
+            out.uuid(domain);
+            out.uuid(series.resource.as_uuid());
+            out.text(&series.metric);
+            timestamptz(&mut out, *hour);
+            out.float8_array(&filled(|a| a.min));
+            out.float8_array(&filled(|a| a.max));
+            out.float8_array(&filled(|a| a.sum));
+            out.int8_array(&slots.map(|a| a.count));
+        }
+        out.finish()
+    });
+    (hourly.map(BinaryCopy::finish), packed)
+}
+
 /// Moves watermarks forward only: two tasks of one series cannot run at once (the collection
 /// lock), but a stale attempt's batch must never move one back.
 const WATERMARKS: &str = "INSERT INTO metric_watermarks \
@@ -190,29 +254,12 @@ impl MetricSink for PgMetricSink {
             )
             .await?;
         }
-        for tier in Tier::ROLLUPS {
-            let mut out = BinaryCopy::with_capacity(batch.rollups.len() * 96);
-            let mut any = false;
-            for r in batch.rollups.iter().filter(|r| r.tier == tier) {
-                any = true;
-                out.row(8);
-                out.uuid(domain);
-                out.uuid(r.series.resource.as_uuid());
-                out.text(&r.series.metric);
-                timestamptz(&mut out, r.bucket);
-                float8(&mut out, r.agg.min);
-                float8(&mut out, r.agg.max);
-                float8(&mut out, r.agg.sum);
-                out.int8(r.agg.count);
-            }
-            if any {
-                // The table is one of the two rollups' names, never input.
-                let sql = format!(
-                    "COPY {} (domain_id, resource_id, metric, bucket, min, max, sum, count) FROM STDIN (FORMAT binary)",
-                    tier.table()
-                );
-                copy(&mut tx, &sql, out.finish()).await?;
-            }
+        let (hourly, packed) = encode_rollups(domain, &batch.rollups);
+        if let Some(rows) = hourly {
+            copy(&mut tx, COPY_ROLLUPS_1H, rows).await?;
+        }
+        if let Some(rows) = packed {
+            copy(&mut tx, COPY_ROLLUPS_5M, rows).await?;
         }
         if !batch.watermarks.is_empty() {
             let n = batch.watermarks.len();

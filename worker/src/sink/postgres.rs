@@ -402,6 +402,30 @@ impl BinaryCopy {
         self.buf.extend_from_slice(json);
     }
 
+    /// A one-dimensional `float8[]` without nulls.
+    pub fn float8_array(&mut self, values: &[f64]) {
+        self.array(701, values.iter().map(|v| v.to_be_bytes()));
+    }
+
+    /// A one-dimensional `int8[]` without nulls.
+    pub fn int8_array(&mut self, values: &[i64]) {
+        self.array(20, values.iter().map(|v| v.to_be_bytes()));
+    }
+
+    /// An array's binary form: dimensions, a has-nulls flag, the element type's oid, each
+    /// dimension's length and lower bound, then the length-prefixed elements.
+    fn array(&mut self, element_oid: i32, values: impl ExactSizeIterator<Item = [u8; 8]>) {
+        let n = values.len();
+        self.len(20 + n * 12);
+        for header in [1, 0, element_oid, i32::try_from(n).unwrap_or(i32::MAX), 1] {
+            self.buf.extend_from_slice(&header.to_be_bytes());
+        }
+        for v in values {
+            self.buf.extend_from_slice(&8i32.to_be_bytes());
+            self.buf.extend_from_slice(&v);
+        }
+    }
+
     pub fn null(&mut self) {
         self.buf.extend_from_slice(&(-1i32).to_be_bytes());
     }
