@@ -239,11 +239,11 @@ fn check_cloudforet(
             "kind",
             "is required for a Cloudforet plugin: collector, cost_data_source or metric_data_source",
         )),
-        Some(PluginKind::Collector) => {}
+        Some(PluginKind::Collector | PluginKind::CostDataSource) => {}
         Some(other) => errors.push(Invalid::new(
             "kind",
             format!(
-                "the cloudforet runtime runs inventory collectors in this version; `{}` plugins are not supported yet",
+                "the cloudforet runtime runs collectors and cost data sources in this version; `{}` plugins are not supported yet",
                 other.as_str()
             ),
         )),

@@ -259,6 +259,7 @@ fn items(me: &Identity, group_by: GroupBy, by_time: &ResultByTime) -> Vec<Item> 
             region_id: region.filter(|r| !r.is_empty() && r != "NoRegion"),
             resource_id: None,
             charge_category: Some("Usage".into()),
+            usage_type: None,
             currency,
             billed_cost: billed,
             effective_cost: effective,

@@ -242,4 +242,55 @@ impl Client {
             .map(Response::into_inner)
             .map_err(|s| CallError::from_status("Collector/collect", &s))
     }
+
+    /// A cost data source's `Job.get_tasks` from `start` (a zone-aware ISO 8601 time: the
+    /// cost-explorer plugin compares it with aware times): the sub-tasks and the months they
+    /// replace.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn cost_tasks(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+        start: &str,
+        domain_id: &str,
+    ) -> Result<pb::cost::TasksInfo, CallError> {
+        let mut c = client!(pb::cost::job_client, JobClient, self.channel);
+        let r = pb::cost::GetTasksRequest {
+            options: Some(request_struct(options)),
+            secret_data: Some(crate::value::from_json(secret)),
+            schema: String::new(),
+            start: start.to_owned(),
+            last_synchronized_at: String::new(),
+            domain_id: domain_id.to_owned(),
+            linked_accounts: Vec::new(),
+        };
+        unary("Job/get_tasks", UNARY_TIMEOUT, c.get_tasks(r)).await
+    }
+
+    /// A cost data source's `Cost.get_data` stream for one sub-task.
+    ///
+    /// # Errors
+    /// The call failed before the stream began.
+    pub async fn cost_data(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+        task_options: &Value,
+        domain_id: &str,
+    ) -> Result<Streaming<pb::cost::CostsInfo>, CallError> {
+        let mut c = client!(pb::cost::cost_client, CostClient, self.channel);
+        let r = pb::cost::GetDataRequest {
+            options: Some(request_struct(options)),
+            secret_data: Some(crate::value::from_json(secret)),
+            schema: String::new(),
+            task_options: Some(request_struct(task_options)),
+            domain_id: domain_id.to_owned(),
+        };
+        c.get_data(r)
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| CallError::from_status("Cost/get_data", &s))
+    }
 }

@@ -8,11 +8,16 @@
 //! amount is read from the shortest text that gives back the number sent, in its own width:
 //! `0.1f32` is "0.1", not the 0.100000001490116… its binary value widens to.
 
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use gleaner_common::billing::{CostItem, Month};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 use prost_types::Struct;
 use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+
+use crate::value::to_json_or_empty;
 
 /// An amount as the plugin sent it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -206,6 +211,224 @@ impl Message for CostInfo {
 
     fn clear(&mut self) {
         *self = Self::default();
+    }
+}
+
+/// What records are mapped with besides themselves: from the plugin's `init` metadata and the
+/// task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Costing {
+    /// The provider (Cloudforet's id, e.g. `aws`) of records that name none.
+    pub provider: String,
+    /// The plugin's `currency`: Cloudforet records carry none, the data source has one.
+    pub currency: String,
+    /// Where a record's account is, tried in order: the sources of the plugin's
+    /// `match_service_account` rules (the record's field matched to a service account), then
+    /// where the known plugins put it.
+    pub account_paths: Vec<String>,
+    /// The account of records without one: the service account's.
+    pub default_account: String,
+}
+
+/// Where the known plugins put a record's account: cost-explorer `additional_info.account_id`,
+/// hyperbilling `additional_info."Account ID"`.
+const ACCOUNT_PATHS: [&str; 3] = [
+    "additional_info.account_id",
+    "additional_info.Account ID",
+    "data.account_id",
+];
+
+impl Costing {
+    /// From a plugin's `init` metadata: its `currency` (`USD` when it names none) and its
+    /// `data_source_rules`' `match_service_account` sources.
+    #[must_use]
+    pub fn new(metadata: &Map<String, Value>, provider: &str, default_account: String) -> Self {
+        let currency = metadata
+            .get("currency")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .unwrap_or("USD")
+            .to_ascii_uppercase();
+        let mut account_paths: Vec<String> = metadata
+            .get("data_source_rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|rule| {
+                rule.pointer("/actions/match_service_account/source")
+                    .and_then(Value::as_str)
+            })
+            .map(str::to_owned)
+            .collect();
+        for path in ACCOUNT_PATHS {
+            if !account_paths.iter().any(|p| p == path) {
+                account_paths.push(path.to_owned());
+            }
+        }
+        Self {
+            provider: provider.to_owned(),
+            currency,
+            account_paths,
+            default_account,
+        }
+    }
+
+    /// A record as Gleaner's FOCUS-shaped cost record.
+    ///
+    /// # Errors
+    /// Why the record cannot be kept: no or a bad `billed_date`, an amount that is not one.
+    pub fn record(&self, info: CostInfo) -> Result<CostItem, String> {
+        let (start, end) = billed_period(&info.billed_date)?;
+        let cost = info.cost.to_decimal().map_err(|e| format!("cost: {e}"))?;
+        let quantity = match info.usage_quantity {
+            Amount::Double(v) if v == 0.0 => None,
+            Amount::Float(v) if v == 0.0 => None,
+            q => Some(q.to_decimal().map_err(|e| format!("usage_quantity: {e}"))?),
+        };
+        let record = CostRecord {
+            additional_info: to_json_or_empty(info.additional_info),
+            data: to_json_or_empty(info.data),
+        };
+        let account = self
+            .account_paths
+            .iter()
+            .find_map(|path| record.at(path))
+            .unwrap_or_else(|| self.default_account.clone());
+        let provider = if info.provider.is_empty() {
+            &self.provider
+        } else {
+            &info.provider
+        };
+        let tags = to_json_or_empty(info.tags);
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        Ok(CostItem {
+            charge_period_start: start,
+            charge_period_end: Some(end),
+            billing_period_start: Some(
+                Month::of(start.date_naive())
+                    .first_day()
+                    .and_time(NaiveTime::MIN)
+                    .and_utc(),
+            ),
+            provider: focus_provider(provider),
+            billing_account_id: account.clone(),
+            billing_account_name: None,
+            sub_account_id: Some(account),
+            sub_account_name: None,
+            service_name: text(info.product),
+            service_category: None,
+            region_id: text(info.region_code),
+            resource_id: text(info.resource),
+            charge_category: Some("Usage".into()),
+            usage_type: text(info.usage_type),
+            currency: self.currency.clone(),
+            billed_cost: cost,
+            // Cloudforet has one amount, what was billed; it has no list prices.
+            effective_cost: cost,
+            list_cost: Decimal::ZERO,
+            consumed_quantity: quantity,
+            consumed_unit: text(info.usage_unit),
+            pricing_quantity: None,
+            pricing_unit: None,
+            tags: (!tags.is_empty()).then_some(tags),
+        })
+    }
+}
+
+/// A record's Structs, where its account may be.
+struct CostRecord {
+    additional_info: Map<String, Value>,
+    data: Map<String, Value>,
+}
+
+impl CostRecord {
+    fn at(&self, path: &str) -> Option<String> {
+        let (head, rest) = path.split_once('.')?;
+        let within = match head {
+            "additional_info" => &self.additional_info,
+            "data" => &self.data,
+            _ => return None,
+        };
+        crate::inventory::scalar_at(within, rest)
+    }
+}
+
+/// FOCUS's `ProviderName` for Cloudforet's provider ids, as Gleaner's own sources write it.
+fn focus_provider(id: &str) -> String {
+    match id {
+        "aws" => "AWS",
+        "google_cloud" => "Google Cloud",
+        "azure" => "Microsoft",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// The day (`YYYY-MM-DD`, or the date of an ISO 8601 time) or month (`YYYY-MM`) a record was
+/// billed on, as a charge period.
+fn billed_period(text: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+    let day = |d: NaiveDate| d.and_time(NaiveTime::MIN).and_utc();
+    if let Some(date) = text
+        .get(..10)
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    {
+        return Ok((day(date), day(date + chrono::Days::new(1))));
+    }
+    if let Ok(month) = text.parse::<Month>() {
+        return Ok((day(month.first_day()), day(month.next().first_day())));
+    }
+    Err(if text.is_empty() {
+        "the record has no billed_date".to_owned()
+    } else {
+        format!("billed_date `{text}` is neither YYYY-MM-DD nor YYYY-MM")
+    })
+}
+
+/// The months a `Job.get_tasks` answer says it replaces (`changed` and each task's
+/// `task_changed`): `YYYY-MM` starts, with an optional end month.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed(Vec<(Month, Option<Month>)>);
+
+/// The periods as `2026-09..` or `2026-09..2026-10`, comma-separated.
+impl std::fmt::Display for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (start, end)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{start}..")?;
+            if let Some(end) = end {
+                write!(f, "{end}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Changed {
+    /// The periods of an answer; unreadable ones are skipped.
+    #[must_use]
+    pub fn of(tasks: &crate::pb::cost::TasksInfo) -> Self {
+        let month = |s: &str| s.get(..7).and_then(|m| m.parse::<Month>().ok());
+        Self(
+            tasks
+                .changed
+                .iter()
+                .chain(tasks.tasks.iter().filter_map(|t| t.task_changed.as_ref()))
+                .filter_map(|c| Some((month(&c.start)?, month(&c.end))))
+                .collect(),
+        )
+    }
+
+    /// Whether the answer replaces `month`. An answer naming no period replaces what it was
+    /// asked for.
+    #[must_use]
+    pub fn covers(&self, month: Month) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|&(start, end)| start <= month && end.is_none_or(|end| month <= end))
     }
 }
 

@@ -226,7 +226,7 @@ pub fn key_of(
 }
 
 /// The value at a dotted path, as key text: a non-empty string, a number or a bool.
-fn scalar_at(resource: &Map<String, Value>, path: &str) -> Option<String> {
+pub(crate) fn scalar_at(resource: &Map<String, Value>, path: &str) -> Option<String> {
     let mut parts = path.split('.');
     let mut here = resource.get(parts.next()?)?;
     for part in parts {

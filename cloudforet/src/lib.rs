@@ -19,3 +19,4 @@ pub mod value;
 pub use client::Client;
 pub use host::{Host, Lease, StartError};
 pub use status::CallError;
+pub use tonic::Streaming;

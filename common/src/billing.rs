@@ -190,6 +190,10 @@ pub struct CostItem {
     pub resource_id: Option<String>,
     #[serde(default)]
     pub charge_category: Option<String>,
+    /// What the charge was for, finer than the service (`USE1-BoxUsage:t3.micro`): AWS's
+    /// usage type, FOCUS's `x_UsageType`.
+    #[serde(default)]
+    pub usage_type: Option<String>,
     /// ISO 4217.
     pub currency: String,
     #[serde(with = "rust_decimal::serde::str")]

@@ -20,6 +20,7 @@ mod m20261202_000013_schedule_intervals;
 mod m20261202_000014_metrics;
 mod m20261202_000015_catalog_entries;
 mod m20261202_000016_packed_rollups;
+mod m20261202_000017_cost_usage_type;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000014_metrics::Migration),
             Box::new(m20261202_000015_catalog_entries::Migration),
             Box::new(m20261202_000016_packed_rollups::Migration),
+            Box::new(m20261202_000017_cost_usage_type::Migration),
         ]
     }
 }

@@ -227,10 +227,177 @@ async fn error_codes_and_hangs_fail_the_task_clearly(mode: Mode) -> anyhow::Resu
     Ok(())
 }
 
+/// Runs a billing job of `collector` for the months `start..=end` and waits for it.
+async fn bill(api: &Api, collector: &str, start: &str, end: &str) -> anyhow::Result<Value> {
+    let a = api
+        .post(
+            &format!("/v1/collectors/{collector}/collect"),
+            json!({"start_month": start, "end_month": end}),
+        )
+        .await?;
+    anyhow::ensure!(a.status == StatusCode::ACCEPTED, "collect: {a:?}");
+    api.wait_job(a.body["job_id"].as_str().context("job_id")?)
+        .await
+}
+
+/// A cost summary's `(key, billed_cost)` pairs, amounts normalised (`1.50` is `1.5`).
+async fn billed(api: &Api, query: &str, key: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let a = api.get(&format!("/v1/costs/summary?{query}")).await?;
+    anyhow::ensure!(a.status == StatusCode::OK, "summary {query}: {a:?}");
+    let mut out = Vec::new();
+    for i in a.body["items"].as_array().context("items")? {
+        let amount: rust_decimal::Decimal =
+            i["billed_cost"].as_str().context("billed_cost")?.parse()?;
+        out.push((
+            i[key].as_str().unwrap_or("null").to_owned(),
+            amount.normalize().to_string(),
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The test cost data source (`gleaner_test_cost`): two accounts' sub-tasks, each streaming
+/// from its start through the next month; a billing task keeps its month's records only.
+async fn a_cloudforet_cost_data_source_bills_exactly_and_honours_changed(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let plugin = env
+        .create(
+            "/v1/plugins",
+            json!({"id": "cf-cost", "version": "1.0.0", "runtime": "cloudforet",
+                   "kind": "cost_data_source", "command": cloudforet::cost().await?,
+                   "provider": "aws"}),
+        )
+        .await?;
+    assert_eq!(plugin["kind"], "cost_data_source");
+    let accounts = json!(["111111111111", "222222222222"]);
+    let c = collector(&env, "cf-cost", json!({"accounts": accounts})).await?;
+    let verified = env
+        .post(&format!("/v1/collectors/{c}/verify"), json!(null))
+        .await?;
+    assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
+
+    let job = bill(&env, &c, "2026-09", "2026-10").await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    // Three records a day per account: 30 days of September, 31 of October.
+    assert_eq!(job["counts"]["created"], (30 + 31) * 2 * 3, "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    let september = "start=2026-09-01&end=2026-10-01";
+    // A day is 0.1 + 0.2 + 1234.5678 = 1234.8678 exactly, per account.
+    assert_eq!(
+        billed(
+            &env,
+            &format!("{september}&group_by=billing_account"),
+            "billing_account"
+        )
+        .await?,
+        [
+            ("111111111111".to_owned(), "37046.034".to_owned()),
+            ("222222222222".to_owned(), "37046.034".to_owned()),
+        ]
+    );
+    let total = billed(&env, &format!("{september}&group_by=provider"), "provider").await?;
+    assert_eq!(total, [("AWS".to_owned(), "74092.068".to_owned())]);
+    assert_eq!(
+        billed(
+            &env,
+            "start=2026-10-01&end=2026-11-01&group_by=provider",
+            "provider"
+        )
+        .await?,
+        [("AWS".to_owned(), "76561.8036".to_owned())]
+    );
+    // Every field of a record, and the currency of the plugin's init metadata.
+    let page = env
+        .get("/v1/costs?start=2026-09-02&end=2026-09-03&limit=10")
+        .await?;
+    let items = page.body["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 6, "{}", page.body);
+    let ec2 = items
+        .iter()
+        .find(|i| i["service_name"] == "AmazonEC2" && i["billing_account_id"] == "111111111111")
+        .context("an EC2 record")?;
+    assert_eq!(
+        ec2["billed_cost"]
+            .as_str()
+            .map(str::parse::<f64>)
+            .transpose()?,
+        Some(0.1)
+    );
+    assert_eq!(ec2["currency"], "EUR", "{ec2}");
+    assert_eq!(ec2["provider"], "AWS");
+    assert_eq!(ec2["region_id"], "us-east-1");
+    assert_eq!(ec2["usage_type"], "USE1-BoxUsage:t3.micro");
+    assert_eq!(ec2["consumed_unit"], "Hrs");
+    assert_eq!(
+        ec2["consumed_quantity"]
+            .as_str()
+            .map(str::parse::<f64>)
+            .transpose()?,
+        Some(24.0)
+    );
+    assert_eq!(ec2["sub_account_id"], "111111111111");
+    assert_eq!(ec2["tags"], json!({"env": "prod"}));
+    assert!(
+        ec2["charge_period_start"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("2026-09-02T00:00:00"),
+        "{ec2}"
+    );
+
+    // Again: each month is replaced, not added to.
+    let again = bill(&env, &c, "2026-09", "2026-09").await?;
+    assert_eq!(again["status"], "SUCCESS", "{again}");
+    assert_eq!(again["counts"]["created"], 180, "{again}");
+    assert_eq!(again["counts"]["deleted"], 180, "{again}");
+    assert_eq!(
+        billed(&env, &format!("{september}&group_by=provider"), "provider").await?,
+        total
+    );
+
+    // The plugin replaces from October on: September is kept as stored, October replaced.
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"accounts": accounts, "changed_from": "2026-10"}}),
+    )
+    .await?;
+    let partial = bill(&env, &c, "2026-09", "2026-10").await?;
+    assert_eq!(partial["status"], "SUCCESS", "{partial}");
+    assert_eq!(partial["counts"]["unchanged"], 180, "{partial}");
+    assert_eq!(partial["counts"]["created"], 186, "{partial}");
+    assert_eq!(partial["counts"]["deleted"], 186, "{partial}");
+    assert_eq!(
+        billed(&env, &format!("{september}&group_by=provider"), "provider").await?,
+        total
+    );
+    let stored = env.scalar("SELECT count(*) FROM costs").await?;
+    assert_eq!(stored, (30 + 31) * 2 * 3);
+
+    // A plugin answering an `ERROR_` code fails the task by name; the month is unchanged.
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"accounts": accounts, "error_code": "ERROR_PERMISSION_DENIED"}}),
+    )
+    .await?;
+    let refused = bill(&env, &c, "2026-09", "2026-09").await?;
+    assert_eq!(refused["status"], "FAILURE", "{refused}");
+    let error = env.first_task_error(&refused).await?;
+    assert!(
+        error.contains("ERROR_PERMISSION_DENIED") && error.contains("unchanged"),
+        "{error}"
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM costs").await?, stored);
+    Ok(())
+}
+
 crate::in_both_modes!(
     a_cloudforet_collector_registers_collects_and_resyncs,
     sub_tasks_from_get_tasks_collect_every_resource_once,
     error_codes_and_hangs_fail_the_task_clearly,
+    a_cloudforet_cost_data_source_bills_exactly_and_honours_changed,
 );
 
 /// The plugin process killed in the middle of its stream: the task's next attempt starts it

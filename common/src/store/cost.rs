@@ -402,6 +402,7 @@ pub struct Cost {
     pub region_id: Option<String>,
     pub resource_id: Option<String>,
     pub charge_category: Option<String>,
+    pub usage_type: Option<String>,
     pub currency: String,
     #[schema(value_type = String)]
     pub billed_cost: Decimal,
@@ -452,7 +453,7 @@ pub async fn list(
         "SELECT r.id, r.service_account_id, r.job_id, r.charge_period_start, r.charge_period_end,
             r.billing_period_start, r.provider, r.billing_account_id, r.billing_account_name,
             r.sub_account_id, r.sub_account_name, r.service_name, r.service_category, r.region_id,
-            r.resource_id, r.charge_category, r.currency, {amounts}, r.consumed_unit,
+            r.resource_id, r.charge_category, r.usage_type, r.currency, {amounts}, r.consumed_unit,
             r.pricing_unit, r.tags
          FROM costs r
          WHERE r.domain_id = {d} AND r.day >= {s} AND r.day < {e} AND r.id > {after}{conditions}
@@ -488,6 +489,7 @@ pub async fn list(
             region_id: r.try_get("", "region_id")?,
             resource_id: r.try_get("", "resource_id")?,
             charge_category: r.try_get("", "charge_category")?,
+            usage_type: r.try_get("", "usage_type")?,
             currency: r.try_get("", "currency")?,
             billed_cost: amount(r, "billed_cost")?.unwrap_or_default(),
             effective_cost: amount(r, "effective_cost")?.unwrap_or_default(),

@@ -110,7 +110,8 @@ pub async fn list(
 }
 
 /// What a worker needs to run a private plugin at `version`: its catalog entry as of that
-/// version, and how to start it. `None` when the domain has no such plugin or version.
+/// version, how to start it, and what a Cloudforet plugin's `init` answered (an empty map for
+/// others). `None` when the domain has no such plugin or version.
 ///
 /// # Errors
 /// Database errors only.
@@ -119,7 +120,7 @@ pub async fn runnable(
     domain: DomainId,
     id: &str,
     version: &str,
-) -> Result<Option<(PluginInfo, Spec)>> {
+) -> Result<Option<(PluginInfo, Spec, serde_json::Map<String, serde_json::Value>)>> {
     let Some(m) = plugin::Entity::find_by_id((domain.as_uuid(), id.to_owned()))
         .one(db)
         .await?
@@ -127,10 +128,13 @@ pub async fn runnable(
         return Ok(None);
     };
     let versions = versions_of(&m)?;
-    Ok(versions
-        .iter()
-        .find(|v| v.version == version)
-        .map(|v| (info(id, &versions, v), v.spec.clone())))
+    Ok(versions.iter().find(|v| v.version == version).map(|v| {
+        let init = match &v.metadata.plugin_metadata {
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        (info(id, &versions, v), v.spec.clone(), init)
+    }))
 }
 
 /// Checks that the domain's private plugin `id` does not have `version` yet, before anything

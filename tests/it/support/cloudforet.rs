@@ -15,6 +15,15 @@ pub async fn inventory() -> anyhow::Result<String> {
     Ok(format!("{DIR}/inventory.sh"))
 }
 
+/// The launcher of the test cost data source, ready to run.
+///
+/// # Errors
+/// Python 3.10 is missing, or pip failed.
+pub async fn cost() -> anyhow::Result<String> {
+    ensure_venv().await?;
+    Ok(format!("{DIR}/cost.sh"))
+}
+
 /// Makes the environment, once per test binary.
 async fn ensure_venv() -> anyhow::Result<()> {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use gleaner_cloudforet::cost::{Changed, Costing};
 use gleaner_cloudforet::inventory::{self, Collected};
+use gleaner_cloudforet::value::to_json_or_empty;
 use gleaner_cloudforet::{CallError, Host, Lease, StartError};
+use gleaner_common::billing::Month;
 use gleaner_common::external::{INIT_TIMEOUT, Spec};
 use gleaner_common::id::{DomainId, ServiceAccountId};
 use gleaner_common::plugin::{PluginInfo, PluginKind};
@@ -26,6 +29,9 @@ pub struct Cloudforet {
     spec: Spec,
     /// The host's name for the plugin version's processes: domain, plugin and version.
     key: String,
+    /// What its `init` answered at the registration (a cost data source's currency and
+    /// account rules).
+    init: Map<String, Value>,
     domain: DomainId,
     host: Arc<Host>,
 }
@@ -38,6 +44,7 @@ impl Cloudforet {
         info: PluginInfo,
         version: &str,
         spec: Spec,
+        init: Map<String, Value>,
         domain: DomainId,
         host: Arc<Host>,
     ) -> Self {
@@ -46,6 +53,7 @@ impl Cloudforet {
             info,
             spec,
             key,
+            init,
             domain,
             host,
         }
@@ -114,18 +122,27 @@ impl Plugin for Cloudforet {
     }
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
-        if self.info.kind != PluginKind::Collector {
-            return Err(PluginError::Permanent(format!(
-                "the cloudforet runtime runs inventory collectors; a {} is not supported yet",
-                self.info.kind.as_str()
-            )));
-        }
+        let month = match self.info.kind {
+            PluginKind::Collector => None,
+            PluginKind::CostDataSource => Some(request.task.billing_month()?),
+            PluginKind::MetricDataSource => {
+                return Err(PluginError::Permanent(
+                    "the cloudforet runtime runs inventory collectors and cost data sources; monitoring data sources are not supported yet".into(),
+                ));
+            }
+        };
         let lease = self
             .lease(request.task.service_account_id, &request.secret)
             .await?;
         let deadline = Instant::now() + Duration::from_secs(self.spec.timeout_seconds);
+        let run = async {
+            match month {
+                Some(month) => self.costs(&lease, &request, month, &out).await,
+                None => collect(&lease, &request, &out).await,
+            }
+        };
         let result = tokio::select! {
-            r = collect(&lease, &request, &out) => r,
+            r = run => r,
             () = request.cancel.cancelled() => Err(PluginError::Stopped),
             () = tokio::time::sleep_until(deadline) => {
                 // It may be stuck for every task: the next one starts a new process.
@@ -138,6 +155,91 @@ impl Plugin for Cloudforet {
         };
         request.diagnostics.set(lease.output());
         result
+    }
+}
+
+impl Cloudforet {
+    /// A billing task: the plugin's sub-tasks from the month's first day (`Job.get_tasks`),
+    /// then each one's `Cost.get_data` stream, forwarding the records of the month. When the
+    /// answer's `changed` periods leave the month out, the plugin replaces nothing there and
+    /// the month is kept as stored.
+    async fn costs(
+        &self,
+        lease: &Lease,
+        request: &CollectRequest,
+        month: Month,
+        out: &ItemSender,
+    ) -> Result<(), PluginError> {
+        let client = lease.client();
+        let domain = self.domain.to_string();
+        let start = format!("{}T00:00:00Z", month.first_day());
+        let tasks = client
+            .cost_tasks(&request.options, &request.secret, &start, &domain)
+            .await
+            .map_err(|e| failed(&e))?;
+        let changed = Changed::of(&tasks);
+        if !changed.covers(month) {
+            return out
+                .send(Item::Unchanged(format!(
+                    "the plugin's changed periods ({changed}) leave {month} out"
+                )))
+                .await;
+        }
+        let account = request
+            .task
+            .service_account_id
+            .map_or_else(String::new, |a| a.to_string());
+        let costing = Costing::new(&self.init, &self.info.provider, account);
+        let task_options: Vec<Value> = if tasks.tasks.is_empty() {
+            // No sub-task: one `get_data` with empty task options.
+            vec![Value::Object(Map::new())]
+        } else {
+            tasks
+                .tasks
+                .into_iter()
+                .map(|t| Value::Object(to_json_or_empty(t.task_options)))
+                .collect()
+        };
+        for options in task_options {
+            let mut stream = client
+                .cost_data(&request.options, &request.secret, &options, &domain)
+                .await
+                .map_err(|e| failed(&e))?;
+            while let Some(batch) = next(lease, &mut stream, "Cost/get_data").await? {
+                for info in batch.results {
+                    let item = match costing.record(info) {
+                        // Records of other months are other billing tasks' to store.
+                        Ok(c) if Month::of(c.charge_period_start.date_naive()) != month => {
+                            continue;
+                        }
+                        Ok(c) => Item::Cost(Box::new(c)),
+                        Err(message) => Item::Error(ItemError {
+                            resource_type: None,
+                            resource_key: None,
+                            message,
+                        }),
+                    };
+                    out.send(item).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next message of a stream; a plugin process that ended mid-stream is a transient
+/// failure (the next attempt starts a new one).
+async fn next<T>(
+    lease: &Lease,
+    stream: &mut gleaner_cloudforet::Streaming<T>,
+    method: &'static str,
+) -> Result<Option<T>, PluginError> {
+    match stream.message().await {
+        Ok(m) => Ok(m),
+        Err(_) if let Some(status) = lease.exited() => Err(PluginError::Transient(format!(
+            "the plugin process ended ({status}) during {method}"
+        ))),
+        Err(s) => Err(failed(&CallError::from_status(method, &s))),
     }
 }
 
@@ -163,17 +265,7 @@ async fn collect(
             .collect(&request.options, &request.secret, task_options.as_ref())
             .await
             .map_err(|e| failed(&e))?;
-        loop {
-            let message = match stream.message().await {
-                Ok(m) => m,
-                Err(_) if let Some(status) = lease.exited() => {
-                    return Err(PluginError::Transient(format!(
-                        "the plugin process ended ({status}) during Collector/collect"
-                    )));
-                }
-                Err(s) => return Err(failed(&CallError::from_status("Collector/collect", &s))),
-            };
-            let Some(info) = message else { break };
+        while let Some(info) = next(lease, &mut stream, "Collector/collect").await? {
             out.send(item(inventory::map(info))).await?;
         }
     }

@@ -129,6 +129,7 @@ pub fn day_records(opts: &DemoBillingOptions, account: &str, day: NaiveDate) -> 
                 region_id: Some(format!("demo-region-{r}")),
                 resource_id: None,
                 charge_category: Some("Usage".into()),
+                usage_type: None,
                 currency: opts.currency.clone(),
                 billed_cost: billed,
                 effective_cost: billed * Decimal::new(9, 1),

@@ -484,6 +484,7 @@ impl Columns {
             region_id: self.text(r, "RegionId"),
             resource_id: self.text(r, "ResourceId"),
             charge_category: self.text(r, "ChargeCategory"),
+            usage_type: self.text(r, "x_UsageType"),
             currency: currency.to_ascii_uppercase(),
             billed_cost,
             // FOCUS requires both; a null is counted as nothing rather than refusing the row.
@@ -757,7 +758,7 @@ mod tests {
             match item {
                 Item::Cost(c) => costs.push(*c),
                 Item::Error(e) => errors.push(e.message),
-                Item::Resource(_) | Item::Samples(_) | Item::Catalog(_) => {
+                Item::Resource(_) | Item::Samples(_) | Item::Catalog(_) | Item::Unchanged(_) => {
                     panic!("not a cost from a cost export")
                 }
             }

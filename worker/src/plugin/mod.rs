@@ -70,6 +70,7 @@ pub(crate) fn test_cost(billed_cost: rust_decimal::Decimal) -> CostItem {
         region_id: None,
         resource_id: None,
         charge_category: None,
+        usage_type: None,
         currency: "USD".into(),
         billed_cost,
         effective_cost: Decimal::ZERO,
@@ -108,6 +109,10 @@ pub enum Item {
     /// Catalog data a collector reports besides resources (a Cloudforet plugin's cloud
     /// service types and regions): kept and listable, not counted as resources.
     Catalog(gleaner_common::store::catalog::Entry),
+    /// A cost data source's word that the task's month has not changed since it was stored,
+    /// and why: the month's stored records are kept as they are (a Cloudforet plugin whose
+    /// `changed` periods leave the month out).
+    Unchanged(String),
     Error(ItemError),
 }
 
@@ -503,7 +508,8 @@ impl Registry {
         if let Some(p) = self.get(id) {
             return Ok(Some(p));
         }
-        let Some((info, spec)) = store::plugin::runnable(db, domain, id, version).await? else {
+        let Some((info, spec, init)) = store::plugin::runnable(db, domain, id, version).await?
+        else {
             return Ok(None);
         };
         Ok(Some(match spec.runtime {
@@ -517,6 +523,7 @@ impl Registry {
                     info,
                     version,
                     spec,
+                    init,
                     domain,
                     self.cloudforet.clone(),
                 )),

@@ -4,7 +4,7 @@
 use gleaner_common::billing::Month;
 use gleaner_common::external::redact;
 use gleaner_common::lifecycle::{self, Claimed, Ended, Outcome};
-use gleaner_common::model::JobStatus;
+use gleaner_common::model::{Counts, JobStatus};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -79,7 +79,7 @@ pub(super) async fn collect(
     if stop.is_cancelled() {
         return Ended::Released;
     }
-    let mut summary = match loaded {
+    let (mut summary, unchanged) = match loaded {
         Ok(s) => s,
         Err(e) => return write_failed("costs", &e),
     };
@@ -111,6 +111,28 @@ pub(super) async fn collect(
             "the collection lock expired while the import ran (Redis unreachable?); stopped so that two imports do not overlap",
         );
     }
+    if let Some(why) = unchanged.filter(|_| summary.counts.created == 0) {
+        // Dropping the load rolls its transaction back: the month stays as it was stored.
+        let kept = load.replaced();
+        drop(load);
+        let counts = Counts {
+            unchanged: kept,
+            failed: summary.counts.failed,
+            ..Counts::default()
+        };
+        let shown =
+            lifecycle::task::add_progress(&ctx.db, claimed.attempt, claimed.job_id, &counts).await;
+        if let Err(e) = shown {
+            return Ended::Retry(format!("recording the task's counts failed: {e}"));
+        }
+        info!(%month, kept, reason = %why, "month of costs unchanged");
+        return Ended::Done(Outcome {
+            status: JobStatus::Success,
+            error: None,
+            stderr: stderr_of(&diagnostics, &secrets),
+            sweep: None,
+        });
+    }
     if summary.counts.created == 0 && load.replaced() > 0 {
         // An export that lost the month (rotated, not written yet) must not wipe it: a month
         // is only replaced by records.
@@ -140,15 +162,17 @@ pub(super) async fn collect(
 }
 
 /// Copies the plugin's records into the load in batches; a record of another month, or a
-/// resource, counts as malformed.
+/// resource, counts as malformed. Also returns why the source called the month unchanged, if
+/// it did.
 async fn load_costs(
     ctx: &Context,
     claimed: &Claimed,
     load: &mut dyn CostLoad,
     month: Month,
     mut rx: ItemReceiver,
-) -> Result<Summary, SinkError> {
+) -> Result<(Summary, Option<String>), SinkError> {
     let mut summary = Summary::default();
+    let mut unchanged = None;
     let mut batch: Vec<CostItem> = Vec::with_capacity(COST_BATCH);
     let reject = |summary: &mut Summary, message: String| {
         summary.counts.failed += 1;
@@ -193,6 +217,7 @@ async fn load_costs(
                 ),
             ),
             Item::Error(e) => reject(&mut summary, e.message),
+            Item::Unchanged(why) => unchanged = Some(why),
             Item::Resource(r) => reject(
                 &mut summary,
                 format!(
@@ -218,7 +243,7 @@ async fn load_costs(
     }
     load.write(&batch).await?;
     summary.counts.created += i64::try_from(batch.len()).unwrap_or(i64::MAX);
-    Ok(summary)
+    Ok((summary, unchanged))
 }
 
 /// Amounts at or beyond this (in absolute value) are refused: sums of a month's records must
@@ -254,6 +279,7 @@ fn refusal(c: &CostItem) -> Option<String> {
         ("region_id", c.region_id.as_deref()),
         ("resource_id", c.resource_id.as_deref()),
         ("charge_category", c.charge_category.as_deref()),
+        ("usage_type", c.usage_type.as_deref()),
         ("consumed_unit", c.consumed_unit.as_deref()),
         ("pricing_unit", c.pricing_unit.as_deref()),
     ];

@@ -251,6 +251,14 @@ async fn consume(
                 });
             }
             Item::Catalog(e) => catalog.push(e),
+            Item::Unchanged(_) => {
+                pending_failed += 1;
+                summary.keep(ItemError {
+                    resource_type: None,
+                    resource_key: None,
+                    message: "a collector reported a month of costs unchanged; cost data sources run in billing jobs".into(),
+                });
+            }
             Item::Samples(s) => {
                 pending_failed += 1;
                 summary.keep(ItemError {

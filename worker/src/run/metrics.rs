@@ -463,6 +463,16 @@ async fn consume(
                     resource_key: Some(e.key),
                 },
             ),
+            Item::Unchanged(_) => refuse(
+                &mut summary,
+                &mut batch,
+                1,
+                ItemError {
+                    message: "a metric data source reported a month of costs unchanged".into(),
+                    resource_type: None,
+                    resource_key: None,
+                },
+            ),
         }
         if batch.samples.len() >= BATCH {
             series.close(&mut batch);

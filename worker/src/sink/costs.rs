@@ -97,7 +97,7 @@ pub const COLUMNS: &str = "domain_id, collector_id, service_account_id, job_id, 
     charge_period_start, charge_period_end, billing_period_start, provider, billing_account_id, \
     billing_account_name, sub_account_id, sub_account_name, service_name, service_category, \
     region_id, resource_id, charge_category, currency, billed_cost, effective_cost, list_cost, \
-    consumed_quantity, consumed_unit, pricing_quantity, pricing_unit, tags";
+    consumed_quantity, consumed_unit, pricing_quantity, pricing_unit, tags, usage_type";
 
 /// One lock per (account, month): `hashtextextended` spreads them over the 64-bit key space.
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
@@ -502,6 +502,7 @@ pub fn encode(out: &mut String, fixed: &str, c: &CostItem) {
     opt(out, c.pricing_unit.as_deref());
     let tags = c.tags.as_ref().and_then(|t| serde_json::to_string(t).ok());
     opt(out, tags.as_deref());
+    opt(out, c.usage_type.as_deref());
     out.push('\n');
 }
 

@@ -22,10 +22,10 @@ const COLUMNS: &str = "domain_id, collector_id, service_account_id, job_id, task
     charge_period_start, charge_period_end, billing_period_start, provider, billing_account_id, \
     billing_account_name, sub_account_id, sub_account_name, service_name, service_category, \
     region_id, resource_id, charge_category, currency, billed_cost, effective_cost, list_cost, \
-    consumed_quantity, consumed_unit, pricing_quantity, pricing_unit, tags";
+    consumed_quantity, consumed_unit, pricing_quantity, pricing_unit, tags, usage_type";
 
-/// Parameters per staged row: `attempt` and the 29 columns.
-const PER_ROW: usize = 30;
+/// Parameters per staged row: `attempt` and the 30 columns.
+const PER_ROW: usize = 31;
 
 /// Rows per statement: SQLite allows 32,766 bound parameters.
 const CHUNK: usize = 1_000;
@@ -146,7 +146,8 @@ impl CostLoad for SqliteLoad {
                     .bind(c.consumed_unit.as_deref())
                     .bind(c.pricing_quantity.map(|d| d.to_string()))
                     .bind(c.pricing_unit.as_deref())
-                    .bind(c.tags.as_ref().and_then(|t| serde_json::to_string(t).ok()));
+                    .bind(c.tags.as_ref().and_then(|t| serde_json::to_string(t).ok()))
+                    .bind(c.usage_type.as_deref());
                 self.rollup.add(c);
             }
             q.execute(&mut *tx).await.map_err(db)?;
