@@ -281,8 +281,8 @@ impl Costing {
         let (start, end) = billed_period(&info.billed_date)?;
         let cost = info.cost.to_decimal().map_err(|e| format!("cost: {e}"))?;
         let quantity = match info.usage_quantity {
-            Amount::Double(v) if v == 0.0 => None,
-            Amount::Float(v) if v == 0.0 => None,
+            // Absent on the wire: proto3 does not send a zero.
+            q if q.as_f64() == 0.0 => None,
             q => Some(q.to_decimal().map_err(|e| format!("usage_quantity: {e}"))?),
         };
         let record = CostRecord {
@@ -498,5 +498,128 @@ mod tests {
         let bytes = c.encode_to_vec();
         assert_eq!(bytes.len(), c.encoded_len());
         assert_eq!(CostInfo::decode(&bytes[..]).expect("decode"), c);
+    }
+
+    fn costing() -> Costing {
+        let metadata = serde_json::json!({
+            "currency": "eur",
+            "data_source_rules": [{"actions": {"match_service_account":
+                {"source": "additional_info.Payer", "target": "data.account_id"}}}],
+        });
+        Costing::new(
+            metadata.as_object().unwrap(),
+            "aws",
+            "sa-default".to_owned(),
+        )
+    }
+
+    fn info(billed_date: &str, additional_info: serde_json::Value) -> CostInfo {
+        CostInfo {
+            cost: Amount::Float(0.1),
+            usage_quantity: Amount::Double(2.5),
+            usage_type: "USE1-BoxUsage:t3.micro".into(),
+            product: "AmazonEC2".into(),
+            billed_date: billed_date.into(),
+            additional_info: Some(crate::value::from_json(
+                additional_info.as_object().unwrap(),
+            )),
+            ..CostInfo::default()
+        }
+    }
+
+    #[test]
+    fn records_map_to_focus_fields_with_the_metadata_s_currency_and_account_rules() {
+        let c = costing();
+        assert_eq!(c.currency, "EUR");
+        assert_eq!(c.account_paths[0], "additional_info.Payer");
+        let r = c
+            .record(info(
+                "2026-09-02",
+                serde_json::json!({"Payer": "999", "account_id": "1"}),
+            ))
+            .unwrap();
+        // The rule's source wins over the known places; a float's shortest text is the amount.
+        assert_eq!(r.billing_account_id, "999");
+        assert_eq!(r.billed_cost.to_string(), "0.1");
+        assert_eq!(r.effective_cost, r.billed_cost);
+        assert_eq!(
+            r.consumed_quantity.map(|q| q.to_string()).as_deref(),
+            Some("2.5")
+        );
+        assert_eq!(
+            r.provider, "AWS",
+            "the record names none: the plugin's provider"
+        );
+        assert_eq!(r.service_name.as_deref(), Some("AmazonEC2"));
+        assert_eq!(r.usage_type.as_deref(), Some("USE1-BoxUsage:t3.micro"));
+        assert_eq!(r.currency, "EUR");
+        assert_eq!(
+            r.charge_period_start.to_rfc3339(),
+            "2026-09-02T00:00:00+00:00"
+        );
+        assert_eq!(
+            r.charge_period_end.unwrap().to_rfc3339(),
+            "2026-09-03T00:00:00+00:00"
+        );
+        assert_eq!(
+            r.billing_period_start.unwrap().to_rfc3339(),
+            "2026-09-01T00:00:00+00:00"
+        );
+        // Hyperbilling's key, then the service account when the record names no account.
+        let r = c
+            .record(info(
+                "2026-09-02T10:00:00Z",
+                serde_json::json!({"Account ID": "42"}),
+            ))
+            .unwrap();
+        assert_eq!(r.billing_account_id, "42");
+        assert_eq!(
+            r.charge_period_start.to_rfc3339(),
+            "2026-09-02T00:00:00+00:00"
+        );
+        let r = c.record(info("2026-09", serde_json::json!({}))).unwrap();
+        assert_eq!(r.billing_account_id, "sa-default");
+        assert_eq!(
+            r.charge_period_end.unwrap().to_rfc3339(),
+            "2026-10-01T00:00:00+00:00"
+        );
+        for bad in ["", "09/02/2026", "2026-13"] {
+            assert!(c.record(info(bad, serde_json::json!({}))).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn changed_periods_cover_their_months_and_none_covers_all() {
+        use crate::pb::cost::{ChangedInfo, TaskInfo, TasksInfo};
+        let m = |s: &str| s.parse::<Month>().unwrap();
+        assert!(Changed::default().covers(m("2020-01")));
+        let tasks = TasksInfo {
+            changed: vec![ChangedInfo {
+                start: "2026-10".into(),
+                ..ChangedInfo::default()
+            }],
+            tasks: vec![TaskInfo {
+                task_options: None,
+                task_changed: Some(ChangedInfo {
+                    start: "2026-06-15".into(),
+                    end: "2026-07".into(),
+                    filter: None,
+                }),
+            }],
+            ..TasksInfo::default()
+        };
+        let changed = Changed::of(&tasks);
+        assert_eq!(changed.to_string(), "2026-10.., 2026-06..2026-07");
+        for (month, covered) in [
+            ("2026-05", false),
+            ("2026-06", true),
+            ("2026-07", true),
+            ("2026-08", false),
+            ("2026-09", false),
+            ("2026-10", true),
+            ("2027-03", true),
+        ] {
+            assert_eq!(changed.covers(m(month)), covered, "{month}");
+        }
     }
 }
