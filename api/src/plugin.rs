@@ -129,6 +129,12 @@ struct RegisterPlugin {
     /// Cloudforet: a display name (default: the id).
     #[serde(default)]
     name: Option<String>,
+    /// Cloudforet metric data source: the metrics Gleaner collects with it, by the plugin's
+    /// metric key (`CPUUtilization`) and the resource type they are for. A Cloudforet
+    /// monitoring plugin names its metrics per resource only (`Metric.list`), so the operator
+    /// says which to keep.
+    #[serde(default)]
+    metrics: Vec<gleaner_common::metric::MetricInfo>,
 }
 
 const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
@@ -170,6 +176,7 @@ fn validate(
             }
             let cloudforet_only = [
                 ("kind", body.kind.is_some()),
+                ("metrics", !body.metrics.is_empty()),
                 ("env", !body.env.is_empty()),
                 ("port", body.port.is_some()),
                 ("endpoint", body.endpoint.is_some()),
@@ -199,6 +206,7 @@ fn validate(
             id: body.id,
             version,
             kind: body.kind,
+            metrics: body.metrics,
             provider: body.provider,
             name: body.name,
             spec: Spec {
@@ -220,6 +228,7 @@ struct Validated {
     id: String,
     version: semver::Version,
     kind: Option<PluginKind>,
+    metrics: Vec<gleaner_common::metric::MetricInfo>,
     provider: Option<String>,
     name: Option<String>,
     spec: Spec,
@@ -240,13 +249,31 @@ fn check_cloudforet(
             "is required for a Cloudforet plugin: collector, cost_data_source or metric_data_source",
         )),
         Some(PluginKind::Collector | PluginKind::CostDataSource) => {}
-        Some(other) => errors.push(Invalid::new(
-            "kind",
-            format!(
-                "the cloudforet runtime runs collectors and cost data sources in this version; `{}` plugins are not supported yet",
-                other.as_str()
-            ),
+        Some(PluginKind::MetricDataSource) => {}
+    }
+    match (body.kind, body.metrics.is_empty()) {
+        (Some(PluginKind::MetricDataSource), true) => errors.push(Invalid::new(
+            "metrics",
+            "a Cloudforet metric data source needs the metrics to collect: [{name, resource_type, unit}], name being the plugin's metric key",
         )),
+        (Some(PluginKind::MetricDataSource), false) => {
+            for (i, m) in body.metrics.iter().enumerate() {
+                if let Err(e) = gleaner_common::metric::check_name("name", &m.name) {
+                    errors.push(Invalid::new(format!("metrics[{i}].name"), e.detail));
+                }
+                if m.resource_type.trim().is_empty() {
+                    errors.push(Invalid::new(
+                        format!("metrics[{i}].resource_type"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        (_, false) => errors.push(Invalid::new(
+            "metrics",
+            "only a metric data source (`kind: metric_data_source`) collects metrics",
+        )),
+        (_, true) => {}
     }
     match (&body.endpoint, body.command.trim().is_empty()) {
         (Some(_), false) => errors.push(Invalid::new(
@@ -489,7 +516,7 @@ async fn cloudforet_init(
         provider,
         resource_types: Vec::new(),
         options_schema,
-        metrics: Vec::new(),
+        metrics: v.metrics.clone(),
         plugin_metadata: Some(Value::Object(meta)),
     })
 }

@@ -293,4 +293,62 @@ impl Client {
             .map(Response::into_inner)
             .map_err(|s| CallError::from_status("Cost/get_data", &s))
     }
+
+    /// A monitoring data source's `Metric.list` for one resource's `query` (the object at the
+    /// plugin's `required_keys[0]` in the resource): each metric's key and query.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn metrics(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+        query: &Map<String, Value>,
+    ) -> Result<Vec<crate::monitoring::Listed>, CallError> {
+        let mut c = client!(pb::monitoring::metric_client, MetricClient, self.channel);
+        let r = pb::monitoring::MetricRequest {
+            options: Some(request_struct(options)),
+            secret_data: Some(crate::value::from_json(secret)),
+            query: Some(crate::value::from_json(query)),
+            schema: String::new(),
+        };
+        let listed = unary("Metric/list", UNARY_TIMEOUT, c.list(r)).await?;
+        Ok(listed
+            .metrics
+            .into_iter()
+            .map(|m| crate::monitoring::Listed {
+                key: m.key,
+                query: to_json_or_empty(m.metric_query),
+            })
+            .collect())
+    }
+
+    /// A monitoring data source's `Metric.get_data` of `metric` for the resources of
+    /// `queries` (by resource id), from `start` to `end` (ISO 8601) every `period` seconds.
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn metric_data(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+        metric: &str,
+        queries: &Map<String, Value>,
+        (start, end, period): (&str, &str, i32),
+    ) -> Result<crate::monitoring::Data, CallError> {
+        let mut c = client!(pb::monitoring::metric_client, MetricClient, self.channel);
+        let r = pb::monitoring::MetricDataRequest {
+            options: Some(request_struct(options)),
+            secret_data: Some(crate::value::from_json(secret)),
+            metric_query: Some(crate::value::from_json(queries)),
+            metric: metric.to_owned(),
+            start: start.to_owned(),
+            end: end.to_owned(),
+            period,
+            stat: "AVERAGE".to_owned(),
+            schema: String::new(),
+        };
+        let data = unary("Metric/get_data", UNARY_TIMEOUT, c.get_data(r)).await?;
+        Ok(crate::monitoring::Data::of(data))
+    }
 }

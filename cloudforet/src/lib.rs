@@ -12,6 +12,7 @@ pub mod client;
 pub mod cost;
 pub mod host;
 pub mod inventory;
+pub mod monitoring;
 pub mod pb;
 pub mod status;
 pub mod value;

@@ -393,7 +393,126 @@ async fn a_cloudforet_cost_data_source_bills_exactly_and_honours_changed(
     Ok(())
 }
 
+/// A minute (seconds since the epoch) as a query parameter.
+fn minute_param(minute: i64) -> anyhow::Result<String> {
+    Ok(
+        chrono::DateTime::<chrono::Utc>::from_timestamp(minute * 60, 0)
+            .context("a time")?
+            .to_rfc3339()
+            .replace('+', "%2B"),
+    )
+}
+
+/// The test monitoring data source (`gleaner_test_mon`, answering as the CloudWatch plugin)
+/// over the resources the test collector stored: the declared metrics of every instance, each
+/// minute equal to the plugin's formula, gaps left out, undeclared metrics not collected, and
+/// a second run storing nothing twice.
+async fn a_cloudforet_monitoring_data_source_feeds_metrics_jobs(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    register(&env, "cf-inven", json!({})).await?;
+    let inventory = collector(&env, "cf-inven", json!({"count": 6, "failures": 0})).await?;
+    let job = env.collect(&inventory).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let metrics = json!([
+        {"name": "CPUUtilization", "resource_type": "aws.ec2.instance", "unit": "Percent"},
+        {"name": "NetworkIn", "resource_type": "aws.ec2.instance", "unit": "Bytes"},
+    ]);
+    let mut body = json!({"id": "cf-mon", "version": "1.0.0", "runtime": "cloudforet",
+        "kind": "metric_data_source", "command": cloudforet::monitoring().await?, "provider": "aws"});
+    // Cloudforet monitoring plugins name their metrics per resource: the operator says which.
+    let refused = env.post("/v1/plugins", body.clone()).await?;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert_eq!(fields(&refused.body), ["metrics"]);
+    body["metrics"] = metrics;
+    let plugin = env.create("/v1/plugins", body).await?;
+    assert_eq!(plugin["kind"], "metric_data_source");
+    let c = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "cloudwatch (cloudforet)", "plugin_id": "cf-mon", "options": {}}),
+        )
+        .await?;
+    let c = c["id"].as_str().context("collector id")?.to_owned();
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["kind"], "metrics");
+    let created = job["counts"]["created"].as_i64().context("created")?;
+
+    let stored = resources(&env, &inventory).await?;
+    assert_eq!(stored.len(), 6);
+    let now = chrono::Utc::now().timestamp() / 60;
+    let mut expected = 0;
+    for r in &stored {
+        let id = r["id"].as_str().context("id")?;
+        let key = r["resource_key"].as_str().context("key")?;
+        // `i-0000000n/…`; server-4 (keyed by its name) has the same instance id in its data.
+        let n = i64::from_str_radix(
+            &r["data"]["data"]["cloudwatch"]["metrics_info"][0]["Dimensions"][0]["Value"]
+                .as_str()
+                .context("instance id")?[2..],
+            16,
+        )?;
+        let listed = env.get(&format!("/v1/resources/{id}/metrics")).await?;
+        let mut names: Vec<&str> = listed.body["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .filter_map(|m| m["metric"].as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["CPUUtilization", "NetworkIn"],
+            "{key}: {}",
+            listed.body
+        );
+        // The last hour by minutes, against the formula; every fifth NetworkIn minute is a gap.
+        let (from, to) = (now - 61, now - 1);
+        for metric in ["CPUUtilization", "NetworkIn"] {
+            let a = env
+                .get(&format!(
+                    "/v1/resources/{id}/metrics/{metric}?start={}&end={}&period=60&stat=max",
+                    minute_param(from)?,
+                    minute_param(to)?,
+                ))
+                .await?;
+            assert_eq!(a.status, StatusCode::OK, "{a:?}");
+            let values = a.body["values"].as_array().context("values")?;
+            assert_eq!(values.len(), 60, "{}", a.body);
+            for (i, v) in values.iter().enumerate() {
+                let m = from + i as i64;
+                let want = match metric {
+                    "CPUUtilization" => Some((m % 60) as f64 + n as f64 / 4.0),
+                    _ => (m % 5 != 0).then(|| (1000 * (m % 1440) + n) as f64),
+                };
+                assert_eq!(v.as_f64(), want, "{key} {metric} at minute {m}");
+            }
+        }
+        expected += env
+            .scalar(&format!(
+                "SELECT count(*) FROM metric_samples WHERE resource_id = {}",
+                env.uuid_sql(id)?
+            ))
+            .await?;
+    }
+    assert_eq!(created, expected, "every sample stored is counted");
+    // A day back, CPUUtilization every minute and NetworkIn four minutes of five, per instance.
+    assert!(created >= 6 * (1439 + 1151), "{created}");
+
+    // Again at once: at most the minutes since, nothing twice.
+    let again = env.collect(&c).await?;
+    assert_eq!(again["status"], "SUCCESS", "{again}");
+    let total = env.scalar("SELECT count(*) FROM metric_samples").await?;
+    let distinct = env
+        .scalar("SELECT count(*) FROM (SELECT DISTINCT resource_id, metric, time FROM metric_samples) s")
+        .await?;
+    assert_eq!(distinct, total);
+    assert!(total - created <= 6 * 2 * 2, "{total} after {created}");
+    Ok(())
+}
+
 crate::in_both_modes!(
+    a_cloudforet_monitoring_data_source_feeds_metrics_jobs,
     a_cloudforet_collector_registers_collects_and_resyncs,
     sub_tasks_from_get_tasks_collect_every_resource_once,
     error_codes_and_hangs_fail_the_task_clearly,

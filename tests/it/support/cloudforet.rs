@@ -24,6 +24,15 @@ pub async fn cost() -> anyhow::Result<String> {
     Ok(format!("{DIR}/cost.sh"))
 }
 
+/// The launcher of the test monitoring data source, ready to run.
+///
+/// # Errors
+/// Python 3.10 is missing, or pip failed.
+pub async fn monitoring() -> anyhow::Result<String> {
+    ensure_venv().await?;
+    Ok(format!("{DIR}/monitoring.sh"))
+}
+
 /// Makes the environment, once per test binary.
 async fn ensure_venv() -> anyhow::Result<()> {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();

@@ -4,23 +4,29 @@
 //! The plugin process is shared by the tasks of its version ([`Host`]); credentials travel in
 //! each request's `secret_data`, never in the process's environment or arguments.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
 use gleaner_cloudforet::cost::{Changed, Costing};
 use gleaner_cloudforet::inventory::{self, Collected};
+use gleaner_cloudforet::monitoring;
 use gleaner_cloudforet::value::to_json_or_empty;
 use gleaner_cloudforet::{CallError, Host, Lease, StartError};
 use gleaner_common::billing::Month;
 use gleaner_common::external::{INIT_TIMEOUT, Spec};
-use gleaner_common::id::{DomainId, ServiceAccountId};
+use gleaner_common::id::{DomainId, ResourceId, ServiceAccountId};
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::store::catalog::Entry;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::{CollectRequest, Item, ItemError, ItemSender, Plugin, PluginError, ResourceItem};
+use super::{
+    CollectRequest, Item, ItemError, ItemSender, MetricRequest, Plugin, PluginError, Point,
+    ResourceItem, Samples,
+};
 
 /// A registered version of a Cloudforet plugin.
 pub struct Cloudforet {
@@ -122,23 +128,20 @@ impl Plugin for Cloudforet {
     }
 
     async fn collect(&self, request: CollectRequest, out: ItemSender) -> Result<(), PluginError> {
-        let month = match self.info.kind {
-            PluginKind::Collector => None,
-            PluginKind::CostDataSource => Some(request.task.billing_month()?),
-            PluginKind::MetricDataSource => {
-                return Err(PluginError::Permanent(
-                    "the cloudforet runtime runs inventory collectors and cost data sources; monitoring data sources are not supported yet".into(),
-                ));
-            }
+        let work = match self.info.kind {
+            PluginKind::Collector => Work::Inventory,
+            PluginKind::CostDataSource => Work::Costs(request.task.billing_month()?),
+            PluginKind::MetricDataSource => Work::Metrics(request.task.metric_request()?),
         };
         let lease = self
             .lease(request.task.service_account_id, &request.secret)
             .await?;
         let deadline = Instant::now() + Duration::from_secs(self.spec.timeout_seconds);
         let run = async {
-            match month {
-                Some(month) => self.costs(&lease, &request, month, &out).await,
-                None => collect(&lease, &request, &out).await,
+            match work {
+                Work::Inventory => collect(&lease, &request, &out).await,
+                Work::Costs(month) => self.costs(&lease, &request, month, &out).await,
+                Work::Metrics(wanted) => self.metrics(&lease, &request, &wanted, &out).await,
             }
         };
         let result = tokio::select! {
@@ -158,7 +161,115 @@ impl Plugin for Cloudforet {
     }
 }
 
+/// What a task asks of the plugin, by its kind.
+enum Work {
+    Inventory,
+    Costs(Month),
+    Metrics(Arc<MetricRequest>),
+}
+
+/// A resource's metric to ask `Metric.get_data` for: the resource, the query `Metric.list`
+/// gave, and where its series starts.
+struct Wanted {
+    resource: ResourceId,
+    query: Value,
+    since: DateTime<Utc>,
+}
+
 impl Cloudforet {
+    /// A metrics task: `Metric.list` for each target resource that holds the plugin's
+    /// `required_keys[0]` object (`data.cloudwatch`), then `Metric.get_data` per declared
+    /// metric for up to 200 resources at once, every minute from the oldest series' start to
+    /// the task's end.
+    async fn metrics(
+        &self,
+        lease: &Lease,
+        request: &CollectRequest,
+        wanted: &MetricRequest,
+        out: &ItemSender,
+    ) -> Result<(), PluginError> {
+        let client = lease.client();
+        let path = self
+            .init
+            .get("required_keys")
+            .and_then(Value::as_array)
+            .and_then(|k| k.first())
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                PluginError::Permanent(
+                    "the plugin's metadata names no required_keys: Gleaner cannot tell which object of a resource to ask Metric.list about".into(),
+                )
+            })?;
+        let mut by_metric: BTreeMap<String, Vec<Wanted>> = BTreeMap::new();
+        for target in &wanted.targets {
+            let r = &target.resource;
+            let Some(query) = monitoring::query_at(&r.data, path) else {
+                continue;
+            };
+            let declared: Vec<&str> = self
+                .info
+                .metrics
+                .iter()
+                .filter(|m| m.applies_to(&r.resource_type))
+                .map(|m| m.name.as_str())
+                .collect();
+            if declared.is_empty() {
+                continue;
+            }
+            let listed = client
+                .metrics(&request.options, &request.secret, query)
+                .await
+                .map_err(|e| failed(&e))?;
+            for l in listed.iter().filter(|l| declared.contains(&l.key.as_str())) {
+                by_metric.entry(l.key.clone()).or_default().push(Wanted {
+                    resource: r.id,
+                    query: monitoring::data_query(l, query),
+                    since: target.since_of(&l.key),
+                });
+            }
+        }
+        let end = wanted.end.to_rfc3339_opts(SecondsFormat::Secs, true);
+        for (metric, resources) in by_metric {
+            for chunk in resources.chunks(monitoring::RESOURCES_PER_CALL) {
+                let start = chunk.iter().map(|w| w.since).min().unwrap_or(wanted.end);
+                let queries: Map<String, Value> = chunk
+                    .iter()
+                    .map(|w| (w.resource.to_string(), w.query.clone()))
+                    .collect();
+                let data = client
+                    .metric_data(
+                        &request.options,
+                        &request.secret,
+                        &metric,
+                        &queries,
+                        (&start.to_rfc3339_opts(SecondsFormat::Secs, true), &end, 60),
+                    )
+                    .await
+                    .map_err(|e| failed(&e))?;
+                for w in chunk {
+                    let item = match data.points(&w.resource.to_string()) {
+                        Ok(points) => Item::Samples(Samples {
+                            resource_id: w.resource,
+                            metric: metric.clone(),
+                            points: points
+                                .into_iter()
+                                .filter(|&(time, _)| time > w.since)
+                                .map(|(time, value)| Point { time, value })
+                                .collect(),
+                        }),
+                        Err(message) => Item::Error(ItemError {
+                            resource_type: None,
+                            resource_key: Some(w.resource.to_string()),
+                            message: format!("Metric/get_data of {metric}: {message}"),
+                        }),
+                    };
+                    out.send(item).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A billing task: the plugin's sub-tasks from the month's first day (`Job.get_tasks`),
     /// then each one's `Cost.get_data` stream, forwarding the records of the month. When the
     /// answer's `changed` periods leave the month out, the plugin replaces nothing there and

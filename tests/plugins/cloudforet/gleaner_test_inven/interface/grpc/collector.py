@@ -47,6 +47,12 @@ def resource(i):
             "hardware": {"core": 2 + i % 3, "memory": 4.5},
             "disks": [{"device": "/dev/xvda", "size": 8 * (i + 1)}],
             "big": 2 ** 40 + i,
+            # What the EC2 collector leaves for the CloudWatch monitoring plugin.
+            "cloudwatch": {
+                "region_name": "us-east-1" if i % 2 == 0 else "eu-west-1",
+                "metrics_info": [{"Namespace": "AWS/EC2",
+                                  "Dimensions": [{"Name": "InstanceId", "Value": f"i-{i:08x}"}]}],
+            },
         },
         "metadata": {"view": {"sub_data": {"layouts": [{"name": "x" * 50}]}}},
     }
