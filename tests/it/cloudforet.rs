@@ -519,6 +519,58 @@ crate::in_both_modes!(
     a_cloudforet_cost_data_source_bills_exactly_and_honours_changed,
 );
 
+/// A cost data source killed in the middle of `Cost.get_data`: the month stored before stays
+/// whole until the task's next attempt, on a new process, replaces it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_plugin_killed_mid_stream_replaces_the_month_once() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            tune: quick_recovery,
+            ..Options::default()
+        },
+    )
+    .await?;
+    env.create(
+        "/v1/plugins",
+        json!({"id": "cf-cost-dies", "version": "1.0.0", "runtime": "cloudforet",
+               "kind": "cost_data_source", "command": cloudforet::cost().await?,
+               "provider": "aws"}),
+    )
+    .await?;
+    let c = collector(&env, "cf-cost-dies", json!({})).await?;
+    let first = bill(&env, &c, "2026-09", "2026-09").await?;
+    assert_eq!(first["status"], "SUCCESS", "{first}");
+    assert_eq!(first["counts"]["created"], 90, "{first}");
+    let marker =
+        std::env::temp_dir().join(format!("gleaner-cf-cost-dies-{}", rand::random::<u64>()));
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"die_after": 50, "page": 10, "marker": marker}}),
+    )
+    .await?;
+    let job = bill(&env, &c, "2026-09", "2026-09").await?;
+    let died = marker.exists();
+    std::fs::remove_file(&marker).ok();
+    let task = &tasks(&env, &job).await?[0];
+    assert!(died, "the plugin was killed once");
+    assert_eq!(job["status"], "SUCCESS", "{job} {task}");
+    assert!(task["attempt"].as_i64().unwrap_or(0) >= 2, "{task}");
+    assert_eq!(job["counts"]["created"], 90, "{job}");
+    assert_eq!(job["counts"]["deleted"], 90, "{job}");
+    assert_eq!(env.scalar("SELECT count(*) FROM costs").await?, 90);
+    assert_eq!(
+        billed(
+            &env,
+            "start=2026-09-01&end=2026-10-01&group_by=provider",
+            "provider"
+        )
+        .await?,
+        [("AWS".to_owned(), "37046.034".to_owned())]
+    );
+    Ok(())
+}
+
 /// The plugin process killed in the middle of its stream: the task's next attempt starts it
 /// again, and every resource is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,11 +14,15 @@ through the end of the next month, three records per account:
 A day costs 1234.8678 exactly (as doubles, 0.1 + 0.2 is not 0.3). Records come in pages of
 `page` (default 40), then an empty page, as the hyperbilling plugin sends them; the
 account is in `additional_info."Account ID"`. `error_code` fails `get_data` with that
-spaceone error code. Like real plugins, it logs every request, `secret_data` included.
+spaceone error code. `die_after` with `marker` (a file path): on the first run (the marker
+absent), create the marker, send `die_after` records, then kill this process with SIGKILL.
+Like real plugins, it logs every request, `secret_data` included.
 """
 
 import datetime
 import logging
+import os
+import signal
 
 from spaceone.api.cost_analysis.plugin import cost_pb2, cost_pb2_grpc
 from spaceone.core.error import ERROR_BASE, ERROR_REQUIRED_PARAMETER
@@ -64,9 +68,17 @@ class Cost(BaseAPI, cost_pb2_grpc.CostServicer):
             raise Failed(_error_code=options["error_code"], message="the test plugin refuses")
         task = params.get("task_options", {})
         account = task["account_id"]
-        page, size = [], int(options.get("page", 40))
+        marker, die_after = options.get("marker"), options.get("die_after")
+        dying = die_after is not None and marker and not os.path.exists(marker)
+        if dying:
+            open(marker, "w").close()
+        page, size, sent = [], int(options.get("page", 40)), 0
         for day in days(task["start"]):
             for record in DAILY:
+                if dying and sent == int(die_after):
+                    _LOGGER.info("dying as asked")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                sent += 1
                 page.append({**record, "provider": "aws", "billed_date": day.isoformat(),
                              "additional_info": {"Account ID": account}})
                 if len(page) == size:
