@@ -21,6 +21,7 @@ mod m20261202_000014_metrics;
 mod m20261202_000015_catalog_entries;
 mod m20261202_000016_packed_rollups;
 mod m20261202_000017_cost_usage_type;
+mod m20261202_000018_sub_tasks;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000015_catalog_entries::Migration),
             Box::new(m20261202_000016_packed_rollups::Migration),
             Box::new(m20261202_000017_cost_usage_type::Migration),
+            Box::new(m20261202_000018_sub_tasks::Migration),
         ]
     }
 }

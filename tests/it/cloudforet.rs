@@ -571,6 +571,117 @@ async fn a_cost_plugin_killed_mid_stream_replaces_the_month_once() -> anyhow::Re
     Ok(())
 }
 
+/// A collector whose `Job.get_tasks` splits the account: one task per part, run by two
+/// workers at once; what no part saw is swept once every part succeeded, and nothing when one
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_tasks_spread_over_two_workers_and_sweep_together() -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            workers: 2,
+            tune: |s| {
+                // One plugin at a time per worker: two parts at once means two workers.
+                s.worker.concurrency = 1;
+                s.worker.max_tasks = 1;
+                s.worker.delete_after_missed_runs = 1;
+            },
+            ..Options::default()
+        },
+    )
+    .await?;
+    register(&env, "cf-parts", json!({})).await?;
+    let c = collector(
+        &env,
+        "cf-parts",
+        json!({"count": 12, "tasks": 2, "failures": 0, "hang": 2}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 12, "{job}");
+    let parts = tasks(&env, &job).await?;
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let mut seen_parts: Vec<i64> = parts
+        .iter()
+        .filter_map(|t| t["sub_task"]["part"].as_i64())
+        .collect();
+    seen_parts.sort_unstable();
+    assert_eq!(seen_parts, [0, 1]);
+    assert!(
+        parts.iter().all(|t| t["sub_task"]["parts"] == 2),
+        "{parts:?}"
+    );
+    let span = |t: &Value| -> anyhow::Result<(String, String)> {
+        Ok((
+            t["started_at"].as_str().context("started_at")?.to_owned(),
+            t["finished_at"].as_str().context("finished_at")?.to_owned(),
+        ))
+    };
+    let (a, b) = (span(&parts[0])?, span(&parts[1])?);
+    assert!(
+        a.0 < b.1 && b.0 < a.1,
+        "the parts ran at the same time, on two workers: {a:?} {b:?}"
+    );
+    assert_eq!(keys(&resources(&env, &c).await?), expected_keys(12));
+
+    // Four fewer: both parts succeed, and what neither saw is deleted once.
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"count": 8, "tasks": 2, "failures": 0}}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let active = "SELECT count(*) FROM resources WHERE state = 'ACTIVE'";
+    wait_for(|| async { Ok(env.scalar(active).await? == 8) }).await?;
+    let job = env
+        .get(&format!("/v1/jobs/{}", job["id"].as_str().context("id")?))
+        .await?
+        .body;
+    assert_eq!(job["counts"]["deleted"], 4, "{job}");
+
+    // One part fails: nothing is deleted, though the other part saw only two resources.
+    env.patch(
+        &format!("/v1/collectors/{c}"),
+        json!({"options": {"count": 4, "tasks": 2, "failures": 0, "fail_part": 1}}),
+    )
+    .await?;
+    let job = env.collect(&c).await?;
+    assert_eq!(job["status"], "FAILURE", "{job}");
+    let failed: Vec<Value> = tasks(&env, &job)
+        .await?
+        .into_iter()
+        .filter(|t| t["status"] == "FAILURE")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["sub_task"]["part"], 1);
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ERROR_TEST_PART"), "{error}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        env.scalar(active).await?,
+        8,
+        "nothing deleted after a failed part"
+    );
+    Ok(())
+}
+
+/// Polls `check` for up to 10 s.
+async fn wait_for<F, Fut>(check: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    for _ in 0..100 {
+        if check().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("not within 10 s")
+}
+
 /// The plugin process killed in the middle of its stream: the task's next attempt starts it
 /// again, and every resource is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,7 @@ impl World {
             .map(|&account| Unit {
                 account,
                 month: None,
+                sub_task: None,
             })
             .collect()
     }

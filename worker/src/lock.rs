@@ -232,10 +232,12 @@ pub(crate) async fn wait_for_collection(
             )
         }
     } else {
-        collection_key(
-            &collector.to_string(),
-            claimed.service_account_id.map(|s| s.to_string()).as_deref(),
-        )
+        // The parts of an account's collection run at once, each under a lock of its own.
+        let account = claimed.service_account_id.map(|s| match &claimed.sub_task {
+            Some(part) => format!("{s}:part-{}-of-{}", part.part, part.parts),
+            None => s.to_string(),
+        });
+        collection_key(&collector.to_string(), account.as_deref())
     };
     let mut waited = false;
     loop {

@@ -4,11 +4,13 @@
 
 use gleaner_common::billing::Window;
 use gleaner_common::id::JobId;
+use gleaner_common::id::ServiceAccountId;
 use gleaner_common::id::TaskId;
 use gleaner_common::lifecycle::job::{self, Unit};
+use gleaner_common::lifecycle::task::SubTask;
 use gleaner_common::model::{JobKind, JobStatus};
 use gleaner_common::store::{self, service_account};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::Context;
 
@@ -33,7 +35,7 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Option<Vec<TaskId>>, s
             &input.plugin_version,
         )
         .await?;
-    let (accounts, reason) = match plugin {
+    let (accounts, reason) = match &plugin {
         Some(plugin) => {
             let provider = plugin.info().provider.clone();
             let filter = service_account::Filter {
@@ -66,22 +68,77 @@ pub async fn plan(ctx: &Context, job_id: JobId) -> Result<Option<Vec<TaskId>>, s
                 w.months().map(move |m| Unit {
                     account,
                     month: Some(m),
+                    sub_task: None,
                 })
             })
             .collect(),
-        None => accounts
-            .iter()
-            .map(|&account| Unit {
-                account,
-                month: None,
-            })
-            .collect(),
+        None => {
+            let mut units = Vec::with_capacity(accounts.len());
+            for &account in &accounts {
+                let parts = match &plugin {
+                    Some(p) if input.kind == JobKind::Inventory && p.splits() => {
+                        split(ctx, &input, p.as_ref(), account).await
+                    }
+                    _ => None,
+                };
+                match parts {
+                    Some(parts) => {
+                        let n = i32::try_from(parts.len()).unwrap_or(i32::MAX);
+                        units.extend(parts.into_iter().zip(0..).map(|(options, part)| Unit {
+                            account,
+                            month: None,
+                            sub_task: Some(SubTask {
+                                options,
+                                part,
+                                parts: n,
+                            }),
+                        }));
+                    }
+                    None => units.push(Unit {
+                        account,
+                        month: None,
+                        sub_task: None,
+                    }),
+                }
+            }
+            units
+        }
     };
     let attempts = i32::from(ctx.settings.task_attempts.max(1));
+    // Planning again (a redelivered message) must plan the same tasks: the first plan wins,
+    // since only a QUEUED job is planned.
     let planned = job::plan(&ctx.db, &input, &units, window, attempts, &reason).await?;
     if let Some(tasks) = &planned {
         info!(job_id = %job_id, tasks = tasks.len(), "job planned");
         ctx.signal.notify();
     }
     Ok(planned)
+}
+
+/// The parts a plugin splits an account's collection into, or `None` to collect it as one
+/// task: when it does not split it, or cannot say now (the task then asks again itself, and
+/// fails there with the reason if the plugin cannot run).
+async fn split(
+    ctx: &Context,
+    input: &job::PlanInput,
+    plugin: &dyn crate::plugin::Plugin,
+    account: ServiceAccountId,
+) -> Option<Vec<serde_json::Value>> {
+    let secret = match service_account::credentials(&ctx.db, &ctx.cipher, input.domain, account)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(job_id = %input.id, %account, error = %e, "reading the credentials to split the collection failed; one task collects the account");
+            return None;
+        }
+    };
+    match plugin.sub_tasks(&input.options, &secret, account).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            let error = gleaner_common::external::redact(&e.to_string(), &secret);
+            warn!(job_id = %input.id, %account, %error, "the plugin did not say how to split the collection; one task collects the account");
+            None
+        }
+    }
 }

@@ -207,6 +207,9 @@ pub struct Task {
     pub service_account_id: Option<ServiceAccountId>,
     /// Billing: the month whose costs the task replaces.
     pub month: Option<Month>,
+    /// The part of the account's collection the task is, when the plugin split it
+    /// (`Job.get_tasks`): `{part, parts}`, `part` from 0.
+    pub sub_task: Option<Part>,
     pub status: TaskStatus,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -221,6 +224,13 @@ pub struct Task {
     pub duration_ms: Option<i64>,
 }
 
+/// A task's place among the parts of its account's collection.
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
+pub struct Part {
+    pub part: i32,
+    pub parts: i32,
+}
+
 impl From<job_task::Model> for Task {
     fn from(m: job_task::Model) -> Self {
         let started = m.started_at.map(|t| t.to_utc());
@@ -230,6 +240,10 @@ impl From<job_task::Model> for Task {
             job_id: m.job_id.into(),
             service_account_id: m.service_account_id.map(Into::into),
             month: m.month.map(Month::of),
+            sub_task: m
+                .part
+                .zip(m.parts)
+                .map(|(part, parts)| Part { part, parts }),
             status: m.status,
             attempt: m.attempt,
             max_attempts: m.max_attempts,

@@ -31,6 +31,11 @@ pub struct Model {
     pub finished_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
+    /// A part of an account's collection: the plugin's options of the part.
+    pub sub_task: Option<Json>,
+    /// The part's place (from 0) among the account's `parts`.
+    pub part: Option<i32>,
+    pub parts: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

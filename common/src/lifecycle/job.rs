@@ -175,11 +175,13 @@ pub struct PlanInput {
     pub window: Option<Window>,
 }
 
-/// One task to plan: a service account, and for billing the month it replaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One task to plan: a service account, for billing the month it replaces, and the part of
+/// the account's collection when the plugin splits it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Unit {
     pub account: ServiceAccountId,
     pub month: Option<Month>,
+    pub sub_task: Option<super::task::SubTask>,
 }
 
 /// Loads a job for planning; `None` when it is gone (its collector's domain was deleted).
@@ -286,9 +288,12 @@ pub async fn plan<C: ConnectionTrait + TransactionTrait>(
 /// a statement).
 const PLAN_TASKS_PG: &str = "INSERT INTO job_tasks (id, domain_id, job_id, service_account_id, \
      month, status, attempt, max_attempts, created, updated, unchanged, deleted, failed, \
-     created_at, updated_at) \
+     created_at, updated_at, sub_task, part, parts) \
      SELECT u.id, $1, $2, u.account, CAST(NULLIF(u.month, '') AS date), $3, 0, $4, 0, 0, 0, 0, 0, \
-     $5, $5 FROM unnest($6::uuid[], $7::uuid[], $8::text[]) AS u(id, account, month)";
+     $5, $5, CAST(NULLIF(u.sub_task, '') AS jsonb), CASE WHEN u.parts > 0 THEN u.part END, \
+     NULLIF(u.parts, 0) \
+     FROM unnest($6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::int4[], $11::int4[]) \
+     AS u(id, account, month, sub_task, part, parts)";
 
 /// The first `task.requested` message of a task of the job: it starts attempt 1.
 fn task_message(input: &PlanInput, task: TaskId) -> Envelope<TaskRequested> {
@@ -312,7 +317,8 @@ async fn insert_tasks(
     now: DateTimeWithTimeZone,
 ) -> Result<()> {
     if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        // sea-orm binds no arrays of nullable values: a month goes as text, `''` for none.
+        // sea-orm binds no arrays of nullable values: a month and a sub-task go as text, `''`
+        // for none, and a task that is no part has 0 parts.
         let months: Vec<String> = units
             .iter()
             .map(|u| {
@@ -320,6 +326,19 @@ async fn insert_tasks(
                     .map(|m| m.first_day().to_string())
                     .unwrap_or_default()
             })
+            .collect();
+        let sub_tasks: Vec<String> = units
+            .iter()
+            .map(|u| {
+                u.sub_task
+                    .as_ref()
+                    .map(|s| s.options.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let parts: Vec<(i32, i32)> = units
+            .iter()
+            .map(|u| u.sub_task.as_ref().map_or((0, 0), |s| (s.part, s.parts)))
             .collect();
         let tasks = sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
@@ -337,6 +356,9 @@ async fn insert_tasks(
                     .collect::<Vec<_>>()
                     .into(),
                 months.into(),
+                sub_tasks.into(),
+                parts.iter().map(|p| p.0).collect::<Vec<_>>().into(),
+                parts.iter().map(|p| p.1).collect::<Vec<_>>().into(),
             ],
         );
         txn.execute_raw(tasks).await?;
@@ -368,6 +390,9 @@ async fn insert_tasks(
             finished_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            sub_task: Set(unit.sub_task.as_ref().map(|s| s.options.clone())),
+            part: Set(unit.sub_task.as_ref().map(|s| s.part)),
+            parts: Set(unit.sub_task.as_ref().map(|s| s.parts)),
         });
     job_task::Entity::insert_many(tasks)
         .exec_without_returning(txn)

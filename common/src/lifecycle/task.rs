@@ -85,6 +85,19 @@ pub struct Claimed {
     pub secret: Option<Option<SecretId>>,
     /// Billing: the month whose costs the task replaces.
     pub month: Option<Month>,
+    /// The part of the account's collection the task is, when the plugin split it.
+    pub sub_task: Option<SubTask>,
+}
+
+/// A part of an account's collection, as the plugin split it (a Cloudforet collector's
+/// `Job.get_tasks`): each part is a task of its own, which any worker may run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubTask {
+    /// What the plugin is given to collect this part (its `task_options`).
+    pub options: Value,
+    /// From 0.
+    pub part: i32,
+    pub parts: i32,
 }
 
 /// Starts the attempts asked for, each under a lease for `owner`, and reads what their workers
@@ -184,6 +197,14 @@ async fn claim_in(
                 project_id: account.and_then(|a| a.project_id).map(Into::into),
                 secret: account.map(|a| a.secret_id.map(SecretId::from_uuid)),
                 month: task.month.map(Month::of),
+                sub_task: match (task.sub_task, task.part, task.parts) {
+                    (Some(options), Some(part), Some(parts)) => Some(SubTask {
+                        options,
+                        part,
+                        parts,
+                    }),
+                    _ => None,
+                },
             },
         );
     }
@@ -493,6 +514,127 @@ pub async fn end_many<C: ConnectionTrait + TransactionTrait>(
     }
 }
 
+/// A part of an account's collection succeeded: keeps the key hashes it saw on its task, in
+/// the end's transaction, for [`sweep_parts`].
+async fn keep_seen(
+    txn: &impl ConnectionTrait,
+    task: TaskId,
+    plan: &store::resource::SweepPlan,
+) -> Result<()> {
+    let backend = txn.get_database_backend();
+    let mut seen = Vec::with_capacity(plan.sweep.seen.len() * 8);
+    for key in &plan.sweep.seen {
+        seen.extend_from_slice(&key.to_be_bytes());
+    }
+    let sql = if backend == DbBackend::Postgres {
+        "UPDATE job_tasks SET seen_keys = $1 WHERE id = $2"
+    } else {
+        "UPDATE job_tasks SET seen_keys = ? WHERE id = ?"
+    };
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [seen.into(), task.as_uuid().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Once every part of a job's account has succeeded ([`SubTask`]), sweeps what none of them
+/// saw, with the hashes they kept ([`keep_seen`]), and drops the hashes; counts the deletions
+/// on `task`. Called by each part after its successful end committed: the parts' calls take the
+/// job's row in turn, so whichever comes after the last end sweeps, once. A part that failed
+/// means no sweep for that job's account: what was not seen may simply not have been
+/// collected. Returns the resources deleted.
+///
+/// # Errors
+/// Database errors only; then nothing was swept, and the next collection sweeps.
+pub async fn sweep_parts(
+    db: &sea_orm::DatabaseConnection,
+    task: TaskId,
+    sweep: &store::resource::Sweep,
+) -> Result<i64> {
+    let backend = db.get_database_backend();
+    let txn = store::begin_write(db).await?;
+    let (lock, parts, forget) = if backend == DbBackend::Postgres {
+        (
+            Some("SELECT id FROM jobs WHERE id = $1 FOR UPDATE"),
+            "SELECT status, parts, seen_keys FROM job_tasks \
+             WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL",
+            "UPDATE job_tasks SET seen_keys = NULL \
+             WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL",
+        )
+    } else {
+        (
+            None,
+            "SELECT status, parts, seen_keys FROM job_tasks \
+             WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL",
+            "UPDATE job_tasks SET seen_keys = NULL \
+             WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL",
+        )
+    };
+    if let Some(lock) = lock {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            lock,
+            [sweep.job_id.as_uuid().into()],
+        ))
+        .await?;
+    }
+    let of_account = || -> [sea_orm::Value; 2] {
+        [
+            sweep.job_id.as_uuid().into(),
+            sweep.service_account_id.map(|a| a.as_uuid()).into(),
+        ]
+    };
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(backend, parts, of_account()))
+        .await?;
+    let success = JobStatus::Success.to_value();
+    let mut union = std::collections::HashSet::new();
+    for r in &rows {
+        let status: String = r.try_get("", "status")?;
+        let parts: i32 = r.try_get("", "parts")?;
+        let keys: Option<Vec<u8>> = r.try_get("", "seen_keys")?;
+        // Not all done, one failed, or swept already by a sibling's call.
+        let Some(keys) =
+            keys.filter(|_| status == success && usize::try_from(parts).ok() == Some(rows.len()))
+        else {
+            txn.rollback().await?;
+            return Ok(0);
+        };
+        union.extend(
+            keys.chunks_exact(8)
+                .map(|k| u64::from_be_bytes(k.try_into().unwrap_or_default())),
+        );
+    }
+    let whole = store::resource::Sweep {
+        seen: union,
+        ..sweep.clone()
+    };
+    let planned = store::resource::plan_sweep(&txn, whole).await?;
+    let deleted = store::resource::apply_sweep(&txn, &planned).await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        forget,
+        of_account(),
+    ))
+    .await?;
+    if deleted > 0 {
+        job_task::Entity::update_many()
+            .col_expr(
+                job_task::Column::Deleted,
+                Expr::col(job_task::Column::Deleted).add(deleted),
+            )
+            .filter(job_task::Column::Id.eq(task.as_uuid()))
+            .exec(&txn)
+            .await?;
+        super::job::touch_many(&txn, &[sweep.job_id.as_uuid()], Utc::now().fixed_offset()).await?;
+    }
+    txn.commit().await?;
+    Ok(deleted)
+}
+
 /// [`end_many`]'s writes: the job of each attempt recorded, `None` for a stale one.
 async fn end_in(
     txn: &impl ConnectionTrait,
@@ -529,7 +671,12 @@ async fn end_in(
             continue;
         }
         if let Some(sweep) = &outcome.sweep {
-            let deleted = store::resource::apply_sweep(txn, sweep).await?;
+            let deleted = if sweep.is_part() {
+                keep_seen(txn, attempt.task, sweep).await?;
+                0
+            } else {
+                store::resource::apply_sweep(txn, sweep).await?
+            };
             if deleted > 0 {
                 job_task::Entity::update_many()
                     .col_expr(

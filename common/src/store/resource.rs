@@ -297,10 +297,32 @@ const ID_CHUNK: usize = 1_000;
 /// database's write lock (SQLite has one) is not held while every key is read.
 #[derive(Clone, Debug)]
 pub struct SweepPlan {
-    /// The sweep, its `seen` set emptied.
+    /// The sweep, its `seen` set emptied (but for a part's).
     pub sweep: Sweep,
     resources: Aging,
     sources: Aging,
+    /// A part of an account's collection: nothing is planned yet. What it saw is kept until
+    /// every part of the job's account succeeded; the last one sweeps what none of them saw
+    /// (`lifecycle::task`).
+    part: bool,
+}
+
+impl SweepPlan {
+    /// What a part of an account's collection saw, swept with its sibling parts.
+    #[must_use]
+    pub fn of_part(sweep: Sweep) -> Self {
+        Self {
+            sweep,
+            resources: Aging::default(),
+            sources: Aging::default(),
+            part: true,
+        }
+    }
+
+    #[must_use]
+    pub fn is_part(&self) -> bool {
+        self.part
+    }
 }
 
 /// Reads the active resources of (collector, service account), and its reports of merged
@@ -468,6 +490,7 @@ async fn plan_distinct<C: ConnectionTrait + sea_orm::StreamTrait>(
             },
             resources,
             sources,
+            part: false,
         });
     }
     Ok(plans)

@@ -854,6 +854,7 @@ fn demo_rows(
                     service_account_id: Some(ServiceAccountId::from_uuid(sa)),
                     month: None,
                     metrics: None,
+                    sub_task: None,
                 },
                 cancel: CancellationToken::new(),
                 diagnostics: plugin::Diagnostics::default(),

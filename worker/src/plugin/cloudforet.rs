@@ -108,6 +108,33 @@ impl Plugin for Cloudforet {
         self.spec.endpoint.is_none()
     }
 
+    fn splits(&self) -> bool {
+        self.info.kind == PluginKind::Collector
+    }
+
+    /// A collector's `Job.get_tasks`, when it answers two sub-tasks or more. A cost data
+    /// source's sub-tasks stay within its month's task, whose records replace the month in one
+    /// transaction.
+    async fn sub_tasks(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+        account: ServiceAccountId,
+    ) -> Result<Option<Vec<Value>>, PluginError> {
+        if self.info.kind != PluginKind::Collector {
+            return Ok(None);
+        }
+        let lease = self.lease(Some(account), secret).await?;
+        let tasks = lease
+            .client()
+            .collector_tasks(options, secret)
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(tasks
+            .filter(|t| t.len() > 1)
+            .map(|t| t.into_iter().map(Value::Object).collect()))
+    }
+
     async fn verify(
         &self,
         options: &Value,
@@ -362,10 +389,17 @@ async fn collect(
     out: &ItemSender,
 ) -> Result<(), PluginError> {
     let client = lease.client();
-    let tasks = client
-        .collector_tasks(&request.options, &request.secret)
-        .await
-        .map_err(|e| failed(&e))?;
+    // A part planned as a task of its own collects that part only.
+    let tasks = match &request.task.sub_task {
+        Some(part) => Some(vec![match &part.options {
+            Value::Object(o) => o.clone(),
+            _ => Map::new(),
+        }]),
+        None => client
+            .collector_tasks(&request.options, &request.secret)
+            .await
+            .map_err(|e| failed(&e))?,
+    };
     let tasks: Vec<Option<Value>> = match tasks {
         Some(t) if !t.is_empty() => t.into_iter().map(|o| Some(Value::Object(o))).collect(),
         // No Job service, or no sub-task: one collect without task_options, as Cloudforet does.

@@ -293,6 +293,9 @@ pub struct TaskInfo {
     pub month: Option<Month>,
     /// Metrics: the resources and times to collect.
     pub metrics: Option<Arc<MetricRequest>>,
+    /// The part of the account's collection this task is, when the plugin split it
+    /// ([`Plugin::sub_tasks`]).
+    pub sub_task: Option<gleaner_common::lifecycle::task::SubTask>,
 }
 
 impl TaskInfo {
@@ -409,6 +412,28 @@ pub trait Plugin: Send + Sync {
         types.sort();
         types.dedup();
         Ok(TargetScope::Account(types))
+    }
+
+    /// Whether [`Plugin::sub_tasks`] may split a collection: only then does planning read the
+    /// accounts' credentials to ask.
+    fn splits(&self) -> bool {
+        false
+    }
+
+    /// The parts an account's collection splits into, each collected by a task of its own
+    /// that any worker may run: the options of each part, or `None` when the plugin does not
+    /// split it (then one task collects the account). Asked when a job is planned.
+    ///
+    /// # Errors
+    /// The plugin could not say; the account is then planned as one task.
+    async fn sub_tasks(
+        &self,
+        options: &Value,
+        secret: &Map<String, Value>,
+        account: ServiceAccountId,
+    ) -> Result<Option<Vec<Value>>, PluginError> {
+        let _ = (options, secret, account);
+        Ok(None)
     }
 
     /// Checks that options and credentials work, without collecting.

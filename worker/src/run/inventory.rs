@@ -121,8 +121,12 @@ pub(super) async fn collect(
         }),
         _ => None,
     };
-    // Read before the end's transaction, which then only writes.
+    // Read before the end's transaction, which then only writes. A part of the account's
+    // collection saw a part of its resources: its parts sweep together once all succeeded.
     let sweep = match sweep {
+        Some(sweep) if claimed.sub_task.is_some() => {
+            Some(Arc::new(resource::SweepPlan::of_part(sweep)))
+        }
         Some(sweep) => {
             let planned = ctx
                 .db_retry

@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use gleaner_common::external::redact;
 use gleaner_common::lifecycle::{self, Attempt, Claimed, Ended, Outcome};
-use gleaner_common::model::{Counts, JobKind};
+use gleaner_common::model::{Counts, JobKind, JobStatus};
 use gleaner_common::store::{self, service_account};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::Context;
 use crate::lock::Held;
@@ -101,6 +101,12 @@ pub async fn run(
         drop(lock);
         drop(heartbeat);
         let recorded = recorded?;
+        if let Ended::Done(o) = &recorded
+            && o.status == JobStatus::Success
+            && let Some(plan) = o.sweep.as_ref().filter(|p| p.is_part())
+        {
+            sweep_parts(ctx, claimed.attempt, &plan.sweep).await;
+        }
         crate::metrics::task_ended(&ctx.name, claimed.kind, &recorded, started.elapsed());
         match &recorded {
             Ended::Done(o) => info!(
@@ -115,6 +121,28 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// After a part of an account's collection ended well: the sweep of the job's account, if this
+/// was the last part to succeed. A failure here deletes nothing, and is logged: the next
+/// collection sweeps.
+async fn sweep_parts(ctx: &Context, attempt: Attempt, sweep: &store::resource::Sweep) {
+    let swept = ctx
+        .db_retry
+        .run("sweep the parts", store::Error::is_transient, || {
+            lifecycle::task::sweep_parts(&ctx.db, attempt.task, sweep)
+        })
+        .await;
+    match swept {
+        Ok(0) => {}
+        Ok(deleted) => info!(
+            deleted,
+            "every part of the account's collection succeeded; swept"
+        ),
+        Err(e) => {
+            warn!(error = %e, "sweeping after the account's parts failed; the next collection sweeps")
+        }
+    }
 }
 
 /// Records how the run ended, retrying while the database is unreachable. An outcome goes
@@ -286,6 +314,7 @@ impl Running {
                 service_account_id: claimed.service_account_id,
                 month: claimed.month,
                 metrics,
+                sub_task: claimed.sub_task.clone(),
             },
             cancel: cancel.clone(),
             diagnostics: diagnostics.clone(),

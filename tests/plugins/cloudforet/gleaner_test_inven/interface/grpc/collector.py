@@ -10,6 +10,7 @@ Options (the collector's `options`):
 - `error_code`: fail `collect` with this spaceone error code (e.g. ERROR_AUTHENTICATE_FAILURE).
 - `tasks` (default 0): `Job.get_tasks` answers this many sub-tasks; each collects the
   resources whose index modulo `tasks` is its `part`.
+- `fail_part`: the sub-task of this `part` fails with `ERROR_TEST_PART` after its resources.
 Like real plugins, it logs every request, `secret_data` included.
 """
 
@@ -130,6 +131,9 @@ class Collector(BaseAPI, collector_pb2_grpc.CollectorServicer):
             regions.add(r["region_code"])
             yield self.dict_to_message({"state": "SUCCESS", "resource_type": "inventory.CloudService",
                                         "match_rules": RULES, "resource": r})
+        task = params.get("task_options")
+        if task and options.get("fail_part") is not None and int(task["part"]) == int(options["fail_part"]):
+            raise Failed(_error_code="ERROR_TEST_PART", message=f"part {task['part']} fails as asked")
         if not params.get("task_options"):
             for f in range(int(options.get("failures", 1))):
                 yield self.dict_to_message({
