@@ -384,25 +384,46 @@ fn billed_period(text: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
     })
 }
 
-/// The months a `Job.get_tasks` answer says it replaces (`changed` and each task's
-/// `task_changed`): `YYYY-MM` starts, with an optional end month.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Changed(Vec<(Month, Option<Month>)>);
+/// A changed period: a start month and an optional end month (both included).
+type Period = (Month, Option<Month>);
 
-/// The periods as `2026-09..` or `2026-09..2026-10`, comma-separated.
-impl std::fmt::Display for Changed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (start, end)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{start}..")?;
-            if let Some(end) = end {
-                write!(f, "{end}")?;
-            }
-        }
-        Ok(())
-    }
+fn covered(periods: &[Period], month: Month) -> bool {
+    periods
+        .iter()
+        .any(|&(start, end)| start <= month && end.is_none_or(|end| month <= end))
+}
+
+fn periods_text(periods: &[Period]) -> String {
+    let shown: Vec<String> = periods
+        .iter()
+        .map(|(start, end)| match end {
+            Some(end) => format!("{start}..{end}"),
+            None => format!("{start}.."),
+        })
+        .collect();
+    shown.join(", ")
+}
+
+/// The months a `Job.get_tasks` answer says it replaces: the answer's `changed`, and each
+/// sub-task's `task_changed` (a sub-task streams from its own start, so it sends the months
+/// its period holds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    answer: Vec<Period>,
+    /// Per sub-task, in order; `None` for one that names no period.
+    tasks: Vec<Option<Period>>,
+}
+
+/// Whether an answer replaces a month.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every sub-task sends the month: it is replaced.
+    All,
+    /// None does: it is kept as stored. Says which periods the answer replaces.
+    None(String),
+    /// Some do and some do not: a month of a service account is replaced whole, so it cannot
+    /// be replaced from part of its records. Says which sub-tasks leave it out.
+    Partial(String),
 }
 
 impl Changed {
@@ -410,25 +431,50 @@ impl Changed {
     #[must_use]
     pub fn of(tasks: &crate::pb::cost::TasksInfo) -> Self {
         let month = |s: &str| s.get(..7).and_then(|m| m.parse::<Month>().ok());
-        Self(
-            tasks
-                .changed
+        let period = |c: &crate::pb::cost::ChangedInfo| Some((month(&c.start)?, month(&c.end)));
+        Self {
+            answer: tasks.changed.iter().filter_map(period).collect(),
+            tasks: tasks
+                .tasks
                 .iter()
-                .chain(tasks.tasks.iter().filter_map(|t| t.task_changed.as_ref()))
-                .filter_map(|c| Some((month(&c.start)?, month(&c.end))))
+                .map(|t| t.task_changed.as_ref().and_then(period))
                 .collect(),
-        )
+        }
     }
 
-    /// Whether the answer replaces `month`. An answer naming no period replaces what it was
-    /// asked for.
+    /// Whether the answer replaces `month`. A sub-task naming no period goes by the answer's
+    /// `changed`, and an answer naming none replaces what it was asked for.
     #[must_use]
-    pub fn covers(&self, month: Month) -> bool {
-        self.0.is_empty()
-            || self
-                .0
-                .iter()
-                .any(|&(start, end)| start <= month && end.is_none_or(|end| month <= end))
+    pub fn coverage(&self, month: Month) -> Coverage {
+        let by_answer = self.answer.is_empty() || covered(&self.answer, month);
+        let each: Vec<bool> = self
+            .tasks
+            .iter()
+            .map(|t| t.map_or(by_answer, |p| covered(&[p], month)))
+            .collect();
+        let all = if each.is_empty() {
+            by_answer
+        } else {
+            each.iter().all(|c| *c)
+        };
+        if all {
+            return Coverage::All;
+        }
+        if !each.iter().any(|c| *c) {
+            let mut periods = self.answer.clone();
+            periods.extend(self.tasks.iter().flatten());
+            return Coverage::None(periods_text(&periods));
+        }
+        let left_out: Vec<String> = each
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !**c)
+            .map(|(i, _)| {
+                let p: Vec<Period> = self.tasks[i].into_iter().collect();
+                format!("sub-task {i} ({})", periods_text(&p))
+            })
+            .collect();
+        Coverage::Partial(left_out.join(", "))
     }
 }
 
@@ -592,34 +638,47 @@ mod tests {
     fn changed_periods_cover_their_months_and_none_covers_all() {
         use crate::pb::cost::{ChangedInfo, TaskInfo, TasksInfo};
         let m = |s: &str| s.parse::<Month>().unwrap();
-        assert!(Changed::default().covers(m("2020-01")));
-        let tasks = TasksInfo {
-            changed: vec![ChangedInfo {
-                start: "2026-10".into(),
-                ..ChangedInfo::default()
-            }],
-            tasks: vec![TaskInfo {
-                task_options: None,
-                task_changed: Some(ChangedInfo {
-                    start: "2026-06-15".into(),
-                    end: "2026-07".into(),
-                    filter: None,
-                }),
-            }],
-            ..TasksInfo::default()
+        assert_eq!(Changed::default().coverage(m("2020-01")), Coverage::All);
+        let changed = |start: &str, end: &str| ChangedInfo {
+            start: start.into(),
+            end: end.into(),
+            filter: None,
         };
-        let changed = Changed::of(&tasks);
-        assert_eq!(changed.to_string(), "2026-10.., 2026-06..2026-07");
-        for (month, covered) in [
+        let task = |c: Option<ChangedInfo>| TaskInfo {
+            task_options: None,
+            task_changed: c,
+        };
+        // The answer's periods alone.
+        let answer = Changed::of(&TasksInfo {
+            changed: vec![changed("2026-10", ""), changed("2026-06-15", "2026-07")],
+            ..TasksInfo::default()
+        });
+        for (month, all) in [
             ("2026-05", false),
             ("2026-06", true),
             ("2026-07", true),
             ("2026-08", false),
-            ("2026-09", false),
             ("2026-10", true),
             ("2027-03", true),
         ] {
-            assert_eq!(changed.covers(m(month)), covered, "{month}");
+            assert_eq!(answer.coverage(m(month)) == Coverage::All, all, "{month}");
         }
+        assert_eq!(
+            answer.coverage(m("2026-09")),
+            Coverage::None("2026-10.., 2026-06..2026-07".into())
+        );
+        // Sub-tasks from different months: a month only some send is neither kept nor
+        // replaced; a sub-task without a period goes by the answer's.
+        let tasks = Changed::of(&TasksInfo {
+            changed: vec![changed("2026-09", "")],
+            tasks: vec![task(Some(changed("2026-10", ""))), task(None)],
+            ..TasksInfo::default()
+        });
+        assert_eq!(tasks.coverage(m("2026-10")), Coverage::All);
+        assert_eq!(
+            tasks.coverage(m("2026-09")),
+            Coverage::Partial("sub-task 0 (2026-10..)".into())
+        );
+        assert!(matches!(tasks.coverage(m("2026-08")), Coverage::None(_)));
     }
 }

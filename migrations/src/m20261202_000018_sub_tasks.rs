@@ -21,7 +21,11 @@ fn unit_index(backend: DbBackend, with_part: bool) -> String {
     } else {
         "'1970-01-01'"
     };
-    let part = if with_part { ", COALESCE(part, -1)" } else { "" };
+    let part = if with_part {
+        ", COALESCE(part, -1)"
+    } else {
+        ""
+    };
     format!(
         "CREATE UNIQUE INDEX IF NOT EXISTS {TASK_UNIT} ON job_tasks \
          (job_id, service_account_id, COALESCE(month, {epoch}){part})"

@@ -658,7 +658,19 @@ async fn sub_tasks_spread_over_two_workers_and_sweep_together() -> anyhow::Resul
     assert_eq!(failed[0]["sub_task"]["part"], 1);
     let error = failed[0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("ERROR_TEST_PART"), "{error}");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The failed part's end dropped what the other part kept: no sweep will come.
+    let kept = format!(
+        "SELECT count(*) FROM job_tasks WHERE job_id = {} AND seen_keys IS NOT NULL",
+        env.uuid_sql(job["id"].as_str().context("id")?)?
+    );
+    wait_for(|| async { Ok(env.scalar(&kept).await? == 0) }).await?;
+    assert!(
+        tasks(&env, &job)
+            .await?
+            .iter()
+            .all(|t| t["counts"]["deleted"] == 0),
+        "nothing counted deleted"
+    );
     assert_eq!(
         env.scalar(active).await?,
         8,

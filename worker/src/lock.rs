@@ -5,7 +5,7 @@
 //! while held and released only by its holder (compare-and-delete), and a worker that dies
 //! without releasing it frees it when the expiry passes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,31 +58,44 @@ pub struct LockError(String);
 /// A set of named locks.
 #[async_trait]
 pub trait Locks: Send + Sync {
-    /// Takes `key` if nobody holds it; `None` when somebody does.
+    /// Takes `key` if nobody holds it, or if `owner` does: the holders of one owner share the
+    /// lock (the parts of one job's collection of an account), and it is free once the last
+    /// of them let it go. `None` as owner is a holder of its own. `None` when another owner
+    /// holds it.
     ///
     /// # Errors
     /// The lock service is unreachable.
-    async fn try_acquire(&self, key: &str) -> Result<Option<Held>, LockError>;
+    async fn try_acquire(&self, key: &str, owner: Option<&str>) -> Result<Option<Held>, LockError>;
 }
 
-/// In-process locks, for the standalone mode (one process per data directory).
+/// In-process locks, for the standalone mode (one process per data directory): each key's
+/// owner and how many of its holders hold it.
 #[derive(Clone, Default)]
-pub struct LocalLocks(Arc<Mutex<HashSet<String>>>);
+pub struct LocalLocks(Arc<Mutex<HashMap<String, (String, usize)>>>);
 
 #[async_trait]
 impl Locks for LocalLocks {
-    async fn try_acquire(&self, key: &str) -> Result<Option<Held>, LockError> {
+    async fn try_acquire(&self, key: &str, owner: Option<&str>) -> Result<Option<Held>, LockError> {
+        let owner = owner.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if !held.insert(key.to_owned()) {
-            return Ok(None);
+        match held.get_mut(key) {
+            Some((o, holders)) if *o == owner => *holders += 1,
+            Some(_) => return Ok(None),
+            None => {
+                held.insert(key.to_owned(), (owner, 1));
+            }
         }
         let (set, key) = (self.0.clone(), key.to_owned());
         Ok(Some(Held {
             lost: CancellationToken::new(),
             on_drop: Some(Box::new(move || {
-                set.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&key);
+                let mut held = set.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((_, holders)) = held.get_mut(&key) {
+                    *holders -= 1;
+                    if *holders == 0 {
+                        held.remove(&key);
+                    }
+                }
             })),
         }))
     }
@@ -96,14 +109,29 @@ pub struct RedisLocks {
     ttl: Duration,
 }
 
-const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
-    return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// A lock is two keys: the owner (`KEYS[1]`) and the set of its holders' tokens (`KEYS[2]`),
+/// expiring together. ARGV: owner, holder token, expiry in milliseconds.
+const ACQUIRE: &str = "local owner = redis.call('get', KEYS[1]) \
+    if owner and owner ~= ARGV[1] then return 0 end \
+    redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[3]) \
+    redis.call('sadd', KEYS[2], ARGV[2]) \
+    redis.call('pexpire', KEYS[2], ARGV[3]) \
+    return 1";
+const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] \
+    and redis.call('sismember', KEYS[2], ARGV[2]) == 1 then \
+    redis.call('pexpire', KEYS[1], ARGV[3]) \
+    return redis.call('pexpire', KEYS[2], ARGV[3]) else return 0 end";
+/// The last holder of an owner frees the lock. A holder that died stays in the set until the
+/// lock expires, which the owner's other holders keep from happening while they live.
 const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
-    return redis.call('del', KEYS[1]) else return 0 end";
+    redis.call('srem', KEYS[2], ARGV[2]) \
+    if redis.call('scard', KEYS[2]) == 0 then redis.call('del', KEYS[1], KEYS[2]) end \
+    return 1 else return 0 end";
 
 impl RedisLocks {
-    /// Connects to Redis; keys are `<prefix>:lock:<key>` and expire `ttl` after their holder
-    /// last renewed them (every third of `ttl`).
+    /// Connects to Redis; keys are `<prefix>:lock:{<key>}` (and its holders,
+    /// `<prefix>:lock:{<key>}:holders`: one hash slot) and expire `ttl` after a holder last
+    /// renewed them (every third of `ttl`).
     ///
     /// # Errors
     /// Redis is unreachable.
@@ -124,48 +152,63 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Runs one of the lock scripts on a lock's two keys.
+async fn script(
+    conn: &mut ConnectionManager,
+    source: &str,
+    keys: &[String; 2],
+    (owner, token, ttl): (&str, &str, Duration),
+) -> redis::RedisResult<i64> {
+    redis::Script::new(source)
+        .key(&keys[0])
+        .key(&keys[1])
+        .arg(owner)
+        .arg(token)
+        .arg(millis(ttl))
+        .invoke_async(conn)
+        .await
+}
+
 #[async_trait]
 impl Locks for RedisLocks {
-    async fn try_acquire(&self, key: &str) -> Result<Option<Held>, LockError> {
-        let key = format!("{}:lock:{key}", self.prefix);
+    async fn try_acquire(&self, key: &str, owner: Option<&str>) -> Result<Option<Held>, LockError> {
+        let lock = format!("{}:lock:{{{key}}}", self.prefix);
+        let keys = [lock.clone(), format!("{lock}:holders")];
         let token = uuid::Uuid::new_v4().to_string();
+        let owner = owner.map_or_else(|| token.clone(), str::to_owned);
         let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(self.ttl))
-            .query_async(&mut conn)
+        let taken = script(&mut conn, ACQUIRE, &keys, (&owner, &token, self.ttl))
             .await
             .map_err(|e| LockError(e.to_string()))?;
-        if set.is_none() {
+        if taken != 1 {
             return Ok(None);
         }
         let ttl = self.ttl;
         let lost = CancellationToken::new();
         let renew_lost = lost.clone();
-        let (renew_key, renew_token, mut renew_conn) = (key.clone(), token.clone(), conn.clone());
+        let (renew_keys, renew_owner, renew_token, mut renew_conn) =
+            (keys.clone(), owner.clone(), token.clone(), conn.clone());
         let renewal = tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let renewed: Result<i64, _> = redis::Script::new(RENEW)
-                    .key(&renew_key)
-                    .arg(&renew_token)
-                    .arg(millis(ttl))
-                    .invoke_async(&mut renew_conn)
-                    .await;
+                let renewed = script(
+                    &mut renew_conn,
+                    RENEW,
+                    &renew_keys,
+                    (&renew_owner, &renew_token, ttl),
+                )
+                .await;
                 match renewed {
                     Ok(1) => {}
                     Ok(_) => {
-                        tracing::warn!(key = %renew_key, "a collection lock expired while held");
+                        tracing::warn!(key = %renew_keys[0], "a collection lock expired while held");
                         renew_lost.cancel();
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(key = %renew_key, error = %e, "renewing a collection lock failed")
+                        tracing::warn!(key = %renew_keys[0], error = %e, "renewing a collection lock failed")
                     }
                 }
             }
@@ -177,13 +220,10 @@ impl Locks for RedisLocks {
                 // Drop cannot wait: release in the background; the expiry covers a failure.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
-                        let released: Result<i64, _> = redis::Script::new(RELEASE)
-                            .key(&key)
-                            .arg(&token)
-                            .invoke_async(&mut conn)
-                            .await;
+                        let released =
+                            script(&mut conn, RELEASE, &keys, (&owner, &token, ttl)).await;
                         if let Err(e) = released {
-                            tracing::warn!(%key, error = %e, "releasing a collection lock failed; it expires by itself");
+                            tracing::warn!(key = %keys[0], error = %e, "releasing a collection lock failed; it expires by itself");
                         }
                     });
                 }
@@ -232,13 +272,17 @@ pub(crate) async fn wait_for_collection(
             )
         }
     } else {
-        // The parts of an account's collection run at once, each under a lock of its own.
-        let account = claimed.service_account_id.map(|s| match &claimed.sub_task {
-            Some(part) => format!("{s}:part-{}-of-{}", part.part, part.parts),
-            None => s.to_string(),
-        });
-        collection_key(&collector.to_string(), account.as_deref())
+        collection_key(
+            &collector.to_string(),
+            claimed.service_account_id.map(|s| s.to_string()).as_deref(),
+        )
     };
+    // The parts of one job's collection of an account share its lock: they run at once, and
+    // no other collection of the account runs until the last of them (and its sweep) is done.
+    let owner = claimed
+        .sub_task
+        .as_ref()
+        .map(|_| format!("job-{}", claimed.job_id));
     let mut waited = false;
     loop {
         let attempt = ctx
@@ -246,7 +290,7 @@ pub(crate) async fn wait_for_collection(
             .run(
                 "take the collection lock",
                 |_: &LockError| true,
-                || ctx.locks.try_acquire(&key),
+                || ctx.locks.try_acquire(&key, owner.as_deref()),
             )
             .await?;
         if let Some(held) = attempt {
@@ -272,24 +316,68 @@ mod tests {
 
     async fn exclusive(locks: &dyn Locks) {
         let key = format!("t-{}", uuid::Uuid::new_v4());
-        let held = locks.try_acquire(&key).await.expect("lock").expect("free");
-        assert!(locks.try_acquire(&key).await.expect("lock").is_none());
+        let held = locks
+            .try_acquire(&key, None)
+            .await
+            .expect("lock")
+            .expect("free");
+        assert!(locks.try_acquire(&key, None).await.expect("lock").is_none());
         assert!(
             locks
-                .try_acquire(&format!("{key}-other"))
+                .try_acquire(&format!("{key}-other"), None)
                 .await
                 .expect("lock")
                 .is_some()
         );
         drop(held);
-        // Redis releases in the background.
+        released(locks, &key, None).await;
+    }
+
+    /// Waits until `owner` can take `key` (Redis releases in the background).
+    async fn released(locks: &dyn Locks, key: &str, owner: Option<&str>) {
         for _ in 0..100 {
-            if locks.try_acquire(&key).await.expect("lock").is_some() {
+            if locks.try_acquire(key, owner).await.expect("lock").is_some() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the lock was not released");
+    }
+
+    /// Holders of one owner share the lock; others wait until the last of them is gone.
+    async fn shared(locks: &dyn Locks) {
+        let key = format!("t-{}", uuid::Uuid::new_v4());
+        let first = locks
+            .try_acquire(&key, Some("job-1"))
+            .await
+            .expect("lock")
+            .expect("free");
+        let second = locks
+            .try_acquire(&key, Some("job-1"))
+            .await
+            .expect("lock")
+            .expect("shared");
+        assert!(
+            locks
+                .try_acquire(&key, Some("job-2"))
+                .await
+                .expect("lock")
+                .is_none()
+        );
+        assert!(locks.try_acquire(&key, None).await.expect("lock").is_none());
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            locks.try_acquire(&key, None).await.expect("lock").is_none(),
+            "one holder of job-1 is left"
+        );
+        drop(second);
+        released(locks, &key, Some("job-2")).await;
+    }
+
+    #[tokio::test]
+    async fn local_locks_are_shared_by_an_owner_only() {
+        shared(&LocalLocks::default()).await;
     }
 
     #[tokio::test]
@@ -309,14 +397,21 @@ mod tests {
         .await
         .expect("redis");
         exclusive(&locks).await;
+        shared(&locks).await;
         // Held past several expiries: renewal keeps it.
         let held = locks
-            .try_acquire("renewed")
+            .try_acquire("renewed", None)
             .await
             .expect("lock")
             .expect("free");
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        assert!(locks.try_acquire("renewed").await.expect("lock").is_none());
+        assert!(
+            locks
+                .try_acquire("renewed", None)
+                .await
+                .expect("lock")
+                .is_none()
+        );
         drop(held);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut conn = locks.conn.clone();

@@ -134,6 +134,16 @@ async fn split(
         }
     };
     match plugin.sub_tasks(&input.options, &secret, account).await {
+        // A part's options are stored with its task: never credentials.
+        Ok(Some(parts))
+            if parts.iter().any(|p| {
+                let text = p.to_string();
+                gleaner_common::external::redact(&text, &secret) != text
+            }) =>
+        {
+            warn!(job_id = %input.id, %account, "the plugin's sub-tasks carry credentials, which a task does not keep; one task collects the account");
+            None
+        }
         Ok(parts) => parts,
         Err(e) => {
             let error = gleaner_common::external::redact(&e.to_string(), &secret);

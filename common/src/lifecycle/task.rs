@@ -540,86 +540,160 @@ async fn keep_seen(
     Ok(())
 }
 
-/// Once every part of a job's account has succeeded ([`SubTask`]), sweeps what none of them
-/// saw, with the hashes they kept ([`keep_seen`]), and drops the hashes; counts the deletions
-/// on `task`. Called by each part after its successful end committed: the parts' calls take the
-/// job's row in turn, so whichever comes after the last end sweeps, once. A part that failed
-/// means no sweep for that job's account: what was not seen may simply not have been
-/// collected. Returns the resources deleted.
+/// The parts of one job's collection of an account.
+struct Parts {
+    /// How many there are, as the plan made them.
+    planned: usize,
+    statuses: Vec<String>,
+    /// What each kept of what it saw; `None` before its success or after the sweep.
+    seen: Vec<Option<Vec<u8>>>,
+}
+
+const PARTS_PG: &str = "SELECT status, parts, seen_keys FROM job_tasks \
+     WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL";
+const PARTS_SQLITE: &str = "SELECT status, parts, seen_keys FROM job_tasks \
+     WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL";
+const FORGET_PG: &str = "UPDATE job_tasks SET seen_keys = NULL \
+     WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL";
+const FORGET_SQLITE: &str = "UPDATE job_tasks SET seen_keys = NULL \
+     WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL";
+
+fn of_account(job: JobId, account: Option<ServiceAccountId>) -> [sea_orm::Value; 2] {
+    [job.as_uuid().into(), account.map(|a| a.as_uuid()).into()]
+}
+
+async fn parts(
+    db: &impl ConnectionTrait,
+    job: JobId,
+    account: Option<ServiceAccountId>,
+) -> Result<Parts> {
+    let backend = db.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        PARTS_PG
+    } else {
+        PARTS_SQLITE
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            of_account(job, account),
+        ))
+        .await?;
+    let mut out = Parts {
+        planned: 0,
+        statuses: Vec::with_capacity(rows.len()),
+        seen: Vec::with_capacity(rows.len()),
+    };
+    for r in &rows {
+        let planned: i32 = r.try_get("", "parts")?;
+        out.planned = usize::try_from(planned).unwrap_or(0);
+        out.statuses.push(r.try_get("", "status")?);
+        out.seen.push(r.try_get("", "seen_keys")?);
+    }
+    Ok(out)
+}
+
+impl Parts {
+    /// Every part planned succeeded and kept what it saw (none swept yet).
+    fn all_succeeded(&self) -> bool {
+        let success = JobStatus::Success.to_value();
+        self.planned > 0
+            && self.statuses.len() == self.planned
+            && self.statuses.iter().all(|s| *s == success)
+            && self.seen.iter().all(Option::is_some)
+    }
+
+    /// A part ended for good without success: the account is not swept for this job.
+    fn any_gave_up(&self) -> bool {
+        let gave_up = [
+            JobStatus::Failure.to_value(),
+            JobStatus::Canceled.to_value(),
+        ];
+        self.statuses.iter().any(|s| gave_up.contains(s))
+    }
+}
+
+async fn forget(
+    db: &impl ConnectionTrait,
+    job: JobId,
+    account: Option<ServiceAccountId>,
+) -> Result<()> {
+    let backend = db.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        FORGET_PG
+    } else {
+        FORGET_SQLITE
+    };
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        of_account(job, account),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// After a part of a job's collection of an account ended for good ([`SubTask`]): once every
+/// part has succeeded, sweeps what none of them saw, with what they kept ([`keep_seen`]), and
+/// counts the deletions on `task`; once one has failed or was canceled, drops what the others
+/// kept, since that account is not swept for this job (what was not seen may simply not have
+/// been collected). `sweep` is the ending part's own, `None` when it did not succeed. Each part
+/// calls this after its end committed and before it lets the account's lock go (the parts of
+/// a job share it): concurrent calls take the job's row in turn, and one sweeps, once. Returns
+/// the resources deleted.
 ///
 /// # Errors
 /// Database errors only; then nothing was swept, and the next collection sweeps.
-pub async fn sweep_parts(
+pub async fn end_of_part(
     db: &sea_orm::DatabaseConnection,
     task: TaskId,
-    sweep: &store::resource::Sweep,
+    job: JobId,
+    account: Option<ServiceAccountId>,
+    sweep: Option<&store::resource::Sweep>,
 ) -> Result<i64> {
-    let backend = db.get_database_backend();
-    let txn = store::begin_write(db).await?;
-    let (lock, parts, forget) = if backend == DbBackend::Postgres {
-        (
-            Some("SELECT id FROM jobs WHERE id = $1 FOR UPDATE"),
-            "SELECT status, parts, seen_keys FROM job_tasks \
-             WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL",
-            "UPDATE job_tasks SET seen_keys = NULL \
-             WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL",
-        )
-    } else {
-        (
-            None,
-            "SELECT status, parts, seen_keys FROM job_tasks \
-             WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL",
-            "UPDATE job_tasks SET seen_keys = NULL \
-             WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL",
-        )
-    };
-    if let Some(lock) = lock {
-        txn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            lock,
-            [sweep.job_id.as_uuid().into()],
-        ))
-        .await?;
+    let found = parts(db, job, account).await?;
+    if found.any_gave_up() {
+        forget(db, job, account).await?;
+        return Ok(0);
     }
-    let of_account = || -> [sea_orm::Value; 2] {
-        [
-            sweep.job_id.as_uuid().into(),
-            sweep.service_account_id.map(|a| a.as_uuid()).into(),
-        ]
+    let Some(sweep) = sweep.filter(|_| found.all_succeeded()) else {
+        return Ok(0);
     };
-    let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(backend, parts, of_account()))
-        .await?;
-    let success = JobStatus::Success.to_value();
     let mut union = std::collections::HashSet::new();
-    for r in &rows {
-        let status: String = r.try_get("", "status")?;
-        let parts: i32 = r.try_get("", "parts")?;
-        let keys: Option<Vec<u8>> = r.try_get("", "seen_keys")?;
-        // Not all done, one failed, or swept already by a sibling's call.
-        let Some(keys) =
-            keys.filter(|_| status == success && usize::try_from(parts).ok() == Some(rows.len()))
-        else {
-            txn.rollback().await?;
-            return Ok(0);
-        };
+    for keys in found.seen.iter().flatten() {
         union.extend(
             keys.chunks_exact(8)
                 .map(|k| u64::from_be_bytes(k.try_into().unwrap_or_default())),
         );
     }
-    let whole = store::resource::Sweep {
-        seen: union,
-        ..sweep.clone()
-    };
-    let planned = store::resource::plan_sweep(&txn, whole).await?;
-    let deleted = store::resource::apply_sweep(&txn, &planned).await?;
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        forget,
-        of_account(),
-    ))
+    // Planned from reads before the write transaction, as a whole collection's sweep is: the
+    // account's lock keeps other collections out meanwhile, and applying re-checks each row.
+    let planned = store::resource::plan_sweep(
+        db,
+        store::resource::Sweep {
+            seen: union,
+            ..sweep.clone()
+        },
+    )
     .await?;
+    let backend = db.get_database_backend();
+    let txn = store::begin_write(db).await?;
+    if backend == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT id FROM jobs WHERE id = $1 FOR UPDATE",
+            [job.as_uuid().into()],
+        ))
+        .await?;
+    }
+    // A sibling's call may have swept since the read.
+    if !parts(&txn, job, account).await?.all_succeeded() {
+        txn.rollback().await?;
+        return Ok(0);
+    }
+    let deleted = store::resource::apply_sweep(&txn, &planned).await?;
+    forget(&txn, job, account).await?;
     if deleted > 0 {
         job_task::Entity::update_many()
             .col_expr(
@@ -629,7 +703,7 @@ pub async fn sweep_parts(
             .filter(job_task::Column::Id.eq(task.as_uuid()))
             .exec(&txn)
             .await?;
-        super::job::touch_many(&txn, &[sweep.job_id.as_uuid()], Utc::now().fixed_offset()).await?;
+        super::job::touch_many(&txn, &[job.as_uuid()], Utc::now().fixed_offset()).await?;
     }
     txn.commit().await?;
     Ok(deleted)

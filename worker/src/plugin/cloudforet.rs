@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
-use gleaner_cloudforet::cost::{Changed, Costing};
+use chrono::{DateTime, SecondsFormat, Timelike as _, Utc};
+use gleaner_cloudforet::cost::{Changed, Costing, Coverage};
 use gleaner_cloudforet::inventory::{self, Collected};
 use gleaner_cloudforet::monitoring;
 use gleaner_cloudforet::value::to_json_or_empty;
@@ -243,10 +243,23 @@ impl Cloudforet {
             if declared.is_empty() {
                 continue;
             }
-            let listed = client
+            let listed = match client
                 .metrics(&request.options, &request.secret, query)
                 .await
-                .map_err(|e| failed(&e))?;
+            {
+                Ok(listed) => listed,
+                Err(e) if e.is_temporary() => return Err(failed(&e)),
+                // One resource the plugin cannot list is that resource's error, not the task's.
+                Err(e) => {
+                    out.send(Item::Error(ItemError {
+                        resource_type: Some(r.resource_type.clone()),
+                        resource_key: Some(r.resource_key.clone()),
+                        message: e.to_string(),
+                    }))
+                    .await?;
+                    continue;
+                }
+            };
             for l in listed.iter().filter(|l| declared.contains(&l.key.as_str())) {
                 by_metric.entry(l.key.clone()).or_default().push(Wanted {
                     resource: r.id,
@@ -255,10 +268,14 @@ impl Cloudforet {
                 });
             }
         }
-        let end = wanted.end.to_rfc3339_opts(SecondsFormat::Secs, true);
+        // Whole minutes only: the minute in progress is not over, and a sample stored moves
+        // its series' watermark past it for good.
+        let whole = wanted.end - chrono::Duration::seconds(wanted.end.timestamp().rem_euclid(60));
+        let whole = whole.with_nanosecond(0).unwrap_or(whole);
+        let end = whole.to_rfc3339_opts(SecondsFormat::Secs, true);
         for (metric, resources) in by_metric {
             for chunk in resources.chunks(monitoring::RESOURCES_PER_CALL) {
-                let start = chunk.iter().map(|w| w.since).min().unwrap_or(wanted.end);
+                let start = chunk.iter().map(|w| w.since).min().unwrap_or(whole);
                 let queries: Map<String, Value> = chunk
                     .iter()
                     .map(|w| (w.resource.to_string(), w.query.clone()))
@@ -280,7 +297,7 @@ impl Cloudforet {
                             metric: metric.clone(),
                             points: points
                                 .into_iter()
-                                .filter(|&(time, _)| time > w.since)
+                                .filter(|&(time, _)| time > w.since && time < whole)
                                 .map(|(time, value)| Point { time, value })
                                 .collect(),
                         }),
@@ -315,13 +332,20 @@ impl Cloudforet {
             .cost_tasks(&request.options, &request.secret, &start, &domain)
             .await
             .map_err(|e| failed(&e))?;
-        let changed = Changed::of(&tasks);
-        if !changed.covers(month) {
-            return out
-                .send(Item::Unchanged(format!(
-                    "the plugin's changed periods ({changed}) leave {month} out"
-                )))
-                .await;
+        match Changed::of(&tasks).coverage(month) {
+            Coverage::All => {}
+            Coverage::None(periods) => {
+                return out
+                    .send(Item::Unchanged(format!(
+                        "the plugin's changed periods ({periods}) leave {month} out"
+                    )))
+                    .await;
+            }
+            Coverage::Partial(left_out) => {
+                return Err(PluginError::Permanent(format!(
+                    "the plugin replaces {month} for some of its sub-tasks only ({left_out} leave it out): a month of a service account is replaced whole, so it is kept as stored"
+                )));
+            }
         }
         let account = request
             .task

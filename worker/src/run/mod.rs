@@ -98,15 +98,19 @@ pub async fn run(
             ended
         };
         let recorded = record(ctx, claimed.attempt, ended).await;
+        if let Ok(Ended::Done(o)) = &recorded
+            && claimed.sub_task.is_some()
+        {
+            // Before the account's lock goes: no other collection of it runs meanwhile.
+            let sweep = o
+                .sweep
+                .as_ref()
+                .filter(|p| o.status == JobStatus::Success && p.is_part());
+            end_of_part(ctx, &claimed, sweep.map(|p| &p.sweep)).await;
+        }
         drop(lock);
         drop(heartbeat);
         let recorded = recorded?;
-        if let Ended::Done(o) = &recorded
-            && o.status == JobStatus::Success
-            && let Some(plan) = o.sweep.as_ref().filter(|p| p.is_part())
-        {
-            sweep_parts(ctx, claimed.attempt, &plan.sweep).await;
-        }
         crate::metrics::task_ended(&ctx.name, claimed.kind, &recorded, started.elapsed());
         match &recorded {
             Ended::Done(o) => info!(
@@ -123,14 +127,20 @@ pub async fn run(
     .await
 }
 
-/// After a part of an account's collection ended well: the sweep of the job's account, if this
-/// was the last part to succeed. A failure here deletes nothing, and is logged: the next
-/// collection sweeps.
-async fn sweep_parts(ctx: &Context, attempt: Attempt, sweep: &store::resource::Sweep) {
+/// After a part of an account's collection ended for good: the sweep of the job's account if
+/// this was the last part to succeed ([`lifecycle::task::end_of_part`]). A failure here
+/// deletes nothing, and is logged: the next collection sweeps.
+async fn end_of_part(ctx: &Context, claimed: &Claimed, sweep: Option<&store::resource::Sweep>) {
     let swept = ctx
         .db_retry
-        .run("sweep the parts", store::Error::is_transient, || {
-            lifecycle::task::sweep_parts(&ctx.db, attempt.task, sweep)
+        .run("end the part", store::Error::is_transient, || {
+            lifecycle::task::end_of_part(
+                &ctx.db,
+                claimed.attempt.task,
+                claimed.job_id,
+                claimed.service_account_id,
+                sweep,
+            )
         })
         .await;
     match swept {
@@ -140,7 +150,7 @@ async fn sweep_parts(ctx: &Context, attempt: Attempt, sweep: &store::resource::S
             "every part of the account's collection succeeded; swept"
         ),
         Err(e) => {
-            warn!(error = %e, "sweeping after the account's parts failed; the next collection sweeps")
+            warn!(error = %e, "ending the account's parts failed; the next collection sweeps")
         }
     }
 }
