@@ -227,6 +227,17 @@ async fn error_codes_and_hangs_fail_the_task_clearly(mode: Mode) -> anyhow::Resu
     Ok(())
 }
 
+/// Registers the test cost data source as `id`.
+async fn register_cost(api: &Api, id: &str) -> anyhow::Result<Value> {
+    api.create(
+        "/v1/plugins",
+        json!({"id": id, "version": "1.0.0", "runtime": "cloudforet",
+               "kind": "cost_data_source", "command": cloudforet::cost().await?,
+               "provider": "aws"}),
+    )
+    .await
+}
+
 /// Runs a billing job of `collector` for the months `start..=end` and waits for it.
 async fn bill(api: &Api, collector: &str, start: &str, end: &str) -> anyhow::Result<Value> {
     let a = api
@@ -263,14 +274,7 @@ async fn a_cloudforet_cost_data_source_bills_exactly_and_honours_changed(
     mode: Mode,
 ) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
-    let plugin = env
-        .create(
-            "/v1/plugins",
-            json!({"id": "cf-cost", "version": "1.0.0", "runtime": "cloudforet",
-                   "kind": "cost_data_source", "command": cloudforet::cost().await?,
-                   "provider": "aws"}),
-        )
-        .await?;
+    let plugin = register_cost(&env, "cf-cost").await?;
     assert_eq!(plugin["kind"], "cost_data_source");
     let accounts = json!(["111111111111", "222222222222"]);
     let c = collector(&env, "cf-cost", json!({"accounts": accounts})).await?;
@@ -531,13 +535,7 @@ async fn a_cost_plugin_killed_mid_stream_replaces_the_month_once() -> anyhow::Re
         },
     )
     .await?;
-    env.create(
-        "/v1/plugins",
-        json!({"id": "cf-cost-dies", "version": "1.0.0", "runtime": "cloudforet",
-               "kind": "cost_data_source", "command": cloudforet::cost().await?,
-               "provider": "aws"}),
-    )
-    .await?;
+    register_cost(&env, "cf-cost-dies").await?;
     let c = collector(&env, "cf-cost-dies", json!({})).await?;
     let first = bill(&env, &c, "2026-09", "2026-09").await?;
     assert_eq!(first["status"], "SUCCESS", "{first}");
