@@ -431,7 +431,16 @@ impl Changed {
     #[must_use]
     pub fn of(tasks: &crate::pb::cost::TasksInfo) -> Self {
         let month = |s: &str| s.get(..7).and_then(|m| m.parse::<Month>().ok());
-        let period = |c: &crate::pb::cost::ChangedInfo| Some((month(&c.start)?, month(&c.end)));
+        // Only an empty end is open: a period whose end does not read is left out, rather
+        // than taken to run on (and replace months it does not send).
+        let period = |c: &crate::pb::cost::ChangedInfo| {
+            let end = if c.end.is_empty() {
+                None
+            } else {
+                Some(month(&c.end)?)
+            };
+            Some((month(&c.start)?, end))
+        };
         Self {
             answer: tasks.changed.iter().filter_map(period).collect(),
             tasks: tasks
@@ -680,5 +689,13 @@ mod tests {
             Coverage::Partial("sub-task 0 (2026-10..)".into())
         );
         assert!(matches!(tasks.coverage(m("2026-08")), Coverage::None(_)));
+        // An end that does not read leaves its period out, rather than open-ended.
+        let garbled = Changed::of(&TasksInfo {
+            changed: vec![changed("2026-10", "")],
+            tasks: vec![task(Some(changed("2026-06", "2026-7")))],
+            ..TasksInfo::default()
+        });
+        assert!(matches!(garbled.coverage(m("2026-09")), Coverage::None(_)));
+        assert_eq!(garbled.coverage(m("2026-10")), Coverage::All);
     }
 }

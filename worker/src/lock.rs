@@ -40,6 +40,33 @@ impl Held {
     pub fn lost(&self) -> &CancellationToken {
         &self.lost
     }
+
+    /// Two locks held as one: lost when either is, released together.
+    #[must_use]
+    pub fn both(mut a: Held, mut b: Held) -> Held {
+        let lost = CancellationToken::new();
+        for token in [a.lost.clone(), b.lost.clone()] {
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = token.cancelled() => lost.cancel(),
+                    () = lost.cancelled() => {}
+                }
+            });
+        }
+        let (first, second) = (a.on_drop.take(), b.on_drop.take());
+        let done = lost.clone();
+        Held {
+            lost,
+            on_drop: Some(Box::new(move || {
+                // Ends the watchers above, whichever way the locks went.
+                done.cancel();
+                for release in [first, second].into_iter().flatten() {
+                    release();
+                }
+            })),
+        }
+    }
 }
 
 impl Drop for Held {
@@ -113,6 +140,7 @@ pub struct RedisLocks {
 /// expiring together. ARGV: owner, holder token, expiry in milliseconds.
 const ACQUIRE: &str = "local owner = redis.call('get', KEYS[1]) \
     if owner and owner ~= ARGV[1] then return 0 end \
+    if not owner then redis.call('del', KEYS[2]) end \
     redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[3]) \
     redis.call('sadd', KEYS[2], ARGV[2]) \
     redis.call('pexpire', KEYS[2], ARGV[3]) \
@@ -129,9 +157,9 @@ const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
     return 1 else return 0 end";
 
 impl RedisLocks {
-    /// Connects to Redis; keys are `<prefix>:lock:{<key>}` (and its holders,
-    /// `<prefix>:lock:{<key>}:holders`: one hash slot) and expire `ttl` after a holder last
-    /// renewed them (every third of `ttl`).
+    /// Connects to Redis; keys are `<prefix>:lock:<key>` (and its holders,
+    /// `<prefix>:lock:<key>:holders`) and expire `ttl` after a holder last renewed them (every
+    /// third of `ttl`).
     ///
     /// # Errors
     /// Redis is unreachable.
@@ -172,7 +200,9 @@ async fn script(
 #[async_trait]
 impl Locks for RedisLocks {
     async fn try_acquire(&self, key: &str, owner: Option<&str>) -> Result<Option<Held>, LockError> {
-        let lock = format!("{}:lock:{{{key}}}", self.prefix);
+        // The key a lock has always had (workers of an older version take it with `SET NX`):
+        // a rolling upgrade keeps excluding them.
+        let lock = format!("{}:lock:{key}", self.prefix);
         let keys = [lock.clone(), format!("{lock}:holders")];
         let token = uuid::Uuid::new_v4().to_string();
         let owner = owner.map_or_else(|| token.clone(), str::to_owned);
@@ -278,20 +308,40 @@ pub(crate) async fn wait_for_collection(
         )
     };
     // The parts of one job's collection of an account share its lock: they run at once, and
-    // no other collection of the account runs until the last of them (and its sweep) is done.
+    // no other collection of the account runs while one of them (or its sweep) does. Each
+    // part also holds a lock of its own, so that a part's next attempt waits for a previous
+    // one still running, as a whole collection's does.
     let owner = claimed
         .sub_task
         .as_ref()
         .map(|_| format!("job-{}", claimed.job_id));
+    let part_key = claimed.sub_task.as_ref().map(|part| {
+        format!(
+            "{key}:job-{}:part-{}-of-{}",
+            claimed.job_id, part.part, part.parts
+        )
+    });
+    let take = || async {
+        let part = match &part_key {
+            Some(k) => match ctx.locks.try_acquire(k, None).await? {
+                Some(held) => Some(held),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let Some(account) = ctx.locks.try_acquire(&key, owner.as_deref()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match part {
+            Some(part) => Held::both(account, part),
+            None => account,
+        }))
+    };
     let mut waited = false;
     loop {
         let attempt = ctx
             .db_retry
-            .run(
-                "take the collection lock",
-                |_: &LockError| true,
-                || ctx.locks.try_acquire(&key, owner.as_deref()),
-            )
+            .run("take the collection lock", |_: &LockError| true, take)
             .await?;
         if let Some(held) = attempt {
             if waited {

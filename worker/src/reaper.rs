@@ -71,6 +71,10 @@ pub async fn pass(
         Ok(n) => reaped.nudged = n,
         Err(e) => warn!(error = %e, "sending forgotten tasks' messages again failed"),
     }
+    // An hour after its job finished, a part's sweep is done or will not come.
+    if let Err(e) = task::forget_finished_parts(db, now - chrono::Duration::hours(1)).await {
+        warn!(error = %e, "dropping what finished jobs' parts saw failed");
+    }
     for id in job::unconcluded(db, BATCH).await? {
         match job::conclude(db, id).await {
             Ok(Some(_)) => reaped.concluded += 1,

@@ -634,6 +634,72 @@ async fn forget(
     Ok(())
 }
 
+const MEANWHILE_PG: &str = "SELECT count(*) AS n FROM job_tasks t JOIN jobs j ON j.id = t.job_id \
+     WHERE t.service_account_id = $2 AND t.job_id <> $1 \
+       AND j.collector_id = (SELECT collector_id FROM jobs WHERE id = $1) \
+       AND (t.status = 'IN_PROGRESS' OR t.finished_at >= (SELECT min(started_at) FROM job_tasks \
+            WHERE job_id = $1 AND service_account_id = $2))";
+const MEANWHILE_SQLITE: &str = "SELECT count(*) AS n FROM job_tasks t JOIN jobs j ON j.id = t.job_id \
+     WHERE t.service_account_id = ?2 AND t.job_id <> ?1 \
+       AND j.collector_id = (SELECT collector_id FROM jobs WHERE id = ?1) \
+       AND (t.status = 'IN_PROGRESS' OR t.finished_at >= (SELECT min(started_at) FROM job_tasks \
+            WHERE job_id = ?1 AND service_account_id = ?2))";
+
+/// Whether another job's task of the same collector and account ran since the job's parts
+/// began (or runs now, or waits for the account's lock).
+async fn collected_meanwhile(
+    db: &impl ConnectionTrait,
+    job: JobId,
+    account: Option<ServiceAccountId>,
+) -> Result<bool> {
+    let backend = db.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        MEANWHILE_PG
+    } else {
+        MEANWHILE_SQLITE
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            of_account(job, account),
+        ))
+        .await?;
+    let n: i64 = match row {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(n > 0)
+}
+
+/// Drops what parts kept of what they saw in jobs that finished before `before`: their sweep
+/// was done or will not come (a part ended by the reaper or a cancel, or a worker that died
+/// between its part's end and [`end_of_part`]). Returns the tasks cleared.
+///
+/// # Errors
+/// Database errors only.
+pub async fn forget_finished_parts(
+    db: &impl ConnectionTrait,
+    before: DateTime<Utc>,
+) -> Result<u64> {
+    let backend = db.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        "UPDATE job_tasks SET seen_keys = NULL WHERE seen_keys IS NOT NULL \
+         AND job_id IN (SELECT id FROM jobs WHERE finished_at < $1)"
+    } else {
+        "UPDATE job_tasks SET seen_keys = NULL WHERE seen_keys IS NOT NULL \
+         AND job_id IN (SELECT id FROM jobs WHERE finished_at < ?)"
+    };
+    let done = db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [before.fixed_offset().into()],
+        ))
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// After a part of a job's collection of an account ended for good ([`SubTask`]): once every
 /// part has succeeded, sweeps what none of them saw, with what they kept ([`keep_seen`]), and
 /// counts the deletions on `task`; once one has failed or was canceled, drops what the others
@@ -690,6 +756,15 @@ pub async fn end_of_part(
     // A sibling's call may have swept since the read.
     if !parts(&txn, job, account).await?.all_succeeded() {
         txn.rollback().await?;
+        return Ok(0);
+    }
+    // The parts need not run at once: another collection of the account may have run between
+    // two of them (it takes the account's lock while none holds it) and stored what the
+    // earlier parts could not see. Then what the parts saw is no longer the account's whole:
+    // no sweep (that collection sweeps by itself).
+    if collected_meanwhile(&txn, job, account).await? {
+        forget(&txn, job, account).await?;
+        txn.commit().await?;
         return Ok(0);
     }
     let deleted = store::resource::apply_sweep(&txn, &planned).await?;
