@@ -193,7 +193,56 @@ fn history(t: &job_task::Model) -> Vec<PreviousAttempt> {
         .unwrap_or_default()
 }
 
+/// The parts of a job's collection of an account see whether another collection of the account
+/// ran after the first of them began: then what they saw is not the account's whole.
+async fn parts_know_when_another_collection_ran_between_them(mode: Mode) -> anyhow::Result<()> {
+    use gleaner_common::lifecycle::task::SubTask;
+    let w = World::new(mode, 1).await?;
+    let account = w.accounts[0];
+    let n = w.enqueue().await?;
+    let input = job_life::plan_input(&w.store.db, n)
+        .await?
+        .context("the job")?;
+    let parts: Vec<Unit> = (0..2)
+        .map(|part| Unit {
+            account,
+            month: None,
+            sub_task: Some(SubTask {
+                options: json!({"part": part}),
+                part,
+                parts: 2,
+            }),
+        })
+        .collect();
+    let tasks = job_life::plan(&w.store.db, &input, &parts, None, 3, "none")
+        .await?
+        .context("planned")?;
+    assert_eq!(tasks.len(), 2, "two parts of one account, one task each");
+    let first = Attempt {
+        task: tasks[0],
+        number: 1,
+    };
+    let claimed = w.claim(first).await?.context("claimed")?;
+    assert_eq!(
+        claimed.sub_task.map(|s| (s.part, s.parts, s.options)),
+        Some((0, 2, json!({"part": 0})))
+    );
+    task_life::end(&w.store.db, first, Ended::Done(success()), None).await?;
+    assert!(!task_life::collected_meanwhile(&w.store.db, n, Some(account)).await?);
+    // Another job of the collector collects the whole account before the second part runs.
+    let (_, others, other) = w.running(3).await?;
+    assert_eq!(others.len(), 1);
+    assert!(
+        task_life::collected_meanwhile(&w.store.db, n, Some(account)).await?,
+        "a collection waiting or running counts"
+    );
+    task_life::end(&w.store.db, other, Ended::Done(success()), None).await?;
+    assert!(task_life::collected_meanwhile(&w.store.db, n, Some(account)).await?);
+    Ok(())
+}
+
 in_both_modes!(
+    parts_know_when_another_collection_ran_between_them,
     enqueue_writes_the_job_its_message_and_its_event_together,
     planning_twice_plans_once,
     a_claim_starts_only_the_attempt_its_message_names,

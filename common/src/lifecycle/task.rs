@@ -646,8 +646,11 @@ const MEANWHILE_SQLITE: &str = "SELECT count(*) AS n FROM job_tasks t JOIN jobs 
             WHERE job_id = ?1 AND service_account_id = ?2))";
 
 /// Whether another job's task of the same collector and account ran since the job's parts
-/// began (or runs now, or waits for the account's lock).
-async fn collected_meanwhile(
+/// began (or runs now, or waits for the account's lock): then the parts do not sweep.
+///
+/// # Errors
+/// Database errors only.
+pub async fn collected_meanwhile(
     db: &impl ConnectionTrait,
     job: JobId,
     account: Option<ServiceAccountId>,
