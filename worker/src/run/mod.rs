@@ -101,11 +101,13 @@ pub async fn run(
         if let Ok(Ended::Done(o)) = &recorded
             && claimed.sub_task.is_some()
         {
-            // Before the account's lock goes: no other collection of it runs meanwhile.
+            // Before the account's lock goes: no other collection of it runs meanwhile. A
+            // lock lost (expired in Redis) may be another collection's now: no sweep then.
+            let held = lock.as_ref().is_some_and(|l| !l.lost().is_cancelled());
             let sweep = o
                 .sweep
                 .as_ref()
-                .filter(|p| o.status == JobStatus::Success && p.is_part());
+                .filter(|p| held && o.status == JobStatus::Success && p.is_part());
             end_of_part(ctx, &claimed, sweep.map(|p| &p.sweep)).await;
         }
         drop(lock);
