@@ -257,17 +257,7 @@ fn check_cloudforet(
             "a Cloudforet metric data source needs the metrics to collect: [{name, resource_type, unit}], name being the plugin's metric key",
         )),
         (Some(PluginKind::MetricDataSource), false) => {
-            for (i, m) in body.metrics.iter().enumerate() {
-                if let Err(e) = gleaner_common::metric::check_name("name", &m.name) {
-                    errors.push(Invalid::new(format!("metrics[{i}].name"), e.detail));
-                }
-                if m.resource_type.trim().is_empty() {
-                    errors.push(Invalid::new(
-                        format!("metrics[{i}].resource_type"),
-                        "must not be empty",
-                    ));
-                }
-            }
+            check_metrics("metrics", &body.metrics, errors);
         }
         (_, false) => errors.push(Invalid::new(
             "metrics",
@@ -321,6 +311,26 @@ fn check_cloudforet(
     }
 }
 
+/// Each metric a data source collects has a usable name and a resource type; refusals name
+/// `<field>[i].name` or `<field>[i].resource_type`.
+fn check_metrics(
+    field: &str,
+    metrics: &[gleaner_common::metric::MetricInfo],
+    errors: &mut Vec<Invalid>,
+) {
+    for (i, m) in metrics.iter().enumerate() {
+        if let Err(e) = gleaner_common::metric::check_name("name", &m.name) {
+            errors.push(Invalid::new(format!("{field}[{i}].name"), e.detail));
+        }
+        if m.resource_type.trim().is_empty() {
+            errors.push(Invalid::new(
+                format!("{field}[{i}].resource_type"),
+                "must not be empty",
+            ));
+        }
+    }
+}
+
 /// What `init` answered must describe a plugin Gleaner can run.
 fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
     let mut errors = Vec::new();
@@ -330,20 +340,7 @@ fn check_metadata(meta: &external::Metadata) -> Result<(), ApiError> {
             "a metric data source declares the metrics it collects: [{name, resource_type, unit}]",
         )),
         (PluginKind::MetricDataSource, false) => {
-            for (i, m) in meta.metrics.iter().enumerate() {
-                if let Err(e) = gleaner_common::metric::check_name("name", &m.name) {
-                    errors.push(Invalid::new(
-                        format!("metadata.metrics[{i}].name"),
-                        e.detail,
-                    ));
-                }
-                if m.resource_type.trim().is_empty() {
-                    errors.push(Invalid::new(
-                        format!("metadata.metrics[{i}].resource_type"),
-                        "must not be empty",
-                    ));
-                }
-            }
+            check_metrics("metadata.metrics", &meta.metrics, &mut errors);
         }
         (_, false) => errors.push(Invalid::new(
             "metadata.metrics",

@@ -427,6 +427,10 @@ async fn a_cloudforet_monitoring_data_source_feeds_metrics_jobs(mode: Mode) -> a
     let refused = env.post("/v1/plugins", body.clone()).await?;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
     assert_eq!(fields(&refused.body), ["metrics"]);
+    body["metrics"] = json!([{"name": "CPU Utilization!", "resource_type": "aws.ec2.instance", "unit": "Percent"}]);
+    let refused = env.post("/v1/plugins", body.clone()).await?;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert_eq!(fields(&refused.body), ["metrics[0].name"]);
     body["metrics"] = metrics;
     let plugin = env.create("/v1/plugins", body).await?;
     assert_eq!(plugin["kind"], "metric_data_source");
