@@ -227,12 +227,7 @@ pub fn key_of(
 
 /// The value at a dotted path, as key text: a non-empty string, a number or a bool.
 pub(crate) fn scalar_at(resource: &Map<String, Value>, path: &str) -> Option<String> {
-    let mut parts = path.split('.');
-    let mut here = resource.get(parts.next()?)?;
-    for part in parts {
-        here = here.as_object()?.get(part)?;
-    }
-    match here {
+    match crate::value::at_path(resource, path)? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),

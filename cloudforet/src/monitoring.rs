@@ -75,11 +75,9 @@ impl Data {
 /// resource is stored whole but for its name and region, so the path reads as in Cloudforet.
 #[must_use]
 pub fn query_at<'a>(data: &'a Value, path: &str) -> Option<&'a Map<String, Value>> {
-    let mut here = data;
-    for part in path.split('.') {
-        here = here.as_object()?.get(part)?;
-    }
-    here.as_object().filter(|o| !o.is_empty())
+    crate::value::at_path(data.as_object()?, path)?
+        .as_object()
+        .filter(|o| !o.is_empty())
 }
 
 /// A listed metric's query as `get_data` takes it: with the resource query's `region_name`

@@ -93,6 +93,17 @@ pub fn request_struct(v: &Value) -> Struct {
     }
 }
 
+/// The value at a dotted path (`reference.resource_id`, `data.cloudwatch`) in nested objects.
+#[must_use]
+pub fn at_path<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut here = object.get(parts.next()?)?;
+    for part in parts {
+        here = here.as_object()?.get(part)?;
+    }
+    Some(here)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -227,6 +227,18 @@ async fn error_codes_and_hangs_fail_the_task_clearly(mode: Mode) -> anyhow::Resu
     Ok(())
 }
 
+/// A distributed environment whose lost or failed attempts run again within a second or two.
+async fn recovering() -> anyhow::Result<TestEnv> {
+    TestEnv::start_with(
+        Mode::Distributed,
+        Options {
+            tune: quick_recovery,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 /// Registers the test cost data source as `id`.
 async fn register_cost(api: &Api, id: &str) -> anyhow::Result<Value> {
     api.create(
@@ -531,14 +543,7 @@ crate::in_both_modes!(
 /// whole until the task's next attempt, on a new process, replaces it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cost_plugin_killed_mid_stream_replaces_the_month_once() -> anyhow::Result<()> {
-    let env = TestEnv::start_with(
-        Mode::Distributed,
-        Options {
-            tune: quick_recovery,
-            ..Options::default()
-        },
-    )
-    .await?;
+    let env = recovering().await?;
     register_cost(&env, "cf-cost-dies").await?;
     let c = collector(&env, "cf-cost-dies", json!({})).await?;
     let first = bill(&env, &c, "2026-09", "2026-09").await?;
@@ -701,14 +706,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_killed_mid_stream_is_restarted_and_nothing_is_lost_or_doubled()
 -> anyhow::Result<()> {
-    let env = TestEnv::start_with(
-        Mode::Distributed,
-        Options {
-            tune: quick_recovery,
-            ..Options::default()
-        },
-    )
-    .await?;
+    let env = recovering().await?;
     register(&env, "cf-dies", json!({})).await?;
     let marker = std::env::temp_dir().join(format!("gleaner-cf-dies-{}", rand::random::<u64>()));
     let c = collector(

@@ -29,7 +29,7 @@ use crate::id::{CollectorId, DomainId, JobId, ProjectId, SecretId, ServiceAccoun
 use crate::model::{JobKind, JobStatus, TaskStatus};
 use crate::retry::RetryPolicy;
 use crate::store::resource::SweepPlan;
-use crate::store::{self, Error, Result, outbox};
+use crate::store::{self, Error, Params, Result, outbox};
 
 /// One run of a task: the task and the attempt number. Every write after the claim names it.
 /// A `task.requested` message names the attempt it starts.
@@ -515,7 +515,7 @@ pub async fn end_many<C: ConnectionTrait + TransactionTrait>(
 }
 
 /// A part of an account's collection succeeded: keeps the key hashes it saw on its task, in
-/// the end's transaction, for [`sweep_parts`].
+/// the end's transaction, for [`end_of_part`].
 async fn keep_seen(
     txn: &impl ConnectionTrait,
     task: TaskId,
@@ -526,17 +526,14 @@ async fn keep_seen(
     for key in &plan.sweep.seen {
         seen.extend_from_slice(&key.to_be_bytes());
     }
-    let sql = if backend == DbBackend::Postgres {
-        "UPDATE job_tasks SET seen_keys = $1 WHERE id = $2"
-    } else {
-        "UPDATE job_tasks SET seen_keys = ? WHERE id = ?"
-    };
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql,
-        [seen.into(), task.as_uuid().into()],
-    ))
-    .await?;
+    let mut p = Params::new(backend);
+    let sql = format!(
+        "UPDATE job_tasks SET seen_keys = {} WHERE id = {}",
+        p.push(seen),
+        p.push(task.as_uuid())
+    );
+    txn.execute_raw(Statement::from_sql_and_values(backend, sql, p.values))
+        .await?;
     Ok(())
 }
 
@@ -549,17 +546,21 @@ struct Parts {
     seen: Vec<Option<Vec<u8>>>,
 }
 
-const PARTS_PG: &str = "SELECT status, parts, seen_keys FROM job_tasks \
-     WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL";
-const PARTS_SQLITE: &str = "SELECT status, parts, seen_keys FROM job_tasks \
-     WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL";
-const FORGET_PG: &str = "UPDATE job_tasks SET seen_keys = NULL \
-     WHERE job_id = $1 AND service_account_id = $2 AND parts IS NOT NULL";
-const FORGET_SQLITE: &str = "UPDATE job_tasks SET seen_keys = NULL \
-     WHERE job_id = ? AND service_account_id = ? AND parts IS NOT NULL";
-
-fn of_account(job: JobId, account: Option<ServiceAccountId>) -> [sea_orm::Value; 2] {
-    [job.as_uuid().into(), account.map(|a| a.as_uuid()).into()]
+/// Binds a job and an account: the parameters and the condition on `job_tasks` (aliased
+/// `alias`) that picks the parts of the job's collection of the account.
+fn parts_of(
+    backend: DbBackend,
+    job: JobId,
+    account: Option<ServiceAccountId>,
+    alias: &str,
+) -> (Params, String) {
+    let mut p = Params::new(backend);
+    let condition = format!(
+        "{alias}job_id = {} AND {alias}service_account_id = {} AND {alias}parts IS NOT NULL",
+        p.push(job.as_uuid()),
+        p.push(account.map(|a| a.as_uuid()))
+    );
+    (p, condition)
 }
 
 async fn parts(
@@ -568,17 +569,10 @@ async fn parts(
     account: Option<ServiceAccountId>,
 ) -> Result<Parts> {
     let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
-        PARTS_PG
-    } else {
-        PARTS_SQLITE
-    };
+    let (p, parts) = parts_of(backend, job, account, "");
+    let sql = format!("SELECT status, parts, seen_keys FROM job_tasks WHERE {parts}");
     let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            of_account(job, account),
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, p.values))
         .await?;
     let mut out = Parts {
         planned: 0,
@@ -620,30 +614,12 @@ async fn forget(
     account: Option<ServiceAccountId>,
 ) -> Result<()> {
     let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
-        FORGET_PG
-    } else {
-        FORGET_SQLITE
-    };
-    db.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql,
-        of_account(job, account),
-    ))
-    .await?;
+    let (p, parts) = parts_of(backend, job, account, "");
+    let sql = format!("UPDATE job_tasks SET seen_keys = NULL WHERE {parts}");
+    db.execute_raw(Statement::from_sql_and_values(backend, sql, p.values))
+        .await?;
     Ok(())
 }
-
-const MEANWHILE_PG: &str = "SELECT count(*) AS n FROM job_tasks t JOIN jobs j ON j.id = t.job_id \
-     WHERE t.service_account_id = $2 AND t.job_id <> $1 \
-       AND j.collector_id = (SELECT collector_id FROM jobs WHERE id = $1) \
-       AND (t.status = 'IN_PROGRESS' OR t.finished_at >= (SELECT min(started_at) FROM job_tasks \
-            WHERE job_id = $1 AND service_account_id = $2))";
-const MEANWHILE_SQLITE: &str = "SELECT count(*) AS n FROM job_tasks t JOIN jobs j ON j.id = t.job_id \
-     WHERE t.service_account_id = ?2 AND t.job_id <> ?1 \
-       AND j.collector_id = (SELECT collector_id FROM jobs WHERE id = ?1) \
-       AND (t.status = 'IN_PROGRESS' OR t.finished_at >= (SELECT min(started_at) FROM job_tasks \
-            WHERE job_id = ?1 AND service_account_id = ?2))";
 
 /// Whether another job's task of the same collector and account ran since the job's parts
 /// began (or runs now, or waits for the account's lock): then the parts do not sweep.
@@ -656,17 +632,17 @@ pub async fn collected_meanwhile(
     account: Option<ServiceAccountId>,
 ) -> Result<bool> {
     let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
-        MEANWHILE_PG
-    } else {
-        MEANWHILE_SQLITE
-    };
+    let (mut p, parts) = parts_of(backend, job, account, "s.");
+    let (job, account) = (p.push(job.as_uuid()), p.push(account.map(|a| a.as_uuid())));
+    let sql = format!(
+        "SELECT count(*) AS n FROM job_tasks t JOIN jobs j ON j.id = t.job_id \
+         WHERE t.service_account_id = {account} AND t.job_id <> {job} \
+           AND j.collector_id = (SELECT collector_id FROM jobs WHERE id = {job}) \
+           AND (t.status = 'IN_PROGRESS' \
+                OR t.finished_at >= (SELECT min(s.started_at) FROM job_tasks s WHERE {parts}))"
+    );
     let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            of_account(job, account),
-        ))
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, p.values))
         .await?;
     let n: i64 = match row {
         Some(r) => r.try_get("", "n")?,
@@ -686,19 +662,14 @@ pub async fn forget_finished_parts(
     before: DateTime<Utc>,
 ) -> Result<u64> {
     let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
+    let mut p = Params::new(backend);
+    let sql = format!(
         "UPDATE job_tasks SET seen_keys = NULL WHERE seen_keys IS NOT NULL \
-         AND job_id IN (SELECT id FROM jobs WHERE finished_at < $1)"
-    } else {
-        "UPDATE job_tasks SET seen_keys = NULL WHERE seen_keys IS NOT NULL \
-         AND job_id IN (SELECT id FROM jobs WHERE finished_at < ?)"
-    };
+         AND job_id IN (SELECT id FROM jobs WHERE finished_at < {})",
+        p.push(before.fixed_offset())
+    );
     let done = db
-        .execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [before.fixed_offset().into()],
-        ))
+        .execute_raw(Statement::from_sql_and_values(backend, sql, p.values))
         .await?;
     Ok(done.rows_affected())
 }

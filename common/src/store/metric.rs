@@ -554,18 +554,21 @@ async fn create_partition(db: &impl ConnectionTrait, tier: Tier, day: NaiveDate)
 /// (migration 16): its arrays are unnested to a row per bucket, with the rows' `hour_start`
 /// kept for [`packed_hours`].
 fn source(tier: Tier, backend: DbBackend) -> &'static str {
-    match (tier, backend) {
-        (Tier::FiveMinutes, DbBackend::Postgres) => {
-            "(SELECT p.domain_id, p.resource_id, p.metric, p.hour_start, \
-                     p.hour_start + (s.i - 1) * interval '5 minutes' AS bucket, \
-                     s.min, s.max, s.sum, s.count \
-              FROM metric_rollups_5m p \
-              CROSS JOIN LATERAL unnest(p.min, p.max, p.sum, p.count) \
-                  WITH ORDINALITY AS s(min, max, sum, count, i) \
-              WHERE s.count > 0)"
-        }
-        _ => tier.table(),
+    if packed(tier, backend) {
+        return "(SELECT p.domain_id, p.resource_id, p.metric, p.hour_start, \
+                 p.hour_start + (s.i - 1) * interval '5 minutes' AS bucket, \
+                 s.min, s.max, s.sum, s.count \
+          FROM metric_rollups_5m p \
+          CROSS JOIN LATERAL unnest(p.min, p.max, p.sum, p.count) \
+              WITH ORDINALITY AS s(min, max, sum, count, i) \
+          WHERE s.count > 0)";
     }
+    tier.table()
+}
+
+/// Whether a tier's rows are packed by hour: the 5-minute rollup in PostgreSQL.
+fn packed(tier: Tier, backend: DbBackend) -> bool {
+    (tier, backend) == (Tier::FiveMinutes, DbBackend::Postgres)
 }
 
 /// The packed rows' hours that can hold buckets of `[start, end)`, so that the index on
@@ -576,7 +579,7 @@ fn packed_hours(
     tier: Tier,
     (start, end): (i64, i64),
 ) -> String {
-    if (tier, backend) != (Tier::FiveMinutes, DbBackend::Postgres) {
+    if !packed(tier, backend) {
         return String::new();
     }
     format!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Timelike as _, Utc};
+use chrono::{DateTime, DurationRound as _, SecondsFormat, Utc};
 use gleaner_cloudforet::cost::{Changed, Costing, Coverage};
 use gleaner_cloudforet::inventory::{self, Collected};
 use gleaner_cloudforet::monitoring;
@@ -121,7 +121,7 @@ impl Plugin for Cloudforet {
         secret: &Map<String, Value>,
         account: ServiceAccountId,
     ) -> Result<Option<Vec<Value>>, PluginError> {
-        if self.info.kind != PluginKind::Collector {
+        if !self.splits() {
             return Ok(None);
         }
         let lease = self.lease(Some(account), secret).await?;
@@ -270,8 +270,10 @@ impl Cloudforet {
         }
         // Whole minutes only: the minute in progress is not over, and a sample stored moves
         // its series' watermark past it for good.
-        let whole = wanted.end - chrono::Duration::seconds(wanted.end.timestamp().rem_euclid(60));
-        let whole = whole.with_nanosecond(0).unwrap_or(whole);
+        let whole = wanted
+            .end
+            .duration_trunc(chrono::TimeDelta::minutes(1))
+            .unwrap_or(wanted.end);
         let end = whole.to_rfc3339_opts(SecondsFormat::Secs, true);
         for (metric, resources) in by_metric {
             for chunk in resources.chunks(monitoring::RESOURCES_PER_CALL) {
@@ -413,21 +415,19 @@ async fn collect(
     out: &ItemSender,
 ) -> Result<(), PluginError> {
     let client = lease.client();
-    // A part planned as a task of its own collects that part only.
-    let tasks = match &request.task.sub_task {
-        Some(part) => Some(vec![match &part.options {
-            Value::Object(o) => o.clone(),
-            _ => Map::new(),
-        }]),
-        None => client
+    let tasks: Vec<Option<Value>> = match &request.task.sub_task {
+        // A part planned as a task of its own collects that part only.
+        Some(part) => vec![Some(part.options.clone())],
+        None => match client
             .collector_tasks(&request.options, &request.secret)
             .await
-            .map_err(|e| failed(&e))?,
-    };
-    let tasks: Vec<Option<Value>> = match tasks {
-        Some(t) if !t.is_empty() => t.into_iter().map(|o| Some(Value::Object(o))).collect(),
-        // No Job service, or no sub-task: one collect without task_options, as Cloudforet does.
-        _ => vec![None],
+            .map_err(|e| failed(&e))?
+        {
+            Some(t) if !t.is_empty() => t.into_iter().map(|o| Some(Value::Object(o))).collect(),
+            // No Job service, or no sub-task: one collect without task_options, as Cloudforet
+            // does.
+            _ => vec![None],
+        },
     };
     for task_options in tasks {
         let mut stream = client
