@@ -3,5 +3,6 @@
 //! binary starts.
 
 pub mod app;
+pub mod cli;
 pub mod cmd;
 pub mod standalone;

@@ -1,10 +1,11 @@
 //! `gleaner`: one binary, one subcommand per process.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use gleaner::cmd;
+use clap::{CommandFactory as _, Parser, Subcommand};
+use gleaner::{cli, cmd};
 use gleaner_common::config::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Server(Server),
+    #[command(flatten)]
+    Client(cli::Command),
+    /// Print a completion script for a shell: `gleaner completions bash > /etc/bash_completion.d/gleaner`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The processes of Gleaner itself, which read the settings.
+#[derive(Debug, Subcommand)]
+enum Server {
     /// Everything in one process on a local SQLite file: no database or broker to install.
     Standalone(cmd::standalone::Args),
     /// Serve the HTTP API (and publish its queued messages).
@@ -39,27 +54,49 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
+    match cli.command {
+        // The client commands talk to a server: they read no server settings and log nothing,
+        // so a bad `gleaner.toml` on an operator's laptop does not stop them.
+        Command::Client(c) => cli::run(c).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gleaner",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Server(server) => match serve(cli.config, server).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn serve(config: Option<PathBuf>, command: Server) -> anyhow::Result<()> {
+    let settings = Settings::load(config.as_deref()).context("loading settings")?;
     gleaner_common::telemetry::init(&settings.log);
     let shutdown = CancellationToken::new();
     tokio::spawn(cmd::cancel_on_signal(shutdown.clone()));
-    match cli.command {
-        Command::Standalone(args) => cmd::standalone::run(args, &settings, shutdown).await,
-        Command::Api(args) => cmd::api::run(args, &settings, shutdown).await,
-        Command::Worker(args) => cmd::worker::run(args, &settings, shutdown).await,
-        Command::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,
-        Command::Migrate => cmd::migrate::run(&settings).await,
-        Command::Domain(args) => cmd::domain::run(args, &settings).await,
-        Command::RotateSecretKey(args) => cmd::rotate_secret_key::run(args, &settings).await,
+    match command {
+        Server::Standalone(args) => cmd::standalone::run(args, &settings, shutdown).await,
+        Server::Api(args) => cmd::api::run(args, &settings, shutdown).await,
+        Server::Worker(args) => cmd::worker::run(args, &settings, shutdown).await,
+        Server::Scheduler(args) => cmd::scheduler::run(args, &settings, shutdown).await,
+        Server::Migrate => cmd::migrate::run(&settings).await,
+        Server::Domain(args) => cmd::domain::run(args, &settings).await,
+        Server::RotateSecretKey(args) => cmd::rotate_secret_key::run(args, &settings).await,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]
@@ -68,15 +105,15 @@ mod tests {
         let cli = Cli::try_parse_from(["gleaner", "worker", "--migrate"]).expect("parses");
         assert!(matches!(
             cli.command,
-            Command::Worker(cmd::worker::Args { migrate: true })
+            Command::Server(Server::Worker(cmd::worker::Args { migrate: true }))
         ));
         let cli = Cli::try_parse_from(["gleaner", "rotate-secret-key"]).expect("parses");
         assert!(matches!(
             cli.command,
-            Command::RotateSecretKey(cmd::rotate_secret_key::Args {
+            Command::Server(Server::RotateSecretKey(cmd::rotate_secret_key::Args {
                 data_dir: None,
                 batch: cmd::rotate_secret_key::BATCH,
-            })
+            }))
         ));
         let cli = Cli::try_parse_from([
             "gleaner",
@@ -89,17 +126,118 @@ mod tests {
         .expect("parses");
         assert!(matches!(
             cli.command,
-            Command::RotateSecretKey(cmd::rotate_secret_key::Args { data_dir: Some(ref d), batch: 50 })
+            Command::Server(Server::RotateSecretKey(cmd::rotate_secret_key::Args { data_dir: Some(ref d), batch: 50 }))
                 if d == std::path::Path::new("/var/lib/gleaner")
         ));
         assert!(Cli::try_parse_from(["gleaner", "explode"]).is_err());
         let cli = Cli::try_parse_from(["gleaner", "domain", "create", "acme"]).expect("parses");
         assert!(matches!(
             cli.command,
-            Command::Domain(cmd::domain::Args {
+            Command::Server(Server::Domain(cmd::domain::Args {
                 action: cmd::domain::Action::Create { .. },
                 data_dir: None,
-            })
+            }))
         ));
+    }
+
+    #[test]
+    fn client_commands_parse_and_bad_flags_are_refused() {
+        let cli = Cli::try_parse_from([
+            "gleaner",
+            "collect",
+            "demo",
+            "--wait",
+            "--timeout",
+            "60",
+            "-o",
+            "json",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Client(cli::Command::Collect(cli::job::CollectArgs {
+                wait: true,
+                timeout: cli::job::Timeout { timeout: Some(60) },
+                out: cli::Output {
+                    format: cli::Format::Json
+                },
+                ..
+            }))
+        ));
+        let cli = Cli::try_parse_from([
+            "gleaner",
+            "costs",
+            "summary",
+            "--group-by",
+            "provider,month",
+            "--start",
+            "2024-09-01",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Client(cli::Command::Costs(cli::cost::Args {
+                action: cli::cost::Action::Summary { ref group_by, .. },
+                ..
+            })) if group_by == &["provider", "month"]
+        ));
+        // `-o` goes after the noun or the verb alike.
+        for args in [
+            &["gleaner", "collectors", "-o", "csv", "ls"][..],
+            &["gleaner", "collectors", "ls", "-o", "csv"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert!(matches!(
+                cli.command,
+                Command::Client(cli::Command::Collectors(cli::collector::Args {
+                    out: cli::Output {
+                        format: cli::Format::Csv
+                    },
+                    ..
+                }))
+            ));
+        }
+        let refused = [
+            (
+                &["gleaner", "costs", "summary", "--group-by", "planet"][..],
+                "planet",
+            ),
+            (&["gleaner", "collectors", "ls", "-o", "yaml"][..], "yaml"),
+            (
+                &[
+                    "gleaner",
+                    "schedules",
+                    "create",
+                    "--collector",
+                    "c",
+                    "--name",
+                    "n",
+                    "--hours",
+                    "24",
+                ][..],
+                "24",
+            ),
+            (
+                &[
+                    "gleaner",
+                    "schedules",
+                    "create",
+                    "--collector",
+                    "c",
+                    "--name",
+                    "n",
+                    "--hours",
+                    "1",
+                    "--every-minutes",
+                    "5",
+                ][..],
+                "cannot be used with",
+            ),
+            (&["gleaner", "collect"][..], "<COLLECTOR>"),
+        ];
+        for (args, says) in refused {
+            let err = Cli::try_parse_from(args).expect_err("refused").to_string();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
     }
 }

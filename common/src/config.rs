@@ -530,7 +530,8 @@ impl Settings {
         figment = figment.merge(
             Env::prefixed("GLEANER_")
                 .split("__")
-                .ignore(&["config"])
+                // `GLEANER_SERVER`, `GLEANER_API_KEY` and `GLEANER_CLI_CONFIG` are the CLI's.
+                .ignore(&["config", "server", "api_key", "cli_config"])
                 .ignore(&text_vars),
         );
         for (var, key) in TEXT_KEYS {

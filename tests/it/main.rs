@@ -7,6 +7,7 @@ mod auth;
 mod aws;
 mod billing;
 mod broker_limits;
+mod cli;
 mod cloudforet;
 mod cloudwatch;
 mod collect;
