@@ -46,6 +46,7 @@ pub mod audit;
 pub mod auth;
 mod catalog;
 pub mod collector;
+pub mod console;
 pub mod cost;
 pub mod extract;
 pub mod health;
@@ -172,13 +173,18 @@ pub fn router_without_keys(
     finish(routes, state)
 }
 
-/// The layers around the routes: the body limit, the request's span and id, the fallback.
+/// The layers around the routes: the body limit, the request's span and id, the fallback; and
+/// the console beside them, which calls the API's routes in process.
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_body_bytes);
-    routes
+    let api = routes
         .fallback(|| async { problem::ApiError::new(problem::Code::NotFound, "no such route") })
+        .with_state(state.clone())
+        .layer(body_limit);
+    let console = console::routes(api.clone())
         .with_state(state)
-        .layer(body_limit)
+        .layer(body_limit);
+    api.merge(console)
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -1,0 +1,80 @@
+// Gleaner console: the job widget, and the CSRF token on htmx requests.
+// No inline script anywhere: the Content-Security-Policy allows scripts of this origin only.
+"use strict";
+
+(function () {
+  const token = document.querySelector('meta[name="csrf-token"]');
+  document.addEventListener("htmx:configRequest", function (e) {
+    if (token && e.detail.verb !== "get") {
+      e.detail.parameters["csrf"] = token.content;
+    }
+  });
+  // A refused request (4xx) still carries a page part that says why: show it.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    const s = e.detail.xhr.status;
+    if (s >= 400 && s < 500) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
+
+  const list = document.getElementById("job-widget-list");
+  if (!list) {
+    return;
+  }
+  const SHOWN = 5;
+  const jobs = new Map();
+  const names = {};
+
+  function text(tag, cls, value) {
+    const el = document.createElement(tag);
+    if (cls) el.className = cls;
+    el.textContent = value;
+    return el;
+  }
+
+  function render() {
+    const newest = Array.from(jobs.values())
+      .sort((a, b) => (a.created_at < b.created_at ? 1 : -1))
+      .slice(0, SHOWN);
+    list.replaceChildren();
+    for (const j of newest) {
+      const li = document.createElement("li");
+      li.dataset.jobId = j.id;
+      li.dataset.status = j.status;
+      const a = text("a", null, names[j.collector_id] || j.plugin_id || j.id.slice(0, 8));
+      a.href = "/jobs/" + j.id;
+      li.append(a, " ", text("span", "status status-" + j.status.toLowerCase(), j.status));
+      const bar = document.createElement("progress");
+      bar.max = Math.max(j.tasks_total, 1);
+      bar.value = j.status === "SUCCESS" ? bar.max : j.tasks_done;
+      bar.setAttribute("aria-label", "tasks of job " + j.id.slice(0, 8));
+      li.append(bar, text("span", "tasks", j.tasks_done + "/" + j.tasks_total + " tasks"));
+      list.append(li);
+    }
+  }
+
+  function take(j) {
+    const known = jobs.get(j.id);
+    jobs.set(j.id, Object.assign({}, known, j));
+    render();
+  }
+
+  fetch("/jobs/recent", { credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : { items: [] }))
+    .then((page) => {
+      Object.assign(names, page.collectors || {});
+      for (const j of page.items || []) take(j);
+    })
+    .catch(() => {});
+
+  // EventSource reconnects by itself, sending the last event id back.
+  const source = new EventSource("/events");
+  source.addEventListener("job", (e) => {
+    try {
+      take(JSON.parse(e.data));
+    } catch (_) {
+      // A malformed event is skipped; the next one carries the whole job again.
+    }
+  });
+})();
