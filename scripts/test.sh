@@ -17,6 +17,13 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-node-expor
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends prometheus prometheus-node-exporter >/dev/null
 fi
+# The console's browser tests drive Debian's chromium through chromedriver (WebDriver).
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  echo "installing chromium and chromium-driver for the console's browser tests ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 # The contract test runs schemathesis (from PyPI) against the API's OpenAPI document; 4.x reads
 # OpenAPI 3.1, and its flags and the requests a seed makes change little within a minor.
 if ! python3 -c 'import schemathesis, sys; sys.exit(not schemathesis.__version__.startswith("4.32."))' \
@@ -24,6 +31,7 @@ if ! python3 -c 'import schemathesis, sys; sys.exit(not schemathesis.__version__
   echo "installing schemathesis for the contract test ..." >&2
   python3 -m pip install --quiet 'schemathesis>=4.32,<4.33'
 fi
+# The console's tests save a screenshot each in target/screenshots (CI keeps them).
 cargo test --workspace --all-targets "$@"
 # The tests of RabbitMQ's limits lower broker-wide settings for a few minutes (each restores
 # its own): they run alone, one at a time, after the rest. A filtered run (arguments given)

@@ -12,6 +12,7 @@ mod cloudforet;
 mod cloudwatch;
 mod collect;
 mod collectors;
+mod console;
 mod contract;
 mod errors;
 mod faults;

@@ -169,6 +169,9 @@ pub(crate) fn refused(r: &Refusal, session: &Session) -> Response {
             html! {
                 h1 { (title) }
                 p role="alert" class="error" { (r.detail()) }
+                @if r.status == StatusCode::UNAUTHORIZED {
+                    p { a href="/sign-in" { "Sign in again" } }
+                }
             },
         ),
     )

@@ -13,6 +13,7 @@
 //! [`in_both_modes!`] turns one test function into a test per mode.
 
 pub mod aws;
+pub mod browser;
 pub mod cloudforet;
 
 use std::path::PathBuf;

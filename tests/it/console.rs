@@ -1,0 +1,230 @@
+//! The console in a real browser (headless chromium), against a live Gleaner.
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::support::browser::Browser;
+use crate::support::{Mode, TestEnv};
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Distributed => "distributed",
+        Mode::Standalone => "standalone",
+    }
+}
+
+async fn collect_now_reaches_success_live_and_a_disabled_collector_refuses(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start(mode).await?;
+    let project = env.create("/v1/projects", json!({"name": "ops"})).await?;
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "demo-1", "provider": "demo", "project_id": project["id"]}),
+    )
+    .await?;
+    let collector = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "estate", "plugin_id": "demo", "options": {"resources": 25}}),
+        )
+        .await?;
+    let id = collector["id"].as_str().context("collector id")?;
+    let browser = Browser::start(&env.base).await?;
+
+    // Signed out, a page sends the browser to sign in, and back after it.
+    browser.open(&format!("/collectors/{id}")).await?;
+    browser.wait_for("#api_key").await?;
+    browser.sign_in(env.key().context("key")?).await?;
+    assert_eq!(browser.text("h1").await?, "Collector estate");
+
+    // No reload from here to the job's end: a mark set in the page must survive.
+    browser.eval("window.__still_this_page = true; return 1;").await?;
+    browser.click("#collect-now").await?;
+    let queued = browser.text("#collect-outcome [role=status]").await?;
+    assert!(queued.starts_with("Job "), "{queued}");
+    let done = browser
+        .wait_for("#job-widget-list li[data-status=SUCCESS]")
+        .await?;
+    assert!(done.text().await?.contains("1/1 tasks"));
+    assert_eq!(
+        browser.eval("return window.__still_this_page === true;").await?,
+        json!(true),
+        "the page was reloaded"
+    );
+    browser
+        .screenshot(&format!("collector-collected-{}", mode_name(mode)))
+        .await?;
+
+    // Disabled, "collect now" shows the API's refusal beside the button.
+    browser.click("#toggle-state").await?;
+    browser.wait_for("#collector-state").await?;
+    assert_eq!(browser.text("#collector-state").await?, "DISABLED");
+    browser.click("#collect-now").await?;
+    let refusal = browser.text("#collect-outcome [role=alert]").await?;
+    assert!(refusal.contains("disabled"), "{refusal}");
+    browser
+        .screenshot(&format!("collector-refused-{}", mode_name(mode)))
+        .await?;
+
+    // The collectors list, filtered without a reload.
+    browser.open("/collectors").await?;
+    assert_eq!(browser.text("#collector-count").await?, "1 collector");
+    browser.wait_for("#q").await?.send_keys("nothing-matches").await?;
+    browser
+        .client
+        .wait()
+        .at_most(std::time::Duration::from_secs(10))
+        .for_element(fantoccini::Locator::XPath(
+            "//p[@id='collector-count' and text()='0 collectors']",
+        ))
+        .await?;
+    browser.close().await
+}
+
+crate::in_both_modes!(collect_now_reaches_success_live_and_a_disabled_collector_refuses);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_main_pages_have_no_serious_accessibility_violation() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Standalone).await?;
+    let project = env.create("/v1/projects", json!({"name": "ops"})).await?;
+    env.create(
+        "/v1/service-accounts",
+        json!({"name": "demo-1", "provider": "demo", "project_id": project["id"]}),
+    )
+    .await?;
+    let collector = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "estate", "plugin_id": "demo", "options": {"resources": 3}}),
+        )
+        .await?;
+    let cid = collector["id"].as_str().context("collector id")?;
+    let job = env.collect(cid).await?;
+    let jid = job["id"].as_str().context("job id")?;
+    let browser = Browser::start(&env.base).await?;
+    let mut found = Vec::new();
+    browser.open("/sign-in").await?;
+    found.extend(page_violations(&browser, "/sign-in").await?);
+    browser.sign_in(env.key().context("key")?).await?;
+    for path in [
+        "/collectors".to_owned(),
+        format!("/collectors/{cid}"),
+        "/jobs".to_owned(),
+        format!("/jobs/{jid}"),
+    ] {
+        browser.open(&path).await?;
+        browser.wait_for("main h1").await?;
+        found.extend(page_violations(&browser, &path).await?);
+    }
+    browser.close().await?;
+    assert!(found.is_empty(), "{found:#?}");
+    Ok(())
+}
+
+async fn page_violations(browser: &Browser, path: &str) -> anyhow::Result<Vec<String>> {
+    Ok(browser
+        .accessibility_violations()
+        .await?
+        .into_iter()
+        .map(|v| format!("{path}: {v}"))
+        .collect())
+}
+
+/// Signing in refuses a wrong key on its field, and forms refuse a missing CSRF token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Standalone).await?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let wrong = http
+        .post(format!("{}/sign-in", env.base))
+        .form(&[("api_key", "glk_nope"), ("next", "/")])
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let body = wrong.text().await?;
+    assert!(body.contains(r#"aria-invalid="true""#) && body.contains("unknown, revoked or expired"), "{body}");
+
+    let ok = http
+        .post(format!("{}/sign-in", env.base))
+        .form(&[("api_key", env.key().context("key")?), ("next", "//evil.example/")])
+        .send()
+        .await?;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], "/", "never to another host");
+    let cookie = ok.headers()["set-cookie"].to_str()?.to_owned();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let session = cookie.split(';').next().context("cookie")?.to_owned();
+    let collector = env.demo_collector(1, json!({})).await?;
+
+    // Without the token, or from another site, the form is refused and nothing is collected.
+    let no_token = http
+        .post(format!("{}/collectors/{collector}/collect", env.base))
+        .header("cookie", &session)
+        .form(&[("csrf", "x")])
+        .send()
+        .await?;
+    assert_eq!(no_token.status(), 403);
+    let page = http
+        .get(format!("{}/collectors/{collector}", env.base))
+        .header("cookie", &session)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let token = page
+        .split(r#"name="csrf-token" content=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("the page's token")?
+        .to_owned();
+    let cross = http
+        .post(format!("{}/collectors/{collector}/collect", env.base))
+        .header("cookie", &session)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await?;
+    assert_eq!(cross.status(), 403);
+    let jobs = env.get(&format!("/v1/collectors/{collector}/jobs")).await?;
+    assert_eq!(jobs.body["items"], json!([]), "nothing was collected");
+
+    // With it, the job is queued, and a revoked key ends the session.
+    let done = http
+        .post(format!("{}/collectors/{collector}/collect", env.base))
+        .header("cookie", &session)
+        .header("hx-request", "true")
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await?;
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await?.contains("QUEUED"));
+    let member = env
+        .create("/v1/api-keys", json!({"name": "browser", "role": "viewer"}))
+        .await?;
+    let viewer_cookie = http
+        .post(format!("{}/sign-in", env.base))
+        .form(&[("api_key", member["secret"].as_str().context("secret")?)])
+        .send()
+        .await?
+        .headers()["set-cookie"]
+        .to_str()?
+        .split(';')
+        .next()
+        .context("cookie")?
+        .to_owned();
+    env.delete(&format!("/v1/api-keys/{}", member["id"].as_str().context("id")?))
+        .await?;
+    let after = http
+        .get(format!("{}/collectors", env.base))
+        .header("cookie", &viewer_cookie)
+        .send()
+        .await?;
+    assert_eq!(after.status(), 401, "a revoked key's session is over");
+    Ok(())
+}
