@@ -13,33 +13,109 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-async fn collect_now_reaches_success_live_and_a_disabled_collector_refuses(
-    mode: Mode,
-) -> anyhow::Result<()> {
+async fn the_guides_path_through_the_console(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
-    let project = env.create("/v1/projects", json!({"name": "ops"})).await?;
-    env.create(
-        "/v1/service-accounts",
-        json!({"name": "demo-1", "provider": "demo", "project_id": project["id"]}),
-    )
-    .await?;
-    let collector = env
-        .create(
-            "/v1/collectors",
-            json!({"name": "estate", "plugin_id": "demo", "options": {"resources": 25}}),
-        )
-        .await?;
-    let id = collector["id"].as_str().context("collector id")?;
+    env.create("/v1/projects", json!({"name": "ops"})).await?;
     let browser = Browser::start(&env.base).await?;
+    let shot = |name: &str| format!("{name}-{}", mode_name(mode));
 
     // Signed out, a page sends the browser to sign in, and back after it.
-    browser.open(&format!("/collectors/{id}")).await?;
+    browser.open("/service-accounts?provider=demo").await?;
     browser.wait_for("#api_key").await?;
     browser.sign_in(env.key().context("key")?).await?;
-    assert_eq!(browser.text("h1").await?, "Collector estate");
+    assert_eq!(browser.text("h1").await?, "Service accounts");
 
-    // No reload from here to the job's end: a mark set in the page must survive.
-    browser.eval("window.__still_this_page = true; return 1;").await?;
+    // Identity > Service Account > the provider > Add: the form comes from the provider's
+    // credential fields; AWS's has a masked secret.
+    browser.open("/service-accounts/new?provider=aws").await?;
+    let secret = browser
+        .wait_for("#f-credentials-aws_secret_access_key")
+        .await?;
+    assert_eq!(secret.attr("type").await?.as_deref(), Some("password"));
+    browser.open("/service-accounts?provider=demo").await?;
+    browser.click("#add-account").await?;
+    browser
+        .wait_for("#f-name")
+        .await?
+        .send_keys("demo-1")
+        .await?;
+    browser
+        .wait_for("#f-project_id")
+        .await?
+        .select_by_label("ops")
+        .await?;
+    browser.click("#account-form button[type=submit]").await?;
+    let accounts = browser.text("#accounts").await?;
+    assert!(
+        accounts.contains("demo-1") && accounts.contains("ops"),
+        "{accounts}"
+    );
+    browser.screenshot(&shot("service-accounts")).await?;
+
+    // The wizard: the plugin, then its options, name, priority and tags.
+    let create = async |name: &str| -> anyhow::Result<()> {
+        browser.open("/collectors/new").await?;
+        browser.click("#plugin-demo").await?;
+        browser.click("#wizard-next").await?;
+        browser
+            .wait_for("#f-options-resources")
+            .await?
+            .send_keys("25")
+            .await?;
+        browser.wait_for("#f-name").await?.send_keys(name).await?;
+        browser
+            .wait_for("#f-tags")
+            .await?
+            .send_keys("env=dev")
+            .await?;
+        browser.click("#create-collector").await
+    };
+    create("estate").await?;
+    assert_eq!(browser.text("main h1").await?, "Collector estate");
+    // The same name again: refused, the field marked, what was typed kept.
+    create("estate").await?;
+    let name = browser.wait_for("#f-name[aria-invalid=true]").await?;
+    assert_eq!(name.prop("value").await?.as_deref(), Some("estate"));
+    let why = browser.text("#f-name-error").await?;
+    assert_eq!(why, "must be unique");
+    assert_eq!(
+        browser
+            .wait_for("#f-options-resources")
+            .await?
+            .prop("value")
+            .await?
+            .as_deref(),
+        Some("25")
+    );
+    browser.screenshot(&shot("wizard-duplicate-name")).await?;
+
+    // The collector's page: a schedule in Asia/Seoul, its fires in Seoul's time.
+    browser.open("/collectors").await?;
+    browser.click("#collectors a").await?;
+    browser.wait_for("#s-timezone").await?.clear().await?;
+    browser
+        .wait_for("#s-timezone")
+        .await?
+        .send_keys("Asia/Seoul")
+        .await?;
+    browser
+        .wait_for("#s-name")
+        .await?
+        .send_keys("mornings")
+        .await?;
+    browser.wait_for("#s-hours").await?.send_keys("9").await?;
+    browser.click("#add-schedule").await?;
+    let fires = browser.text("tr[data-schedule=mornings] .fires").await?;
+    assert!(
+        fires.contains("09:00 KST") && fires.contains("yours:"),
+        "{fires}"
+    );
+
+    // Collect now: the job widget reaches SUCCESS with no reload (a mark set in the page must
+    // survive).
+    browser
+        .eval("window.__still_this_page = true; return 1;")
+        .await?;
     browser.click("#collect-now").await?;
     let queued = browser.text("#collect-outcome [role=status]").await?;
     assert!(queued.starts_with("Job "), "{queued}");
@@ -48,29 +124,30 @@ async fn collect_now_reaches_success_live_and_a_disabled_collector_refuses(
         .await?;
     assert!(done.text().await?.contains("1/1 tasks"));
     assert_eq!(
-        browser.eval("return window.__still_this_page === true;").await?,
+        browser
+            .eval("return window.__still_this_page === true;")
+            .await?,
         json!(true),
         "the page was reloaded"
     );
-    browser
-        .screenshot(&format!("collector-collected-{}", mode_name(mode)))
-        .await?;
+    browser.screenshot(&shot("collector-collected")).await?;
 
     // Disabled, "collect now" shows the API's refusal beside the button.
     browser.click("#toggle-state").await?;
-    browser.wait_for("#collector-state").await?;
     assert_eq!(browser.text("#collector-state").await?, "DISABLED");
     browser.click("#collect-now").await?;
     let refusal = browser.text("#collect-outcome [role=alert]").await?;
     assert!(refusal.contains("disabled"), "{refusal}");
-    browser
-        .screenshot(&format!("collector-refused-{}", mode_name(mode)))
-        .await?;
+    browser.screenshot(&shot("collector-refused")).await?;
 
     // The collectors list, filtered without a reload.
     browser.open("/collectors").await?;
     assert_eq!(browser.text("#collector-count").await?, "1 collector");
-    browser.wait_for("#q").await?.send_keys("nothing-matches").await?;
+    browser
+        .wait_for("#q")
+        .await?
+        .send_keys("nothing-matches")
+        .await?;
     browser
         .client
         .wait()
@@ -82,7 +159,7 @@ async fn collect_now_reaches_success_live_and_a_disabled_collector_refuses(
     browser.close().await
 }
 
-crate::in_both_modes!(collect_now_reaches_success_live_and_a_disabled_collector_refuses);
+crate::in_both_modes!(the_guides_path_through_the_console);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_pages_have_no_serious_accessibility_violation() -> anyhow::Result<()> {
@@ -109,6 +186,10 @@ async fn the_main_pages_have_no_serious_accessibility_violation() -> anyhow::Res
     browser.sign_in(env.key().context("key")?).await?;
     for path in [
         "/collectors".to_owned(),
+        "/collectors/new".to_owned(),
+        "/collectors/new?plugin=demo".to_owned(),
+        "/service-accounts".to_owned(),
+        "/service-accounts/new?provider=aws".to_owned(),
         format!("/collectors/{cid}"),
         "/jobs".to_owned(),
         format!("/jobs/{jid}"),
@@ -146,11 +227,17 @@ async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
     let body = wrong.text().await?;
-    assert!(body.contains(r#"aria-invalid="true""#) && body.contains("unknown, revoked or expired"), "{body}");
+    assert!(
+        body.contains(r#"aria-invalid="true""#) && body.contains("unknown, revoked or expired"),
+        "{body}"
+    );
 
     let ok = http
         .post(format!("{}/sign-in", env.base))
-        .form(&[("api_key", env.key().context("key")?), ("next", "//evil.example/")])
+        .form(&[
+            ("api_key", env.key().context("key")?),
+            ("next", "//evil.example/"),
+        ])
         .send()
         .await?;
     assert_eq!(ok.status(), 303);
@@ -218,8 +305,11 @@ async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
         .next()
         .context("cookie")?
         .to_owned();
-    env.delete(&format!("/v1/api-keys/{}", member["id"].as_str().context("id")?))
-        .await?;
+    env.delete(&format!(
+        "/v1/api-keys/{}",
+        member["id"].as_str().context("id")?
+    ))
+    .await?;
     let after = http
         .get(format!("{}/collectors", env.base))
         .header("cookie", &viewer_cookie)

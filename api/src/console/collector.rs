@@ -8,8 +8,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::form::{self, Errors, Field, Kind};
 use super::{Api, ApiRouter, CsrfForm, Session, csrf_field, csrf_refused, htmx, page, refused};
 use crate::AppState;
 
@@ -18,7 +19,16 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/collectors", get(list))
         .route("/collectors/{id}", get(detail))
         .route("/collectors/{id}/collect", post(collect))
-        .route("/collectors/{id}/{switch}", post(switch))
+        .route(
+            "/collectors/{id}/enable",
+            post(|s, r, p, f| switch(s, r, p, f, "enable")),
+        )
+        .route(
+            "/collectors/{id}/disable",
+            post(|s, r, p, f| switch(s, r, p, f, "disable")),
+        )
+        .route("/collectors/{id}/edit", post(edit))
+        .route("/collectors/{id}/delete", post(delete))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +81,7 @@ async fn list(
         Some(&session),
         html! {
             h1 { "Collectors" }
+            p { a class="button" href="/collectors/new" id="new-collector" { "New collector" } }
             form class="filters" method="get" action="/collectors" role="search"
                 hx-get="/collectors" hx-target="#collectors" hx-select="#collectors"
                 hx-swap="outerHTML" hx-trigger="input changed delay:300ms from:input, change from:select, submit"
@@ -162,20 +173,29 @@ async fn detail(
     Extension(api): Extension<ApiRouter>,
     Path(id): Path<String>,
 ) -> Response {
-    detail_page(&Api::new(&api, &session), &session, &id, None).await
+    detail_page(&Api::new(&api, &session), &session, &id, Forms::default()).await
 }
 
 /// What a form on the detail page answered: shown above its buttons.
-enum Outcome {
+pub(super) enum Outcome {
     Done(Markup),
     Refused(String),
 }
 
-async fn detail_page(
+/// The state of the detail page's forms after one was sent: what it answered, or the values
+/// typed into a refused form with its errors.
+#[derive(Default)]
+pub(super) struct Forms {
+    pub outcome: Option<Outcome>,
+    pub schedule: Option<(Map<String, Value>, Errors)>,
+    pub edit: Option<(Map<String, Value>, Errors)>,
+}
+
+pub(super) async fn detail_page(
     api: &Api<'_>,
     session: &Session,
     id: &str,
-    outcome: Option<Outcome>,
+    forms: Forms,
 ) -> Response {
     let c = match api.get(&format!("/v1/collectors/{id}")).await {
         Ok(v) => v,
@@ -185,8 +205,48 @@ async fn detail_page(
         .get(&format!("/v1/collectors/{id}/jobs?limit=20"))
         .await
         .unwrap_or_default();
+    let schedules = api
+        .get(&format!("/v1/collectors/{id}/schedules"))
+        .await
+        .unwrap_or_default();
+    let versions = api
+        .get(&format!("/v1/plugins/{}", text(&c["plugin_id"])))
+        .await
+        .map(|p| p["versions"].clone())
+        .unwrap_or_default();
     let name = text(&c["name"]);
     let enabled = c["state"] == "ENABLED";
+    let (schedule_typed, schedule_errors) = forms.schedule.unwrap_or_default();
+    let edit_open = forms.edit.is_some();
+    let (edit_typed, edit_errors) = forms.edit.unwrap_or_else(|| {
+        let tags = c["tags"]
+            .as_object()
+            .map(|t| {
+                t.iter()
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        let typed = [
+            ("name", c["name"].clone()),
+            ("priority", c["priority"].clone()),
+            (
+                "version",
+                if c["upgrade_mode"] == "AUTO" {
+                    Value::Null
+                } else {
+                    c["version"].clone()
+                },
+            ),
+            ("tags", Value::String(tags)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        (typed, Errors::default())
+    });
+    let outcome = forms.outcome;
     page(
         &name,
         Some(session),
@@ -222,6 +282,10 @@ async fn detail_page(
                 }
             }
             (outcome_box(outcome.as_ref()))
+            details open[edit_open] {
+                summary { "Edit" }
+                (edit_form(session, id, &edit_typed, &edit_errors, &versions))
+            }
             h2 { "Resources" }
             @match c["resources"].as_array() {
                 Some(types) if !types.is_empty() => {
@@ -229,11 +293,154 @@ async fn detail_page(
                 }
                 _ => { p { "None collected yet." } }
             }
+            (super::schedule::section(session, id, schedules["items"].as_array().map_or(&[][..], Vec::as_slice),
+                                      &schedule_typed, &schedule_errors))
             h2 { "Jobs" }
             (super::job::table(jobs["items"].as_array().map_or(&[][..], Vec::as_slice)))
+            h2 { "Delete" }
+            form method="post" action={ "/collectors/" (id) "/delete" } hx-post={ "/collectors/" (id) "/delete" }
+                hx-target="body" hx-confirm={ "Delete collector " (name) " and its schedules? Its resources and jobs stay." } {
+                (csrf_field(session))
+                p class="hint" { "Its schedules go with it; its resources and its jobs stay." }
+                button type="submit" class="danger" id="delete-collector" { "Delete collector" }
+            }
         },
     )
     .into_response()
+}
+
+fn edit_form(
+    session: &Session,
+    id: &str,
+    typed: &Map<String, Value>,
+    errors: &Errors,
+    versions: &Value,
+) -> Markup {
+    let value = |k: &str| typed.get(k).map(form::text_of).unwrap_or_default();
+    let version = value("version");
+    let version_error = errors.get("version");
+    html! {
+        (form::general(errors))
+        form method="post" action={ "/collectors/" (id) "/edit" } class="stack" id="edit-form" {
+            (csrf_field(session))
+            (Field { name: "name", label: "Name", kind: Kind::Text, value: &value("name"), required: true, hint: None }.render(errors))
+            (Field { name: "priority", label: "Priority", kind: Kind::Number, value: &value("priority"), required: true,
+                     hint: Some("0–1,000,000; lower wins.") }.render(errors))
+            div class="field" {
+                label for="f-version" { "Version" }
+                select id="f-version" name="version" aria-invalid=[version_error.map(|_| "true")]
+                    aria-describedby=[version_error.map(|_| "f-version-error")] {
+                    option value="" { "Latest, following new versions" }
+                    @for v in versions.as_array().map_or(&[][..], Vec::as_slice) {
+                        @let v = text(v);
+                        option value=(v) selected[v == version] { (v) " (pinned)" }
+                    }
+                }
+                @if let Some(e) = version_error { p id="f-version-error" class="error" { (e) } }
+            }
+            (Field { name: "tags", label: "Tags", kind: Kind::Area, value: &value("tags"), required: false,
+                     hint: Some("One key=value per line.") }.render(errors))
+            button type="submit" id="save-collector" { "Save" }
+        }
+    }
+}
+
+async fn edit(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    Path(id): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let values = form::values(pairs);
+    if !session.csrf_ok(values.get("csrf").map_or("", String::as_str)) {
+        return csrf_refused();
+    }
+    let api = Api::new(&router, &session);
+    let get = |k: &str| {
+        values
+            .get(k)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let typed: Map<String, Value> = values
+        .iter()
+        .filter(|(k, _)| k.as_str() != "csrf")
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let shown = ["name", "priority", "version", "tags"].map(str::to_owned);
+    let refuse = |r: super::Refusal| {
+        let forms = Forms {
+            edit: Some((typed.clone(), Errors::of(&r, &shown))),
+            ..Forms::default()
+        };
+        (r.status, forms)
+    };
+    let tags = match super::wizard::tags(&get("tags")) {
+        Ok(t) => t,
+        Err(e) => {
+            let (status, forms) =
+                refuse(super::Refusal::field(StatusCode::BAD_REQUEST, "tags", &e));
+            return with_status(detail_page(&api, &session, &id, forms).await, status);
+        }
+    };
+    let body = serde_json::json!({
+        "name": get("name"),
+        "priority": get("priority").parse::<i64>().map_or_else(|_| Value::String(get("priority")), Value::from),
+        "version": if get("version").is_empty() { Value::Null } else { Value::String(get("version")) },
+        "tags": tags,
+    });
+    match api
+        .call(Method::PATCH, &format!("/v1/collectors/{id}"), Some(&body))
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/collectors/{id}")).into_response(),
+        Err(r) => {
+            let (status, forms) = refuse(r);
+            with_status(detail_page(&api, &session, &id, forms).await, status)
+        }
+    }
+}
+
+/// `resp` with `status`: a refused form's page says so to the browser too.
+pub(super) fn with_status(mut resp: Response, status: StatusCode) -> Response {
+    if resp.status().is_success() {
+        *resp.status_mut() = status;
+    }
+    resp
+}
+
+async fn delete(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return csrf_refused();
+    }
+    let api = Api::new(&router, &session);
+    match api
+        .call(Method::DELETE, &format!("/v1/collectors/{id}"), None)
+        .await
+    {
+        Ok(_) if htmx(&headers) => {
+            let mut resp = StatusCode::OK.into_response();
+            resp.headers_mut().insert(
+                "hx-location",
+                axum::http::HeaderValue::from_static("/collectors"),
+            );
+            resp
+        }
+        Ok(_) => Redirect::to("/collectors").into_response(),
+        Err(r) => {
+            let forms = Forms {
+                outcome: Some(Outcome::Refused(r.detail())),
+                ..Forms::default()
+            };
+            with_status(detail_page(&api, &session, &id, forms).await, r.status)
+        }
+    }
 }
 
 fn outcome_box(outcome: Option<&Outcome>) -> Markup {
@@ -278,20 +485,27 @@ async fn collect(
         };
         return (status, outcome_box(Some(&outcome))).into_response();
     }
-    detail_page(&api, &session, &id, Some(outcome)).await
+    detail_page(
+        &api,
+        &session,
+        &id,
+        Forms {
+            outcome: Some(outcome),
+            ..Forms::default()
+        },
+    )
+    .await
 }
 
 async fn switch(
     session: Session,
     Extension(router): Extension<ApiRouter>,
-    Path((id, switch)): Path<(String, String)>,
+    Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
+    switch: &'static str,
 ) -> Response {
     if !session.csrf_ok(&form.csrf) {
         return csrf_refused();
-    }
-    if !matches!(switch.as_str(), "enable" | "disable") {
-        return StatusCode::NOT_FOUND.into_response();
     }
     let api = Api::new(&router, &session);
     match api
@@ -300,7 +514,13 @@ async fn switch(
     {
         // Post/redirect/get: a reload does not send the form again.
         Ok(_) => Redirect::to(&format!("/collectors/{id}")).into_response(),
-        Err(r) => detail_page(&api, &session, &id, Some(Outcome::Refused(r.detail()))).await,
+        Err(r) => {
+            let forms = Forms {
+                outcome: Some(Outcome::Refused(r.detail())),
+                ..Forms::default()
+            };
+            with_status(detail_page(&api, &session, &id, forms).await, r.status)
+        }
     }
 }
 

@@ -26,8 +26,12 @@ use crate::AppState;
 
 mod assets;
 mod collector;
+mod form;
 mod job;
+mod schedule;
+mod service_account;
 pub mod session;
+mod wizard;
 
 pub use session::Session;
 
@@ -44,6 +48,9 @@ pub fn routes(api: Router) -> Router<AppState> {
         .route("/events", get(job::events))
         .merge(collector::routes())
         .merge(job::routes())
+        .merge(service_account::routes())
+        .merge(wizard::routes())
+        .merge(schedule::routes())
         .layer(axum::Extension(ApiRouter(api)))
         .layer(axum::middleware::from_fn(headers))
 }
@@ -66,6 +73,14 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
+    /// A refusal of the console's own, on one field (a form it reads before the API does).
+    pub fn field(status: StatusCode, field: &str, detail: &str) -> Self {
+        Self {
+            status,
+            problem: serde_json::json!({"detail": detail, "errors": [{"field": field, "detail": detail}]}),
+        }
+    }
+
     /// The problem's detail.
     pub fn detail(&self) -> String {
         self.problem["detail"]
@@ -203,6 +218,7 @@ pub(crate) fn page(title: &str, session: Option<&Session>, main: Markup) -> Mark
                     @if let Some(s) = session {
                         nav aria-label="Main" {
                             ul {
+                                li { a href="/service-accounts" { "Service accounts" } }
                                 li { a href="/collectors" { "Collectors" } }
                                 li { a href="/jobs" { "Jobs" } }
                             }

@@ -150,7 +150,9 @@ impl Browser {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/console/axe.min.js"),
         )?;
         // Scripts run through WebDriver are not bound by the page's Content-Security-Policy.
-        self.client.execute(&format!("{axe}\nreturn true;"), vec![]).await?;
+        self.client
+            .execute(&format!("{axe}\nreturn true;"), vec![])
+            .await?;
         let found = self
             .client
             .execute_async(

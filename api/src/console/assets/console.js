@@ -18,6 +18,31 @@
     }
   });
 
+  function text(tag, cls, value) {
+    const el = document.createElement(tag);
+    if (cls) el.className = cls;
+    el.textContent = value;
+    return el;
+  }
+
+  // Fire times are rendered in their schedule's timezone; add the browser's own beside them.
+  const yours = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+    timeZoneName: "short",
+  });
+  function localTimes(root) {
+    for (const t of root.querySelectorAll('time[data-local="browser"]')) {
+      if (t.dataset.done) continue;
+      t.dataset.done = "1";
+      const at = new Date(t.getAttribute("datetime"));
+      if (!isNaN(at)) {
+        t.after(text("span", "hint yours", " (yours: " + yours.format(at) + ")"));
+      }
+    }
+  }
+  localTimes(document);
+  document.addEventListener("htmx:afterSwap", (e) => localTimes(e.target));
+
   const list = document.getElementById("job-widget-list");
   if (!list) {
     return;
@@ -25,13 +50,6 @@
   const SHOWN = 5;
   const jobs = new Map();
   const names = {};
-
-  function text(tag, cls, value) {
-    const el = document.createElement(tag);
-    if (cls) el.className = cls;
-    el.textContent = value;
-    return el;
-  }
 
   function render() {
     const newest = Array.from(jobs.values())

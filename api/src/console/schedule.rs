@@ -1,0 +1,282 @@
+//! A collector's schedules on its page: the list with the next fires in the schedule's
+//! timezone and the browser's, the add form, pause, resume and delete.
+
+use axum::extract::Path;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::post;
+use axum::{Extension, Form, Router};
+use maud::{Markup, html};
+use serde_json::{Map, Value, json};
+
+use super::collector::{Forms, detail_page, text};
+use super::form::{self, Errors, Field, Kind};
+use super::{Api, ApiRouter, CsrfForm, Session, csrf_field, csrf_refused, refused};
+use crate::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/collectors/{id}/schedules", post(create))
+        .route("/schedules/{id}/pause", post(pause))
+        .route("/schedules/{id}/resume", post(resume))
+        .route("/schedules/{id}/delete", post(delete))
+}
+
+/// A fire instant in `tz`, and machine-readable for the browser's own time (console.js).
+fn fire(at: &Value, tz: Option<chrono_tz::Tz>) -> Markup {
+    let Some(raw) = at.as_str() else {
+        return html! { "—" };
+    };
+    let local = chrono::DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .zip(tz)
+        .map(|(d, tz)| d.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string())
+        .unwrap_or_else(|| raw.to_owned());
+    html! { time datetime=(raw) data-local="browser" { (local) } }
+}
+
+/// The schedules section of a collector's page, with the add form's `typed` values and errors.
+pub(super) fn section(
+    session: &Session,
+    collector: &str,
+    schedules: &[Value],
+    typed: &Map<String, Value>,
+    errors: &Errors,
+) -> Markup {
+    let value = |k: &str| typed.get(k).map(form::text_of).unwrap_or_default();
+    html! {
+        h2 id="schedules" { "Schedules" }
+        @if schedules.is_empty() {
+            p { "No schedule: this collector runs only when asked." }
+        } @else {
+            table id="schedule-list" {
+                thead { tr {
+                    th scope="col" { "Name" } th scope="col" { "State" } th scope="col" { "When" }
+                    th scope="col" { "Next fires (its timezone; yours below)" } th scope="col" { "Actions" }
+                } }
+                tbody {
+                    @for s in schedules {
+                        @let sid = text(&s["id"]);
+                        @let tz: Option<chrono_tz::Tz> = s["timezone"].as_str().and_then(|t| t.parse().ok());
+                        @let paused = s["state"] == "PAUSED";
+                        tr data-schedule=(text(&s["name"])) {
+                            td { (text(&s["name"])) }
+                            td { (text(&s["state"])) }
+                            td {
+                                @if let Some(m) = s["every_minutes"].as_u64() {
+                                    "every " (m) " minutes from midnight, "
+                                } @else {
+                                    "at " (s["hours"].as_array().map(|h| h.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) " h, "
+                                }
+                                (text(&s["timezone"]))
+                            }
+                            td {
+                                ul class="fires" {
+                                    @for f in s["next_fires"].as_array().map_or(&[][..], Vec::as_slice).iter().take(3) {
+                                        li { (fire(f, tz)) }
+                                    }
+                                }
+                            }
+                            td class="actions" {
+                                form method="post" action={ "/schedules/" (sid) (if paused { "/resume" } else { "/pause" }) } {
+                                    (csrf_field(session))
+                                    button type="submit" class="secondary" { @if paused { "Resume" } @else { "Pause" } }
+                                }
+                                form method="post" action={ "/schedules/" (sid) "/delete" }
+                                    hx-post={ "/schedules/" (sid) "/delete" } hx-target="body"
+                                    hx-confirm={ "Delete schedule " (text(&s["name"])) "?" } {
+                                    (csrf_field(session))
+                                    button type="submit" class="danger" { "Delete" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h3 { "Add a schedule" }
+        (form::general(errors))
+        form method="post" action={ "/collectors/" (collector) "/schedules#schedules" } class="stack" id="schedule-form" {
+            (csrf_field(session))
+            (Field { name: "name", label: "Schedule name", kind: Kind::Text, value: &value("name"), required: true,
+                     hint: Some("Unique among this collector's schedules.") }.render_in("s", errors))
+            (Field { name: "timezone", label: "Timezone", kind: Kind::Text,
+                     value: &typed.get("timezone").map_or_else(|| "UTC".to_owned(), form::text_of), required: true,
+                     hint: Some("An IANA name, such as Asia/Seoul or Europe/Paris.") }.render_in("s", errors))
+            (Field { name: "hours", label: "Hours of the day", kind: Kind::Text, value: &value("hours"), required: false,
+                     hint: Some("0–23 in that timezone, comma-separated: 9, 21. Or give minutes below.") }.render_in("s", errors))
+            (Field { name: "every_minutes", label: "Every N minutes", kind: Kind::Number, value: &value("every_minutes"),
+                     required: false, hint: Some("1–1440, from local midnight; instead of hours.") }.render_in("s", errors))
+            button type="submit" id="add-schedule" { "Add schedule" }
+        }
+    }
+}
+
+/// The hours typed, as the API wants them; what is not a number is sent as typed, for the API
+/// to name.
+fn hours(raw: &str) -> Value {
+    Value::Array(
+        raw.split([',', ' '])
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                h.parse::<i64>()
+                    .map_or_else(|_| Value::String(h.to_owned()), Value::from)
+            })
+            .collect(),
+    )
+}
+
+async fn create(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    Path(collector): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let values = form::values(pairs);
+    if !session.csrf_ok(values.get("csrf").map_or("", String::as_str)) {
+        return csrf_refused();
+    }
+    let api = Api::new(&router, &session);
+    let get = |k: &str| {
+        values
+            .get(k)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut body = json!({"name": get("name"), "timezone": get("timezone")});
+    if !get("hours").is_empty() {
+        body["hours"] = hours(&get("hours"));
+    }
+    if !get("every_minutes").is_empty() {
+        body["every_minutes"] = get("every_minutes")
+            .parse::<i64>()
+            .map_or_else(|_| Value::String(get("every_minutes")), Value::from);
+    }
+    match api
+        .call(
+            Method::POST,
+            &format!("/v1/collectors/{collector}/schedules"),
+            Some(&body),
+        )
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/collectors/{collector}#schedules")).into_response(),
+        Err(r) => {
+            let shown = ["name", "timezone", "hours", "every_minutes"].map(str::to_owned);
+            let typed = values
+                .into_iter()
+                .filter(|(k, _)| k != "csrf")
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let forms = Forms {
+                schedule: Some((typed, Errors::of(&r, &shown))),
+                ..Forms::default()
+            };
+            let mut resp = detail_page(&api, &session, &collector, forms).await;
+            *resp.status_mut() = r.status;
+            resp
+        }
+    }
+}
+
+async fn set_state(session: &Session, router: &ApiRouter, id: &str, state: &str) -> Response {
+    let api = Api::new(router, session);
+    match api
+        .call(
+            Method::PATCH,
+            &format!("/v1/schedules/{id}"),
+            Some(&json!({"state": state})),
+        )
+        .await
+    {
+        Ok(s) => Redirect::to(&format!(
+            "/collectors/{}#schedules",
+            text(&s["collector_id"])
+        ))
+        .into_response(),
+        Err(r) => refused(&r, session),
+    }
+}
+
+async fn pause(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return csrf_refused();
+    }
+    set_state(&session, &router, &id, "PAUSED").await
+}
+
+async fn resume(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return csrf_refused();
+    }
+    set_state(&session, &router, &id, "ENABLED").await
+}
+
+async fn delete(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !session.csrf_ok(&form.csrf) {
+        return csrf_refused();
+    }
+    let api = Api::new(&router, &session);
+    let schedule = match api.get(&format!("/v1/schedules/{id}")).await {
+        Ok(s) => s,
+        Err(r) => return refused(&r, &session),
+    };
+    if let Err(r) = api
+        .call(Method::DELETE, &format!("/v1/schedules/{id}"), None)
+        .await
+    {
+        return refused(&r, &session);
+    }
+    let to = format!("/collectors/{}#schedules", text(&schedule["collector_id"]));
+    if super::htmx(&headers) {
+        // htmx follows a redirect by itself; HX-Location keeps the address bar right.
+        let mut resp = StatusCode::OK.into_response();
+        if let Ok(v) = to.parse() {
+            resp.headers_mut().insert("hx-location", v);
+        }
+        return resp;
+    }
+    Redirect::to(&to).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn hours_are_read_from_commas_and_spaces() {
+        assert_eq!(hours("9, 21"), json!([9, 21]));
+        assert_eq!(hours("9 21"), json!([9, 21]));
+        assert_eq!(hours("nine"), json!(["nine"]));
+        assert_eq!(hours(""), json!([]));
+    }
+
+    #[test]
+    fn a_fire_is_shown_in_the_schedules_timezone() {
+        let html = fire(&json!("2026-12-03T00:00:00Z"), "Asia/Seoul".parse().ok()).into_string();
+        assert!(html.contains("2026-12-03 09:00 KST"), "{html}");
+        assert!(
+            html.contains(r#"datetime="2026-12-03T00:00:00Z""#),
+            "{html}"
+        );
+    }
+}
