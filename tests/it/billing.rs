@@ -15,18 +15,18 @@ use crate::in_both_modes;
 use crate::support::aws::Moto;
 use crate::support::{Mode, TestEnv};
 
-const SAMPLE: &str = concat!(
+pub(crate) const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/data/focus/focus_sample_subset.csv"
 );
 
 /// The window of the sample, whose rows are all charged in September 2024.
-fn september() -> Value {
+pub(crate) fn september() -> Value {
     json!({"start_month": "2024-09", "end_month": "2024-09"})
 }
 
 /// Creates a project and a `focus` service account in it; returns (project id, account id).
-async fn focus_account(
+pub(crate) async fn focus_account(
     env: &TestEnv,
     name: &str,
     billing_account: Option<&str>,
@@ -51,7 +51,7 @@ fn id(v: &Value) -> anyhow::Result<String> {
     Ok(v["id"].as_str().context("id")?.to_owned())
 }
 
-async fn focus_collector(env: &TestEnv, path: &str) -> anyhow::Result<String> {
+pub(crate) async fn focus_collector(env: &TestEnv, path: &str) -> anyhow::Result<String> {
     let c = env
         .create(
             "/v1/collectors",
@@ -62,7 +62,7 @@ async fn focus_collector(env: &TestEnv, path: &str) -> anyhow::Result<String> {
 }
 
 /// Runs a billing job for `window` and waits for it.
-async fn bill(env: &TestEnv, collector: &str, window: Value) -> anyhow::Result<Value> {
+pub(crate) async fn bill(env: &TestEnv, collector: &str, window: Value) -> anyhow::Result<Value> {
     let a = env
         .post(&format!("/v1/collectors/{collector}/collect"), window)
         .await?;

@@ -132,7 +132,35 @@ async fn the_guides_path_through_the_console(mode: Mode) -> anyhow::Result<()> {
     );
     browser.screenshot(&shot("collector-collected")).await?;
 
+    // The resources it found, counted; after a collection that changed them, a readable diff.
+    browser.open("/resources").await?;
+    assert_eq!(browser.text("#resource-count").await?, "25 resources");
+    let cid = env.get("/v1/collectors").await?.body["items"][0]["id"]
+        .as_str()
+        .context("collector id")?
+        .to_owned();
+    env.patch(
+        &format!("/v1/collectors/{cid}"),
+        json!({"options": {"resources": 25, "revision": 1, "change_ratio": 1}}),
+    )
+    .await?;
+    let changed = env.collect(&cid).await?;
+    assert_eq!(changed["counts"]["updated"], 25, "{changed}");
+    browser.open("/resources").await?;
+    browser.click("#resources tbody a").await?;
+    let diff = browser
+        .wait_for("#changes li[data-kind=UPDATED] table.diff")
+        .await?
+        .text()
+        .await?;
+    assert!(
+        diff.contains("revision 0 1"),
+        "the field, before and after: {diff}"
+    );
+    browser.screenshot(&shot("resource-diff")).await?;
+
     // Disabled, "collect now" shows the API's refusal beside the button.
+    browser.open(&format!("/collectors/{cid}")).await?;
     browser.click("#toggle-state").await?;
     assert_eq!(browser.text("#collector-state").await?, "DISABLED");
     browser.click("#collect-now").await?;
@@ -159,7 +187,73 @@ async fn the_guides_path_through_the_console(mode: Mode) -> anyhow::Result<()> {
     browser.close().await
 }
 
-crate::in_both_modes!(the_guides_path_through_the_console);
+crate::in_both_modes!(
+    the_guides_path_through_the_console,
+    the_billing_dashboard_shows_the_samples_totals
+);
+
+async fn the_billing_dashboard_shows_the_samples_totals(mode: Mode) -> anyhow::Result<()> {
+    use crate::billing::{SAMPLE, bill, focus_account, focus_collector, september};
+    let env = TestEnv::start_with(
+        mode,
+        crate::support::Options {
+            tune: crate::support::allow_test_files_and_endpoints,
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    focus_account(&env, "focus-all", None).await?;
+    let collector = focus_collector(&env, SAMPLE).await?;
+    let job = bill(&env, &collector, september()).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let browser = Browser::start(&env.base).await?;
+    browser.sign_in(env.key().context("key")?).await?;
+    browser.open("/billing").await?;
+    browser.wait_for("#month").await?;
+    // The month picker: a month input set to September 2024, then "Show".
+    browser
+        .eval("document.getElementById('month').value = '2024-09'; return 1;")
+        .await?;
+    browser.click("main form.filters button").await?;
+    let total = browser.text("#totals td.total[data-currency=USD]").await?;
+    assert_eq!(
+        total, "$3.71561541189 USD",
+        "the README's total, every decimal"
+    );
+    let providers = browser.text("#provider-h + table").await?;
+    for (provider, billed) in [
+        ("AWS", "$1.37790679330 USD"),
+        ("Microsoft", "$1.80063469386 USD"),
+        ("Oracle", "$0.53707392473 USD"),
+    ] {
+        assert!(
+            providers
+                .lines()
+                .any(|l| l.contains(provider) && l.contains(billed)),
+            "{provider} {billed}: {providers}"
+        );
+    }
+    let accounts = browser.text("#by-account").await?;
+    assert!(
+        accounts.contains("focus-all") && accounts.contains("$3.71561541189 USD"),
+        "{accounts}"
+    );
+    // The chart is drawn (uPlot makes a canvas), and the project has a page of its own.
+    browser.wait_for("#trend-chart canvas").await?;
+    browser
+        .screenshot(&format!("billing-{}", mode_name(mode)))
+        .await?;
+    browser.click("#by-project a").await?;
+    assert!(
+        browser
+            .text("main h1")
+            .await?
+            .starts_with("Billing of project p-focus-all")
+    );
+    let project_total = browser.text("#totals td.total[data-currency=USD]").await?;
+    assert_eq!(project_total, "$3.71561541189 USD");
+    browser.close().await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_pages_have_no_serious_accessibility_violation() -> anyhow::Result<()> {
@@ -190,6 +284,8 @@ async fn the_main_pages_have_no_serious_accessibility_violation() -> anyhow::Res
         "/collectors/new?plugin=demo".to_owned(),
         "/service-accounts".to_owned(),
         "/service-accounts/new?provider=aws".to_owned(),
+        "/resources".to_owned(),
+        "/billing".to_owned(),
         format!("/collectors/{cid}"),
         "/jobs".to_owned(),
         format!("/jobs/{jid}"),

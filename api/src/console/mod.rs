@@ -25,9 +25,11 @@ use tower::ServiceExt as _;
 use crate::AppState;
 
 mod assets;
+mod billing;
 mod collector;
 mod form;
 mod job;
+mod resource;
 mod schedule;
 mod service_account;
 pub mod session;
@@ -51,6 +53,8 @@ pub fn routes(api: Router) -> Router<AppState> {
         .merge(service_account::routes())
         .merge(wizard::routes())
         .merge(schedule::routes())
+        .merge(resource::routes())
+        .merge(billing::routes())
         .layer(axum::Extension(ApiRouter(api)))
         .layer(axum::middleware::from_fn(headers))
 }
@@ -221,6 +225,8 @@ pub(crate) fn page(title: &str, session: Option<&Session>, main: Markup) -> Mark
                                 li { a href="/service-accounts" { "Service accounts" } }
                                 li { a href="/collectors" { "Collectors" } }
                                 li { a href="/jobs" { "Jobs" } }
+                                li { a href="/resources" { "Resources" } }
+                                li { a href="/billing" { "Billing" } }
                             }
                         }
                         form method="post" action="/sign-out" class="sign-out" {

@@ -96,3 +96,35 @@
     }
   });
 })();
+
+// The billing trend: one line per currency, drawn once uPlot (loaded by that page) is there.
+// The exact figures are in the table below the chart; the chart's numbers are for the eye.
+window.addEventListener("load", function () {
+  const data = document.getElementById("trend-data");
+  const box = document.getElementById("trend-chart");
+  if (!data || !box || !window.uPlot) return;
+  const trend = JSON.parse(data.textContent).trend || [];
+  const days = Array.from(new Set(trend.map((t) => t.day))).sort();
+  const currencies = Array.from(new Set(trend.map((t) => t.currency))).sort();
+  if (days.length === 0) return;
+  const x = days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
+  const series = currencies.map((c) =>
+    days.map((d) => {
+      const t = trend.find((i) => i.day === d && i.currency === c);
+      return t ? Number(t.billed_cost) : null;
+    })
+  );
+  const colors = ["#0b5cad", "#b35c00", "#1a6b2f", "#7a1fa2"];
+  new window.uPlot(
+    {
+      width: Math.min(box.clientWidth || 800, 1000),
+      height: 260,
+      series: [{}].concat(
+        currencies.map((c, i) => ({ label: c, stroke: colors[i % colors.length], width: 2 }))
+      ),
+      axes: [{}, {}],
+    },
+    [x].concat(series),
+    box
+  );
+});
