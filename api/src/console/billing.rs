@@ -234,7 +234,7 @@ fn dashboard(
                 }
             }
         }
-        @let accounts_rows = by_account.map(|v| items(&v)).or_else(|| d["by_service_account"].as_array().map(Vec::as_slice));
+        @let accounts_rows = by_account.map(items).or_else(|| d["by_service_account"].as_array().map(Vec::as_slice));
         @if let Some(rows_) = accounts_rows {
             section aria-labelledby="account-h" {
                 h2 id="account-h" { "By account" }
