@@ -128,11 +128,13 @@ async fn details(
     let body = html! {
         p { a href="/collectors/new" { "← Choose another plugin" } }
         h1 { "New collector: " (plugin) }
-        p class="wizard-step" { "Step 2 of 2: version, options, name" }
+        p class="wizard-step" { "Step 2 of 2: name, version, options, priority and tags" }
         (form::general(errors))
         form method="post" action="/collectors/new" class="stack" id="collector-form" {
             (csrf_field(session))
             input type="hidden" name="plugin_id" value=(plugin);
+            (Field { name: "name", label: "Name", kind: Kind::Text, value: &value("name"), required: true,
+                     hint: Some("Unique among collectors.") }.render(errors))
             div class="field" {
                 label for="f-version" { "Version" }
                 select id="f-version" name="version" aria-invalid=[version_error.map(|_| "true")]
@@ -165,8 +167,6 @@ async fn details(
                     }
                 }
             }
-            (Field { name: "name", label: "Name", kind: Kind::Text, value: &value("name"), required: true,
-                     hint: Some("Unique among collectors.") }.render(errors))
             (Field { name: "priority", label: "Priority", kind: Kind::Number,
                      value: &typed.get("priority").map_or_else(|| "10".to_owned(), form::text_of), required: false,
                      hint: Some("0–1,000,000; when collectors report the same field, the lower number wins.") }.render(errors))

@@ -41,6 +41,9 @@
     }
   }
   localTimes(document);
+  // A refused form comes back with its fields marked: take the keyboard to the first one.
+  const invalid = document.querySelector('[aria-invalid="true"]');
+  if (invalid) invalid.focus();
   document.addEventListener("htmx:afterSwap", (e) => localTimes(e.target));
 
   const list = document.getElementById("job-widget-list");
@@ -119,7 +122,7 @@ window.addEventListener("load", function () {
     {
       width: Math.min(box.clientWidth || 800, 1000),
       height: 260,
-      series: [{}].concat(
+      series: [{ label: "Day" }].concat(
         currencies.map((c, i) => ({ label: c, stroke: colors[i % colors.length], width: 2 }))
       ),
       axes: [{}, {}],
