@@ -414,3 +414,44 @@ async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
     assert_eq!(after.status(), 401, "a revoked key's session is over");
     Ok(())
 }
+
+/// A resource's metrics are drawn on its page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resources_metrics_are_charted() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Standalone).await?;
+    let inventory = env
+        .demo_collector(
+            1,
+            json!({"resources": 2, "resource_types": ["compute.instance"]}),
+        )
+        .await?;
+    assert_eq!(env.collect(&inventory).await?["status"], "SUCCESS");
+    let metrics = env
+        .create(
+            "/v1/collectors",
+            json!({"name": "metrics", "plugin_id": "demo-metrics",
+                   "options": {"metrics": ["cpu.utilization"]}}),
+        )
+        .await?;
+    let job = env
+        .collect(metrics["id"].as_str().context("collector id")?)
+        .await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let resources = env
+        .get("/v1/resources?resource_type=compute.instance")
+        .await?;
+    let id = resources.body["items"][0]["id"]
+        .as_str()
+        .context("a resource")?;
+    let browser = Browser::start(&env.base).await?;
+    browser.sign_in(env.key().context("key")?).await?;
+    browser.open(&format!("/resources/{id}")).await?;
+    let caption = browser.text("figure.metric figcaption").await?;
+    assert!(
+        caption.starts_with("cpu.utilization (Percent), last: "),
+        "{caption}"
+    );
+    browser.wait_for(".metric-chart canvas").await?;
+    browser.screenshot("resource-metrics").await?;
+    browser.close().await
+}

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use chrono::{Datelike as _, NaiveDate, Utc};
-use maud::{Markup, PreEscaped, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -200,7 +200,7 @@ fn dashboard(
         section aria-labelledby="trend-h" {
             h2 id="trend-h" { "Month to date, per day" }
             div id="trend-chart" role="img" aria-label="Billed cost per day this month" {}
-            script id="trend-data" type="application/json" { (PreEscaped(chart_data.to_string().replace('<', "\\u003c"))) }
+            (super::json_script("trend-data", &chart_data))
             details {
                 summary { "The figures" }
                 (rows(&trend, &[("Day", "day")]))

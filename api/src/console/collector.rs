@@ -5,13 +5,13 @@ use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::form::{self, Errors, Field, Kind};
-use super::{Api, ApiRouter, CsrfForm, Session, csrf_field, csrf_refused, htmx, page, refused};
+use super::{Api, ApiRouter, Posted, Session, csrf_field, htmx, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -21,11 +21,11 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/collectors/{id}/collect", post(collect))
         .route(
             "/collectors/{id}/enable",
-            post(|s, r, p, f| switch(s, r, p, f, "enable")),
+            post(|r, p, f| switch(r, p, f, "enable")),
         )
         .route(
             "/collectors/{id}/disable",
-            post(|s, r, p, f| switch(s, r, p, f, "disable")),
+            post(|r, p, f| switch(r, p, f, "disable")),
         )
         .route("/collectors/{id}/edit", post(edit))
         .route("/collectors/{id}/delete", post(delete))
@@ -346,15 +346,10 @@ fn edit_form(
 }
 
 async fn edit(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     Path(id): Path<String>,
-    Form(pairs): Form<Vec<(String, String)>>,
+    Posted { session, values }: Posted,
 ) -> Response {
-    let values = form::values(pairs);
-    if !session.csrf_ok(values.get("csrf").map_or("", String::as_str)) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
     let get = |k: &str| {
         values
@@ -410,15 +405,11 @@ pub(super) fn with_status(mut resp: Response, status: StatusCode) -> Response {
 }
 
 async fn delete(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
     match api
         .call(Method::DELETE, &format!("/v1/collectors/{id}"), None)
@@ -456,15 +447,11 @@ fn outcome_box(outcome: Option<&Outcome>) -> Markup {
 }
 
 async fn collect(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
     let outcome = match api
         .call(Method::POST, &format!("/v1/collectors/{id}/collect"), None)
@@ -498,15 +485,11 @@ async fn collect(
 }
 
 async fn switch(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
     switch: &'static str,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
     match api
         .call(Method::POST, &format!("/v1/collectors/{id}/{switch}"), None)

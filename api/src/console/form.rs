@@ -164,11 +164,6 @@ pub(crate) fn general(errors: &Errors) -> Markup {
     }
 }
 
-/// A form's values by name, from its urlencoded pairs (the last of a repeated name wins).
-pub(crate) fn values(pairs: Vec<(String, String)>) -> HashMap<String, String> {
-    pairs.into_iter().collect()
-}
-
 /// A JSON value as the text of an input.
 pub(crate) fn text_of(v: &Value) -> String {
     match v {

@@ -4,12 +4,12 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Form, Json, Router};
+use axum::{Extension, Json, Router};
 use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 
 use super::collector::{status, text, time};
-use super::{Api, ApiRouter, CsrfForm, Session, csrf_field, csrf_refused, page, refused};
+use super::{Api, ApiRouter, Posted, Session, csrf_field, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -171,14 +171,10 @@ async fn detail(
 }
 
 async fn cancel(
-    session: Session,
     Extension(api): Extension<ApiRouter>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     match Api::new(&api, &session)
         .call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
         .await

@@ -35,7 +35,7 @@ mod service_account;
 pub mod session;
 mod wizard;
 
-pub use session::Session;
+pub use session::{Posted, Session};
 
 /// The console's routes. `api` is the API's router, which pages call in process.
 pub fn routes(api: Router) -> Router<AppState> {
@@ -248,6 +248,14 @@ pub(crate) fn page(title: &str, session: Option<&Session>, main: Markup) -> Mark
     }
 }
 
+/// Data for a page's script, as JSON that cannot end the element early: `<` is escaped, so no
+/// value (a resource's name, say) can close the script and open markup of its own.
+pub(crate) fn json_script(id: &str, v: &Value) -> Markup {
+    html! {
+        script id=(id) type="application/json" { (maud::PreEscaped(v.to_string().replace('<', "\\u003c"))) }
+    }
+}
+
 /// The hidden CSRF field of a form.
 pub(crate) fn csrf_field(s: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(s.csrf()); }
@@ -398,21 +406,7 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-/// A form that carries only the CSRF token (a button's form).
-#[derive(serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    pub csrf: String,
-}
-
-async fn sign_out(
-    session: Session,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<CsrfForm>,
-) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
+async fn sign_out(headers: HeaderMap, _: Posted) -> Response {
     let mut resp = axum::response::Redirect::to("/sign-in").into_response();
     resp.headers_mut()
         .insert(header::SET_COOKIE, session::set_cookie(None, &headers));
@@ -422,6 +416,17 @@ async fn sign_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_data_cannot_close_its_element() {
+        let html = json_script(
+            "d",
+            &serde_json::json!({"name": "</script><script>alert(1)"}),
+        )
+        .into_string();
+        assert!(!html.contains("</script><script>"), "{html}");
+        assert!(html.contains(r"\u003c/script>"), "{html}");
+    }
 
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {

@@ -140,6 +140,7 @@ async fn detail(
         .await
         .unwrap_or_default();
     let name = r["name"].as_str().unwrap_or("(no name)").to_owned();
+    let charts = metrics(&api, &id).await;
     page(
         &name,
         Some(&session),
@@ -152,6 +153,20 @@ async fn detail(
                 dt { "State" } dd { (text(&r["state"])) }
                 dt { "Region" } dd { (text(&r["region"])) }
                 dt { "Updated" } dd { (time(&r["updated_at"])) }
+            }
+            @if !charts.is_empty() {
+                h2 { "Metrics" }
+                p class="hint" { "The day up to each metric's newest sample, average per period." }
+                @for (i, s) in charts.iter().enumerate() {
+                    figure class="metric" {
+                        figcaption { (text(&s["metric"])) " (" (text(&s["unit"])) "), last: " (last_value(s)) }
+                        div class="metric-chart" data-index=(i) role="img"
+                            aria-label={ (text(&s["metric"])) " over the day" } {}
+                    }
+                }
+                (super::json_script("metric-data", &serde_json::json!({"series": charts})))
+                link rel="stylesheet" href=(super::assets::url("uPlot.min.css"));
+                script src=(super::assets::url("uPlot.iife.min.js")) defer {}
             }
             h2 { "Data" }
             pre id="resource-data" { (serde_json::to_string_pretty(&r["data"]).unwrap_or_default()) }
@@ -181,6 +196,50 @@ async fn detail(
         },
     )
     .into_response()
+}
+
+// More charts than this make a page slow to read and to draw; the API lists every series.
+const MAX_CHARTS: usize = 8;
+
+/// The resource's series, each over the day up to its newest sample.
+async fn metrics(api: &Api<'_>, id: &str) -> Vec<Value> {
+    let stored = api
+        .get(&format!("/v1/resources/{id}/metrics"))
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for s in stored["items"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .take(MAX_CHARTS)
+    {
+        let metric: String =
+            form_urlencoded::byte_serialize(text(&s["metric"]).as_bytes()).collect();
+        let end = chrono::DateTime::parse_from_rfc3339(&text(&s["last_time"]))
+            .map(|t| {
+                (t + chrono::Duration::seconds(1))
+                    .to_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
+            .unwrap_or_default();
+        let end: String = form_urlencoded::byte_serialize(end.as_bytes()).collect();
+        if let Ok(series) = api
+            .get(&format!("/v1/resources/{id}/metrics/{metric}?end={end}"))
+            .await
+        {
+            out.push(series);
+        }
+    }
+    out
+}
+
+/// The newest value of a series, with its unit.
+fn last_value(s: &Value) -> String {
+    s["values"]
+        .as_array()
+        .and_then(|v| v.iter().rev().find_map(Value::as_f64))
+        .map_or_else(|| "—".to_owned(), |v| format!("{v} {}", text(&s["unit"])))
 }
 
 fn pretty(v: &Value) -> String {

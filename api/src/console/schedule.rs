@@ -5,18 +5,22 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::post;
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 
 use super::collector::{Forms, detail_page, text};
 use super::form::{self, Errors, Field, Kind};
-use super::{Api, ApiRouter, CsrfForm, Session, csrf_field, csrf_refused, refused};
+use super::{Api, ApiRouter, Posted, Session, csrf_field, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/collectors/{id}/schedules", post(create))
+        .route(
+            "/schedules/{id}/edit",
+            axum::routing::get(edit_page).post(edit),
+        )
         .route("/schedules/{id}/pause", post(pause))
         .route("/schedules/{id}/resume", post(resume))
         .route("/schedules/{id}/delete", post(delete))
@@ -43,7 +47,6 @@ pub(super) fn section(
     typed: &Map<String, Value>,
     errors: &Errors,
 ) -> Markup {
-    let value = |k: &str| typed.get(k).map(form::text_of).unwrap_or_default();
     html! {
         h2 id="schedules" { "Schedules" }
         @if schedules.is_empty() {
@@ -78,6 +81,7 @@ pub(super) fn section(
                                 }
                             }
                             td class="actions" {
+                                a href={ "/schedules/" (sid) "/edit" } aria-label={ "Edit schedule " (text(&s["name"])) } { "Edit" }
                                 form method="post" action={ "/schedules/" (sid) (if paused { "/resume" } else { "/pause" }) } {
                                     (csrf_field(session))
                                     button type="submit" class="secondary" { @if paused { "Resume" } @else { "Pause" } }
@@ -95,8 +99,22 @@ pub(super) fn section(
             }
         }
         h3 { "Add a schedule" }
+        (fields(session, &format!("/collectors/{collector}/schedules#schedules"), typed, errors, ("Add schedule", "add-schedule")))
+    }
+}
+
+/// The schedule's fields, for the add form and the edit page; the button's label and id.
+fn fields(
+    session: &Session,
+    action: &str,
+    typed: &Map<String, Value>,
+    errors: &Errors,
+    (submit, submit_id): (&str, &str),
+) -> Markup {
+    let value = |k: &str| typed.get(k).map(form::text_of).unwrap_or_default();
+    html! {
         (form::general(errors))
-        form method="post" action={ "/collectors/" (collector) "/schedules#schedules" } class="stack" id="schedule-form" {
+        form method="post" action=(action) class="stack" id="schedule-form" {
             (csrf_field(session))
             (Field { name: "name", label: "Schedule name", kind: Kind::Text, value: &value("name"), required: true,
                      hint: Some("Unique among this collector's schedules.") }.render_in("s", errors))
@@ -107,7 +125,135 @@ pub(super) fn section(
                      hint: Some("0–23 in that timezone, comma-separated: 9, 21. Or give minutes below.") }.render_in("s", errors))
             (Field { name: "every_minutes", label: "Every N minutes", kind: Kind::Number, value: &value("every_minutes"),
                      required: false, hint: Some("1–1440, from local midnight; instead of hours.") }.render_in("s", errors))
-            button type="submit" id="add-schedule" { "Add schedule" }
+            button type="submit" id=(submit_id) { (submit) }
+        }
+    }
+}
+
+/// The body of a create or an update: hours or minutes, whichever was typed.
+fn body_of(values: &std::collections::HashMap<String, String>) -> Value {
+    let get = |k: &str| {
+        values
+            .get(k)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut body = json!({"name": get("name"), "timezone": get("timezone")});
+    if !get("hours").is_empty() {
+        body["hours"] = hours(&get("hours"));
+    }
+    if !get("every_minutes").is_empty() {
+        body["every_minutes"] = get("every_minutes")
+            .parse::<i64>()
+            .map_or_else(|_| Value::String(get("every_minutes")), Value::from);
+    }
+    body
+}
+
+/// A form's values as it is shown again, without its token.
+fn typed_of(values: std::collections::HashMap<String, String>) -> Map<String, Value> {
+    values
+        .into_iter()
+        .filter(|(k, _)| k != "csrf")
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
+}
+
+/// The fields a schedule form shows, which errors are placed on.
+const SHOWN: [&str; 4] = ["name", "timezone", "hours", "every_minutes"];
+
+async fn edit_page(
+    session: Session,
+    Extension(router): Extension<ApiRouter>,
+    Path(id): Path<String>,
+) -> Response {
+    let api = Api::new(&router, &session);
+    let s = match api.get(&format!("/v1/schedules/{id}")).await {
+        Ok(s) => s,
+        Err(r) => return refused(&r, &session),
+    };
+    let hours = s["hours"]
+        .as_array()
+        .map(|h| h.iter().map(text).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let typed: Map<String, Value> = [
+        ("name", s["name"].clone()),
+        ("timezone", s["timezone"].clone()),
+        ("hours", Value::String(hours)),
+        ("every_minutes", s["every_minutes"].clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    edit_form(
+        &session,
+        &id,
+        &s,
+        &typed,
+        &Errors::default(),
+        StatusCode::OK,
+    )
+}
+
+fn edit_form(
+    session: &Session,
+    id: &str,
+    s: &Value,
+    typed: &Map<String, Value>,
+    errors: &Errors,
+    status: StatusCode,
+) -> Response {
+    let collector = text(&s["collector_id"]);
+    let body = html! {
+        p { a href={ "/collectors/" (collector) "#schedules" } { "← The collector" } }
+        h1 { "Schedule " (text(&s["name"])) }
+        p class="hint" { "Giving hours makes it an hours schedule; giving minutes, an interval one." }
+        (fields(session, &format!("/schedules/{id}/edit"), typed, errors, ("Save", "save-schedule")))
+    };
+    (status, super::page("Edit a schedule", Some(session), body)).into_response()
+}
+
+async fn edit(
+    Extension(router): Extension<ApiRouter>,
+    Path(id): Path<String>,
+    Posted { session, values }: Posted,
+) -> Response {
+    let api = Api::new(&router, &session);
+    let current = match api.get(&format!("/v1/schedules/{id}")).await {
+        Ok(s) => s,
+        Err(r) => return refused(&r, &session),
+    };
+    let mut body = body_of(&values);
+    // Both typed (the page shows both): the kind it is not yet is the change asked for.
+    if let Some(b) = body.as_object_mut()
+        && b.contains_key("hours")
+        && b.contains_key("every_minutes")
+    {
+        if current["every_minutes"].is_null() {
+            b.remove("hours");
+        } else {
+            b.remove("every_minutes");
+        }
+    }
+    match api
+        .call(Method::PATCH, &format!("/v1/schedules/{id}"), Some(&body))
+        .await
+    {
+        Ok(s) => Redirect::to(&format!(
+            "/collectors/{}#schedules",
+            text(&s["collector_id"])
+        ))
+        .into_response(),
+        Err(r) => {
+            let errors = Errors::of(&r, &SHOWN.map(str::to_owned));
+            edit_form(
+                &session,
+                &id,
+                &current,
+                &typed_of(values),
+                &errors,
+                r.status,
+            )
         }
     }
 }
@@ -128,31 +274,12 @@ fn hours(raw: &str) -> Value {
 }
 
 async fn create(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     Path(collector): Path<String>,
-    Form(pairs): Form<Vec<(String, String)>>,
+    Posted { session, values }: Posted,
 ) -> Response {
-    let values = form::values(pairs);
-    if !session.csrf_ok(values.get("csrf").map_or("", String::as_str)) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
-    let get = |k: &str| {
-        values
-            .get(k)
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    let mut body = json!({"name": get("name"), "timezone": get("timezone")});
-    if !get("hours").is_empty() {
-        body["hours"] = hours(&get("hours"));
-    }
-    if !get("every_minutes").is_empty() {
-        body["every_minutes"] = get("every_minutes")
-            .parse::<i64>()
-            .map_or_else(|_| Value::String(get("every_minutes")), Value::from);
-    }
+    let body = body_of(&values);
     match api
         .call(
             Method::POST,
@@ -163,14 +290,8 @@ async fn create(
     {
         Ok(_) => Redirect::to(&format!("/collectors/{collector}#schedules")).into_response(),
         Err(r) => {
-            let shown = ["name", "timezone", "hours", "every_minutes"].map(str::to_owned);
-            let typed = values
-                .into_iter()
-                .filter(|(k, _)| k != "csrf")
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect();
             let forms = Forms {
-                schedule: Some((typed, Errors::of(&r, &shown))),
+                schedule: Some((typed_of(values), Errors::of(&r, &SHOWN.map(str::to_owned)))),
                 ..Forms::default()
             };
             let mut resp = detail_page(&api, &session, &collector, forms).await;
@@ -200,39 +321,27 @@ async fn set_state(session: &Session, router: &ApiRouter, id: &str, state: &str)
 }
 
 async fn pause(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     set_state(&session, &router, &id, "PAUSED").await
 }
 
 async fn resume(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     set_state(&session, &router, &id, "ENABLED").await
 }
 
 async fn delete(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session, .. }: Posted,
 ) -> Response {
-    if !session.csrf_ok(&form.csrf) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
     let schedule = match api.get(&format!("/v1/schedules/{id}")).await {
         Ok(s) => s,

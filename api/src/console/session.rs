@@ -192,6 +192,34 @@ impl FromRequestParts<AppState> for Session {
     }
 }
 
+/// A POST of a console form: the session that sent it and the form's fields, its CSRF token
+/// checked. Every handler of a form takes it, so none can forget the check.
+pub struct Posted {
+    pub session: Session,
+    pub values: std::collections::HashMap<String, String>,
+}
+
+impl axum::extract::FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let session = Session::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let axum::Form(pairs) = axum::Form::<Vec<(String, String)>>::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        // A repeated name keeps its last value, as a form's fields are read.
+        let values: std::collections::HashMap<String, String> = pairs.into_iter().collect();
+        if !session.csrf_ok(values.get("csrf").map_or("", String::as_str)) {
+            return Err(super::csrf_refused());
+        }
+        Ok(Self { session, values })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use gleaner_common::crypto::SecretKey;

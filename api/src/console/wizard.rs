@@ -5,14 +5,14 @@ use axum::extract::Query;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use maud::html;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::collector::text;
 use super::form::{self, Errors, Field, Kind};
-use super::{Api, ApiRouter, Session, csrf_field, csrf_refused, page, refused};
+use super::{Api, ApiRouter, Posted, Session, csrf_field, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -202,14 +202,9 @@ pub(super) fn tags(raw: &str) -> Result<Map<String, Value>, String> {
 }
 
 async fn create(
-    session: Session,
     Extension(router): Extension<ApiRouter>,
-    Form(pairs): Form<Vec<(String, String)>>,
+    Posted { session, values }: Posted,
 ) -> Response {
-    let values = form::values(pairs);
-    if !session.csrf_ok(values.get("csrf").map_or("", String::as_str)) {
-        return csrf_refused();
-    }
     let api = Api::new(&router, &session);
     let plugin = values.get("plugin_id").cloned().unwrap_or_default();
     let typed: Map<String, Value> = values

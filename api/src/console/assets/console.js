@@ -131,3 +131,24 @@ window.addEventListener("load", function () {
     box
   );
 });
+
+// A resource's metrics: one chart per series, nulls left as gaps.
+window.addEventListener("load", function () {
+  const data = document.getElementById("metric-data");
+  if (!data || !window.uPlot) return;
+  const series = JSON.parse(data.textContent).series || [];
+  for (const box of document.querySelectorAll(".metric-chart")) {
+    const s = series[Number(box.dataset.index)];
+    if (!s || !s.labels || s.labels.length === 0) continue;
+    const x = s.labels.map((l) => Date.parse(l) / 1000);
+    new window.uPlot(
+      {
+        width: Math.min(box.clientWidth || 800, 1000),
+        height: 200,
+        series: [{ label: "Time" }, { label: s.metric + " (" + s.unit + ")", stroke: "#0b5cad", width: 2 }],
+      },
+      [x, s.values],
+      box
+    );
+  }
+});
