@@ -345,6 +345,20 @@ async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
     let session = cookie.split(';').next().context("cookie")?.to_owned();
     let collector = env.demo_collector(1, json!({})).await?;
 
+    // A path that is not an id never reaches the API.
+    for path in [
+        "/collectors/x%3Flimit=1",
+        "/jobs/..%2F..%2Fv1%2Fapi-keys",
+        "/resources/nope",
+    ] {
+        let r = http
+            .get(format!("{}{path}", env.base))
+            .header("cookie", &session)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 404, "{path}");
+    }
+
     // Without the token, or from another site, the form is refused and nothing is collected.
     let no_token = http
         .post(format!("{}/collectors/{collector}/collect", env.base))

@@ -1,7 +1,7 @@
 //! The billing dashboard: the domain's month, or a project's, against the month before; the
 //! month-to-date trend as a chart; costs by provider, project and account; top services.
 
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::assets;
 use super::collector::text;
-use super::{Api, ApiRouter, Session, page, refused};
+use super::{Api, ApiRouter, Id, Session, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -113,7 +113,7 @@ async fn domain(
 async fn project(
     session: Session,
     Extension(api): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Query(q): Query<MonthQuery>,
 ) -> Response {
     let api = Api::new(&api, &session);

@@ -1,7 +1,7 @@
 //! Collectors: the filterable list, and the detail page with "collect now", enable and disable
 //! and the job history.
 
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::form::{self, Errors, Field, Kind};
-use super::{Api, ApiRouter, Posted, Session, csrf_field, htmx, page, refused};
+use super::{Api, ApiRouter, Id, Posted, Session, csrf_field, htmx, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -168,11 +168,7 @@ pub(super) fn status(v: &Value) -> Markup {
     }
 }
 
-async fn detail(
-    session: Session,
-    Extension(api): Extension<ApiRouter>,
-    Path(id): Path<String>,
-) -> Response {
+async fn detail(session: Session, Extension(api): Extension<ApiRouter>, Id(id): Id) -> Response {
     detail_page(&Api::new(&api, &session), &session, &id, Forms::default()).await
 }
 
@@ -347,7 +343,7 @@ fn edit_form(
 
 async fn edit(
     Extension(router): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, values }: Posted,
 ) -> Response {
     let api = Api::new(&router, &session);
@@ -407,7 +403,7 @@ pub(super) fn with_status(mut resp: Response, status: StatusCode) -> Response {
 async fn delete(
     Extension(router): Extension<ApiRouter>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
 ) -> Response {
     let api = Api::new(&router, &session);
@@ -449,7 +445,7 @@ fn outcome_box(outcome: Option<&Outcome>) -> Markup {
 async fn collect(
     Extension(router): Extension<ApiRouter>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
 ) -> Response {
     let api = Api::new(&router, &session);
@@ -486,7 +482,7 @@ async fn collect(
 
 async fn switch(
     Extension(router): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
     switch: &'static str,
 ) -> Response {

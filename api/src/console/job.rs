@@ -1,6 +1,5 @@
 //! Jobs: the history, a job with its tasks, cancel, and what the job widget reads.
 
-use axum::extract::Path;
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -9,7 +8,7 @@ use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 
 use super::collector::{status, text, time};
-use super::{Api, ApiRouter, Posted, Session, csrf_field, page, refused};
+use super::{Api, ApiRouter, Id, Posted, Session, csrf_field, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -97,11 +96,7 @@ async fn list(session: Session, Extension(api): Extension<ApiRouter>) -> Respons
     }
 }
 
-async fn detail(
-    session: Session,
-    Extension(api): Extension<ApiRouter>,
-    Path(id): Path<String>,
-) -> Response {
+async fn detail(session: Session, Extension(api): Extension<ApiRouter>, Id(id): Id) -> Response {
     let api = Api::new(&api, &session);
     let job = match api.get(&format!("/v1/jobs/{id}")).await {
         Ok(j) => j,
@@ -172,7 +167,7 @@ async fn detail(
 
 async fn cancel(
     Extension(api): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
 ) -> Response {
     match Api::new(&api, &session)

@@ -59,6 +59,33 @@ pub fn routes(api: Router) -> Router<AppState> {
         .layer(axum::middleware::from_fn(headers))
 }
 
+/// An id in a page's path: a UUID, else 404 before anything is asked of the API. An id is put
+/// into the path of the API's request, where `x?limit=1` or `../` would change what is asked.
+pub(crate) struct Id(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Id {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        uuid::Uuid::parse_str(&raw)
+            .map(|u| Self(u.to_string()))
+            .map_err(|_| {
+                (
+                    StatusCode::NOT_FOUND,
+                    "No such page: the path does not hold an id.",
+                )
+                    .into_response()
+            })
+    }
+}
+
 /// The API's router, for [`Api`].
 #[derive(Clone)]
 pub(crate) struct ApiRouter(Router);
@@ -401,7 +428,15 @@ async fn sign_in(
 /// Where to go after signing in: a path of this site only, never another host.
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        // Control characters cannot go in a Location header; `\` is `/` to some browsers.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n
+        }
         _ => "/",
     }
 }
@@ -435,6 +470,7 @@ mod tests {
             (Some("//evil.example/"), "/"),
             (Some("https://evil.example/"), "/"),
             (Some("/\\evil.example"), "/"),
+            (Some("/a\r\nSet-Cookie: x=1"), "/"),
             (None, "/"),
         ] {
             assert_eq!(safe_next(given), to, "{given:?}");

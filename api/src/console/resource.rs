@@ -1,7 +1,7 @@
 //! Resources: a browser by type, project, account and state, page by page; a resource with its
 //! data and its change history as readable diffs.
 
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::collector::{text, time};
-use super::{Api, ApiRouter, Session, page, refused};
+use super::{Api, ApiRouter, Id, Session, page, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -125,11 +125,7 @@ fn select(name: &str, label: &str, items: &Value, chosen: &str) -> Markup {
     }
 }
 
-async fn detail(
-    session: Session,
-    Extension(api): Extension<ApiRouter>,
-    Path(id): Path<String>,
-) -> Response {
+async fn detail(session: Session, Extension(api): Extension<ApiRouter>, Id(id): Id) -> Response {
     let api = Api::new(&api, &session);
     let r = match api.get(&format!("/v1/resources/{id}")).await {
         Ok(r) => r,

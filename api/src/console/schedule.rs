@@ -1,7 +1,6 @@
 //! A collector's schedules on its page: the list with the next fires in the schedule's
 //! timezone and the browser's, the add form, pause, resume and delete.
 
-use axum::extract::Path;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::post;
@@ -11,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::collector::{Forms, detail_page, text};
 use super::form::{self, Errors, Field, Kind};
-use super::{Api, ApiRouter, Posted, Session, csrf_field, refused};
+use super::{Api, ApiRouter, Id, Posted, Session, csrf_field, refused};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -165,7 +164,7 @@ const SHOWN: [&str; 4] = ["name", "timezone", "hours", "every_minutes"];
 async fn edit_page(
     session: Session,
     Extension(router): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Response {
     let api = Api::new(&router, &session);
     let s = match api.get(&format!("/v1/schedules/{id}")).await {
@@ -215,7 +214,7 @@ fn edit_form(
 
 async fn edit(
     Extension(router): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, values }: Posted,
 ) -> Response {
     let api = Api::new(&router, &session);
@@ -275,7 +274,7 @@ fn hours(raw: &str) -> Value {
 
 async fn create(
     Extension(router): Extension<ApiRouter>,
-    Path(collector): Path<String>,
+    Id(collector): Id,
     Posted { session, values }: Posted,
 ) -> Response {
     let api = Api::new(&router, &session);
@@ -322,7 +321,7 @@ async fn set_state(session: &Session, router: &ApiRouter, id: &str, state: &str)
 
 async fn pause(
     Extension(router): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
 ) -> Response {
     set_state(&session, &router, &id, "PAUSED").await
@@ -330,7 +329,7 @@ async fn pause(
 
 async fn resume(
     Extension(router): Extension<ApiRouter>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
 ) -> Response {
     set_state(&session, &router, &id, "ENABLED").await
@@ -339,7 +338,7 @@ async fn resume(
 async fn delete(
     Extension(router): Extension<ApiRouter>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Id(id): Id,
     Posted { session, .. }: Posted,
 ) -> Response {
     let api = Api::new(&router, &session);

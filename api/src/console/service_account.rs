@@ -240,7 +240,12 @@ async fn create(
         )
         .await
     {
-        Ok(_) => Redirect::to(&format!("/service-accounts?provider={provider}")).into_response(),
+        Ok(_) => {
+            let q = form_urlencoded::Serializer::new(String::new())
+                .append_pair("provider", &provider)
+                .finish();
+            Redirect::to(&format!("/service-accounts?{q}")).into_response()
+        }
         Err(r) => {
             let mut shown: Vec<String> =
                 vec!["name".into(), "project_id".into(), "provider".into()];

@@ -117,7 +117,8 @@ async fn details(
     errors: &Errors,
     status: StatusCode,
 ) -> Response {
-    let p = match api.get(&format!("/v1/plugins/{plugin}")).await {
+    let segment: String = form_urlencoded::byte_serialize(plugin.as_bytes()).collect();
+    let p = match api.get(&format!("/v1/plugins/{segment}")).await {
         Ok(p) => p,
         Err(r) => return refused(&r, session),
     };
@@ -212,7 +213,8 @@ async fn create(
         .filter(|(k, _)| k.as_str() != "csrf")
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    let schema = match api.get(&format!("/v1/plugins/{plugin}")).await {
+    let segment: String = form_urlencoded::byte_serialize(plugin.as_bytes()).collect();
+    let schema = match api.get(&format!("/v1/plugins/{segment}")).await {
         Ok(p) => p["options_schema"].clone(),
         Err(r) => return refused(&r, &session),
     };

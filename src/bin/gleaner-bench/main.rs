@@ -47,6 +47,7 @@ mod api;
 mod aws;
 mod billing;
 mod cloudforet;
+mod console;
 mod metrics;
 
 #[derive(Debug, Parser)]
@@ -73,6 +74,9 @@ enum Command {
     Summary(billing::SummaryArgs),
     /// The API's throughput with API keys, beside the same requests with no key asked.
     Api(api::ApiArgs),
+    /// The console's pages over 100,000 resources and 1,000 collectors: server time per page,
+    /// beside the API reads each page makes.
+    Console(console::ConsoleArgs),
     /// The `aws` collector over a moto estate, beside a plain SDK loop listing it.
     Aws(aws::AwsArgs),
     /// Ten million demo samples through a metrics job beside a raw COPY, then query latency.
@@ -202,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
             billing::summary(args).await
         }
         Command::Api(args) => api::api(args).await,
+        Command::Console(args) => console::console(args).await,
         Command::Aws(args) => {
             gleaner_common::telemetry::init_for_tests();
             aws::aws(args).await
