@@ -156,8 +156,12 @@ impl Client {
     /// # Errors
     /// [`Error::Config`] when neither names a server.
     pub fn from_login() -> Result<Self, Error> {
-        let stored = Login::read(&login_path()?)?;
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // The environment alone needs no file: a broken one does not stop a script that sets both.
+        let stored = match (var(SERVER_VAR), var(KEY_VAR)) {
+            (Some(_), Some(_)) => Login::default(),
+            _ => Login::read(&login_path()?)?,
+        };
         let server = var(SERVER_VAR).or(stored.server).ok_or_else(|| {
             Error::Config(format!(
                 "no server: run `gleaner login --server URL`, or set {SERVER_VAR}"

@@ -311,7 +311,15 @@ async fn page_violations(browser: &Browser, path: &str) -> anyhow::Result<Vec<St
 /// Signing in refuses a wrong key on its field, and forms refuse a missing CSRF token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
-    let env = TestEnv::start(Mode::Standalone).await?;
+    let env = TestEnv::start_with(
+        Mode::Standalone,
+        crate::support::Options {
+            // The limit on an address's failed keys, which the tests turn off elsewhere.
+            tune: |s| s.api.failed_auth_per_second = 5,
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -426,6 +434,18 @@ async fn sign_in_and_forms_refuse_what_they_should() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(after.status(), 401, "a revoked key's session is over");
+
+    // Guessing keys at the sign-in form meets the API's limit on an address's failures.
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let r = http
+            .post(format!("{}/sign-in", env.base))
+            .form(&[("api_key", format!("glk_{i:064x}"))])
+            .send()
+            .await?;
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
     Ok(())
 }
 

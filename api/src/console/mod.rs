@@ -94,6 +94,8 @@ pub(crate) struct ApiRouter(Router);
 pub(crate) struct Api<'a> {
     router: &'a Router,
     key: &'a str,
+    /// The browser's address, which the API's limit on failed keys counts by.
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What the API answered to a request it refused: its status and problem body.
@@ -126,7 +128,14 @@ impl<'a> Api<'a> {
         Self {
             router: &router.0,
             key: session.key(),
+            peer: None,
         }
+    }
+
+    /// The same, counting refused keys against the browser's address as the API does.
+    pub(crate) fn with_peer(mut self, peer: Option<std::net::SocketAddr>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Sends `method path` with `body`; the JSON answer, or the API's refusal.
@@ -189,9 +198,13 @@ impl<'a> Api<'a> {
 
     async fn oneshot(&self, req: Result<Request<Body>, axum::http::Error>) -> Response {
         // Only a path that is not a URI fails here; paths are built from ids and constants.
-        let Ok(req) = req else {
+        let Ok(mut req) = req else {
             return StatusCode::BAD_REQUEST.into_response();
         };
+        if let Some(peer) = self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         match self.router.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -390,6 +403,25 @@ fn sign_in_form(next: Option<&str>, error: Option<&str>) -> Markup {
     )
 }
 
+/// The browser's address, when the server was started with it (`gleaner api`, standalone).
+struct Peer(Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct SignInForm {
     api_key: String,
@@ -399,14 +431,20 @@ struct SignInForm {
 async fn sign_in(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(api): axum::Extension<ApiRouter>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response {
     let key = form.api_key.trim();
     let next = safe_next(form.next.as_deref());
     let probe = Session::probe(key);
-    // Any key may read projects: this proves the key, through the API's own check.
-    if let Err(r) = Api::new(&api, &probe).get("/v1/projects").await {
+    // Any key may read projects: this proves the key, through the API's own check, which also
+    // slows an address that keeps trying wrong keys (429).
+    if let Err(r) = Api::new(&api, &probe)
+        .with_peer(peer)
+        .get("/v1/projects")
+        .await
+    {
         let status = if r.status == StatusCode::TOO_MANY_REQUESTS {
             r.status
         } else {
