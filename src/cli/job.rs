@@ -153,17 +153,13 @@ async fn tasks(c: &Client, out: Output, job: &str) -> Result<(), Error> {
     out.list(&list, &rows, TASKS)
 }
 
-/// Adds the cells a table shows that the API gives in pieces: `tasks` as done/total, `part`
-/// as part/parts, `trigger` with its schedule.
+/// Adds the cells a table shows that the API gives in pieces: `tasks` as done/total, and
+/// `part` counted from 1 (the API's `part` counts from 0), as the progress lines show it.
 fn readable(mut j: Value) -> Value {
     let tasks = format!("{}/{}", cell(&j["tasks_done"]), cell(&j["tasks_total"]));
-    let part = j["sub_task"].is_object().then(|| {
-        format!(
-            "{}/{}",
-            cell(&j["sub_task"]["part"]),
-            cell(&j["sub_task"]["parts"])
-        )
-    });
+    let part = j["sub_task"]["part"]
+        .as_i64()
+        .map(|p| format!("{}/{}", p + 1, cell(&j["sub_task"]["parts"])));
     if let Some(o) = j.as_object_mut() {
         o.insert("tasks".into(), tasks.into());
         if let Some(p) = part {
@@ -536,4 +532,21 @@ fn counts(c: &Value) -> String {
         cell(&c["deleted"]),
         cell(&c["failed"])
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn tasks_and_parts_read_as_people_count() {
+        let t = readable(
+            json!({"tasks_done": 1, "tasks_total": 3, "sub_task": {"part": 0, "parts": 2}}),
+        );
+        assert_eq!(t["tasks"], "1/3");
+        assert_eq!(t["part"], "1/2");
+        assert!(readable(json!({"sub_task": null})).get("part").is_none());
+    }
 }
