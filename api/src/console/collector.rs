@@ -411,15 +411,7 @@ async fn delete(
         .call(Method::DELETE, &format!("/v1/collectors/{id}"), None)
         .await
     {
-        Ok(_) if htmx(&headers) => {
-            let mut resp = StatusCode::OK.into_response();
-            resp.headers_mut().insert(
-                "hx-location",
-                axum::http::HeaderValue::from_static("/collectors"),
-            );
-            resp
-        }
-        Ok(_) => Redirect::to("/collectors").into_response(),
+        Ok(_) => super::go_to(&headers, "/collectors"),
         Err(r) => {
             let forms = Forms {
                 outcome: Some(Outcome::Refused(r.detail())),

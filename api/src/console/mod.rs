@@ -310,6 +310,19 @@ pub(crate) fn csrf_refused() -> Response {
         .into_response()
 }
 
+/// Sends the browser to `to` after a form: a redirect, or for htmx (which would follow a
+/// redirect itself and leave the address bar behind) an `HX-Location`.
+pub(crate) fn go_to(headers: &HeaderMap, to: &str) -> Response {
+    if htmx(headers) {
+        let mut resp = StatusCode::OK.into_response();
+        if let Ok(v) = HeaderValue::from_str(to) {
+            resp.headers_mut().insert("hx-location", v);
+        }
+        return resp;
+    }
+    axum::response::Redirect::to(to).into_response()
+}
+
 /// Whether the request was made by htmx (a part of a page is wanted, not a whole one).
 pub(crate) fn htmx(headers: &HeaderMap) -> bool {
     headers.contains_key("hx-request")

@@ -352,16 +352,10 @@ async fn delete(
     {
         return refused(&r, &session);
     }
-    let to = format!("/collectors/{}#schedules", text(&schedule["collector_id"]));
-    if super::htmx(&headers) {
-        // htmx follows a redirect by itself; HX-Location keeps the address bar right.
-        let mut resp = StatusCode::OK.into_response();
-        if let Ok(v) = to.parse() {
-            resp.headers_mut().insert("hx-location", v);
-        }
-        return resp;
-    }
-    Redirect::to(&to).into_response()
+    super::go_to(
+        &headers,
+        &format!("/collectors/{}#schedules", text(&schedule["collector_id"])),
+    )
 }
 
 #[cfg(test)]
