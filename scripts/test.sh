@@ -9,6 +9,11 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "installing moto[server] for the S3 and AWS tests ..." >&2
   python3 -m pip install --quiet 'moto[server]>=5.1,<6'
 fi
+# The example integration that asks for collections through RabbitMQ is a Python client (pika).
+if ! python3 -c 'import pika' >/dev/null 2>&1; then
+  echo "installing pika for the queue integration's example client ..." >&2
+  python3 -m pip install --quiet 'pika>=1.3,<2'
+fi
 # The prometheus plugin's tests start a Prometheus and a node_exporter of their own (Debian's
 # packages; the tests run as root in CI and in the dev container).
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-node-exporter >/dev/null 2>&1; then

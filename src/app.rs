@@ -78,7 +78,11 @@ pub fn spawn_relay(
     tokio::spawn(relay.run(shutdown))
 }
 
-/// Serves the API on `listener` until `shutdown`, with its outbox relay.
+/// How long requests taken from the queue may finish when the API stops.
+const REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the API on `listener` until `shutdown`, with its outbox relay and, unless turned off
+/// (`GLEANER_API__REQUESTS__ENABLED=false`), its intake of requests through RabbitMQ.
 ///
 /// # Errors
 /// The credentials key is missing or the server fails.
@@ -99,8 +103,24 @@ pub async fn serve_api(
         shutdown.clone(),
     );
     let state = api_state(settings, db, signal, Some(publisher.clone()))?;
+    let requests = settings.api.requests.enabled.then(|| {
+        let intake = gleaner_api::requests::Settings {
+            amqp_url: settings.amqp_url.clone(),
+            names: Names::new(settings.amqp.prefix.clone()),
+            concurrency: settings.api.requests.concurrency,
+            grace: REQUEST_GRACE,
+        };
+        tokio::spawn(gleaner_api::requests::run(
+            gleaner_api::router(state.clone()),
+            intake,
+            shutdown.clone(),
+        ))
+    });
     let served = serve(state, listener, shutdown.clone()).await;
     shutdown.cancel();
+    if let Some(requests) = requests {
+        requests.await.ok();
+    }
     relay.await.ok();
     publisher.close().await;
     served
@@ -146,6 +166,7 @@ pub fn api_state(
             settings.api.failed_auth_per_second,
         ),
         max_body_bytes: settings.api.max_body_bytes,
+        idempotency_retention: settings.api.idempotency_retention(),
     }))
 }
 
@@ -256,6 +277,7 @@ pub fn scheduler(settings: &Settings, db: DatabaseConnection) -> gleaner_schedul
         settings.scheduler.clone(),
     )
     .with_metrics(settings.metrics)
+    .with_idempotency_retention(settings.api.idempotency_retention())
 }
 
 /// Runs a worker (consumer and outbox relay) until `shutdown`.

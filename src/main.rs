@@ -26,6 +26,13 @@ enum Command {
     Server(Server),
     #[command(flatten)]
     Client(cli::Command),
+    /// Exit 0 when URL answers 2xx within 3 s, 1 otherwise: the container image's
+    /// HEALTHCHECK, which has no curl.
+    Healthcheck {
+        /// The probe to ask: the API's `/healthz`, or a worker's metrics listener's.
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Print a completion script for a shell: `gleaner completions bash > /etc/bash_completion.d/gleaner`.
     Completions {
         #[arg(value_enum)]
@@ -60,6 +67,7 @@ async fn main() -> ExitCode {
         // The client commands talk to a server: they read no server settings and log nothing,
         // so a bad `gleaner.toml` on an operator's laptop does not stop them.
         Command::Client(c) => cli::run(c).await,
+        Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -76,6 +84,30 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+async fn healthcheck(url: &str) -> ExitCode {
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -4,14 +4,16 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use gleaner_common::access::Access;
 use gleaner_common::billing::{Month, Window};
 use gleaner_common::calendar::Calendar;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId};
 use gleaner_common::lifecycle;
 use gleaner_common::model::{
-    CollectorState, Invalid, JobStatus, JobTimeout, Name, Priority, ScheduleState, Trigger,
+    CollectorState, IdempotencyKey, Invalid, JobStatus, JobTimeout, Name, Priority, ScheduleState,
+    Trigger,
 };
 use gleaner_common::plugin::{PluginInfo, PluginKind};
 use gleaner_common::store::collector::{self, Collector, CollectorUpdate, NewCollector};
@@ -257,18 +259,36 @@ struct CollectorList {
     items: Vec<Collector>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Only the collector of this name (exact; names are unique).
+    name: Option<String>,
+}
+
 /// Lists the collectors, each with its last job.
 #[utoipa::path(
     get, path = "/v1/collectors", operation_id = "list_collectors", tag = "collectors",
+    params(ListQuery),
     responses(
-        (status = 200, description = "Every collector", body = CollectorList),
+        (status = 200, description = "Every collector, or the one named", body = CollectorList),
+        (status = 400, description = "An unknown query parameter",
+            body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
 async fn list(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<CollectorList>> {
-    let items = collector::list(&state.db, domain).await?;
+    let items = match q.name {
+        Some(name) => collector::find_by_name(&state.db, domain, &name)
+            .await?
+            .into_iter()
+            .collect(),
+        None => collector::list(&state.db, domain).await?,
+    };
     Ok(Json(CollectorList { items }))
 }
 
@@ -555,49 +575,114 @@ impl CollectRequest {
     }
 }
 
+/// The header that makes a `collect` idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on the answer to a `collect` whose `Idempotency-Key` was given before.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 /// Queues a collection now: 202 with the job id; the job's progress is at `/v1/jobs/{id}`.
 /// A billing collector's job replaces the costs of each month of its window, per billing
 /// account.
+///
+/// With an `Idempotency-Key`, the same request sent again (a retry after a lost answer) gets
+/// the first one's job, with its status now and `Idempotent-Replayed: true`, for as long as
+/// `GLEANER_API__IDEMPOTENCY_RETENTION_HOURS` (24 by default).
 #[utoipa::path(
     post, path = "/v1/collectors/{id}/collect", operation_id = "collect", tag = "collectors",
-    params(("id" = CollectorId, Path, description = "The collector's id")),
+    params(
+        ("id" = CollectorId, Path, description = "The collector's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII \
+            characters naming this request: sent again with the same collector and months, \
+            the first request's job is answered instead of a new one"),
+    ),
     request_body(content = Option<CollectRequest>, description = "Optional: the months of a billing backfill"),
     responses(
-        (status = 202, description = "The job is queued", body = Accepted),
-        (status = 400, description = "A bad month window, or one given to an inventory collector",
+        (status = 202, description = "The job is queued (or, for a key given before, the \
+            first request's job, with `Idempotent-Replayed: true`)", body = Accepted),
+        (status = 400, description = "A bad month window, or one given to an inventory \
+            collector; a malformed `Idempotency-Key`",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 404, description = "No collector with that id",
             body = Problem, content_type = problem::CONTENT_TYPE),
         (status = 409, description = "The collector is disabled",
             body = Problem, content_type = problem::CONTENT_TYPE),
+        (status = 422, description = "The `Idempotency-Key` was given with another collector \
+            or other months", body = Problem, content_type = problem::CONTENT_TYPE),
     ),
 )]
 async fn collect(
     State(state): State<AppState>,
     Tenant(domain): Tenant,
     Path(id): Path<String>,
+    headers: HeaderMap,
     OptionalJson(body): OptionalJson<CollectRequest>,
-) -> ApiResult<(StatusCode, Json<Accepted>)> {
+) -> ApiResult<Response> {
     let id = parse_id("collector", &id)?;
+    let key = idempotency_key(&headers)?;
     let window = body.unwrap_or_default().window()?;
-    let job_id = lifecycle::job::enqueue(
+    let Some(key) = key else {
+        let job_id = lifecycle::job::enqueue(
+            &state.db,
+            &state.catalog,
+            &state.access,
+            domain,
+            id,
+            Trigger::Manual,
+            window,
+        )
+        .await?;
+        state.signal.notify();
+        return Ok(accepted(job_id, JobStatus::Queued, false));
+    };
+    let retention = chrono::Duration::from_std(state.idempotency_retention)
+        .unwrap_or(chrono::Duration::hours(24));
+    let done = lifecycle::job::enqueue_once(
         &state.db,
         &state.catalog,
         &state.access,
         domain,
         id,
-        Trigger::Manual,
         window,
+        &key,
+        retention,
     )
     .await?;
-    state.signal.notify();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            job_id,
-            status: JobStatus::Queued,
-        }),
-    ))
+    match done.replayed {
+        Some(status) => Ok(accepted(done.job_id, status, true)),
+        None => {
+            state.signal.notify();
+            Ok(accepted(done.job_id, JobStatus::Queued, false))
+        }
+    }
+}
+
+/// The request's `Idempotency-Key`, if it has one.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<IdempotencyKey>> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Invalid::new("Idempotency-Key", "must be given once").into());
+    }
+    let raw = value.to_str().map_err(|_| {
+        ApiError::from(Invalid::new(
+            "Idempotency-Key",
+            "must be visible ASCII characters only (no spaces)",
+        ))
+    })?;
+    Ok(Some(IdempotencyKey::parse("Idempotency-Key", raw)?))
+}
+
+fn accepted(job_id: JobId, status: JobStatus, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(Accepted { job_id, status })).into_response();
+    if replayed {
+        response.headers_mut().insert(
+            HeaderName::from_static(IDEMPOTENT_REPLAYED),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 /// Enables a collector; idempotent.

@@ -57,6 +57,7 @@ mod openapi;
 pub mod plugin;
 pub mod problem;
 pub mod project;
+pub mod requests;
 pub mod resource;
 pub mod schedule;
 pub mod service_account;
@@ -97,6 +98,8 @@ pub struct Inner {
     pub limits: Arc<auth::Limits>,
     /// What collectors' options may make a worker reach.
     pub access: Arc<gleaner_common::access::Access>,
+    /// How long an idempotency key names its first request's job.
+    pub idempotency_retention: Duration,
 }
 
 impl AppState {

@@ -39,6 +39,9 @@ pub enum Code {
     Forbidden,
     /// The key made too many requests, or holds too many streams open.
     TooManyRequests,
+    /// An `Idempotency-Key` (or a queue request's `request_id`) given again with another
+    /// request.
+    IdempotencyKeyReused,
     /// The route does not take the request's method; `Allow` lists those it does.
     MethodNotAllowed,
     /// The request's body is larger than `GLEANER_API__MAX_BODY_BYTES`.
@@ -99,6 +102,11 @@ impl Code {
                 "/problems/unauthorized",
             ),
             Code::Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "/problems/forbidden"),
+            Code::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency key reused",
+                "/problems/idempotency-key-reused",
+            ),
             Code::TooManyRequests => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests",
@@ -310,6 +318,7 @@ impl From<store::Error> for ApiError {
                 retry_after: None,
             },
             store::Error::State(detail) => Self::new(Code::Conflict, detail),
+            store::Error::KeyReused(detail) => Self::new(Code::IdempotencyKeyReused, detail),
             store::Error::Invalid(errors) => Self::invalid(errors),
             e if e.is_transient() => Self {
                 code: Code::Unavailable,

@@ -7,7 +7,11 @@
 //! <prefix>.dead (fanout) ───────────> <prefix>.dead-letter
 //! <prefix>.delay (headers) ──tier=N──> <prefix>.delay.<N>s ──(message TTL, DLX)──> <prefix>.work
 //! <prefix>.events (topic)   job.queued | job.started | job.succeeded | job.failed | job.canceled
+//! <prefix>.requests (direct) ──collect──> <prefix>.requests.collect  (quorum, delivery limit, DLX)
 //! ```
+//!
+//! Integrations publish requests to collect to `<prefix>.requests`; `gleaner api` consumes
+//! them (`gleaner_api::requests`).
 //!
 //! Gleaner binds no queue to `<prefix>.events`: integrations bind their own (`job.#` for all).
 //!
@@ -155,7 +159,22 @@ impl Names {
     pub fn delay_queue(&self, tier: u64) -> String {
         format!("{}.delay.{tier}s", self.prefix)
     }
+
+    /// Where integrations publish requests (a direct exchange; routing key [`COLLECT_REQUEST`]).
+    #[must_use]
+    pub fn requests_exchange(&self) -> String {
+        format!("{}.requests", self.prefix)
+    }
+
+    /// The queue of requests to collect, which `gleaner api` consumes.
+    #[must_use]
+    pub fn collect_requests_queue(&self) -> String {
+        format!("{}.requests.{COLLECT_REQUEST}", self.prefix)
+    }
 }
+
+/// The routing key of a request to collect on [`Names::requests_exchange`].
+pub const COLLECT_REQUEST: &str = "collect";
 
 /// The delay tiers, in seconds: each 4× the previous one, up to about 4.5 hours.
 pub const DELAY_TIERS: [u64; 8] = [1, 4, 16, 64, 256, 1024, 4096, 16384];
@@ -345,6 +364,30 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
             )
             .await?;
     }
+    channel
+        .exchange_declare(
+            names.requests_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            names.collect_requests_queue().into(),
+            qdurable,
+            quorum_args(names),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            names.collect_requests_queue().into(),
+            names.requests_exchange().into(),
+            COLLECT_REQUEST.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     for kind in JobKind::ALL {
         let queue = names.queue(kind);
         channel
@@ -375,6 +418,12 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
     }
     channel
         .queue_delete(
+            names.collect_requests_queue().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+    channel
+        .queue_delete(
             names.dead_letter_queue().into(),
             QueueDeleteOptions::default(),
         )
@@ -387,7 +436,11 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
             )
             .await?;
     }
-    for exchange in [names.delay_exchange(), names.events_exchange()] {
+    for exchange in [
+        names.delay_exchange(),
+        names.events_exchange(),
+        names.requests_exchange(),
+    ] {
         channel
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await?;

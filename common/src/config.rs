@@ -105,6 +105,41 @@ pub struct ApiSettings {
     pub failed_auth_per_second: u32,
     /// The largest request body accepted, in bytes; a larger one gets 413.
     pub max_body_bytes: usize,
+    /// How long an idempotency key (a `collect` request's `Idempotency-Key`, a queue request's
+    /// `request_id`) names its first request's job, in hours; the scheduler deletes older ones.
+    pub idempotency_retention_hours: u32,
+    /// Requests to collect taken from the queue `<prefix>.requests.collect`
+    /// ([`RequestSettings`]).
+    pub requests: RequestSettings,
+}
+
+/// The API's intake of requests through RabbitMQ.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestSettings {
+    /// Whether `gleaner api` consumes the request queue (the standalone mode has no broker).
+    pub enabled: bool,
+    /// Requests handled at once per API process, which is also the consumer's prefetch.
+    pub concurrency: u16,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // A request is a few queries: enough in flight to keep the database's pool busy
+            // without holding many more deliveries than are worked on.
+            concurrency: 32,
+        }
+    }
+}
+
+impl ApiSettings {
+    /// [`Self::idempotency_retention_hours`], at least an hour.
+    #[must_use]
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.idempotency_retention_hours.max(1)) * 3600)
+    }
 }
 
 impl Default for ApiSettings {
@@ -129,6 +164,10 @@ impl Default for ApiSettings {
             failed_auth_per_second: 10,
             // Bodies are small JSON documents (credentials, options, a plugin's registration).
             max_body_bytes: 1 << 20,
+            // A client retries a request within minutes; a day also covers an integration
+            // whose broker or consumer was down overnight.
+            idempotency_retention_hours: 24,
+            requests: RequestSettings::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | `gleaner_task_retries_total` | counter | `worker`, `kind` | worker: task runs after the first (attempt ≥ 2) |
 //! | `gleaner_dead_letters_total` | counter | `worker`, `kind`, `reason` (`malformed`, `rejected`, `delivery_limit`) | worker: messages dead-lettered by the worker |
 //! | `gleaner_outbox_publish_failures_total` | counter | none | outbox relay (API and worker): messages the broker refused |
+//! | `gleaner_requests_total` | counter | `outcome` (`accepted`, `replayed`, `refused`, `requeued`) | API: requests to collect taken from the queue `<prefix>.requests.collect` |
 //! | `gleaner_jobs` | gauge | `status` | API, at scrape time: jobs in the store by status |
 //! | `gleaner_outbox_pending` | gauge | none | API, at scrape time: outbox rows not yet published (standalone: not yet handled) |
 //! | `gleaner_outbox_dead` | gauge | none | API, at scrape time: outbox rows marked dead (the standalone mode's dead letters) |
@@ -47,6 +48,7 @@ pub const MESSAGES_HANDLED: &str = "gleaner_messages_handled_total";
 pub const TASK_RETRIES: &str = "gleaner_task_retries_total";
 pub const DEAD_LETTERS: &str = "gleaner_dead_letters_total";
 pub const OUTBOX_PUBLISH_FAILURES: &str = "gleaner_outbox_publish_failures_total";
+pub const REQUESTS: &str = "gleaner_requests_total";
 pub const JOBS: &str = "gleaner_jobs";
 pub const OUTBOX_PENDING: &str = "gleaner_outbox_pending";
 pub const OUTBOX_DEAD: &str = "gleaner_outbox_dead";
@@ -163,6 +165,10 @@ fn describe() {
     );
     describe_counter!(TASK_RETRIES, "Task runs after the first attempt.");
     describe_counter!(DEAD_LETTERS, "Messages the worker dead-lettered.");
+    describe_counter!(
+        REQUESTS,
+        "Requests to collect taken from the request queue, by outcome."
+    );
     describe_counter!(
         OUTBOX_PUBLISH_FAILURES,
         "Outbox messages the broker refused or could not take; they stay in the outbox."

@@ -334,6 +334,47 @@ impl fmt::Display for Name {
     }
 }
 
+/// What makes a request to collect idempotent: an HTTP `Idempotency-Key`, or a queue request's
+/// `request_id`. 1–255 visible ASCII characters (what an HTTP header value may hold without
+/// encoding), compared exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The longest key.
+    pub const MAX_LEN: usize = 255;
+
+    /// # Errors
+    /// The key is empty, too long, or has a character that is not visible ASCII.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, Invalid> {
+        if raw.is_empty() {
+            return Err(Invalid::new(field, "must not be empty"));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(Invalid::new(field, "must be at most 255 characters"));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Invalid::new(
+                field,
+                "must be visible ASCII characters only (no spaces)",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A collector's priority: a lower number wins when collectors report the same field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]

@@ -22,6 +22,7 @@ mod m20261202_000015_catalog_entries;
 mod m20261202_000016_packed_rollups;
 mod m20261202_000017_cost_usage_type;
 mod m20261202_000018_sub_tasks;
+mod m20261203_000019_idempotency_keys;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000016_packed_rollups::Migration),
             Box::new(m20261202_000017_cost_usage_type::Migration),
             Box::new(m20261202_000018_sub_tasks::Migration),
+            Box::new(m20261203_000019_idempotency_keys::Migration),
         ]
     }
 }

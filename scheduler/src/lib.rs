@@ -12,7 +12,8 @@
 //! - Jobs are written with their outbox row, the same path as the API's `collect`.
 //! - The clock is injectable ([`Clock`]) so tests run simulated days.
 //! - The leader also keeps the metric tables: each hour it makes the day partitions ahead and
-//!   drops the days past the retention ([`Scheduler::maintain_metrics`]).
+//!   drops the days past the retention ([`Scheduler::maintain_metrics`]); and deletes the
+//!   idempotency keys past theirs ([`Scheduler::prune_idempotency_keys`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +57,11 @@ pub struct Scheduler {
     catalog: Catalog,
     settings: SchedulerSettings,
     metrics: MetricsSettings,
+    idempotency_retention: chrono::Duration,
 }
+
+/// Idempotency keys deleted per statement when the leader prunes them.
+const PRUNE_BATCH: u64 = 10_000;
 
 impl Scheduler {
     #[must_use]
@@ -66,6 +71,31 @@ impl Scheduler {
             catalog,
             settings,
             metrics: MetricsSettings::default(),
+            idempotency_retention: chrono::Duration::hours(24),
+        }
+    }
+
+    /// The same scheduler, deleting idempotency keys older than `retention`.
+    #[must_use]
+    pub fn with_idempotency_retention(mut self, retention: Duration) -> Self {
+        self.idempotency_retention =
+            chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::hours(24));
+        self
+    }
+
+    /// Deletes the idempotency keys past their retention; how many.
+    ///
+    /// # Errors
+    /// Database errors; the next pass tries again.
+    pub async fn prune_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64, store::Error> {
+        let cutoff = (now - self.idempotency_retention).fixed_offset();
+        let mut total = 0;
+        loop {
+            let deleted = store::idempotency::prune(&self.db, cutoff, PRUNE_BATCH).await?;
+            total += deleted;
+            if deleted < PRUNE_BATCH {
+                return Ok(total);
+            }
         }
     }
 
@@ -228,6 +258,13 @@ pub async fn run(
             Err(e) => warn!(error = %e, "a scheduler pass failed; retrying"),
         }
         if maintained.is_none_or(|t| now - t >= MAINTAIN_EVERY) {
+            match scheduler.prune_idempotency_keys(now).await {
+                Ok(0) => {}
+                Ok(n) => info!(keys = n, "idempotency keys past their retention deleted"),
+                Err(e) => {
+                    warn!(error = %e, "deleting expired idempotency keys failed; retrying at the next maintenance")
+                }
+            }
             match scheduler.maintain_metrics(now).await {
                 Ok(m) => {
                     if m.created > 0 || !m.dropped.is_empty() || m.deleted > 0 {

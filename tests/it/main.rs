@@ -27,6 +27,7 @@ mod openapi;
 mod plugins;
 mod probes;
 mod prometheus;
+mod requests;
 mod restarts;
 mod schedules;
 mod service_accounts;

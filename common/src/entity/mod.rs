@@ -6,6 +6,7 @@ pub mod audit;
 pub mod catalog_entry;
 pub mod collector;
 pub mod domain;
+pub mod idempotency_key;
 pub mod job;
 pub mod job_task;
 pub mod outbox;

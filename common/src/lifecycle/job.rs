@@ -15,7 +15,7 @@ use crate::entity::{collector, job, job_task};
 use crate::envelope::{Envelope, JobRequested, TaskRequested};
 use crate::events::JobEvent;
 use crate::id::{CollectorId, DomainId, JobId, ScheduleId, ServiceAccountId, TaskId};
-use crate::model::{CollectorState, JobKind, JobStatus, Trigger};
+use crate::model::{CollectorState, IdempotencyKey, JobKind, JobStatus, Trigger};
 use crate::plugin::{Catalog, PluginInfo};
 use crate::store::{self, Error, Result, collector as collector_store, outbox};
 
@@ -116,14 +116,29 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
     window: Option<Window>,
 ) -> Result<JobId> {
     let txn = store::begin_write(db).await?;
-    let c = collector_store::find(&txn, domain, collector_id).await?;
+    let id = enqueue_in(&txn, catalog, access, domain, collector_id, trigger, window).await?;
+    txn.commit().await?;
+    Ok(id)
+}
+
+/// [`enqueue`]'s writes, in the caller's transaction.
+async fn enqueue_in(
+    txn: &impl ConnectionTrait,
+    catalog: &Catalog,
+    access: &crate::access::Access,
+    domain: DomainId,
+    collector_id: CollectorId,
+    trigger: Trigger,
+    window: Option<Window>,
+) -> Result<JobId> {
+    let c = collector_store::find(txn, domain, collector_id).await?;
     if c.state == CollectorState::Disabled {
         return Err(Error::State(format!(
             "collector '{}' is disabled: enable it before collecting",
             c.name
         )));
     }
-    let plugin = store::plugin::find(&txn, catalog, domain, &c.plugin_id)
+    let plugin = store::plugin::find(txn, catalog, domain, &c.plugin_id)
         .await?
         .ok_or_else(|| {
             Error::State(format!(
@@ -151,14 +166,101 @@ pub async fn enqueue<C: ConnectionTrait + TransactionTrait>(
         job.row.window_start = Set(Some(w.start.first_day()));
         job.row.window_end = Set(Some(w.end.first_day()));
     }
-    insert_queued(&txn, vec![job]).await?;
+    insert_queued(txn, vec![job]).await?;
     collector::Entity::update_many()
         .col_expr(collector::Column::LastJobId, Expr::value(id.as_uuid()))
         .filter(collector::Column::Id.eq(c.id))
-        .exec(&txn)
+        .exec(txn)
         .await?;
-    txn.commit().await?;
     Ok(id)
+}
+
+/// A collection asked for under an idempotency key ([`enqueue_once`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub job_id: JobId,
+    /// The key was given before: `job_id` is that request's job, and its status now.
+    pub replayed: Option<JobStatus>,
+}
+
+/// [`enqueue`] under an idempotency key: the first request with `key` in `domain` queues a
+/// job; the same request with the same key within `retention` gets that job again, however
+/// often and however concurrently it is sent. The key on another collector or window is
+/// refused ([`Error::KeyReused`]). A request refused (a disabled collector, say) leaves no
+/// key behind, so it may be sent again once the cause is fixed.
+///
+/// # Errors
+/// Those of [`enqueue`], and [`Error::KeyReused`].
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue_once<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    catalog: &Catalog,
+    access: &crate::access::Access,
+    domain: DomainId,
+    collector_id: CollectorId,
+    window: Option<Window>,
+    key: &IdempotencyKey,
+    retention: chrono::Duration,
+) -> Result<Enqueued> {
+    let cutoff = (Utc::now() - retention).fixed_offset();
+    // A replay, the common case of a retried request, needs no write.
+    if let Some(seen) = store::idempotency::find(db, domain, key, cutoff).await? {
+        return replay(db, &seen, collector_id, window).await;
+    }
+    let txn = store::begin_write(db).await?;
+    store::idempotency::forget_expired(&txn, domain, key, cutoff).await?;
+    let job_id = enqueue_in(
+        &txn,
+        catalog,
+        access,
+        domain,
+        collector_id,
+        Trigger::Manual,
+        window,
+    )
+    .await?;
+    // Racing the same key, the second insert waits for the first transaction and then finds
+    // the key taken (PostgreSQL); SQLite's write lock orders them before either reads.
+    if store::idempotency::remember(&txn, domain, key, collector_id, window, job_id).await? {
+        txn.commit().await?;
+        return Ok(Enqueued {
+            job_id,
+            replayed: None,
+        });
+    }
+    txn.rollback().await?;
+    let seen = store::idempotency::find(db, domain, key, cutoff)
+        .await?
+        .ok_or_else(|| Error::State(format!("idempotency key `{key}` is being replaced; retry")))?;
+    replay(db, &seen, collector_id, window).await
+}
+
+/// The job an earlier request with the same key queued, when it was the same request.
+async fn replay(
+    db: &impl ConnectionTrait,
+    seen: &store::idempotency::Seen,
+    collector_id: CollectorId,
+    window: Option<Window>,
+) -> Result<Enqueued> {
+    if !seen.is_for(collector_id, window) {
+        return Err(Error::KeyReused(format!(
+            "idempotency key `{}` was given with another request (collector {}{}) within its \
+             retention; use a new key for a new request",
+            seen.key,
+            seen.collector_id,
+            seen.window
+                .map(|w| format!(", months {}..{}", w.start, w.end))
+                .unwrap_or_default(),
+        )));
+    }
+    let status = job::Entity::find_by_id(seen.job_id.as_uuid())
+        .one(db)
+        .await?
+        .map_or(JobStatus::Queued, |j| j.status);
+    Ok(Enqueued {
+        job_id: seen.job_id,
+        replayed: Some(status),
+    })
 }
 
 /// What the worker needs to plan a job.

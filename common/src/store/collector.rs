@@ -271,6 +271,23 @@ pub async fn get(
         .ok_or_else(|| Error::not_found("collector", id))
 }
 
+/// The collector named `name` (exactly), with its last job's status; `None` when there is none.
+///
+/// # Errors
+/// Database errors only.
+pub async fn find_by_name(
+    db: &impl ConnectionTrait,
+    domain: DomainId,
+    name: &str,
+) -> Result<Option<Collector>> {
+    let rows = collector::Entity::find()
+        .filter(collector::Column::DomainId.eq(domain.as_uuid()))
+        .filter(collector::Column::Name.eq(name))
+        .all(db)
+        .await?;
+    Ok(views(db, rows).await?.pop())
+}
+
 /// A validated change to a collector; `None` leaves a field as it is.
 #[derive(Debug, Default)]
 pub struct CollectorUpdate {

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod census;
 pub mod collector;
 pub mod cost;
+pub mod idempotency;
 pub mod job;
 pub mod merge;
 pub mod metric;
@@ -39,6 +40,10 @@ pub enum Error {
     State(String),
     #[error("invalid input")]
     Invalid(Vec<Invalid>),
+    /// An idempotency key given again with another request than the one it was first given
+    /// with.
+    #[error("{0}")]
+    KeyReused(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     /// A stored secret that none of the configured keys opens; `owner` names the service

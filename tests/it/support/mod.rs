@@ -270,6 +270,20 @@ impl Api {
     }
 
     /// POSTs a raw body with a content type.
+    /// `POST path` with a JSON body and extra headers.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req).await
+    }
+
     pub async fn post_raw(
         &self,
         path: &str,

@@ -1,0 +1,664 @@
+//! Requests to collect through RabbitMQ: what integrations that speak AMQP rather than HTTP
+//! publish, and `gleaner api` consumes.
+//!
+//! An integration publishes to the exchange `<prefix>.requests` with routing key `collect`:
+//!
+//! ```json
+//! {"request_id": "nightly-2026-12-03", "collector_name": "aws-inventory"}
+//! {"request_id": "...", "collector_id": "0190...", "window": {"start_month": "2026-01"}}
+//! ```
+//!
+//! with its API key in the message header `authorization` (`Bearer <key>`, or the key alone),
+//! and, for an answer, `reply_to` (and a `correlation_id`, echoed back).
+//!
+//! Each request is sent to the API's own routes, in process: `GET /v1/collectors?name=` for a
+//! name, then `POST /v1/collectors/{id}/collect` with the request id as its
+//! `Idempotency-Key`. So a request is authorized, rate-limited, audited and validated exactly
+//! like the HTTP call, and the same `request_id` twice (a publisher's retry, a redelivery after
+//! a crash) gives the same job.
+//!
+//! How a request ends:
+//! - accepted: the reply `{request_id, job_id, status, replayed}` (`application/json`, header
+//!   `status` 202); the delivery is acknowledged after the reply is published;
+//! - refused for good (a malformed message, an unknown collector, a bad or insufficient key, a
+//!   disabled collector, any other 4xx): the message is published to the dead-letter exchange
+//!   with its reason in `x-gleaner-reason`, and the reply is the API's problem
+//!   (`application/problem+json`, header `status`) with the `request_id`;
+//! - failing for now (the database down, the key over its rate, any 5xx): retried here with a
+//!   growing delay while the delivery is held, then handed back to the queue, whose delivery
+//!   limit dead-letters it after [`broker::DELIVERY_LIMIT`] such rounds.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use axum::response::IntoResponse as _;
+use futures::StreamExt as _;
+use gleaner_common::broker::{self, Names};
+use gleaner_common::model::{IdempotencyKey, Invalid};
+use gleaner_common::retry::RetryPolicy;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::collector::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use crate::problem::{ApiError, Code};
+
+/// The message header holding the API key.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+/// The reply's header holding the HTTP status the request got.
+pub const STATUS_HEADER: &str = "status";
+
+/// How the intake runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub amqp_url: String,
+    pub names: Names,
+    /// Requests handled at once, and the consumer's prefetch.
+    pub concurrency: u16,
+    /// How long requests in flight may finish after a stop is asked for; the rest go back to
+    /// the queue.
+    pub grace: Duration,
+}
+
+/// Retries of a request that failed for now, while its delivery is held: from half a second
+/// growing to 30 s, about 15 minutes in all, well inside RabbitMQ's consumer timeout.
+const RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    multiplier: 2.0,
+    jitter: 0.3,
+    max_attempts: 36,
+};
+
+/// A request to collect, as published.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectMessage {
+    request_id: String,
+    collector_id: Option<String>,
+    collector_name: Option<String>,
+    /// The body of the HTTP `collect`: `{start_month?, end_month?}` of a billing backfill.
+    window: Option<Value>,
+}
+
+/// How one request ended.
+#[derive(Debug)]
+enum Outcome {
+    /// 202: the job (new, or the one this request id produced before).
+    Accepted { body: Value, replayed: bool },
+    /// Can never succeed as sent: dead-lettered, and answered with the problem.
+    Refused { status: StatusCode, problem: Value },
+    /// May succeed later; `after` is what the API's `Retry-After` asked.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+}
+
+/// Why a connection's session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker closed the consumer")]
+    Closed,
+}
+
+/// Consumes `<prefix>.requests.collect` until `shutdown`, sending each request to `router`
+/// (the API's, with its keys and rules); reconnects with backoff when the broker goes away.
+pub async fn run(router: Router, settings: Settings, shutdown: CancellationToken) {
+    let mut inflight = JoinSet::new();
+    let backoff = RetryPolicy::forever(Duration::from_millis(200), Duration::from_secs(15));
+    let mut delays = backoff.delays();
+    while !shutdown.is_cancelled() {
+        match session(&router, &settings, &shutdown, &mut inflight).await {
+            Ok(()) => break,
+            Err(e) => {
+                let d = delays.next().unwrap_or(Duration::from_secs(15));
+                warn!(error = %e, retry_in_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX), "the request intake lost its connection; reconnecting");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+    // Requests still in flight finish within the grace; the rest were handed back when the
+    // connection closed.
+    let _ = tokio::time::timeout(settings.grace, async {
+        while inflight.join_next().await.is_some() {}
+    })
+    .await;
+    inflight.abort_all();
+}
+
+/// One connection's life: `Ok` on shutdown, `Err` when the connection broke.
+async fn session(
+    router: &Router,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+    inflight: &mut JoinSet<()>,
+) -> Result<(), SessionError> {
+    let conn = broker::connect(&settings.amqp_url, "gleaner-api requests").await?;
+    let channel = conn.create_channel().await?;
+    broker::declare(&channel, &settings.names).await?;
+    // Replies and dead letters go out on a channel in confirm mode: a request is acknowledged
+    // only once what it produced is with the broker.
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_qos(settings.concurrency.max(1), BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            settings.names.collect_requests_queue().into(),
+            format!("gleaner-api-{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(queue = %settings.names.collect_requests_queue(), concurrency = settings.concurrency, "taking requests to collect");
+    loop {
+        while inflight.try_join_next().is_some() {}
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => {
+                // In-flight requests may finish (their channel stays open for the grace).
+                let _ = tokio::time::timeout(settings.grace, async {
+                    while inflight.join_next().await.is_some() {}
+                })
+                .await;
+                if let Err(e) = conn.close(200, "api stopping".into()).await {
+                    debug!(error = %e, "closing the request intake's connection");
+                }
+                return Ok(());
+            }
+            next = consumer.next() => next,
+        };
+        let delivery = match delivery {
+            Some(d) => d?,
+            None => return Err(SessionError::Closed),
+        };
+        let (router, publish, names) = (router.clone(), publish.clone(), settings.names.clone());
+        let stop = shutdown.clone();
+        inflight.spawn(async move {
+            settle(&router, &publish, &names, delivery, &stop).await;
+        });
+    }
+}
+
+/// Handles one delivery to its end: replied to and acknowledged, dead-lettered, or handed
+/// back.
+async fn settle(
+    router: &Router,
+    publish: &Channel,
+    names: &Names,
+    delivery: Delivery,
+    stop: &CancellationToken,
+) {
+    let correlation = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(ToString::to_string);
+    let span = info_span!("request", request_id = tracing::field::Empty, correlation_id = ?correlation, job_id = tracing::field::Empty, redelivered = delivery.redelivered);
+    async {
+        let key = authorization(&delivery.properties);
+        let parsed = parse(&delivery.data);
+        let request_id = match &parsed {
+            Ok(m) => Some(m.request_id.clone()),
+            Err(_) => request_id_of(&delivery.data),
+        };
+        if let Some(id) = &request_id {
+            tracing::Span::current().record("request_id", id.as_str());
+        }
+        let outcome = match parsed {
+            Ok(m) => {
+                match with_retries(router, &m, key.as_deref(), stop).await {
+                    Some(outcome) => outcome,
+                    None => {
+                        metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "requeued")
+                            .increment(1);
+                        if let Err(e) = delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            })
+                            .await
+                        {
+                            warn!(error = %e, "could not hand a request back; the broker redelivers it");
+                        }
+                        return;
+                    }
+                }
+            }
+            Err(e) => refusal(e).await,
+        };
+        match outcome {
+            Outcome::Accepted { mut body, replayed } => {
+                if let Some(job) = body.get("job_id").and_then(Value::as_str) {
+                    tracing::Span::current().record("job_id", job);
+                }
+                body["request_id"] = json!(request_id);
+                body["replayed"] = json!(replayed);
+                let outcome = if replayed { "replayed" } else { "accepted" };
+                metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => outcome)
+                    .increment(1);
+                info!(replayed, "request accepted");
+                reply(publish, &delivery, StatusCode::ACCEPTED, "application/json", &body, request_id.as_deref()).await;
+                ack(&delivery).await;
+            }
+            Outcome::Refused { status, mut problem } => {
+                let reason = format!(
+                    "{} {}: {}",
+                    status.as_u16(),
+                    problem["title"].as_str().unwrap_or("refused"),
+                    problem["detail"].as_str().unwrap_or_default()
+                );
+                warn!(reason = %reason, "request refused; dead-lettering it");
+                metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "refused")
+                    .increment(1);
+                if let Err(e) = dead_letter(publish, names, &delivery, &reason).await {
+                    // Not settled: the broker delivers it again, and it is refused again.
+                    warn!(error = %e, "could not dead-letter a refused request; it will come again");
+                    return;
+                }
+                if request_id.is_some() {
+                    problem["request_id"] = json!(request_id);
+                }
+                reply(publish, &delivery, status, crate::problem::CONTENT_TYPE, &problem, request_id.as_deref()).await;
+                ack(&delivery).await;
+            }
+            Outcome::Retry { .. } => unreachable!("retries end in the loop"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Sends the request until it is accepted or refused; `None` when it still failed for now
+/// after [`RETRY`]'s attempts, or when the process is stopping, to hand it back.
+async fn with_retries(
+    router: &Router,
+    m: &CollectMessage,
+    key: Option<&str>,
+    stop: &CancellationToken,
+) -> Option<Outcome> {
+    let mut attempt = 0;
+    loop {
+        let outcome = handle(router, m, key).await;
+        let Outcome::Retry { reason, after } = &outcome else {
+            return Some(outcome);
+        };
+        attempt += 1;
+        if attempt >= RETRY.max_attempts || stop.is_cancelled() {
+            warn!(reason = %reason, attempts = attempt, "a request still fails; handing it back to its queue");
+            return None;
+        }
+        let delay = RETRY
+            .jittered_delay_for(attempt)
+            .max(after.unwrap_or_default());
+        debug!(reason = %reason, attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "a request failed for now; retrying");
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The message's API key: its `authorization` header, with or without `Bearer `.
+fn authorization(props: &BasicProperties) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    let value = headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(AUTHORIZATION_HEADER))
+        .map(|(_, v)| v)?;
+    let raw = match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        _ => return None,
+    };
+    let raw = raw.trim();
+    let key = raw
+        .strip_prefix("Bearer ")
+        .or_else(|| raw.strip_prefix("bearer "))
+        .unwrap_or(raw)
+        .trim();
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+/// The message, checked as far as it can be without the API.
+fn parse(data: &[u8]) -> Result<CollectMessage, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(data);
+    let m: CollectMessage = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let detail = if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        };
+        ApiError::new(
+            Code::MalformedBody,
+            format!("the request is not a JSON request to collect: {detail}"),
+        )
+    })?;
+    let mut errors = Vec::new();
+    if let Err(e) = IdempotencyKey::parse("request_id", &m.request_id) {
+        errors.push(e);
+    }
+    match (&m.collector_id, &m.collector_name) {
+        (Some(_), Some(_)) => errors.push(Invalid::new(
+            "collector_name",
+            "give collector_id or collector_name, not both",
+        )),
+        (None, None) => errors.push(Invalid::new(
+            "collector_id",
+            "collector_id or collector_name is required",
+        )),
+        _ => {}
+    }
+    if let Some(w) = &m.window
+        && !w.is_object()
+    {
+        errors.push(Invalid::new(
+            "window",
+            "must be an object: {\"start_month\": \"YYYY-MM\", \"end_month\": \"YYYY-MM\"}",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(m)
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// The `request_id` of a message that did not parse as a whole, for its reply.
+fn request_id_of(data: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(data).ok()?;
+    v.get("request_id")?.as_str().map(str::to_owned)
+}
+
+/// Sends the request to the API: the collector's id from its name if need be, then `collect`.
+async fn handle(router: &Router, m: &CollectMessage, key: Option<&str>) -> Outcome {
+    let id = match (&m.collector_id, &m.collector_name) {
+        (Some(id), _) => id.clone(),
+        (None, Some(name)) => {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("name", name)
+                .finish();
+            let (status, headers, body) = call(
+                router,
+                Method::GET,
+                &format!("/v1/collectors?{query}"),
+                key,
+                None,
+                None,
+            )
+            .await;
+            if status != StatusCode::OK {
+                return outcome_of(status, &headers, body);
+            }
+            match body["items"][0]["id"].as_str() {
+                Some(id) => id.to_owned(),
+                None => {
+                    return refusal(ApiError::new(
+                        Code::NotFound,
+                        format!("no collector is named '{name}'"),
+                    ))
+                    .await;
+                }
+            }
+        }
+        (None, None) => unreachable!("parse requires one"),
+    };
+    // An id that is not one is the API's to refuse, with its own words.
+    let path = format!(
+        "/v1/collectors/{}/collect",
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    );
+    let (status, headers, body) = call(
+        router,
+        Method::POST,
+        &path,
+        key,
+        Some(&m.request_id),
+        m.window.as_ref(),
+    )
+    .await;
+    outcome_of(status, &headers, body)
+}
+
+/// What an answer of the API means for the request.
+fn outcome_of(status: StatusCode, headers: &axum::http::HeaderMap, body: Value) -> Outcome {
+    if status.is_success() {
+        return Outcome::Accepted {
+            replayed: headers.contains_key(IDEMPOTENT_REPLAYED),
+            body,
+        };
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
+        let after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Outcome::Retry {
+            reason: format!(
+                "{}: {}",
+                status.as_u16(),
+                body["detail"].as_str().unwrap_or_default()
+            ),
+            after,
+        };
+    }
+    Outcome::Refused {
+        status,
+        problem: body,
+    }
+}
+
+/// A refusal of the intake's own, in the API's problem format.
+async fn refusal(e: ApiError) -> Outcome {
+    let response = e.into_response();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    Outcome::Refused {
+        status,
+        problem: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// One request to the API's router; its status, headers and JSON body.
+async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    idempotency_key: Option<&str>,
+    body: Option<&Value>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    if let Some(k) = idempotency_key {
+        req = req.header(IDEMPOTENCY_KEY, k);
+    }
+    let body = match body {
+        Some(b) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    let req = match req.body(body) {
+        Ok(r) => r,
+        // A key or request id that cannot be a header value: refused like a malformed one.
+        Err(e) => {
+            let problem = ApiError::new(
+                Code::InvalidInput,
+                format!("the request cannot be sent: {e}"),
+            );
+            let response = problem.into_response();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            return (
+                status,
+                axum::http::HeaderMap::new(),
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            );
+        }
+    };
+    let response = match router.clone().oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, value)
+}
+
+/// Publishes the answer to the request's `reply_to`, if it gave one. A reply that cannot be
+/// delivered (the integration's queue is gone) is dropped: the job exists either way.
+async fn reply(
+    publish: &Channel,
+    delivery: &Delivery,
+    status: StatusCode,
+    content_type: &str,
+    body: &Value,
+    request_id: Option<&str>,
+) {
+    let Some(reply_to) = delivery.properties.reply_to().as_ref() else {
+        return;
+    };
+    let correlation = delivery
+        .properties
+        .correlation_id()
+        .clone()
+        .or_else(|| request_id.map(ShortString::from));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        STATUS_HEADER.into(),
+        AMQPValue::LongInt(i32::from(status.as_u16())),
+    );
+    let mut props = BasicProperties::default()
+        .with_content_type(content_type.into())
+        .with_headers(headers);
+    if let Some(c) = correlation {
+        props = props.with_correlation_id(c);
+    }
+    let confirm = publish
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            BasicPublishOptions::default(),
+            body.to_string().as_bytes(),
+            props,
+        )
+        .await;
+    if let Err(e) = broker::confirmed(confirm, reply_to.as_str()).await {
+        warn!(error = %e, reply_to = %reply_to, "could not publish a reply");
+    }
+}
+
+/// Publishes the request to the dead-letter exchange with its reason, and waits for the
+/// confirm.
+async fn dead_letter(
+    publish: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), broker::PublishError> {
+    // The key stays out of the dead-letter queue, which operators read.
+    let mut headers = FieldTable::default();
+    if let Some(given) = delivery.properties.headers() {
+        for (k, v) in given.inner() {
+            if !k.as_str().eq_ignore_ascii_case(AUTHORIZATION_HEADER) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert(
+        broker::REASON_HEADER.into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    let props = delivery.properties.clone().with_headers(headers);
+    let confirm = publish
+        .basic_publish(
+            names.dead_exchange().into(),
+            delivery.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await;
+    broker::confirmed(confirm, delivery.routing_key.as_str()).await
+}
+
+async fn ack(delivery: &Delivery) {
+    match delivery.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        // The channel closed since: the broker delivers it again, and the same request id gives
+        // the same job.
+        Ok(false) => warn!("could not acknowledge a request: its channel closed"),
+        Err(e) => warn!(error = %e, "could not acknowledge a request"),
+    }
+}
+
+/// For tests of what this module keeps to itself.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_read_with_or_without_bearer() {
+        for raw in ["Bearer gk_abc", "gk_abc", "  bearer gk_abc "] {
+            let mut h = FieldTable::default();
+            h.insert("Authorization".into(), AMQPValue::LongString(raw.into()));
+            let props = BasicProperties::default().with_headers(h);
+            assert_eq!(authorization(&props).as_deref(), Some("gk_abc"), "{raw}");
+        }
+        assert_eq!(authorization(&BasicProperties::default()), None);
+    }
+
+    #[test]
+    fn a_message_names_one_collector_and_a_valid_request_id() {
+        let ok = parse(br#"{"request_id":"r-1","collector_name":"aws"}"#).expect("valid");
+        assert_eq!(ok.collector_name.as_deref(), Some("aws"));
+        for bad in [
+            &br#"{"request_id":"r-1"}"#[..],
+            br#"{"request_id":"r-1","collector_id":"x","collector_name":"y"}"#,
+            br#"{"request_id":"has space","collector_name":"y"}"#,
+            br#"{"request_id":"r","collector_name":"y","window":"2024-01"}"#,
+            br#"{"request_id":"r","collector_name":"y","extra":1}"#,
+            b"not json",
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
