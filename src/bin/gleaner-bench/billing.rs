@@ -304,6 +304,9 @@ async fn measure_focus(
         );
     }
     print_peak_rss(&children, 1, "worker peak RSS (VmHWM):")?;
+    let db = gleaner::app::database(&run.settings, false).await?;
+    crate::print_table_bytes(&db, "costs").await?;
+    db.close().await.ok();
     Ok(children)
 }
 

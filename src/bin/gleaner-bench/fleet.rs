@@ -1094,6 +1094,10 @@ async fn verify_and_report(
     println!("   {line}");
     let max_depth = depths.iter().map(|(_, w, _)| *w).max().unwrap_or(0);
     println!("    deepest: {max_depth} ready work messages");
+    println!("  storage:");
+    for table in ["resources", "resource_changes", "jobs", "job_tasks"] {
+        crate::print_table_bytes(db, table).await?;
+    }
     println!("  peak RSS per process (MiB, over all its restarts):");
     for (label, kib) in fleet.peaks.lock().expect("not poisoned").iter() {
         println!("    {label:<12} {:>7.1}", *kib as f64 / 1024.0);

@@ -1214,6 +1214,38 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Prints what `table` takes on disk per row (its heap, indexes and TOAST), for capacity
+/// planning (docs/capacity.md).
+#[allow(clippy::cast_precision_loss)]
+pub(crate) async fn print_table_bytes(
+    db: &sea_orm::DatabaseConnection,
+    table: &str,
+) -> anyhow::Result<()> {
+    db.execute_unprepared(&format!("ANALYZE {table}")).await?;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT pg_total_relation_size('{table}')::int8, pg_indexes_size('{table}')::int8, \
+                 (SELECT count(*) FROM {table})::int8"
+            ),
+        ))
+        .await?
+        .context("a row")?;
+    let (total, indexes, rows): (i64, i64, i64) = (
+        row.try_get_by_index(0)?,
+        row.try_get_by_index(1)?,
+        row.try_get_by_index(2)?,
+    );
+    let per_row = total as f64 / rows.max(1) as f64;
+    println!(
+        "  {table}: {rows} rows, {:.1} MiB on disk ({:.1} MiB of it indexes) = {per_row:.0} bytes per row",
+        total as f64 / 1_048_576.0,
+        indexes as f64 / 1_048_576.0
+    );
+    Ok(())
+}
+
 /// The peak resident set of a process, from `/proc/<pid>/status` (Linux).
 fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))
