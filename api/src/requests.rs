@@ -40,8 +40,8 @@ use gleaner_common::model::{IdempotencyKey, Invalid};
 use gleaner_common::retry::RetryPolicy;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -163,10 +163,11 @@ async fn session(
     channel
         .basic_qos(settings.concurrency.max(1), BasicQosOptions::default())
         .await?;
+    let tag = format!("gleaner-api-{}", std::process::id());
     let mut consumer = channel
         .basic_consume(
             settings.names.collect_requests_queue().into(),
-            format!("gleaner-api-{}", std::process::id()).into(),
+            tag.clone().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -176,7 +177,12 @@ async fn session(
         while inflight.try_join_next().is_some() {}
         let delivery = tokio::select! {
             () = shutdown.cancelled() => {
-                // In-flight requests may finish (their channel stays open for the grace).
+                // No new deliveries; those in flight may finish (their channel stays open for
+                // the grace).
+                let cancel = BasicCancelOptions::default();
+                if let Err(e) = channel.basic_cancel(tag.as_str().into(), cancel).await {
+                    debug!(error = %e, "cancelling the request consumer");
+                }
                 let _ = tokio::time::timeout(settings.grace, async {
                     while inflight.join_next().await.is_some() {}
                 })
@@ -271,7 +277,10 @@ async fn settle(
                 warn!(reason = %reason, "request refused; dead-lettering it");
                 metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "refused")
                     .increment(1);
-                if let Err(e) = dead_letter(publish, names, &delivery, &reason).await {
+                // The key stays out of the dead-letter queue, which operators read.
+                if let Err(e) =
+                    broker::dead_letter(publish, names, &delivery, &reason, &[AUTHORIZATION_HEADER]).await
+                {
                     // Not settled: the broker delivers it again, and it is refused again.
                     warn!(error = %e, "could not dead-letter a refused request; it will come again");
                     return;
@@ -584,40 +593,6 @@ async fn reply(
     if let Err(e) = broker::confirmed(confirm, reply_to.as_str()).await {
         warn!(error = %e, reply_to = %reply_to, "could not publish a reply");
     }
-}
-
-/// Publishes the request to the dead-letter exchange with its reason, and waits for the
-/// confirm.
-async fn dead_letter(
-    publish: &Channel,
-    names: &Names,
-    delivery: &Delivery,
-    reason: &str,
-) -> Result<(), broker::PublishError> {
-    // The key stays out of the dead-letter queue, which operators read.
-    let mut headers = FieldTable::default();
-    if let Some(given) = delivery.properties.headers() {
-        for (k, v) in given.inner() {
-            if !k.as_str().eq_ignore_ascii_case(AUTHORIZATION_HEADER) {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    headers.insert(
-        broker::REASON_HEADER.into(),
-        AMQPValue::LongString(reason.into()),
-    );
-    let props = delivery.properties.clone().with_headers(headers);
-    let confirm = publish
-        .basic_publish(
-            names.dead_exchange().into(),
-            delivery.routing_key.clone(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            props,
-        )
-        .await;
-    broker::confirmed(confirm, delivery.routing_key.as_str()).await
 }
 
 async fn ack(delivery: &Delivery) {

@@ -460,6 +460,41 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
     Ok(())
 }
 
+/// Publishes `delivery` to the dead-letter exchange with `reason` in [`REASON_HEADER`], without
+/// the headers named in `without` (compared ignoring case: a secret the message carried), and
+/// waits for the confirm on `publish`, a channel in confirm mode.
+///
+/// # Errors
+/// The publish or its confirm failed.
+pub async fn dead_letter(
+    publish: &Channel,
+    names: &Names,
+    delivery: &lapin::message::Delivery,
+    reason: &str,
+    without: &[&str],
+) -> Result<(), PublishError> {
+    let mut headers = FieldTable::default();
+    if let Some(given) = delivery.properties.headers() {
+        for (k, v) in given.inner() {
+            if !without.iter().any(|w| k.as_str().eq_ignore_ascii_case(w)) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    let props = delivery.properties.clone().with_headers(headers);
+    let confirm = publish
+        .basic_publish(
+            names.dead_exchange().into(),
+            delivery.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
+        .await;
+    confirmed(confirm, delivery.routing_key.as_str()).await
+}
+
 /// Waits for the confirm of a publish on a channel in confirm mode: `Ok` once the broker has
 /// taken responsibility for the message (acked, and, if `mandatory`, routed to a queue).
 ///

@@ -237,7 +237,7 @@ async fn process(
             Settlement::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settlement::DeadLetter(reason) => {
                 error!(reason = %reason, "dead-lettering a message that can never be handled");
-                match dead_letter(publish, names, &delivery, reason).await {
+                match broker::dead_letter(publish, names, &delivery, reason, &[]).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                     Err(e) => {
                         warn!(error = %e, "publishing the dead letter failed; rejecting it instead (the broker dead-letters it without the reason)");
@@ -341,30 +341,6 @@ fn with_header(delivery: &Delivery, name: &str, value: AMQPValue) -> BasicProper
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(name.into(), value);
     delivery.properties.clone().with_headers(headers)
-}
-
-/// Publishes the delivery to the dead-letter exchange with its reason, and waits for the confirm.
-async fn dead_letter(
-    publish: &Channel,
-    names: &Names,
-    delivery: &Delivery,
-    reason: &str,
-) -> Result<(), PublishError> {
-    let props = with_header(
-        delivery,
-        broker::REASON_HEADER,
-        AMQPValue::LongString(reason.into()),
-    );
-    let confirm = publish
-        .basic_publish(
-            names.dead_exchange().into(),
-            delivery.routing_key.clone(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            props,
-        )
-        .await;
-    broker::confirmed(confirm, delivery.routing_key.as_str()).await
 }
 
 /// Publishes the delivery again through a delay queue, counting the retry, and waits for the

@@ -359,25 +359,7 @@ async fn run(
             for i in 0..n {
                 pace(started, spread, i, n).await;
                 let (collector, _) = &small[i % SMALL_COLLECTORS];
-                match post_retrying(
-                    &http,
-                    &base,
-                    &format!("/v1/collectors/{collector}/collect"),
-                    json!({}),
-                )
-                .await
-                {
-                    Ok(body) => {
-                        if let Some(job) = body["job_id"].as_str() {
-                            accepted
-                                .lock()
-                                .expect("not poisoned")
-                                .jobs
-                                .insert(job.to_owned(), "small");
-                        }
-                    }
-                    Err(e) => eprintln!("  a small collect failed: {e:#}"),
-                }
+                ask(&http, &base, collector, "small", &accepted).await;
             }
         })
     };
@@ -405,25 +387,7 @@ async fn run(
         tokio::spawn(async move {
             tokio::time::sleep_until((started + window.mul_f64(0.05)).into()).await;
             for (client, collector) in big {
-                match post_retrying(
-                    &client,
-                    &base,
-                    &format!("/v1/collectors/{collector}/collect"),
-                    json!({}),
-                )
-                .await
-                {
-                    Ok(body) => {
-                        if let Some(job) = body["job_id"].as_str() {
-                            accepted
-                                .lock()
-                                .expect("not poisoned")
-                                .jobs
-                                .insert(job.to_owned(), "big");
-                        }
-                    }
-                    Err(e) => eprintln!("  a big collect failed: {e:#}"),
-                }
+                ask(&client, &base, &collector, "big", &accepted).await;
             }
         })
     };
@@ -438,25 +402,7 @@ async fn run(
         tokio::spawn(async move {
             for i in 0..n {
                 pace(started, spread, i, n).await;
-                match post_retrying(
-                    &http,
-                    &base,
-                    &format!("/v1/collectors/{billing}/collect"),
-                    json!({}),
-                )
-                .await
-                {
-                    Ok(body) => {
-                        if let Some(job) = body["job_id"].as_str() {
-                            accepted
-                                .lock()
-                                .expect("not poisoned")
-                                .jobs
-                                .insert(job.to_owned(), "billing");
-                        }
-                    }
-                    Err(e) => eprintln!("  a billing collect failed: {e:#}"),
-                }
+                ask(&http, &base, &billing, "billing", &accepted).await;
             }
         })
     };
@@ -557,6 +503,29 @@ async fn run(
     fleet.stop_all().await;
     db.close().await.ok();
     Ok(ok)
+}
+
+/// Asks for a collection of `collector` over HTTP and records its job as `what`.
+async fn ask(
+    http: &reqwest::Client,
+    base: &str,
+    collector: &str,
+    what: &'static str,
+    accepted: &Mutex<Accepted>,
+) {
+    let path = format!("/v1/collectors/{collector}/collect");
+    match post_retrying(http, base, &path, json!({})).await {
+        Ok(body) => {
+            if let Some(job) = body["job_id"].as_str() {
+                accepted
+                    .lock()
+                    .expect("not poisoned")
+                    .jobs
+                    .insert(job.to_owned(), what);
+            }
+        }
+        Err(e) => eprintln!("  a {what} collect failed: {e:#}"),
+    }
 }
 
 /// Sleeps until the `i`th of `n` events spread evenly over `spread` from `started`.
