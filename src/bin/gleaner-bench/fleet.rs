@@ -979,9 +979,7 @@ async fn verify_and_report(
     let fire_outcomes = fire_outcomes(db).await?;
     check(
         doubled == 0,
-        format!(
-            "no fire has two jobs ({fires} fires: {fire_outcomes}; {doubled} doubled)"
-        ),
+        format!("no fire has two jobs ({fires} fires: {fire_outcomes}; {doubled} doubled)"),
     );
     // Counts: each inventory task saw exactly its collector's resources.
     let wrong_small = scalar(db, &format!("SELECT count(*) FROM job_tasks t JOIN jobs j ON j.id = t.job_id JOIN collectors c ON c.id = j.collector_id WHERE t.status = 'SUCCESS' AND c.name LIKE 'small-%' AND t.created + t.updated + t.unchanged <> {SMALL_RESOURCES}")).await?;
