@@ -108,6 +108,7 @@ pub async fn serve_api(
             amqp_url: settings.amqp_url.clone(),
             names: Names::new(settings.amqp.prefix.clone()),
             concurrency: settings.api.requests.concurrency,
+            reply_queues: settings.api.requests.reply_queues.clone(),
             grace: REQUEST_GRACE,
         };
         tokio::spawn(gleaner_api::requests::run(

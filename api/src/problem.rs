@@ -319,6 +319,9 @@ impl From<store::Error> for ApiError {
             },
             store::Error::State(detail) => Self::new(Code::Conflict, detail),
             store::Error::KeyReused(detail) => Self::new(Code::IdempotencyKeyReused, detail),
+            store::Error::Contended(detail) => {
+                Self::new(Code::Unavailable, detail).with_retry_after(1)
+            }
             store::Error::Invalid(errors) => Self::invalid(errors),
             e if e.is_transient() => Self {
                 code: Code::Unavailable,

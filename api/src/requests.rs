@@ -67,20 +67,30 @@ pub struct Settings {
     pub names: Names,
     /// Requests handled at once, and the consumer's prefetch.
     pub concurrency: u16,
+    /// Queues replies may go to besides direct reply-to and server-named ones ([`reply_to`]).
+    pub reply_queues: Vec<String>,
     /// How long requests in flight may finish after a stop is asked for; the rest go back to
     /// the queue.
     pub grace: Duration,
 }
 
 /// Retries of a request that failed for now, while its delivery is held: from half a second
-/// growing to 30 s, about 15 minutes in all, well inside RabbitMQ's consumer timeout.
+/// growing to 30 s, for at most [`RETRY_FOR`].
 const RETRY: RetryPolicy = RetryPolicy {
     initial: Duration::from_millis(500),
     max: Duration::from_secs(30),
     multiplier: 2.0,
     jitter: 0.3,
-    max_attempts: 36,
+    max_attempts: u32::MAX,
 };
+
+/// How long a delivery is held while its request is retried: well inside RabbitMQ's consumer
+/// timeout (30 minutes by default), even with a last attempt waiting on a database that does
+/// not answer.
+const RETRY_FOR: Duration = Duration::from_secs(10 * 60);
+
+/// The header a quorum queue counts a message's earlier deliveries in.
+const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// A request to collect, as published.
 #[derive(Debug, Deserialize)]
@@ -123,9 +133,12 @@ pub async fn run(router: Router, settings: Settings, shutdown: CancellationToken
     let backoff = RetryPolicy::forever(Duration::from_millis(200), Duration::from_secs(15));
     let mut delays = backoff.delays();
     while !shutdown.is_cancelled() {
-        match session(&router, &settings, &shutdown, &mut inflight).await {
+        // Requests of a lost connection stop retrying: the broker delivers them again.
+        let lost = shutdown.child_token();
+        match session(&router, &settings, &shutdown, &lost, &mut inflight).await {
             Ok(()) => break,
             Err(e) => {
+                lost.cancel();
                 let d = delays.next().unwrap_or(Duration::from_secs(15));
                 warn!(error = %e, retry_in_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX), "the request intake lost its connection; reconnecting");
                 tokio::select! {
@@ -149,6 +162,7 @@ async fn session(
     router: &Router,
     settings: &Settings,
     shutdown: &CancellationToken,
+    lost: &CancellationToken,
     inflight: &mut JoinSet<()>,
 ) -> Result<(), SessionError> {
     let conn = broker::connect(&settings.amqp_url, "gleaner-api requests").await?;
@@ -198,10 +212,16 @@ async fn session(
             Some(d) => d?,
             None => return Err(SessionError::Closed),
         };
-        let (router, publish, names) = (router.clone(), publish.clone(), settings.names.clone());
-        let stop = shutdown.clone();
+        // The broker closes a channel over a publish it refuses: without it, nothing could be
+        // replied to or dead-lettered.
+        if !publish.status().connected() {
+            return Err(SessionError::Closed);
+        }
+        let (router, publish) = (router.clone(), publish.clone());
+        let settings = settings.clone();
+        let stop = lost.clone();
         inflight.spawn(async move {
-            settle(&router, &publish, &names, delivery, &stop).await;
+            settle(&router, &publish, &settings, delivery, &stop).await;
         });
     }
 }
@@ -211,7 +231,7 @@ async fn session(
 async fn settle(
     router: &Router,
     publish: &Channel,
-    names: &Names,
+    settings: &Settings,
     delivery: Delivery,
     stop: &CancellationToken,
 ) {
@@ -223,7 +243,15 @@ async fn settle(
     let span = info_span!("request", request_id = tracing::field::Empty, correlation_id = ?correlation, job_id = tracing::field::Empty, redelivered = delivery.redelivered);
     async {
         let key = authorization(&delivery.properties);
-        let parsed = parse(&delivery.data);
+        let parsed = parse(&delivery.data).and_then(|m| {
+            reply_to(
+                &delivery.properties,
+                &settings.names,
+                &settings.reply_queues,
+            )
+            .map(|()| m)
+        });
+        // Only an id that passed the checks is echoed: it is at most 255 visible characters.
         let request_id = match &parsed {
             Ok(m) => Some(m.request_id.clone()),
             Err(_) => request_id_of(&delivery.data),
@@ -232,25 +260,13 @@ async fn settle(
             tracing::Span::current().record("request_id", id.as_str());
         }
         let outcome = match parsed {
-            Ok(m) => {
-                match with_retries(router, &m, key.as_deref(), stop).await {
-                    Some(outcome) => outcome,
-                    None => {
-                        metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "requeued")
-                            .increment(1);
-                        if let Err(e) = delivery
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..BasicNackOptions::default()
-                            })
-                            .await
-                        {
-                            warn!(error = %e, "could not hand a request back; the broker redelivers it");
-                        }
-                        return;
-                    }
+            Ok(m) => match with_retries(router, &m, key.as_deref(), stop).await {
+                Ok(outcome) => outcome,
+                Err(reason) => {
+                    give_up(publish, &settings.names, &delivery, &reason, stop).await;
+                    return;
                 }
-            }
+            },
             Err(e) => refusal(e).await,
         };
         match outcome {
@@ -264,10 +280,21 @@ async fn settle(
                 metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => outcome)
                     .increment(1);
                 info!(replayed, "request accepted");
-                reply(publish, &delivery, StatusCode::ACCEPTED, "application/json", &body, request_id.as_deref()).await;
+                reply(
+                    publish,
+                    &delivery,
+                    StatusCode::ACCEPTED,
+                    "application/json",
+                    &body,
+                    request_id.as_deref(),
+                )
+                .await;
                 ack(&delivery).await;
             }
-            Outcome::Refused { status, mut problem } => {
+            Outcome::Refused {
+                status,
+                mut problem,
+            } => {
                 let reason = format!(
                     "{} {}: {}",
                     status.as_u16(),
@@ -277,18 +304,27 @@ async fn settle(
                 warn!(reason = %reason, "request refused; dead-lettering it");
                 metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "refused")
                     .increment(1);
-                // The key stays out of the dead-letter queue, which operators read.
-                if let Err(e) =
-                    broker::dead_letter(publish, names, &delivery, &reason, &[AUTHORIZATION_HEADER]).await
-                {
-                    // Not settled: the broker delivers it again, and it is refused again.
-                    warn!(error = %e, "could not dead-letter a refused request; it will come again");
+                if !dead_lettered(publish, &settings.names, &delivery, &reason).await {
                     return;
                 }
                 if request_id.is_some() {
                     problem["request_id"] = json!(request_id);
                 }
-                reply(publish, &delivery, status, crate::problem::CONTENT_TYPE, &problem, request_id.as_deref()).await;
+                // A reply_to refused is not replied to.
+                if !problem["errors"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|f| f["field"] == "reply_to"))
+                {
+                    reply(
+                        publish,
+                        &delivery,
+                        status,
+                        crate::problem::CONTENT_TYPE,
+                        &problem,
+                        request_id.as_deref(),
+                    )
+                    .await;
+                }
                 ack(&delivery).await;
             }
             Outcome::Retry { .. } => unreachable!("retries end in the loop"),
@@ -298,34 +334,136 @@ async fn settle(
     .await;
 }
 
-/// Sends the request until it is accepted or refused; `None` when it still failed for now
-/// after [`RETRY`]'s attempts, or when the process is stopping, to hand it back.
+/// Dead-letters the request with `reason`, without its key (operators read the dead-letter
+/// queue), and waits for the confirm; `false`, with the delivery handed back after a pause, when
+/// that failed.
+async fn dead_lettered(
+    publish: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    reason: &str,
+) -> bool {
+    match broker::dead_letter(publish, names, delivery, reason, &[AUTHORIZATION_HEADER]).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "could not dead-letter a request; handing it back");
+            // A short pause keeps a failing broker from being hammered.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            requeue(delivery).await;
+            false
+        }
+    }
+}
+
+/// A request that still fails for now after [`RETRY_FOR`], or whose connection or process is
+/// going: handed back to its queue; or, on its last delivery before the queue's limit (when the
+/// broker would dead-letter it with its key), dead-lettered here with `reason` and without it.
+async fn give_up(
+    publish: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    reason: &str,
+    stop: &CancellationToken,
+) {
+    let deliveries = delivery_count(&delivery.properties) + 1;
+    if deliveries + 1 >= u64::try_from(broker::DELIVERY_LIMIT).unwrap_or(u64::MAX) {
+        let reason = format!("still failing after {deliveries} deliveries; last: {reason}");
+        warn!(reason = %reason, "dead-lettering a request at the queue's delivery limit");
+        metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "refused").increment(1);
+        if dead_lettered(publish, names, delivery, &reason).await {
+            ack(delivery).await;
+        }
+        return;
+    }
+    if !stop.is_cancelled() {
+        warn!(reason = %reason, deliveries, "a request still fails; handing it back to its queue");
+    }
+    metrics::counter!(gleaner_common::metrics::REQUESTS, "outcome" => "requeued").increment(1);
+    requeue(delivery).await;
+}
+
+async fn requeue(delivery: &Delivery) {
+    let nack = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(e) = delivery.nack(nack).await {
+        warn!(error = %e, "could not hand a request back; the broker redelivers it");
+    }
+}
+
+/// How many times the queue delivered the message before (0 for a first delivery).
+fn delivery_count(props: &BasicProperties) -> u64 {
+    match props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DELIVERY_COUNT).cloned())
+    {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Sends the request until it is accepted or refused; `Err` with the last reason when it still
+/// failed for now after [`RETRY_FOR`], or when its connection or the process is going.
 async fn with_retries(
     router: &Router,
     m: &CollectMessage,
     key: Option<&str>,
     stop: &CancellationToken,
-) -> Option<Outcome> {
+) -> Result<Outcome, String> {
+    let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
         let outcome = handle(router, m, key).await;
-        let Outcome::Retry { reason, after } = &outcome else {
-            return Some(outcome);
+        let Outcome::Retry { reason, after } = outcome else {
+            return Ok(outcome);
         };
         attempt += 1;
-        if attempt >= RETRY.max_attempts || stop.is_cancelled() {
-            warn!(reason = %reason, attempts = attempt, "a request still fails; handing it back to its queue");
-            return None;
-        }
         let delay = RETRY
             .jittered_delay_for(attempt)
             .max(after.unwrap_or_default());
+        if stop.is_cancelled() || started.elapsed() + delay > RETRY_FOR {
+            return Err(reason);
+        }
         debug!(reason = %reason, attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "a request failed for now; retrying");
         tokio::select! {
-            () = stop.cancelled() => {}
+            () = stop.cancelled() => return Err(reason),
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Checks the request's `reply_to`: RabbitMQ's direct reply-to, a server-named queue
+/// (`amq.gen-…`, which only the broker names), or a queue the operator allows in `allowed`;
+/// never one of Gleaner's own (a request could otherwise make the API publish into a work
+/// queue).
+fn reply_to(props: &BasicProperties, names: &Names, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(queue) = props.reply_to().as_ref().map(ShortString::as_str) else {
+        return Ok(());
+    };
+    let own = queue.starts_with(&format!("{}.", names.prefix()));
+    let fine = queue == "amq.rabbitmq.reply-to"
+        || queue.starts_with("amq.rabbitmq.reply-to.")
+        || queue.starts_with("amq.gen-")
+        || allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => queue.starts_with(prefix),
+            None => queue == a,
+        });
+    if fine && !own {
+        return Ok(());
+    }
+    Err(ApiError::invalid(vec![Invalid::new(
+        "reply_to",
+        format!(
+            "replies do not go to `{queue}`: use amq.rabbitmq.reply-to, a server-named queue, \
+             or a queue GLEANER_API__REQUESTS__REPLY_QUEUES allows"
+        ),
+    )]))
 }
 
 /// The message's API key: its `authorization` header, with or without `Bearer `.
@@ -399,7 +537,10 @@ fn parse(data: &[u8]) -> Result<CollectMessage, ApiError> {
 /// The `request_id` of a message that did not parse as a whole, for its reply.
 fn request_id_of(data: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(data).ok()?;
-    v.get("request_id")?.as_str().map(str::to_owned)
+    let raw = v.get("request_id")?.as_str()?;
+    IdempotencyKey::parse("request_id", raw)
+        .ok()
+        .map(|k| k.as_str().to_owned())
 }
 
 /// Sends the request to the API: the collector's id from its name if need be, then `collect`.
@@ -569,7 +710,7 @@ async fn reply(
         .properties
         .correlation_id()
         .clone()
-        .or_else(|| request_id.map(ShortString::from));
+        .or_else(|| request_id.and_then(|id| ShortString::try_new(id).ok()));
     let mut headers = FieldTable::default();
     headers.insert(
         STATUS_HEADER.into(),

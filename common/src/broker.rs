@@ -118,6 +118,12 @@ impl Names {
         }
     }
 
+    /// The prefix every name starts with (then a dot).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Where work messages are published.
     #[must_use]
     pub fn work_exchange(&self) -> String {
@@ -482,7 +488,31 @@ pub async fn dead_letter(
         }
     }
     headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-    let props = delivery.properties.clone().with_headers(headers);
+    // Fresh properties, with what identifies the message: some of a message's own would make
+    // the broker refuse the copy (a `user_id` not the API's own closes the channel) or drop it
+    // (an `expiration`).
+    let given = &delivery.properties;
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(v) = given.content_type() {
+        props = props.with_content_type(v.clone());
+    }
+    if let Some(v) = given.content_encoding() {
+        props = props.with_content_encoding(v.clone());
+    }
+    if let Some(v) = given.correlation_id() {
+        props = props.with_correlation_id(v.clone());
+    }
+    if let Some(v) = given.message_id() {
+        props = props.with_message_id(v.clone());
+    }
+    if let Some(v) = given.timestamp() {
+        props = props.with_timestamp(*v);
+    }
+    if let Some(v) = given.kind() {
+        props = props.with_type(v.clone());
+    }
     let confirm = publish
         .basic_publish(
             names.dead_exchange().into(),

@@ -121,6 +121,11 @@ pub struct RequestSettings {
     pub enabled: bool,
     /// Requests handled at once per API process, which is also the consumer's prefetch.
     pub concurrency: u16,
+    /// Queues a reply may be sent to besides RabbitMQ's direct reply-to and server-named
+    /// queues (`amq.gen-…`): names, a trailing `*` matching a prefix
+    /// (`GLEANER_API__REQUESTS__REPLY_QUEUES`, comma-separated). Gleaner's own queues never.
+    #[serde(with = "list")]
+    pub reply_queues: Vec<String>,
 }
 
 impl Default for RequestSettings {
@@ -130,6 +135,7 @@ impl Default for RequestSettings {
             // A request is a few queries: enough in flight to keep the database's pool busy
             // without holding many more deliveries than are worked on.
             concurrency: 32,
+            reply_queues: Vec::new(),
         }
     }
 }

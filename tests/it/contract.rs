@@ -100,7 +100,10 @@ async fn schemathesis(env: &TestEnv) -> anyhow::Result<(bool, String)> {
         // No example database: a failure found once would be replayed by later runs, which
         // would then differ from a fresh machine's.
         .args(["--generation-database", "none"])
-        .args(["--workers", "2", "--no-color"])
+        // One worker: with two threads, hypothesis describing its filters calls `ast.parse`
+        // from both at once, and CPython 3.11 can fail that with "AST constructor recursion
+        // depth mismatch" (seen once in this suite), an error of the tool, not of the API.
+        .args(["--workers", "1", "--no-color"])
         .env(
             "GLEANER_CONTRACT_KEY",
             env.api.key().context("an admin key")?,

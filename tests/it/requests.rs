@@ -79,6 +79,18 @@ impl Requester {
     /// Publishes `body` (raw bytes) with `key` in `authorization` and `correlation` as its
     /// correlation id, and waits for the broker's confirm.
     async fn send(&self, body: &[u8], key: Option<&str>, correlation: &str) -> anyhow::Result<()> {
+        self.send_to(body, key, Some(correlation), &self.reply_to)
+            .await
+    }
+
+    /// [`Self::send`] with the reply going to `reply_to`, and no correlation id if `None`.
+    async fn send_to(
+        &self,
+        body: &[u8],
+        key: Option<&str>,
+        correlation: Option<&str>,
+        reply_to: &str,
+    ) -> anyhow::Result<()> {
         let mut headers = FieldTable::default();
         if let Some(k) = key {
             headers.insert(
@@ -86,11 +98,13 @@ impl Requester {
                 AMQPValue::LongString(format!("Bearer {k}").into()),
             );
         }
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_reply_to(self.reply_to.clone().into())
-            .with_correlation_id(correlation.into())
+            .with_reply_to(reply_to.into())
             .with_headers(headers);
+        if let Some(c) = correlation {
+            props = props.with_correlation_id(c.into());
+        }
         self.ch
             .basic_publish(
                 self.exchange.clone().into(),
@@ -305,11 +319,34 @@ async fn a_request_that_can_never_succeed_is_dead_lettered_with_its_reason_and_a
     for (correlation, body, k) in &bad {
         integration.send(body, *k, correlation).await?;
     }
+    // A request id too long for a correlation id, and none given: refused, answered without
+    // one (the id is not echoed).
+    let long = json!({"request_id": "x".repeat(300), "collector_name": name}).to_string();
+    integration
+        .send_to(long.as_bytes(), Some(&key), None, &integration.reply_to)
+        .await?;
+    // A reply aimed at one of Gleaner's own queues: refused, and nothing is published there.
+    let names = Names::new(env.settings.amqp.prefix.clone());
+    let hijack = json!({"request_id": "h-1", "collector_name": name}).to_string();
+    integration
+        .send_to(
+            hijack.as_bytes(),
+            Some(&key),
+            Some("hijack"),
+            &names.queue(gleaner_common::model::JobKind::Inventory),
+        )
+        .await?;
     let mut replies = HashMap::new();
-    for _ in 0..bad.len() {
+    for _ in 0..=bad.len() {
         let r = integration.next_reply().await?;
         replies.insert(r.correlation_id.clone(), r);
     }
+    let unnamed = replies
+        .get("")
+        .context("the reply without a correlation id")?;
+    assert_eq!(unnamed.status, 400, "{unnamed:?}");
+    assert_eq!(unnamed.body["request_id"], Value::Null);
+    assert!(!replies.contains_key("hijack"), "{replies:?}");
     let expect = [
         ("malformed", 400, "/problems/malformed-body"),
         ("unknown-field", 400, "/problems/malformed-body"),
@@ -334,8 +371,24 @@ async fn a_request_that_can_never_succeed_is_dead_lettered_with_its_reason_and_a
 
     // Each is in the dead-letter queue, its reason saying why, and no key with it.
     let (_conn, ch) = crate::support::channel(&env).await?;
-    let dead = dead_letters(&env, &ch).await?;
-    assert_eq!(dead.len(), bad.len(), "{dead:?}");
+    let dead = dead_letters_with_headers(&env, &ch).await?;
+    assert_eq!(dead.len(), bad.len() + 2, "{dead:?}");
+    for (_, _, headers) in &dead {
+        assert!(
+            !headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("authorization")),
+            "a key in a dead letter: {headers:?}"
+        );
+    }
+    assert!(
+        dead.iter()
+            .any(|(reason, body, _)| reason.starts_with("400 Invalid input")
+                && reason.contains("replies do not go to")
+                && body.contains("h-1")),
+        "{dead:?}"
+    );
+    let dead: Vec<(String, String)> = dead.into_iter().map(|(r, b, _)| (r, b)).collect();
     for (reason_part, body_part) in [
         ("400 Malformed request body", "m-1"),
         ("401 Unauthorized", "k-1"),
@@ -356,6 +409,39 @@ async fn a_request_that_can_never_succeed_is_dead_lettered_with_its_reason_and_a
     // None of them made a job.
     assert_eq!(env.scalar("SELECT COUNT(*) FROM jobs").await?, 0);
     Ok(())
+}
+
+/// Takes every dead letter: (reason, body, header names).
+async fn dead_letters_with_headers(
+    env: &TestEnv,
+    ch: &Channel,
+) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+    let names = Names::new(env.settings.amqp.prefix.clone());
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            names.dead_letter_queue().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await?
+    {
+        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+        let reason = match headers.inner().get(gleaner_common::broker::REASON_HEADER) {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => format!("{other:?}"),
+        };
+        let keys = headers
+            .inner()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        out.push((
+            reason,
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            keys,
+        ));
+    }
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

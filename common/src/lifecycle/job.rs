@@ -203,36 +203,39 @@ pub async fn enqueue_once<C: ConnectionTrait + TransactionTrait>(
     retention: chrono::Duration,
 ) -> Result<Enqueued> {
     let cutoff = (Utc::now() - retention).fixed_offset();
-    // A replay, the common case of a retried request, needs no write.
-    if let Some(seen) = store::idempotency::find(db, domain, key, cutoff).await? {
-        return replay(db, &seen, collector_id, window).await;
+    // Twice at most: the key may expire and be given again between the attempt that found it
+    // taken and the read of it.
+    for _ in 0..2 {
+        // A replay, the common case of a retried request, needs no write.
+        if let Some(seen) = store::idempotency::find(db, domain, key, cutoff).await? {
+            return replay(db, &seen, collector_id, window).await;
+        }
+        let txn = store::begin_write(db).await?;
+        store::idempotency::forget_expired(&txn, domain, key, cutoff).await?;
+        let job_id = enqueue_in(
+            &txn,
+            catalog,
+            access,
+            domain,
+            collector_id,
+            Trigger::Manual,
+            window,
+        )
+        .await?;
+        // Racing the same key, the second insert waits for the first transaction and then
+        // finds the key taken (PostgreSQL); SQLite's write lock orders them before either reads.
+        if store::idempotency::remember(&txn, domain, key, collector_id, window, job_id).await? {
+            txn.commit().await?;
+            return Ok(Enqueued {
+                job_id,
+                replayed: None,
+            });
+        }
+        txn.rollback().await?;
     }
-    let txn = store::begin_write(db).await?;
-    store::idempotency::forget_expired(&txn, domain, key, cutoff).await?;
-    let job_id = enqueue_in(
-        &txn,
-        catalog,
-        access,
-        domain,
-        collector_id,
-        Trigger::Manual,
-        window,
-    )
-    .await?;
-    // Racing the same key, the second insert waits for the first transaction and then finds
-    // the key taken (PostgreSQL); SQLite's write lock orders them before either reads.
-    if store::idempotency::remember(&txn, domain, key, collector_id, window, job_id).await? {
-        txn.commit().await?;
-        return Ok(Enqueued {
-            job_id,
-            replayed: None,
-        });
-    }
-    txn.rollback().await?;
-    let seen = store::idempotency::find(db, domain, key, cutoff)
-        .await?
-        .ok_or_else(|| Error::State(format!("idempotency key `{key}` is being replaced; retry")))?;
-    replay(db, &seen, collector_id, window).await
+    Err(Error::Contended(format!(
+        "idempotency key `{key}` is being given by other requests at this moment; retry"
+    )))
 }
 
 /// The job an earlier request with the same key queued, when it was the same request.

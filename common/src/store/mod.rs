@@ -44,6 +44,9 @@ pub enum Error {
     /// with.
     #[error("{0}")]
     KeyReused(String),
+    /// Concurrent requests kept the call from completing; the same call again will.
+    #[error("{0}")]
+    Contended(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     /// A stored secret that none of the configured keys opens; `owner` names the service
@@ -76,6 +79,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Db(e) => is_transient(e),
+            Error::Contended(_) => true,
             _ => false,
         }
     }
