@@ -763,6 +763,54 @@ mod tests {
     }
 
     #[test]
+    fn replies_go_to_reply_queues_and_those_allowed_never_to_gleaners_own() {
+        let names = Names::new("gleaner");
+        let allowed = vec![
+            "replies.*".to_owned(),
+            "billing-bot".to_owned(),
+            "gleaner.*".to_owned(),
+        ];
+        let check = |queue: Option<&str>| {
+            let mut props = BasicProperties::default();
+            if let Some(q) = queue {
+                props = props.with_reply_to(q.into());
+            }
+            reply_to(&props, &names, &allowed).is_ok()
+        };
+        for fine in [
+            None,
+            Some("amq.rabbitmq.reply-to"),
+            Some("amq.rabbitmq.reply-to.g1h2AA.abc"),
+            Some("amq.gen-JzTY20BRgKO-HjmUJj0wLg"),
+            Some("replies.ci"),
+            Some("billing-bot"),
+        ] {
+            assert!(check(fine), "{fine:?}");
+        }
+        // Gleaner's own queues even when a pattern would allow them; anything unlisted.
+        for refused in [
+            "gleaner.inventory",
+            "gleaner.requests.collect",
+            "billing-bot-2",
+            "other",
+            "amq.direct",
+        ] {
+            assert!(!check(Some(refused)), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_delivery_count_is_read_from_the_quorum_queue_header() {
+        let mut h = FieldTable::default();
+        h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(3));
+        assert_eq!(
+            delivery_count(&BasicProperties::default().with_headers(h)),
+            3
+        );
+        assert_eq!(delivery_count(&BasicProperties::default()), 0);
+    }
+
+    #[test]
     fn a_message_names_one_collector_and_a_valid_request_id() {
         let ok = parse(br#"{"request_id":"r-1","collector_name":"aws"}"#).expect("valid");
         assert_eq!(ok.collector_name.as_deref(), Some("aws"));

@@ -769,6 +769,33 @@ mod tests {
     }
 
     #[test]
+    fn request_intake_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).expect("loads");
+            assert!(s.api.requests.enabled);
+            assert!(s.api.requests.reply_queues.is_empty());
+            assert_eq!(
+                s.api.idempotency_retention(),
+                Duration::from_secs(24 * 3600)
+            );
+            jail.set_env("GLEANER_API__REQUESTS__ENABLED", "false");
+            jail.set_env("GLEANER_API__REQUESTS__CONCURRENCY", "4");
+            jail.set_env(
+                "GLEANER_API__REQUESTS__REPLY_QUEUES",
+                "replies.*, billing-bot",
+            );
+            jail.set_env("GLEANER_API__IDEMPOTENCY_RETENTION_HOURS", "0");
+            let s = Settings::load(None).expect("loads");
+            assert!(!s.api.requests.enabled);
+            assert_eq!(s.api.requests.concurrency, 4);
+            assert_eq!(s.api.requests.reply_queues, ["replies.*", "billing-bot"]);
+            // At least an hour, whatever is asked.
+            assert_eq!(s.api.idempotency_retention(), Duration::from_secs(3600));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn allowlists_are_lists_in_a_file_and_comma_separated_in_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
