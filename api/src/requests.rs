@@ -25,8 +25,10 @@
 //!   with its reason in `x-gleaner-reason`, and the reply is the API's problem
 //!   (`application/problem+json`, header `status`) with the `request_id`;
 //! - failing for now (the database down, the key over its rate, any 5xx): retried here with a
-//!   growing delay while the delivery is held, then handed back to the queue, whose delivery
-//!   limit dead-letters it after [`broker::DELIVERY_LIMIT`] such rounds.
+//!   growing delay for up to [`RETRY_FOR`] while the delivery is held, then handed back to the
+//!   queue; on the delivery before the queue's limit ([`broker::DELIVERY_LIMIT`]), dead-lettered
+//!   here with the last reason, so that the broker never dead-letters it with its key;
+//! - a `reply_to` replies may not go to ([`reply_to`]): refused, dead-lettered, not replied to.
 
 use std::time::Duration;
 
