@@ -367,7 +367,7 @@ async fn give_up(
     reason: &str,
     stop: &CancellationToken,
 ) {
-    let deliveries = delivery_count(&delivery.properties) + 1;
+    let deliveries = broker::header_count(&delivery.properties, DELIVERY_COUNT) + 1;
     if deliveries + 1 >= u64::try_from(broker::DELIVERY_LIMIT).unwrap_or(u64::MAX) {
         let reason = format!("still failing after {deliveries} deliveries; last: {reason}");
         warn!(reason = %reason, "dead-lettering a request at the queue's delivery limit");
@@ -391,22 +391,6 @@ async fn requeue(delivery: &Delivery) {
     };
     if let Err(e) = delivery.nack(nack).await {
         warn!(error = %e, "could not hand a request back; the broker redelivers it");
-    }
-}
-
-/// How many times the queue delivered the message before (0 for a first delivery).
-fn delivery_count(props: &BasicProperties) -> u64 {
-    match props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(DELIVERY_COUNT).cloned())
-    {
-        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => u64::from(n),
-        Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(n).unwrap_or(0),
-        _ => 0,
     }
 }
 
@@ -805,11 +789,12 @@ mod tests {
     fn the_delivery_count_is_read_from_the_quorum_queue_header() {
         let mut h = FieldTable::default();
         h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(3));
+        let props = BasicProperties::default().with_headers(h);
+        assert_eq!(broker::header_count(&props, DELIVERY_COUNT), 3);
         assert_eq!(
-            delivery_count(&BasicProperties::default().with_headers(h)),
-            3
+            broker::header_count(&BasicProperties::default(), DELIVERY_COUNT),
+            0
         );
-        assert_eq!(delivery_count(&BasicProperties::default()), 0);
     }
 
     #[test]

@@ -466,6 +466,26 @@ pub async fn delete(channel: &Channel, names: &Names) -> lapin::Result<()> {
     Ok(())
 }
 
+/// A counter in a message's header `name` (a retry count, a quorum queue's
+/// `x-delivery-count`), whichever integer type the publisher encoded it as; 0 when absent.
+#[must_use]
+pub fn header_count(props: &BasicProperties, name: &str) -> u64 {
+    let value = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned());
+    match value {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(n),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u64::from(n),
+        _ => 0,
+    }
+}
+
 /// Publishes `delivery` to the dead-letter exchange with `reason` in [`REASON_HEADER`], without
 /// the headers named in `without` (compared ignoring case: a secret the message carried), and
 /// waits for the confirm on `publish`, a channel in confirm mode.

@@ -13,7 +13,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Mode, Options, TestEnv, dead_letters, fields};
+use crate::support::{Mode, Options, TestEnv, dead_letters, dead_letters_with_headers, fields};
 
 /// How long a reply may take: a request is a few queries, but 1,000 at once share one key's
 /// rate (100 a second by default).
@@ -409,39 +409,6 @@ async fn a_request_that_can_never_succeed_is_dead_lettered_with_its_reason_and_a
     // None of them made a job.
     assert_eq!(env.scalar("SELECT COUNT(*) FROM jobs").await?, 0);
     Ok(())
-}
-
-/// Takes every dead letter: (reason, body, header names).
-async fn dead_letters_with_headers(
-    env: &TestEnv,
-    ch: &Channel,
-) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
-    let names = Names::new(env.settings.amqp.prefix.clone());
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(
-            names.dead_letter_queue().into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await?
-    {
-        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-        let reason = match headers.inner().get(gleaner_common::broker::REASON_HEADER) {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            other => format!("{other:?}"),
-        };
-        let keys = headers
-            .inner()
-            .keys()
-            .map(|k| k.as_str().to_owned())
-            .collect();
-        out.push((
-            reason,
-            String::from_utf8_lossy(&m.delivery.data).into_owned(),
-            keys,
-        ));
-    }
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,7 +203,8 @@ async fn process(
         .unwrap_or_default();
     let span = info_span!("message", message_id = %message_id, routing_key = %delivery.routing_key, redelivered = delivery.redelivered);
     async {
-        let retries = header_u32(&delivery.properties, RETRIES_HEADER);
+        let retries = u32::try_from(broker::header_count(&delivery.properties, RETRIES_HEADER))
+            .unwrap_or(0);
         // A retry's copy arrives as a first delivery, after its backoff: not queue lag.
         let received =
             crate::metrics::Received::new(
@@ -319,21 +320,6 @@ async fn requeue(delivery: &Delivery) -> lapin::Result<bool> {
             ..BasicNackOptions::default()
         })
         .await
-}
-
-fn header_u32(props: &BasicProperties, name: &str) -> u32 {
-    let value = props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(name).cloned());
-    match value {
-        Some(AMQPValue::LongUInt(n)) => n,
-        Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(0),
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(n).unwrap_or(0),
-        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(n).unwrap_or(0),
-        _ => 0,
-    }
 }
 
 /// The delivery's properties with one more header.

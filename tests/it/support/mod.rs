@@ -932,6 +932,21 @@ pub async fn dead_letters(
     env: &TestEnv,
     ch: &lapin::Channel,
 ) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(dead_letters_with_headers(env, ch)
+        .await?
+        .into_iter()
+        .map(|(reason, body, _)| (reason, body))
+        .collect())
+}
+
+/// The same, with the names of each message's headers.
+///
+/// # Errors
+/// RabbitMQ is unreachable, or the queue is not declared yet.
+pub async fn dead_letters_with_headers(
+    env: &TestEnv,
+    ch: &lapin::Channel,
+) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
     use lapin::options::BasicGetOptions;
     use lapin::types::AMQPValue;
     let names = gleaner_common::broker::Names::new(env.settings.amqp.prefix.clone());
@@ -943,18 +958,20 @@ pub async fn dead_letters(
         )
         .await?
     {
-        let reason = m.delivery.properties.headers().as_ref().and_then(|h| {
-            h.inner()
-                .get(gleaner_common::broker::REASON_HEADER)
-                .cloned()
-        });
-        let reason = match reason {
+        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+        let reason = match headers.inner().get(gleaner_common::broker::REASON_HEADER) {
             Some(AMQPValue::LongString(s)) => s.to_string(),
             other => format!("{other:?}"),
         };
+        let keys = headers
+            .inner()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .collect();
         out.push((
             reason,
             String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            keys,
         ));
     }
     Ok(out)
