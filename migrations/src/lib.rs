@@ -23,6 +23,8 @@ mod m20261202_000016_packed_rollups;
 mod m20261202_000017_cost_usage_type;
 mod m20261202_000018_sub_tasks;
 mod m20261203_000019_idempotency_keys;
+mod m20261203_000020_resource_counts;
+mod m20261203_000021_cost_rollups_by_service_and_region;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -51,6 +53,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000017_cost_usage_type::Migration),
             Box::new(m20261202_000018_sub_tasks::Migration),
             Box::new(m20261203_000019_idempotency_keys::Migration),
+            Box::new(m20261203_000020_resource_counts::Migration),
+            Box::new(m20261203_000021_cost_rollups_by_service_and_region::Migration),
         ]
     }
 }

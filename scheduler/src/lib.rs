@@ -13,7 +13,8 @@
 //! - The clock is injectable ([`Clock`]) so tests run simulated days.
 //! - The leader also keeps the metric tables: each hour it makes the day partitions ahead and
 //!   drops the days past the retention ([`Scheduler::maintain_metrics`]); and deletes the
-//!   idempotency keys past theirs ([`Scheduler::prune_idempotency_keys`]).
+//!   idempotency keys past theirs ([`Scheduler::prune_idempotency_keys`]). Each minute it folds
+//!   the rows appended to `resource_counts` ([`store::resource::fold_counts`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 const FOLLOWER_RETRY: Duration = Duration::from_secs(2);
 /// How often the leader keeps the metric tables (partitions ahead, retention).
 const MAINTAIN_EVERY: chrono::Duration = chrono::Duration::hours(1);
+/// How often the leader folds the resource counts: a collection appends a few rows per batch,
+/// and a minute's worth keeps the API's sums to a few hundred rows.
+const FOLD_COUNTS_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 
 /// Where the scheduler reads the time.
 pub trait Clock: Send + Sync {
@@ -236,6 +240,7 @@ pub async fn run(
     info!("scheduler started");
     let mut leadership = Leadership::for_store(&scheduler.db, &schema);
     let mut maintained: Option<DateTime<Utc>> = None;
+    let mut folded: Option<DateTime<Utc>> = None;
     while !shutdown.is_cancelled() {
         if !leadership.lead().await {
             tokio::select! {
@@ -256,6 +261,13 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "a scheduler pass failed; retrying"),
+        }
+        if folded.is_none_or(|t| now - t >= FOLD_COUNTS_EVERY) {
+            match store::resource::fold_counts(&scheduler.db).await {
+                Ok(n) => tracing::debug!(rows = n, "resource counts folded"),
+                Err(e) => warn!(error = %e, "folding the resource counts failed; retrying"),
+            }
+            folded = Some(now);
         }
         if maintained.is_none_or(|t| now - t >= MAINTAIN_EVERY) {
             match scheduler.prune_idempotency_keys(now).await {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::support::{Mode, TestEnv};
+use crate::support::{Mode, Options, TestEnv};
 
 async fn demo_collection_over_two_accounts_stores_every_resource(mode: Mode) -> anyhow::Result<()> {
     let env = TestEnv::start(mode).await?;
@@ -519,7 +519,130 @@ async fn small_tasks_run_beyond_concurrency_and_big_ones_take_turns(
     Ok(())
 }
 
+/// Each listing's `total`, and the collector's counts by type, against a count of the rows.
+async fn assert_totals_match_the_rows(env: &TestEnv, collector: &str) -> anyhow::Result<()> {
+    let accounts = env.get("/v1/service-accounts").await?.body["items"].clone();
+    let mut filters = vec![
+        (String::new(), "1 = 1".to_owned()),
+        (
+            format!("collector_id={collector}"),
+            format!("collector_id = {}", env.uuid_sql(collector)?),
+        ),
+        (
+            "resource_type=network.vpc".to_owned(),
+            "resource_type = 'network.vpc'".to_owned(),
+        ),
+        ("state=ACTIVE".to_owned(), "state = 'ACTIVE'".to_owned()),
+        ("state=DELETED".to_owned(), "state = 'DELETED'".to_owned()),
+        (
+            format!("collector_id={collector}&resource_type=storage.volume&state=DELETED"),
+            format!(
+                "collector_id = {} AND resource_type = 'storage.volume' AND state = 'DELETED'",
+                env.uuid_sql(collector)?
+            ),
+        ),
+    ];
+    for a in accounts.as_array().context("accounts")? {
+        let (id, project) = (
+            a["id"].as_str().context("id")?,
+            a["project_id"].as_str().context("project")?,
+        );
+        filters.push((
+            format!("service_account_id={id}"),
+            format!("service_account_id = {}", env.uuid_sql(id)?),
+        ));
+        filters.push((
+            format!("project_id={project}&state=ACTIVE"),
+            format!(
+                "project_id = {} AND state = 'ACTIVE'",
+                env.uuid_sql(project)?
+            ),
+        ));
+    }
+    for (query, sql) in filters {
+        let page = env.get(&format!("/v1/resources?limit=1&{query}")).await?;
+        let rows = env
+            .scalar(&format!("SELECT count(*) FROM resources WHERE {sql}"))
+            .await?;
+        assert_eq!(page.body["total"], rows, "?{query}");
+    }
+    let detail = env.get(&format!("/v1/collectors/{collector}")).await?;
+    let mut expected = Vec::new();
+    for t in ["compute.instance", "network.vpc", "storage.volume"] {
+        let n = env
+            .scalar(&format!(
+                "SELECT count(*) FROM resources WHERE collector_id = {} AND resource_type = '{t}'",
+                env.uuid_sql(collector)?
+            ))
+            .await?;
+        if n > 0 {
+            expected.push(json!({"resource_type": t, "count": n}));
+        }
+    }
+    assert_eq!(detail.body["resources"], Value::Array(expected));
+    Ok(())
+}
+
+/// `total` and the counts by type are kept where resources change (PostgreSQL's
+/// `resource_counts`; SQLite counts the rows): through creations, updates, the sweep's
+/// deletions, a fold of the counts and the collector's removal, each equals a count of the rows.
+async fn resource_totals_follow_every_write(mode: Mode) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        Options {
+            tune: |s| s.worker.delete_after_missed_runs = 1,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let collector = env.demo_collector(2, json!({"resources": 90})).await?;
+    assert_eq!(env.collect(&collector).await?["status"], "SUCCESS");
+    assert_totals_match_the_rows(&env, &collector).await?;
+    let path = format!("/v1/collectors/{collector}");
+    let changed = env
+        .patch(
+            &path,
+            json!({"options": {"resources": 60, "change_ratio": 0.5, "revision": 1}}),
+        )
+        .await?;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["deleted"], 60, "{job}");
+    assert!(job["counts"]["updated"].as_i64() > Some(0), "{job}");
+    let deleted = env
+        .get(&format!(
+            "/v1/resources?collector_id={collector}&state=DELETED"
+        ))
+        .await?;
+    assert_eq!(deleted.body["total"], 60);
+    assert_totals_match_the_rows(&env, &collector).await?;
+
+    let appended = env.scalar("SELECT count(*) FROM resource_counts").await;
+    let folded = gleaner_common::store::resource::fold_counts(&env.db).await?;
+    if mode == Mode::Distributed {
+        let (appended, left) = (
+            appended?,
+            env.scalar("SELECT count(*) FROM resource_counts").await?,
+        );
+        assert_eq!(u64::try_from(appended - left)?, folded);
+        // One row per (account, type, state) is left: 2 accounts, 3 types, 2 states.
+        assert_eq!(left, 12, "appended {appended}");
+    }
+    assert_totals_match_the_rows(&env, &collector).await?;
+
+    assert_eq!(env.delete(&path).await?.status, 204);
+    let all = env.get("/v1/resources?limit=1").await?;
+    assert_eq!(all.body["total"], 180, "the resources stay");
+    let owned = env
+        .get(&format!("/v1/resources?collector_id={collector}&limit=1"))
+        .await?;
+    assert_eq!(owned.body["total"], 0);
+    Ok(())
+}
+
 crate::in_both_modes!(
+    resource_totals_follow_every_write,
     small_tasks_run_together_keep_their_own_counts,
     small_tasks_run_beyond_concurrency_and_big_ones_take_turns,
     a_disabled_collector_refuses_to_collect_and_a_deleted_one_leaves_its_resources,

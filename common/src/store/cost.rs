@@ -1,8 +1,9 @@
 //! Reading costs: sums grouped by any of their dimensions, from the rollups written with each
 //! month's load, and the cost rows themselves, paged.
 //!
-//! A summary over whole months reads `cost_account_monthly` (sums per account and month) or, when
-//! it groups or filters by service or region, `cost_monthly`; any other one reads `cost_daily`.
+//! A summary over whole months reads `cost_account_monthly` (sums per account and month); when it
+//! groups or filters by service or by region, `cost_service_monthly` or `cost_region_monthly`
+//! (PostgreSQL), and by both (or on SQLite) `cost_monthly`; any other one reads `cost_daily`.
 //! No query scans `costs`. Amounts are summed exactly and per currency: by PostgreSQL's `numeric`, or,
 //! on SQLite (which keeps them as decimal text), here with `rust_decimal`.
 
@@ -189,8 +190,8 @@ pub async fn summary(
     domain: DomainId,
     q: &Summary,
 ) -> Result<Vec<SummaryItem>> {
-    let (table, column) = rollup_for(q);
     let backend = db.get_database_backend();
+    let (table, column) = rollup_for(q, backend);
     let mut p = Params::new(backend);
     let d = p.push(domain.as_uuid());
     let s = p.push(q.start);
@@ -233,20 +234,20 @@ pub async fn summary(
     rows.iter().map(|r| item(r, &q.group_by)).collect()
 }
 
-/// The smallest rollup that answers `q`, and its time column.
-fn rollup_for(q: &Summary) -> (&'static str, &'static str) {
+/// The smallest rollup that answers `q`, and its time column. PostgreSQL has monthly rollups
+/// by service and by region besides SQLite's (migration 21).
+fn rollup_for(q: &Summary, backend: DbBackend) -> (&'static str, &'static str) {
     let whole_months = q.start.day() == 1 && q.end.day() == 1 && !q.group_by.contains(&Dim::Day);
     if !whole_months {
         return ("cost_daily", "day");
     }
-    let by_service_or_region = q.group_by.contains(&Dim::Service)
-        || q.group_by.contains(&Dim::Region)
-        || q.filter.service.is_some()
-        || q.filter.region.is_some();
-    if by_service_or_region {
-        ("cost_monthly", "month")
-    } else {
-        ("cost_account_monthly", "month")
+    let by_service = q.group_by.contains(&Dim::Service) || q.filter.service.is_some();
+    let by_region = q.group_by.contains(&Dim::Region) || q.filter.region.is_some();
+    match (by_service, by_region) {
+        (false, false) => ("cost_account_monthly", "month"),
+        (true, false) if backend == DbBackend::Postgres => ("cost_service_monthly", "month"),
+        (false, true) if backend == DbBackend::Postgres => ("cost_region_monthly", "month"),
+        _ => ("cost_monthly", "month"),
     }
 }
 

@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -92,6 +92,92 @@ pub struct Filter {
     pub state: Option<ResourceState>,
 }
 
+impl Filter {
+    /// The filter over `resources`, or over `resource_counts` (which has the same columns):
+    /// unqualified, so it reads either.
+    fn condition(&self, domain: DomainId) -> sea_orm::Condition {
+        use resource::Column as C;
+        let mut c = sea_orm::Condition::all().add(Expr::col(C::DomainId).eq(domain.as_uuid()));
+        if let Some(id) = self.collector_id {
+            c = c.add(Expr::col(C::CollectorId).eq(id.as_uuid()));
+        }
+        if let Some(t) = &self.resource_type {
+            c = c.add(Expr::col(C::ResourceType).eq(t.as_str()));
+        }
+        if let Some(p) = self.project_id {
+            c = c.add(Expr::col(C::ProjectId).eq(p.as_uuid()));
+        }
+        if let Some(projects) = &self.projects {
+            c = c.add(Expr::col(C::ProjectId).is_in(projects.iter().map(|p| p.as_uuid())));
+        }
+        if let Some(s) = self.service_account_id {
+            c = c.add(Expr::col(C::ServiceAccountId).eq(s.as_uuid()));
+        }
+        if let Some(s) = self.state {
+            c = c.add(Expr::col(C::State).eq(s));
+        }
+        c
+    }
+}
+
+/// The table of resource counts kept by triggers on `resources` (PostgreSQL only; migration
+/// 20 says how).
+const COUNTS: &str = "resource_counts";
+
+/// Resources matching `filter`: on PostgreSQL summed from `resource_counts` (a few rows per
+/// collector, account and type, whatever the estate's size), on SQLite counted.
+async fn total(db: &impl ConnectionTrait, domain: DomainId, filter: &Filter) -> Result<u64> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(resource::Entity::find()
+            .filter(filter.condition(domain))
+            .count(db)
+            .await?);
+    }
+    let q = Query::select()
+        .expr(Expr::cust("CAST(coalesce(sum(n), 0) AS bigint)"))
+        .from(Alias::new(COUNTS))
+        .cond_where(filter.condition(domain))
+        .take();
+    let n: i64 = db
+        .query_one(&q)
+        .await?
+        .map(|r| r.try_get_by_index(0))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(n.unsigned_abs())
+}
+
+/// Folds the rows that the triggers appended to `resource_counts` into one per key, dropping
+/// keys that count nothing; how many rows it removed. Readers see the same sums before and
+/// after, and writers are not blocked: they only append. A no-op on SQLite.
+///
+/// # Errors
+/// Database errors only.
+pub async fn fold_counts(db: &impl ConnectionTrait) -> Result<u64> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(0);
+    }
+    // The rows deleted are those of the statement's snapshot; rows appended meanwhile are left
+    // for the next fold, so nothing is counted twice or lost.
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "WITH gone AS (DELETE FROM resource_counts RETURNING *),
+                  kept AS (
+                INSERT INTO resource_counts
+                    (domain_id, collector_id, service_account_id, project_id, resource_type,
+                     state, n)
+                SELECT domain_id, collector_id, service_account_id, project_id, resource_type,
+                       state, sum(n)
+                FROM gone GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(n) <> 0
+                RETURNING 1)
+             SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM kept)",
+        ))
+        .await?;
+    let removed: i64 = row.map(|r| r.try_get_by_index(0)).transpose()?.unwrap_or(0);
+    Ok(removed.unsigned_abs())
+}
+
 /// One page of resources.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Page {
@@ -114,26 +200,8 @@ pub async fn list(
     cursor: Option<ResourceId>,
     limit: u64,
 ) -> Result<Page> {
-    let mut q = resource::Entity::find().filter(resource::Column::DomainId.eq(domain.as_uuid()));
-    if let Some(c) = filter.collector_id {
-        q = q.filter(resource::Column::CollectorId.eq(c.as_uuid()));
-    }
-    if let Some(t) = &filter.resource_type {
-        q = q.filter(resource::Column::ResourceType.eq(t.as_str()));
-    }
-    if let Some(p) = filter.project_id {
-        q = q.filter(resource::Column::ProjectId.eq(p.as_uuid()));
-    }
-    if let Some(projects) = &filter.projects {
-        q = q.filter(resource::Column::ProjectId.is_in(projects.iter().map(|p| p.as_uuid())));
-    }
-    if let Some(s) = filter.service_account_id {
-        q = q.filter(resource::Column::ServiceAccountId.eq(s.as_uuid()));
-    }
-    if let Some(s) = filter.state {
-        q = q.filter(resource::Column::State.eq(s));
-    }
-    let total = q.clone().count(db).await?;
+    let mut q = resource::Entity::find().filter(filter.condition(domain));
+    let total = total(db, domain, filter).await?;
     if let Some(after) = cursor {
         q = q.filter(resource::Column::Id.gt(after.as_uuid()));
     }
@@ -250,17 +318,38 @@ pub async fn count_by_type(
     domain: DomainId,
     collector: CollectorId,
 ) -> Result<Vec<TypeCount>> {
-    Ok(resource::Entity::find()
-        .select_only()
+    let of_collector = Filter {
+        collector_id: Some(collector),
+        ..Filter::default()
+    }
+    .condition(domain);
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(resource::Entity::find()
+            .select_only()
+            .column(resource::Column::ResourceType)
+            .column_as(resource::Column::Id.count(), "count")
+            .filter(of_collector)
+            .group_by(resource::Column::ResourceType)
+            .order_by_asc(resource::Column::ResourceType)
+            .into_model::<TypeCount>()
+            .all(db)
+            .await?);
+    }
+    let q = Query::select()
         .column(resource::Column::ResourceType)
-        .column_as(resource::Column::Id.count(), "count")
-        .filter(resource::Column::DomainId.eq(domain.as_uuid()))
-        .filter(resource::Column::CollectorId.eq(collector.as_uuid()))
-        .group_by(resource::Column::ResourceType)
-        .order_by_asc(resource::Column::ResourceType)
-        .into_model::<TypeCount>()
-        .all(db)
-        .await?)
+        .expr_as(Expr::cust("CAST(sum(n) AS bigint)"), Alias::new("count"))
+        .from(Alias::new(COUNTS))
+        .cond_where(of_collector)
+        .group_by_col(resource::Column::ResourceType)
+        .and_having(Expr::cust("sum(n) > 0"))
+        .order_by(resource::Column::ResourceType, sea_orm::Order::Asc)
+        .take();
+    Ok(db
+        .query_all(&q)
+        .await?
+        .iter()
+        .map(|r| TypeCount::from_query_result(r, ""))
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 /// The identity of a reported resource within one collection, for [`Sweep::seen`]: a 64-bit

@@ -172,15 +172,46 @@ impl Rollup {
         })
     }
 
-    /// Every rollup table a load replaces, with its rows.
+    /// The same sums per month without region: what a summary by service reads.
     #[must_use]
-    pub fn tables(self) -> [(&'static str, HashMap<RollupKey, Sums>); 3] {
+    pub fn services(&self) -> HashMap<RollupKey, Sums> {
+        self.regroup(|k| RollupKey {
+            day: None,
+            region_id: None,
+            ..k.clone()
+        })
+    }
+
+    /// The same sums per month without service: what a summary by region reads.
+    #[must_use]
+    pub fn regions(&self) -> HashMap<RollupKey, Sums> {
+        self.regroup(|k| RollupKey {
+            day: None,
+            service_name: None,
+            ..k.clone()
+        })
+    }
+
+    /// Every rollup table a load replaces in SQLite, with its rows.
+    #[must_use]
+    pub fn tables(self) -> Vec<(&'static str, HashMap<RollupKey, Sums>)> {
         let (monthly, accounts) = (self.monthly(), self.accounts());
-        [
+        vec![
             ("cost_daily", self.daily),
             ("cost_monthly", monthly),
             ("cost_account_monthly", accounts),
         ]
+    }
+
+    /// Every rollup table a load replaces in PostgreSQL: SQLite's, and the monthly sums by
+    /// service and by region (migration 21 says why).
+    #[must_use]
+    pub fn pg_tables(self) -> Vec<(&'static str, HashMap<RollupKey, Sums>)> {
+        let (services, regions) = (self.services(), self.regions());
+        let mut tables = self.tables();
+        tables.push(("cost_service_monthly", services));
+        tables.push(("cost_region_monthly", regions));
+        tables
     }
 
     fn regroup(&self, key: impl Fn(&RollupKey) -> RollupKey) -> HashMap<RollupKey, Sums> {
@@ -323,7 +354,7 @@ async fn commit(
         s.service_account_id,
         s.month.first_day()
     );
-    for (table, rows) in rollup.tables() {
+    for (table, rows) in rollup.pg_tables() {
         // `table` is one of the rollups' names, never input.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE collector_id = $1 AND service_account_id = $2 AND month = $3"
@@ -567,6 +598,45 @@ mod tests {
         let all = accounts.values().next().copied().expect("the account");
         assert_eq!(all.rows, 4);
         assert_eq!(all.billed_cost.to_string(), "-2.61369878629");
+    }
+
+    #[test]
+    fn the_service_and_region_rollups_drop_the_other_dimension() {
+        let mut r = Rollup::default();
+        for (day, service, region, billed) in [
+            (1, "S3", "us-east-1", 5),
+            (2, "S3", "eu-west-1", 7),
+            (2, "EC2", "us-east-1", 11),
+        ] {
+            r.add(&CostItem {
+                region_id: Some(region.into()),
+                ..record(day, service, billed)
+            });
+        }
+        let services = r.services();
+        assert_eq!(services.len(), 2);
+        assert!(
+            services
+                .keys()
+                .all(|k| k.region_id.is_none() && k.day.is_none())
+        );
+        let s3 = services
+            .iter()
+            .find(|(k, _)| k.service_name.as_deref() == Some("S3"))
+            .map(|(_, v)| *v)
+            .expect("S3");
+        assert_eq!((s3.rows, s3.billed_cost), (2, Decimal::new(12, 11)));
+        let regions = r.regions();
+        assert_eq!(regions.len(), 2);
+        assert!(regions.keys().all(|k| k.service_name.is_none()));
+        let us = regions
+            .iter()
+            .find(|(k, _)| k.region_id.as_deref() == Some("us-east-1"))
+            .map(|(_, v)| *v)
+            .expect("us-east-1");
+        assert_eq!((us.rows, us.billed_cost), (2, Decimal::new(16, 11)));
+        let tables: Vec<&str> = r.pg_tables().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(tables.len(), 5, "{tables:?}");
     }
 
     #[test]
