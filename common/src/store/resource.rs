@@ -184,7 +184,8 @@ pub struct Page {
     pub items: Vec<Resource>,
     /// Pass back as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<ResourceId>,
-    /// Resources matching the filters, over all pages.
+    /// Resources matching the filters, over all pages: exact, as of the page's read. It is
+    /// summed from counts kept as resources are written, so it costs the same at any size.
     pub total: u64,
 }
 

@@ -115,7 +115,10 @@ async fn measure(
 }
 
 /// Serves `router` on a free loopback port until `stop`; its base URL.
-async fn serve(router: axum::Router, stop: &CancellationToken) -> anyhow::Result<String> {
+pub(crate) async fn serve(
+    router: axum::Router,
+    stop: &CancellationToken,
+) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let stop = stop.clone();

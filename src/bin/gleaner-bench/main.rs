@@ -49,6 +49,7 @@ mod billing;
 mod cloudforet;
 mod console;
 mod fleet;
+mod lists;
 mod metrics;
 
 #[derive(Debug, Parser)]
@@ -75,6 +76,9 @@ enum Command {
     Summary(billing::SummaryArgs),
     /// The API's throughput with API keys, beside the same requests with no key asked.
     Api(api::ApiArgs),
+    /// Resource pages and a collector's detail over 1,000,000 resources, alone and from 50
+    /// clients while resources are written, beside the counts each request made before.
+    Lists(lists::ListsArgs),
     /// The console's pages over 100,000 resources and 1,000 collectors: server time per page,
     /// beside the API reads each page makes.
     Console(console::ConsoleArgs),
@@ -212,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
             billing::summary(args).await
         }
         Command::Api(args) => api::api(args).await,
+        Command::Lists(args) => lists::lists(args).await,
         Command::Console(args) => console::console(args).await,
         Command::Aws(args) => {
             gleaner_common::telemetry::init_for_tests();
