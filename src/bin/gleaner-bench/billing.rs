@@ -385,12 +385,19 @@ async fn measure_summary(
         rate(rows, took)
     );
     let db = gleaner::app::database(&run.settings, false).await?;
-    db.execute_unprepared("ANALYZE costs; ANALYZE cost_daily; ANALYZE cost_monthly")
-        .await?;
+    db.execute_unprepared(
+        "ANALYZE costs; ANALYZE cost_daily; ANALYZE cost_monthly; ANALYZE cost_service_monthly; \
+         ANALYZE cost_region_monthly",
+    )
+    .await?;
     let accounts = scalar(&db, "SELECT count(*) FROM cost_account_monthly").await?;
     let monthly = scalar(&db, "SELECT count(*) FROM cost_monthly").await?;
     let daily = scalar(&db, "SELECT count(*) FROM cost_daily").await?;
-    println!("  rollup rows: {accounts} per account and month, {monthly} monthly, {daily} daily");
+    let by_service = scalar(&db, "SELECT count(*) FROM cost_service_monthly").await?;
+    let by_region = scalar(&db, "SELECT count(*) FROM cost_region_monthly").await?;
+    println!(
+        "  rollup rows: {accounts} per account and month, {by_service} by service, {by_region} by region, {monthly} monthly, {daily} daily"
+    );
     let mut scans = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -407,10 +414,29 @@ async fn measure_summary(
         "baseline: the same sums scanning `costs`:",
         scans[1].as_secs_f64() * 1e3
     );
+    // What a summary by service read before its rollup (migration 21): `cost_monthly`, a row
+    // per account, service and region.
+    let mut before = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        db.execute_unprepared(
+            "SELECT month, service_name, currency, sum(billed_cost), sum(effective_cost) \
+             FROM cost_monthly GROUP BY 1, 2, 3",
+        )
+        .await?;
+        before.push(t.elapsed());
+    }
+    before.sort();
+    println!(
+        "  {:<47} {:>8.1} ms (median of 5)",
+        "before: the sums by service from `cost_monthly`:",
+        before[2].as_secs_f64() * 1e3
+    );
     let (start, end) = (start.first_day(), end.next().first_day());
     for (group_by, groups) in [
         ("month,provider", args.months as usize),
         ("month,service", args.months as usize * services as usize),
+        ("month,region", args.months as usize * regions as usize),
     ] {
         let query = format!("start={start}&end={end}&group_by={group_by}");
         let times = timed_summaries(&http, &base, &query, args.queries, groups).await?;
