@@ -319,9 +319,13 @@ pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
         args.services.database_url.clone(),
         args.services.amqp_url.clone(),
     );
-    with_run(&database_url, &amqp_url, |run, http, base, children| {
-        measure_summary(args, run, http, base, children)
-    })
+    // Timed requests follow each other as fast as they are answered: past a key's rate.
+    with_run_tuned(
+        &database_url,
+        &amqp_url,
+        |s| s.api.rate_limit_per_second = 0,
+        |run, http, base, children| measure_summary(args, run, http, base, children),
+    )
     .await
 }
 

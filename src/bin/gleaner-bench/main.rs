@@ -1135,6 +1135,10 @@ fn spawn(component: Component, settings: &Settings, port: u16) -> anyhow::Result
         .env("GLEANER_AMQP_URL", &settings.amqp_url)
         .env("GLEANER_LISTEN", format!("127.0.0.1:{port}"))
         .env(
+            "GLEANER_API__RATE_LIMIT_PER_SECOND",
+            settings.api.rate_limit_per_second.to_string(),
+        )
+        .env(
             "GLEANER_SECRET_KEY",
             settings.secret_key.as_deref().unwrap_or_default(),
         )
