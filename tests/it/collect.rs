@@ -628,6 +628,13 @@ async fn resource_totals_follow_every_write(mode: Mode) -> anyhow::Result<()> {
         assert_eq!(u64::try_from(appended - left)?, folded);
         // One row per (account, type, state) is left: 2 accounts, 3 types, 2 states.
         assert_eq!(left, 12, "appended {appended}");
+        // Nothing changed since: the next fold rewrites no row (their inserting transactions
+        // stay the same).
+        let writers = "SELECT CAST(sum(xmin::text::bigint) AS bigint) FROM resource_counts";
+        let before = env.scalar(writers).await?;
+        let again = gleaner_common::store::resource::fold_counts(&env.db).await?;
+        assert_eq!(again, 0);
+        assert_eq!(env.scalar(writers).await?, before);
     }
     assert_totals_match_the_rows(&env, &collector).await?;
 

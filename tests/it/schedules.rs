@@ -669,7 +669,58 @@ async fn a_five_minute_schedule_fires_twelve_times_an_hour_once_each(
     Ok(())
 }
 
+/// A burst of fires over many collectors, in small batches and (on PostgreSQL) concurrent
+/// lanes: each collector with two schedules at the instant gets one job, its other fire
+/// SKIPPED for that job, whichever batch or lane recorded them.
+async fn a_burst_queues_one_job_per_collector_across_batches_and_lanes(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        crate::support::Options {
+            tune: |s| s.scheduler.batch_size = 3,
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    let mut at = None;
+    for _ in 0..8 {
+        let collector = env.demo_collector(0, json!({"resources": 1})).await?;
+        for name in ["a", "b"] {
+            let s = schedule(
+                &env,
+                &collector,
+                json!({"name": name, "timezone": "UTC", "hours": [9]}),
+            )
+            .await?;
+            at = Some(instant(&s["next_fires"][0])?);
+        }
+    }
+    let fired = scheduler(&env).tick(at.context("a fire")?).await?;
+    assert_eq!(
+        (fired.schedules, fired.queued, fired.skipped),
+        (16, 8, 8),
+        "{fired:?}"
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM jobs").await?, 8);
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT collector_id) FROM jobs")
+            .await?,
+        8
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM schedule_fires WHERE outcome = 'SKIPPED' \
+             AND reason LIKE '%was still queued'"
+        )
+        .await?,
+        8
+    );
+    Ok(())
+}
+
 crate::in_both_modes!(
+    a_burst_queues_one_job_per_collector_across_batches_and_lanes,
     interval_schedules_are_checked_and_switch_kinds,
     a_five_minute_schedule_fires_twelve_times_an_hour_once_each,
     new_york_fires_right_across_both_dst_changes,

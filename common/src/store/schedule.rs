@@ -347,6 +347,20 @@ const MAX_FIRES_PER_PASS: usize = 1_000;
 /// Rows per multi-row statement.
 const ROWS: usize = 1_000;
 
+/// A share of the due schedules, by collector, that one of several concurrent passes takes
+/// (PostgreSQL): `lane` of `lanes`. A collector's schedules are all in one lane, so its fires
+/// are recorded one batch after another and a second one sees the first one's job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lane {
+    pub lane: u32,
+    pub lanes: u32,
+}
+
+impl Lane {
+    /// Every schedule: one pass.
+    pub const ALL: Lane = Lane { lane: 0, lanes: 1 };
+}
+
 /// Takes up to `limit` schedules whose fire time has come (by `now`) and records their fires.
 /// A fire older than `window` is MISSED; of the fires within it, the latest queues a job (or is
 /// SKIPPED when the collector's previous job is still queued or running) and the earlier ones
@@ -354,6 +368,8 @@ const ROWS: usize = 1_000;
 ///
 /// The whole batch is a handful of statements (multi-row inserts, `CASE` updates), not a few
 /// per schedule: a burst of thousands of fires at one instant is queued within a second.
+/// Passes of distinct lanes ([`Lane`]) may run at once; within a lane, `FOR UPDATE SKIP
+/// LOCKED` keeps two passes off the same schedules.
 ///
 /// # Errors
 /// Database errors; the pass's schedules are left for the next one.
@@ -363,11 +379,19 @@ pub async fn fire_due(
     now: DateTime<Utc>,
     window: chrono::Duration,
     limit: u64,
+    lane: Lane,
 ) -> Result<Fired> {
     let txn = super::begin_write(db).await?;
-    let due = schedule::Entity::find()
+    let mut due = schedule::Entity::find()
         .filter(schedule::Column::State.eq(ScheduleState::Enabled))
-        .filter(schedule::Column::NextFireAt.lte(now.fixed_offset()))
+        .filter(schedule::Column::NextFireAt.lte(now.fixed_offset()));
+    if lane.lanes > 1 {
+        due = due.filter(Expr::cust(format!(
+            "abs(hashtext(CAST(collector_id AS text)) % {}) = {}",
+            lane.lanes, lane.lane
+        )));
+    }
+    let due = due
         .order_by_asc(schedule::Column::NextFireAt)
         .limit(limit)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
