@@ -510,6 +510,9 @@ pub struct SchedulerSettings {
     pub catch_up_window: Duration,
     /// Schedules taken per transaction.
     pub batch_size: u64,
+    /// Passes that record a burst's fires at once on PostgreSQL, each over its share of the
+    /// collectors (at least 1; SQLite has one).
+    pub lanes: u32,
 }
 
 impl Default for SchedulerSettings {
@@ -517,6 +520,7 @@ impl Default for SchedulerSettings {
         Self {
             catch_up_window: Duration::from_secs(3600),
             batch_size: 200,
+            lanes: 2,
         }
     }
 }

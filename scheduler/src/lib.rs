@@ -34,10 +34,6 @@ use tracing::{info, warn};
 
 /// The longest sleep between passes, so schedules created meanwhile fire on time.
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// Passes that record a burst's fires at once (PostgreSQL), each over its share of the
-/// collectors: batches commit one after another within a lane, so a burst of 4,166 fires
-/// waited for 21 batches in turn (p99 lag 0.8 s, BENCHMARKS.md).
-const FIRE_LANES: u32 = 2;
 /// How often a replica that is not the leader tries to become it.
 const FOLLOWER_RETRY: Duration = Duration::from_secs(2);
 /// How often the leader keeps the metric tables (partitions ahead, retention).
@@ -134,8 +130,10 @@ impl Scheduler {
     /// # Errors
     /// Database errors; what was not committed is done by the next pass.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Fired, store::Error> {
+        // Batches commit one after another within a lane: in one lane, a burst of 4,166 fires
+        // waited for 21 batches in turn (BENCHMARKS.md, issue 25).
         let lanes = match self.db.get_database_backend() {
-            DbBackend::Postgres => FIRE_LANES,
+            DbBackend::Postgres => self.settings.lanes.max(1),
             _ => 1,
         };
         let mut passes = tokio::task::JoinSet::new();
