@@ -195,8 +195,9 @@ pub struct Page {
     pub items: Vec<Resource>,
     /// Pass back as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<ResourceId>,
-    /// Resources matching the filters, over all pages: exact, as of the page's read. It is
-    /// summed from counts kept as resources are written, so it costs the same at any size.
+    /// Resources matching the filters, over all pages: exact when read (a statement of its own,
+    /// before the page's), and summed from counts kept as resources are written, so it costs
+    /// the same at any size.
     pub total: u64,
 }
 

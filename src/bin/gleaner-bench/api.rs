@@ -28,26 +28,18 @@ pub struct ApiArgs {
     /// measurements is as large as what is measured, so the medians of many are compared.
     #[arg(long, default_value_t = 9)]
     rounds: usize,
-    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: crate::BenchDatabase,
 }
 
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
-    let (name, mut settings) = crate::fresh_schema(&args.database_url)?;
-    // The rate limiter runs, as it does by default, but never refuses: its cost is counted,
-    // its 429s would not be throughput.
-    settings.api.rate_limit_per_second = 1_000_000;
-    settings.api.rate_limit_burst = 1_000_000;
-    let db = gleaner::app::database(&settings, true).await?;
-    let result = measure(&args, &settings, &db).await;
-    db.close().await.ok();
-    crate::drop_schema(&settings.database_url, &name).await?;
-    result
+    let args = &args;
+    crate::in_fresh_schema(
+        &args.database,
+        |_| {},
+        |settings, db| async move { measure(args, &settings, &db).await },
+    )
+    .await
 }
 
 async fn measure(

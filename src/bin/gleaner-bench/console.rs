@@ -27,24 +27,18 @@ pub struct ConsoleArgs {
     /// Requests timed per page (after 3 not timed).
     #[arg(long, default_value_t = 30)]
     samples: usize,
-    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: crate::BenchDatabase,
 }
 
 pub async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
-    let (name, mut settings) = crate::fresh_schema(&args.database_url)?;
-    settings.api.rate_limit_per_second = 1_000_000;
-    settings.api.rate_limit_burst = 1_000_000;
-    let db = gleaner::app::database(&settings, true).await?;
-    let result = measure(&args, &settings, &db).await;
-    db.close().await.ok();
-    crate::drop_schema(&settings.database_url, &name).await?;
-    result
+    let args = &args;
+    crate::in_fresh_schema(
+        &args.database,
+        |_| {},
+        |settings, db| async move { measure(args, &settings, &db).await },
+    )
+    .await
 }
 
 async fn measure(

@@ -36,25 +36,18 @@ pub struct ListsArgs {
     /// Sequential requests of the one-at-a-time measurements.
     #[arg(long, default_value_t = 300)]
     requests: usize,
-    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
-    #[arg(
-        long,
-        env = "GLEANER_BENCH_DATABASE_URL",
-        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    database: crate::BenchDatabase,
 }
 
 pub async fn lists(args: ListsArgs) -> anyhow::Result<()> {
-    let (name, mut settings) = crate::fresh_schema(&args.database_url)?;
-    settings.api.rate_limit_per_second = 1_000_000;
-    settings.api.rate_limit_burst = 1_000_000;
-    settings.database.max_connections = 20;
-    let db = gleaner::app::database(&settings, true).await?;
-    let result = measure(&args, &settings, &db).await;
-    db.close().await.ok();
-    crate::drop_schema(&settings.database_url, &name).await?;
-    result
+    let args = &args;
+    crate::in_fresh_schema(
+        &args.database,
+        |s| s.database.max_connections = 20,
+        |settings, db| async move { measure(args, &settings, &db).await },
+    )
+    .await
 }
 
 async fn measure(
@@ -69,10 +62,10 @@ async fn measure(
     let stop = CancellationToken::new();
     let base = crate::api::serve(gleaner_api::router(state), &stop).await?;
     let http = crate::authorized(key.expose())?;
-    let project = post(&http, &base, "/v1/projects", json!({"name": "bench"})).await?;
+    let project = crate::post(&http, &base, "/v1/projects", json!({"name": "bench"})).await?;
     let mut accounts = Vec::new();
     for i in 0..args.accounts {
-        let a = post(
+        let a = crate::post(
             &http,
             &base,
             "/v1/service-accounts",
@@ -81,7 +74,7 @@ async fn measure(
         .await?;
         accounts.push(format!("'{}'", a["id"].as_str().context("account id")?));
     }
-    let collector = post(
+    let collector = crate::post(
         &http,
         &base,
         "/v1/collectors",
@@ -251,7 +244,7 @@ async fn write_while(
     let mut next_old = 1;
     let mut turn = 0u64;
     while writing.load(Ordering::Relaxed) {
-        let (from, to) = if turn % 2 == 0 {
+        let (from, to) = if turn.is_multiple_of(2) {
             let r = (next_old, next_old + 999);
             next_old += 1000;
             r
@@ -356,23 +349,6 @@ async fn fetch(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
 
 async fn get(http: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Value> {
     fetch(http, &format!("{base}{path}")).await
-}
-
-async fn post(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let r = http
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await?;
-    let status = r.status();
-    let body: Value = r.json().await?;
-    ensure!(status.is_success(), "POST {path}: {status} {body}");
-    Ok(body)
 }
 
 /// The median time of `n` runs of `sql`, in milliseconds.

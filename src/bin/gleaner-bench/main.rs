@@ -273,6 +273,41 @@ pub(crate) fn fresh_schema(database_url: &str) -> anyhow::Result<(String, Settin
     Ok((name, settings))
 }
 
+/// The PostgreSQL database of a run that serves the API in process.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchDatabase {
+    /// PostgreSQL database for the run; a fresh schema is created in it and dropped after.
+    #[arg(
+        long,
+        env = "GLEANER_BENCH_DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/gleaner_bench"
+    )]
+    database_url: String,
+}
+
+/// Runs `measure` with settings and a migrated connection on a fresh schema of `database`,
+/// and drops the schema after. The API's rate limiter runs, as it does by default, but never
+/// refuses: its cost is counted, its 429s would not be throughput.
+pub(crate) async fn in_fresh_schema<F, Fut>(
+    database: &BenchDatabase,
+    tune: impl FnOnce(&mut Settings),
+    measure: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings, sea_orm::DatabaseConnection) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (name, mut settings) = fresh_schema(&database.database_url)?;
+    settings.api.rate_limit_per_second = 1_000_000;
+    settings.api.rate_limit_burst = 1_000_000;
+    tune(&mut settings);
+    let db = gleaner::app::database(&settings, true).await?;
+    let result = measure(settings.clone(), db.clone()).await;
+    db.close().await.ok();
+    drop_schema(&settings.database_url, &name).await?;
+    result
+}
+
 /// Drops a run's schema.
 pub(crate) async fn drop_schema(database_url: &str, name: &str) -> anyhow::Result<()> {
     let admin = gleaner_common::db::connect(
