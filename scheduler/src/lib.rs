@@ -143,11 +143,7 @@ impl Scheduler {
         }
         let mut total = Fired::default();
         while let Some(pass) = passes.join_next().await {
-            let fired = pass.map_err(|e| store::Error::Corrupt(format!("a pass ended: {e}")))??;
-            total.queued += fired.queued;
-            total.skipped += fired.skipped;
-            total.missed += fired.missed;
-            total.schedules += fired.schedules;
+            total += pass.map_err(|e| store::Error::Corrupt(format!("a pass ended: {e}")))??;
         }
         Ok(total)
     }
@@ -162,10 +158,7 @@ impl Scheduler {
             let fired =
                 store::schedule::fire_due(&self.db, &self.catalog, now, window, batch, lane)
                     .await?;
-            total.queued += fired.queued;
-            total.skipped += fired.skipped;
-            total.missed += fired.missed;
-            total.schedules += fired.schedules;
+            total += fired;
             if fired.schedules < batch {
                 return Ok(total);
             }

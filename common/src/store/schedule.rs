@@ -340,6 +340,15 @@ pub struct Fired {
     pub schedules: u64,
 }
 
+impl std::ops::AddAssign for Fired {
+    fn add_assign(&mut self, other: Fired) {
+        self.queued += other.queued;
+        self.skipped += other.skipped;
+        self.missed += other.missed;
+        self.schedules += other.schedules;
+    }
+}
+
 /// Fires of one schedule recorded per pass at most: a schedule idle for years records its
 /// latest missed fires, not every one.
 const MAX_FIRES_PER_PASS: usize = 1_000;
@@ -354,11 +363,6 @@ const ROWS: usize = 1_000;
 pub struct Lane {
     pub lane: u32,
     pub lanes: u32,
-}
-
-impl Lane {
-    /// Every schedule: one pass.
-    pub const ALL: Lane = Lane { lane: 0, lanes: 1 };
 }
 
 /// Takes up to `limit` schedules whose fire time has come (by `now`) and records their fires.

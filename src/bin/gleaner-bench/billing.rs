@@ -402,39 +402,29 @@ async fn measure_summary(
     println!(
         "  rollup rows: {accounts} per account and month, {by_service} by service, {by_region} by region, {monthly} monthly, {daily} daily"
     );
-    let mut scans = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        db.execute_unprepared(
-            "SELECT to_char(month, 'YYYY-MM'), provider, currency, sum(billed_cost), sum(effective_cost) \
-             FROM costs GROUP BY 1, 2, 3",
-        )
-        .await?;
-        scans.push(t.elapsed());
-    }
-    scans.sort();
+    let scan = crate::median_ms(
+        &db,
+        3,
+        "SELECT to_char(month, 'YYYY-MM'), provider, currency, sum(billed_cost), sum(effective_cost) \
+         FROM costs GROUP BY 1, 2, 3",
+    )
+    .await?;
     println!(
-        "  {:<47} {:>8.1} ms (median of 3)",
-        "baseline: the same sums scanning `costs`:",
-        scans[1].as_secs_f64() * 1e3
+        "  {:<47} {scan:>8.1} ms (median of 3)",
+        "baseline: the same sums scanning `costs`:"
     );
     // What a summary by service read before its rollup (migration 21): `cost_monthly`, a row
     // per account, service and region.
-    let mut before = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        db.execute_unprepared(
-            "SELECT month, service_name, currency, sum(billed_cost), sum(effective_cost) \
-             FROM cost_monthly GROUP BY 1, 2, 3",
-        )
-        .await?;
-        before.push(t.elapsed());
-    }
-    before.sort();
+    let before = crate::median_ms(
+        &db,
+        5,
+        "SELECT month, service_name, currency, sum(billed_cost), sum(effective_cost) \
+         FROM cost_monthly GROUP BY 1, 2, 3",
+    )
+    .await?;
     println!(
-        "  {:<47} {:>8.1} ms (median of 5)",
-        "before: the sums by service from `cost_monthly`:",
-        before[2].as_secs_f64() * 1e3
+        "  {:<47} {before:>8.1} ms (median of 5)",
+        "before: the sums by service from `cost_monthly`:"
     );
     let (start, end) = (start.first_day(), end.next().first_day());
     for (group_by, groups) in [

@@ -108,25 +108,25 @@ async fn measure(
         "domain_id = '{}' AND collector_id = '{collector}'",
         DomainId::DEFAULT
     );
-    let count = median_ms(
+    let count = crate::median_ms(
         db,
         5,
         &format!("SELECT count(*) FROM resources WHERE {of_collector}"),
     )
     .await?;
-    let by_type = median_ms(
+    let by_type = crate::median_ms(
         db,
         5,
         &format!("SELECT resource_type, count(*) FROM resources WHERE {of_collector} GROUP BY 1"),
     )
     .await?;
-    let page_sql = median_ms(
+    let page_sql = crate::median_ms(
         db,
         50,
         &format!("SELECT * FROM resources WHERE {of_collector} ORDER BY id LIMIT 101"),
     )
     .await?;
-    let sum = median_ms(
+    let sum = crate::median_ms(
         db,
         50,
         &format!("SELECT sum(n) FROM resource_counts WHERE {of_collector}"),
@@ -349,18 +349,6 @@ async fn fetch(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
 
 async fn get(http: &reqwest::Client, base: &str, path: &str) -> anyhow::Result<Value> {
     fetch(http, &format!("{base}{path}")).await
-}
-
-/// The median time of `n` runs of `sql`, in milliseconds.
-async fn median_ms(db: &DatabaseConnection, n: usize, sql: &str) -> anyhow::Result<f64> {
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        db.execute_unprepared(sql).await?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[n / 2])
 }
 
 fn print_latency(what: &str, times: &[Duration], rate: Option<f64>) {

@@ -308,6 +308,22 @@ where
     result
 }
 
+/// The median time of `n` runs of `sql`, in milliseconds.
+pub(crate) async fn median_ms(
+    db: &sea_orm::DatabaseConnection,
+    n: usize,
+    sql: &str,
+) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        db.execute_unprepared(sql).await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[n / 2])
+}
+
 /// Drops a run's schema.
 pub(crate) async fn drop_schema(database_url: &str, name: &str) -> anyhow::Result<()> {
     let admin = gleaner_common::db::connect(
