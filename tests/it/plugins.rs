@@ -457,8 +457,58 @@ async fn credentials_never_appear_in_task_errors_or_stderr(mode: Mode) -> anyhow
     Ok(())
 }
 
+/// A big task's batches are written by two writers at once in PostgreSQL, each on its own
+/// share of the keys (one in SQLite). A key reported twice, its second version three items
+/// after the first, is stored at its second version whichever writer has it and whether its
+/// first is still being filled, being written or written: 200 created and 200 updated, each
+/// with its change record.
+async fn a_key_reported_twice_keeps_its_last_version_across_writers(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        crate::support::Options {
+            batch_size: 10,
+            tune: |s| s.worker.writers = 2,
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    register_misbehaving(&env, "twice", "twice", "demo", 60).await?;
+    let collector = collector_of(&env, "twice", "demo", json!({}), json!({})).await?;
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 200, "{job}");
+    assert_eq!(job["counts"]["updated"], 200, "{job}");
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 200);
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}&limit=1000"))
+        .await?;
+    let items = page.body["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 200, "{}", page.body);
+    let first = items.iter().filter(|r| r["data"]["n"] != 2).count();
+    assert_eq!(first, 0, "resources left at their first version");
+    for kind in ["CREATED", "UPDATED"] {
+        assert_eq!(
+            env.scalar(&format!(
+                "SELECT count(DISTINCT resource_id) FROM resource_changes WHERE kind = '{kind}'"
+            ))
+            .await?,
+            200,
+            "{kind}"
+        );
+    }
+    // Run again, the same report changes nothing: what was stored is the last version.
+    let job = env.collect(&collector).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 0, "{job}");
+    assert_eq!(job["counts"]["unchanged"], 200, "{job}");
+    Ok(())
+}
+
 crate::in_both_modes!(
     registering_runs_init_and_keeps_versions,
+    a_key_reported_twice_keeps_its_last_version_across_writers,
     an_external_plugin_collects_and_item_errors_fail_the_task,
     garbage_from_a_plugin_fails_the_task_and_keeps_what_was_stored,
     nul_characters_from_a_plugin_fail_their_items_and_never_loop,

@@ -10,6 +10,7 @@
 #   flaky    exits 75 (temporary failure) on attempts 1 and 2, then reports one resource
 #   nul      NUL characters everywhere PostgreSQL refuses them: raw in stderr, in an item
 #            error's message, in a resource's data and in another's name; one clean resource
+#   twice    200 resources, each reported twice: {"n":1}, then {"n":2} three items later
 #   picky    verifies only the aws_secret_access_key `right-key`; refuses any other, echoing it
 #            on stderr (a credential in the reason, which Gleaner must redact)
 behaviour=$1
@@ -75,6 +76,15 @@ nul)
     printf '%s\n' '{"type":"resource","resource_type":"test.thing","resource_key":"in-data","data":{"n":"a\u0000b"}}'
     printf '%s\n' '{"type":"resource","resource_type":"test.thing","resource_key":"in-name","name":"x\u0000y","data":{"n":2}}'
     printf '%s\n' '{"type":"error","resource_key":"failing","message":"cannot read \u0000 this"}'
+    echo '{"type":"done"}'
+    ;;
+twice)
+    i=1
+    while [ $i -le 203 ]; do
+        [ $i -le 200 ] && resource "k$i" 1
+        [ $i -gt 3 ] && resource "k$((i - 3))" 2
+        i=$((i + 1))
+    done
     echo '{"type":"done"}'
     ;;
 picky)

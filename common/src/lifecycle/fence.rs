@@ -3,8 +3,8 @@
 //!
 //! The sinks write rows with COPY and arrays through sqlx, in transactions of their own; these
 //! are the only statements of theirs that touch `job_tasks` and `jobs`, so the rules of a
-//! task's life stay in [`crate::lifecycle`]. Each `hold` makes the rest of the transaction
-//! conditional on the attempt still owning its task: when it does not, the sink writes nothing.
+//! task's life stay in [`crate::lifecycle`]. Each `hold` makes the transaction conditional on
+//! the attempt still owning its task: when it does not, the sink rolls back and writes nothing.
 
 use std::collections::HashSet;
 
@@ -40,7 +40,8 @@ pub mod pg {
         WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS' FOR UPDATE";
 
     /// Locks the task's row while `attempt` owns it, until the transaction ends: `false` when
-    /// it does not, and then nothing may be written.
+    /// it does not, and then the transaction must not commit. Taken before the commit, after
+    /// the writes, it lets several transactions of one attempt write at once.
     ///
     /// # Errors
     /// Database errors only.

@@ -378,6 +378,39 @@ pub fn key_hash(resource_type: &str, resource_key: &str) -> u64 {
     h.digest()
 }
 
+/// Whether anything of a collector's account (`None`: its resources of no account) is stored,
+/// in any state, that `job` did not create: a collection that finds nothing is its first (what
+/// it wrote before it asked does not count).
+///
+/// # Errors
+/// Database errors only.
+pub async fn any_stored(
+    db: &impl ConnectionTrait,
+    collector: CollectorId,
+    account: Option<ServiceAccountId>,
+    job: JobId,
+) -> Result<bool> {
+    let of_account = match account {
+        Some(a) => resource::Column::ServiceAccountId.eq(a.as_uuid()),
+        None => resource::Column::ServiceAccountId.is_null(),
+    };
+    Ok(resource::Entity::find()
+        .select_only()
+        .column(resource::Column::Id)
+        .filter(resource::Column::CollectorId.eq(collector.as_uuid()))
+        .filter(of_account)
+        .filter(
+            sea_orm::Condition::any()
+                .add(resource::Column::CreatedJobId.is_null())
+                .add(resource::Column::CreatedJobId.ne(job.as_uuid())),
+        )
+        .limit(1)
+        .into_tuple::<uuid::Uuid>()
+        .one(db)
+        .await?
+        .is_some())
+}
+
 /// What a successful collection saw, to age what it did not.
 #[derive(Clone, Debug)]
 pub struct Sweep {

@@ -3,7 +3,6 @@
 //! merge, and a run that succeeded plans the sweep of what it no longer saw, applied with its
 //! end.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use gleaner_common::external::redact;
@@ -15,6 +14,7 @@ use gleaner_common::store::resource::{self, Sweep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::batches::Batches;
 use super::{Running, Summary, big_room, failure, has_nul, prepare, stderr_of};
 use crate::lock::Held;
 use crate::plugin::{Item, ItemError, ItemReceiver, PluginError, ResourceItem};
@@ -46,6 +46,7 @@ pub(super) async fn collect(
         task_id: claimed.attempt.task,
         attempt: claimed.attempt.number,
         shared: false,
+        fresh: None,
     };
     // A plugin process is big from the start; any other run, once it reports more than a
     // small batch.
@@ -58,7 +59,7 @@ pub(super) async fn collect(
         None
     };
     let room = if full.is_some() {
-        big_room(ctx)
+        big_room(ctx) / Batches::writers(ctx, &scope)
     } else {
         slots::SMALL.min(big_room(ctx))
     };
@@ -165,18 +166,13 @@ async fn consume(
     full: &mut Option<slots::Full>,
     stop: &CancellationToken,
 ) -> Result<Option<Summary>, SinkError> {
-    let scope = &mut scope.clone();
     let batch_size = ctx.settings.batch_size.max(1);
     let mut summary = Summary::default();
-    // A small task's batch stays small: room for a whole one once the task is big.
-    let room = if full.is_some() {
-        batch_size
-    } else {
-        batch_size.min(slots::SMALL)
-    };
-    let mut batch: Vec<ResourceItem> = Vec::with_capacity(room);
-    let mut keys: HashSet<(String, String)> = HashSet::with_capacity(room);
-    let mut pending_failed = 0i64;
+    // A small task's batch stays small: room for whole ones once the task is big.
+    let mut batches = Batches::new(ctx, scope.clone(), batch_size.min(slots::SMALL));
+    if full.is_some() {
+        batches.grow(batch_size).await?;
+    }
     let mut received = 0usize;
     let mut catalog: Vec<store::catalog::Entry> = Vec::new();
     while let Some(item) = rx.recv().await {
@@ -186,13 +182,12 @@ async fn consume(
                 return Ok(Some(summary));
             };
             *full = Some(slot);
-            rx.widen(big_room(ctx).saturating_sub(slots::SMALL));
-            batch.reserve(batch_size.saturating_sub(batch.len()));
-            keys.reserve(batch_size.saturating_sub(keys.len()));
+            batches.grow(batch_size).await?;
+            rx.widen(batches.channel_room().saturating_sub(slots::SMALL));
         }
         match item {
             Item::Resource(r) if let Some(why) = refusal(&r) => {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(ItemError {
                     message: why,
                     resource_type: Some(r.resource_type),
@@ -203,23 +198,16 @@ async fn consume(
                 summary
                     .seen
                     .insert(resource::key_hash(&r.resource_type, &r.resource_key));
-                // A key may appear once per upsert statement; a repeat starts a new batch so
-                // the later version wins, as it would have row by row.
-                if !keys.insert((r.resource_type.clone(), r.resource_key.clone())) {
-                    if !flush(ctx, scope, &mut batch, &mut pending_failed, &mut summary).await? {
-                        return Ok(None);
-                    }
-                    keys.clear();
-                    keys.insert((r.resource_type.clone(), r.resource_key.clone()));
+                if !batches.push(r, &mut summary).await? {
+                    return Ok(None);
                 }
-                batch.push(r);
             }
             Item::Error(e) => {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(e);
             }
             Item::Cost(_) => {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(ItemError {
                     resource_type: None,
                     resource_key: None,
@@ -229,7 +217,7 @@ async fn consume(
                 });
             }
             Item::Catalog(e) if catalog.len() >= MAX_CATALOG => {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(ItemError {
                     resource_type: None,
                     resource_key: Some(e.key),
@@ -244,7 +232,7 @@ async fn consume(
                     || [&e.key, &e.provider].iter().any(|s| s.contains('\0'))
                     || e.name.as_deref().is_some_and(|n| n.contains('\0')) =>
             {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(ItemError {
                     resource_type: None,
                     resource_key: Some(e.key.replace('\0', "\\0")),
@@ -256,7 +244,7 @@ async fn consume(
             }
             Item::Catalog(e) => catalog.push(e),
             Item::Unchanged(_) => {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(ItemError {
                     resource_type: None,
                     resource_key: None,
@@ -264,7 +252,7 @@ async fn consume(
                 });
             }
             Item::Samples(s) => {
-                pending_failed += 1;
+                batches.fail();
                 summary.keep(ItemError {
                     resource_type: None,
                     resource_key: Some(s.resource_id.to_string()),
@@ -272,16 +260,8 @@ async fn consume(
                 });
             }
         }
-        if batch.len() >= batch_size {
-            if !flush(ctx, scope, &mut batch, &mut pending_failed, &mut summary).await? {
-                return Ok(None);
-            }
-            keys.clear();
-        }
     }
-    if (!batch.is_empty() || pending_failed > 0)
-        && !flush(ctx, scope, &mut batch, &mut pending_failed, &mut summary).await?
-    {
+    if !batches.finish(&mut summary).await? {
         return Ok(None);
     }
     if !catalog.is_empty() {
@@ -310,7 +290,7 @@ const MAX_CATALOG: usize = 10_000;
 /// Whether another collector of the domain reports resources of the task's provider, so a
 /// batch may hold resources it owns. Asked before each batch until true: one query for the
 /// collectors, whose providers come from the registry as for running them.
-async fn shares_provider(ctx: &Context, scope: &Scope) -> Result<bool, store::Error> {
+pub(super) async fn shares_provider(ctx: &Context, scope: &Scope) -> Result<bool, store::Error> {
     let Some(me) = scope.collector_id else {
         return Ok(false);
     };
@@ -379,7 +359,7 @@ async fn merge(
 }
 
 /// Writes the batch, retrying transient database errors. `false` when the task is stale.
-async fn flush(
+pub(super) async fn flush(
     ctx: &Context,
     scope: &mut Scope,
     batch: &mut Vec<ResourceItem>,

@@ -20,6 +20,7 @@
 //! (canceled, timed out, or taken over after the lease ran out), the plugin is stopped and
 //! nothing more is written.
 
+mod batches;
 mod billing;
 mod inventory;
 mod metrics;

@@ -3,6 +3,9 @@
 //! A sink writes one batch in one transaction, together with the task's progress, and fenced
 //! by the task's attempt: a stale attempt writes nothing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use gleaner_common::id::{CollectorId, DomainId, JobId, ProjectId, ServiceAccountId, TaskId};
 use gleaner_common::lifecycle::Attempt;
@@ -33,9 +36,32 @@ pub struct Scope {
     /// Another collector of the domain reports resources of this provider: the batch may hold
     /// resources it owns, which go through the priority merge instead of the bulk upsert.
     pub shared: bool,
+    /// Set while the task's collector and account had nothing stored when the task turned big
+    /// (a first collection): its batches are copied straight into `resources`, and the first
+    /// that finds a key stored after all clears it and is upserted instead. Shared by the
+    /// task's writers; `None` for batches that always upsert.
+    pub fresh: Option<Arc<AtomicBool>>,
 }
 
 impl Scope {
+    /// Whether the batch may be copied straight into `resources`: nothing of the task's
+    /// collector and account was stored, and no other collector shares the provider.
+    #[must_use]
+    pub fn fresh(&self) -> bool {
+        !self.shared
+            && self
+                .fresh
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// A batch found a key stored: the task's later batches are upserted.
+    pub fn not_fresh(&self) {
+        if let Some(f) = &self.fresh {
+            f.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// The attempt the batch is fenced by.
     #[must_use]
     pub fn attempt(&self) -> Attempt {
@@ -113,6 +139,19 @@ pub trait ResourceSink: Send + Sync {
         batch: &[ResourceItem],
         failed: i64,
     ) -> Result<Written, SinkError>;
+
+    /// Whether batches of one task, on disjoint keys, may be written at the same time by as
+    /// many concurrent calls of [`ResourceSink::write`]: a database with one writer at a time
+    /// gains nothing from it.
+    fn concurrent_batches(&self) -> bool {
+        false
+    }
+
+    /// Whether the sink copies a first collection's batches straight into the table when the
+    /// scope says so ([`Scope::fresh`]), rather than upserting them.
+    fn copies_fresh(&self) -> bool {
+        false
+    }
 
     /// Whether [`ResourceSink::write_many`] writes a batch of `rows` for `scope` together with
     /// others; the rest are better written alone.

@@ -109,6 +109,18 @@ CROSS JOIN LATERAL (
 const UNSTAGE: &str = "DELETE FROM gleaner_stage_resources
 WHERE (resource_type, resource_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 
+/// A first collection's batch, straight into `resources`: no staging table and no upsert, which
+/// with the staging COPY cost about twice a raw COPY of the same rows (BENCHMARKS.md). The
+/// columns left out take their defaults: no misses, not merged, created and updated now.
+const COPY_FRESH: &str = "COPY resources (id, domain_id, provider, resource_type, resource_key, \
+    name, region, project_id, service_account_id, collector_id, data, content_hash, state, \
+    created_job_id, updated_job_id) FROM STDIN (FORMAT binary)";
+
+/// The change records of [`COPY_FRESH`]'s rows, as [`UPSERT`] writes them for created ones.
+/// `$1` domain, `$2` job, `$3` the resources' ids.
+const CREATED_FRESH: &str = "INSERT INTO resource_changes (domain_id, resource_id, job_id, kind) \
+    SELECT $1, u.id, $2, 'CREATED' FROM unnest($3::uuid[]) AS u(id)";
+
 /// Writes resources to PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PgSink {
@@ -135,6 +147,9 @@ impl ResourceSink for PgSink {
         // Encoded before the transaction begins, which stays as short as the writes.
         let staged = if batch.is_empty() {
             Staged::Nothing
+        } else if scope.fresh() {
+            let (copy, ids) = encode_fresh(batch, scope)?;
+            Staged::Fresh { copy, ids }
         } else if !scope.shared && batch.len() <= ARRAY_BATCH {
             Staged::Arrays(Arrays::of(batch)?)
         } else {
@@ -143,12 +158,6 @@ impl ResourceSink for PgSink {
         let encoded = started.elapsed();
         let db = SinkError::from;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        if !fence::pg::hold(&mut tx, scope.attempt())
-            .await
-            .map_err(db)?
-        {
-            return Ok(Written::Stale);
-        }
         let mut counts = Counts {
             failed,
             ..Counts::default()
@@ -156,62 +165,46 @@ impl ResourceSink for PgSink {
         let mut contested = Vec::new();
         let merged = match staged {
             Staged::Nothing => None,
-            Staged::Arrays(rows) => Some(
-                rows.bind_content(
-                    bind_scope(sqlx::query(UPSERT_ARRAYS.as_str()), scope).bind(&rows.ids),
-                )
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?,
-            ),
-            Staged::Copy(copy) => {
-                sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
-                let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
-                sink.send(copy).await.map_err(db)?;
-                sink.finish().await.map_err(db)?;
-                if scope.shared {
-                    let rows = sqlx::query(CONTESTED)
-                        .bind(scope.domain.as_uuid())
-                        .bind(&scope.provider)
-                        .bind(scope.collector_id.map(|c| c.as_uuid()))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    if !rows.is_empty() {
-                        let (types, keys): (Vec<String>, Vec<String>) = rows
-                            .iter()
-                            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
-                            .unzip();
-                        sqlx::query(UNSTAGE)
-                            .bind(&types)
-                            .bind(&keys)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db)?;
-                        contested = indexes_of(batch, types.into_iter().zip(keys));
-                    }
-                }
-                let copied = started.elapsed();
-                let row = bind_scope(sqlx::query(UPSERT), scope)
+            Staged::Arrays(rows) => Some(changed(
+                &rows
+                    .bind_content(
+                        bind_scope(sqlx::query(UPSERT_ARRAYS.as_str()), scope).bind(&rows.ids),
+                    )
                     .fetch_one(&mut *tx)
                     .await
-                    .map_err(db)?;
-                tracing::debug!(
-                    rows = batch.len(),
-                    encode_ms = encoded.as_millis(),
-                    copy_ms = (copied - encoded).as_millis(),
-                    upsert_ms = (started.elapsed() - copied).as_millis(),
-                    "batch staged and merged"
-                );
-                Some(row)
+                    .map_err(db)?,
+            )),
+            Staged::Fresh { copy, ids } => {
+                if copy_fresh(&mut *tx, scope, copy, &ids).await? {
+                    Some((i64::try_from(ids.len()).unwrap_or(i64::MAX), 0))
+                } else {
+                    // A key was stored after all (the collector's other account has it, or
+                    // the plugin reported it again): this batch and the task's next ones
+                    // upsert.
+                    scope.not_fresh();
+                    let copy = encode(batch)?;
+                    Some(upsert_staged(&mut *tx, scope, batch, copy, &mut contested, encoded).await?)
+                }
+            }
+            Staged::Copy(copy) => {
+                Some(upsert_staged(&mut *tx, scope, batch, copy, &mut contested, encoded).await?)
             }
         };
-        if let Some(row) = merged {
-            counts.created = row.get("created");
-            counts.updated = row.get("updated");
+        if let Some((created, updated)) = merged {
+            counts.created = created;
+            counts.updated = updated;
             counts.unchanged = i64::try_from(batch.len() - contested.len()).unwrap_or(i64::MAX)
                 - counts.created
                 - counts.updated;
+        }
+        // The fence is taken last: the rows above were written with no lock on the task's row,
+        // so another writer of the same task (on other keys) writes beside this one and waits
+        // only for the commit. A stale attempt's transaction rolls back all it wrote.
+        if !fence::pg::hold(&mut tx, scope.attempt())
+            .await
+            .map_err(db)?
+        {
+            return Ok(Written::Stale);
         }
         // A job's counts are summed from its tasks, and `GET /v1/jobs/events` finds changed
         // jobs by `updated_at` alone: the job moves with its task's progress.
@@ -225,6 +218,14 @@ impl ResourceSink for PgSink {
         Ok(Written::Committed { counts, contested })
     }
 
+    fn concurrent_batches(&self) -> bool {
+        true
+    }
+
+    fn copies_fresh(&self) -> bool {
+        true
+    }
+
     fn combines(&self, scope: &Scope, rows: usize) -> bool {
         !scope.shared && rows <= ARRAY_BATCH
     }
@@ -234,9 +235,111 @@ impl ResourceSink for PgSink {
     }
 }
 
+/// The created and updated counts [`UPSERT`] returns.
+fn changed(row: &sqlx::postgres::PgRow) -> (i64, i64) {
+    (row.get("created"), row.get("updated"))
+}
+
+/// Copies `copy` into the staging table, leaves out (into `contested`) the rows other
+/// collectors own when the scope is shared, and upserts the rest: the created and updated
+/// counts.
+async fn upsert_staged(
+    tx: &mut sqlx::PgConnection,
+    scope: &Scope,
+    batch: &[ResourceItem],
+    copy: Vec<u8>,
+    contested: &mut Vec<usize>,
+    encoded: std::time::Duration,
+) -> Result<(i64, i64), SinkError> {
+    let started = std::time::Instant::now();
+    let db = SinkError::from;
+    sqlx::raw_sql(PREPARE).execute(&mut *tx).await.map_err(db)?;
+    let mut sink = tx.copy_in_raw(COPY_STAGE).await.map_err(db)?;
+    sink.send(copy).await.map_err(db)?;
+    sink.finish().await.map_err(db)?;
+    if scope.shared {
+        let rows = sqlx::query(CONTESTED)
+            .bind(scope.domain.as_uuid())
+            .bind(&scope.provider)
+            .bind(scope.collector_id.map(|c| c.as_uuid()))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        if !rows.is_empty() {
+            let (types, keys): (Vec<String>, Vec<String>) = rows
+                .iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+                .unzip();
+            sqlx::query(UNSTAGE)
+                .bind(&types)
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            *contested = indexes_of(batch, types.into_iter().zip(keys));
+        }
+    }
+    let copied = started.elapsed();
+    let row = bind_scope(sqlx::query(UPSERT), scope)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    tracing::debug!(
+        rows = batch.len(),
+        encode_ms = encoded.as_millis(),
+        copy_ms = copied.as_millis(),
+        upsert_ms = (started.elapsed() - copied).as_millis(),
+        "batch staged and merged"
+    );
+    Ok(changed(&row))
+}
+
+/// Copies a first collection's batch straight into `resources` and records each row's
+/// creation, inside a savepoint: `false`, with nothing written, when a key of the batch was
+/// stored after all (the unique key refused the copy).
+async fn copy_fresh(
+    tx: &mut sqlx::PgConnection,
+    scope: &Scope,
+    copy: Vec<u8>,
+    ids: &[Uuid],
+) -> Result<bool, SinkError> {
+    let db = SinkError::from;
+    sqlx::raw_sql("SAVEPOINT gleaner_fresh")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let copied = async {
+        let mut sink = tx.copy_in_raw(COPY_FRESH).await?;
+        sink.send(copy).await?;
+        sink.finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => {}
+        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT gleaner_fresh")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            return Ok(false);
+        }
+        Err(e) => return Err(db(e)),
+    }
+    sqlx::query(CREATED_FRESH)
+        .bind(scope.domain.as_uuid())
+        .bind(scope.job_id.as_uuid())
+        .bind(ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    Ok(true)
+}
+
 /// A batch, encoded for the way it is written.
 enum Staged {
     Nothing,
+    /// A first collection's: for [`COPY_FRESH`], with the rows' ids.
+    Fresh { copy: Vec<u8>, ids: Vec<Uuid> },
     /// Small, and no other collector's resources to pick out: bound to [`UPSERT_ARRAYS`].
     Arrays(Arrays),
     /// For [`COPY_STAGE`], then [`UPSERT`] from the staging table.
@@ -350,6 +453,40 @@ fn encode(batch: &[ResourceItem]) -> Result<Vec<u8>, SinkError> {
         out.int8(content_hash(item, &json));
     }
     Ok(out.finish())
+}
+
+/// Encodes a batch for [`COPY_FRESH`], with the ids given to its rows.
+fn encode_fresh(batch: &[ResourceItem], scope: &Scope) -> Result<(Vec<u8>, Vec<Uuid>), SinkError> {
+    let mut out = BinaryCopy::with_capacity(batch.len() * 800);
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut json = Vec::with_capacity(1024);
+    let uuid = |out: &mut BinaryCopy, id: Option<Uuid>| match id {
+        Some(id) => out.uuid(id),
+        None => out.null(),
+    };
+    for item in batch {
+        json.clear();
+        json_into(item, &mut json)?;
+        let id = Uuid::now_v7();
+        ids.push(id);
+        out.row(15);
+        out.uuid(id);
+        out.uuid(scope.domain.as_uuid());
+        out.text(&scope.provider);
+        out.text(&item.resource_type);
+        out.text(&item.resource_key);
+        out.opt_text(item.name.as_deref());
+        out.opt_text(item.region.as_deref());
+        uuid(&mut out, scope.project_id.map(|p| p.as_uuid()));
+        uuid(&mut out, scope.service_account_id.map(|a| a.as_uuid()));
+        uuid(&mut out, scope.collector_id.map(|c| c.as_uuid()));
+        out.jsonb(&json);
+        out.int8(content_hash(item, &json));
+        out.text("ACTIVE");
+        out.uuid(scope.job_id.as_uuid());
+        out.uuid(scope.job_id.as_uuid());
+    }
+    Ok((out.finish(), ids))
 }
 
 /// A buffer in PostgreSQL's binary COPY format: a fixed header, then per row a field count and
