@@ -326,8 +326,9 @@ impl Default for WorkerSettings {
             // the default prefetch.
             max_tasks: 200,
             batch_size: 5_000,
-            // A second writer lets PostgreSQL upsert one batch while the next is copied in;
-            // one big account ingested 1.6× faster with two (BENCHMARKS.md).
+            // A second writer keeps PostgreSQL's second core busy: one big account's first
+            // collection took 1.31× a raw COPY's time with two, 1.90× with one, 1.39× with
+            // three on two cores (BENCHMARKS.md).
             writers: 2,
             name: None,
             shutdown_grace: Duration::from_secs(30),

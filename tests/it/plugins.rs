@@ -498,11 +498,18 @@ async fn a_key_reported_twice_keeps_its_last_version_across_writers(
             "{kind}"
         );
     }
-    // Run again, the same report changes nothing: what was stored is the last version.
+    assert_eq!(page.body["total"], 200, "{}", page.body);
+    // Run again (an upsert from the first batch on, since the account's resources are
+    // stored): each key goes back to its first version, then to its second.
     let job = env.collect(&collector).await?;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     assert_eq!(job["counts"]["created"], 0, "{job}");
-    assert_eq!(job["counts"]["unchanged"], 200, "{job}");
+    assert_eq!(job["counts"]["updated"], 400, "{job}");
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}&limit=1000"))
+        .await?;
+    let items = page.body["items"].as_array().context("items")?;
+    assert_eq!(items.iter().filter(|r| r["data"]["n"] == 2).count(), 200);
     Ok(())
 }
 

@@ -151,6 +151,10 @@ struct IngestArgs {
     /// Leave the schema and queues in place for inspection.
     #[arg(long)]
     keep: bool,
+    /// Seconds of pgbench's simple-update (16 clients) after the run, the machine's figure of
+    /// the moment; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -744,7 +748,15 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     } else if let Err(e) = gleaner::app::remove_isolated(&run.settings, &run.name).await {
         eprintln!("cleaning up `{}`: {e:#}", run.name);
     }
-    result
+    result?;
+    if args.pgbench_seconds > 0 {
+        let tps = pgbench(&args.services.database_url, 16, args.pgbench_seconds).await?;
+        println!(
+            "  {:<47} {tps:>8.0} TPS",
+            format!("machine: pgbench simple-update, 16 clients, {} s:", args.pgbench_seconds)
+        );
+    }
+    Ok(())
 }
 
 async fn measure(args: &IngestArgs, run: &Run) -> anyhow::Result<()> {
