@@ -539,6 +539,33 @@ pub(crate) fn of_sweeps<C: ColumnTrait + Copy>(
     of
 }
 
+/// A row of a sweep's read.
+#[derive(Debug, FromQueryResult)]
+struct SweepRow {
+    id: uuid::Uuid,
+    resource_type: String,
+    resource_key: String,
+    missed_runs: i32,
+    collector_id: Option<uuid::Uuid>,
+    service_account_id: Option<uuid::Uuid>,
+    domain_id: uuid::Uuid,
+    provider: String,
+}
+
+/// The sweep's read in PostgreSQL, for sweeps of accounts: one probe of
+/// `(collector_id, service_account_id)` per (collector, account) pair `$1`, `$2`. As one
+/// condition on the collector and a list of accounts, the planner read every resource of the
+/// collector and filtered the accounts whenever its statistics lagged behind a job just
+/// planned (they then say the collector has a few rows): 5–12 ms a group of 64 accounts at
+/// 6,000 tasks, growing with the job (`auto_explain`, BENCHMARKS.md). `OFFSET 0` keeps each
+/// probe a subquery of its own, which the planner cannot turn into a join over the collector.
+const SWEEP_READ_PG: &str = "SELECT r.id, r.resource_type, r.resource_key, r.missed_runs, \
+    r.collector_id, r.service_account_id, r.domain_id, r.provider \
+    FROM unnest($1::uuid[], $2::uuid[]) AS s(collector_id, service_account_id) \
+    CROSS JOIN LATERAL (SELECT * FROM resources x \
+        WHERE x.collector_id = s.collector_id AND x.service_account_id = s.service_account_id \
+            AND NOT x.merged AND x.state = 'ACTIVE' OFFSET 0) r";
+
 /// [`plan_sweeps`] of sweeps with distinct (collector, account) pairs.
 async fn plan_distinct<C: ConnectionTrait + sea_orm::StreamTrait>(
     db: &C,
@@ -566,47 +593,53 @@ async fn plan_distinct<C: ConnectionTrait + sea_orm::StreamTrait>(
     // planner took the `(domain_id, provider, ...)` unique index, which for one provider of one
     // domain is every resource (20 ms per group for 12,000 resources), instead of
     // `(collector_id, service_account_id)`.
-    let mine = of_sweeps(
-        &sweeps,
-        resource::Column::CollectorId,
-        resource::Column::ServiceAccountId,
-    );
-    let query = resource::Entity::find()
-        .select_only()
-        .columns([
-            resource::Column::Id,
-            resource::Column::ResourceType,
-            resource::Column::ResourceKey,
-            resource::Column::MissedRuns,
+    let mut rows = if ConnectionTrait::get_database_backend(db) == DbBackend::Postgres
+        && sweeps.iter().all(|s| s.service_account_id.is_some())
+    {
+        let (collectors, accounts): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = sweeps
+            .iter()
+            .filter_map(|s| Some((s.collector_id.as_uuid(), s.service_account_id?.as_uuid())))
+            .unzip();
+        let stmt = sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SWEEP_READ_PG,
+            [collectors.into(), accounts.into()],
+        );
+        SweepRow::find_by_statement(stmt).stream(db).await?
+    } else {
+        let mine = of_sweeps(
+            &sweeps,
             resource::Column::CollectorId,
             resource::Column::ServiceAccountId,
-            resource::Column::DomainId,
-            resource::Column::Provider,
-        ])
-        .filter(resource::Column::Merged.eq(false))
-        .filter(resource::Column::State.eq(ResourceState::Active))
-        .filter(mine);
+        );
+        let query = resource::Entity::find()
+            .select_only()
+            .columns([
+                resource::Column::Id,
+                resource::Column::ResourceType,
+                resource::Column::ResourceKey,
+                resource::Column::MissedRuns,
+                resource::Column::CollectorId,
+                resource::Column::ServiceAccountId,
+                resource::Column::DomainId,
+                resource::Column::Provider,
+            ])
+            .filter(resource::Column::Merged.eq(false))
+            .filter(resource::Column::State.eq(ResourceState::Active))
+            .filter(mine);
+        query.into_model::<SweepRow>().stream(db).await?
+    };
     // Streamed: a million keys are sorted as they come, never held as rows.
-    type Row = (
-        uuid::Uuid,
-        String,
-        String,
-        i32,
-        Option<uuid::Uuid>,
-        Option<uuid::Uuid>,
-        uuid::Uuid,
-        String,
-    );
-    let mut rows = query.into_tuple::<Row>().stream(db).await?;
-    while let Some((id, t, k, missed, collector, account, domain, provider)) =
-        rows.try_next().await?
-    {
-        let Some(&n) = collector.and_then(|c| index.get(&(c, account))) else {
+    while let Some(r) = rows.try_next().await? {
+        let Some(&n) = r
+            .collector_id
+            .and_then(|c| index.get(&(c, r.service_account_id)))
+        else {
             continue;
         };
         let s = &sweeps[n];
-        if s.domain.as_uuid() == domain && s.provider == provider {
-            resources[n].push(id, key_hash(&t, &k), missed, s);
+        if s.domain.as_uuid() == r.domain_id && s.provider == r.provider {
+            resources[n].push(r.id, key_hash(&r.resource_type, &r.resource_key), r.missed_runs, s);
         }
     }
     drop(rows);
