@@ -30,7 +30,8 @@ AS $$
     RETURNING *
 $$";
 
-const PG_DOWN: &str = "DROP FUNCTION IF EXISTS gleaner_claim_outbox(timestamptz, timestamptz, bigint)";
+const PG_DOWN: &str =
+    "DROP FUNCTION IF EXISTS gleaner_claim_outbox(timestamptz, timestamptz, bigint)";
 
 // The trait's lifetimes are late-bound by async_trait; naming them here does not compile.
 #[allow(elided_lifetimes_in_paths)]

@@ -482,7 +482,9 @@ async fn a_key_reported_twice_keeps_its_last_version_across_writers(
     assert_eq!(job["counts"]["updated"], 200, "{job}");
     assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 200);
     let page = env
-        .get(&format!("/v1/resources?collector_id={collector}&limit=1000"))
+        .get(&format!(
+            "/v1/resources?collector_id={collector}&limit=1000"
+        ))
         .await?;
     let items = page.body["items"].as_array().context("items")?;
     assert_eq!(items.len(), 200, "{}", page.body);
@@ -506,7 +508,9 @@ async fn a_key_reported_twice_keeps_its_last_version_across_writers(
     assert_eq!(job["counts"]["created"], 0, "{job}");
     assert_eq!(job["counts"]["updated"], 400, "{job}");
     let page = env
-        .get(&format!("/v1/resources?collector_id={collector}&limit=1000"))
+        .get(&format!(
+            "/v1/resources?collector_id={collector}&limit=1000"
+        ))
         .await?;
     let items = page.body["items"].as_array().context("items")?;
     assert_eq!(items.iter().filter(|r| r["data"]["n"] == 2).count(), 200);

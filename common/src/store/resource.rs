@@ -639,7 +639,12 @@ async fn plan_distinct<C: ConnectionTrait + sea_orm::StreamTrait>(
         };
         let s = &sweeps[n];
         if s.domain.as_uuid() == r.domain_id && s.provider == r.provider {
-            resources[n].push(r.id, key_hash(&r.resource_type, &r.resource_key), r.missed_runs, s);
+            resources[n].push(
+                r.id,
+                key_hash(&r.resource_type, &r.resource_key),
+                r.missed_runs,
+                s,
+            );
         }
     }
     drop(rows);

@@ -753,7 +753,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         let tps = pgbench(&args.services.database_url, 16, args.pgbench_seconds).await?;
         println!(
             "  {:<47} {tps:>8.0} TPS",
-            format!("machine: pgbench simple-update, 16 clients, {} s:", args.pgbench_seconds)
+            format!(
+                "machine: pgbench simple-update, 16 clients, {} s:",
+                args.pgbench_seconds
+            )
         );
     }
     Ok(())

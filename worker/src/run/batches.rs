@@ -158,7 +158,8 @@ impl<'c> Batches<'c> {
     /// Writes what is left and waits for every writer. `false` when the task is stale.
     pub(super) async fn finish(mut self, summary: &mut Summary) -> Result<bool, SinkError> {
         for n in 0..self.lanes.len() {
-            if (!self.lanes[n].batch.is_empty() || self.failed > 0) && !self.send(n, summary).await?
+            if (!self.lanes[n].batch.is_empty() || self.failed > 0)
+                && !self.send(n, summary).await?
             {
                 return Ok(false);
             }

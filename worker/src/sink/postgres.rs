@@ -175,19 +175,23 @@ impl ResourceSink for PgSink {
                     .map_err(db)?,
             )),
             Staged::Fresh { copy, ids } => {
-                if copy_fresh(&mut *tx, scope, copy, &ids).await? {
+                if copy_fresh(&mut tx, scope, copy, &ids).await? {
                     Some((i64::try_from(ids.len()).unwrap_or(i64::MAX), 0))
                 } else {
                     // A key was stored after all (the collector's other account has it, or
                     // the plugin reported it again): this batch and the task's next ones
                     // upsert.
+                    tracing::debug!(
+                        rows = batch.len(),
+                        "a first collection's batch found a key stored; upserting from here on"
+                    );
                     scope.not_fresh();
                     let copy = encode(batch)?;
-                    Some(upsert_staged(&mut *tx, scope, batch, copy, &mut contested, encoded).await?)
+                    Some(upsert_staged(&mut tx, scope, batch, copy, &mut contested, encoded).await?)
                 }
             }
             Staged::Copy(copy) => {
-                Some(upsert_staged(&mut *tx, scope, batch, copy, &mut contested, encoded).await?)
+                Some(upsert_staged(&mut tx, scope, batch, copy, &mut contested, encoded).await?)
             }
         };
         if let Some((created, updated)) = merged {
@@ -316,7 +320,10 @@ async fn copy_fresh(
     .await;
     match copied {
         Ok(_) => {}
-        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|d| d.is_unique_violation()) =>
+        {
             sqlx::raw_sql("ROLLBACK TO SAVEPOINT gleaner_fresh")
                 .execute(&mut *tx)
                 .await
@@ -339,7 +346,10 @@ async fn copy_fresh(
 enum Staged {
     Nothing,
     /// A first collection's: for [`COPY_FRESH`], with the rows' ids.
-    Fresh { copy: Vec<u8>, ids: Vec<Uuid> },
+    Fresh {
+        copy: Vec<u8>,
+        ids: Vec<Uuid>,
+    },
     /// Small, and no other collector's resources to pick out: bound to [`UPSERT_ARRAYS`].
     Arrays(Arrays),
     /// For [`COPY_STAGE`], then [`UPSERT`] from the staging table.
