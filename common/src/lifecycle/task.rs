@@ -523,7 +523,7 @@ async fn keep_seen(
 ) -> Result<()> {
     let backend = txn.get_database_backend();
     let mut seen = Vec::with_capacity(plan.sweep.seen.len() * 8);
-    for key in &plan.sweep.seen {
+    for key in plan.sweep.seen.iter() {
         seen.extend_from_slice(&key.to_be_bytes());
     }
     let mut p = Params::new(backend);
@@ -712,7 +712,7 @@ pub async fn end_of_part(
     let planned = store::resource::plan_sweep(
         db,
         store::resource::Sweep {
-            seen: union,
+            seen: std::sync::Arc::new(union),
             ..sweep.clone()
         },
     )

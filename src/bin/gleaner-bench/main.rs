@@ -1005,10 +1005,12 @@ async fn raw_insert_sqlite(url: &str, estate: &Estate) -> anyhow::Result<Duratio
         .await?;
     for row in ddl {
         let sql: String = row.try_get_by_index(0)?;
+        // Quoted by SeaORM's schema builder, bare in the migrations' own SQL.
         let sql = sql
             .replace("\"resources\"", "\"bench_copy\"")
-            .replace("\"ux_resources_", "\"ux_bench_copy_")
-            .replace("\"ix_resources_", "\"ix_bench_copy_");
+            .replace("ON resources ", "ON bench_copy ")
+            .replace("ux_resources_", "ux_bench_copy_")
+            .replace("ix_resources_", "ix_bench_copy_");
         db.execute_unprepared(&sql).await?;
     }
     let pool = db.get_sqlite_connection_pool().clone();

@@ -117,7 +117,7 @@ pub(super) async fn collect(
             collector_id,
             service_account_id: scope.service_account_id,
             job_id: scope.job_id,
-            seen: std::mem::take(&mut summary.seen),
+            seen: Arc::new(std::mem::take(&mut summary.seen)),
             delete_after: i32::from(ctx.settings.delete_after_missed_runs.max(1)),
         }),
         _ => None,
