@@ -162,7 +162,7 @@ async fn the_guides_path_through_the_console(mode: Mode) -> anyhow::Result<()> {
     // Disabled, "collect now" shows the API's refusal beside the button.
     browser.open(&format!("/collectors/{cid}")).await?;
     browser.click("#toggle-state").await?;
-    assert_eq!(browser.text("#collector-state").await?, "DISABLED");
+    browser.wait_text("#collector-state", "DISABLED").await?;
     browser.click("#collect-now").await?;
     let refusal = browser.text("#collect-outcome [role=alert]").await?;
     assert!(refusal.contains("disabled"), "{refusal}");

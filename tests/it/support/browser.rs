@@ -124,13 +124,48 @@ impl Browser {
 
     /// The text of the first element matching `css`.
     pub async fn text(&self, css: &str) -> anyhow::Result<String> {
-        Ok(self.wait_for(css).await?.text().await?)
+        let mut stale = 0;
+        loop {
+            match self.wait_for(css).await?.text().await {
+                Ok(t) => return Ok(t),
+                // The page was replaced between the find and the read (a navigation or a
+                // swap): find it again.
+                Err(e) if stale < STALE_RETRIES && is_stale(&e) => stale += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits up to 30 s for the first element matching `css` to read `expected`: after a form
+    /// that navigates, the old page may still be there for a moment.
+    pub async fn wait_text(&self, css: &str, expected: &str) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.text().await.ok(),
+                Err(_) => None,
+            };
+            if got.as_deref() == Some(expected) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "`{css}` reads {got:?}, not {expected:?}, after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Clicks the first element matching `css`.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        self.wait_for(css).await?.click().await?;
-        Ok(())
+        let mut stale = 0;
+        loop {
+            match self.wait_for(css).await?.click().await {
+                Ok(_) => return Ok(()),
+                Err(e) if stale < STALE_RETRIES && is_stale(&e) => stale += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Saves a screenshot as `target/screenshots/<name>.png`, which CI keeps.
@@ -201,4 +236,12 @@ impl Drop for Browser {
             );
         }
     }
+}
+
+/// Times an element is found again after the page replaced it under the test.
+const STALE_RETRIES: u32 = 5;
+
+/// Whether the element was replaced since it was found.
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    e.to_string().contains("stale element")
 }

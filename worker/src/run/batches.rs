@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use gleaner_common::store::resource;
+use gleaner_common::store::{self, resource};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -75,16 +75,10 @@ impl<'c> Batches<'c> {
             && !self.scope.shared
         {
             let (account, job) = (self.scope.service_account_id, self.scope.job_id);
-            let stored = self
-                .ctx
-                .db_retry
-                .run(
-                    "look for stored resources",
-                    gleaner_common::store::Error::is_transient,
-                    || resource::any_stored(&self.ctx.db, collector, account, job),
-                )
-                .await
-                .map_err(|e| SinkError::Db(e.to_string()))?;
+            let stored = read(self.ctx, "look for stored resources", || {
+                resource::any_stored(&self.ctx.db, collector, account, job)
+            })
+            .await?;
             if !stored {
                 self.scope.fresh = Some(Arc::new(AtomicBool::new(true)));
             }
@@ -235,16 +229,10 @@ impl<'c> Batches<'c> {
     /// collector of the same provider created while the task runs makes the rest of its
     /// batches go through the priority merge.
     async fn still_alone(&mut self) -> Result<bool, SinkError> {
-        let shared = self
-            .ctx
-            .db_retry
-            .run(
-                "find collectors sharing the provider",
-                gleaner_common::store::Error::is_transient,
-                || super::inventory::shares_provider(self.ctx, &self.scope),
-            )
-            .await
-            .map_err(|e| SinkError::Db(e.to_string()))?;
+        let shared = read(self.ctx, "find collectors sharing the provider", || {
+            super::inventory::shares_provider(self.ctx, &self.scope)
+        })
+        .await?;
         self.scope.shared = shared;
         Ok(!shared)
     }
@@ -297,4 +285,17 @@ impl<'c> Batches<'c> {
             }
         }
     }
+}
+
+/// A read of the store on the batches' way, retried while it fails transiently; a failure
+/// after the retries is the write's (the task tries again later).
+pub(super) async fn read<T, F, Fut>(ctx: &Context, what: &str, op: F) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, store::Error>>,
+{
+    ctx.db_retry
+        .run(what, store::Error::is_transient, op)
+        .await
+        .map_err(|e| SinkError::Db(e.to_string()))
 }

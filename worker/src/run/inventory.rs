@@ -14,7 +14,7 @@ use gleaner_common::store::resource::{self, Sweep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::batches::Batches;
+use super::batches::{Batches, read};
 use super::{Running, Summary, big_room, failure, has_nul, prepare, stderr_of};
 use crate::lock::Held;
 use crate::plugin::{Item, ItemError, ItemReceiver, PluginError, ResourceItem};
@@ -370,15 +370,10 @@ pub(super) async fn flush(
     // Asked again before each batch until true: a collector of the same provider created while
     // this task runs makes the rest of its batches check for resources that collector owns.
     if !scope.shared {
-        scope.shared = ctx
-            .db_retry
-            .run(
-                "find collectors sharing the provider",
-                store::Error::is_transient,
-                || shares_provider(ctx, scope),
-            )
-            .await
-            .map_err(|e| SinkError::Db(e.to_string()))?;
+        scope.shared = read(ctx, "find collectors sharing the provider", || {
+            shares_provider(ctx, scope)
+        })
+        .await?;
     }
     let scope = &*scope;
     let written = ctx
