@@ -517,8 +517,47 @@ async fn a_key_reported_twice_keeps_its_last_version_across_writers(
     Ok(())
 }
 
+/// A big task writes with two writers while no other collector reports its provider. One
+/// created while the task runs brings it back to one writer (whose batches look for resources
+/// that collector owns) without losing or doubling a resource: all 300 created once, counted
+/// once.
+async fn a_collector_of_the_provider_created_mid_task_brings_the_writers_back_to_one(
+    mode: Mode,
+) -> anyhow::Result<()> {
+    let env = TestEnv::start_with(
+        mode,
+        crate::support::Options {
+            batch_size: 10,
+            tune: |s| s.worker.writers = 2,
+            ..crate::support::Options::default()
+        },
+    )
+    .await?;
+    // 300 resources 5 ms apart: the second collector comes about a third of the way in.
+    let collector = env
+        .demo_collector(1, json!({"resources": 300, "item_delay_ms": 5}))
+        .await?;
+    let job = env.start_collect(&collector).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.create(
+        "/v1/collectors",
+        json!({"name": "second-demo", "plugin_id": "demo", "options": {}}),
+    )
+    .await?;
+    let job = env.wait_job(&job).await?;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["counts"]["created"], 300, "{job}");
+    assert_eq!(env.scalar("SELECT count(*) FROM resources").await?, 300);
+    let page = env
+        .get(&format!("/v1/resources?collector_id={collector}&limit=1"))
+        .await?;
+    assert_eq!(page.body["total"], 300, "{}", page.body);
+    Ok(())
+}
+
 crate::in_both_modes!(
     registering_runs_init_and_keeps_versions,
+    a_collector_of_the_provider_created_mid_task_brings_the_writers_back_to_one,
     a_key_reported_twice_keeps_its_last_version_across_writers,
     an_external_plugin_collects_and_item_errors_fail_the_task,
     garbage_from_a_plugin_fails_the_task_and_keeps_what_was_stored,

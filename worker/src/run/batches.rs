@@ -151,12 +151,16 @@ impl<'c> Batches<'c> {
 
     /// Writes what is left and waits for every writer. `false` when the task is stale.
     pub(super) async fn finish(mut self, summary: &mut Summary) -> Result<bool, SinkError> {
-        for n in 0..self.lanes.len() {
+        // A send may bring the lanes back to one (another collector shares the provider now):
+        // their number is read again each time.
+        let mut n = 0;
+        while n < self.lanes.len() {
             if (!self.lanes[n].batch.is_empty() || self.failed > 0)
                 && !self.send(n, summary).await?
             {
                 return Ok(false);
             }
+            n += 1;
         }
         while let Some(done) = self.writing.join_next().await {
             if !self.settle(done, summary)? {
@@ -240,6 +244,7 @@ impl<'c> Batches<'c> {
     /// Back to one writer: waits for every batch being written, then gathers the lanes' items
     /// into one batch (their keys are disjoint). `false` when the task is stale.
     async fn narrow(&mut self, summary: &mut Summary) -> Result<bool, SinkError> {
+        tracing::debug!("another collector reports the provider now; back to one writer");
         while let Some(done) = self.writing.join_next().await {
             if !self.settle(done, summary)? {
                 return Ok(false);
