@@ -54,6 +54,27 @@ pub mod pg {
             .is_some())
     }
 
+    const OWNS: &str = "SELECT 1 FROM job_tasks \
+        WHERE id = $1 AND attempt = $2 AND status = 'IN_PROGRESS'";
+
+    /// Whether `attempt` owns its task now, without a lock: asked before a batch's writes so
+    /// an attempt that lost its task (its lease ran out and another attempt took over) stops
+    /// before it locks any resource row. Only [`hold`] decides whether the batch commits;
+    /// this keeps a stale attempt out of the way of the new attempt's end, which locks the
+    /// task's row before the resources' (PostgreSQL breaks the rare deadlock left, a
+    /// transient error retried).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn owns(conn: &mut PgConnection, attempt: Attempt) -> sqlx::Result<bool> {
+        Ok(sqlx::query(OWNS)
+            .bind(attempt.task.as_uuid())
+            .bind(attempt.number)
+            .fetch_optional(conn)
+            .await?
+            .is_some())
+    }
+
     /// The attempts of a group that still own their task, locked in id order so two groups
     /// never wait on each other's rows in opposite orders.
     const HOLD_MANY: &str = "SELECT t.id FROM job_tasks t \

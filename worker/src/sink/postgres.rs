@@ -158,6 +158,12 @@ impl ResourceSink for PgSink {
         let encoded = started.elapsed();
         let db = SinkError::from;
         let mut tx = self.pool.begin().await.map_err(db)?;
+        if !fence::pg::owns(&mut tx, scope.attempt())
+            .await
+            .map_err(db)?
+        {
+            return Ok(Written::Stale);
+        }
         let mut counts = Counts {
             failed,
             ..Counts::default()
