@@ -46,12 +46,7 @@ pub mod pg {
     /// # Errors
     /// Database errors only.
     pub async fn hold(conn: &mut PgConnection, attempt: Attempt) -> sqlx::Result<bool> {
-        Ok(sqlx::query(HOLD)
-            .bind(attempt.task.as_uuid())
-            .bind(attempt.number)
-            .fetch_optional(conn)
-            .await?
-            .is_some())
+        finds(conn, HOLD, attempt).await
     }
 
     const OWNS: &str = "SELECT 1 FROM job_tasks \
@@ -67,7 +62,16 @@ pub mod pg {
     /// # Errors
     /// Database errors only.
     pub async fn owns(conn: &mut PgConnection, attempt: Attempt) -> sqlx::Result<bool> {
-        Ok(sqlx::query(OWNS)
+        finds(conn, OWNS, attempt).await
+    }
+
+    /// Whether `sql` ([`HOLD`] or [`OWNS`]) finds the attempt's task row.
+    async fn finds(
+        conn: &mut PgConnection,
+        sql: &'static str,
+        attempt: Attempt,
+    ) -> sqlx::Result<bool> {
+        Ok(sqlx::query(sql)
             .bind(attempt.task.as_uuid())
             .bind(attempt.number)
             .fetch_optional(conn)

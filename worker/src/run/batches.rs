@@ -134,12 +134,15 @@ impl<'c> Batches<'c> {
         item: ResourceItem,
         summary: &mut Summary,
     ) -> Result<bool, SinkError> {
-        let n = self.lane_of(&item);
         let key = (item.resource_type.clone(), item.resource_key.clone());
-        if self.lanes[n].keys.contains(&key) && !self.send(n, summary).await? {
-            return Ok(false);
+        let mut n = self.lane_of(&item);
+        if self.lanes[n].keys.contains(&key) {
+            if !self.send(n, summary).await? {
+                return Ok(false);
+            }
+            // The send may have brought the lanes back to one.
+            n = self.lane_of(&item);
         }
-        let n = self.lane_of(&item);
         let lane = &mut self.lanes[n];
         lane.keys.insert(key);
         lane.batch.push(item);
