@@ -26,6 +26,7 @@ mod m20261203_000019_idempotency_keys;
 mod m20261203_000020_resource_counts;
 mod m20261203_000021_cost_rollups_by_service_and_region;
 mod m20261204_000022_outbox_claim;
+mod m20261204_000023_cost_partitions;
 mod util;
 
 /// Applies Gleaner's migrations.
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000020_resource_counts::Migration),
             Box::new(m20261203_000021_cost_rollups_by_service_and_region::Migration),
             Box::new(m20261204_000022_outbox_claim::Migration),
+            Box::new(m20261204_000023_cost_partitions::Migration),
         ]
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use chrono::Datelike as _;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
+use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
 use crate::in_both_modes;
@@ -904,3 +905,253 @@ in_both_modes!(
     a_focus_export_in_a_bucket_is_imported,
     billing_input_is_checked,
 );
+
+/// The leaf of `costs` that holds the sample's month, as the registry names it.
+async fn month_table(env: &TestEnv) -> anyhow::Result<String> {
+    let rows = env
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT table_name FROM cost_partitions",
+        ))
+        .await?;
+    anyhow::ensure!(rows.len() == 1, "one registered month: {} rows", rows.len());
+    Ok(rows[0].try_get_by_index(0)?)
+}
+
+/// The tables of costs in the test's schema that no partition tree holds: a load's table
+/// left behind.
+const LOOSE_COST_TABLES: &str = "SELECT count(*) FROM pg_class c
+     WHERE c.relnamespace = current_schema()::regnamespace AND c.relname LIKE 'costs\\_%'
+       AND c.relkind = 'r' AND NOT c.relispartition";
+
+/// PostgreSQL replaces a month by swapping tables (migration 23): the old leaf is dropped,
+/// the new one is attached under the month and the collector, nothing is left loose, and a
+/// failed sync leaves the stored table in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_is_replaced_by_swapping_its_table() -> anyhow::Result<()> {
+    let env = TestEnv::start(Mode::Distributed).await?;
+    focus_account(&env, "all", None).await?;
+    let dir = std::env::temp_dir().join(format!("gleaner-it-{}", env.name));
+    std::fs::create_dir_all(&dir)?;
+    let export = dir.join("focus.csv");
+    std::fs::copy(SAMPLE, &export)?;
+    let collector = focus_collector(&env, export.to_str().context("path")?).await?;
+    let result = async {
+        let job = bill(&env, &collector, september()).await?;
+        anyhow::ensure!(job["status"] == "SUCCESS", "{job}");
+        let first = month_table(&env).await?;
+        let tree = env
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_partition_ancestors('{first}')"
+            ))
+            .await?;
+        anyhow::ensure!(
+            tree == 4,
+            "the leaf, the collector, the month and costs: {tree}"
+        );
+        anyhow::ensure!(
+            env.scalar("SELECT rows FROM cost_partitions").await? == 250,
+            "the registry counts the month's rows"
+        );
+
+        let again = bill(&env, &collector, september()).await?;
+        anyhow::ensure!(again["counts"]["deleted"] == 250, "{again}");
+        let second = month_table(&env).await?;
+        anyhow::ensure!(second != first, "a new table holds the month");
+        anyhow::ensure!(
+            env.scalar(&format!(
+                "SELECT count(*) FROM pg_class WHERE relname = '{first}'"
+            ))
+            .await?
+                == 0,
+            "the replaced table is dropped"
+        );
+        anyhow::ensure!(env.scalar("SELECT count(*) FROM costs").await? == 250);
+        anyhow::ensure!(
+            env.scalar(&format!("SELECT count(*) FROM {second}"))
+                .await?
+                == 250,
+            "the month's rows are all in its leaf"
+        );
+        anyhow::ensure!(env.scalar(LOOSE_COST_TABLES).await? == 0);
+
+        // The export is gone: the load rolls back with its table, and the month stays.
+        std::fs::remove_file(&export)?;
+        let failed = bill(&env, &collector, september()).await?;
+        anyhow::ensure!(failed["status"] == "FAILURE", "{failed}");
+        anyhow::ensure!(month_table(&env).await? == second);
+        anyhow::ensure!(env.scalar("SELECT count(*) FROM costs").await? == 250);
+        anyhow::ensure!(env.scalar(LOOSE_COST_TABLES).await? == 0);
+        Ok(())
+    }
+    .await;
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+/// A reader of the month holds the swap back: the swap's lock waits a second at a time, lets
+/// the reader go on, and the load commits in the same attempt once the reader is done. The
+/// reader sees the old month throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_waits_for_a_reader_of_the_month_without_failing_the_load() -> anyhow::Result<()> {
+    use sea_orm::TransactionTrait as _;
+    let env = TestEnv::start(Mode::Distributed).await?;
+    focus_account(&env, "all", None).await?;
+    let collector = focus_collector(&env, SAMPLE).await?;
+    let job = bill(&env, &collector, september()).await?;
+    anyhow::ensure!(job["status"] == "SUCCESS", "{job}");
+    let old_ids = env
+        .scalar("SELECT CAST(sum(id) AS bigint) FROM costs")
+        .await?;
+
+    let reader = env.db.begin().await?;
+    let read = "SELECT CAST(sum(id) AS bigint) FROM costs WHERE month = '2024-09-01'";
+    let sum = |r: Option<sea_orm::QueryResult>| -> anyhow::Result<i64> {
+        Ok(r.context("a row")?.try_get_by_index(0)?)
+    };
+    assert_eq!(
+        sum(reader
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                read
+            ))
+            .await?)?,
+        old_ids
+    );
+    let a = env
+        .post(&format!("/v1/collectors/{collector}/collect"), september())
+        .await?;
+    let replacing = a.body["job_id"].as_str().context("job_id")?.to_owned();
+    let parent = format!("costs_m202409_c{}", collector.replace('-', ""));
+    let waiting = format!(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass('{parent}')"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env.scalar(&waiting).await? == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the swap never waited for the reader"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Past the swap's lock timeout: it has stepped back at least once.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        sum(reader
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                read
+            ))
+            .await?)?,
+        old_ids
+    );
+    let status = env.get(&format!("/v1/jobs/{replacing}")).await?.body["status"].clone();
+    assert_ne!(
+        status, "SUCCESS",
+        "the swap went past a reader of the month"
+    );
+    reader.commit().await?;
+
+    let done = env.wait_job(&replacing).await?;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    assert_eq!(done["counts"]["deleted"], 250, "{done}");
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT CAST(max(attempt) AS bigint) FROM job_tasks WHERE job_id = '{replacing}'"
+        ))
+        .await?,
+        1,
+        "the swap waited inside its attempt"
+    );
+    assert_ne!(
+        env.scalar("SELECT CAST(sum(id) AS bigint) FROM costs")
+            .await?,
+        old_ids
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM costs").await?, 250);
+    Ok(())
+}
+
+/// Migration 23 moves the stored costs into a leaf per (collector, service account, month),
+/// keeping their ids, and undoing it puts them back into one table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioning_costs_keeps_the_stored_rows() -> anyhow::Result<()> {
+    use gleaner_migrations::{Migrator, MigratorTrait};
+    let store = crate::support::TestStore::open(Mode::Distributed).await?;
+    let undo = u32::try_from(Migrator::migrations().len() - 22)?;
+    Migrator::down(&store.db, Some(undo)).await?;
+    let (domain, job, task) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    let (c1, c2, account) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    for (collector, month, day, billed) in [
+        (c1, "2024-09-01", "2024-09-03", "1.5"),
+        (c1, "2024-09-01", "2024-09-04", "2.25"),
+        (c2, "2024-09-01", "2024-09-04", "4"),
+        (c1, "2024-10-01", "2024-10-01", "8"),
+    ] {
+        store
+            .execute(&format!(
+                "INSERT INTO costs (domain_id, collector_id, service_account_id, job_id, task_id,
+                     month, day, charge_period_start, provider, billing_account_id, currency,
+                     billed_cost, effective_cost, list_cost)
+                 VALUES ('{domain}', '{collector}', '{account}', '{job}', '{task}', '{month}',
+                     '{day}', '{day}T00:00:00Z', 'AWS', 'b', 'USD', {billed}, {billed}, {billed})"
+            ))
+            .await?;
+    }
+    let ids = store
+        .scalar("SELECT CAST(sum(id) AS bigint) FROM costs")
+        .await?;
+    let billed = "SELECT CAST(sum(billed_cost) * 100 AS bigint) FROM costs";
+    assert_eq!(store.scalar(billed).await?, 1575);
+
+    Migrator::up(&store.db, None).await?;
+    assert_eq!(
+        store.scalar("SELECT count(*) FROM cost_partitions").await?,
+        3
+    );
+    assert_eq!(
+        store
+            .scalar(&format!(
+                "SELECT rows FROM cost_partitions WHERE collector_id = '{c1}' AND month = '2024-09-01'"
+            ))
+            .await?,
+        2
+    );
+    assert_eq!(
+        store
+            .scalar("SELECT CAST(sum(id) AS bigint) FROM costs")
+            .await?,
+        ids
+    );
+    assert_eq!(store.scalar(billed).await?, 1575);
+    assert_eq!(
+        store
+            .scalar("SELECT count(*) FROM costs WHERE month = '2024-10-01'")
+            .await?,
+        1
+    );
+    // New rows still take their ids from the same sequence.
+    assert!(store.scalar("SELECT nextval('cost_row_ids')").await? > 4);
+
+    Migrator::down(&store.db, Some(1)).await?;
+    assert_eq!(store.scalar("SELECT count(*) FROM costs").await?, 4);
+    assert_eq!(store.scalar(billed).await?, 1575);
+    assert_eq!(
+        store
+            .scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'costs\\_m%' AND relnamespace = current_schema()::regnamespace")
+            .await?,
+        0,
+        "the partitions are gone"
+    );
+    Migrator::up(&store.db, None).await?;
+    Ok(())
+}

@@ -447,6 +447,9 @@ pub async fn list(
     let d = p.push(domain.as_uuid());
     let s = p.push(start);
     let e = p.push(end);
+    // A cost's month is the month of its day: naming it lets PostgreSQL read only the months'
+    // partitions of `costs`.
+    let first_month = p.push(crate::billing::Month::of(start).first_day());
     let after = p.push(cursor.unwrap_or(0));
     let conditions = conditions(filter, &mut p);
     let n = p.push(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1));
@@ -457,7 +460,9 @@ pub async fn list(
             r.resource_id, r.charge_category, r.usage_type, r.currency, {amounts}, r.consumed_unit,
             r.pricing_unit, r.tags
          FROM costs r
-         WHERE r.domain_id = {d} AND r.day >= {s} AND r.day < {e} AND r.id > {after}{conditions}
+         WHERE r.domain_id = {d} AND r.month >= {first_month} AND r.month < {e}
+           AND r.day >= {s} AND r.day < {e}
+           AND r.id > {after}{conditions}
          ORDER BY r.id LIMIT {n}",
         amounts = amount_columns(backend),
     );

@@ -1331,8 +1331,9 @@ pub(crate) async fn print_table_bytes(
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
             format!(
-                "SELECT pg_total_relation_size('{table}')::int8, pg_indexes_size('{table}')::int8, \
-                 (SELECT count(*) FROM {table})::int8"
+                // Summed over the partition tree: a partitioned table has no storage of its own.
+                "SELECT sum(pg_total_relation_size(relid))::int8, sum(pg_indexes_size(relid))::int8, \
+                 (SELECT count(*) FROM {table})::int8 FROM pg_partition_tree('{table}')"
             ),
         ))
         .await?

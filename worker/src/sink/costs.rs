@@ -1,12 +1,13 @@
 //! Where cost records go: one month of one service account, replaced in one transaction.
 //!
-//! A load deletes the month's rows of the account when it begins, copies the new rows as the
-//! plugin streams them (summing them into the month's rollups on the way, so no statement has
-//! to scan them again), and at its commit replaces the month's rollups and records the task's
-//! counts, fenced by its attempt. Until then nothing is visible; a plugin failure, a stale
-//! attempt or a crash rolls everything back, so a failed sync deletes nothing and a re-run for
-//! the same month never counts twice. Loads of the same (account, month) queue on an advisory
-//! lock instead of interleaving.
+//! In PostgreSQL a load copies the new rows as the plugin streams them into a table of its own
+//! (summing them into the month's rollups on the way, so no statement has to scan them again).
+//! At its commit, fenced by its attempt, it replaces the month's rollups, records the task's
+//! counts, and swaps its table in for the leaf of `costs` that held the month (migration 23):
+//! nothing is deleted row by row. Until then nothing is visible; a plugin failure, a stale
+//! attempt or a crash rolls everything back, the new table included, so a failed sync deletes
+//! nothing and a re-run for the same month never counts twice. Loads of the same (account,
+//! month) queue on an advisory lock instead of interleaving.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -101,9 +102,6 @@ pub const COLUMNS: &str = "domain_id, collector_id, service_account_id, job_id, 
 
 /// One lock per (account, month): `hashtextextended` spreads them over the 64-bit key space.
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
-
-const DELETE: &str =
-    "DELETE FROM costs WHERE collector_id = $1 AND service_account_id = $2 AND month = $3";
 
 const ROLLUP_COLUMNS: &str = "domain_id, collector_id, service_account_id, month, provider, billing_account_id, \
     service_name, region_id, currency, billed_cost, effective_cost, list_cost, rows";
@@ -276,15 +274,24 @@ async fn ended(owner: Option<JoinHandle<Result<(), SinkError>>>) -> SinkError {
     }
 }
 
-/// Owns the load's transaction: deletes the month, keeps one COPY open while rows arrive (so
-/// PostgreSQL stores a batch while the plugin produces the next), and commits on
-/// [`Command::Commit`]. A closed channel without it rolls everything back.
+/// Owns the load's transaction: copies the month into a table of its own (migration 23), kept
+/// open while rows arrive so PostgreSQL stores a batch while the plugin produces the next, and
+/// swaps it in on [`Command::Commit`]. A closed channel without it rolls everything back, the
+/// table included.
 async fn own_load(
     pool: PgPool,
     scope: CostScope,
     mut commands: mpsc::Receiver<Command>,
     ready: oneshot::Sender<i64>,
 ) -> Result<(), SinkError> {
+    // In a transaction of its own: making a month's table locks `costs` for an instant, which a
+    // load's transaction would hold until its commit.
+    let parent: String = sqlx::query_scalar("SELECT gleaner_cost_parent($1, $2)")
+        .bind(scope.month.first_day())
+        .bind(scope.collector_id.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .map_err(db)?;
     let mut tx = pool.begin().await.map_err(db)?;
     sqlx::query(LOCK)
         .bind(format!(
@@ -294,20 +301,35 @@ async fn own_load(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let deleted = sqlx::query(DELETE)
+    let stored: Option<(String, i64)> = sqlx::query_as(STORED)
         .bind(scope.collector_id.as_uuid())
         .bind(scope.service_account_id.as_uuid())
         .bind(scope.month.first_day())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
-    let deleted = i64::try_from(deleted).unwrap_or(i64::MAX);
-    let mut copy = tx
-        .copy_in_raw(&format!("COPY costs ({COLUMNS}) FROM STDIN"))
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-    if ready.send(deleted).is_err() {
+    let (old, replaced) = match stored {
+        Some((table, rows)) => (Some(Leaf::stored(table)?), rows),
+        None => (None, 0),
+    };
+    let swap = Swap {
+        parent,
+        old,
+        new: Leaf::fresh(),
+    };
+    sqlx::query("SELECT gleaner_new_cost_table($1, $2, $3, $4)")
+        .bind(&swap.new.0)
+        .bind(scope.month.first_day())
+        .bind(scope.collector_id.as_uuid())
+        .bind(scope.service_account_id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY {} ({COLUMNS}) FROM STDIN", swap.new.0))
+        .await
+        .map_err(db)?;
+    if ready.send(replaced).is_err() {
         return Ok(());
     }
     let (failed, written, rollup, reply) = loop {
@@ -328,7 +350,7 @@ async fn own_load(
     };
     let finished = copy.finish().await.map_err(db);
     let result = match finished {
-        Ok(_) => commit(tx, &scope, deleted, (failed, written), *rollup).await,
+        Ok(_) => commit(tx, &scope, &swap, (replaced, failed, written), *rollup).await,
         Err(e) => Err(e),
     };
     let failure = result.as_ref().err().cloned();
@@ -336,16 +358,73 @@ async fn own_load(
     failure.map_or(Ok(()), Err)
 }
 
-/// Fences, replaces the month's rollups, records the counts and commits.
+/// The leaf that holds a (collector, service account, month), and its rows.
+const STORED: &str = "SELECT table_name, rows FROM cost_partitions \
+     WHERE collector_id = $1 AND service_account_id = $2 AND month = $3";
+
+/// A leaf table of `costs`: a name made here, never input, so it can be written into SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Leaf(String);
+
+impl Leaf {
+    /// A new load's table. Named afresh each time: a load of the same task and attempt may
+    /// run again after its table was committed.
+    fn fresh() -> Self {
+        Self(format!("costs_l{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// A name read from `cost_partitions`, checked before it is written into SQL.
+    fn stored(name: String) -> Result<Self, SinkError> {
+        let plain = name.starts_with("costs_")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if plain {
+            Ok(Self(name))
+        } else {
+            Err(SinkError::Refused(format!(
+                "cost_partitions names `{name}`, which is not a table of costs"
+            )))
+        }
+    }
+}
+
+/// What a load's commit changes in the tree of `costs`.
+#[derive(Debug)]
+struct Swap {
+    /// The collector's month, which the new table joins.
+    parent: String,
+    /// The leaf the load replaces, if the month was stored.
+    old: Option<Leaf>,
+    new: Leaf,
+}
+
+/// How long the swap waits for readers of the collector's month before it lets them go first
+/// and tries again, and how many times: a reader queued behind the swap's lock waits too.
+const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+const SWAP_TRIES: u32 = 60;
+
+/// Fences, indexes the new table, replaces the month's rollups, records the counts, swaps the
+/// tables and commits.
 async fn commit(
     mut tx: Transaction<'static, Postgres>,
     s: &CostScope,
-    deleted: i64,
-    (failed, written): (i64, i64),
+    swap: &Swap,
+    (replaced, failed, written): (i64, i64, i64),
     rollup: Rollup,
 ) -> Result<Option<Counts>, SinkError> {
     if !fence::pg::hold(&mut tx, s.attempt()).await.map_err(db)? {
         return Ok(None);
+    }
+    if written > 0 {
+        // Built once over the sorted rows, not entry by entry as they were copied.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE INDEX ON {} (domain_id, day, id)",
+            swap.new.0
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
     }
     let fixed = format!(
         "{}\t{}\t{}\t{}",
@@ -399,7 +478,7 @@ async fn commit(
     }
     let counts = Counts {
         created: written,
-        deleted,
+        deleted: replaced,
         failed,
         ..Counts::default()
     };
@@ -409,8 +488,104 @@ async fn commit(
     fence::pg::touch_jobs(&mut tx, &[s.job_id.as_uuid()])
         .await
         .map_err(db)?;
+    // Last, so that the lock it takes on the collector's month is held for the commit only.
+    swap_in(&mut tx, s, swap, written).await?;
     tx.commit().await.map_err(db)?;
     Ok(Some(counts))
+}
+
+/// Drops the replaced leaf and attaches the new table in its place (or drops it too when the
+/// load wrote nothing), and records which table holds the month.
+///
+/// Dropping a partition locks its parent, the collector's month, against readers until the
+/// commit; the lock first waits for the readers already there, and new ones queue behind it. So
+/// the wait is bounded: after [`SWAP_LOCK_TIMEOUT`] the swap steps back to a savepoint, lets the
+/// queue drain and tries again.
+async fn swap_in(
+    tx: &mut Transaction<'static, Postgres>,
+    s: &CostScope,
+    swap: &Swap,
+    written: i64,
+) -> Result<(), SinkError> {
+    let mut statements = Vec::new();
+    if let Some(old) = &swap.old {
+        statements.push(format!("DROP TABLE IF EXISTS {}", old.0));
+    }
+    if written > 0 {
+        statements.push(format!(
+            "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ('{}')",
+            swap.parent,
+            swap.new.0,
+            s.service_account_id.as_uuid()
+        ));
+    } else {
+        statements.push(format!("DROP TABLE {}", swap.new.0));
+    }
+    sqlx::raw_sql(SWAP_LOCK_TIMEOUT)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        sqlx::raw_sql("SAVEPOINT gleaner_swap")
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        match swap_statements(tx, &statements).await {
+            Ok(()) => break,
+            Err(e) if tries < SWAP_TRIES && lock_timed_out(&e) => {
+                tracing::debug!(error = %e, tries, "the swap waited for readers of the month; trying again");
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT gleaner_swap")
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(db(e)),
+        }
+    }
+    let registry = if written > 0 {
+        sqlx::query(
+            "INSERT INTO cost_partitions (collector_id, service_account_id, month, table_name, rows)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (collector_id, service_account_id, month) DO UPDATE
+             SET table_name = excluded.table_name, rows = excluded.rows, replaced_at = now()",
+        )
+        .bind(s.collector_id.as_uuid())
+        .bind(s.service_account_id.as_uuid())
+        .bind(s.month.first_day())
+        .bind(&swap.new.0)
+        .bind(written)
+    } else {
+        sqlx::query(
+            "DELETE FROM cost_partitions
+             WHERE collector_id = $1 AND service_account_id = $2 AND month = $3",
+        )
+        .bind(s.collector_id.as_uuid())
+        .bind(s.service_account_id.as_uuid())
+        .bind(s.month.first_day())
+    };
+    registry.execute(&mut **tx).await.map_err(db)?;
+    Ok(())
+}
+
+async fn swap_statements(
+    tx: &mut Transaction<'static, Postgres>,
+    statements: &[String],
+) -> Result<(), sqlx::Error> {
+    for sql in statements {
+        // Made of table names checked by `Leaf` and a UUID, never of input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `lock_not_available`: the swap's `lock_timeout` ran out.
+fn lock_timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
 /// A month being replaced in PostgreSQL, through the task that owns its transaction.
