@@ -40,6 +40,10 @@ pub struct FocusArgs {
     rows: u64,
     #[command(flatten)]
     services: Services,
+    /// Seconds of pgbench's simple-update (16 clients) after the run, the machine's figure of
+    /// the moment; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,7 +140,8 @@ pub async fn focus(args: FocusArgs) -> anyhow::Result<()> {
     }
     .await;
     std::fs::remove_dir_all(&dir).ok();
-    result
+    result?;
+    crate::print_machine(&args.services.database_url, args.pgbench_seconds).await
 }
 
 /// Writes `rows` rows: the sample repeated, copy `k` with its charge period moved `k` days

@@ -749,14 +749,17 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         eprintln!("cleaning up `{}`: {e:#}", run.name);
     }
     result?;
-    if args.pgbench_seconds > 0 {
-        let tps = pgbench(&args.services.database_url, 16, args.pgbench_seconds).await?;
+    print_machine(&args.services.database_url, args.pgbench_seconds).await
+}
+
+/// The machine's figure of the moment after a run: pgbench's simple-update with 16 clients
+/// for `seconds` (0 skips it).
+pub(crate) async fn print_machine(database_url: &str, seconds: u64) -> anyhow::Result<()> {
+    if seconds > 0 {
+        let tps = pgbench(database_url, 16, seconds).await?;
         println!(
             "  {:<47} {tps:>8.0} TPS",
-            format!(
-                "machine: pgbench simple-update, 16 clients, {} s:",
-                args.pgbench_seconds
-            )
+            format!("machine: pgbench simple-update, 16 clients, {seconds} s:")
         );
     }
     Ok(())
