@@ -9,7 +9,8 @@
 //! sequential scans off for its statement only.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::util::postgres_only;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -38,16 +39,10 @@ const PG_DOWN: &str =
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() == DbBackend::Postgres {
-            m.get_connection().execute_unprepared(PG_UP).await?;
-        }
-        Ok(())
+        postgres_only(m, PG_UP).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() == DbBackend::Postgres {
-            m.get_connection().execute_unprepared(PG_DOWN).await?;
-        }
-        Ok(())
+        postgres_only(m, PG_DOWN).await
     }
 }

@@ -25,7 +25,8 @@
 //! month). SQLite (the standalone mode) keeps one `costs` table and its delete.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::util::postgres_only;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -137,16 +138,10 @@ DROP FUNCTION gleaner_new_cost_table(text, date, uuid, uuid);
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() == DbBackend::Postgres {
-            m.get_connection().execute_unprepared(PG_UP).await?;
-        }
-        Ok(())
+        postgres_only(m, PG_UP).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() == DbBackend::Postgres {
-            m.get_connection().execute_unprepared(PG_DOWN).await?;
-        }
-        Ok(())
+        postgres_only(m, PG_DOWN).await
     }
 }

@@ -47,3 +47,11 @@ pub fn unique(table: &'static str, cols: &[&'static str]) -> IndexCreateStatemen
 pub fn counter(name: &'static str) -> ColumnDef {
     schema::big_integer(name).default(0).take()
 }
+
+/// Runs `sql` in PostgreSQL only: for what SQLite (the standalone mode) does without.
+pub async fn postgres_only(m: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if m.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Postgres {
+        m.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}

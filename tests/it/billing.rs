@@ -1006,19 +1006,17 @@ async fn a_swap_waits_for_a_reader_of_the_month_without_failing_the_load() -> an
         .await?;
 
     let reader = env.db.begin().await?;
-    let read = "SELECT CAST(sum(id) AS bigint) FROM costs WHERE month = '2024-09-01'";
-    let sum = |r: Option<sea_orm::QueryResult>| -> anyhow::Result<i64> {
-        Ok(r.context("a row")?.try_get_by_index(0)?)
-    };
-    assert_eq!(
-        sum(reader
+    let read_ids = || async {
+        let row = reader
             .query_one_raw(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Postgres,
-                read
+                "SELECT CAST(sum(id) AS bigint) FROM costs WHERE month = '2024-09-01'",
             ))
-            .await?)?,
-        old_ids
-    );
+            .await?
+            .context("a row")?;
+        anyhow::Ok(row.try_get_by_index::<i64>(0)?)
+    };
+    assert_eq!(read_ids().await?, old_ids);
     let a = env
         .post(&format!("/v1/collectors/{collector}/collect"), september())
         .await?;
@@ -1037,15 +1035,7 @@ async fn a_swap_waits_for_a_reader_of_the_month_without_failing_the_load() -> an
     }
     // Past the swap's lock timeout: it has stepped back at least once.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(
-        sum(reader
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                read
-            ))
-            .await?)?,
-        old_ids
-    );
+    assert_eq!(read_ids().await?, old_ids);
     let status = env.get(&format!("/v1/jobs/{replacing}")).await?.body["status"].clone();
     assert_ne!(
         status, "SUCCESS",
