@@ -327,7 +327,7 @@ pub async fn run(
     let mut settings = settings.clone();
     settings.database_url = dir.database_url();
     settings.database.schema = None;
-    // SQLite has one writer, and each connection keeps its own 32 MB page cache: a few
+    // SQLite has one writer, and each connection keeps its own page cache: a few
     // connections serve the API and the dispatcher as well as twenty, with less memory.
     settings.database.max_connections = settings.database.max_connections.min(STANDALONE_POOL);
     let db = app::database(&settings, true).await?;

@@ -54,12 +54,12 @@ fn is_sqlite(url: &str) -> bool {
 /// SQLite as a server-less store: the file is created when missing; write-ahead logging lets
 /// readers go on while one writer commits, and `synchronous = NORMAL` is durable with WAL
 /// across process crashes (only a power loss can drop the last commits); writers wait for each
-/// other instead of failing with "database is locked". A 32 MiB page cache per connection
-/// (SQLite's default is 2 MiB) keeps the indexes of `resources` in memory while a collection
-/// writes into them.
+/// other instead of failing with "database is locked". An 8 MiB page cache per connection
+/// (SQLite's default is 2 MiB; the OS caches the file besides): 32 MiB made a 200,000-resource
+/// collection no faster and the process 45–55 MB larger (BENCHMARKS.md, "Standalone ingest").
 fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
     o.create_if_missing(true)
-        .pragma("cache_size", "-32768")
+        .pragma("cache_size", "-8192")
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(30))
