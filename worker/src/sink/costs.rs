@@ -373,13 +373,16 @@ impl Leaf {
         Self(format!("costs_l{}", uuid::Uuid::new_v4().simple()))
     }
 
-    /// A name read from `cost_partitions`, checked before it is written into SQL.
+    /// A name read from `cost_partitions`, checked before it is written into SQL and dropped:
+    /// only a load's table, never a month's or a collector's.
     fn stored(name: String) -> Result<Self, SinkError> {
-        let plain = name.starts_with("costs_")
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if plain {
+        let leaf = name.strip_prefix("costs_l").is_some_and(|id| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if leaf {
             Ok(Self(name))
         } else {
             Err(SinkError::Refused(format!(
@@ -812,6 +815,22 @@ mod tests {
         assert_eq!((us.rows, us.billed_cost), (2, Decimal::new(16, 11)));
         let tables: Vec<&str> = r.pg_tables().into_iter().map(|(t, _)| t).collect();
         assert_eq!(tables.len(), 5, "{tables:?}");
+    }
+
+    #[test]
+    fn only_a_loads_table_is_taken_from_the_registry() {
+        let fresh = Leaf::fresh();
+        assert_eq!(Leaf::stored(fresh.0.clone()).ok(), Some(fresh));
+        for name in [
+            "costs_m202409",
+            "costs_m202409_c0123456789abcdef0123456789abcdef",
+            "costs",
+            "costs_l0123456789abcdef0123456789abcde",
+            "costs_l0123456789ABCDEF0123456789abcdef",
+            "costs_l0123456789abcdef0123456789abcdef; DROP TABLE jobs",
+        ] {
+            assert!(Leaf::stored(name.to_owned()).is_err(), "{name}");
+        }
     }
 
     #[test]
