@@ -4,8 +4,8 @@
 
 /// mimalloc, not glibc's malloc: glibc gives threads that allocate at once arenas of their own
 /// (up to eight per core) that keep what was freed in them. Over a 200,000-resource standalone
-/// collection the process peaked at 288 MB with glibc and 223–230 MB with mimalloc, and ran no
-/// slower (BENCHMARKS.md, "Standalone ingest").
+/// collection the process peaked at 282–303 MB with glibc and 223–239 MB with mimalloc, and ran
+/// no slower (BENCHMARKS.md, "Standalone ingest").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

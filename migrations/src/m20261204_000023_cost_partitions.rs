@@ -34,7 +34,8 @@ pub struct Migration;
 /// Unqualified names resolve in the caller's schema, like every other statement of Gleaner's.
 const PG_UP: &str = "
 ALTER TABLE costs RENAME TO costs_unpartitioned;
-DROP INDEX IF EXISTS ix_costs_collector_id_service_account_id_month;
+-- Its index by (collector, account, month) stays until the table is dropped: each group's
+-- rows below are read through it.
 DROP INDEX IF EXISTS ix_costs_domain_id_day_id;
 -- An identity column belongs to its table: the leaves, made apart and attached later, take
 -- their ids from a sequence of the tree instead, which goes on from the identity's.

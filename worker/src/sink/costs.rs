@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -402,13 +403,19 @@ struct Swap {
     new: Leaf,
 }
 
-/// How long the swap waits for readers of the collector's month before it lets them go first
-/// and tries again, and how many times: a reader queued behind the swap's lock waits too.
-const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
-const SWAP_TRIES: u32 = 60;
+/// How long one try at the collector's month waits for its readers before the swap steps back
+/// and lets them (and the readers queued behind the swap) go on.
+const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
+/// How long the swap tries in all before the load fails as transient (and runs again as a new
+/// attempt): well inside a task's lease, since the tries come before the task's row is locked
+/// but the commit still has to happen while the lease holds.
+const SWAP_PATIENCE: Duration = Duration::from_secs(20);
 
-/// Fences, indexes the new table, replaces the month's rollups, records the counts, swaps the
-/// tables and commits.
+/// Indexes the new table, takes the collector's month, fences, replaces the month's rollups,
+/// records the counts, swaps the tables and commits.
+///
+/// The slow steps come before the fence: holding it locks the task's row, which the task's
+/// heartbeats update, so a long wait there could outlast the lease.
 async fn commit(
     mut tx: Transaction<'static, Postgres>,
     s: &CostScope,
@@ -416,9 +423,6 @@ async fn commit(
     (replaced, failed, written): (i64, i64, i64),
     rollup: Rollup,
 ) -> Result<Option<Counts>, SinkError> {
-    if !fence::pg::hold(&mut tx, s.attempt()).await.map_err(db)? {
-        return Ok(None);
-    }
     if written > 0 {
         // Built once over the sorted rows, not entry by entry as they were copied.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -428,6 +432,12 @@ async fn commit(
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+    }
+    if swap.old.is_some() {
+        take_month(&mut tx, &swap.parent).await?;
+    }
+    if !fence::pg::hold(&mut tx, s.attempt()).await.map_err(db)? {
+        return Ok(None);
     }
     let fixed = format!(
         "{}\t{}\t{}\t{}",
@@ -491,19 +501,64 @@ async fn commit(
     fence::pg::touch_jobs(&mut tx, &[s.job_id.as_uuid()])
         .await
         .map_err(db)?;
-    // Last, so that the lock it takes on the collector's month is held for the commit only.
     swap_in(&mut tx, s, swap, written).await?;
     tx.commit().await.map_err(db)?;
     Ok(Some(counts))
 }
 
-/// Drops the replaced leaf and attaches the new table in its place (or drops it too when the
-/// load wrote nothing), and records which table holds the month.
+/// Locks the collector's month, which dropping the replaced leaf needs, against its readers
+/// until the commit.
 ///
-/// Dropping a partition locks its parent, the collector's month, against readers until the
-/// commit; the lock first waits for the readers already there, and new ones queue behind it. So
-/// the wait is bounded: after [`SWAP_LOCK_TIMEOUT`] the swap steps back to a savepoint, lets the
-/// queue drain and tries again.
+/// The lock first waits for the readers already there, and new ones queue behind it, from
+/// every domain that reads the month. So each try waits [`SWAP_LOCK_TIMEOUT`], then steps back
+/// to a savepoint and lets the queue drain, waiting longer between tries, for at most
+/// [`SWAP_PATIENCE`].
+async fn take_month(
+    tx: &mut Transaction<'static, Postgres>,
+    parent: &str,
+) -> Result<(), SinkError> {
+    // `parent` comes from `gleaner_cost_parent`: a date and a UUID, never input.
+    let lock = format!("LOCK TABLE ONLY {parent} IN ACCESS EXCLUSIVE MODE");
+    // Set before the savepoint, so that rolling back to it keeps the timeout.
+    sqlx::raw_sql(SWAP_LOCK_TIMEOUT)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::raw_sql("SAVEPOINT gleaner_swap")
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    let deadline = tokio::time::Instant::now() + SWAP_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(lock.clone()))
+            .execute(&mut **tx)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if lock_timed_out(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "the swap waited for readers of the month; trying again");
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT gleaner_swap")
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(db(e)),
+        }
+    }
+    // Back to the session's own timeout for the rest of the commit.
+    sqlx::raw_sql("RELEASE SAVEPOINT gleaner_swap; SET LOCAL lock_timeout = DEFAULT")
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Drops the replaced leaf and attaches the new table in its place (or drops it too when the
+/// load wrote nothing), and records which table holds the month. The collector's month is
+/// already locked when there is a leaf to drop ([`take_month`]).
 async fn swap_in(
     tx: &mut Transaction<'static, Postgres>,
     s: &CostScope,
@@ -524,29 +579,12 @@ async fn swap_in(
     } else {
         statements.push(format!("DROP TABLE {}", swap.new.0));
     }
-    sqlx::raw_sql(SWAP_LOCK_TIMEOUT)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        sqlx::raw_sql("SAVEPOINT gleaner_swap")
+    for sql in statements {
+        // Made of table names checked by `Leaf` or made by `gleaner_cost_parent`, and a UUID.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut **tx)
             .await
             .map_err(db)?;
-        match swap_statements(tx, &statements).await {
-            Ok(()) => break,
-            Err(e) if tries < SWAP_TRIES && lock_timed_out(&e) => {
-                tracing::debug!(error = %e, tries, "the swap waited for readers of the month; trying again");
-                sqlx::raw_sql("ROLLBACK TO SAVEPOINT gleaner_swap")
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(db(e)),
-        }
     }
     let registry = if written > 0 {
         sqlx::query(
@@ -570,19 +608,6 @@ async fn swap_in(
         .bind(s.month.first_day())
     };
     registry.execute(&mut **tx).await.map_err(db)?;
-    Ok(())
-}
-
-async fn swap_statements(
-    tx: &mut Transaction<'static, Postgres>,
-    statements: &[String],
-) -> Result<(), sqlx::Error> {
-    for sql in statements {
-        // Made of table names checked by `Leaf` and a UUID, never of input.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-            .execute(&mut **tx)
-            .await?;
-    }
     Ok(())
 }
 
