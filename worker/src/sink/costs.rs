@@ -364,20 +364,24 @@ const STORED: &str = "SELECT table_name, rows FROM cost_partitions \
      WHERE collector_id = $1 AND service_account_id = $2 AND month = $3";
 
 /// A leaf table of `costs`: a name made here, never input, so it can be written into SQL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Leaf(String);
 
 impl Leaf {
+    /// What a load's table is named: this and a UUID's 32 lowercase hex digits (migration 23
+    /// names the leaves it makes the same way).
+    const PREFIX: &str = "costs_l";
+
     /// A new load's table. Named afresh each time: a load of the same task and attempt may
     /// run again after its table was committed.
     fn fresh() -> Self {
-        Self(format!("costs_l{}", uuid::Uuid::new_v4().simple()))
+        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
     }
 
     /// A name read from `cost_partitions`, checked before it is written into SQL and dropped:
     /// only a load's table, never a month's or a collector's.
     fn stored(name: String) -> Result<Self, SinkError> {
-        let leaf = name.strip_prefix("costs_l").is_some_and(|id| {
+        let leaf = name.strip_prefix(Self::PREFIX).is_some_and(|id| {
             id.len() == 32
                 && id
                     .bytes()
